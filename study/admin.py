@@ -1,0 +1,71 @@
+"""Organiser views: live progress and exclusions."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+import sqlite_utils
+
+from .db import write_transaction
+from .design import Study, get_study, log
+from .export import participants_frame
+
+
+@dataclass(frozen=True)
+class Overview:
+    participants: int
+    consented: int
+    completed: int
+    excluded: int
+    answers: int
+    labels_needed: int  # trial items x k
+    labels_done: int  # answers to trial items by included participants, capped at k per item
+    per_condition: pd.DataFrame  # condition, items, min/max labels per item, labels done / needed
+
+    @property
+    def fraction_done(self) -> float:
+        return self.labels_done / self.labels_needed if self.labels_needed else 1.0
+
+
+def overview(db: sqlite_utils.Database, study: Study) -> Overview:
+    p_total, p_consent, p_done, p_excl = db.execute(
+        "SELECT count(*), count(consent_at), count(completed_at), coalesce(sum(excluded), 0) FROM participants WHERE study_id = ?",
+        [study.id]).fetchone()
+    answers = db.execute("SELECT count(*) FROM responses r JOIN participants p ON p.id = r.participant_id WHERE p.study_id = ?",
+                         [study.id]).fetchone()[0]
+    rows = db.execute(
+        """
+        SELECT i.condition, i.id,
+               (SELECT count(*) FROM responses r JOIN participants p ON p.id = r.participant_id
+                WHERE r.item_id = i.id AND p.excluded = 0)
+        FROM items i WHERE i.study_id = ? AND i.role = 'trial'
+        """, [study.id]).fetchall()
+    per_item = pd.DataFrame(rows, columns=["condition", "item_id", "labels"])
+    k = study.labels_per_item
+    per_item["capped"] = per_item["labels"].clip(upper=k)
+    per_condition = per_item.groupby("condition").agg(
+        items=("item_id", "count"), min_labels=("labels", "min"), max_labels=("labels", "max"),
+        labels_done=("capped", "sum")).reset_index()
+    per_condition["labels_needed"] = per_condition["items"] * k
+    return Overview(p_total, p_consent, p_done, int(p_excl), answers, int(len(per_item) * k),
+                    int(per_item["capped"].sum()), per_condition)
+
+
+def set_excluded(db: sqlite_utils.Database, slug: str, participant_uid: str, excluded: bool, reason: str = "") -> None:
+    """Exclude (or re-include) a participant: their answers leave the statistics, and their items are
+    offered to new participants again."""
+    with write_transaction(db):
+        study = get_study(db, slug)
+        cursor = db.execute("UPDATE participants SET excluded = ?, exclusion_reason = ? WHERE study_id = ? AND uid = ?",
+                            [int(excluded), reason[:200] if excluded else None, study.id, participant_uid])
+        if cursor.rowcount != 1:
+            raise LookupError(f"no participant {participant_uid!r} in study {slug}")
+        log(db, study.id, "exclude" if excluded else "include", json.dumps({"participant": participant_uid, "reason": reason[:200]}))
+
+
+def failing_catch(db: sqlite_utils.Database, study: Study, min_accuracy: float) -> list[str]:
+    """Participants (uids, not yet excluded) whose catch-trial accuracy is below min_accuracy."""
+    frame = participants_frame(db, study)
+    failing = frame[(frame["catch_answered"] > 0) & (frame["catch_accuracy"] < min_accuracy) & ~frame["excluded"]]
+    return failing["participant"].tolist()

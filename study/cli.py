@@ -1,0 +1,195 @@
+"""`python -m study ...`: build, run and export human studies from the command line."""
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .admin import overview, set_excluded
+from .db import StudyDBError, default_db_path, integrity_problems, open_db, schema_version
+from .design import DesignError, StudyConfig, StudyNotFound, create_study, get_study, list_studies, set_status
+from .export import export_study
+from .sets import (
+    SetError,
+    build_clean_set,
+    build_noise_set,
+    load_cifar10_test,
+    load_cifar10h,
+    unambiguous_indices,
+)
+
+EXPECTED_ERRORS = (StudyDBError, DesignError, StudyNotFound, SetError, LookupError, ValueError, sqlite3.Error, OSError)
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, default=None, help="study database (default: $STUDY_DB or study_data/study.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m study", description="Human study: crowd labels for adversarial images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("create", help="create a study from adversarial set folders")
+    _db_arg(p)
+    p.add_argument("--name", required=True, help="study name used in links (lowercase letters, digits, '-')")
+    p.add_argument("--title", default="")
+    p.add_argument("--set", dest="sets", action="append", required=True, type=Path, help="set folder (repeat); each condition it holds is used")
+    p.add_argument("--conditions", default=None, help="comma-separated subset of the sets' conditions")
+    p.add_argument("--catch-set", type=Path, default=None, help="clean unambiguous images for catch trials")
+    p.add_argument("--practice-set", type=Path, default=None, help="clean images for practice trials (<= 10)")
+    p.add_argument("--labels-per-item", type=int, default=3, help="k: labels each item gets")
+    p.add_argument("--items-per-participant", type=int, default=12, help="n: study items per participant (multiple of the number of conditions)")
+    p.add_argument("--items-per-condition", type=int, default=None, help="items drawn per condition (default: all of the smallest)")
+    p.add_argument("--catch-per-participant", type=int, default=2)
+    p.add_argument("--presentation-ms", type=int, default=None, help="show each image this long, then a mask (default: until answered)")
+    p.add_argument("--abandon-after-min", type=float, default=60.0)
+    p.add_argument("--completion-code", default=None)
+    p.add_argument("--redirect-url", default=None, help="https URL the participant is sent to at the end")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("list", help="list studies with their progress")
+    _db_arg(p)
+
+    for name, text in (("close", "stop accepting answers"), ("open", "accept answers again")):
+        p = sub.add_parser(name, help=text)
+        _db_arg(p)
+        p.add_argument("--study", required=True)
+
+    for name, text in (("exclude", "leave a participant out of the statistics"), ("include", "undo an exclusion")):
+        p = sub.add_parser(name, help=text)
+        _db_arg(p)
+        p.add_argument("--study", required=True)
+        p.add_argument("--participant", required=True, help="our participant id (column 'participant' in participants.csv)")
+        p.add_argument("--reason", default="")
+
+    p = sub.add_parser("export", help="write responses/items/summary/participants (and CIFAR-10H) CSVs")
+    _db_arg(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--study", default=None, help="one study (default: all, one folder each when several)")
+    p.add_argument("--cifar10h", type=Path, default=None, help="CIFAR-10H counts.npy (default: $RANDMASK_DATA/cifar10h/counts.npy if present)")
+    p.add_argument("--no-cifar10h", action="store_true")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% intervals")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("check", help="check the database file (integrity, schema version)")
+    _db_arg(p)
+
+    p = sub.add_parser("clean-set", help="write a set of clean CIFAR-10 test images (controls, catch, practice)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unambiguous", type=float, default=None, metavar="SHARE",
+                   help="only images whose CIFAR-10H share for the true label is >= SHARE (e.g. 0.98)")
+    p.add_argument("--avoid", type=Path, action="append", default=[], help="set folder whose test images must not be reused")
+
+    p = sub.add_parser("demo", help="build demo sets (clean + random-noise stand-ins) and a study named 'demo'")
+    _db_arg(p)
+    p.add_argument("--out", type=Path, required=True, help="folder for the demo sets")
+    p.add_argument("--name", default="demo")
+    p.add_argument("--images", type=int, default=24)
+    return parser
+
+
+def _clean_set(out: Path, count: int, seed: int, unambiguous: float | None, avoid: list[Path]) -> Path:
+    from .sets import read_set
+
+    x, y = load_cifar10_test()
+    pool = unambiguous_indices(y, load_cifar10h() if unambiguous is not None else None, min_share=unambiguous or 0.0)
+    taken = {i.test_index for folder in avoid for i in read_set(folder)}
+    pool = np.array([i for i in pool if i not in taken])
+    if count > len(pool):
+        raise SetError(f"only {len(pool)} images qualify, {count} requested")
+    chosen = np.sort(np.random.default_rng(seed).choice(pool, size=count, replace=False))
+    return build_clean_set(out, chosen, x=x, y=y)
+
+
+def _demo(args) -> int:
+    x, y = load_cifar10_test()
+    rng = np.random.default_rng(0)
+    study_images = np.sort(rng.choice(len(y), size=args.images, replace=False))
+    out: Path = args.out
+    build_clean_set(out / "clean", study_images, x=x, y=y)
+    build_noise_set(out / "noise16", study_images, x=x, y=y, eps=16, seed=1)
+    build_noise_set(out / "noise32", study_images, x=x, y=y, eps=32, seed=2)
+    _clean_set(out / "catch", 10, 3, None, [out / "clean"])
+    _clean_set(out / "practice", 3, 4, None, [out / "clean", out / "catch"])
+    db = open_db(args.db)
+    config = StudyConfig(slug=args.name, title="Demo study (noise stand-ins, not attacks)", labels_per_item=3,
+                         items_per_participant=6, catch_per_participant=2)
+    create_study(db, config, [out / "clean", out / "noise16", out / "noise32"], out / "catch", out / "practice")
+    print(f"created study {args.name!r} in {args.db or default_db_path()}; participants open ?pid=<id>&study={args.name}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "clean-set":
+        path = _clean_set(args.out, args.count, args.seed, args.unambiguous, args.avoid)
+        print(f"wrote {args.count} clean images to {path}")
+        return 0
+    if args.command == "demo":
+        return _demo(args)
+    db = open_db(args.db, create=args.command == "create")
+    if args.command == "create":
+        config = StudyConfig(
+            slug=args.name, title=args.title, labels_per_item=args.labels_per_item,
+            items_per_participant=args.items_per_participant, items_per_condition=args.items_per_condition,
+            catch_per_participant=args.catch_per_participant, presentation_ms=args.presentation_ms,
+            abandon_after_min=args.abandon_after_min, completion_code=args.completion_code,
+            redirect_url=args.redirect_url, seed=args.seed,
+            conditions=[c.strip() for c in args.conditions.split(",")] if args.conditions else None)
+        create_study(db, config, args.sets, args.catch_set, args.practice_set)
+        study = get_study(db, args.name)
+        print(f"created study {study.slug!r}: conditions {', '.join(study.conditions)}; "
+              f"{study.trials_per_condition} per condition + {study.catch_per_participant} catch per participant; "
+              f"completion code {study.completion_code}")
+        return 0
+    if args.command == "list":
+        for study in list_studies(db):
+            o = overview(db, study)
+            print(f"{study.slug}\t{study.status}\tparticipants {o.participants} (completed {o.completed}, excluded {o.excluded})"
+                  f"\tlabels {o.labels_done}/{o.labels_needed}")
+        return 0
+    if args.command in ("close", "open"):
+        set_status(db, args.study, "closed" if args.command == "close" else "open")
+        print(f"study {args.study} is {'closed' if args.command == 'close' else 'open'}")
+        return 0
+    if args.command in ("exclude", "include"):
+        set_excluded(db, args.study, args.participant, args.command == "exclude", args.reason)
+        print(f"participant {args.participant} {args.command}d")
+        return 0
+    if args.command == "export":
+        counts = None
+        if not args.no_cifar10h:
+            try:
+                counts = load_cifar10h(args.cifar10h)
+            except SetError:
+                if args.cifar10h is not None:
+                    raise
+                print("note: CIFAR-10H counts not found, skipping that comparison", file=sys.stderr)
+        paths = export_study(db, args.out, args.study, cifar10h=counts, n_boot=args.bootstrap, seed=args.seed)
+        print("\n".join(str(p) for p in paths))
+        return 0
+    if args.command == "check":
+        problems = integrity_problems(db)
+        if problems:
+            print("\n".join(problems))
+            return 1
+        print(f"ok: schema version {schema_version(db)}, {len(list_studies(db))} studies")
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except EXPECTED_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

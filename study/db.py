@@ -1,0 +1,254 @@
+"""The study database: one SQLite file shared by the CLI, the Streamlit pages and the tests.
+
+Every connection gets WAL mode, a busy timeout and foreign keys. The file is marked with our
+`application_id` and carries its schema version in `user_version`; `open_db` migrates older files
+and refuses anything it does not recognise (not SQLite, another program's SQLite, a newer schema)
+without writing a byte to it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import sqlite_utils
+
+APPLICATION_ID = 0x52_4D_53_54  # "RMST": marks files made by this package
+BUSY_TIMEOUT_MS = 30_000
+DEFAULT_DB_ENV = "STUDY_DB"
+DEFAULT_DB_PATH = Path("study_data") / "study.db"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class StudyDBError(Exception):
+    """The database file cannot be used (corrupt, foreign, too new, unreadable)."""
+
+
+# Each entry moves the schema from version i to i+1. Never edit a released entry: add a new one.
+MIGRATIONS: list[str] = [
+    # 1: core tables
+    """
+    CREATE TABLE studies (
+        id INTEGER PRIMARY KEY,
+        slug TEXT NOT NULL UNIQUE CHECK (length(slug) BETWEEN 1 AND 40),
+        title TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'closed')),
+        created_at TEXT NOT NULL,
+        closed_at TEXT,
+        seed INTEGER NOT NULL,
+        labels_per_item INTEGER NOT NULL CHECK (labels_per_item >= 1),
+        trials_per_condition INTEGER NOT NULL CHECK (trials_per_condition >= 1),
+        catch_per_participant INTEGER NOT NULL CHECK (catch_per_participant >= 0),
+        presentation_ms INTEGER CHECK (presentation_ms IS NULL OR presentation_ms > 0),
+        abandon_after_min REAL NOT NULL CHECK (abandon_after_min > 0),
+        completion_code TEXT NOT NULL,
+        redirect_url TEXT,
+        classes_json TEXT NOT NULL,
+        design_json TEXT NOT NULL
+    );
+    CREATE TABLE items (
+        id INTEGER PRIMARY KEY,
+        study_id INTEGER NOT NULL REFERENCES studies(id),
+        role TEXT NOT NULL CHECK (role IN ('trial', 'catch', 'practice')),
+        condition TEXT NOT NULL,
+        attack TEXT NOT NULL,
+        source_model TEXT NOT NULL,
+        test_index INTEGER NOT NULL CHECK (test_index >= 0),
+        true_label INTEGER NOT NULL CHECK (true_label BETWEEN 0 AND 9),
+        source_pred INTEGER CHECK (source_pred IS NULL OR source_pred BETWEEN 0 AND 9),
+        linf REAL,
+        l2 REAL,
+        png BLOB NOT NULL,
+        png_sha256 TEXT NOT NULL,
+        set_dir TEXT NOT NULL,
+        set_file TEXT NOT NULL,
+        UNIQUE (study_id, role, condition, test_index)
+    );
+    CREATE TABLE item_predictions (
+        item_id INTEGER NOT NULL REFERENCES items(id),
+        model TEXT NOT NULL,
+        pred INTEGER CHECK (pred IS NULL OR pred BETWEEN 0 AND 9),
+        PRIMARY KEY (item_id, model)
+    );
+    CREATE TABLE participants (
+        id INTEGER PRIMARY KEY,
+        study_id INTEGER NOT NULL REFERENCES studies(id),
+        uid TEXT NOT NULL UNIQUE,
+        external_id TEXT NOT NULL,
+        external_study_id TEXT,
+        external_session_id TEXT,
+        joined_at TEXT NOT NULL,
+        consent_at TEXT,
+        completed_at TEXT,
+        last_seen_at TEXT NOT NULL,
+        excluded INTEGER NOT NULL DEFAULT 0 CHECK (excluded IN (0, 1)),
+        exclusion_reason TEXT,
+        UNIQUE (study_id, external_id)
+    );
+    CREATE TABLE assignments (
+        id INTEGER PRIMARY KEY,
+        participant_id INTEGER NOT NULL REFERENCES participants(id),
+        item_id INTEGER NOT NULL REFERENCES items(id),
+        position INTEGER NOT NULL CHECK (position >= 0),
+        UNIQUE (participant_id, position),
+        UNIQUE (participant_id, item_id)
+    );
+    CREATE TABLE responses (
+        id INTEGER PRIMARY KEY,
+        assignment_id INTEGER NOT NULL UNIQUE REFERENCES assignments(id),
+        participant_id INTEGER NOT NULL REFERENCES participants(id),
+        item_id INTEGER NOT NULL REFERENCES items(id),
+        label INTEGER NOT NULL CHECK (label BETWEEN 0 AND 9),
+        rt_ms REAL CHECK (rt_ms IS NULL OR rt_ms >= 0),
+        shown_ms REAL CHECK (shown_ms IS NULL OR shown_ms >= 0),
+        mode TEXT NOT NULL,
+        input TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (participant_id, item_id)
+    );
+    """,
+    # 2: indexes for allocation/progress queries, and an audit log of organiser actions
+    """
+    CREATE INDEX idx_items_study_role ON items(study_id, role);
+    CREATE INDEX idx_assignments_item ON assignments(item_id);
+    CREATE INDEX idx_responses_item ON responses(item_id);
+    CREATE INDEX idx_participants_study ON participants(study_id);
+    CREATE TABLE admin_log (
+        id INTEGER PRIMARY KEY,
+        study_id INTEGER REFERENCES studies(id),
+        at TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def default_db_path() -> Path:
+    """`$STUDY_DB` if set, else `study_data/study.db` (git-ignored)."""
+    return Path(os.environ.get(DEFAULT_DB_ENV) or DEFAULT_DB_PATH)
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a non-empty file that is not SQLite before sqlite3 gets a chance to touch it."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    with path.open("rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if head != SQLITE_MAGIC:
+        raise StudyDBError(f"{path} is not a SQLite database (wrong header); refusing to use or overwrite it")
+
+
+def _connect(path: Path, timeout_s: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def open_db(path: str | Path | None = None, *, create: bool = True, timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> sqlite_utils.Database:
+    """Open (and if needed create or migrate) the study database at `path`.
+
+    Raises StudyDBError for a file that is not ours; a missing file is created only if `create`.
+    """
+    path = Path(path) if path is not None else default_db_path()
+    if path.is_dir():
+        raise StudyDBError(f"{path} is a directory, not a database file")
+    if not path.exists() and not create:
+        raise StudyDBError(f"{path} does not exist (create a study first)")
+    _check_header(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = _connect(path, timeout_s)
+    except sqlite3.Error as e:
+        raise StudyDBError(f"cannot open {path}: {e}") from e
+    try:
+        _prepare(conn, path)
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise StudyDBError(f"{path} is not a usable SQLite database ({e})") from e
+    except StudyDBError:
+        conn.close()
+        raise
+    return sqlite_utils.Database(conn)
+
+
+def _prepare(conn: sqlite3.Connection, path: Path) -> None:
+    app_id, version, n_tables = _identity(conn)
+    if app_id != APPLICATION_ID and (app_id != 0 or n_tables > 0):
+        raise StudyDBError(
+            f"{path} is a SQLite database from another program (application_id={app_id}, "
+            f"{n_tables} tables); refusing to use or overwrite it"
+        )
+    if version > SCHEMA_VERSION:
+        raise StudyDBError(f"{path} has schema version {version}, newer than this code ({SCHEMA_VERSION}); update the code")
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")
+    if version < SCHEMA_VERSION:
+        _migrate(conn, path)
+
+
+def _identity(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    n_tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+    return app_id, version, n_tables
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-read inside the write lock: another process may have migrated meanwhile.
+        app_id, version, n_tables = _identity(conn)
+        if app_id not in (0, APPLICATION_ID) or (app_id == 0 and n_tables > 0):
+            raise StudyDBError(f"{path} changed under us into a foreign database; refusing to migrate it")
+        for step in range(version, SCHEMA_VERSION):
+            for statement in _statements(MIGRATIONS[step]):
+                conn.execute(statement)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would COMMIT our transaction, so run the statements one by one.
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front, so read-then-write steps
+    (allocation, answer checks) are atomic across threads and processes."""
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+    else:
+        db.conn.execute("COMMIT")
+
+
+def integrity_problems(db: sqlite_utils.Database) -> list[str]:
+    """Rows of `PRAGMA integrity_check` and `foreign_key_check`; empty when healthy."""
+    rows = [r[0] for r in db.execute("PRAGMA integrity_check").fetchall()]
+    problems = [r for r in rows if r != "ok"]
+    problems += [f"foreign key violation in {r[0]} rowid {r[1]}" for r in db.execute("PRAGMA foreign_key_check").fetchall()]
+    return problems

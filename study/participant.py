@@ -1,0 +1,230 @@
+"""What the labeling page calls: join, consent (allocation), next trial, record an answer.
+
+A participant can only ever read their own next item: `next_trial` returns the first unanswered
+assignment of the given participant and nothing else, and `record_answer` accepts only that
+assignment (or repeats of an answer already stored, which change nothing).
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlite_utils
+
+from .assign import AllocationError, Candidate, choose_items, order_items, participant_rng
+from .db import write_transaction
+from .design import Study, get_study, utc_now
+
+MODES = ("unlimited", "timed")
+INPUTS = ("keyboard", "click", "button")
+MAX_RT_MS = 24 * 3600 * 1000.0
+
+
+class StudyClosed(RuntimeError):
+    pass
+
+
+class StudyFull(RuntimeError):
+    pass
+
+
+class AnswerRejected(ValueError):
+    """An answer that does not fit: wrong participant, not the current item, bad label."""
+
+
+@dataclass(frozen=True)
+class Participant:
+    id: int
+    uid: str
+    study_id: int
+    external_id: str
+    consent_at: str | None
+    completed_at: str | None
+    excluded: bool
+
+
+@dataclass(frozen=True)
+class Trial:
+    assignment_id: int
+    number: int  # 1-based position among all of this participant's items (practice included)
+    total: int
+    practice_total: int
+    is_practice: bool
+    png: bytes
+    practice_label: int | None  # the answer, for feedback - practice items only
+
+
+@dataclass(frozen=True)
+class AnswerResult:
+    stored: bool  # False: this answer was already stored (double click, retry)
+    label: int  # the label on record
+    practice_label: int | None
+    completed: bool
+
+
+_PARTICIPANT_COLUMNS = "id, uid, study_id, external_id, consent_at, completed_at, excluded"
+
+
+def _participant(row) -> Participant:
+    return Participant(*row[:6], excluded=bool(row[6]))
+
+
+def get_participant(db: sqlite_utils.Database, study: Study, external_id: str) -> Participant | None:
+    row = db.execute(f"SELECT {_PARTICIPANT_COLUMNS} FROM participants WHERE study_id = ? AND external_id = ?",
+                     [study.id, external_id]).fetchone()
+    return _participant(row) if row else None
+
+
+def join(db: sqlite_utils.Database, study: Study, external_id: str, *, external_study_id: str | None = None,
+         external_session_id: str | None = None) -> Participant:
+    """Find or register the participant (idempotent: a reload returns the same row)."""
+    existing = get_participant(db, study, external_id)
+    if existing is not None:
+        db.execute("UPDATE participants SET last_seen_at = ? WHERE id = ?", [utc_now(), existing.id])
+        return existing
+    with write_transaction(db):
+        status = db.execute("SELECT status FROM studies WHERE id = ?", [study.id]).fetchone()[0]
+        if status != "open":
+            raise StudyClosed(f"study {study.slug} is closed")
+        now = utc_now()
+        db.execute(
+            "INSERT INTO participants (study_id, uid, external_id, external_study_id, external_session_id, joined_at, last_seen_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (study_id, external_id) DO NOTHING",
+            [study.id, "P" + secrets.token_hex(6), external_id, external_study_id, external_session_id, now, now])
+    found = get_participant(db, study, external_id)
+    assert found is not None
+    return found
+
+
+def _loads(db: sqlite_utils.Database, study: Study) -> list[Candidate]:
+    """Trial and catch items with their labels so far: answers of included participants, plus
+    unanswered items of participants still active (not excluded, not silent too long)."""
+    cutoff = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min)).isoformat(timespec="milliseconds")
+    rows = db.execute(
+        """
+        SELECT i.id, i.role, i.condition, i.test_index, count(a.id)
+        FROM items i
+        LEFT JOIN assignments a ON a.item_id = i.id
+             AND EXISTS (SELECT 1 FROM participants p WHERE p.id = a.participant_id AND p.excluded = 0
+                         AND (p.last_seen_at >= ?
+                              OR EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)))
+        WHERE i.study_id = ? AND i.role IN ('trial', 'catch')
+        GROUP BY i.id ORDER BY i.id
+        """, [cutoff, study.id]).fetchall()
+    return [Candidate(*r) for r in rows]
+
+
+def consent(db: sqlite_utils.Database, participant: Participant) -> Participant:
+    """Record consent and allocate the participant's items, atomically. Idempotent."""
+    with write_transaction(db):
+        row = db.execute("SELECT consent_at FROM participants WHERE id = ?", [participant.id]).fetchone()
+        if row[0] is not None:
+            pass
+        else:
+            study = get_study(db, db.execute("SELECT slug FROM studies WHERE id = ?", [participant.study_id]).fetchone()[0])
+            if study.status != "open":
+                raise StudyClosed(f"study {study.slug} is closed")
+            candidates = _loads(db, study)
+            if not any(c.role == "trial" and c.load < study.labels_per_item for c in candidates):
+                raise StudyFull(f"study {study.slug} has all the labels it needs")
+            rng = participant_rng(study.seed, participant.external_id)
+            try:
+                chosen = choose_items(candidates, study.conditions, study.trials_per_condition,
+                                      study.catch_per_participant, study.labels_per_item, rng)
+            except AllocationError as e:
+                raise StudyFull(str(e)) from e
+            practice = [r[0] for r in db.execute(
+                "SELECT id FROM items WHERE study_id = ? AND role = 'practice' ORDER BY id", [study.id])]
+            ordered = practice + order_items(chosen, rng)
+            db["assignments"].insert_all(
+                [{"participant_id": participant.id, "item_id": item_id, "position": pos} for pos, item_id in enumerate(ordered)])
+            now = utc_now()
+            db.execute("UPDATE participants SET consent_at = ?, last_seen_at = ? WHERE id = ?", [now, now, participant.id])
+    row = db.execute(f"SELECT {_PARTICIPANT_COLUMNS} FROM participants WHERE id = ?", [participant.id]).fetchone()
+    return _participant(row)
+
+
+def _next_assignment(db: sqlite_utils.Database, participant_id: int):
+    return db.execute(
+        """
+        SELECT a.id, a.position, i.role, i.png, i.true_label
+        FROM assignments a JOIN items i ON i.id = a.item_id
+        WHERE a.participant_id = ? AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)
+        ORDER BY a.position LIMIT 1
+        """, [participant_id]).fetchone()
+
+
+def progress(db: sqlite_utils.Database, participant_id: int) -> tuple[int, int, int]:
+    """(answered, total, practice_total) for this participant."""
+    total, practice, answered = db.execute(
+        """
+        SELECT count(*), coalesce(sum(i.role = 'practice'), 0),
+               coalesce(sum(EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)), 0)
+        FROM assignments a JOIN items i ON i.id = a.item_id WHERE a.participant_id = ?
+        """, [participant_id]).fetchone()
+    return answered, total, practice
+
+
+def next_trial(db: sqlite_utils.Database, participant_id: int) -> Trial | None:
+    """This participant's next unanswered item, or None when all are answered (or none allocated)."""
+    row = _next_assignment(db, participant_id)
+    if row is None:
+        return None
+    assignment_id, position, role, png, true_label = row
+    _, total, practice_total = progress(db, participant_id)
+    is_practice = role == "practice"
+    return Trial(assignment_id=assignment_id, number=position + 1, total=total, practice_total=practice_total,
+                 is_practice=is_practice, png=png, practice_label=true_label if is_practice else None)
+
+
+def record_answer(db: sqlite_utils.Database, participant_id: int, assignment_id: int, label: int, *,
+                  rt_ms: float | None, mode: str, input: str, shown_ms: float | None = None) -> AnswerResult:
+    """Store one answer, exactly once. A repeat of a stored answer returns stored=False and changes nothing."""
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
+        raise AnswerRejected(f"label must be an integer 0-9, got {label!r}")
+    if mode not in MODES:
+        raise AnswerRejected(f"mode must be one of {MODES}")
+    if input not in INPUTS:
+        raise AnswerRejected(f"input must be one of {INPUTS}")
+    for name, value in (("rt_ms", rt_ms), ("shown_ms", shown_ms)):
+        if value is not None and not (isinstance(value, int | float) and 0 <= value <= MAX_RT_MS):
+            raise AnswerRejected(f"{name} must be a number of milliseconds, got {value!r}")
+    with write_transaction(db):
+        row = db.execute(
+            """
+            SELECT a.item_id, i.role, i.true_label, s.status
+            FROM assignments a JOIN items i ON i.id = a.item_id JOIN studies s ON s.id = i.study_id
+            WHERE a.id = ? AND a.participant_id = ?
+            """, [assignment_id, participant_id]).fetchone()
+        if row is None:
+            raise AnswerRejected("this item is not assigned to this participant")
+        item_id, role, true_label, status = row
+        practice_label = true_label if role == "practice" else None
+        stored = db.execute("SELECT label FROM responses WHERE assignment_id = ?", [assignment_id]).fetchone()
+        if stored is not None:
+            return AnswerResult(False, stored[0], practice_label, _all_answered(db, participant_id))
+        if status != "open":
+            raise StudyClosed("the study is closed")
+        current = _next_assignment(db, participant_id)
+        if current is None or current[0] != assignment_id:
+            raise AnswerRejected("answers must be given in order: this is not the current item")
+        now = utc_now()
+        db.execute(
+            "INSERT INTO responses (assignment_id, participant_id, item_id, label, rt_ms, shown_ms, mode, input, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [assignment_id, participant_id, item_id, label, rt_ms, shown_ms, mode, input, now])
+        completed = _all_answered(db, participant_id)
+        db.execute("UPDATE participants SET last_seen_at = ?, completed_at = CASE WHEN ? THEN ? ELSE completed_at END "
+                   "WHERE id = ?", [now, completed, now, participant_id])
+    return AnswerResult(True, label, practice_label, completed)
+
+
+def _all_answered(db: sqlite_utils.Database, participant_id: int) -> bool:
+    answered, total, _ = progress(db, participant_id)
+    return total > 0 and answered == total
+
+
+def touch(db: sqlite_utils.Database, participant_id: int) -> None:
+    """Mark the participant as active (keeps their pending items reserved)."""
+    db.execute("UPDATE participants SET last_seen_at = ? WHERE id = ?", [utc_now(), participant_id])

@@ -1,0 +1,237 @@
+"""Adversarial sets on disk: read and validate them, and build clean / simply perturbed ones.
+
+Layout (written by the attack code, and by the helpers here):
+    DIR/meta.csv     index, true_label, source, attack, source_pred, linf, l2, file, [pred:<model> ...]
+    DIR/images/*.png lossless uint8 32x32 RGB
+`attack == "clean"` marks unperturbed CIFAR-10 test images.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+REQUIRED_COLUMNS = ("index", "true_label", "source", "attack", "source_pred", "linf", "l2", "file")
+PRED_PREFIX = "pred:"
+CLEAN = "clean"
+
+
+class SetError(ValueError):
+    """An adversarial set folder is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class SetItem:
+    test_index: int
+    true_label: int
+    source_model: str
+    attack: str
+    source_pred: int | None
+    linf: float | None
+    l2: float | None
+    file: str
+    png: bytes
+    predictions: dict[str, int | None]
+
+    @property
+    def condition(self) -> str:
+        return condition_name(self.attack, self.source_model)
+
+
+def condition_name(attack: str, source_model: str) -> str:
+    """`clean`, or `<attack>-vs-<source>` such as `PGD16-vs-0.9-Shallow`."""
+    if attack == CLEAN:
+        return CLEAN
+    return f"{attack}-vs-{source_model}" if source_model else attack
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Lossless PNG of a uint8 HxWx3 array."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise SetError(f"expected a uint8 HxWx3 image, got {image.dtype} {image.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        if im.format != "PNG":
+            raise SetError(f"not a PNG ({im.format})")
+        if im.mode != "RGB":
+            raise SetError(f"PNG mode {im.mode}, expected RGB")
+        return np.asarray(im, dtype=np.uint8).copy()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _optional_int(value, what: str) -> int | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as e:
+        raise SetError(f"{what}: {value!r} is not a class index") from e
+    if not number.is_integer() or not 0 <= number <= 9:
+        raise SetError(f"{what}: {value!r} is not a class index 0-9")
+    return int(number)
+
+
+def _optional_float(value, what: str) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as e:
+        raise SetError(f"{what}: {value!r} is not a number") from e
+    return None if math.isnan(number) else number
+
+
+def read_set(directory: str | Path, *, image_size: int = 32) -> list[SetItem]:
+    """Read and validate one set folder; every problem names the file and row."""
+    directory = Path(directory)
+    meta_path = directory / "meta.csv"
+    if not meta_path.is_file():
+        raise SetError(f"{directory}: no meta.csv (is this an adversarial set folder?)")
+    try:
+        meta = pd.read_csv(meta_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise SetError(f"{meta_path}: unreadable CSV ({e})") from e
+    missing = [c for c in REQUIRED_COLUMNS if c not in meta.columns]
+    if missing:
+        raise SetError(f"{meta_path}: missing columns {missing}")
+    if meta.empty:
+        raise SetError(f"{meta_path}: no rows")
+    root = directory.resolve()
+    pred_columns = [c for c in meta.columns if c.startswith(PRED_PREFIX)]
+    items: list[SetItem] = []
+    for row_number, row in enumerate(meta.to_dict("records"), start=2):
+        where = f"{meta_path}:{row_number}"
+        try:
+            test_index = int(row["index"])
+        except ValueError as e:
+            raise SetError(f"{where}: index {row['index']!r} is not an integer") from e
+        if test_index < 0:
+            raise SetError(f"{where}: negative index {test_index}")
+        true_label = _optional_int(row["true_label"], f"{where} true_label")
+        if true_label is None:
+            raise SetError(f"{where}: true_label is empty")
+        attack = row["attack"].strip()
+        if not attack:
+            raise SetError(f"{where}: attack is empty")
+        image_path = (directory / row["file"]).resolve()
+        if root not in image_path.parents:
+            raise SetError(f"{where}: file {row['file']!r} points outside the set folder")
+        if not image_path.is_file():
+            raise SetError(f"{where}: image {row['file']!r} not found")
+        data = image_path.read_bytes()
+        try:
+            pixels = decode_png(data)
+        except (SetError, OSError) as e:
+            raise SetError(f"{where}: {row['file']}: {e}") from e
+        if pixels.shape != (image_size, image_size, 3):
+            raise SetError(f"{where}: {row['file']} is {pixels.shape}, expected ({image_size}, {image_size}, 3)")
+        items.append(SetItem(
+            test_index=test_index,
+            true_label=true_label,
+            source_model=row["source"].strip(),
+            attack=attack,
+            source_pred=_optional_int(row["source_pred"], f"{where} source_pred"),
+            linf=_optional_float(row["linf"], f"{where} linf"),
+            l2=_optional_float(row["l2"], f"{where} l2"),
+            file=row["file"],
+            png=data,
+            predictions={c[len(PRED_PREFIX):]: _optional_int(row[c], f"{where} {c}") for c in pred_columns},
+        ))
+    seen: set[tuple[str, int]] = set()
+    for item in items:
+        key = (item.condition, item.test_index)
+        if key in seen:
+            raise SetError(f"{meta_path}: test index {item.test_index} appears twice in condition {item.condition}")
+        seen.add(key)
+    return items
+
+
+def write_set(directory: str | Path, rows: list[dict], images: list[np.ndarray]) -> Path:
+    """Write a set folder from metadata rows (REQUIRED_COLUMNS minus `file`, plus any pred:* keys) and images."""
+    directory = Path(directory)
+    if len(rows) != len(images):
+        raise SetError(f"{len(rows)} rows but {len(images)} images")
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for row, image in zip(rows, images, strict=True):
+        name = f"images/{int(row['index']):06d}.png"
+        (directory / name).write_bytes(png_bytes(image))
+        records.append({**row, "file": name})
+    columns = list(REQUIRED_COLUMNS) + sorted({k for r in rows for k in r if k.startswith(PRED_PREFIX)})
+    pd.DataFrame.from_records(records, columns=columns).to_csv(directory / "meta.csv", index=False)
+    return directory
+
+
+@functools.lru_cache(maxsize=1)
+def load_cifar10_test(data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 test images (10000, 32, 32, 3) uint8 and labels, from $RANDMASK_DATA (cached: ~3 s to load)."""
+    root = Path(data_dir or os.environ.get("RANDMASK_DATA", "../shared/data"))
+    path = root / "cifar10" / "test.npz"
+    if not path.is_file():
+        raise SetError(f"CIFAR-10 test set not found at {path} (set RANDMASK_DATA)")
+    with np.load(path) as d:
+        return d["x"], d["y"].astype(np.int64)
+
+
+def load_cifar10h(path: str | Path | None = None) -> np.ndarray:
+    """CIFAR-10H human label counts (10000, 10) int64. Default: $RANDMASK_DATA/cifar10h/counts.npy."""
+    path = Path(path) if path else Path(os.environ.get("RANDMASK_DATA", "../shared/data")) / "cifar10h" / "counts.npy"
+    if not path.is_file():
+        raise SetError(f"CIFAR-10H counts not found at {path}")
+    counts = np.load(path, allow_pickle=False)
+    if counts.shape != (10000, 10) or not np.issubdtype(counts.dtype, np.integer):
+        raise SetError(f"{path}: expected integer counts of shape (10000, 10), got {counts.dtype} {counts.shape}")
+    return counts
+
+
+def unambiguous_indices(labels: np.ndarray, counts: np.ndarray | None = None, *, min_share: float = 0.98) -> np.ndarray:
+    """Test indices whose CIFAR-10H share for the true label is >= min_share (all indices without counts)."""
+    if counts is None:
+        return np.arange(len(labels))
+    share = counts[np.arange(len(labels)), labels] / counts.sum(axis=1)
+    return np.flatnonzero(share >= min_share)
+
+
+def build_clean_set(directory: str | Path, indices, *, x: np.ndarray, y: np.ndarray) -> Path:
+    """A set of unperturbed test images (clean controls, catch and practice trials)."""
+    indices = [int(i) for i in indices]
+    rows = [{"index": i, "true_label": int(y[i]), "source": "", "attack": CLEAN, "source_pred": "", "linf": 0.0, "l2": 0.0}
+            for i in indices]
+    return write_set(directory, rows, [x[i] for i in indices])
+
+
+def build_noise_set(directory: str | Path, indices, *, x: np.ndarray, y: np.ndarray, eps: int = 8, seed: int = 0,
+                    source: str = "", source_preds=None, attack: str | None = None) -> Path:
+    """A set of test images plus random-sign noise of L-inf size `eps`/255: a stand-in for demos and tests
+    until real adversarial sets exist. It is not an attack; its `source_pred` is empty unless given."""
+    rng = np.random.default_rng(seed)
+    indices = [int(i) for i in indices]
+    rows, images = [], []
+    for n, i in enumerate(indices):
+        noise = rng.choice(np.array([-eps, eps], dtype=np.int16), size=x[i].shape)
+        image = np.clip(x[i].astype(np.int16) + noise, 0, 255).astype(np.uint8)
+        diff = image.astype(np.float64) - x[i]
+        rows.append({
+            "index": i, "true_label": int(y[i]), "source": source, "attack": attack or f"Noise{eps}",
+            "source_pred": "" if source_preds is None else int(source_preds[n]),
+            "linf": float(np.abs(diff).max() / 255), "l2": float(np.sqrt((diff ** 2).sum()) / 255),
+        })
+        images.append(image)
+    return write_set(directory, rows, images)
