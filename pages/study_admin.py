@@ -1,0 +1,193 @@
+"""Organiser page of the human study: create and close studies, watch progress, exclude, download.
+
+Behind the password in $STUDY_ADMIN_PASSWORD or `study_admin_password` in .streamlit/secrets.toml.
+The database is $STUDY_DB (default study_data/study.db).
+"""
+from __future__ import annotations
+
+import io
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # `streamlit run pages/study_admin.py` puts only pages/ on sys.path
+    sys.path.insert(0, ROOT)
+from study import (  # noqa: E402
+    DesignError,
+    StudyConfig,
+    StudyDBError,
+    create_study,
+    list_studies,
+    open_db,
+    set_status,
+)
+from study.admin import failing_catch, overview, set_excluded  # noqa: E402
+from study.auth import AdminNotConfigured, configured_password, password_matches  # noqa: E402
+from study.export import export_frames, participants_frame  # noqa: E402
+from study.sets import SetError, load_cifar10h  # noqa: E402
+
+MAX_FAILURES = 5
+LOCKOUT_S = 60
+
+
+def sign_in(expected: str) -> bool:
+    state = st.session_state
+    if state.get("admin_ok"):
+        return True
+    locked_until = state.get("admin_locked_until", 0.0)
+    if time.time() < locked_until:
+        st.error(f"Too many wrong passwords. Try again in {int(locked_until - time.time()) + 1} s.")
+        return False
+    with st.form("sign-in"):
+        given = st.text_input("Organiser password", type="password", key="admin_password")
+        submitted = st.form_submit_button("Sign in")
+    if submitted:
+        if password_matches(given or "", expected):
+            state["admin_ok"] = True
+            state.pop("admin_failures", None)
+            st.rerun()
+        failures = state.get("admin_failures", 0) + 1
+        state["admin_failures"] = failures
+        if failures >= MAX_FAILURES:
+            state["admin_locked_until"] = time.time() + LOCKOUT_S
+            state["admin_failures"] = 0
+        st.error("Wrong password.")
+    return False
+
+
+def studies_tab(db, study) -> None:
+    o = overview(db, study)
+    st.progress(min(o.fraction_done, 1.0), text=f"{o.labels_done} of {o.labels_needed} labels "
+                f"({study.labels_per_item} per item)")
+    cols = st.columns(4)
+    cols[0].metric("Participants", o.participants)
+    cols[1].metric("Consented", o.consented)
+    cols[2].metric("Completed", o.completed)
+    cols[3].metric("Excluded", o.excluded)
+    st.dataframe(o.per_condition, hide_index=True)
+    st.write(f"Participant link: append `?study={study.slug}&pid=<participant id>` to this app's address "
+             f"(Prolific: `?study={study.slug}&PROLIFIC_PID={{{{%PROLIFIC_PID%}}}}&STUDY_ID={{{{%STUDY_ID%}}}}&SESSION_ID={{{{%SESSION_ID%}}}}`).")
+    st.write(f"Completion code: `{study.completion_code}`. Status: **{study.status}**.")
+    if study.status == "open":
+        if st.button("Close study (no more answers)", key="close-study"):
+            set_status(db, study.slug, "closed")
+            st.rerun()
+    elif st.button("Reopen study", key="open-study"):
+        set_status(db, study.slug, "open")
+        st.rerun()
+
+
+def participants_tab(db, study) -> None:
+    frame = participants_frame(db, study)
+    st.dataframe(frame, hide_index=True)
+    if frame.empty:
+        return
+    threshold = st.slider("Minimum catch-trial accuracy", 0.0, 1.0, 0.5, 0.05, key="catch-threshold")
+    failing = failing_catch(db, study, threshold)
+    st.write(f"{len(failing)} participant(s) below {threshold:.0%} on catch trials: {', '.join(failing) or '-'}")
+    if failing and st.button(f"Exclude these {len(failing)}", key="exclude-failing"):
+        for uid in failing:
+            set_excluded(db, study.slug, uid, True, f"catch accuracy below {threshold:.2f}")
+        st.rerun()
+    uid = st.selectbox("Participant", frame["participant"].tolist(), key="one-participant")
+    reason = st.text_input("Reason", key="exclusion-reason", max_chars=200)
+    c1, c2 = st.columns(2)
+    if c1.button("Exclude", key="exclude-one"):
+        set_excluded(db, study.slug, uid, True, reason)
+        st.rerun()
+    if c2.button("Include again", key="include-one"):
+        set_excluded(db, study.slug, uid, False)
+        st.rerun()
+
+
+def create_tab(db) -> None:
+    with st.form("create-study"):
+        slug = st.text_input("Name (used in links)", key="new-slug", max_chars=40)
+        title = st.text_input("Title", key="new-title", max_chars=200)
+        sets = st.text_area("Set folders, one per line", key="new-sets")
+        catch_set = st.text_input("Catch-trial set folder (clean, unambiguous images)", key="new-catch")
+        practice_set = st.text_input("Practice set folder (optional)", key="new-practice")
+        c = st.columns(4)
+        k = c[0].number_input("Labels per item", 1, 100, 3, key="new-k")
+        n = c[1].number_input("Items per participant", 1, 1000, 12, key="new-n")
+        n_catch = c[2].number_input("Catch trials per participant", 0, 100, 2, key="new-catch-n")
+        ms = c[3].number_input("Presentation ms (0 = until answered)", 0, 10_000, 0, key="new-ms")
+        code = st.text_input("Completion code (empty: random)", key="new-code", max_chars=40)
+        redirect = st.text_input("Redirect URL at the end (https://..., optional)", key="new-redirect")
+        submitted = st.form_submit_button("Create study")
+    if submitted:
+        config = StudyConfig(slug=slug.strip(), title=title.strip(), labels_per_item=int(k), items_per_participant=int(n),
+                             catch_per_participant=int(n_catch), presentation_ms=int(ms) or None,
+                             completion_code=code.strip() or None, redirect_url=redirect.strip() or None)
+        folders = [line.strip() for line in sets.splitlines() if line.strip()]
+        try:
+            create_study(db, config, folders, catch_set.strip() or None, practice_set.strip() or None)
+        except (DesignError, SetError) as e:
+            st.error(f"Not created: {e}")
+        else:
+            st.success(f"Created study {config.slug}.")
+
+
+def export_tab(db, study) -> None:
+    n_boot = st.number_input("Bootstrap resamples", 100, 20_000, 2000, step=100, key="n-boot")
+    cifar10h_path = st.text_input("CIFAR-10H counts.npy (empty: $RANDMASK_DATA/cifar10h/counts.npy)", key="c10h")
+    if not st.button("Prepare export", key="prepare-export"):
+        return
+    try:
+        counts = load_cifar10h(cifar10h_path.strip() or None)
+    except SetError as e:
+        counts = None
+        st.info(f"No CIFAR-10H comparison: {e}")
+    frames = export_frames(db, study, cifar10h=counts, n_boot=int(n_boot))
+    st.dataframe(frames["summary.csv"], hide_index=True)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, frame in frames.items():
+            zf.writestr(name, frame.to_csv(index=False))
+    st.download_button("Download all (zip)", buffer.getvalue(), f"{study.slug}-export.zip", "application/zip", key="dl-zip")
+    for name, frame in frames.items():
+        st.download_button(f"Download {name}", frame.to_csv(index=False).encode("utf-8"), f"{study.slug}-{name}",
+                           "text/csv", key=f"dl-{name}")
+
+
+def run_page(db) -> None:
+    studies = list_studies(db)
+    tab_studies, tab_participants, tab_create, tab_export = st.tabs(["Progress", "Participants", "Create", "Export"])
+    with tab_create:
+        create_tab(db)
+    if not studies:
+        with tab_studies:
+            st.info("No study yet: create one in the Create tab (or with `python -m study create`).")
+        return
+    slugs = [s.slug for s in studies]
+    slug = st.sidebar.selectbox("Study", slugs, index=len(slugs) - 1, key="admin-study")
+    study = next(s for s in studies if s.slug == slug)
+    with tab_studies:
+        studies_tab(db, study)
+    with tab_participants:
+        participants_tab(db, study)
+    with tab_export:
+        export_tab(db, study)
+
+
+st.title("Human study: organiser")
+try:
+    expected_password = configured_password(st.secrets)
+except AdminNotConfigured as e:
+    st.error(f"Organiser page disabled: {e}.")
+    st.stop()
+if not sign_in(expected_password):
+    st.stop()
+try:
+    db = open_db()
+except StudyDBError as e:
+    st.error(f"Database problem: {e}")
+    st.stop()
+try:
+    run_page(db)
+finally:
+    db.close()

@@ -1,0 +1,398 @@
+"""Study database, design, assignment, resume and participant-side security."""
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+import test_study_support as support
+
+from study import (
+    SCHEMA_VERSION,
+    AnswerRejected,
+    DesignError,
+    StudyClosed,
+    StudyConfig,
+    StudyDBError,
+    StudyFull,
+    consent,
+    create_study,
+    get_study,
+    join,
+    next_trial,
+    open_db,
+    record_answer,
+    set_status,
+)
+from study.assign import Candidate, choose_items, participant_rng
+from study.auth import password_matches
+from study.db import APPLICATION_ID, MIGRATIONS, integrity_problems
+from study.participant import progress
+from study.sets import SetError, build_clean_set, read_set, write_set
+from study.validate import InvalidLink, has_participant_link, parse_link
+
+cifar, study_sets, make_study = support.cifar, support.study_sets, support.make_study
+
+
+def answer_all(db, participant, label_of=lambda trial: 0):
+    while (trial := next_trial(db, participant.id)) is not None:
+        record_answer(db, participant.id, trial.assignment_id, label_of(trial), rt_ms=400.0, mode="unlimited", input="button")
+
+
+def item_rows(db, participant_id):
+    return db.execute(
+        "SELECT i.role, i.condition, i.test_index, i.id FROM assignments a JOIN items i ON i.id = a.item_id "
+        "WHERE a.participant_id = ? ORDER BY a.position", [participant_id]).fetchall()
+
+
+# --- database -------------------------------------------------------------------------------------
+
+def test_new_database_settings(tmp_path):
+    db = open_db(tmp_path / "s.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    assert {"studies", "items", "participants", "assignments", "responses", "admin_log"} <= set(db.table_names())
+    with pytest.raises(sqlite3.IntegrityError):  # foreign keys are enforced
+        db.execute("INSERT INTO items (study_id, role, condition, attack, source_model, test_index, true_label, png, "
+                   "png_sha256, set_dir, set_file) VALUES (999, 'trial', 'c', 'a', '', 1, 1, x'00', '', '', '')")
+
+
+def test_migrates_version_1_file_keeping_data(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO studies (slug, title, created_at, seed, labels_per_item, trials_per_condition, "
+                 "catch_per_participant, abandon_after_min, completion_code, classes_json, design_json) "
+                 "VALUES ('old', 'Old', 'now', 0, 1, 1, 0, 60, 'C', '[]', '{\"conditions\": []}')")
+    conn.close()
+    db = open_db(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert "admin_log" in db.table_names()
+    assert db.execute("SELECT slug FROM studies").fetchall() == [("old",)]
+
+
+@pytest.mark.parametrize("content", [b"hello, this is not a database" * 10, b"PK\x03\x04" + bytes(1000)])
+def test_non_sqlite_file_is_refused_untouched(tmp_path, content):
+    path = tmp_path / "notes.db"
+    path.write_bytes(content)
+    with pytest.raises(StudyDBError, match="not a SQLite database"):
+        open_db(path)
+    assert path.read_bytes() == content
+
+
+def test_foreign_sqlite_file_is_refused_untouched(tmp_path):
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StudyDBError, match="another program"):
+        open_db(path)
+    assert path.read_bytes() == before
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "new.db"
+    open_db(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StudyDBError, match="newer than this code"):
+        open_db(path)
+
+
+def test_corrupt_sqlite_file_gives_clear_error(tmp_path):
+    path = tmp_path / "broken.db"
+    path.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 16)  # right magic, garbage header and pages
+    with pytest.raises(StudyDBError, match="not a usable SQLite database"):
+        open_db(path)
+
+
+def test_missing_file_not_created_when_asked(tmp_path):
+    with pytest.raises(StudyDBError, match="does not exist"):
+        open_db(tmp_path / "nope.db", create=False)
+    assert not (tmp_path / "nope.db").exists()
+
+
+def test_database_enforces_one_answer_per_participant_and_item(tmp_path, study_sets):
+    make_study(tmp_path / "s.db", study_sets)
+    db = open_db(tmp_path / "s.db")
+    study = get_study(db, "s1")
+    p = consent(db, join(db, study, "alice"))
+    trial = next_trial(db, p.id)
+    record_answer(db, p.id, trial.assignment_id, 3, rt_ms=10.0, mode="unlimited", input="click")
+    item_id = db.execute("SELECT item_id FROM assignments WHERE id = ?", [trial.assignment_id]).fetchone()[0]
+    with pytest.raises(sqlite3.IntegrityError):  # even a direct INSERT cannot add a second answer
+        db.execute("INSERT INTO responses (assignment_id, participant_id, item_id, label, mode, input, created_at) "
+                   "VALUES (?, ?, ?, 4, 'unlimited', 'click', 'now')", [trial.assignment_id, p.id, item_id])
+    assert integrity_problems(db) == []
+
+
+# --- sets ------------------------------------------------------------------------------------------
+
+def test_read_set_round_trip_is_lossless(tmp_path, cifar):
+    x, y = cifar
+    build_clean_set(tmp_path / "c", [5, 7], x=x, y=y)
+    items = read_set(tmp_path / "c")
+    from study.sets import decode_png
+    assert [i.test_index for i in items] == [5, 7]
+    assert np.array_equal(decode_png(items[1].png), x[7])
+    assert items[0].condition == "clean" and items[0].true_label == int(y[5]) and items[0].source_pred is None
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing-column", "missing columns"), ("traversal", "outside the set folder"), ("not-png", "not a PNG|cannot identify"),
+    ("wrong-size", "expected \\(32, 32, 3\\)"), ("bad-label", "not a class index"), ("duplicate", "appears twice"),
+])
+def test_read_set_rejects_bad_sets(tmp_path, cifar, problem, message):
+    x, y = cifar
+    d = tmp_path / "bad"
+    rows = [{"index": i, "true_label": int(y[i]), "source": "m", "attack": "PGD16", "source_pred": 1, "linf": 0.1, "l2": 1.0}
+            for i in (1, 2)]
+    write_set(d, rows, [x[1], x[2]])
+    meta = (d / "meta.csv").read_text()
+    if problem == "missing-column":
+        (d / "meta.csv").write_text(meta.replace("source_pred", "prediction"))
+    elif problem == "traversal":
+        (d / "meta.csv").write_text(meta.replace("images/000002.png", "../../etc/passwd"))
+    elif problem == "not-png":
+        (d / "images/000002.png").write_bytes(b"GIF89a not really")
+    elif problem == "wrong-size":
+        from PIL import Image
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(d / "images/000002.png")
+    elif problem == "bad-label":
+        (d / "meta.csv").write_text(meta.replace(f"\n2,{int(y[2])},", "\n2,12,"))
+    elif problem == "duplicate":
+        (d / "meta.csv").write_text(meta.replace("\n2,", "\n1,"))
+    with pytest.raises(SetError, match=message):
+        read_set(d)
+
+
+# --- design ----------------------------------------------------------------------------------------
+
+def test_create_study_conditions_and_items(tmp_path, study_sets):
+    make_study(tmp_path / "s.db", study_sets)
+    db = open_db(tmp_path / "s.db")
+    study = get_study(db, "s1")
+    assert study.conditions == ["PGD16-vs-0.9-Shallow", "PGD16-vs-Normal ResNet-18", "clean"]
+    assert study.trials_per_condition == 2
+    per_role = dict(db.execute("SELECT role, count(*) FROM items GROUP BY role").fetchall())
+    assert per_role == {"trial": 36, "catch": 12, "practice": 3}
+    # the same 12 test images are drawn in every condition (within-image comparison)
+    images = [set(r[0] for r in db.execute("SELECT test_index FROM items WHERE condition = ? AND role = 'trial'", [c]))
+              for c in study.conditions]
+    assert images[0] == images[1] == images[2] and len(images[0]) == 12
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"items_per_participant": 7}, "multiple of the 3 conditions"),
+    ({"items_per_condition": 30}, "has only 24 items"),
+    ({"items_per_participant": 30, "items_per_condition": 8}, "needs 10 items per condition"),
+    ({"catch_per_participant": 30, "items_per_condition": 4, "items_per_participant": 12}, "different test images"),
+    ({"presentation_ms": 5}, "presentation_ms"),
+])
+def test_impossible_designs_are_refused(tmp_path, study_sets, overrides, message):
+    with pytest.raises(DesignError, match=message):
+        make_study(tmp_path / "s.db", study_sets, **overrides)
+    assert open_db(tmp_path / "s.db").execute("SELECT count(*) FROM items").fetchone()[0] == 0
+
+
+def test_bad_names_duplicates_and_practice_overlap(tmp_path, study_sets, cifar):
+    with pytest.raises(DesignError, match="study name"):
+        make_study(tmp_path / "s.db", study_sets, slug="Bad Name!")
+    make_study(tmp_path / "s.db", study_sets)
+    with pytest.raises(DesignError, match="already exists"):
+        make_study(tmp_path / "s.db", study_sets)
+    x, y = cifar
+    build_clean_set(tmp_path / "overlap", [100, 301], x=x, y=y)
+    db = open_db(tmp_path / "s.db")
+    with pytest.raises(DesignError, match="practice images reuse"):
+        create_study(db, StudyConfig(slug="s2", items_per_participant=6), study_sets["conditions"],
+                     study_sets["catch"], tmp_path / "overlap")
+
+
+# --- assignment ------------------------------------------------------------------------------------
+
+def test_choose_items_hand_example():
+    # two conditions on images 1,2,3; A@1 and B@2 already have their single label
+    cands = [Candidate(10, "trial", "A", 1, 1), Candidate(11, "trial", "A", 2, 0), Candidate(12, "trial", "A", 3, 0),
+             Candidate(20, "trial", "B", 1, 0), Candidate(21, "trial", "B", 2, 1), Candidate(22, "trial", "B", 3, 0)]
+    for seed in range(5):
+        chosen = set(choose_items(cands, ["A", "B"], 1, 0, 1, np.random.default_rng(seed)))
+        # the only pairs of unlabelled items on different images
+        assert chosen in ({11, 22}, {12, 20})
+
+
+def test_full_study_gets_exactly_k_labels_balanced_and_distinct(tmp_path, study_sets):
+    make_study(tmp_path / "s.db", study_sets, labels_per_item=3)
+    db = open_db(tmp_path / "s.db")
+    study = get_study(db, "s1")
+    n_participants = 3 * 12 // 2  # k * items per condition / per participant
+    for p in range(n_participants):
+        participant = consent(db, join(db, study, f"p{p}"))
+        rows = item_rows(db, participant.id)
+        roles = [r[0] for r in rows]
+        assert roles[:3] == ["practice"] * 3 and roles.count("catch") == 2
+        trials = [r for r in rows if r[0] == "trial"]
+        assert Counter(r[1] for r in trials) == {c: 2 for c in study.conditions}
+        origins = [r[2] for r in rows]
+        assert len(set(origins)) == len(origins)  # never the same image twice
+        answer_all(db, participant)
+    labels = Counter(r[0] for r in db.execute(
+        "SELECT r.item_id FROM responses r JOIN items i ON i.id = r.item_id WHERE i.role = 'trial'"))
+    trial_items = [r[0] for r in db.execute("SELECT id FROM items WHERE role = 'trial'")]
+    assert sorted(labels[i] for i in trial_items) == [3] * 36
+    with pytest.raises(StudyFull):
+        consent(db, join(db, study, "one-too-many"))
+
+
+def test_order_reproducible_from_seed_and_participant(tmp_path, study_sets):
+    orders = []
+    for run in range(2):
+        make_study(tmp_path / f"r{run}.db", study_sets)
+        db = open_db(tmp_path / f"r{run}.db")
+        study = get_study(db, "s1")
+        orders.append([[r[3] for r in item_rows(db, consent(db, join(db, study, pid)).id)] for pid in ("ann", "bob")])
+    assert orders[0] == orders[1]
+    assert orders[0][0] != orders[0][1]
+    rng_a, rng_b = participant_rng(0, "ann"), participant_rng(0, "ann")
+    assert rng_a.random() == rng_b.random() and participant_rng(1, "ann").random() != participant_rng(0, "ann").random()
+
+
+def test_abandoned_and_excluded_participants_free_their_items(tmp_path, study_sets):
+    from study.admin import set_excluded
+    make_study(tmp_path / "s.db", study_sets, labels_per_item=1, items_per_condition=6, conditions=["clean"])
+    db = open_db(tmp_path / "s.db")
+    study = get_study(db, "s1")
+    first = consent(db, join(db, study, "first"))  # takes all 6 trial items (k=1)
+    with pytest.raises(StudyFull):
+        consent(db, join(db, study, "second"))
+    old = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min + 1)).isoformat()
+    db.execute("UPDATE participants SET last_seen_at = ? WHERE id = ?", [old, first.id])
+    third = consent(db, join(db, study, "third"))  # first went silent: their items are offered again
+    assert {r[3] for r in item_rows(db, third.id) if r[0] == "trial"} == {r[3] for r in item_rows(db, first.id) if r[0] == "trial"}
+    answer_all(db, third)
+    with pytest.raises(StudyFull):
+        consent(db, join(db, study, "fourth"))
+    set_excluded(db, "s1", db.execute("SELECT uid FROM participants WHERE id = ?", [third.id]).fetchone()[0], True, "test")
+    assert len(item_rows(db, consent(db, join(db, study, "fifth")).id)) == 3 + 6 + 2
+
+
+# --- participant flow, resume, security -------------------------------------------------------------
+
+def test_resume_after_reconnect(tmp_path, study_sets):
+    make_study(tmp_path / "s.db", study_sets)
+    db = open_db(tmp_path / "s.db")
+    study = get_study(db, "s1")
+    p = consent(db, join(db, study, "carol"))
+    for _ in range(5):
+        t = next_trial(db, p.id)
+        record_answer(db, p.id, t.assignment_id, 1, rt_ms=5.0, mode="unlimited", input="click")
+    db.close()
+    db = open_db(tmp_path / "s.db")  # a reload: new connection, same participant id from the link
+    again = join(db, get_study(db, "s1"), "carol")
+    assert again.id == p.id and again.consent_at == p.consent_at
+    t = next_trial(db, again.id)
+    assert t.number == 6 and progress(db, again.id) == (5, 11, 3)
+    assert consent(db, again).consent_at == p.consent_at  # consent again changes nothing
+    assert len(item_rows(db, p.id)) == 11
+
+
+def test_practice_feedback_and_completion(tmp_path, study_sets):
+    make_study(tmp_path / "s.db", study_sets)
+    db = open_db(tmp_path / "s.db")
+    p = consent(db, join(db, get_study(db, "s1"), "dave"))
+    t = next_trial(db, p.id)
+    assert t.is_practice and t.practice_label is not None and t.practice_total == 3
+    r = record_answer(db, p.id, t.assignment_id, (t.practice_label + 1) % 10, rt_ms=1.0, mode="unlimited", input="click")
+    assert r.stored and r.practice_label == t.practice_label and not r.completed
+    for _ in range(2):
+        t = next_trial(db, p.id)
+        assert t.is_practice
+        record_answer(db, p.id, t.assignment_id, 0, rt_ms=1.0, mode="unlimited", input="click")
+    t = next_trial(db, p.id)
+    assert not t.is_practice and t.practice_label is None  # study items never reveal their label
+    answer_all(db, p)
+    assert db.execute("SELECT completed_at IS NOT NULL FROM participants WHERE id = ?", [p.id]).fetchone()[0] == 1
+
+
+def test_duplicate_out_of_order_foreign_and_invalid_answers(tmp_path, study_sets):
+    make_study(tmp_path / "s.db", study_sets)
+    db = open_db(tmp_path / "s.db")
+    study = get_study(db, "s1")
+    alice, bob = (consent(db, join(db, study, pid)) for pid in ("alice", "bob"))
+    t = next_trial(db, alice.id)
+    first = record_answer(db, alice.id, t.assignment_id, 2, rt_ms=300.0, mode="unlimited", input="click")
+    again = record_answer(db, alice.id, t.assignment_id, 7, rt_ms=1.0, mode="unlimited", input="keyboard")
+    assert first.stored and not again.stored and again.label == 2
+    assert db.execute("SELECT count(*), min(label) FROM responses").fetchone() == (1, 2)
+    bobs = next_trial(db, bob.id)
+    with pytest.raises(AnswerRejected, match="not assigned"):  # alice cannot answer bob's item
+        record_answer(db, alice.id, bobs.assignment_id, 1, rt_ms=1.0, mode="unlimited", input="click")
+    later = db.execute("SELECT id FROM assignments WHERE participant_id = ? ORDER BY position DESC LIMIT 1", [alice.id]).fetchone()[0]
+    with pytest.raises(AnswerRejected, match="in order"):
+        record_answer(db, alice.id, later, 1, rt_ms=1.0, mode="unlimited", input="click")
+    current = next_trial(db, alice.id).assignment_id
+    for bad in ({"label": 10}, {"label": -1}, {"label": "3"}, {"label": True}, {"rt_ms": -5.0}, {"rt_ms": "fast"},
+                {"mode": "sneaky"}, {"input": "script"}):
+        kwargs = {"label": 1, "rt_ms": 1.0, "mode": "unlimited", "input": "click", **bad}
+        label = kwargs.pop("label")
+        with pytest.raises(AnswerRejected):
+            record_answer(db, alice.id, current, label, **kwargs)
+    assert db.execute("SELECT count(*) FROM responses").fetchone()[0] == 1
+    # next_trial shows nothing but the participant's own next item
+    assert next_trial(db, bob.id).assignment_id == bobs.assignment_id
+    assert db.execute("SELECT participant_id FROM assignments WHERE id = ?", [current]).fetchone()[0] == alice.id
+
+
+def test_closed_study_takes_no_answers_or_participants(tmp_path, study_sets):
+    make_study(tmp_path / "s.db", study_sets)
+    db = open_db(tmp_path / "s.db")
+    study = get_study(db, "s1")
+    p = consent(db, join(db, study, "erin"))
+    set_status(db, "s1", "closed")
+    t = next_trial(db, p.id)
+    with pytest.raises(StudyClosed):
+        record_answer(db, p.id, t.assignment_id, 1, rt_ms=1.0, mode="unlimited", input="click")
+    with pytest.raises(StudyClosed):
+        join(db, study, "frank")
+    set_status(db, "s1", "open")
+    assert record_answer(db, p.id, t.assignment_id, 1, rt_ms=1.0, mode="unlimited", input="click").stored
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"pid": "abc-123_X"}, ("abc-123_X", None)),
+    ({"PROLIFIC_PID": "5f1c2d3e4b5a697887766554", "STUDY_ID": "s9", "SESSION_ID": "x1", "study": "demo-1"},
+     ("5f1c2d3e4b5a697887766554", "demo-1")),
+    ({"pid": ["same"], "PROLIFIC_PID": ["same"], "utm_source": "<script>"}, ("same", None)),
+])
+def test_link_parameters_accepted(params, expected):
+    link = parse_link(params)
+    assert (link.external_id, link.study) == expected
+    assert has_participant_link(params)
+
+
+@pytest.mark.parametrize("params", [
+    {}, {"pid": ""}, {"pid": "a" * 65}, {"pid": "a b"}, {"pid": "x'; DROP TABLE responses;--"}, {"pid": "é"},
+    {"pid": "ok", "study": "Upper"}, {"pid": "ok", "study": "../x"}, {"pid": "ok", "SESSION_ID": "<b>"},
+    {"pid": "a", "PROLIFIC_PID": "b"}, {"pid": ["a", "b"]},
+])
+def test_link_parameters_rejected(params):
+    with pytest.raises(InvalidLink):
+        parse_link(params)
+
+
+def test_password_comparison():
+    assert password_matches("correct horse", "correct horse")
+    assert not password_matches("correct hors", "correct horse")
+    assert not password_matches("", "correct horse")
