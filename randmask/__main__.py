@@ -1,0 +1,5 @@
+import sys
+
+from randmask.cli import main
+
+sys.exit(main())

@@ -1,0 +1,143 @@
+"""`python -m randmask COMMAND`: models, info, train, evaluate, ensemble (+ attack commands when present).
+
+User errors print one line (`error: ...`) and exit 2; they never show a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from collections.abc import Sequence
+
+from randmask.errors import RandmaskError
+
+EXIT_USER_ERROR = 2
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from randmask.models import DATASETS, list_models
+    from randmask.notation import ARCH_NAMES
+    from randmask.train import PRESETS
+
+    print(json.dumps({"architectures": {k: ARCH_NAMES[k] for k in list_models()},
+                      "datasets": {k: list(v) for k, v in DATASETS.items()},
+                      "presets": {k: {**v, "milestones": list(v.get("milestones", ()))} for k, v in PRESETS.items()}},
+                     indent=2))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from randmask.models import describe
+
+    print(json.dumps(describe(args.notation, dataset=args.dataset, width=args.width, mask_seed=args.mask_seed),
+                     indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from randmask.train import make_config, train
+
+    cfg = make_config(args.notation, args.preset, dataset=args.dataset, width=args.width, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, seed=args.seed, mask_seed=args.mask_seed,
+                      precision=args.precision, train_n=args.train_n, eval_n=args.eval_n)
+    result = train(cfg, args.out, show_bar=not args.no_bar)
+    if result:
+        print(json.dumps({"checkpoint": args.out, "clean_accuracy": result["clean_accuracy"],
+                          "n": result["clean_accuracy_n"], "train_time_s": result["train_time_s"]}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from randmask.checkpoint import load_any
+    from randmask.data import load_uint8
+    from randmask.device import default_device
+    from randmask.stats import wilson_interval
+    from randmask.train import accuracy
+
+    model, config = load_any(args.model, default_device())
+    x, y = load_uint8(config["dataset"], "test")
+    if args.n is not None:
+        if args.n < 1:
+            raise RandmaskError(f"--n must be positive, got {args.n}")
+        x, y = x[:args.n], y[:args.n]
+    correct, n = accuracy(model, x, y)
+    low, high = wilson_interval(correct, n)
+    print(json.dumps({"model": config["notation"], "n": n, "accuracy": correct / n, "ci_low": low,
+                      "ci_high": high}))
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from randmask.train import assemble_ensemble
+
+    result = assemble_ensemble(args.members, args.out, eval_n=args.eval_n)
+    print(json.dumps({"checkpoint": args.out, "clean_accuracy": result["clean_accuracy"],
+                      "n": result["clean_accuracy_n"]}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m randmask", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list architectures, data sets and training presets")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("info", help="describe a model notation (masked layers with measured drop ratios)")
+    p.add_argument("notation", help="e.g. '0.7-Shallow', '0.5-ShallowDC', 'Normal ResNet-18'")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--mask-seed", type=int, default=0)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train a model into a checkpoint folder (resumes if interrupted)")
+    p.add_argument("notation")
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--preset", default="quick", help="quick (CPU) or paper (appendix D)")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--width", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--mask-seed", type=int)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--train-n", type=int, help="use only the first N training images")
+    p.add_argument("--eval-n", type=int, help="measure accuracy on the first N test images")
+    p.add_argument("--no-bar", action="store_true", help="no tqdm bar (the JSON-lines log is always written)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="clean test accuracy of a checkpoint (last line: JSON)")
+    p.add_argument("--model", required=True, help="checkpoint folder (or a notation: untrained)")
+    p.add_argument("--n", type=int, help="first N test images (default: all)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("ensemble", help="join trained members into an EN checkpoint")
+    p.add_argument("members", nargs="+", help="member checkpoint folders, in seed order")
+    p.add_argument("--out", required=True)
+    p.add_argument("--eval-n", type=int)
+    p.set_defaults(func=cmd_ensemble)
+
+    if importlib.util.find_spec("randmask.cli_attacks"):  # attack/protocol commands live beside the core
+        from randmask import cli_attacks
+
+        cli_attacks.add_subcommands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (RandmaskError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Data sets as in-memory uint8 tensors (N×C×H×W), from three kinds of source, tried in order:
+
+1. the lab's offline `.npz` files under `data_root()/<dataset>/<split>.npz` (decompressed once, cached as .npy);
+2. torchvision's standard layout under `data_root()` (CIFAR-10 / MNIST; `download=True` fetches it);
+3. an image folder `data_root()/<dataset>/<split>/<class>/*.{png,jpg,jpeg}` (Tiny-ImageNet, ImageNet-style).
+
+`data_root()` is $RANDMASK_DATA, else `../shared/data` beside the project checkout, else ~/.randmask/data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from randmask.errors import DataError
+from randmask.models import DATASETS
+
+CLASSES: dict[str, list[str]] = {
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+    "mnist": [str(i) for i in range(10)],
+    "tinyimagenet10": ["goldfish", "black stork", "walking stick", "academic gown", "bucket", "dumbbell",
+                       "miniskirt", "refrigerator", "teapot", "ice lolly"],
+}
+SPLITS = ("train", "test")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+def data_root() -> Path:
+    if os.environ.get("RANDMASK_DATA"):
+        return Path(os.environ["RANDMASK_DATA"]).expanduser()
+    beside = PROJECT_ROOT.parent / "shared" / "data"
+    return beside if beside.is_dir() else Path.home() / ".randmask" / "data"
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("RANDMASK_CACHE", Path.home() / ".cache" / "randmask")).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _check(dataset: str, split: str) -> None:
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
+
+
+def _cached_npz(path: Path, key: str) -> np.ndarray:
+    """One array of an .npz, decompressed once and kept as a memory-mappable .npy keyed by file identity."""
+    stat = path.stat()
+    tag = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{key}".encode()).hexdigest()[:16]
+    cached = cache_root() / f"{path.parent.name}-{path.stem}-{key}-{tag}.npy"
+    if cached.exists():
+        return np.load(cached, mmap_mode="r")
+    try:
+        with np.load(path) as archive:
+            array = archive[key]
+    except Exception as exc:  # zipfile/lzma/KeyError: all mean the file is not what we expect
+        raise DataError(f"cannot read {key!r} from {path}: {exc}") from exc
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, cached)
+    return array
+
+
+def _from_npz(dataset: str, split: str, root: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    if dataset == "tinyimagenet10":
+        return _tiny_from_npz(split, root)
+    path = root / dataset / f"{split}.npz"
+    if not path.exists():
+        return None
+    x, y = _cached_npz(path, "x"), _cached_npz(path, "y")
+    x = np.asarray(x)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return np.array(x, order="C"), np.array(y, dtype=np.int64)  # writable copies of the memory maps
+
+
+def _tiny_from_npz(split: str, root: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    if split == "test":
+        path = root / "tinyimagenet10" / "val.npz"
+        if not path.exists():
+            return None
+        x = np.asarray(_cached_npz(path, "x")).transpose(0, 3, 1, 2)
+        return np.array(x, order="C"), np.array(_cached_npz(path, "y"), dtype=np.int64)
+    path = root / "tinyimagenet10" / "jpeg.npz"
+    if not path.exists():
+        return None
+    from PIL import Image
+
+    buf, off = _cached_npz(path, "jpeg"), _cached_npz(path, "offsets")
+    labels, split_ids = _cached_npz(path, "y"), _cached_npz(path, "split")
+    rows = np.flatnonzero(np.asarray(split_ids) == 0)
+    x = np.stack([np.asarray(Image.open(io.BytesIO(bytes(buf[off[i]:off[i + 1]]))).convert("RGB"))
+                  for i in rows]).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x), np.array(labels, dtype=np.int64)[rows]
+
+
+def _from_torchvision(dataset: str, split: str, root: Path, download: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    import torchvision
+
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "mnist": torchvision.datasets.MNIST}.get(dataset)
+    if cls is None:
+        return None
+    try:
+        # torchvision verifies CIFAR-10's official MD5 sums before reading its batch files
+        ds = cls(str(root), train=split == "train", download=download)
+    except RuntimeError:
+        return None
+    x = np.asarray(ds.data)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x), np.asarray(ds.targets, dtype=np.int64)
+
+
+def load_image_folder(folder: str | Path, size: int | None = None,
+                      classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """`folder/<class>/*.png|jpg` -> (uint8 N×3×H×W, labels, class names); images resized to size×size if given."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    names = classes or sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not names:
+        raise DataError(f"{folder} has no class sub-folders")
+    images, labels = [], []
+    for label, name in enumerate(names):
+        for file in sorted((folder / name).rglob("*")):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                img = Image.open(file).convert("RGB")
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"cannot read image {file}: {exc}") from exc
+            if size and img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            images.append(np.asarray(img))
+            labels.append(label)
+    if not images:
+        raise DataError(f"no images found under {folder}")
+    if len({im.shape for im in images}) > 1:
+        raise DataError(f"images under {folder} differ in size; pass size= to resize them")
+    return np.stack(images).transpose(0, 3, 1, 2).copy(), np.asarray(labels, dtype=np.int64), names
+
+
+def load_arrays(dataset: str, split: str, *, root: str | Path | None = None,
+                download: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 N×C×H×W, int64 labels) in the official order of the split."""
+    _check(dataset, split)
+    root = Path(root) if root else data_root()
+    for source in (lambda: _from_npz(dataset, split, root),
+                   lambda: _from_torchvision(dataset, split, root, download),
+                   lambda: _from_folder(dataset, split, root)):
+        found = source()
+        if found is not None:
+            return found
+    raise DataError(f"no {dataset} {split} data under {root}: expected {dataset}/{split}.npz, torchvision's "
+                    f"layout, or {dataset}/{split}/<class>/ images (set RANDMASK_DATA, or download=True)")
+
+
+def _from_folder(dataset: str, split: str, root: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    folder = root / dataset / split
+    if not folder.is_dir():
+        return None
+    x, y, _ = load_image_folder(folder, size=DATASETS[dataset][1])
+    return x, y
+
+
+_TENSOR_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def load_uint8(dataset: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 image tensor and labels, memoised per process (the train split takes seconds to decode)."""
+    key = (dataset, split, str(data_root()))
+    if key not in _TENSOR_CACHE:
+        x, y = load_arrays(dataset, split)
+        _TENSOR_CACHE[key] = (torch.from_numpy(x), torch.from_numpy(y))
+    return _TENSOR_CACHE[key]
+
+
+def load_tensors(dataset: str, split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float images in [0,1] (N×C×H×W) and int64 labels: the first n of the split (all if n is None)."""
+    x, y = load_uint8(dataset, split)
+    if n is not None:
+        if n < 1:
+            raise DataError(f"n must be positive, got {n}")
+        x, y = x[:n], y[:n]
+    return x.float().div_(255), y.clone()
+
+
+def pixel_mean(dataset: str) -> torch.Tensor:
+    """Per-pixel mean of the training set in [0,1] (C×H×W), the paper's only preprocessing."""
+    x, _ = load_uint8(dataset, "train")
+    return x.double().mean(0).div(255).float()

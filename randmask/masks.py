@@ -1,0 +1,83 @@
+"""Random Mask: fixed binary masks on conv outputs, drawn once from a recorded seed.
+
+`make_mask` is the pure function (the spec); `RandomMask` is the thin module that stores the mask as a
+non-trainable buffer and multiplies it in, identically in training and evaluation, with no rescaling.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from randmask.errors import RandmaskError
+
+
+def n_dropped(ratio: float, n: int) -> int:
+    """How many of n positions a drop ratio zeroes: round(ratio * n)."""
+    return int(round(ratio * n))
+
+
+def layer_seed(mask_seed: int, layer_index: int) -> int:
+    """Seed of one layer's mask: distinct per (model mask seed, masked-layer index)."""
+    return mask_seed * 1_000_003 + layer_index
+
+
+def make_mask(shape: tuple[int, int, int], ratio: float, kind: str, seed: int) -> torch.Tensor:
+    """A bool keep-mask of shape C×H×W (True = neuron kept), always drawn on the CPU for reproducibility.
+
+    random: in every channel exactly round(ratio·H·W) positions dropped, uniformly, independently per channel.
+    SM:     one such spatial pattern, shared by all channels of the layer.
+    DC:     round(ratio·C) whole channels dropped.
+    """
+    c, h, w = shape
+    gen = torch.Generator().manual_seed(seed)
+    keep = torch.ones(c, h * w, dtype=torch.bool)
+    if kind == "DC":
+        keep[torch.randperm(c, generator=gen)[: n_dropped(ratio, c)]] = False
+        return keep.view(c, h, w)
+    rows = 1 if kind == "SM" else c
+    if kind not in ("random", "SM"):
+        raise RandmaskError(f"unknown mask kind {kind!r}; expected 'random', 'SM' or 'DC'")
+    k = n_dropped(ratio, h * w)
+    # argsort of iid uniforms is a uniformly random permutation per row: its first k entries are the drops
+    drop = torch.rand(rows, h * w, generator=gen).argsort(dim=1)[:, :k]
+    keep[:rows].scatter_(1, drop, False)
+    if kind == "SM":
+        keep[:] = keep[0]
+    return keep.view(c, h, w)
+
+
+def apply_mask(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Zero the masked neurons of an N×C×H×W activation (the product also stops their gradient)."""
+    return x * keep.to(dtype=x.dtype)
+
+
+class RandomMask(nn.Module):
+    """A fixed mask on one conv output. `block` is the ResNet block (0..4) the layer belongs to."""
+
+    def __init__(self, shape: tuple[int, int, int], ratio: float, kind: str = "random", seed: int = 0,
+                 block: int = -1) -> None:
+        super().__init__()
+        self.shape, self.ratio, self.kind, self.seed, self.block = tuple(shape), ratio, kind, seed, block
+        self.register_buffer("mask", make_mask(self.shape, ratio, kind, seed))
+        self._cast: tuple | None = None
+
+    def _keep_as(self, x: torch.Tensor) -> torch.Tensor:
+        # cast once per dtype/device: under bf16 autocast a float32 mask would promote the whole activation
+        # _version changes when load_state_dict copies new values into the buffer in place
+        key = (x.dtype, x.device, self.mask.data_ptr(), self.mask._version)
+        if self._cast is None or self._cast[:4] != key:
+            self._cast = (*key, self.mask.to(dtype=x.dtype))
+        return self._cast[4]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1:] != self.mask.shape:
+            raise RandmaskError(f"mask of shape {tuple(self.mask.shape)} cannot apply to activations of shape "
+                                f"{tuple(x.shape[1:])}: the model was built for another input size")
+        return x * self._keep_as(x)
+
+    def measured_drop_ratio(self) -> float:
+        return 1.0 - self.mask.float().mean().item()
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, ratio={self.ratio:g}, kind={self.kind}, seed={self.seed}, block={self.block}"

@@ -1,0 +1,194 @@
+"""The paper's model notation, parsed into a `ModelSpec` and printed back canonically.
+
+Grammar (case-insensitive, `x` accepted for `×`):
+    model   := arch [EN[k]]  |  term (", " term)* [EN[k] | ",EN[k]"]
+    arch    := ["Normal "] ("ResNet-18" | "ResNet-50" | "DenseNet-121" | "VGG-19" | "SENet-18")
+    term    := ratio "-" part [DC | SM] ["×" n]
+    part    := "Shallow" (blocks 0,1,2) | "Deep" (blocks 3,4) | "B" digits (e.g. "B12": blocks 1 and 2)
+Examples: "Normal ResNet-18", "0.7-Shallow", "0.5-ShallowDC", "0.9-Shallow×2", "0.5-ShallowEN",
+"0.5-Shallow×2,EN", "0.5-Shallow, 0.5-Deep", "0.9-B12" (appendix F: ratio 0.9 on the 1st and 2nd blocks).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from randmask.errors import NotationError
+
+SHALLOW = (0, 1, 2)
+DEEP = (3, 4)
+N_BLOCKS = 5
+DEFAULT_ENSEMBLE = 5
+MASK_KINDS = ("random", "SM", "DC")
+
+# registry key -> display name; only ResNet-18 carries masks (the paper's 5-block structure)
+ARCH_NAMES = {
+    "resnet18": "ResNet-18",
+    "resnet50": "ResNet-50",
+    "densenet121": "DenseNet-121",
+    "vgg19": "VGG-19",
+    "senet18": "SENet-18",
+}
+_ARCH_BY_NAME = {name.lower().replace("-", ""): key for key, name in ARCH_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class MaskTerm:
+    """One `ratio-Part[DC|SM][×n]` term: a drop ratio applied to a set of blocks."""
+
+    ratio: float
+    blocks: tuple[int, ...]
+    kind: str = "random"  # "random" (Random Mask), "SM" (same mask for all channels), "DC" (drop channels)
+    multiplier: int = 1  # ×n: channel count of these blocks multiplied by n
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ratio < 1.0:
+            raise NotationError(f"drop ratio {self.ratio:g} is outside (0, 1): a ratio of 0 is 'Normal', 1 drops all")
+        if not self.blocks or any(b not in range(N_BLOCKS) for b in self.blocks):
+            raise NotationError(f"blocks {self.blocks} must be a non-empty subset of 0..{N_BLOCKS - 1}")
+        if tuple(sorted(set(self.blocks))) != self.blocks:
+            raise NotationError(f"blocks {self.blocks} must be sorted and unique")
+        if self.kind not in MASK_KINDS:
+            raise NotationError(f"mask kind {self.kind!r} is not one of {MASK_KINDS}")
+        if self.multiplier < 1:
+            raise NotationError(f"channel multiplier ×{self.multiplier} must be at least 1")
+
+    @property
+    def part(self) -> str:
+        if self.blocks == SHALLOW:
+            return "Shallow"
+        if self.blocks == DEEP:
+            return "Deep"
+        return "B" + "".join(str(b) for b in self.blocks)
+
+    def __str__(self) -> str:
+        kind = "" if self.kind == "random" else self.kind
+        mult = "" if self.multiplier == 1 else f"×{self.multiplier}"
+        return f"{self.ratio:g}-{self.part}{kind}{mult}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a notation means: an architecture, its mask terms, and an ensemble size (1 = single model)."""
+
+    arch: str = "resnet18"
+    masks: tuple[MaskTerm, ...] = field(default_factory=tuple)
+    ensemble: int = 1
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCH_NAMES:
+            raise NotationError(f"unknown architecture {self.arch!r}; known: {', '.join(ARCH_NAMES)}")
+        if self.masks and self.arch != "resnet18":
+            raise NotationError(f"Random Mask is defined on ResNet-18's blocks, not on {ARCH_NAMES[self.arch]}")
+        seen: set[int] = set()
+        for term in self.masks:
+            overlap = seen & set(term.blocks)
+            if overlap:
+                raise NotationError(f"block(s) {sorted(overlap)} are masked twice in one model")
+            seen |= set(term.blocks)
+        if self.ensemble < 1:
+            raise NotationError(f"ensemble size {self.ensemble} must be at least 1")
+
+    @property
+    def is_normal(self) -> bool:
+        return not self.masks
+
+    def block_term(self, block: int) -> MaskTerm | None:
+        """The mask term covering `block`, or None when the block is unmasked."""
+        return next((t for t in self.masks if block in t.blocks), None)
+
+    def member(self) -> ModelSpec:
+        """The single-model spec of one ensemble member."""
+        return ModelSpec(self.arch, self.masks, 1)
+
+    def __str__(self) -> str:
+        return format_model(self)
+
+
+def format_model(spec: ModelSpec) -> str:
+    """Canonical notation, e.g. 'Normal ResNet-18', '0.5-Shallow×2,EN', '0.5-Shallow, 0.5-Deep'."""
+    if spec.is_normal:
+        base = ("Normal " if spec.arch == "resnet18" else "") + ARCH_NAMES[spec.arch]
+    else:
+        base = ", ".join(str(t) for t in spec.masks)
+    if spec.ensemble == 1:
+        return base
+    en = "EN" if spec.ensemble == DEFAULT_ENSEMBLE else f"EN{spec.ensemble}"
+    # the paper writes '0.5-ShallowEN' but '0.5-Shallow×2,EN': a comma after a multiplier keeps it readable
+    sep = "," if spec.masks and spec.masks[-1].multiplier > 1 else ""
+    return base + sep + en
+
+
+_TERM = re.compile(
+    r"^(?P<ratio>\d*\.?\d+)\s*-\s*(?P<part>shallow|deep|b[0-4]+)(?P<kind>dc|sm)?"
+    r"(?:\s*[×x]\s*(?P<mult>\d+))?(?:\s*(?P<en>en)(?P<k>\d+)?)?$",
+    re.IGNORECASE,
+)
+_ARCH = re.compile(r"^(?:normal\s+)?(?P<arch>[a-z]+-?\d+)(?:\s*(?P<en>en)(?P<k>\d+)?)?$", re.IGNORECASE)
+_EN = re.compile(r"^en(?P<k>\d+)?$", re.IGNORECASE)
+
+
+def _ensemble_size(k: str | None) -> int:
+    return DEFAULT_ENSEMBLE if k is None else int(k)
+
+
+def parse_model(text: str | ModelSpec) -> ModelSpec:
+    """Parse the paper's notation; raise NotationError saying what is wrong."""
+    if isinstance(text, ModelSpec):
+        return text
+    if not isinstance(text, str) or not text.strip():
+        raise NotationError("empty model notation; try 'Normal ResNet-18' or '0.7-Shallow'")
+    raw = text.strip().replace("\u00d7", "×")
+    arch_match = _ARCH.match(raw)
+    if arch_match:
+        key = arch_match["arch"].lower().replace("-", "")
+        if key not in _ARCH_BY_NAME:
+            raise NotationError(f"unknown architecture {arch_match['arch']!r} in {text!r}; "
+                                f"known: {', '.join(ARCH_NAMES.values())}")
+        ensemble = _ensemble_size(arch_match["k"]) if arch_match["en"] else 1
+        return ModelSpec(_ARCH_BY_NAME[key], (), ensemble)
+
+    parts = [p.strip() for p in raw.split(",")]
+    ensemble = 1
+    if len(parts) > 1 and _EN.match(parts[-1]):
+        ensemble = _ensemble_size(_EN.match(parts[-1])["k"])
+        parts = parts[:-1]
+    terms = []
+    for i, part in enumerate(parts):
+        m = _TERM.match(part)
+        if not m:
+            raise NotationError(_explain_term(part, text))
+        if m["en"]:
+            if i != len(parts) - 1 or ensemble != 1:
+                raise NotationError(f"'EN' may only end the notation, in {text!r}")
+            ensemble = _ensemble_size(m["k"])
+        ratio = float(m["ratio"])
+        name = m["part"].lower()
+        blocks = SHALLOW if name == "shallow" else DEEP if name == "deep" else tuple(int(c) for c in name[1:])
+        if len(set(blocks)) != len(blocks) or tuple(sorted(blocks)) != blocks:
+            raise NotationError(f"block list {m['part']!r} must name each block once, in increasing order")
+        kind = m["kind"].upper() if m["kind"] else "random"
+        terms.append(MaskTerm(ratio, blocks, kind, int(m["mult"] or 1)))
+    return ModelSpec("resnet18", tuple(terms), ensemble)
+
+
+def _explain_term(part: str, text: str) -> str:
+    ratio = re.match(r"^\s*(-?\d*\.?\d+)\s*-", part)
+    if ratio and not 0.0 < float(ratio[1]) < 1.0:
+        return f"drop ratio {ratio[1]} in {text!r} is outside (0, 1)"
+    if not ratio:
+        return (f"cannot read {part!r} in {text!r}: expected 'RATIO-Shallow', 'RATIO-Deep' or an architecture "
+                f"such as 'Normal ResNet-18' or 'DenseNet-121'")
+    return (f"cannot read {part!r} in {text!r}: expected RATIO-(Shallow|Deep|B<blocks>) optionally followed by "
+            f"DC or SM, ×n and EN, e.g. '0.5-ShallowDC' or '0.9-Shallow×2'")
+
+
+def canonical(text: str | ModelSpec) -> str:
+    """Canonical notation of any accepted spelling."""
+    return format_model(parse_model(text))
+
+
+def slug(text: str | ModelSpec) -> str:
+    """A file-name-safe form of a notation: '0.9-Shallow×2,EN' -> '0.9-Shallowx2,EN', spaces -> '_'."""
+    return canonical(text).replace("×", "x").replace(", ", "+").replace(" ", "_")

@@ -1,0 +1,362 @@
+"""Training, read top to bottom: a dataclass config with two presets, a seeded per-epoch data order, and a loop
+that checkpoints every epoch and resumes bit-exactly. Multi-process via `torchrun` (DDP; gloo on CPU).
+
+    python -m randmask train "0.7-Shallow" --preset quick --out runs/0.7-Shallow
+    torchrun --nproc_per_node=2 -m randmask train "0.7-Shallow" --preset paper --out runs/paper-0.7
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from randmask.checkpoint import WEIGHTS_FILE, load_model, save_checkpoint
+from randmask.data import load_uint8, pixel_mean
+from randmask.device import autocast_dtype, default_device
+from randmask.errors import RandmaskError
+from randmask.models import Ensemble, build_model
+from randmask.notation import format_model, parse_model
+from randmask.stats import wilson_interval
+
+RESUME_FILE, LOG_FILE = "resume.pt", "progress.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    notation: str = "Normal ResNet-18"
+    dataset: str = "cifar10"
+    width: int = 16
+    epochs: int = 15
+    batch_size: int = 128  # global batch (split across DDP processes)
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "step"  # "step": lr/10 at each milestone epoch; "onecycle": linear up to lr then down to 0
+    milestones: tuple[int, ...] = (150, 250)
+    warmup: float = 0.2  # onecycle: share of steps spent rising
+    label_smoothing: float = 0.0
+    augment: bool = True  # pad-4 random crop + horizontal flip (crop only for MNIST)
+    precision: str = "auto"  # auto = bf16 autocast where the hardware runs it natively, else fp32
+    channels_last: bool = False
+    seed: int = 0  # initialisation and data order
+    mask_seed: int = 0
+    train_n: int | None = None  # first n training images only (tests, smoke runs)
+    eval_n: int | None = None  # test images used to measure accuracy (None = the whole test set)
+    log_every: int = 20  # steps between JSON-lines progress records
+    preset: str = "custom"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("step", "onecycle"):
+            raise RandmaskError(f"schedule must be 'step' or 'onecycle', not {self.schedule!r}")
+        for name in ("epochs", "batch_size", "width"):
+            if getattr(self, name) < 1:
+                raise RandmaskError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise RandmaskError(f"lr must be positive, got {self.lr}")
+
+
+PRESETS: dict[str, dict] = {
+    # appendix D: SGD 0.9, wd 5e-4, batch 128, lr 0.1 /10 at epochs 150 and 250, 350 epochs, crop + flip
+    "paper": dict(width=64, epochs=350, lr=0.1, schedule="step", milestones=(150, 250), precision="fp32"),
+    # a 2-core CPU: narrow net, one-cycle schedule, label smoothing; see README "Quick recipe" for the numbers
+    # (channels_last stays off: torch 2.14's CPU kernels corrupt the heap on ResNet-18 at width 4 with it)
+    "quick": dict(width=16, epochs=15, lr=0.2, nesterov=True, schedule="onecycle", label_smoothing=0.1),
+}
+
+
+def make_config(notation: str, preset: str = "quick", **overrides) -> TrainConfig:
+    if preset not in PRESETS:
+        raise RandmaskError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise RandmaskError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+    settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(notation=format_model(parse_model(notation)), preset=preset, **settings)
+
+
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate for a global step: a pure function of the step, so resuming needs no scheduler state."""
+    if cfg.schedule == "step":
+        epoch = step // steps_per_epoch
+        return cfg.lr * 0.1 ** sum(epoch >= m for m in cfg.milestones)
+    total = cfg.epochs * steps_per_epoch
+    peak = max(1, round(cfg.warmup * total))
+    return cfg.lr * (step / peak if step < peak else max(0.0, (total - step) / (total - peak)))
+
+
+def epoch_batches(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, epoch: int, rank: int = 0,
+                  world: int = 1):
+    """This epoch's shuffled, augmented batches for one process, drawn from a generator seeded by
+    (seed, epoch): the same epoch always yields the same batches, which makes resume exact."""
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    n = len(x) - len(x) % world
+    order = torch.randperm(len(x), generator=gen)[:n][rank::world]
+    flips = torch.rand(len(order), generator=gen) < 0.5
+    shifts = torch.randint(0, 9, (len(order), 2), generator=gen)
+    local_batch = max(1, cfg.batch_size // world)
+    for start in range(0, len(order), local_batch):
+        idx = order[start:start + local_batch]
+        xb = x[idx].float().div_(255)
+        if cfg.augment:
+            xb = random_crop_flip(xb, shifts[start:start + local_batch], flips[start:start + local_batch],
+                                  flip=cfg.dataset != "mnist")
+        yield xb, y[idx]
+
+
+def random_crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int = 4,
+                     flip: bool = True) -> torch.Tensor:
+    """Zero-pad by `pad`, crop back at per-image offsets `shifts` (0..2·pad), mirror where `flips`."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = (shifts[:, 0, None] + torch.arange(h))[:, None, :, None]
+    cols = (shifts[:, 1, None] + torch.arange(w))[:, None, None, :]
+    if flip:
+        cols = torch.where(flips[:, None, None, None], cols.flip(-1), cols)
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
+             device: torch.device | None = None, channels_last: bool = False) -> tuple[int, int]:
+    """(correct, n) of a model on uint8 or [0,1] float images, in eval mode; the training flag is restored."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size].to(device)
+            xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            correct += (model(xb).argmax(1).cpu() == y[start:start + batch_size]).sum().item()
+    finally:
+        model.train(was_training)
+    return correct, len(x)
+
+
+class _Log:
+    """JSON-lines progress records (the app polls this file) plus an optional callback."""
+
+    def __init__(self, path: Path | None, callback: Callable[[dict], None] | None) -> None:
+        self.path, self.callback = path, callback
+
+    def __call__(self, event: str, **fields) -> None:
+        record = {"event": event, "time": time.time(), **fields}
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.callback is not None:
+            self.callback(record)
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
+
+
+def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | None = None,
+          show_bar: bool | None = None) -> dict:
+    """Train one model (or every member of an EN ensemble) into checkpoint folder `out`; resumes if possible.
+
+    Returns the final config dict (with clean accuracy and training time)."""
+    spec = parse_model(cfg.notation)
+    out = Path(out)
+    if spec.ensemble > 1:
+        return _train_ensemble(cfg, out, progress, show_bar)
+    rank, world = _dist_info()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() \
+        else default_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    amp = autocast_dtype(device, cfg.precision)
+    out.mkdir(parents=True, exist_ok=True)
+    log = _Log(out / LOG_FILE if rank == 0 else None, progress if rank == 0 else None)
+
+    x_train, y_train = load_uint8(cfg.dataset, "train")
+    if cfg.train_n:
+        x_train, y_train = x_train[:cfg.train_n], y_train[:cfg.train_n]
+    x_test, y_test = load_uint8(cfg.dataset, "test")
+    if cfg.eval_n:
+        x_test, y_test = x_test[:cfg.eval_n], y_test[:cfg.eval_n]
+
+    model = build_model(spec, dataset=cfg.dataset, width=cfg.width, mask_seed=cfg.mask_seed, seed=cfg.seed)
+    config = model.config
+    model.pixel_mean.copy_(pixel_mean(cfg.dataset))
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # BN and biases: no weight decay
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+    start_epoch, train_time, history = 0, 0.0, []
+    resume_path = out / RESUME_FILE
+    if resume_path.exists():
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if state["config"] != _jsonable(cfg):
+            raise RandmaskError(f"{resume_path} was written by a different training config; "
+                                f"use another --out or delete it")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_torch"])
+        start_epoch, train_time, history = state["epoch"], state["train_time_s"], state["history"]
+        log("resume", epoch=start_epoch)
+    elif (out / WEIGHTS_FILE).exists() and rank == 0:
+        raise RandmaskError(f"{out} already holds a finished model; choose another --out")
+
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    steps_per_epoch = math.ceil((len(x_train) - len(x_train) % world) / world / max(1, cfg.batch_size // world))
+    log("start", config=_jsonable(cfg), world_size=world, device=str(device),
+        autocast=str(amp).removeprefix("torch.") if amp else "fp32", steps_per_epoch=steps_per_epoch,
+        start_epoch=start_epoch)
+
+    stop = {"now": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True)) if _main_thread() else None
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            began, net_loss, seen, hits = time.time(), 0.0, 0, 0
+            net.train()
+            bar = tqdm(epoch_batches(x_train, y_train, cfg, epoch, rank, world), total=steps_per_epoch,
+                       desc=f"{config.notation} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=(rank != 0) if show_bar is None else not show_bar)
+            for i, (xb, yb) in enumerate(bar):
+                step = epoch * steps_per_epoch + i
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(cfg, step, steps_per_epoch)
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                if cfg.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    logits = net(xb)
+                    loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                net_loss += loss.item() * len(yb)
+                hits += (logits.argmax(1) == yb).sum().item()
+                seen += len(yb)
+                bar.set_postfix(loss=f"{net_loss / seen:.3f}")
+                if (i + 1) % cfg.log_every == 0:
+                    log("step", epoch=epoch + 1, epochs=cfg.epochs, step=i + 1, steps=steps_per_epoch,
+                        loss=net_loss / seen, lr=opt.param_groups[0]["lr"])
+                if stop["now"]:
+                    raise KeyboardInterrupt
+            train_time += time.time() - began
+            correct, n = accuracy(model, x_test, y_test, device=device, channels_last=cfg.channels_last)
+            record = {"epoch": epoch + 1, "epochs": cfg.epochs, "train_loss": net_loss / seen,
+                      "train_acc": hits / seen, "test_acc": correct / n, "test_n": n,
+                      "lr": opt.param_groups[0]["lr"], "train_time_s": round(train_time, 1)}
+            history.append(record)
+            if rank == 0:  # saved before the record goes out, so a reader of the log can always resume
+                _atomic_save({"config": _jsonable(cfg), "epoch": epoch + 1, "model": model.state_dict(),
+                              "optimizer": opt.state_dict(), "rng_torch": torch.get_rng_state(),
+                              "train_time_s": train_time, "history": history}, resume_path)
+            log("epoch", **record)
+    except KeyboardInterrupt:
+        log("cancelled", epoch=len(history))
+        raise
+    except Exception as exc:
+        log("error", message=str(exc))
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+    result = {}
+    if rank == 0:
+        correct, n = accuracy(model, x_test, y_test, device=device, channels_last=cfg.channels_last)
+        low, high = wilson_interval(correct, n)
+        model.to(memory_format=torch.contiguous_format)
+        result = {"recipe": _jsonable(cfg), "clean_accuracy": correct / n, "clean_accuracy_n": n,
+                  "clean_accuracy_ci95": [low, high], "train_time_s": round(train_time, 1),
+                  "epochs_trained": cfg.epochs, "world_size": world, "device": str(device),
+                  "autocast": str(amp).removeprefix("torch.") if amp else "fp32", "history": history}
+        model.config = config
+        save_checkpoint(model, out, extra=result)
+        resume_path.unlink(missing_ok=True)
+        log("done", clean_accuracy=correct / n, n=n, train_time_s=round(train_time, 1), checkpoint=str(out))
+    if world > 1:
+        dist.barrier()
+    return result
+
+
+def _train_ensemble(cfg: TrainConfig, out: Path, progress, show_bar) -> dict:
+    """EN: member i is the single model with mask_seed + i and seed + i, trained in out/members/i."""
+    spec = parse_model(cfg.notation)
+    member_notation = format_model(spec.member())
+    folders = []
+    for i in range(spec.ensemble):
+        folder = out / "members" / str(i)
+        if not (folder / WEIGHTS_FILE).exists():
+            train(replace(cfg, notation=member_notation, mask_seed=cfg.mask_seed + i, seed=cfg.seed + i), folder,
+                  progress, show_bar)
+        folders.append(folder)
+    return assemble_ensemble(folders, out, eval_n=cfg.eval_n)
+
+
+def assemble_ensemble(folders: list[str | Path], out: str | Path, eval_n: int | None = None) -> dict:
+    """Join trained members (same notation, width and data set; consecutive seeds) into one EN checkpoint."""
+    members = [load_model(f) for f in folders]
+    first = members[0][1]
+    for _, conf in members:
+        if (conf["notation"], conf["width"], conf["dataset"]) != (first["notation"], first["width"], first["dataset"]):
+            raise RandmaskError("ensemble members must share notation, width and data set")
+    for i, (_, conf) in enumerate(members):
+        if (conf["mask_seed"], conf["seed"]) != (first["mask_seed"] + i, first["seed"] + i):
+            raise RandmaskError("ensemble members must have consecutive mask seeds and seeds, in order")
+    spec = parse_model(first["notation"])
+    notation = format_model(type(spec)(spec.arch, spec.masks, len(members)))
+    model = build_model(notation, dataset=first["dataset"], width=first["width"], mask_seed=first["mask_seed"],
+                        seed=first["seed"])
+    assert isinstance(model, Ensemble)
+    for slot, (member, _) in zip(model.members, members, strict=True):
+        slot.load_state_dict(member.state_dict())
+    x_test, y_test = load_uint8(first["dataset"], "test")
+    if eval_n:
+        x_test, y_test = x_test[:eval_n], y_test[:eval_n]
+    correct, n = accuracy(model, x_test, y_test)
+    low, high = wilson_interval(correct, n)
+    result = {"clean_accuracy": correct / n, "clean_accuracy_n": n, "clean_accuracy_ci95": [low, high],
+              "members": [str(Path(f)) for f in folders],
+              "member_accuracies": [c.get("clean_accuracy") for _, c in members],
+              "train_time_s": round(sum(c.get("train_time_s", 0.0) for _, c in members), 1),
+              "recipe": first.get("recipe")}
+    save_checkpoint(model, out, extra=result)
+    return result
+
+
+def _jsonable(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,19 @@
+"""Shared test settings: one torch thread (training may run beside the tests), data from RANDMASK_DATA."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RANDMASK_DATA", str(ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = Path(os.environ["RANDMASK_DATA"])
+    if not (path / "cifar10" / "test.npz").exists():
+        pytest.skip(f"no data under {path} (set RANDMASK_DATA)")
+    return path

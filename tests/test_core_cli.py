@@ -1,0 +1,66 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from randmask.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "randmask", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_info_reports_masked_layers_measured_from_the_mask(capsys):
+    assert main(["info", "0.7-Shallow"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["notation"] == "0.7-Shallow" and info["arch"] == "ResNet-18" and info["params"] > 0
+    layers = info["masked_layers"]
+    assert [layer["block"] for layer in layers] == [0, 1, 1, 1, 1, 2, 2, 2, 2, 2]
+    assert layers[0]["shape"] == [16, 32, 32] and layers[5]["shape"] == [32, 16, 16]
+    assert all(abs(layer["drop_ratio"] - 0.7) < 1e-3 for layer in layers)
+    assert {"name", "block", "shape", "drop_ratio"} <= set(layers[0])
+
+
+def test_info_canonicalises_aliases(capsys):
+    assert main(["info", "0.9-shallowx2"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["notation"] == "0.9-Shallow×2" and info["masked_layers"][0]["shape"][0] == 32
+
+
+def test_models_lists_architectures_and_presets(capsys):
+    assert main(["models"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert "DenseNet-121" in listing["architectures"].values() and {"quick", "paper"} <= set(listing["presets"])
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["info", "1.2-Shallow"], "outside"),
+    (["info", "0.5-Sideways"], "cannot read"),
+    (["evaluate", "--model", "/no/such/folder"], "not a checkpoint folder"),
+    (["train", "0.5-Shallow", "--out", "x", "--preset", "fast"], "unknown preset"),
+])
+def test_errors_are_one_line_and_nonzero(args, fragment):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and fragment in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_train_then_evaluate_from_the_cli(tmp_path, data_dir):
+    out = tmp_path / "m"
+    proc = run_cli("train", "0.5-ShallowDC", "--out", str(out), "--epochs", "1", "--width", "4", "--train-n", "256",
+                   "--eval-n", "100", "--no-bar")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["checkpoint"] == str(out)
+    proc = run_cli("evaluate", "--model", str(out), "--n", "50")
+    assert proc.returncode == 0, proc.stderr
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["n"] == 50 and 0 <= last["ci_low"] <= last["accuracy"] <= last["ci_high"] <= 1
+    assert last["model"] == "0.5-ShallowDC"

@@ -1,0 +1,115 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from randmask.checkpoint import load_model
+from randmask.errors import RandmaskError
+from randmask.train import PRESETS, lr_at, make_config, random_crop_flip, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(width=4, train_n=256, eval_n=128, batch_size=64, log_every=1)
+
+
+def test_presets_follow_the_paper_and_the_cpu_budget():
+    paper = make_config("0.7-Shallow", "paper")
+    assert (paper.width, paper.epochs, paper.batch_size, paper.lr, paper.momentum, paper.weight_decay) == (
+        64, 350, 128, 0.1, 0.9, 5e-4)
+    assert paper.milestones == (150, 250) and paper.schedule == "step" and paper.augment
+    assert lr_at(paper, 149 * 391, 391) == pytest.approx(0.1)
+    assert lr_at(paper, 150 * 391, 391) == pytest.approx(0.01)
+    assert lr_at(paper, 250 * 391, 391) == pytest.approx(0.001)
+    quick = make_config("0.7-Shallow", "quick")
+    assert quick.width == PRESETS["quick"]["width"] < 64
+    total = quick.epochs * 100
+    assert lr_at(quick, 0, 100) == 0 and lr_at(quick, total, 100) == 0
+    assert max(lr_at(quick, s, 100) for s in range(total)) == pytest.approx(quick.lr)
+
+
+def test_bad_settings():
+    with pytest.raises(RandmaskError, match="unknown preset"):
+        make_config("0.5-Shallow", "fast")
+    with pytest.raises(RandmaskError, match="unknown training setting"):
+        make_config("0.5-Shallow", "quick", epoch=3)
+    with pytest.raises(RandmaskError, match="epochs"):
+        make_config("0.5-Shallow", "quick", epochs=0)
+
+
+def test_crop_flip_matches_a_plain_loop():
+    x = torch.rand(5, 3, 8, 8)
+    shifts, flips = torch.randint(0, 9, (5, 2)), torch.tensor([True, False, True, False, True])
+    out = random_crop_flip(x, shifts, flips)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(5):
+        crop = padded[i, :, shifts[i, 0]:shifts[i, 0] + 8, shifts[i, 1]:shifts[i, 1] + 8]
+        assert torch.equal(out[i], crop.flip(-1) if flips[i] else crop)
+
+
+def test_short_training_lowers_the_loss_and_writes_a_checkpoint(tmp_path, data_dir):
+    cfg = make_config("0.5-Shallow", "quick", epochs=3, lr=0.05, **TINY)
+    result = train(cfg, tmp_path / "run", show_bar=False)
+    history = result["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    model, config = load_model(tmp_path / "run")
+    assert config["clean_accuracy"] == result["clean_accuracy"] and config["train_time_s"] > 0
+    assert config["recipe"]["epochs"] == 3 and config["code_version"]
+    events = [json.loads(line)["event"] for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    assert events[0] == "start" and events[-1] == "done" and events.count("epoch") == 3 and "step" in events
+    assert not (tmp_path / "run" / "resume.pt").exists()
+    with pytest.raises(RandmaskError, match="already holds"):
+        train(cfg, tmp_path / "run", show_bar=False)
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, data_dir):
+    cfg = make_config("0.7-Shallow", "quick", epochs=3, **TINY)
+    train(cfg, tmp_path / "straight", show_bar=False)
+
+    def stop_after_first_epoch(record):
+        if record["event"] == "epoch" and record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(999)  # the resumed run must not depend on the caller's RNG
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "resumed", progress=stop_after_first_epoch, show_bar=False)
+    assert (tmp_path / "resumed" / "resume.pt").exists()
+    train(cfg, tmp_path / "resumed", show_bar=False)
+    a, _ = load_model(tmp_path / "straight")
+    b, _ = load_model(tmp_path / "resumed")
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), k
+    with pytest.raises(RandmaskError, match="different training config"):
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, tmp_path / "again", progress=stop_after_first_epoch, show_bar=False)
+        train(make_config("0.7-Shallow", "quick", epochs=4, **TINY), tmp_path / "again", show_bar=False)
+
+
+def test_ensemble_training_assembles_members(tmp_path, data_dir):
+    cfg = make_config("0.5-ShallowEN2", "quick", epochs=1, **TINY)
+    result = train(cfg, tmp_path / "en", show_bar=False)
+    model, config = load_model(tmp_path / "en")
+    assert config["notation"] == "0.5-ShallowEN2" and len(model.members) == 2
+    assert len(result["member_accuracies"]) == 2
+    member, member_config = load_model(tmp_path / "en" / "members" / "1")
+    assert member_config["mask_seed"] == 1
+    assert torch.equal(member.body.mask1.mask, model.members[1].body.mask1.mask)
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_with_two_cpu_processes(tmp_path, data_dir):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "randmask",
+           "train", "0.5-Shallow", "--out", str(out), "--epochs", "2", "--width", "4", "--train-n", "256",
+           "--eval-n", "128", "--batch-size", "64", "--no-bar"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    start = next(r for r in records if r["event"] == "start")
+    assert start["world_size"] == 2 and start["steps_per_epoch"] == 4  # 256 images, 32 per process per step
+    assert sum(r["event"] == "start" for r in records) == 1  # only rank 0 logs
+    model, config = load_model(out)
+    assert config["world_size"] == 2 and 0.0 <= config["clean_accuracy"] <= 1.0
