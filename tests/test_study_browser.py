@@ -1,0 +1,161 @@
+"""End to end in headless Chromium: two participants label a short study at the same time through a
+real `streamlit run` server (one with the keyboard, one with clicks in the trial widget), one more
+does a time-limited study, and the export must match what they did."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import test_study_support as support
+
+from study import open_db
+from study.export import export_study
+
+pytestmark = pytest.mark.browser
+cifar, study_sets = support.cifar, support.study_sets
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+WAIT_MS = 30_000
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+if not CHROMIUM.exists():
+    pytest.skip("Debian chromium not installed at /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
+expect = sync_api.expect
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(tmp_path, study_sets):
+    db_path = tmp_path / "s.db"
+    support.make_study(db_path, study_sets, slug="duo", completion_code="DUO42", items_per_participant=3,
+                       catch_per_participant=1, labels_per_item=2)
+    support.make_study(db_path, study_sets, slug="flash", completion_code="FLASH7", items_per_participant=3,
+                       catch_per_participant=0, practice=False, presentation_ms=70)
+    port = free_port()
+    env = {**os.environ, "STUDY_DB": str(db_path), "STUDY_ADMIN_PASSWORD": "browser-test-pw"}
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "pages" / "study_label.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url, db_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+class Participant:
+    """One browser session working through the study, one step at a time."""
+
+    def __init__(self, browser, url: str, pid: str, study: str, use_keyboard: bool):
+        self.page = browser.new_context(viewport={"width": 1000, "height": 1100}).new_page()
+        self.page.set_default_timeout(WAIT_MS)
+        self.page.goto(f"{url}/?pid={pid}&study={study}")
+        self.use_keyboard = use_keyboard
+        self.answers: list[int] = []
+
+    def click_button(self, name: str) -> None:
+        self.page.get_by_role("button", name=name).click()
+
+    def wait_text(self, pattern: str) -> None:
+        expect(self.page.get_by_text(re.compile(pattern)).first).to_be_visible(timeout=WAIT_MS)
+
+    def answer(self, label: int) -> None:
+        widget = self.page.frame_locator("iframe").first
+        button = widget.locator(f"button[data-label='{label}']")
+        expect(button).to_be_enabled(timeout=WAIT_MS)  # enabled only once the image is on screen
+        if self.use_keyboard:
+            self.page.keyboard.press(str(label))
+        else:
+            button.click()
+        self.answers.append(label)
+
+
+def run_in_step(participants, action) -> None:
+    """Interleave: each participant does one step before anyone does the next."""
+    for p in participants:
+        action(p)
+
+
+def test_two_participants_at_once_and_export_matches(server, tmp_path):
+    url, db_path = server
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            keys = Participant(browser, url, "keyboard-kim", "duo", use_keyboard=True)
+            mouse = Participant(browser, url, "mouse-max", "duo", use_keyboard=False)
+            both = [keys, mouse]
+            run_in_step(both, lambda p: p.click_button("I agree and want to take part"))
+            run_in_step(both, lambda p: p.click_button("Start"))
+            for n in range(3):  # practice with feedback
+                run_in_step(both, lambda p, n=n: p.wait_text(f"Practice {n + 1} of 3"))
+                run_in_step(both, lambda p, n=n: p.answer((n + (3 if p.use_keyboard else 6)) % 10))
+                run_in_step(both, lambda p: p.wait_text("Correct|Not quite"))
+                run_in_step(both, lambda p: p.click_button("Continue"))
+            for n in range(4):  # 3 study images + 1 catch trial
+                run_in_step(both, lambda p, n=n: p.wait_text(f"Image {n + 1} of 4"))
+                run_in_step(both, lambda p, n=n: p.answer((2 * n + (1 if p.use_keyboard else 4)) % 10))
+            run_in_step(both, lambda p: p.wait_text("finished the study"))
+            for p in both:
+                expect(p.page.get_by_text("DUO42")).to_be_visible()
+            keys.page.screenshot(path=str(tmp_path / "done.png"))
+
+            flash = Participant(browser, url, "flash-flo", "flash", use_keyboard=True)
+            flash.click_button("I agree and want to take part")
+            flash.wait_text("70 ms")
+            flash.click_button("Start")
+            for n in range(3):
+                flash.wait_text(f"Image {n + 1} of 3")
+                flash.answer(n)
+            flash.wait_text("finished the study")
+        finally:
+            browser.close()
+
+    db = open_db(db_path)
+    export_study(db, tmp_path / "out", "duo", n_boot=100)
+    responses = pd.read_csv(tmp_path / "out" / "responses.csv")
+    people = pd.read_csv(tmp_path / "out" / "participants.csv").set_index("external_id")["participant"]
+    for p, pid, input_kind in ((keys, "keyboard-kim", "keyboard"), (mouse, "mouse-max", "click")):
+        mine = responses[responses["participant"] == people[pid]].sort_values("position")
+        assert mine["label"].tolist() == p.answers  # exactly what was pressed, in order, nothing else
+        assert set(mine["input"]) == {input_kind} and set(mine["mode"]) == {"unlimited"}
+        assert (mine["rt_ms"] > 0).all() and (mine["rt_ms"] < 60_000).all()
+    items = pd.read_csv(tmp_path / "out" / "items.csv")
+    assert items["n_labels"].sum() == 8  # 2 x (3 study images + 1 catch)
+    export_study(db, tmp_path / "flash", "flash", n_boot=100)
+    timed = pd.read_csv(tmp_path / "flash" / "responses.csv")
+    assert timed["label"].tolist() == flash.answers and set(timed["mode"]) == {"timed"}
+    # the image stayed up for about 70 ms (whole frames), measured in the browser
+    assert timed["shown_ms"].between(50, 250).all(), timed["shown_ms"].tolist()
