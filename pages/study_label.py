@@ -137,7 +137,7 @@ def run_page(db) -> None:
 
     if trial.is_practice:
         st.caption(f"Practice {trial.number} of {trial.practice_total}")
-        st.progress(trial.number / max(trial.practice_total, 1))
+        st.progress((trial.number - 1) / max(trial.practice_total, 1))
     else:
         main_total = trial.total - trial.practice_total
         done = trial.number - 1 - trial.practice_total

@@ -151,7 +151,10 @@ def summary_frame(db: sqlite_utils.Database, study: Study, responses: pd.DataFra
                 "majority_accuracy": float((ref.argmax(axis=1) == true).mean()), "fleiss_kappa": kappa_h,
                 "krippendorff_alpha": alpha_h, "median_rt_ms": np.nan,
             })
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame["n_participants"] = frame["n_participants"].astype("Int64")
+    return frame
 
 
 def cifar10h_frame(items: pd.DataFrame, cifar10h: np.ndarray, classes) -> pd.DataFrame:

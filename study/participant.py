@@ -118,31 +118,35 @@ def _loads(db: sqlite_utils.Database, study: Study) -> list[Candidate]:
 def consent(db: sqlite_utils.Database, participant: Participant) -> Participant:
     """Record consent and allocate the participant's items, atomically. Idempotent."""
     with write_transaction(db):
-        row = db.execute("SELECT consent_at FROM participants WHERE id = ?", [participant.id]).fetchone()
-        if row[0] is not None:
-            pass
-        else:
-            study = get_study(db, db.execute("SELECT slug FROM studies WHERE id = ?", [participant.study_id]).fetchone()[0])
-            if study.status != "open":
-                raise StudyClosed(f"study {study.slug} is closed")
-            candidates = _loads(db, study)
-            if not any(c.role == "trial" and c.load < study.labels_per_item for c in candidates):
-                raise StudyFull(f"study {study.slug} has all the labels it needs")
-            rng = participant_rng(study.seed, participant.external_id)
-            try:
-                chosen = choose_items(candidates, study.conditions, study.trials_per_condition,
-                                      study.catch_per_participant, study.labels_per_item, rng)
-            except AllocationError as e:
-                raise StudyFull(str(e)) from e
-            practice = [r[0] for r in db.execute(
-                "SELECT id FROM items WHERE study_id = ? AND role = 'practice' ORDER BY id", [study.id])]
-            ordered = practice + order_items(chosen, rng)
-            db["assignments"].insert_all(
-                [{"participant_id": participant.id, "item_id": item_id, "position": pos} for pos, item_id in enumerate(ordered)])
+        already = db.execute("SELECT consent_at FROM participants WHERE id = ?", [participant.id]).fetchone()[0]
+        if already is None:
+            _allocate(db, participant)
             now = utc_now()
             db.execute("UPDATE participants SET consent_at = ?, last_seen_at = ? WHERE id = ?", [now, now, participant.id])
     row = db.execute(f"SELECT {_PARTICIPANT_COLUMNS} FROM participants WHERE id = ?", [participant.id]).fetchone()
     return _participant(row)
+
+
+def _allocate(db: sqlite_utils.Database, participant: Participant) -> None:
+    """Insert the participant's full item list; call inside the write transaction."""
+    slug = db.execute("SELECT slug FROM studies WHERE id = ?", [participant.study_id]).fetchone()[0]
+    study = get_study(db, slug)
+    if study.status != "open":
+        raise StudyClosed(f"study {study.slug} is closed")
+    candidates = _loads(db, study)
+    if not any(c.role == "trial" and c.load < study.labels_per_item for c in candidates):
+        raise StudyFull(f"study {study.slug} has all the labels it needs")
+    rng = participant_rng(study.seed, participant.external_id)
+    try:
+        chosen = choose_items(candidates, study.conditions, study.trials_per_condition,
+                              study.catch_per_participant, study.labels_per_item, rng)
+    except AllocationError as e:
+        raise StudyFull(str(e)) from e
+    practice = [r[0] for r in db.execute(
+        "SELECT id FROM items WHERE study_id = ? AND role = 'practice' ORDER BY id", [study.id])]
+    ordered = practice + order_items(chosen, rng)
+    db["assignments"].insert_all(
+        [{"participant_id": participant.id, "item_id": item_id, "position": pos} for pos, item_id in enumerate(ordered)])
 
 
 def _next_assignment(db: sqlite_utils.Database, participant_id: int):
