@@ -77,6 +77,16 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from randmask import zoo
+
+    if args.action == "list":
+        print(json.dumps(zoo.list_zoo(), indent=2))
+    elif args.action == "train":
+        zoo.train_zoo(only=args.only)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m randmask", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--eval-n", type=int)
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("zoo", help="the quick model zoo shipped in assets/zoo: list it or train what is missing")
+    p.add_argument("action", choices=["list", "train"])
+    p.add_argument("--only", nargs="*", help="zoo names to train, e.g. cifar10/0.7-Shallow")
+    p.set_defaults(func=cmd_zoo)
 
     if importlib.util.find_spec("randmask.cli_attacks"):  # attack/protocol commands live beside the core
         from randmask import cli_attacks

@@ -195,3 +195,35 @@ def pixel_mean(dataset: str) -> torch.Tensor:
     """Per-pixel mean of the training set in [0,1] (C×H×W), the paper's only preprocessing."""
     x, _ = load_uint8(dataset, "train")
     return x.double().mean(0).div(255).float()
+
+
+SAMPLE_DIR = PROJECT_ROOT / "assets" / "samples"
+SAMPLE_SIZE = 1000
+
+
+def sample_path(dataset: str) -> Path:
+    return SAMPLE_DIR / f"{dataset}-test-{SAMPLE_SIZE}.npz"
+
+
+def write_sample(dataset: str) -> Path:
+    """Ship the first SAMPLE_SIZE test images losslessly (uint8, no pickle) so the app runs with no data."""
+    x, y = load_arrays(dataset, "test")
+    SAMPLE_DIR.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(sample_path(dataset), x=x[:SAMPLE_SIZE], y=y[:SAMPLE_SIZE])
+    return sample_path(dataset)
+
+
+def load_test_sample(dataset: str = "cifar10", n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n test images as uint8 N×C×H×W + labels: from the data folder when it has them, else from the
+    sample shipped in assets/ (which holds the same first 1000 images)."""
+    try:
+        x, y = load_uint8(dataset, "test")
+    except DataError:
+        path = sample_path(dataset)
+        if not path.exists():
+            raise
+        with np.load(path, allow_pickle=False) as archive:
+            x, y = torch.from_numpy(archive["x"]), torch.from_numpy(archive["y"])
+        if n is not None and n > len(x):
+            raise DataError(f"only {len(x)} sample images ship in {path}; set RANDMASK_DATA for more") from None
+    return (x, y) if n is None else (x[:n], y[:n])

@@ -76,3 +76,14 @@ def test_wilson_interval_textbook_values():
     assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         wilson_interval(5, 3)
+
+
+def test_shipped_sample_equals_the_first_test_images(tmp_path, monkeypatch, data_dir):
+    from randmask import data
+
+    real_x, real_y = data.load_test_sample("cifar10", n=1000)
+    monkeypatch.setenv("RANDMASK_DATA", str(tmp_path))  # no data folder: the app falls back to assets/
+    x, y = data.load_test_sample("cifar10", n=1000)
+    assert torch.equal(x, real_x) and torch.equal(y, real_y)
+    with pytest.raises(DataError, match="only 1000 sample images"):
+        data.load_test_sample("cifar10", n=1001)

@@ -1,0 +1,115 @@
+"""The quick model zoo: what we train on a 2-core CPU and ship in assets/zoo, in training order.
+
+    python -m randmask zoo list
+    nohup python -m randmask zoo train > runs/zoo.log 2>&1 &     # resumable; skips finished models
+    python -m randmask zoo export                                 # fp16 copies into assets/zoo
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model, save_checkpoint
+from randmask.data import PROJECT_ROOT, load_uint8
+from randmask.notation import slug
+from randmask.stats import wilson_interval
+from randmask.train import accuracy, assemble_ensemble, make_config, train
+
+ZOO_ROOT = PROJECT_ROOT / "assets" / "zoo"
+RUNS_ROOT = PROJECT_ROOT / "runs" / "zoo"
+EPOCHS = {"cifar10": None, "mnist": 4}  # None: the quick preset's epochs
+
+
+@dataclass(frozen=True)
+class Entry:
+    notation: str
+    dataset: str = "cifar10"
+    seed: int = 0
+    mask_seed: int = 0
+    stage: int = 1
+    role: str = ""  # what the paper uses it for
+
+    @property
+    def name(self) -> str:
+        """Folder name: '<dataset>/<slug>' plus '-s<seed>m<mask_seed>' when either seed is not 0."""
+        suffix = f"-s{self.seed}m{self.mask_seed}" if (self.seed, self.mask_seed) != (0, 0) else ""
+        return f"{self.dataset}/{slug(self.notation)}{suffix}"
+
+
+ZOO: list[Entry] = [
+    Entry("Normal ResNet-18", role="baseline"),
+    Entry("0.9-Shallow", role="the study's masked source"), Entry("0.7-Shallow"),
+    Entry("DenseNet-121", role="black-box source"), Entry("0.5-Shallow"), Entry("0.5-Deep"),
+    Entry("0.5-ShallowDC"), Entry("0.5-ShallowSM"), Entry("VGG-19", role="black-box source"),
+    Entry("Normal ResNet-18", "mnist"), Entry("0.5-Shallow", "mnist"), Entry("0.7-Shallow", "mnist"),
+    Entry("0.9-Shallow", "mnist"), Entry("DenseNet-121", "mnist", role="black-box source"),
+    Entry("0.3-Shallow", stage=2), Entry("0.85-Shallow", stage=2, role="Madry setting; EN member 0"),
+    Entry("0.7-Deep", stage=2), Entry("0.9-Shallow×2", stage=2),
+    Entry("Normal ResNet-18", seed=1, stage=2, role="gray-box: other init"),
+    Entry("0.7-Shallow", seed=1, stage=2, role="gray-box: other init"),
+    Entry("0.7-Shallow", mask_seed=1, stage=2, role="gray-box: DIF (other mask)"),
+    *[Entry("0.85-Shallow", seed=i, mask_seed=i, stage=3, role=f"EN member {i}") for i in range(1, 5)],
+]
+# name -> (notation, members in seed order): member i has seed i and mask seed i
+ENSEMBLES = {"cifar10/0.85-ShallowEN": ("0.85-ShallowEN", [e for e in ZOO if e.notation == "0.85-Shallow"])}
+
+
+def train_zoo(runs: Path = RUNS_ROOT, zoo: Path = ZOO_ROOT, only: list[str] | None = None) -> None:
+    """Train every missing entry in order (resuming a partial one), exporting each as soon as it is done."""
+    for entry in ZOO:
+        if only and entry.name not in only:
+            continue
+        if (zoo / entry.name / WEIGHTS_FILE).exists():
+            continue
+        epochs = EPOCHS[entry.dataset]
+        cfg = make_config(entry.notation, "quick", dataset=entry.dataset, seed=entry.seed,
+                          mask_seed=entry.mask_seed, **({"epochs": epochs} if epochs else {}))
+        out = runs / entry.name
+        if not (out / WEIGHTS_FILE).exists():
+            train(cfg, out, show_bar=False)
+        export(out, zoo / entry.name, role=entry.role)
+    for name, (_, members) in ENSEMBLES.items():
+        folders = [zoo / e.name for e in members]
+        if all((f / WEIGHTS_FILE).exists() for f in folders) and not (zoo / name / WEIGHTS_FILE).exists():
+            assemble_ensemble(folders, runs / name)
+            export(runs / name, zoo / name, role="EN of the five 0.85-Shallow members")
+
+
+def export(src: Path, dst: Path, role: str = "", dtype: torch.dtype = torch.float16) -> dict:
+    """Copy a finished checkpoint into the zoo at half precision, re-measuring accuracy on what ships."""
+    model, config = load_model(src)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    keep = {k: v for k, v in config.items() if k not in {"format", "format_version", "weights_dtype"}}
+    save_checkpoint(model, tmp, extra=keep, dtype=dtype)
+    shipped, _ = load_model(tmp)
+    x, y = load_uint8(config["dataset"], "test")
+    correct, n = accuracy(shipped, x, y)
+    extra = {"clean_accuracy": correct / n, "clean_accuracy_n": n,
+             "clean_accuracy_ci95": list(wilson_interval(correct, n)),
+             "clean_accuracy_fp32": config.get("clean_accuracy"), "role": role}
+    meta = json.loads((tmp / CONFIG_FILE).read_text())
+    meta.update(extra)
+    (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return meta
+
+
+def list_zoo(zoo: Path = ZOO_ROOT) -> list[dict]:
+    """Every planned entry with its status and, when shipped, its measured accuracy."""
+    planned = [(e.name, e.notation, e.dataset, e.stage, e.role) for e in ZOO]
+    planned += [(name, notation, "cifar10", 3, "ensemble") for name, (notation, _) in ENSEMBLES.items()]
+    rows = []
+    for name, notation, dataset, stage, role in planned:
+        path = zoo / name / CONFIG_FILE
+        meta = json.loads(path.read_text()) if path.exists() else {}
+        rows.append({"name": name, "notation": notation, "dataset": dataset, "stage": stage, "role": role,
+                     "trained": path.exists(), "mask_seed": meta.get("mask_seed"), "seed": meta.get("seed"),
+                     "clean_accuracy": meta.get("clean_accuracy"), "train_time_s": meta.get("train_time_s")})
+    return rows
