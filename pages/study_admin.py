@@ -21,6 +21,7 @@ from study import (  # noqa: E402
     StudyConfig,
     StudyDBError,
     create_study,
+    get_study,
     list_studies,
     open_db,
     set_status,
@@ -59,16 +60,30 @@ def sign_in(expected: str) -> bool:
     return False
 
 
+@st.fragment(run_every=10)
+def live_progress(slug: str) -> None:
+    """Refreshes itself every 10 s with its own short-lived connection."""
+    db = open_db(create=False)
+    try:
+        study = get_study(db, slug)
+        o = overview(db, study)
+        st.progress(min(o.fraction_done, 1.0), text=f"{o.labels_done} of {o.labels_needed} labels "
+                    f"({study.labels_per_item} per item)")
+        cols = st.columns(4)
+        cols[0].metric("Participants", o.participants)
+        cols[1].metric("Consented", o.consented)
+        cols[2].metric("Completed", o.completed)
+        cols[3].metric("Excluded", o.excluded)
+        st.dataframe(o.per_condition, hide_index=True)
+    finally:
+        db.close()
+
+
 def studies_tab(db, study) -> None:
-    o = overview(db, study)
-    st.progress(min(o.fraction_done, 1.0), text=f"{o.labels_done} of {o.labels_needed} labels "
-                f"({study.labels_per_item} per item)")
-    cols = st.columns(4)
-    cols[0].metric("Participants", o.participants)
-    cols[1].metric("Consented", o.consented)
-    cols[2].metric("Completed", o.completed)
-    cols[3].metric("Excluded", o.excluded)
-    st.dataframe(o.per_condition, hide_index=True)
+    if st.toggle("Live progress (refresh every 10 s)", value=True, key="live"):
+        live_progress(study.slug)
+    else:
+        static_progress(db, study)
     st.write(f"Participant link: append `?study={study.slug}&pid=<participant id>` to this app's address "
              f"(Prolific: `?study={study.slug}&PROLIFIC_PID={{{{%PROLIFIC_PID%}}}}&STUDY_ID={{{{%STUDY_ID%}}}}&SESSION_ID={{{{%SESSION_ID%}}}}`).")
     st.write(f"Completion code: `{study.completion_code}`. Status: **{study.status}**.")
@@ -81,9 +96,18 @@ def studies_tab(db, study) -> None:
         st.rerun()
 
 
+def static_progress(db, study) -> None:
+    o = overview(db, study)
+    st.progress(min(o.fraction_done, 1.0), text=f"{o.labels_done} of {o.labels_needed} labels")
+    st.write(f"Participants {o.participants}, consented {o.consented}, completed {o.completed}, excluded {o.excluded}")
+    st.dataframe(o.per_condition, hide_index=True)
+
+
 def participants_tab(db, study) -> None:
     frame = participants_frame(db, study)
-    st.dataframe(frame, hide_index=True)
+    first = ["participant", "external_id", "n_answered", "n_items", "catch_accuracy", "excluded", "exclusion_reason",
+             "completed_at"]
+    st.dataframe(frame[first + [c for c in frame.columns if c not in first]], hide_index=True)
     if frame.empty:
         return
     threshold = st.slider("Minimum catch-trial accuracy", 0.0, 1.0, 0.5, 0.05, key="catch-threshold")
