@@ -1,0 +1,41 @@
+"""Adversarial attacks in the paper's notation (FGSM16, PGD2,16, CW40) plus APGD-CE and Square Attack.
+
+    attack = make_attack("PGD2,16", model)      # or PGD(model, eps=16, step=2, steps=10)
+    x_adv = attack(x, y)                        # [0,1] images in, [0,1] images out
+    result = attack.run(x, y, batch_size=256)   # images plus logits, per-image success, l-inf and l2 norms
+
+Budgets are in 0-255 units. The model runs in eval mode and leaves exactly as it came.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from randmask.attacks.apgd import APGD
+from randmask.attacks.base import Attack, AttackInputError, AttackResult, frozen_eval, margin, model_device
+from randmask.attacks.cw import CW
+from randmask.attacks.fgsm import FGSM
+from randmask.attacks.notation import (
+    AttackNotationError,
+    AttackSpec,
+    canonical_attack,
+    format_attack,
+    parse_attack,
+    pgd_default_steps,
+)
+from randmask.attacks.pgd import PGD
+from randmask.attacks.square import Square
+
+ATTACKS: dict[str, type[Attack]] = {"FGSM": FGSM, "PGD": PGD, "CW": CW, "APGD": APGD, "Square": Square}
+
+
+def make_attack(notation: str | AttackSpec, model: nn.Module, *, seed: int = 0) -> Attack:
+    """The attack named by `notation` (e.g. 'FGSM16', 'PGD2,16', 'CW40', 'Square8(queries=1000)') on `model`."""
+    return parse_attack(notation).build(model, seed=seed)
+
+
+__all__ = [
+    "APGD", "ATTACKS", "CW", "FGSM", "PGD", "Attack", "AttackInputError", "AttackNotationError", "AttackResult",
+    "AttackSpec", "Square", "canonical_attack", "format_attack", "frozen_eval", "make_attack", "margin",
+    "model_device", "parse_attack", "pgd_default_steps",
+]

@@ -1,0 +1,21 @@
+"""FGSM (Goodfellow et al. 2015): one step of size eps along the sign of the loss gradient."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from randmask.attacks.base import Attack
+
+
+class FGSM(Attack):
+    def __init__(self, model: nn.Module, eps: float = 8, *, seed: int = 0) -> None:
+        super().__init__(model, seed=seed)
+        self._eps = float(eps)
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        grad, _, _ = self.input_gradient(x, y)
+        return (x + self._eps / 255 * grad.sign()).clamp(0.0, 1.0)
+
+    def describe(self) -> str:
+        return f"eps={self._eps:g}"

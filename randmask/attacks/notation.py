@@ -1,0 +1,239 @@
+"""Attack notation, the paper's way of naming attacks, parsed into an `AttackSpec` and printed back canonically.
+
+Budgets (eps, step) are in 0-255 pixel units; kappa is in logits.
+
+    FGSM<eps>                  one signed-gradient step of size eps: FGSM8, FGSM16, FGSM32
+    PGD<eps>                   basic iterative method, step 1, T = max(eps + 4, ceil(1.25 eps)) steps
+    PGD<step>,<eps>            step size `step`, T = ceil(max(eps + 4, 1.25 eps) / step) steps
+    PGD<step>,<T>,<eps>        any explicit (step, steps, eps) triple; PGD(1,8,4) is accepted too
+    CW<kappa>                  CW-l2 with confidence kappa and a binary search over c: CW20, CW40
+    APGD<eps>                  APGD-CE (Croce & Hein 2020), step-size free
+    Square<eps>                Square Attack (Andriushchenko et al. 2020), l-inf, queries only
+    MadryFGSM, MadryPGD        Madry et al.'s black-box setting: FGSM8 and PGD2,7,8
+
+The step-count rule reproduces every PGD setting of the paper's appendix G.5 from its short form: PGD16 =
+(1, 20, 16), PGD2,16 = (2, 10, 16), PGD32 = (1, 40, 32), PGD4,8 = (4, 3, 8), ... Any other setting prints as a
+triple, e.g. the Madry setting PGD2,7,8 and the MNIST setting PGD2.55,40,76.5. Further settings go in
+parentheses as key=value and print only when they differ from the default:
+    PGD16(random_start=true)   CW40(search=9, steps=1000)   APGD8(steps=50, restarts=2)   Square8(queries=1000)
+Names are case-insensitive; str(parse_attack(text)) is the canonical spelling.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from randmask.errors import NotationError
+
+
+class AttackNotationError(NotationError):
+    """An attack name that does not parse."""
+
+
+# kind -> (positional layouts by count, keyword defaults, keyword types); None marks a required setting
+_KINDS: dict[str, tuple[dict[int, tuple[str, ...]], dict[str, Any], dict[str, type]]] = {
+    "FGSM": ({1: ("eps",)}, {"eps": None}, {"eps": float}),
+    "PGD": ({1: ("eps",), 2: ("step", "eps"), 3: ("step", "steps", "eps")},
+            {"eps": None, "step": 1.0, "steps": None, "random_start": False},
+            {"eps": float, "step": float, "steps": int, "random_start": bool}),
+    "CW": ({1: ("kappa",)}, {"kappa": None, "search": 30, "steps": 100, "lr": 0.01, "c": 1e-3},
+           {"kappa": float, "search": int, "steps": int, "lr": float, "c": float}),
+    "APGD": ({1: ("eps",)}, {"eps": None, "steps": 100, "restarts": 1, "rho": 0.75},
+             {"eps": float, "steps": int, "restarts": int, "rho": float}),
+    "Square": ({1: ("eps",)}, {"eps": None, "queries": 5000, "p_init": 0.8, "restarts": 1},
+               {"eps": float, "queries": int, "p_init": float, "restarts": int}),
+}
+_ALIASES = {"madryfgsm": "FGSM8", "madrypgd": "PGD2,7,8"}
+_BY_LOWER = {kind.lower(): kind for kind in _KINDS}
+_SHAPE = re.compile(r"^(?P<name>[A-Za-z]+)\s*(?P<nums>[0-9.,\s]*?)\s*(?:\((?P<args>[^()]*)\))?$")
+
+
+def pgd_default_steps(eps: float) -> int:
+    """Steps at step size 1: max(eps + 4, 1.25 eps), which gives the paper's (1,8,4) ... (1,40,32)."""
+    return math.ceil(max(eps + 4, 1.25 * eps) - 1e-9)
+
+
+def pgd_steps_for(step: float, eps: float) -> int:
+    return max(1, math.ceil(pgd_default_steps(eps) / step - 1e-9))
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A parsed attack: its kind and every setting (defaults filled in). `str()` gives canonical notation."""
+
+    kind: str
+    settings: tuple[tuple[str, Any], ...]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.settings)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.params[key]
+
+    @property
+    def eps(self) -> float | None:
+        """The l-infinity budget in 0-255 units (None for CW, an l2 attack)."""
+        return self.params.get("eps")
+
+    @property
+    def norm(self) -> str:
+        return "l2" if self.kind == "CW" else "linf"
+
+    def build(self, model, *, seed: int = 0):
+        """The attack object for `model` (see randmask.attacks)."""
+        from randmask.attacks import ATTACKS
+
+        return ATTACKS[self.kind](model, **self.params, seed=seed)
+
+    def __str__(self) -> str:
+        return format_attack(self)
+
+
+def _number(text: str, source: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise AttackNotationError(f"{text!r} in {source!r} is not a number") from None
+    if not math.isfinite(value):
+        raise AttackNotationError(f"{text!r} in {source!r} is not a finite number")
+    return value
+
+
+def _convert(key: str, value: Any, kind_type: type, source: str) -> Any:
+    if kind_type is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise AttackNotationError(f"{key}={value!r} in {source!r} must be true or false")
+    number = value if isinstance(value, int | float) else _number(str(value), source)
+    if kind_type is int:
+        if float(number) != int(number):
+            raise AttackNotationError(f"{key}={value!r} in {source!r} must be a whole number")
+        return int(number)
+    return float(number)
+
+
+def _validate(kind: str, s: dict[str, Any], source: str) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise AttackNotationError(f"{message} in {source!r}")
+
+    if "eps" in s:
+        need(0 < s["eps"] <= 255, f"eps {s['eps']:g} must be in (0, 255] (0-255 pixel units)")
+    if kind == "PGD":
+        need(0 < s["step"] <= 255, f"step size {s['step']:g} must be in (0, 255]")
+    for key in ("steps", "search", "queries", "restarts"):
+        if key in s:
+            need(s[key] >= 1, f"{key}={s[key]} must be at least 1")
+    if kind == "CW":
+        need(s["kappa"] >= 0, f"confidence kappa {s['kappa']:g} must be >= 0")
+        need(s["lr"] > 0 and s["c"] > 0, "lr and c must be positive")
+    if kind == "APGD":
+        need(0 < s["rho"] < 1, f"rho {s['rho']:g} must be in (0, 1)")
+    if kind == "Square":
+        need(0 < s["p_init"] <= 1, f"p_init {s['p_init']:g} must be in (0, 1]")
+
+
+def parse_attack(text: str | AttackSpec) -> AttackSpec:
+    """Parse attack notation; raise AttackNotationError (a ValueError) saying what is wrong."""
+    if isinstance(text, AttackSpec):
+        return text
+    if not isinstance(text, str) or not text.strip():
+        raise AttackNotationError("empty attack notation; try 'FGSM16', 'PGD2,16' or 'CW40'")
+    source = text.strip()
+    alias = _ALIASES.get(source.lower())
+    if alias:
+        return parse_attack(alias)
+    match = _SHAPE.match(source)
+    if not match:
+        raise AttackNotationError(f"cannot read attack {source!r}: expected NAME, numbers and optional "
+                                  f"(key=value, ...), e.g. 'PGD2,16' or 'CW40(steps=200)'")
+    kind = _BY_LOWER.get(match["name"].lower())
+    if kind is None:
+        known = ", ".join([*_KINDS, "MadryFGSM", "MadryPGD"])
+        raise AttackNotationError(f"unknown attack {match['name']!r} in {source!r}; known: {known}")
+    layouts, defaults, types = _KINDS[kind]
+    numbers = [n.strip() for n in match["nums"].split(",")] if match["nums"].strip() else []
+    keywords: dict[str, str] = {}
+    for item in (match["args"] or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" in item:
+            key, value = (part.strip() for part in item.split("=", 1))
+            if key not in defaults:
+                raise AttackNotationError(f"{kind} has no setting {key!r} (in {source!r}); "
+                                          f"settings: {', '.join(defaults)}")
+            if key in keywords:
+                raise AttackNotationError(f"setting {key!r} is given twice in {source!r}")
+            keywords[key] = value
+        elif keywords:
+            raise AttackNotationError(f"numbers must come before key=value settings in {source!r}")
+        else:
+            numbers.append(item)  # PGD(1,8,4)
+    if any(not n for n in numbers):
+        raise AttackNotationError(f"empty number in {source!r}")
+    if len(numbers) not in layouts:
+        counts = sorted(layouts)
+        allowed = str(counts[0]) if len(counts) == 1 else f"{', '.join(map(str, counts[:-1]))} or {counts[-1]}"
+        raise AttackNotationError(f"{kind} takes {allowed} number(s), got {len(numbers)} in {source!r}: "
+                                  + _usage(kind))
+    settings = dict(defaults)
+    for key, value in zip(layouts[len(numbers)], numbers, strict=True):
+        settings[key] = _convert(key, value, types[key], source)
+    for key, value in keywords.items():
+        if key in layouts[len(numbers)]:
+            raise AttackNotationError(f"{key} is given both as a number and as {key}= in {source!r}")
+        settings[key] = _convert(key, value, types[key], source)
+    missing = [key for key, value in settings.items() if value is None and key != "steps"]
+    if missing:
+        raise AttackNotationError(f"{kind} needs {', '.join(missing)} in {source!r}: {_usage(kind)}")
+    if kind == "PGD" and settings["steps"] is None:
+        _validate(kind, {**settings, "steps": 1}, source)  # a bad step size would break the step rule
+        settings["steps"] = pgd_steps_for(settings["step"], settings["eps"])
+    _validate(kind, settings, source)
+    return AttackSpec(kind, tuple(sorted(settings.items())))
+
+
+def _usage(kind: str) -> str:
+    return {"FGSM": "FGSM<eps>, e.g. FGSM16", "PGD": "PGD<eps>, PGD<step>,<eps> or PGD<step>,<steps>,<eps>",
+            "CW": "CW<kappa>, e.g. CW40", "APGD": "APGD<eps>, e.g. APGD16",
+            "Square": "Square<eps>, e.g. Square16"}[kind]
+
+
+def format_attack(spec: AttackSpec) -> str:
+    """Canonical notation: the shortest numeric form, then non-default settings in parentheses."""
+    s = spec.params
+    _, defaults, _ = _KINDS[spec.kind]
+    if spec.kind == "PGD":
+        shown = {"eps", "step", "steps"}
+        if s["steps"] != pgd_steps_for(s["step"], s["eps"]):
+            head = f"PGD{s['step']:g},{s['steps']},{s['eps']:g}"
+        elif s["step"] == 1:
+            head = f"PGD{s['eps']:g}"
+        else:
+            head = f"PGD{s['step']:g},{s['eps']:g}"
+    else:
+        key = "kappa" if spec.kind == "CW" else "eps"
+        shown = {key}
+        head = f"{spec.kind}{s[key]:g}"
+    extra = [f"{k}={_show(v)}" for k, v in sorted(s.items()) if k not in shown and v != defaults[k]]
+    return head + (f"({', '.join(extra)})" if extra else "")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def canonical_attack(text: str | AttackSpec) -> str:
+    return format_attack(parse_attack(text))

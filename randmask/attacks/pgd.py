@@ -1,0 +1,33 @@
+"""PGD as the paper uses it: the basic iterative method (Kurakin et al. 2016), FGSM steps of size `step`
+projected back onto the l-inf ball of radius eps after each step. No random start unless asked."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from randmask.attacks.base import Attack, project_linf
+from randmask.attacks.notation import pgd_steps_for
+
+
+class PGD(Attack):
+    def __init__(self, model: nn.Module, eps: float = 16, step: float = 1, steps: int | None = None,
+                 random_start: bool = False, *, seed: int = 0) -> None:
+        super().__init__(model, seed=seed)
+        self._eps, self.step = float(eps), float(step)
+        self.steps = int(steps) if steps is not None else pgd_steps_for(self.step, self._eps)
+        self.random_start = bool(random_start)
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        eps, step = self._eps / 255, self.step / 255
+        adv = x.clone()
+        if self.random_start:
+            adv = (x + eps * (2 * self.rand(x.shape) - 1)).clamp(0.0, 1.0)
+        for _ in range(self.steps):
+            grad, _, _ = self.input_gradient(adv, y)
+            adv = project_linf(adv + step * grad.sign(), x, eps)
+        return adv
+
+    def describe(self) -> str:
+        start = ", random_start=True" if self.random_start else ""
+        return f"step={self.step:g}, steps={self.steps}, eps={self._eps:g}{start}"

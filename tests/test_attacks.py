@@ -1,0 +1,234 @@
+"""Attacks on toy models: agreement with torchattacks, closed-form linear cases, budgets, model untouched."""
+
+import math
+
+import pytest
+import torch
+from test_attack_support import Linear, TinyCNN, assert_unchanged, snapshot
+from torch import nn
+
+from randmask.attacks import APGD, CW, FGSM, PGD, AttackInputError, Square, make_attack
+
+ALL_ATTACKS = ["FGSM8", "PGD4", "PGD2,7,8", "PGD4(random_start=true)", "CW5(search=3, steps=10)",
+               "APGD8(steps=10)", "Square8(queries=30)"]
+
+
+def toy_cnn(seed: int = 0) -> TinyCNN:
+    torch.manual_seed(seed)
+    return TinyCNN(width=8).eval()
+
+
+def toy_images(n: int = 16, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    # on the uint8 grid, like real images
+    return torch.randint(0, 256, (n, 3, 32, 32), generator=gen).float() / 255, torch.randint(0, 10, (n,), generator=gen)
+
+
+# ------------------------------------------------------------------ agreement with torchattacks
+torchattacks = pytest.importorskip("torchattacks")
+
+
+@pytest.mark.parametrize("eps", [4, 16])
+def test_fgsm_matches_torchattacks(eps):
+    model = toy_cnn()
+    x, y = toy_images()
+    ours = FGSM(model, eps=eps)(x, y)
+    theirs = torchattacks.FGSM(model, eps=eps / 255)(x, y)
+    assert (ours - theirs).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("step, steps, eps", [(1, 20, 16), (2, 10, 16), (2, 7, 8)])
+def test_pgd_without_random_start_matches_torchattacks_bim(step, steps, eps):
+    model = toy_cnn()
+    x, y = toy_images()
+    ours = PGD(model, eps=eps, step=step, steps=steps)(x, y)
+    theirs = torchattacks.BIM(model, eps=eps / 255, alpha=step / 255, steps=steps)(x, y)
+    assert (ours - theirs).abs().max() <= 1e-6
+    assert (ours - x).abs().max() * 255 <= eps + 1e-4
+
+
+# ------------------------------------------------------------------ closed form: a linear model
+def linear_case(margin_scale: float = 1.0):
+    """Two live classes (0 and 1); the others sit at -50 so only w1 - w0 matters. True class 0."""
+    gen = torch.Generator().manual_seed(3)
+    d = 3 * 4 * 4
+    weight = torch.zeros(10, d)
+    weight[0] = torch.randn(d, generator=gen)
+    weight[1] = torch.randn(d, generator=gen)
+    bias = torch.full((10,), -50.0)
+    x = 0.3 + 0.4 * torch.rand(5, 3, 4, 4, generator=gen)  # interior: x +- eps stays inside [0, 1]
+    w = weight[1] - weight[0]
+    bias[0] = margin_scale + (x.flatten(1) @ w).max().item()  # class 0 wins by at least margin_scale
+    bias[1] = 0.0
+    return Linear(weight, bias).eval(), x, torch.zeros(5, dtype=torch.long), w
+
+
+def margin01(model, x):
+    with torch.no_grad():
+        z = model(x)
+    return z[:, 1] - z[:, 0]
+
+
+@pytest.mark.parametrize("attack", [lambda m: FGSM(m, eps=4), lambda m: PGD(m, eps=4, step=1, steps=6),
+                                    lambda m: PGD(m, eps=4, step=0.5, steps=9),
+                                    lambda m: APGD(m, eps=4, steps=30)])
+def test_linf_attacks_reach_the_optimal_vertex_of_a_linear_model(attack):
+    # max over ||d||_inf <= eps of w.d is eps * ||w||_1, reached only at d = eps * sign(w)
+    model, x, y, w = linear_case(margin_scale=5.0)  # beyond reach (eps·|w|_1 < 1): APGD returns its best point
+    adv = attack(model)(x, y)
+    eps = 4 / 255
+    assert torch.allclose(adv - x, (eps * w.sign()).view(1, 3, 4, 4).expand_as(x), atol=1e-6)
+    assert (margin01(model, adv) < 0).all()  # still correct, so the optimum is the right reference
+    gain = margin01(model, adv) - margin01(model, x)
+    assert torch.allclose(gain, torch.full_like(gain, eps * w.abs().sum().item()), rtol=1e-4)
+
+
+def test_cw_finds_the_minimal_l2_perturbation_of_a_linear_model():
+    # the smallest d with (w.d) >= m0 + kappa has ||d||_2 = (m0 + kappa) / ||w||_2
+    model, x, y, w = linear_case(margin_scale=0.5)
+    kappa = 1.0
+    result = CW(model, kappa=kappa, search=12, steps=300, lr=0.005, c=0.1).run(x, y)
+    assert result.success.all()
+    minimal = (-margin01(model, x) + kappa) / w.norm() * 255
+    assert (result.l2 >= minimal * (1 - 1e-3)).all()  # cannot beat the optimum
+    assert (result.l2 <= minimal * 1.01).all(), (result.l2 / minimal)
+    assert (margin01(model, result.adv) >= kappa - 1e-4).all()
+
+
+# ------------------------------------------------------------------ contracts every attack keeps
+class Fussy(TinyCNN):
+    """A model in train mode, with dropout and a frozen parameter: every flag must survive an attack."""
+
+    def __init__(self):
+        super().__init__(width=8)
+        self.body[-3].p = 0.5
+        self.body[0].bias.requires_grad_(False)
+
+
+@pytest.mark.parametrize("notation", ALL_ATTACKS)
+def test_model_is_left_exactly_as_it_was(notation):
+    torch.manual_seed(0)
+    model = Fussy().train()
+    model.body[4].eval()  # mixed flags survive too
+    before = snapshot(model)
+    x, y = toy_images(8)
+    result = make_attack(notation, model).run(x, y, batch_size=5)
+    assert_unchanged(model, before)
+    assert model.training and not model.body[4].training
+    assert result.adv.shape == x.shape and result.adv.min() >= 0 and result.adv.max() <= 1
+
+
+@pytest.mark.parametrize("notation", ALL_ATTACKS)
+def test_results_are_measured_on_the_returned_images(notation):
+    model, (x, y) = toy_cnn(), toy_images(10)
+    attack = make_attack(notation, model, seed=5)
+    result = attack.run(x, y, batch_size=4)
+    with torch.no_grad():
+        logits = model(result.adv)
+    assert torch.allclose(result.logits, logits, atol=1e-5)
+    assert torch.equal(result.success, attack.is_success(result.logits, y))
+    delta = (result.adv - x).flatten(1) * 255
+    assert torch.allclose(result.linf, delta.abs().amax(1), atol=1e-4)
+    assert torch.allclose(result.l2, delta.norm(dim=1), atol=1e-3)
+    if attack.eps is not None:
+        assert result.linf.max() <= attack.eps + 1e-4
+    # same seed, same images, however the batches fall
+    again = make_attack(notation, model, seed=5).run(x, y, batch_size=4)
+    assert torch.equal(again.adv, result.adv)
+
+
+@pytest.mark.parametrize("notation", ["FGSM8", "PGD2,16", "CW5(search=2, steps=5)"])
+def test_deterministic_attacks_do_not_depend_on_batch_size(notation):
+    model, (x, y) = toy_cnn(), toy_images(9)
+    a = make_attack(notation, model).run(x, y, batch_size=2).adv
+    b = make_attack(notation, model).run(x, y).adv
+    assert (a - b).abs().max() <= 1e-6
+
+
+def test_progress_reports_every_batch():
+    calls = []
+    make_attack("FGSM4", toy_cnn()).run(*toy_images(10), batch_size=4, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(4, 10), (8, 10), (10, 10)]
+
+
+class NoGradients(TinyCNN):
+    def forward(self, x):
+        assert not torch.is_grad_enabled(), "gradient tracking was on"
+        assert not x.requires_grad
+        return super().forward(x)
+
+
+def test_square_attack_uses_no_gradients():
+    torch.manual_seed(0)
+    model = NoGradients(width=8).eval()
+    x, y = toy_images(6)
+    attack = Square(model, eps=16, queries=40)
+    result = attack.run(x, y)
+    assert result.linf.max() <= 16 + 1e-4
+    assert attack.last_queries is not None and (attack.last_queries <= 40).all()
+    assert result.logits.shape == (6, 10)
+    with pytest.raises(AssertionError, match="gradient tracking"):
+        FGSM(model, eps=8)(x, y)  # the guard really catches a gradient attack
+
+
+def test_square_never_loses_ground():
+    model, (x, y) = toy_cnn(), toy_images(12)
+    from randmask.attacks import margin
+
+    with torch.no_grad():
+        start = margin(model(x), y)
+    short = Square(model, eps=8, queries=5, seed=1).run(x, y)
+    long = Square(model, eps=8, queries=200, seed=1).run(x, y)
+    # same seed: the long run begins as the short one did and only accepts improvements
+    assert (margin(long.logits, y) >= margin(short.logits, y) - 1e-5).all()
+    assert margin(long.logits, y).mean() > start.mean()
+
+
+def test_cw_reports_failures_as_failures():
+    # an impossible margin: nothing may be reported as a success, and failed images come back unchanged
+    model, (x, y) = toy_cnn(), toy_images(6)
+    result = CW(model, kappa=1e4, search=2, steps=5).run(x, y)
+    assert not result.success.any()
+    assert torch.equal(result.adv, x)
+
+
+def test_bad_inputs_are_refused_clearly():
+    model, (x, y) = toy_cnn(), toy_images(4)
+    attack = FGSM(model, eps=8)
+    with pytest.raises(AttackInputError, match=r"\[0, 1\]"):
+        attack(x * 255, y)
+    with pytest.raises(AttackInputError, match="N×C×H×W"):
+        attack(x[0], y)
+    with pytest.raises(AttackInputError, match="uint8"):
+        attack((x * 255).to(torch.uint8), y)
+    with pytest.raises(AttackInputError, match="vector of 4"):
+        attack(x, y[:3])
+    with pytest.raises(AttackInputError, match="out of range"):
+        attack(x, torch.full((4,), 10))
+    with pytest.raises(AttackInputError, match="batch size"):
+        attack.run(x, y, batch_size=0)
+    with pytest.raises(TypeError):
+        FGSM("not a model", eps=8)
+
+
+def test_empty_input_gives_empty_result():
+    result = make_attack("PGD4", toy_cnn()).run(torch.zeros(0, 3, 32, 32), torch.zeros(0, dtype=torch.long))
+    assert len(result.adv) == 0 and math.isnan(result.success_rate)
+
+
+def test_model_without_parameters_runs_on_cpu():
+    model = nn.Sequential(nn.Flatten(), nn.Identity())
+    x = torch.rand(2, 1, 2, 5)
+    y = torch.tensor([0, 3])
+    adv = FGSM(model, eps=8)(x, y)
+    assert adv.shape == x.shape
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_attacks_run_on_cuda_and_return_to_the_callers_device():
+    model = toy_cnn().cuda()
+    x, y = toy_images(8)
+    for notation in ALL_ATTACKS:
+        result = make_attack(notation, model).run(x, y)
+        assert result.adv.device == x.device
+        assert torch.allclose(result.adv.cuda(), make_attack(notation, model).run(x.cuda(), y.cuda()).adv)

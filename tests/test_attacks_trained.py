@@ -1,0 +1,110 @@
+"""Attacks against a trained normal CNN on real CIFAR-10 images (the net trains once per session)."""
+
+import pytest
+import torch
+from test_attack_support import cifar_test, held_out, trained_cnn
+
+from randmask.attacks import CW, PGD, Square, make_attack, margin
+
+pytestmark = pytest.mark.usefixtures("data_dir")
+
+
+@pytest.fixture(scope="module")
+def net():
+    return trained_cnn()
+
+
+@pytest.fixture(scope="module")
+def correct(net):
+    """The first 150 held-out images the net classifies correctly."""
+    x, y = held_out(400)
+    with torch.no_grad():
+        ok = net(x).argmax(1) == y
+    return x[ok][:150], y[ok][:150]
+
+
+def success(net, notation, x, y):
+    return make_attack(notation, net).run(x, y, batch_size=100).success.float().mean().item()
+
+
+def test_a_normal_net_falls_to_about_zero_at_pgd32(net):
+    x, y = held_out(200)
+    result = make_attack("PGD32", net).run(x, y, batch_size=100)
+    accuracy = (result.pred == y).float().mean().item()
+    assert accuracy <= 0.01, accuracy
+    assert result.linf.max() <= 32 + 1e-4
+
+
+def test_success_grows_with_eps_and_iterative_beats_single_step(net, correct):
+    x, y = correct
+    eps = (0.5, 1, 2, 4)
+    fgsm = [success(net, f"FGSM{e}", x, y) for e in eps]
+    pgd = [success(net, f"PGD{e}", x, y) for e in eps]  # the paper's step-1 PGD
+    fine = [success(net, f"PGD{e / 4},10,{e}", x, y) for e in eps]  # steps of eps/4
+    for curve in (fgsm, pgd, fine):
+        assert curve == sorted(curve) and curve[-1] > curve[0] + 0.2, curve
+    assert all(f >= s for f, s in zip(fine, fgsm, strict=True)), (fine, fgsm)
+    # step 1 exceeds eps = 0.5, so the paper's PGD is compared from eps = 1 on
+    assert all(p >= s for p, s in zip(pgd[1:], fgsm[1:], strict=True)), (pgd, fgsm)
+    assert pgd[-1] > fgsm[-1]
+
+
+@pytest.mark.parametrize("eps", [2, 8])
+def test_fgsm_and_pgd_match_torchattacks_on_real_images(net, correct, eps):
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = correct
+    x, y = x[:64], y[:64]
+    assert (make_attack(f"FGSM{eps}", net)(x, y) - torchattacks.FGSM(net, eps=eps / 255)(x, y)).abs().max() <= 1e-6
+    ours = PGD(net, eps=eps, step=1, steps=eps + 2)(x, y)
+    theirs = torchattacks.BIM(net, eps=eps / 255, alpha=1 / 255, steps=eps + 2)(x, y)
+    assert (ours - theirs).abs().max() <= 1e-6
+
+
+def test_cw_meets_the_margin_with_smaller_l2_than_pgd(net, correct):
+    x, y = correct
+    x, y = x[:30], y[:30]
+    kappa = 2.0
+    cw = CW(net, kappa=kappa, search=5, steps=50, c=0.1).run(x, y)
+    assert cw.success.float().mean() >= 0.8
+    assert (margin(cw.logits, y)[cw.success] >= kappa).all()
+    pgd = make_attack("PGD16", net).run(x, y)
+    both = cw.success & pgd.success
+    assert both.sum() >= 15
+    assert (cw.l2[both] < pgd.l2[both]).all(), (cw.l2[both], pgd.l2[both])
+
+
+def test_apgd_is_at_least_as_strong_as_torchattacks_apgd(net, correct):
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = correct
+    x, y = x[:100], y[:100]
+    ours = make_attack("APGD1(steps=20)", net).run(x, y).success.float().mean().item()
+    with torch.random.fork_rng(devices=[]):  # torchattacks reseeds the global generator
+        adv = torchattacks.APGD(net, eps=1 / 255, steps=20, seed=0)(x, y)
+    with torch.no_grad():
+        theirs = (net(adv).argmax(1) != y).float().mean().item()
+    assert 0.2 < theirs < 0.95  # the comparison is not saturated
+    assert ours >= theirs - 0.03, (ours, theirs)
+    # and APGD is at least as strong as the paper's PGD at the same eps
+    assert ours >= success(net, "PGD1", x, y) - 0.02
+
+
+def test_square_beats_random_vertices_and_keeps_up_with_torchattacks(net, correct):
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = correct
+    x, y = x[:60], y[:60]
+    square = Square(net, eps=8, queries=150).run(x, y).success.float().mean().item()
+    gen = torch.Generator().manual_seed(0)
+    signs = torch.randint(0, 2, x.shape, generator=gen).float() * 2 - 1
+    with torch.no_grad():
+        noise = (net((x + 8 / 255 * signs).clamp(0, 1)).argmax(1) != y).float().mean().item()
+    assert square > noise + 0.2, (square, noise)
+    with torch.random.fork_rng(devices=[]):
+        adv = torchattacks.Square(net, eps=8 / 255, n_queries=150, seed=0)(x, y)
+    with torch.no_grad():
+        theirs = (net(adv).argmax(1) != y).float().mean().item()
+    assert square >= theirs - 0.05, (square, theirs)
+
+
+def test_held_out_images_were_not_trained_on():
+    x, _ = cifar_test()
+    assert len(x) == 10000  # train slice 2000-9999, evaluation slice 0-1999
