@@ -76,6 +76,8 @@ class AttackResult:
 
     @property
     def pred(self) -> torch.Tensor:
+        if len(self.logits) == 0:
+            return torch.zeros(0, dtype=torch.long, device=self.labels.device)
         return self.logits.argmax(1)
 
     @property

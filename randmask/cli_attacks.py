@@ -1,0 +1,383 @@
+"""Attack and evaluation commands of `python -m randmask` (registered by randmask.cli via add_subcommands).
+
+    attack     save an adversarial set (PNGs + meta.csv) for the human study
+    transfer   black-box transfer, Tables 2 and 7-11 (several --source models are attacked as one ensemble)
+    whitebox   Table 4          graybox   Table 5          madry   Table 1          mnist   Table 6
+    noise      Figure 3         shuffle   appendix A, Table 3
+
+Models are checkpoint folders or notations; a notation builds an untrained model (for smoke tests) and may
+carry seeds, e.g. '0.5-Shallow@seed=1,mask_seed=2'. Each protocol writes a tidy CSV (see randmask.protocols).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from randmask.errors import RandmaskError
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    ref: str
+    model: nn.Module
+    config: dict
+
+
+def _split_ref(ref: str) -> tuple[str, dict]:
+    """'0.5-Shallow@seed=1,mask_seed=2' -> ('0.5-Shallow', {'seed': 1, 'mask_seed': 2})."""
+    if "@" not in ref:
+        return ref, {}
+    notation, _, opts = ref.rpartition("@")
+    seeds = {}
+    for item in opts.split(","):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in ("seed", "mask_seed") or not value.strip().lstrip("-").isdigit():
+            raise RandmaskError(f"cannot read {ref!r}: after '@' expected seed=N and/or mask_seed=N")
+        seeds[key] = int(value)
+    return notation.strip(), seeds
+
+
+def load_models(refs: list[str], args: argparse.Namespace) -> list[LoadedModel]:
+    """Checkpoint folders or notations -> models on the chosen device, all for one data set."""
+    from randmask.checkpoint import load_any
+
+    device = _device(args)
+    loaded = []
+    for ref in refs:
+        target, seeds = _split_ref(ref)
+        build = {"width": args.width, "seed": seeds.get("seed", 0), "mask_seed": seeds.get("mask_seed", 0),
+                 "dataset": args.dataset or "cifar10"}
+        model, config = load_any(target, device, **build)
+        if config.get("trained") is False:
+            print(f"warning: {ref!r} is a notation, not a checkpoint folder: using an UNTRAINED model",
+                  file=sys.stderr)
+        loaded.append(LoadedModel(config["notation"], ref, model, dict(config)))
+    datasets = {m.config.get("dataset", "cifar10") for m in loaded}
+    if len(datasets) > 1:
+        raise RandmaskError(f"models are for different data sets: {', '.join(sorted(datasets))}")
+    if args.dataset and datasets and args.dataset not in datasets:
+        raise RandmaskError(f"--dataset {args.dataset} but the models are for {datasets.pop()}")
+    counts: dict[str, int] = {}
+    for m in loaded:
+        counts[m.name] = counts.get(m.name, 0) + 1
+    for m in loaded:  # two checkpoints of one notation (other init, DIF) keep their folder in the name
+        if counts[m.name] > 1:
+            m.name = f"{m.name} ({m.ref})"
+    if len({m.name for m in loaded}) < len(loaded):
+        raise RandmaskError("the same model is given twice")
+    return loaded
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    if args.device == "auto":
+        from randmask.device import default_device
+
+        return default_device()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise RandmaskError("--device cuda but CUDA is not available")
+    return torch.device(args.device)
+
+
+def _dataset(args: argparse.Namespace, models: list[LoadedModel]) -> str:
+    return args.dataset or (models[0].config.get("dataset") if models else None) or "cifar10"
+
+
+def _pool(args: argparse.Namespace, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from randmask.data import load_tensors
+
+    if args.pool is not None and args.pool < 1:
+        raise RandmaskError(f"--pool must be positive, got {args.pool}")
+    return load_tensors(dataset, "test", n=args.pool)
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise RandmaskError(f"{name} must be positive, got {value}")
+
+
+class _Bar:
+    """A tqdm bar driven by protocol progress callbacks (done, total)."""
+
+    def __init__(self, quiet: bool, desc: str) -> None:
+        self.quiet, self.desc, self.bar = quiet, desc, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="img", file=sys.stderr, leave=False)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run(args: argparse.Namespace, desc: str, work: Callable[[Callable], list[dict]]) -> int:
+    from randmask.evaluate import write_csv
+    from randmask.protocols import COLUMNS
+
+    bar = _Bar(args.quiet, desc)
+    try:
+        rows = work(bar)
+    finally:
+        bar.close()
+    path = write_csv(rows, args.out, COLUMNS)
+    for row in rows:
+        label = " ".join(str(row[k]) for k in ("source", "target", "attack") if row.get(k) not in ("", None))
+        print(f"{row['metric']:>15}  {label}: {row['accuracy']:.4f} "
+              f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}] n={row['n']}")
+    print(json.dumps({"out": str(path), "rows": len(rows)}))
+    return 0
+
+
+def _common(args: argparse.Namespace) -> dict:
+    _positive("--batch-size", args.batch_size)
+    return {"seed": args.seed, "batch_size": args.batch_size}
+
+
+# ------------------------------------------------------------------------------------------ commands
+def cmd_attack(args: argparse.Namespace) -> int:
+    from randmask.adversarial_sets import save_adversarial_set
+    from randmask.attacks import parse_attack
+    from randmask.evaluate import select_correct
+
+    spec = parse_attack(args.attack)
+    _positive("--n", args.n)
+    meta = Path(args.out) / "meta.csv"
+    if meta.exists() and not args.overwrite:  # before any work: an existing set is never touched
+        raise RandmaskError(f"{meta} already exists; choose another --out or pass --overwrite")
+    (source,) = load_models([args.model], args)
+    others = load_models(args.predict, args) if args.predict else []
+    dataset = _dataset(args, [source, *others])
+    x, y = _pool(args, dataset)
+    if args.all_images:
+        idx = torch.arange(min(args.n, len(x)))
+    else:
+        idx = select_correct([source.model], x, y, n=args.n, batch_size=args.batch_size)
+    bar = _Bar(args.quiet, str(spec))
+    try:
+        rows = save_adversarial_set(source.model, str(spec), x[idx], y[idx], idx, args.out,
+                                    source_name=source.name, predict_models={m.name: m.model for m in others},
+                                    seed=args.seed, save_clean=args.save_clean, overwrite=args.overwrite,
+                                    batch_size=args.batch_size, progress=bar)
+    finally:
+        bar.close()
+    fooled = sum(r["fooled"] for r in rows)
+    print(json.dumps({"out": args.out, "images": len(rows), "fooled": fooled, "attack": str(spec),
+                      "source": source.name}))
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from randmask.protocols import paper_transfer_attacks, transfer
+
+    _positive("--n", args.n)
+    _positive("--n-cw", args.n_cw)
+    sources = load_models(args.source, args)
+    targets = load_models(args.targets, args)
+    dataset = _dataset(args, sources + targets)
+    x, y = _pool(args, dataset)
+    name = " + ".join(s.name for s in sources)
+    attacks = args.attack or paper_transfer_attacks(name)
+    return _run(args, "transfer", lambda bar: transfer(
+        [s.model for s in sources], {t.name: t.model for t in targets}, attacks, x, y, source_name=name,
+        n=args.n, n_cw=args.n_cw, quantize_images=not args.no_quantize, clean=not args.no_clean,
+        dataset=dataset, progress=bar, **_common(args)))
+
+
+def cmd_madry(args: argparse.Namespace) -> int:
+    from randmask.protocols import madry
+
+    _positive("--n", args.n)
+    sources = load_models(args.source, args)
+    targets = load_models(args.targets, args)
+    dataset = _dataset(args, sources + targets)
+    x, y = _pool(args, dataset)
+    return _run(args, "madry", lambda bar: madry(
+        [s.model for s in sources], {t.name: t.model for t in targets}, x, y,
+        source_name=" + ".join(s.name for s in sources), n=args.n, quantize_images=not args.no_quantize,
+        clean=not args.no_clean, dataset=dataset, progress=bar, **_common(args)))
+
+
+def cmd_mnist(args: argparse.Namespace) -> int:
+    from randmask.protocols import mnist
+
+    if args.dataset not in (None, "mnist"):
+        raise RandmaskError("the MNIST protocol runs on mnist; drop --dataset")
+    args.dataset = "mnist"
+    _positive("--n", args.n)
+    sources = load_models(args.source, args)
+    targets = load_models(args.targets, args)
+    x, y = _pool(args, "mnist")
+    return _run(args, "mnist", lambda bar: mnist(
+        [s.model for s in sources], {t.name: t.model for t in targets}, x, y,
+        source_name=" + ".join(s.name for s in sources), n=args.n, quantize_images=not args.no_quantize,
+        clean=not args.no_clean, progress=bar, **_common(args)))
+
+
+def cmd_whitebox(args: argparse.Namespace) -> int:
+    from randmask.protocols import WHITEBOX_ATTACKS, whitebox
+
+    models = load_models(args.models, args)
+    dataset = _dataset(args, models)
+    x, y = _pool(args, dataset)
+    return _run(args, "whitebox", lambda bar: whitebox(
+        {m.name: m.model for m in models}, args.attack or list(WHITEBOX_ATTACKS), x, y,
+        quantize_images=not args.no_quantize, dataset=dataset, progress=bar, **_common(args)))
+
+
+def cmd_graybox(args: argparse.Namespace) -> int:
+    from randmask.protocols import graybox, relation
+
+    _positive("--n", args.n)
+    sources = load_models(args.sources, args)
+    targets = load_models(args.targets, args)
+    dataset = _dataset(args, sources + targets)
+    x, y = _pool(args, dataset)
+    relations = {(s.name, t.name): relation(s.config, t.config) for s in sources for t in targets}
+    return _run(args, "graybox", lambda bar: graybox(
+        {s.name: s.model for s in sources}, {t.name: t.model for t in targets}, x, y, attack=args.attack,
+        relations=relations, n=args.n, quantize_images=not args.no_quantize, clean=not args.no_clean,
+        dataset=dataset, progress=bar, **_common(args)))
+
+
+def cmd_noise(args: argparse.Namespace) -> int:
+    from randmask.protocols import noise
+
+    models = load_models(args.models, args)
+    dataset = _dataset(args, models)
+    x, y = _pool(args, dataset)
+    return _run(args, "noise", lambda bar: noise(
+        {m.name: m.model for m in models}, x, y, sigmas=args.sigmas, quantize_images=not args.no_quantize,
+        dataset=dataset, progress=bar, **_common(args)))
+
+
+def cmd_shuffle(args: argparse.Namespace) -> int:
+    from randmask.protocols import shuffle
+
+    _positive("--n", args.n)
+    if not 0 <= args.min_confidence <= 1:
+        raise RandmaskError(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
+    models = load_models(args.models, args)
+    dataset = _dataset(args, models)
+    x, y = _pool(args, dataset)
+    return _run(args, "shuffle", lambda bar: shuffle(
+        {m.name: m.model for m in models}, x, y, ks=args.k, n=args.n, min_confidence=args.min_confidence,
+        dataset=dataset, progress=bar, **_common(args)))
+
+
+# ------------------------------------------------------------------------------------------ parser
+def _options(p: argparse.ArgumentParser, *, pool: int | None = None, quantize: bool = True) -> None:
+    p.add_argument("--dataset", default=None, help="cifar10, mnist or tinyimagenet10 (default: the models')")
+    p.add_argument("--pool", type=int, default=pool,
+                   help=f"use the first N test images (default: {pool if pool else 'all'})")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="seed of random starts, noise and shuffles")
+    p.add_argument("--width", type=int, default=16, help="base width of models built from a notation")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if quantize:
+        p.add_argument("--no-quantize", action="store_true",
+                       help="evaluate float images instead of the uint8 images they would be stored as")
+
+
+def _clean(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-clean", action="store_true", help="skip the clean-accuracy rows")
+
+
+def add_subcommands(sub) -> None:
+    """Register the attack and protocol commands on an argparse subparsers object."""
+    p = sub.add_parser("attack", help="save an adversarial set (PNGs + meta.csv) for the human study")
+    p.add_argument("--model", required=True, help="checkpoint folder or notation (the source)")
+    p.add_argument("--attack", required=True, help="e.g. PGD16, 'PGD2,16', CW40")
+    p.add_argument("--n", type=int, default=100, help="number of images (default 100)")
+    p.add_argument("--out", required=True, help="output folder (gets meta.csv and images/)")
+    p.add_argument("--predict", nargs="+", default=[], metavar="M",
+                   help="also record these models' predictions (pred:<model> columns)")
+    p.add_argument("--all-images", action="store_true",
+                   help="attack the first N test images, not the first N the source classifies correctly")
+    p.add_argument("--save-clean", action="store_true", help="also save the original images")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing meta.csv in --out")
+    _options(p, quantize=False)
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("transfer", help="black-box transfer (Tables 2, 7-11) -> CSV")
+    p.add_argument("--source", nargs="+", required=True, metavar="M",
+                   help="source model(s); several are attacked as one logit-averaging ensemble")
+    p.add_argument("--targets", nargs="+", required=True, metavar="M")
+    p.add_argument("--attack", nargs="+", metavar="A",
+                   help="attacks (default: the paper's FGSM8 FGSM16 FGSM32 PGD16 PGD2,16 PGD32 CW40/CW20)")
+    p.add_argument("--n", type=int, default=5000, help="source-correct images to attack (paper: 5000)")
+    p.add_argument("--n-cw", type=int, default=1000, help="images for CW attacks (paper: 1000)")
+    p.add_argument("--out", required=True, help="CSV file")
+    _options(p)
+    _clean(p)
+    p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser("madry", help="Madry et al.'s black-box setting, FGSM8 and PGD2,7,8 (Table 1) -> CSV")
+    p.add_argument("--source", nargs="+", required=True, metavar="M", help="naturally trained source(s)")
+    p.add_argument("--targets", nargs="+", required=True, metavar="M")
+    p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--out", required=True)
+    _options(p)
+    _clean(p)
+    p.set_defaults(func=cmd_madry)
+
+    p = sub.add_parser("mnist", help="MNIST transfer, PGD 40 x 0.01 eps 0.3 (Table 6) -> CSV")
+    p.add_argument("--source", nargs="+", required=True, metavar="M", help="paper: DenseNet-121")
+    p.add_argument("--targets", nargs="+", required=True, metavar="M")
+    p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--out", required=True)
+    _options(p)
+    _clean(p)
+    p.set_defaults(func=cmd_mnist)
+
+    p = sub.add_parser("whitebox", help="white-box accuracy (Table 4) -> CSV")
+    p.add_argument("--models", nargs="+", required=True, metavar="M")
+    p.add_argument("--attack", nargs="+", metavar="A",
+                   help="default: Table 4's FGSM1 FGSM2 FGSM4 PGD1,4,2 PGD1,6,4 PGD1,10,8")
+    p.add_argument("--out", required=True)
+    _options(p, pool=1000)
+    p.set_defaults(func=cmd_whitebox)
+
+    p = sub.add_parser("graybox", help="gray-box transfer: other init, DIF, other architectures (Table 5) -> CSV")
+    p.add_argument("--sources", nargs="+", required=True, metavar="M")
+    p.add_argument("--targets", nargs="+", required=True, metavar="M")
+    p.add_argument("--attack", default="FGSM16")
+    p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--out", required=True)
+    _options(p)
+    _clean(p)
+    p.set_defaults(func=cmd_graybox)
+
+    p = sub.add_parser("noise", help="accuracy under clipped Gaussian noise (Figure 3) -> CSV")
+    p.add_argument("--models", nargs="+", required=True, metavar="M")
+    p.add_argument("--sigmas", nargs="+", type=float, default=[1, 2, 4, 8, 12, 16, 20, 24, 28, 32],
+                   help="noise sigmas in 0-255 units (default: the paper's)")
+    p.add_argument("--out", required=True)
+    _options(p, pool=1000)
+    p.set_defaults(func=cmd_noise)
+
+    p = sub.add_parser("shuffle", help="accuracy on patch-shuffled confident images (Table 3) -> CSV")
+    p.add_argument("--models", nargs="+", required=True, metavar="M")
+    p.add_argument("--k", nargs="+", type=int, default=[2, 4, 8], help="k×k patch grids (default 2 4 8)")
+    p.add_argument("--n", type=int, default=5000, help="images (paper: 5000)")
+    p.add_argument("--min-confidence", type=float, default=0.99)
+    p.add_argument("--out", required=True)
+    _options(p, quantize=False)
+    p.set_defaults(func=cmd_shuffle)

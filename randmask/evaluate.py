@@ -1,0 +1,191 @@
+"""Shared pieces of the evaluation protocols: predictions, image selection, crafting adversarial images as
+they would be stored (uint8), accuracy rows with Wilson 95% intervals, and tidy CSV output.
+
+Every accuracy in a protocol CSV is a fraction in [0, 1] with `n` (the images it is measured on), `correct`,
+and `ci_low`/`ci_high` (Wilson score interval, 95%). Budgets and perturbation norms are in 0-255 units.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from randmask.attacks import Attack, frozen_eval, model_device, parse_attack
+from randmask.attacks.base import AttackInputError
+from randmask.errors import RandmaskError
+from randmask.stats import wilson_interval
+
+Progress = Callable[[int, int], None]
+DEFAULT_BATCH = 256
+
+
+class Work:
+    """Turns per-phase progress into one overall (done, total) for a caller's progress callback."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total, self.done, self.progress = total, 0, progress
+
+    def phase(self, size: int) -> Progress:
+        """A callback for the next `size` units of work."""
+        start = self.done
+        self.done += size
+
+        def report(done: int, _total: int) -> None:
+            if self.progress is not None:
+                self.progress(min(start + done, self.total), self.total)
+
+        return report
+
+
+def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+    """Float32 logits on x's device, computed in eval mode in batches; the model is left as it was."""
+    if batch_size < 1:
+        raise RandmaskError(f"batch size must be positive, got {batch_size}")
+    device = model_device(model)
+    out = []
+    with frozen_eval(model), torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            out.append(model(x[start:start + batch_size].to(device, torch.float32)).float().to(x.device))
+    if not out:
+        return torch.zeros(0, 0, device=x.device)
+    return torch.cat(out)
+
+
+def select_correct(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, *, n: int | None = None,
+                   min_confidence: float = 0.0, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+    """Indices (in order) of the first n images every model classifies correctly, each with softmax
+    probability >= min_confidence; scanning stops as soon as n are found."""
+    if n is not None and n < 1:
+        raise RandmaskError(f"n must be positive, got {n}")
+    chosen: list[torch.Tensor] = []
+    found = 0
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        keep = torch.ones(len(xb), dtype=torch.bool, device=x.device)
+        for model in models:
+            prob = predict(model, xb, batch_size=batch_size).softmax(1)
+            keep &= (prob.argmax(1) == yb) & (prob.gather(1, yb[:, None]).squeeze(1) >= min_confidence)
+        idx = keep.nonzero().squeeze(1) + start
+        chosen.append(idx)
+        found += len(idx)
+        if n is not None and found >= n:
+            break
+    indices = torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.long)
+    return indices[:n] if n is not None else indices
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.mul(255).round().clamp(0, 255).to(torch.uint8)
+
+
+def quantize(adv: torch.Tensor, clean: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    """The uint8 image nearest to adv (as floats k/255), kept within floor(eps) grey levels of the stored
+    clean image round(255 clean), so rounding never breaks the l-inf budget."""
+    levels = adv.mul(255).round()
+    if eps is not None:
+        base = clean.mul(255).round()
+        radius = math.floor(eps + 1e-6)
+        levels = torch.min(torch.max(levels, base - radius), base + radius)
+    return levels.clamp(0, 255).div(255)
+
+
+def perturbation_norms(adv: torch.Tensor, clean: torch.Tensor, *, levels: bool = False,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image l-inf and l2 norms of adv - clean in 0-255 units; with levels=True both images are first
+    rounded to uint8 grey levels, so stored images give exact integer differences."""
+    if levels:
+        delta = (adv.mul(255).round().double() - clean.mul(255).round().double()).flatten(1)
+    else:
+        delta = (adv.double() - clean.double()).flatten(1) * 255
+    return delta.abs().amax(1).float(), delta.norm(dim=1).float()
+
+
+def accuracy_fields(correct: int, n: int) -> dict:
+    low, high = wilson_interval(int(correct), int(n))
+    return {"n": int(n), "correct": int(correct), "accuracy": correct / n if n else math.nan,
+            "ci_low": low, "ci_high": high}
+
+
+@dataclass
+class Crafted:
+    """Adversarial images as stored, and the source model's view of exactly these images."""
+
+    adv: torch.Tensor
+    labels: torch.Tensor
+    source_logits: torch.Tensor
+    attack_success: torch.Tensor  # the attack's own criterion (CW: margin >= kappa), on the stored images
+    linf: torch.Tensor
+    l2: torch.Tensor
+
+    @property
+    def source_pred(self) -> torch.Tensor:
+        if len(self.source_logits) == 0:
+            return torch.zeros(0, dtype=torch.long, device=self.labels.device)
+        return self.source_logits.argmax(1)
+
+    @property
+    def fooled(self) -> torch.Tensor:
+        return self.source_pred != self.labels
+
+
+def craft(source: nn.Module, attack: str | Attack, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0,
+          quantize_images: bool = True, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None) -> Crafted:
+    """Attack `source`; with quantize_images the images are rounded to uint8 (budget kept) and every number
+    returned is measured again on the rounded images, since rounding can undo an attack."""
+    if isinstance(attack, Attack):
+        if attack.model is not source:
+            raise AttackInputError("the attack object was built for a different model than the source")
+        runner = attack
+    else:
+        runner = parse_attack(attack).build(source, seed=seed)
+    result = runner.run(x, y, batch_size=batch_size, progress=progress)
+    adv = result.adv
+    if len(adv) == 0:  # nothing to attack (e.g. the source classifies none of the images correctly)
+        empty = torch.zeros(0, device=adv.device)
+        return Crafted(adv, y.to(adv.device), result.logits, result.success, empty, empty)
+    if quantize_images:
+        adv = quantize(adv, x.to(adv.device), runner.eps)
+        logits = predict(source, adv, batch_size=batch_size)
+        success = runner.is_success(logits, y.to(logits.device))
+    else:
+        logits, success = result.logits, result.success
+    linf, l2 = perturbation_norms(adv, x.to(adv.device), levels=quantize_images)
+    return Crafted(adv, y.to(adv.device), logits, success, linf, l2)
+
+
+def mean_or_nan(values: torch.Tensor) -> float:
+    return values.double().mean().item() if len(values) else math.nan
+
+
+def write_csv(rows: Iterable[Mapping], path: str | os.PathLike, columns: Sequence[str] | None = None) -> Path:
+    """Write rows as CSV (columns: the given order, then any others in first-seen order), atomically."""
+    rows = list(rows)
+    order = list(columns or [])
+    for row in rows:
+        order += [key for key in row if key not in order]
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=order, restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(v) for k, v in row.items()})
+    os.replace(tmp, path)
+    return path
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    if isinstance(value, torch.Tensor):
+        return _cell(value.item())
+    return value
