@@ -1,0 +1,59 @@
+"""randmask's Streamlit app: `streamlit run app.py`.
+
+Researchers get every page and the model picker in the sidebar. A participant of the human study (the link
+carries ?pid= or ?PROLIFIC_PID=) gets the labeling page only: no navigation, no sidebar, nothing else.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PAGES = ROOT / "pages"
+PARTICIPANT_KEYS = ("pid", "PROLIFIC_PID")
+
+
+def participant_view() -> None:
+    label = PAGES / "study_label.py"
+    if not label.exists():
+        st.error("The study's labeling page is not installed on this server. Please contact the organiser.")
+        st.stop()
+    st.navigation([st.Page(label, title="Study", default=True)], position="hidden").run()
+
+
+def researcher_view() -> None:
+    from pages import _ui
+
+    st.set_page_config(page_title="randmask", page_icon=":material/grid_on:", layout="wide")
+    pages = {
+        "home": st.Page(PAGES / "home.py", title="Home", icon=":material/home:", default=True),
+        "masks": st.Page(PAGES / "masks.py", title="Mask patterns", icon=":material/grid_on:"),
+        "shuffle": st.Page(PAGES / "shuffle.py", title="Patch shuffle", icon=":material/shuffle:"),
+        "noise": st.Page(PAGES / "noise.py", title="Noise curves", icon=":material/grain:"),
+        "gallery": st.Page(PAGES / "gallery.py", title="Adversarial gallery", icon=":material/photo_library:"),
+        "robustness": st.Page(PAGES / "robustness.py", title="Robustness explorer", icon=":material/table_chart:"),
+        "train": st.Page(PAGES / "train.py", title="Train", icon=":material/model_training:"),
+    }
+    sections = {
+        "Explore": [pages[k] for k in ("home", "masks", "shuffle", "noise", "gallery")],
+        "Reproduce": [pages["robustness"], pages["train"]],
+    }
+    if (PAGES / "study_admin.py").exists():
+        pages["study_admin"] = st.Page(PAGES / "study_admin.py", title="Study admin", icon=":material/lock:")
+        sections["Human study"] = [pages["study_admin"]]
+    navigation = st.navigation(sections)
+    _ui.register_pages(pages)
+    _ui.pixelated()
+    _ui.sidebar()
+    navigation.run()
+
+
+if any(key in st.query_params for key in PARTICIPANT_KEYS):
+    participant_view()
+else:
+    researcher_view()

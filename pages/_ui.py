@@ -1,0 +1,223 @@
+"""Streamlit glue shared by app.py and the pages: cached loaders, the model picker, error display, image helpers.
+
+No computation lives here (that is randmask/explore.py); this only connects it to Streamlit's caches and widgets.
+Models come from st.cache_resource and are never mutated by a page (eval mode; attacks restore the model).
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run` puts only the entry script's folder on sys.path
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from randmask import explore  # noqa: E402
+from randmask.data import CLASSES, load_test_sample  # noqa: E402
+from randmask.device import default_device  # noqa: E402
+
+PICK_KEY, DATASET_KEY = "picked_models", "picked_dataset"
+PIXELATED_CSS = "<style>img { image-rendering: pixelated; image-rendering: crisp-edges; }</style>"
+
+
+# ------------------------------------------------------------------------------------------------ loading
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _load(entry: explore.ModelEntry, stamp: float) -> torch.nn.Module:
+    model = explore.load_entry(entry, default_device())
+    for param in model.parameters():
+        param.requires_grad_(False)  # pages only read models; attacks need gradients w.r.t. inputs only
+    return model
+
+
+def model_for(entry: explore.ModelEntry) -> torch.nn.Module:
+    """The entry's model (cached per entry and checkpoint file time, so a retrained folder reloads)."""
+    stamp = 0.0
+    if entry.folder:
+        weights = Path(entry.folder) / "model.safetensors"
+        stamp = weights.stat().st_mtime if weights.exists() else 0.0
+    with st.spinner(f"Loading {entry.name}…"):
+        return _load(entry, stamp)
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def structure(notation: str, dataset: str, width: int, mask_seed: int) -> torch.nn.Module:
+    """An untrained model of this notation: its masks are exactly the trained model's (they come from the seed)."""
+    return explore.load_entry(explore.ModelEntry(key=f"structure:{notation}", notation=notation, dataset=dataset,
+                                                 source="untrained", width=width, mask_seed=mask_seed))
+
+
+@st.cache_data(max_entries=4, show_spinner="Loading test images…")
+def _sample(dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = load_test_sample(dataset, 1000)
+    return x.numpy(), y.numpy()
+
+
+def images(dataset: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n test images as floats in [0,1] and their labels (CPU)."""
+    x, y = _sample(dataset)
+    if n is not None:
+        x, y = x[:n], y[:n]
+    return torch.from_numpy(x).float().div(255), torch.from_numpy(y).long()
+
+
+def catalog() -> explore.Catalog:
+    """Zoo, your trained models and untrained stand-ins; read from disk on every run (a few small JSON files)."""
+    return explore.discover_models()
+
+
+# ------------------------------------------------------------------------------------------------ picker
+def current_dataset() -> str:
+    return st.session_state.get(DATASET_KEY, "cifar10")
+
+
+def picked() -> list[explore.ModelEntry]:
+    """The models chosen in the sidebar (or the default choice when a page runs without the sidebar)."""
+    cat = catalog()
+    entries = cat.for_dataset(current_dataset())
+    keys = st.session_state.get(PICK_KEY) or explore.default_picks(entries)
+    known = {e.key: e for e in entries}
+    return [known[k] for k in keys if k in known]
+
+
+def sidebar() -> None:
+    """The model picker shared by all pages: data set, then models from the zoo, your runs and stand-ins."""
+    cat = catalog()
+    with st.sidebar:
+        st.markdown("### Models")
+        datasets = cat.datasets or ["cifar10"]
+        if st.session_state.get(DATASET_KEY) not in datasets:
+            st.session_state[DATASET_KEY] = datasets[0]
+        if len(datasets) > 1:
+            st.selectbox("Data set", datasets, key=DATASET_KEY)
+        entries = cat.for_dataset(current_dataset())
+        keys = [e.key for e in entries]
+        labels = {e.key: e.label for e in entries}
+        chosen = [k for k in st.session_state.get(PICK_KEY, []) if k in keys]
+        if not chosen:
+            chosen = explore.default_picks(entries)
+        st.session_state[PICK_KEY] = chosen
+        st.multiselect("Compare these models", keys, key=PICK_KEY, format_func=lambda k: labels.get(k, k),
+                       help="Used by the patch-shuffle, noise and robustness pages. Trained models show their "
+                            "clean test accuracy; UNTRAINED ones are built from the notation (random weights).")
+        n_trained = sum(e.trained for e in entries)
+        if n_trained == 0:
+            st.warning("No trained models yet: the zoo is empty (or still training). Pages use untrained "
+                       "stand-ins, marked UNTRAINED; the mask pages need no weights at all.")
+        else:
+            st.caption(f"{n_trained} trained model(s), {len(entries) - n_trained} untrained stand-in(s)")
+        for problem in cat.problems:
+            st.caption(f"⚠ skipped {problem}")
+        device = default_device()
+        st.caption(f"Device: {'CUDA · ' + torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}")
+
+
+def named_models(entries: list[explore.ModelEntry]) -> dict[str, torch.nn.Module]:
+    """{distinct display name: cached model} for the entries, in order."""
+    return {name: model_for(e) for name, e in zip(explore.unique_names(entries), entries, strict=True)}
+
+
+def entry_select(label: str, entries: list[explore.ModelEntry], default_key: str | None = None,
+                 key: str | None = None, help: str | None = None) -> explore.ModelEntry | None:
+    """A selectbox over entries showing their labels (with the UNTRAINED badge)."""
+    if not entries:
+        st.warning(f"{label}: no model available for this data set.")
+        return None
+    keys = [e.key for e in entries]
+    index = keys.index(default_key) if default_key in keys else 0
+    by_key = {e.key: e for e in entries}
+    choice = st.selectbox(label, keys, index=index, key=key, format_func=lambda k: by_key[k].label, help=help)
+    return by_key[choice]
+
+
+def untrained_note(entries: list[explore.ModelEntry]) -> None:
+    names = [e.name for e in entries if not e.trained]
+    if names:
+        st.info(f"UNTRAINED (random weights, built from notation): {', '.join(names)}. Their predictions show "
+                "how the page works, not what the paper reports; train them on the Train page or wait for the zoo.")
+
+
+# ------------------------------------------------------------------------------------------------ errors
+@contextlib.contextmanager
+def readable_errors(what: str = "") -> Iterator[None]:
+    """Show any error as a message on the page (details folded away), never as a bare traceback."""
+    try:
+        yield
+    except ValueError as exc:  # RandmaskError and its kin are ValueErrors: bad input, said in one line
+        st.error(f"{what + ': ' if what else ''}{exc}")
+    except Exception as exc:  # a bug or an environment problem: say so, keep the details at hand
+        st.error(f"{what + ': ' if what else ''}{type(exc).__name__}: {exc}")
+        with st.expander("Details"):
+            st.code(traceback.format_exc(), language=None)
+
+
+def progress_callback(text: str):
+    """A (done, total) callback that drives an st.progress bar; returns (callback, bar)."""
+    bar = st.progress(0.0, text=text)
+
+    def report(done: int, total: int) -> None:
+        bar.progress(min(1.0, done / max(1, total)), text=f"{text} {done}/{total}")
+
+    return report, bar
+
+
+# ------------------------------------------------------------------------------------------------ images
+def pixelated() -> None:
+    """Ask the browser never to smooth images (they are already upscaled by integer factors)."""
+    st.markdown(PIXELATED_CSS, unsafe_allow_html=True)
+
+
+def show_image(image, caption: str | None = None, size: int = 224) -> None:
+    """A C×H×W image, nearest-neighbour upscaled to about `size` pixels, shown at its own size."""
+    array = explore.display_image(image, size)
+    st.image(array, caption=caption, width=int(array.shape[1]))
+
+
+def class_name(dataset: str, label: int) -> str:
+    return CLASSES[dataset][int(label)]
+
+
+# ------------------------------------------------------------------------------------------------ navigation
+_PAGES: dict[str, object] = {}
+
+
+def register_pages(pages: dict[str, object]) -> None:
+    """app.py hands over its st.Page objects so pages can link to each other."""
+    _PAGES.clear()
+    _PAGES.update(pages)
+
+
+def link(name: str, label: str, icon: str | None = None) -> None:
+    page = _PAGES.get(name)
+    if page is not None:
+        st.page_link(page, label=label, icon=icon)
+    else:
+        st.markdown(f"- {label}")
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def heatmap(z, title: str, *, colorscale="Greys_r", zmin=None, zmax=None, colorbar: str = "", height: int = 330,
+            x_title: str = "column (pixel)", y_title: str = "row (pixel)", text=None):
+    """A plotly heatmap of an H×W array with row 0 at the top, square cells and labelled axes."""
+    import plotly.graph_objects as go
+
+    z = z.detach().cpu().numpy() if isinstance(z, torch.Tensor) else np.asarray(z)
+    fig = go.Figure(go.Heatmap(z=z, colorscale=colorscale, zmin=zmin, zmax=zmax, text=text,
+                               texttemplate="%{text}" if text is not None else None,
+                               colorbar={"title": {"text": colorbar}} if colorbar else None,
+                               showscale=bool(colorbar),
+                               hovertemplate="row %{y}, column %{x}: %{z}<extra></extra>"))
+    fig.update_layout(title=title, height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    fig.update_xaxes(title=x_title, constrain="domain")
+    fig.update_yaxes(title=y_title, autorange="reversed", scaleanchor="x", constrain="domain")
+    return fig
+
+
+KEEP_COLORS = [[0.0, "#202020"], [1.0, "#f5f5f5"]]  # dropped = near black, kept = near white

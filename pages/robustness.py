@@ -1,0 +1,160 @@
+"""Robustness explorer: the paper's tables with our reproduction beside them (from results/*.csv), the
+Figure-7 trade-off between clean accuracy and defense rate, and a small new transfer evaluation run here."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # a page run on its own (tests) still finds the project
+    sys.path.insert(0, ROOT)
+from pages import _ui  # noqa: E402
+from randmask import explore  # noqa: E402
+from randmask.attacks import canonical_attack  # noqa: E402
+from randmask.protocols import transfer  # noqa: E402
+
+st.title("Robustness explorer")
+paper = None
+with _ui.readable_errors("The paper's tables are missing"):
+    paper = explore.load_paper_tables()
+ours, problems = explore.load_results()
+for problem in problems:
+    st.caption(f"⚠ results/{problem}")
+if ours.empty:
+    st.info(f"No reproduction results in {explore.results_root()} yet: the tables show the paper's numbers only. "
+            "Our numbers appear beside them once the reproduction has written its CSVs there.")
+
+tab_tables, tab_tradeoff, tab_run = st.tabs(["Tables: ours beside the paper's", "Figure 7: trade-off",
+                                             "Run a transfer evaluation"])
+
+with tab_tables:
+    if paper is not None:
+        table = st.selectbox("Table", list(explore.PAPER_TABLES), format_func=explore.PAPER_TABLES.get,
+                             index=list(explore.PAPER_TABLES).index(7), key="robust_table")
+        with _ui.readable_errors("Cannot compare"):
+            comp = explore.compare_with_paper(paper, ours, table)
+            comp["column"] = [a if a else ("clean" if m == "clean_accuracy" else m)
+                              for a, m in zip(comp["attack"], comp["metric"], strict=True)]
+            have_ours = comp["ours"].notna().any()
+            wide = comp.pivot_table(index="target", columns="column", values="paper", sort=False)
+            wide.columns = [f"{c} · paper" for c in wide.columns]
+            if have_ours:
+                mine = comp.pivot_table(index="target", columns="column", values="ours", sort=False)
+                mine.columns = [f"{c} · ours" for c in mine.columns]
+                wide = wide.join(mine)
+                wide = wide[sorted(wide.columns, key=lambda c: (list(dict.fromkeys(comp["column"])).index(
+                    c.split(" · ")[0]), c.endswith("ours")))]
+            wide = wide.reindex(list(dict.fromkeys(comp["target"])))
+            metric = ", ".join(sorted(set(comp["metric"])))
+            st.caption(f"Percent ({metric}). Defense rate = the target's accuracy on adversarial images that fool "
+                       "the source. 'ours' = our reproduction, where results/ has the same source, target, "
+                       "attack and metric." + ("" if have_ours else " No matching rows of ours yet."))
+            st.dataframe(wide, height=min(36 * (len(wide) + 1) + 4, 900),
+                         column_config={c: st.column_config.NumberColumn(format="%.1f") for c in wide.columns})
+            attacks = [c for c in dict.fromkeys(comp["column"])]
+            shown = st.selectbox("Chart column", attacks, key="robust_chart_attack")
+            part = comp[comp["column"] == shown]
+            fig = go.Figure()
+            fig.add_bar(name="paper", x=part["target"], y=part["paper"], marker_color="#c0392b")
+            if have_ours:
+                fig.add_bar(name="ours", x=part["target"], y=part["ours"], marker_color="#2c7fb8",
+                            error_y={"type": "data", "symmetric": False, "array": part["ours_high"] - part["ours"],
+                                     "arrayminus": part["ours"] - part["ours_low"]})
+            fig.update_layout(barmode="group", height=400, margin={"t": 40},
+                              title=f"{explore.PAPER_TABLES[table]}: {shown}")
+            fig.update_xaxes(title="target network")
+            fig.update_yaxes(title="percent", range=[0, 100])
+            st.plotly_chart(fig, key="robust_chart")
+            with st.expander("Every number, with our 95% intervals"):
+                st.dataframe(comp.drop(columns=["column"]), hide_index=True)
+
+with tab_tradeoff:
+    if paper is not None:
+        sources = explore.paper_sources(paper)
+        c1, c2 = st.columns(2)
+        with c1:
+            source = st.selectbox("Source network", sources, key="tradeoff_source")
+        with c2:
+            attacks = explore.paper_attacks(paper, source)
+            attack = st.selectbox("Attack", attacks, index=attacks.index("FGSM16") if "FGSM16" in attacks else 0,
+                                  key="tradeoff_attack")
+        points = explore.tradeoff_points(paper, ours, source, attack)
+        fig = go.Figure()
+        mine = points[points["origin"] == "paper"]
+        fig.add_scatter(x=mine["clean_accuracy"], y=mine["defense_rate"], mode="markers+text", name="paper",
+                        marker={"symbol": "star", "size": 14, "color": "#d62728"},
+                        text=[f"{r:g}" for r in mine["ratio"]], textposition="top center",
+                        hovertemplate="%{text}: clean %{x:.1f}%, defense %{y:.1f}%<extra>paper</extra>")
+        mine = points[points["origin"] == "ours"]
+        if not mine.empty:
+            fig.add_scatter(x=mine["clean_accuracy"], y=mine["defense_rate"], mode="markers+text", name="ours",
+                            marker={"size": 10, "color": "#1f77b4"}, text=[f"{r:g}" for r in mine["ratio"]],
+                            textposition="bottom center",
+                            error_x={"type": "data", "symmetric": False,
+                                     "array": mine["clean_high"] - mine["clean_accuracy"],
+                                     "arrayminus": mine["clean_accuracy"] - mine["clean_low"]},
+                            error_y={"type": "data", "symmetric": False,
+                                     "array": mine["defense_high"] - mine["defense_rate"],
+                                     "arrayminus": mine["defense_rate"] - mine["defense_low"]},
+                            hovertemplate="%{text}: clean %{x:.1f}%, defense %{y:.1f}%<extra>ours</extra>")
+        fig.update_layout(height=480, margin={"t": 40},
+                          title=f"Drop ratio trade-off, {attack} from {source} (label = drop ratio, 0 = Normal)")
+        fig.update_xaxes(title="clean test accuracy (%)")
+        fig.update_yaxes(title="defense rate (%)")
+        st.plotly_chart(fig, key="tradeoff_chart")
+        if mine.empty:
+            st.caption("Only the paper's points: our transfer results for this source and attack are not in "
+                       "results/ yet.")
+
+with tab_run:
+    dataset = _ui.current_dataset()
+    entries = _ui.catalog().for_dataset(dataset)
+    picked = _ui.picked()
+    by_key = {e.key: e for e in entries}
+    c1, c2 = st.columns(2)
+    with c1:
+        normals = [e for e in entries if not e.is_masked]
+        src = _ui.entry_select("Source (attacked) network", normals or entries,
+                               next((e.key for e in picked if not e.is_masked), None), key="run_source")
+    with c2:
+        attack_text = st.text_input("Attack (paper notation)", "FGSM16", key="run_attack",
+                                    help="e.g. FGSM8, FGSM16, PGD16, PGD2,16, CW40(search=5, steps=50)")
+    targets = st.multiselect("Target networks", list(by_key), default=[e.key for e in picked], key="run_targets",
+                             format_func=lambda k: by_key[k].label)
+    n = int(st.number_input("Images to attack (the first the source classifies correctly)", 10, 1000, 50, step=10,
+                            key="run_n"))
+    if st.button("Run", type="primary", key="run_go", disabled=src is None or not targets):
+        with _ui.readable_errors("The transfer evaluation failed"):
+            attack_text = canonical_attack(attack_text)
+            x, y = _ui.images(dataset)
+            chosen = [by_key[k] for k in targets]
+            models = _ui.named_models([src, *chosen])
+            names = list(models)
+            report, bar = _ui.progress_callback(f"Attacking {names[0]} with {attack_text}…")
+            rows = transfer(models[names[0]], {k: models[k] for k in names[1:]}, [attack_text], x, y,
+                            source_name=names[0], n=n, n_cw=n, dataset=dataset, progress=report)
+            bar.empty()
+            st.session_state["run_result"] = rows
+    rows = st.session_state.get("run_result")
+    if rows:
+        attacked = [r for r in rows if r["metric"] == "defense_rate"]
+        clean = {r["target"]: r for r in rows if r["metric"] == "clean_accuracy"}
+        if attacked:
+            first_row = attacked[0]
+            st.markdown(f"**{first_row['attack']}** from **{first_row['source']}**: {first_row['n_attacked']} images "
+                        f"attacked, {first_row['n']} fooled the source and were passed on.")
+        table = []
+        for r in attacked:
+            c = clean.get(r["target"])
+            table.append({"target": r["target"],
+                          "defense rate (%)": 100 * r["accuracy"] if not math.isnan(r["accuracy"]) else None,
+                          "95% CI (%)": f"{100 * r['ci_low']:.1f}–{100 * r['ci_high']:.1f}" if r["n"] else "",
+                          "n": r["n"], "clean accuracy (%)": 100 * c["accuracy"] if c else None})
+        st.dataframe(table, hide_index=True, column_config={
+            "defense rate (%)": st.column_config.NumberColumn(format="%.1f"),
+            "clean accuracy (%)": st.column_config.NumberColumn(format="%.1f")})
+        st.download_button("Download CSV", explore.rows_csv(rows), "transfer.csv", "text/csv", key="run_csv")

@@ -1,0 +1,125 @@
+"""Train: start `python -m randmask train` as a background process and follow it. The job lives on disk
+(runs/user/<name>/), so it keeps running across page switches, browser reloads and app restarts; finished models
+appear in the sidebar's picker."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # a page run on its own (tests) still finds the project
+    sys.path.insert(0, ROOT)
+from pages import _ui  # noqa: E402
+from randmask import explore, jobs  # noqa: E402
+from randmask.models import DATASETS, describe  # noqa: E402
+from randmask.train import PRESETS  # noqa: E402
+
+st.title("Train a model")
+st.caption(f"Jobs run as separate processes and write to {explore.user_runs_root()}. On this machine's CPU the "
+           "quick preset takes hours for a full run; shrink epochs and training images for a first look.")
+
+with st.form("train_form"):
+    c1, c2, c3 = st.columns([3, 2, 2])
+    with c1:
+        notation = st.text_input("Notation", "0.7-Shallow", key="train_notation",
+                                 help="e.g. 0.7-Shallow, 0.5-ShallowDC, 0.9-Shallow×2, 0.5-Deep, Normal ResNet-18")
+    with c2:
+        preset = st.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("quick"), key="train_preset",
+                              help="quick: width 16, one-cycle, 15 epochs (CPU); paper: appendix D, 350 epochs")
+    with c3:
+        dataset = st.selectbox("Data set", list(DATASETS), key="train_dataset")
+    c4, c5, c6, c7 = st.columns(4)
+    with c4:
+        epochs = int(st.number_input("Epochs", 1, 400, 3, key="train_epochs"))
+    with c5:
+        width = int(st.number_input("Width (0 = preset's)", 0, 128, 0, step=4, key="train_width"))
+    with c6:
+        train_n = int(st.number_input("Training images (0 = all)", 0, 100_000, 0, step=1000, key="train_n"))
+    with c7:
+        eval_n = int(st.number_input("Test images for accuracy (0 = all)", 0, 10_000, 1000, step=500,
+                                     key="train_eval_n"))
+    submitted = st.form_submit_button("Start training", type="primary")
+
+if submitted:
+    with _ui.readable_errors("Cannot start"):
+        settings = jobs.JobSettings(notation=notation, preset=preset, dataset=dataset, epochs=epochs,
+                                    width=width or None, train_n=train_n or None, eval_n=eval_n or None)
+        info = describe(notation, dataset=dataset, width=width or PRESETS[preset].get("width", 16))
+        folder = jobs.start_job(settings)
+        st.success(f"Started {info['notation']} ({info['params']:,} parameters, {len(info['masked_layers'])} masked "
+                   f"layers) in {folder}.")
+
+STATE_ICON = {"starting": "⏳", "running": "🏃", "cancelling": "✋", "done": "✅", "cancelled": "⏹", "failed": "❌"}
+
+
+def show_job(status: jobs.JobStatus) -> None:
+    s = status.settings
+    title = (f"{STATE_ICON[status.state]} **{status.name}** · {s['notation']} · {s['preset']} · "
+             f"{status.state}" + (f" · {status.message}" if status.message else ""))
+    with st.container(border=True):
+        st.markdown(title)
+        if not status.finished or status.state == "done":
+            epochs = status.epochs or "?"
+            text = f"epoch {status.epoch}/{epochs}" + (f" · {status.member}" if status.member else "")
+            if status.loss is not None and not status.finished:
+                text += f" · training loss {status.loss:.3f}"
+            st.progress(status.fraction, text=text)
+        if status.history:
+            fig = go.Figure()
+            epochs_x = [h["epoch"] for h in status.history]
+            fig.add_scatter(x=epochs_x, y=[100 * h["test_acc"] for h in status.history], name="test accuracy",
+                            mode="lines+markers")
+            fig.add_scatter(x=epochs_x, y=[100 * h["train_acc"] for h in status.history], name="training accuracy",
+                            mode="lines+markers")
+            fig.update_layout(height=260, margin={"t": 10, "b": 10})
+            fig.update_xaxes(title="epoch", dtick=1)
+            fig.update_yaxes(title="accuracy (%)", range=[0, 100])
+            st.plotly_chart(fig, key=f"job_chart_{status.name}")
+        b1, b2, b3, _ = st.columns([1, 1, 1, 4])
+        if not status.finished:
+            if b1.button("Cancel", key=f"cancel_{status.name}", disabled=status.state == "cancelling"):
+                jobs.cancel_job(status.folder)
+                st.rerun(scope="fragment")
+        else:
+            if status.state in ("cancelled", "failed") and b1.button("Resume", key=f"resume_{status.name}"):
+                with _ui.readable_errors("Cannot resume"):
+                    jobs.resume_job(status.folder)
+                    st.rerun()
+            if b2.button("Remove", key=f"remove_{status.name}",
+                         help="Delete the folder" + (" and its model" if status.state == "done" else "")):
+                with _ui.readable_errors("Cannot remove"):
+                    jobs.remove_job(status.folder)
+                    st.rerun()
+        if status.state == "failed":
+            with st.expander("Process output"):
+                st.code("\n".join(jobs.job_output(status.folder)), language=None)
+
+
+all_jobs = jobs.list_jobs()
+any_running = any(not j.finished for j in all_jobs)
+
+
+@st.fragment(run_every=2 if any_running else None)
+def job_list() -> None:
+    statuses = jobs.list_jobs()
+    st.subheader("Jobs")
+    if not statuses:
+        st.info("No training jobs yet.")
+        return
+    for status in statuses:
+        show_job(status)
+    finished_now = {j.name for j in statuses if j.finished}
+    was_running = st.session_state.get("train_running_jobs", set())
+    st.session_state["train_running_jobs"] = {j.name for j in statuses if not j.finished}
+    if was_running & finished_now:
+        st.toast("A training job has finished" + (": its model is now in the picker." if any(
+            j.state == "done" and j.name in was_running for j in statuses) else "."))
+        st.rerun()  # the whole app: the sidebar picker re-reads the finished models
+    if any(not j.finished for j in statuses) and not any_running:
+        st.rerun()  # a job started since the page loaded: restart with polling on
+
+
+job_list()

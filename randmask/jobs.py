@@ -1,0 +1,384 @@
+"""Background training jobs for the app: `python -m randmask train ...` as a detached process, one folder each.
+
+    folder = start_job(JobSettings("0.7-Shallow", epochs=3))   # runs/user/0.7-Shallow/ (…-2, -3 when taken)
+    job_status(folder)      # state, progress, history: read from disk only, so it survives page switches,
+                            # browser reloads and restarts of the app itself
+    cancel_job(folder)      # SIGTERM to the job's process group: the trainer stops after its current step
+                            # and logs "cancelled"; resume_job(folder) continues from the last finished epoch
+
+A job folder holds `job.json` (what was started, when, which process), `job.log` (the process's output) and what
+the trainer writes: `progress.jsonl` (start, step, epoch, done, cancelled, error events), `resume.pt`, and at the
+end `config.json` + `model.safetensors`, which makes the model appear in the app's picker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from randmask.data import PROJECT_ROOT
+from randmask.errors import RandmaskError
+from randmask.explore import user_runs_root
+from randmask.notation import parse_model, slug
+from randmask.train import LOG_FILE, make_config
+
+JOB_FILE, OUTPUT_FILE = "job.json", "job.log"
+STATES = ("starting", "running", "cancelling", "done", "cancelled", "failed")
+FINISHED = ("done", "cancelled", "failed")
+
+# processes started by this Python process: polled so they are reaped (a zombie would look alive)
+_CHILDREN: dict[str, subprocess.Popen] = {}
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What to train; None leaves the preset's value. `threads` caps the job's CPU threads (OMP/MKL)."""
+
+    notation: str
+    preset: str = "quick"
+    dataset: str = "cifar10"
+    epochs: int | None = None
+    width: int | None = None
+    train_n: int | None = None
+    eval_n: int | None = None
+    seed: int | None = None
+    mask_seed: int | None = None
+    threads: int | None = None
+
+    def validate(self) -> None:
+        """Raise RandmaskError for anything the trainer would refuse, before a process is started."""
+        parse_model(self.notation)
+        for name in ("epochs", "width", "train_n", "eval_n", "threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise RandmaskError(f"{name.replace('_', ' ')} must be a positive whole number, got {value!r}")
+        make_config(self.notation, self.preset, dataset=self.dataset, epochs=self.epochs, width=self.width,
+                    train_n=self.train_n, eval_n=self.eval_n, seed=self.seed, mask_seed=self.mask_seed)
+
+    def command(self, out: Path) -> list[str]:
+        cmd = [sys.executable, "-m", "randmask", "train", self.notation, "--out", str(out), "--preset", self.preset,
+               "--dataset", self.dataset, "--no-bar"]
+        for name in ("epochs", "width", "train_n", "eval_n", "seed", "mask_seed"):
+            value = getattr(self, name)
+            if value is not None:
+                cmd += [f"--{name.replace('_', '-')}", str(value)]
+        return cmd
+
+
+@dataclass
+class JobStatus:
+    folder: Path
+    state: str  # one of STATES
+    settings: dict
+    message: str = ""
+    started: float | None = None
+    pid: int | None = None
+    fraction: float = 0.0  # of all planned training steps
+    epoch: int = 0  # finished epochs
+    epochs: int | None = None
+    loss: float | None = None  # running training loss of the current epoch
+    clean_accuracy: float | None = None
+    history: list[dict] = field(default_factory=list)  # one "epoch" record per finished epoch
+    member: str = ""  # for EN jobs: which member is training, e.g. "member 2 of 5"
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    @property
+    def has_model(self) -> bool:
+        return (self.folder / WEIGHTS_FILE).exists() and (self.folder / CONFIG_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------------ files
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_job(folder: Path) -> dict:
+    path = folder / JOB_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RandmaskError(f"{folder} is not a training job folder (no {JOB_FILE})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RandmaskError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or "settings" not in data:
+        raise RandmaskError(f"{path} does not describe a training job")
+    return data
+
+
+def read_events(path: Path) -> list[dict]:
+    """The JSON-lines records of a progress log; a half-written last line (the trainer is appending) is skipped."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    events = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "event" in record:
+            events.append(record)
+    return events
+
+
+def _tail(path: Path, lines: int = 20) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            return [line for line in f.read().decode("utf-8", "replace").splitlines() if line.strip()][-lines:]
+    except FileNotFoundError:
+        return []
+
+
+# ------------------------------------------------------------------------------------------------ processes
+def _proc_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid from ours."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[19])
+
+
+def _alive(folder: Path, job: dict) -> bool:
+    pid = job.get("pid")
+    if not pid:
+        return False
+    child = _CHILDREN.get(str(folder.resolve()))
+    if child is not None and child.pid == pid:
+        return child.poll() is None
+    stat_path = Path(f"/proc/{pid}/stat")
+    if stat_path.parent.parent.is_dir() and Path("/proc/self/stat").exists():
+        try:
+            stat = stat_path.read_text()
+        except OSError:
+            return False
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] in ("Z", "X"):
+            return False
+        return job.get("pid_start") is None or int(fields[19]) == job["pid_start"]
+    try:  # no /proc: ask the kernel
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _launch(folder: Path, job: dict) -> None:
+    settings = JobSettings(**job["settings"])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    if settings.threads:
+        env.update(OMP_NUM_THREADS=str(settings.threads), MKL_NUM_THREADS=str(settings.threads))
+    command = settings.command(folder)
+    with open(folder / OUTPUT_FILE, "ab") as output:
+        output.write(f"$ {' '.join(command)}\n".encode())
+        output.flush()
+        # a session of its own: the job outlives the page and the app, and cancel can signal its whole group
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=output,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    _CHILDREN[str(folder.resolve())] = process
+    job.update(pid=process.pid, pid_start=_proc_start_ticks(process.pid), launched=time.time(),
+               cancel_requested=False, command=command)
+    _write_json(folder / JOB_FILE, job)
+
+
+def start_job(settings: JobSettings, root: Path | None = None, name: str | None = None) -> Path:
+    """Validate the settings, create runs/user/<slug>[-k]/ and start the trainer there in the background."""
+    settings.validate()
+    root = Path(root) if root else user_runs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    base = name or slug(settings.notation)
+    if not base or "/" in base or base.startswith("."):
+        raise RandmaskError(f"job name {base!r} is not a plain folder name")
+    for k in range(1, 1000):
+        folder = root / (base if k == 1 else f"{base}-{k}")
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise RandmaskError(f"too many jobs named {base!r} in {root}; remove some")
+    job = {"settings": asdict(settings), "created": time.time()}
+    _write_json(folder / JOB_FILE, job)
+    _launch(folder, job)
+    return folder
+
+
+def resume_job(folder: Path) -> None:
+    """Start a cancelled or failed job again in its folder; the trainer resumes from its last finished epoch."""
+    folder = Path(folder)
+    status = job_status(folder)
+    if not status.finished:
+        raise RandmaskError(f"job {folder.name} is still {status.state}")
+    if status.state == "done":
+        raise RandmaskError(f"job {folder.name} has finished; start a new one instead")
+    _launch(folder, _read_job(folder))
+
+
+def cancel_job(folder: Path, force: bool = False) -> bool:
+    """Ask a running job to stop (SIGTERM to its process group; SIGKILL with force). False if it was not running."""
+    folder = Path(folder)
+    job = _read_job(folder)
+    if not _alive(folder, job):
+        return False
+    job["cancel_requested"] = True
+    _write_json(folder / JOB_FILE, job)
+    pid = int(job["pid"])
+    sig = signal.SIGKILL if force else signal.SIGTERM
+    try:
+        if os.getpgid(pid) == pid:  # our own session leader: signal the group (the trainer and any helpers)
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def remove_job(folder: Path, root: Path | None = None) -> None:
+    """Delete a finished job's folder (and its model). Refuses while it runs, or outside the jobs folder."""
+    folder, root = Path(folder).resolve(), (Path(root) if root else user_runs_root()).resolve()
+    if folder.parent != root:
+        raise RandmaskError(f"{folder} is not a job folder under {root}")
+    status = job_status(folder)
+    if not status.finished:
+        raise RandmaskError(f"job {folder.name} is still {status.state}: cancel it first")
+    shutil.rmtree(folder)
+    _CHILDREN.pop(str(folder), None)
+
+
+# ------------------------------------------------------------------------------------------------ status
+def _progress_logs(folder: Path, settings: dict) -> tuple[Path, str, int, int]:
+    """(log to read, member text, members done, members) - EN jobs train member i in members/i/."""
+    try:
+        members = parse_model(settings["notation"]).ensemble
+    except RandmaskError:
+        members = 1
+    if members == 1:
+        return folder / LOG_FILE, "", 0, 1
+    done = sum((folder / "members" / str(i) / WEIGHTS_FILE).exists() for i in range(members))
+    current = min(done, members - 1)
+    return folder / "members" / str(current) / LOG_FILE, f"member {current + 1} of {members}", done, members
+
+
+def job_status(folder: Path) -> JobStatus:
+    """Where a job stands, from its files and whether its process lives; never raises for a broken log."""
+    folder = Path(folder)
+    job = _read_job(folder)
+    settings = job["settings"]
+    log_path, member, members_done, members = _progress_logs(folder, settings)
+    launched = float(job.get("launched") or job.get("created") or 0)
+    events = [e for e in read_events(log_path) if float(e.get("time", 0)) >= launched - 1]
+    alive = _alive(folder, job)
+    status = JobStatus(folder=folder, state="starting", settings=settings, started=job.get("created"),
+                       pid=job.get("pid"), member=member)
+    epochs_planned = settings.get("epochs")
+    for event in read_events(log_path):  # the whole history, across resumes
+        if event["event"] == "epoch":
+            status.history = [h for h in status.history if h["epoch"] < event["epoch"]] + [event]
+    if status.history:
+        status.epoch = status.history[-1]["epoch"]
+        epochs_planned = status.history[-1].get("epochs", epochs_planned)
+    member_fraction = 0.0
+    for event in events:
+        kind = event["event"]
+        if kind == "start":
+            epochs_planned = event.get("config", {}).get("epochs", epochs_planned)
+        elif kind == "step":
+            member_fraction = ((event["epoch"] - 1) + event["step"] / max(1, event["steps"])) / max(1, event["epochs"])
+            status.loss = event.get("loss")
+        elif kind == "epoch":
+            member_fraction = event["epoch"] / max(1, event["epochs"])
+            status.loss = event.get("train_loss")
+        elif kind == "done":
+            member_fraction = 1.0
+            status.clean_accuracy = event.get("clean_accuracy")
+    status.epochs = epochs_planned
+    status.fraction = min(1.0, (members_done + (0 if members_done == members else member_fraction)) / members)
+    terminal = next((e for e in reversed(events) if e["event"] in ("done", "cancelled", "error")), None)
+    last_start = max((i for i, e in enumerate(events) if e["event"] in ("start", "resume")), default=-1)
+    if terminal is not None and events.index(terminal) < last_start:
+        terminal = None  # an earlier attempt's ending; this attempt has started again
+
+    if status.has_model and (not alive or members > 1):
+        status.state, status.fraction = "done", 1.0
+        if status.clean_accuracy is None:
+            try:
+                status.clean_accuracy = json.loads((folder / CONFIG_FILE).read_text()).get("clean_accuracy")
+            except (OSError, json.JSONDecodeError):
+                pass
+        status.message = (f"clean accuracy {100 * status.clean_accuracy:.1f}%" if status.clean_accuracy is not None
+                          else "finished")
+    elif alive:
+        if job.get("cancel_requested"):
+            status.state, status.message = "cancelling", "stopping after the current step"
+        elif events or members_done:
+            status.state = "running"
+        else:
+            status.state, status.message = "starting", "loading data and building the model"
+    elif (terminal is not None and terminal["event"] == "cancelled") or job.get("cancel_requested"):
+        status.state = "cancelled"
+        status.message = f"cancelled after {status.epoch} finished epoch(s); resume continues from there"
+    elif terminal is not None and terminal["event"] == "error":
+        status.state, status.message = "failed", str(terminal.get("message", "unknown error"))
+    else:
+        status.state = "failed"
+        errors = [line for line in _tail(folder / OUTPUT_FILE) if line.startswith("error:")]
+        status.message = (errors[-1].removeprefix("error:").strip() if errors else
+                          "the training process ended without finishing (killed, or out of memory?); "
+                          f"see {OUTPUT_FILE}")
+    return status
+
+
+def list_jobs(root: Path | None = None) -> list[JobStatus]:
+    """Every job under the jobs folder, newest first; unreadable folders are skipped."""
+    root = Path(root) if root else user_runs_root()
+    if not root.is_dir():
+        return []
+    statuses = []
+    for folder in root.iterdir():
+        if (folder / JOB_FILE).exists():
+            try:
+                statuses.append(job_status(folder))
+            except RandmaskError:
+                continue
+    return sorted(statuses, key=lambda s: -(s.started or 0))
+
+
+def wait_job(folder: Path, timeout: float, poll: float = 0.2) -> JobStatus:
+    """Poll until the job has finished (done, cancelled or failed) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = job_status(folder)
+        if status.finished or time.monotonic() > deadline:
+            return status
+        time.sleep(poll)
+
+
+def job_output(folder: Path, lines: int = 20) -> list[str]:
+    """The last lines the job's process printed (for a failed job's details)."""
+    return _tail(Path(folder) / OUTPUT_FILE, lines)
