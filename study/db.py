@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,7 +205,7 @@ def _identity(conn: sqlite3.Connection) -> tuple[int, int, int]:
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    conn.execute("BEGIN IMMEDIATE")
+    _begin_immediate(conn)
     try:
         # Re-read inside the write lock: another process may have migrated meanwhile.
         app_id, version, n_tables = _identity(conn)
@@ -235,7 +236,7 @@ def schema_version(db: sqlite_utils.Database) -> int:
 def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
     """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front, so read-then-write steps
     (allocation, answer checks) are atomic across threads and processes."""
-    db.conn.execute("BEGIN IMMEDIATE")
+    _begin_immediate(db.conn)
     try:
         yield db
     except BaseException:
@@ -244,6 +245,19 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Databa
         raise
     else:
         db.conn.execute("COMMIT")
+
+
+def _begin_immediate(conn: sqlite3.Connection, attempts: int = 5) -> None:
+    # The busy timeout covers ordinary lock waits; a few SQLite paths (WAL reset or recovery by
+    # another connection) return SQLITE_BUSY at once. Nothing has happened yet, so retrying is safe.
+    for attempt in range(attempts):
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as e:
+            if attempt == attempts - 1 or not any(w in str(e) for w in ("locked", "busy")):
+                raise
+            time.sleep(0.05 * 2 ** attempt)
 
 
 def integrity_problems(db: sqlite_utils.Database) -> list[str]:

@@ -103,15 +103,21 @@ def _loads(db: sqlite_utils.Database, study: Study) -> list[Candidate]:
     cutoff = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min)).isoformat(timespec="milliseconds")
     rows = db.execute(
         """
-        SELECT i.id, i.role, i.condition, i.test_index, count(a.id)
+        WITH answered AS (
+            SELECT r.item_id, count(*) AS n FROM responses r JOIN participants p ON p.id = r.participant_id
+            WHERE p.study_id = :study AND p.excluded = 0 GROUP BY r.item_id),
+        pending AS (
+            SELECT a.item_id, count(*) AS n FROM assignments a JOIN participants p ON p.id = a.participant_id
+            WHERE p.study_id = :study AND p.excluded = 0 AND p.last_seen_at >= :cutoff
+              AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)
+            GROUP BY a.item_id)
+        SELECT i.id, i.role, i.condition, i.test_index, coalesce(answered.n, 0) + coalesce(pending.n, 0)
         FROM items i
-        LEFT JOIN assignments a ON a.item_id = i.id
-             AND EXISTS (SELECT 1 FROM participants p WHERE p.id = a.participant_id AND p.excluded = 0
-                         AND (p.last_seen_at >= ?
-                              OR EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)))
-        WHERE i.study_id = ? AND i.role IN ('trial', 'catch')
-        GROUP BY i.id ORDER BY i.id
-        """, [cutoff, study.id]).fetchall()
+        LEFT JOIN answered ON answered.item_id = i.id
+        LEFT JOIN pending ON pending.item_id = i.id
+        WHERE i.study_id = :study AND i.role IN ('trial', 'catch')
+        ORDER BY i.id
+        """, {"study": study.id, "cutoff": cutoff}).fetchall()
     return [Candidate(*r) for r in rows]
 
 
