@@ -176,8 +176,12 @@ def pixelated() -> None:
 
 def show_image(image, caption: str | None = None, size: int = 224) -> None:
     """A C×H×W image, nearest-neighbour upscaled to about `size` pixels, shown at its own size."""
-    array = explore.display_image(image, size)
-    st.image(array, caption=caption, width=int(array.shape[1]))
+    show_array(explore.display_image(image, size), caption)
+
+
+def show_array(array: np.ndarray, caption: str | None = None) -> None:
+    """An H×W(×3) uint8 array at its own pixel size, losslessly (PNG: JPEG would smear the pixel blocks)."""
+    st.image(array, caption=caption, width=int(array.shape[1]), output_format="PNG")
 
 
 def class_name(dataset: str, label: int) -> str:

@@ -89,8 +89,7 @@ vmax = gallery.perturbation_scale()
 st.markdown(f"**{gallery.attack}** against **{gallery.names[0]}** and against **{gallery.names[1]}**. "
             "Under every image: each network's label and confidence.")
 legend = explore.diverging_rgb(np.tile(np.linspace(-vmax, vmax, 256), (14, 1)), vmax)
-st.image(legend, caption=f"perturbation colours (mean over RGB): −{vmax:g}/255 blue · 0 white · +{vmax:g}/255 red",
-         width=256)
+_ui.show_array(legend, f"perturbation colours (mean over RGB): −{vmax:g}/255 blue · 0 white · +{vmax:g}/255 red")
 titles = ["original", f"adversarial vs {gallery.names[0]}", f"adversarial vs {gallery.names[1]}",
           f"perturbation vs {gallery.names[0]}", f"perturbation vs {gallery.names[1]}"]
 header = st.columns(5)
@@ -110,7 +109,7 @@ for i, index in enumerate(gallery.indices):
         with col:
             rgb, _ = explore.perturbation_image(gallery.adv[name][i], gallery.clean[i], vmax)
             tile = explore.upscale_nearest(rgb, 6)
-            st.image(tile, width=int(tile.shape[1]))
+            _ui.show_array(tile)
             st.caption(f"l-inf {float(gallery.linf[name][i]):.0f}/255")
 
 st.download_button("Download the gallery as PNG", explore.gallery_png(gallery), "gallery.png", "image/png",

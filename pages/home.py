@@ -36,15 +36,15 @@ with _ui.readable_errors("Cannot draw the picture"):
         _ui.show_image(image, f"input ({_ui.class_name('cifar10', int(y[0]))})", size=160)
     for i, col in enumerate(columns[1:4]):
         with col:
-            st.image(explore.upscale_nearest(explore.overlay_keep(image, stem["random"][i]), 5),
-                     caption=f"Random Mask, channel {i + 1}", width=160)
+            _ui.show_array(explore.upscale_nearest(explore.overlay_keep(image, stem["random"][i]), 5),
+                           caption=f"Random Mask, channel {i + 1}")
     with columns[4]:
-        st.image(explore.upscale_nearest(explore.overlay_keep(image, stem["SM"][0]), 5),
-                 caption="SM: one pattern, every channel", width=160)
+        _ui.show_array(explore.upscale_nearest(explore.overlay_keep(image, stem["SM"][0]), 5),
+                       caption="SM: one pattern, every channel")
     with columns[5]:
         dead = int((~stem["DC"].flatten(1).any(1)).sum())
-        st.image(explore.upscale_nearest(explore.overlay_keep(image, stem["DC"].any(0)), 5),
-                 caption=f"DC: {dead} of 16 channels dropped whole, the rest see everything", width=160)
+        _ui.show_array(explore.upscale_nearest(explore.overlay_keep(image, stem["DC"].any(0)), 5),
+                       caption=f"DC: {dead} of 16 channels dropped whole, the rest see everything")
     st.caption("Dark positions are where a channel's output is zeroed. Random Mask gives every channel its own "
                "holes, so together the channels still see the whole image; SM repeats one pattern; DC drops "
                "whole channels.")

@@ -91,7 +91,7 @@ with tab_maps:
         for i in range(channel, min(channel + first, keep.shape[0])):
             with cols[(i - channel) % 8]:
                 tile = explore.upscale_nearest(keep[i].numpy().astype("uint8") * 235 + 20, 3)
-                st.image(tile, caption=f"channel {i}", width=int(tile.shape[1]))
+                _ui.show_array(tile, caption=f"channel {i}")
 
 with tab_stats:
     if not stats:
@@ -179,8 +179,8 @@ with tab_filter:
     left, middle, right = st.columns(3)
     with left:
         seen = explore.overlay_keep(x[0], coverage[f_channel] > 0, dim=0.12)
-        st.image(explore.upscale_nearest(seen, 8), width=256,
-                 caption=f"pixels channel {f_channel}'s 3×3 filter still reads (the rest darkened)")
+        _ui.show_array(explore.upscale_nearest(seen, 8),
+                       caption=f"pixels channel {f_channel}'s 3×3 filter still reads (the rest darkened)")
     with middle:
         st.plotly_chart(_ui.heatmap((coverage > 0).sum(0), "how many channels see each pixel", colorscale="Viridis",
                                     zmin=0, zmax=c, colorbar="channels", height=300), key="filter_count")

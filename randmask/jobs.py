@@ -27,6 +27,7 @@ from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from randmask.data import PROJECT_ROOT
 from randmask.errors import RandmaskError
 from randmask.explore import user_runs_root
+from randmask.models import DATASETS
 from randmask.notation import parse_model, slug
 from randmask.train import LOG_FILE, make_config
 
@@ -56,6 +57,8 @@ class JobSettings:
     def validate(self) -> None:
         """Raise RandmaskError for anything the trainer would refuse, before a process is started."""
         parse_model(self.notation)
+        if self.dataset not in DATASETS:
+            raise RandmaskError(f"unknown data set {self.dataset!r}; known: {', '.join(DATASETS)}")
         for name in ("epochs", "width", "train_n", "eval_n", "threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):

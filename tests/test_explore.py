@@ -1,0 +1,453 @@
+"""randmask.explore: what the app computes, checked against brute-force references and closed forms."""
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from test_app_support import CONFIDENT_CLASS, TINY_WIDTH, constant_model, make_results, make_zoo
+
+from randmask import explore
+from randmask.checkpoint import save_checkpoint
+from randmask.errors import RandmaskError
+from randmask.models import build_model, masked_layers
+
+
+# ----------------------------------------------------------------------------------------------- images
+def test_upscale_nearest_repeats_every_pixel_as_a_block():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    big = explore.upscale_nearest(image, 4)
+    assert big.shape == (20, 28, 3) and big.dtype == np.uint8
+    for r, c in itertools.product(range(5), range(7)):
+        block = big[4 * r:4 * r + 4, 4 * c:4 * c + 4]
+        assert (block == image[r, c]).all()  # no interpolation: every block is one source pixel
+    assert explore.upscale_nearest(image[..., 0], 2).shape == (10, 14)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(RandmaskError):
+            explore.upscale_nearest(image, bad)
+
+
+def test_to_hwc_uint8_rounds_floats_and_repeats_grey():
+    x = torch.tensor([[[0.0, 0.5], [1.0, 0.2]]])  # 1×2×2 grey
+    out = explore.to_hwc_uint8(x)
+    assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+    assert out[0, 1].tolist() == [128, 128, 128] and out[1, 0].tolist() == [255] * 3 and out[1, 1, 0] == 51
+    rgb = torch.arange(12, dtype=torch.uint8).view(3, 2, 2)
+    assert explore.to_hwc_uint8(rgb)[1, 0].tolist() == [2, 6, 10]  # channel-last, values untouched
+    with pytest.raises(RandmaskError):
+        explore.to_hwc_uint8(torch.zeros(2, 2))
+    assert explore.display_image(torch.zeros(3, 32, 32), 224).shape == (224, 224, 3)  # factor 7
+
+
+def test_diverging_colours_are_centred_on_zero():
+    values = np.array([[-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0]])
+    rgb = explore.diverging_rgb(values, vmax=1.0).astype(int)
+    white, blue, red = [247, 247, 247], [33, 102, 172], [178, 24, 43]
+    assert rgb[0, 3].tolist() == white
+    assert rgb[0, 5].tolist() == red and rgb[0, 6].tolist() == red  # clipped beyond vmax
+    assert rgb[0, 1].tolist() == blue and rgb[0, 0].tolist() == blue
+    # halfway: midpoint between white and the end colour, on each side
+    assert np.abs(rgb[0, 4] - (np.array(white) + np.array(red)) / 2).max() <= 0.5
+    assert np.abs(rgb[0, 2] - (np.array(white) + np.array(blue)) / 2).max() <= 0.5
+    with pytest.raises(RandmaskError):
+        explore.diverging_rgb(values, 0.0)
+
+
+def test_perturbation_image_uses_channel_mean_in_255_units():
+    clean = torch.full((3, 4, 4), 0.5)
+    adv = clean.clone()
+    adv[:, 0, 0] += 8 / 255  # +8 in every channel
+    adv[0, 1, 1] -= 12 / 255  # -12 in one channel: mean -4
+    rgb, vmax = explore.perturbation_image(adv, clean, vmax=16)
+    assert vmax == 16
+    expected = explore.diverging_rgb(np.array([[8.0, -4.0, 0.0]]), 16)[0]
+    # float32 images: the differences are 8 and -4 up to rounding, so colours agree within one level
+    for (r, c), want in zip([(0, 0), (1, 1), (2, 2)], expected, strict=True):
+        assert np.abs(rgb[r, c].astype(int) - want.astype(int)).max() <= 1
+    _, auto = explore.perturbation_image(adv, clean)
+    assert auto == pytest.approx(8.0, abs=1e-4)  # the largest |channel mean|
+    _, none = explore.perturbation_image(clean, clean)
+    assert none == 1.0  # no change: a unit scale, not a division by zero
+
+
+def test_overlay_keep_dims_only_dropped_positions():
+    image = torch.full((3, 2, 2), 200, dtype=torch.uint8)
+    keep = torch.tensor([[True, False], [False, True]])
+    out = explore.overlay_keep(image, keep, dim=0.25)
+    assert out[0, 0].tolist() == [200] * 3 and out[1, 1].tolist() == [200] * 3
+    assert out[0, 1].tolist() == [50] * 3 and out[1, 0].tolist() == [50] * 3
+    with pytest.raises(RandmaskError):
+        explore.overlay_keep(image, torch.ones(3, 3, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------------------------------------ masks
+@pytest.mark.parametrize("notation,kind", [("0.7-Shallow", "random"), ("0.5-ShallowSM", "SM"),
+                                           ("0.5-ShallowDC", "DC")])
+def test_mask_statistics_match_the_masks(notation, kind):
+    model = build_model(notation, width=8)
+    rows = explore.mask_statistics(model)
+    reference = masked_layers(model)
+    assert [r["layer"] for r in rows] == [r["name"] for r in reference]
+    for row, ref in zip(rows, reference, strict=True):
+        assert row["kind"] == kind and row["block"] == ref["block"]
+        assert row["measured_drop_ratio"] == pytest.approx(ref["drop_ratio"])
+        c, h, w = ref["shape"]
+        keep = explore.get_mask(model, row["layer"])
+        assert row["dropped"] == int((~keep).sum()) and row["neurons"] == c * h * w
+        if kind == "random":  # exactly round(r·H·W) per channel, nobody dead
+            per_channel = round(row["ratio"] * h * w) / (h * w)
+            assert row["channel_drop_min"] == pytest.approx(per_channel) == row["channel_drop_max"]
+            assert row["dead_channels"] == 0
+        if kind == "SM":  # one pattern: positions dropped everywhere = the ratio itself
+            assert row["positions_dropped_in_all_channels"] == pytest.approx(row["measured_drop_ratio"])
+        if kind == "DC":
+            assert row["dead_channels"] == round(row["ratio"] * c)
+    with pytest.raises(RandmaskError):
+        explore.get_mask(model, "no.such.layer")
+    assert explore.mask_statistics(build_model("Normal ResNet-18", width=4)) == []
+
+
+def test_kind_comparison_shapes_the_three_kinds():
+    kinds = explore.kind_comparison((6, 8, 8), 0.5, seed=3)
+    random, same, dc = kinds["random"], kinds["SM"], kinds["DC"]
+    assert all(m.shape == (6, 8, 8) and m.dtype == torch.bool for m in kinds.values())
+    assert (~random).flatten(1).sum(1).tolist() == [32] * 6
+    assert len({tuple(m.flatten().tolist()) for m in random}) == 6  # every channel its own pattern
+    assert all(torch.equal(same[i], same[0]) for i in range(6))
+    per_channel = dc.flatten(1)
+    assert all(row.all() or (~row).all() for row in per_channel) and int((~per_channel.any(1)).sum()) == 3
+    freq = explore.drop_frequency(same)
+    assert set(freq.unique().tolist()) <= {0.0, 1.0}
+
+
+def brute_coverage(keep: torch.Tensor) -> torch.Tensor:
+    c, h, w = keep.shape
+    out = torch.zeros(c, h, w, dtype=torch.int64)
+    for ch, y, x in itertools.product(range(c), range(h), range(w)):
+        out[ch, y, x] = sum(int(keep[ch, p, q]) for p in range(max(0, y - 1), min(h, y + 2))
+                            for q in range(max(0, x - 1), min(w, x + 2)))
+    return out
+
+
+def brute_receptive(keep: torch.Tensor, row: int, col: int, channels) -> torch.Tensor:
+    c, h, w = keep.shape
+    out = torch.zeros(h, w, dtype=torch.int64)
+    for ch in channels:
+        for p in range(max(0, row - 1), min(h, row + 2)):
+            for q in range(max(0, col - 1), min(w, col + 2)):
+                if keep[ch, p, q]:
+                    out[max(0, p - 1):p + 2, max(0, q - 1):q + 2] += 1
+    return out
+
+
+def test_input_coverage_and_receptive_field_match_brute_force():
+    keep = torch.rand(3, 7, 6, generator=torch.Generator().manual_seed(1)) > 0.6
+    assert torch.equal(explore.input_coverage(keep), brute_coverage(keep))
+    for row, col in [(0, 0), (3, 2), (6, 5), (2, 5)]:
+        assert torch.equal(explore.receptive_field(keep, row, col), brute_receptive(keep, row, col, range(3)))
+        assert torch.equal(explore.receptive_field(keep, row, col, channel=1), brute_receptive(keep, row, col, [1]))
+    with pytest.raises(RandmaskError):
+        explore.receptive_field(keep, 7, 0)
+    with pytest.raises(RandmaskError):
+        explore.receptive_field(keep, 0, 0, channel=3)
+    with pytest.raises(RandmaskError):
+        explore.input_coverage(keep, kernel=2)
+
+
+def test_unmasked_receptive_field_is_the_5x5_pyramid():
+    keep = torch.ones(4, 9, 9, dtype=torch.bool)
+    field = explore.receptive_field(keep, 4, 4)
+    pyramid = torch.tensor([1, 2, 3, 2, 1])
+    expected = torch.zeros(9, 9, dtype=torch.int64)
+    expected[2:7, 2:7] = 4 * torch.outer(pyramid, pyramid)
+    assert torch.equal(field, expected)
+    corner = explore.receptive_field(keep[:1], 0, 0)  # window and patches clipped at the border
+    assert corner[:3, :3].tolist() == [[4, 4, 2], [4, 4, 2], [2, 2, 1]] and corner[3:].sum() == 0
+
+
+def test_coverage_summary_shared_mask_bound_and_random_masks():
+    ratio = 0.9
+    kinds = explore.kind_comparison((16, 32, 32), ratio, seed=0)
+    sm, rnd = explore.coverage_summary(kinds["SM"]), explore.coverage_summary(kinds["random"])
+    # one shared pattern: a 3×3 stem sees at most 9 × kept share of the pixels (the paper's argument)
+    assert sm["layer_sees"] <= sm["shared_mask_bound"] + 1e-9
+    assert sm["layer_sees"] == pytest.approx(sm["channel_sees_mean"])  # every channel sees the same
+    assert rnd["layer_sees"] > sm["layer_sees"] and rnd["layer_sees"] > 0.99
+    full = explore.coverage_summary(torch.ones(2, 8, 8, dtype=torch.bool))
+    assert full["layer_sees"] == 1.0 == full["channel_sees_min"]
+
+
+def test_filter_window_marks_the_border_as_dead():
+    keep = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(2)) > 0.5
+    assert torch.equal(explore.filter_window(keep, 2, 2), keep[:, 1:4, 1:4])
+    corner = explore.filter_window(keep, 0, 0)
+    assert not corner[:, 0, :].any() and not corner[:, :, 0].any()
+    assert torch.equal(corner[:, 1:, 1:], keep[:, :2, :2])
+
+
+def test_stem_mask_is_block_zero():
+    name, keep = explore.stem_mask(build_model("0.7-Shallow", width=4))
+    assert name == "body.mask1" and keep.shape == (4, 32, 32)
+    assert explore.stem_mask(build_model("0.5-Deep", width=4)) is None
+
+
+def test_shuffle_grids_divide_the_image():
+    assert explore.shuffle_grids(32) == [2, 4, 8, 16]
+    assert explore.shuffle_grids(28) == [2, 4, 7, 14]
+
+
+# ------------------------------------------------------------------------------------------ discovery
+def test_discover_models_reads_zoo_user_runs_and_adds_stand_ins(tmp_path):
+    zoo = make_zoo(tmp_path / "zoo")
+    (zoo / "cifar10" / "broken").mkdir()
+    (zoo / "cifar10" / "broken" / "config.json").write_text("{not json")
+    (zoo / "cifar10" / "half.tmp").mkdir()  # an export in progress: ignored silently
+    runs = tmp_path / "runs"
+    save_checkpoint(build_model("0.5-ShallowDC", width=4, mask_seed=2), runs / "mine", extra={"clean_accuracy": 0.42})
+    (runs / "unfinished").mkdir()
+    cat = explore.discover_models(zoo, runs)
+    by_key = {e.key: e for e in cat.entries}
+    assert by_key["zoo:cifar10/0.9-Shallow"].source == "zoo" and by_key["zoo:cifar10/0.9-Shallow"].width == TINY_WIDTH
+    assert by_key["zoo:cifar10/Normal_ResNet-18"].role == "baseline"
+    mine = by_key["user:mine"]
+    assert (mine.notation, mine.mask_seed, mine.clean_accuracy) == ("0.5-ShallowDC", 2, 0.42)
+    assert "yours" in mine.label and "42.0%" in mine.label and "mask seed 2" in mine.name
+    assert "user:unfinished" not in by_key
+    assert len(cat.problems) == 1 and "broken" in cat.problems[0]
+    # stand-ins for planned entries that are missing, never for trained ones
+    assert "untrained:cifar10/0.9-Shallow" not in by_key
+    stand_in = by_key["untrained:cifar10/0.5-Deep"]
+    assert not stand_in.trained and "UNTRAINED" in stand_in.label
+    assert "untrained:mnist/0.5-Shallow" in by_key and "mnist" in cat.datasets and cat.datasets[0] == "cifar10"
+    assert explore.default_picks(cat.for_dataset("cifar10"))[:2] == ["zoo:cifar10/Normal_ResNet-18",
+                                                                     "zoo:cifar10/0.9-Shallow"]
+    with pytest.raises(RandmaskError):
+        cat.get("zoo:nothing")
+    assert not explore.discover_models(zoo, runs, include_untrained=False).for_dataset("mnist")
+
+
+def test_discovery_follows_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANDMASK_ZOO", str(tmp_path / "z"))
+    monkeypatch.setenv("RANDMASK_RUNS", str(tmp_path / "r"))
+    monkeypatch.setenv("RANDMASK_RESULTS", str(tmp_path / "res"))
+    assert explore.zoo_root() == tmp_path / "z" and explore.user_runs_root() == tmp_path / "r"
+    assert explore.results_root() == tmp_path / "res"
+    cat = explore.discover_models()  # folders missing: an all-stand-in catalog, no crash
+    assert cat.entries and not any(e.trained for e in cat.entries) and not cat.problems
+
+
+def test_load_entry_gives_checkpoint_weights_and_notation_masks(tmp_path):
+    zoo = make_zoo(tmp_path / "zoo")
+    cat = explore.discover_models(zoo, tmp_path / "none")
+    model = explore.load_entry(cat.get("zoo:cifar10/0.9-Shallow"))
+    assert not model.training
+    x = torch.rand(2, 3, 32, 32)
+    assert model(x).argmax(1).tolist() == [CONFIDENT_CLASS] * 2
+    stand_in = explore.load_entry(cat.get("untrained:cifar10/0.5-Deep"))
+    reference = build_model("0.5-Deep", width=16)
+    for (name, a), (_, b) in zip(explore.mask_modules(stand_in), explore.mask_modules(reference), strict=True):
+        assert torch.equal(a.mask, b.mask), name
+
+
+def test_unique_names_disambiguate_clashes():
+    a = explore.ModelEntry("zoo:a", "0.7-Shallow", "cifar10", "zoo")
+    b = explore.ModelEntry("user:x", "0.7-Shallow", "cifar10", "user", folder="/r/x")
+    c = explore.ModelEntry("user:y", "0.7-Shallow", "cifar10", "user", folder="/s/x")
+    d = explore.ModelEntry("zoo:d", "0.7-Shallow", "cifar10", "zoo", seed=1)
+    names = explore.unique_names([a, b, c, d])
+    assert len(set(names)) == 4 and names[0] == "0.7-Shallow (zoo)" and names[3] == "0.7-Shallow (seed 1)"
+
+
+# ----------------------------------------------------------------------------------------- predictions
+def test_predictions_are_argmax_and_softmax_confidence():
+    model = build_model("Normal ResNet-18", width=4).eval()
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    rows = explore.predictions({"n": model}, x)
+    with torch.no_grad():
+        prob = model(x).softmax(1)
+    assert [r["pred"] for r in rows] == prob.argmax(1).tolist()
+    assert [r["confidence"] for r in rows] == pytest.approx(prob.max(1).values.tolist(), abs=1e-6)
+    assert rows[0]["label"] in explore.CLASSES["cifar10"]
+
+
+# ----------------------------------------------------------------------------------------------- gallery
+def test_attack_notation_is_canonical():
+    assert explore.attack_notation("FGSM", 8) == "FGSM8"
+    assert explore.attack_notation("PGD", 16) == "PGD16"
+    assert explore.attack_notation("CW", kappa=20) == "CW20(search=5, steps=50)"
+    assert explore.attack_notation("Square", 4, queries=100) == "Square4(queries=100)"
+    with pytest.raises(RandmaskError):
+        explore.attack_notation("Carlini", 8)
+    with pytest.raises(RandmaskError):
+        explore.attack_notation("FGSM", 0)
+
+
+def test_build_gallery_attacks_both_sources_and_records_both_views():
+    torch.manual_seed(0)
+    normal = build_model("Normal ResNet-18", width=4).eval()
+    masked = build_model("0.9-Shallow", width=4).eval()
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)).mul(255).round().div(255)
+    y = torch.tensor([0, 1, 2])
+    seen = []
+    gallery = explore.build_gallery(normal, masked, "FGSM8", x, y, names=("N", "M"), indices=[10, 11, 12],
+                                    progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (6, 6)  # both sources' images counted
+    assert gallery.attack == "FGSM8" and gallery.eps == 8 and gallery.indices == [10, 11, 12]
+    for name in ("N", "M"):
+        adv = gallery.adv[name]
+        levels = adv * 255
+        assert torch.allclose(levels, levels.round(), atol=1e-4)  # stored as uint8 would store them
+        assert (adv - x).abs().max() * 255 <= 8 + 1e-3
+        assert gallery.linf[name].max() <= 8
+    assert not torch.equal(gallery.adv["N"], gallery.adv["M"])  # each source gets its own perturbation
+    with torch.no_grad():
+        assert torch.allclose(gallery.preds["clean"]["M"], masked(x).softmax(1), atol=1e-5)
+        assert torch.allclose(gallery.preds["N"]["N"], normal(gallery.adv["N"]).softmax(1), atol=1e-5)
+    caption = gallery.caption("M", 0)
+    assert caption.startswith("N: ") and " · M: " in caption and caption.endswith("%")
+    assert gallery.perturbation_scale() == 8.0
+    png = explore.gallery_png(gallery, scale=4)
+    with Image.open(io.BytesIO(png)) as img:
+        assert img.format == "PNG" and img.width >= 5 * 128 and img.height >= 3 * 128
+    with pytest.raises(RandmaskError):
+        explore.build_gallery(normal, masked, "FGSM8", x, y, names=("N", "N"))
+
+
+def test_gallery_scale_without_eps_is_the_largest_change():
+    clean = torch.zeros(1, 3, 4, 4)
+    adv = clean.clone()
+    adv[0, 0, 0, 0] = 20 / 255
+    gallery = explore.Gallery("CW40", ("N", "M"), [0], torch.tensor([0]), clean, {"N": adv, "M": clean},
+                              {}, {}, eps=None)
+    assert gallery.perturbation_scale() == pytest.approx(20.0)
+
+
+def test_rows_csv_round_trips():
+    rows = [{"a": 1, "b": 0.5}, {"a": 2, "c": "x"}]
+    frame = pd.read_csv(io.BytesIO(explore.rows_csv(rows)))
+    assert list(frame.columns) == ["a", "b", "c"] and frame["a"].tolist() == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------- paper vs ours
+def test_model_and_attack_keys():
+    assert explore.model_key("ResNet-18") == "Normal ResNet-18" == explore.model_key("normal resnet-18")
+    assert explore.model_key("0.85-Shallow (Random Mask)") == "0.85-Shallow"
+    assert explore.model_key("0.5-Shallow (other init)") == "0.5-Shallow (other init)"
+    assert explore.model_key("Madry adversarial training") == "Madry adversarial training"
+    assert explore.model_key(float("nan")) == "" == explore.model_key("  ")
+    assert explore.attack_key("PGD 7x2 eps8") == "pgd7x2eps8" == explore.attack_key("pgd 7x2  eps8")
+    assert explore.attack_key(float("nan")) == ""
+
+
+def paper_frame() -> pd.DataFrame:
+    rows = [(7, "DenseNet-121", "Normal ResNet-18", "FGSM16", "defense_rate", 14.9),
+            (7, "DenseNet-121", "0.7-Shallow", "FGSM16", "defense_rate", 48.6),
+            (7, "DenseNet-121", "0.5-Shallow", "FGSM16", "defense_rate", 30.9),
+            (7, "DenseNet-121", "0.5-ShallowDC", "FGSM16", "defense_rate", 20.0),
+            (7, "DenseNet-121", "Normal ResNet-18", None, "clean_accuracy", 95.3),
+            (7, "DenseNet-121", "0.7-Shallow", None, "clean_accuracy", 93.0),
+            (7, "DenseNet-121", "0.5-Shallow", None, "clean_accuracy", 94.0),
+            (8, "ResNet-18", "0.7-Shallow", "FGSM16", "defense_rate", 60.0),
+            (1, "naturally trained net", "0.85-Shallow (Random Mask)", "FGSM8", "defense_rate", 86.0),
+            (5, "0.5-Shallow", "0.5-Shallow (other init)", "FGSM16", "defense_rate", 40.0),
+            (5, "0.5-Shallow", "0.5-ShallowDIF", "FGSM16", "defense_rate", 45.0)]
+    frame = pd.DataFrame(rows, columns=["table", "source", "target", "attack", "metric", "percent"])
+    frame["table"] = frame["table"].astype("Int64")
+    return frame
+
+
+def test_compare_with_paper_matches_by_canonical_names(tmp_path):
+    make_results(tmp_path)
+    ours, problems = explore.load_results(tmp_path)
+    assert not problems and len(ours) == 4
+    extra = pd.DataFrame([
+        {"protocol": "madry", "source": "naturally trained net", "target": "0.85-shallow", "attack": "FGSM8",
+         "metric": "defense_rate", "n": 100, "accuracy": 0.8, "ci_low": 0.7, "ci_high": 0.9, "paper_attack": "FGSM8"},
+        {"protocol": "graybox", "source": "0.5-Shallow", "target": "0.5-Shallow (runs/b)", "attack": "FGSM16",
+         "metric": "defense_rate", "n": 50, "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "relation": "DIF"}])
+    ours = pd.concat([ours, extra], ignore_index=True)
+    comp = explore.compare_with_paper(paper_frame(), ours, 7).set_index(["target", "metric"])
+    row = comp.loc[("0.7-Shallow", "defense_rate")]
+    values = [row["paper"], row["ours"], row["ours_low"], row["ours_high"], row["n"]]
+    assert values == pytest.approx([48.6, 55, 48, 62, 200])
+    assert row["difference"] == pytest.approx(55.0 - 48.6) and row["file"] == "table7.csv"
+    assert comp.loc[("Normal ResNet-18", "clean_accuracy"), "ours"] == pytest.approx(90.0)
+    assert math.isnan(comp.loc[("0.5-Shallow", "defense_rate"), "ours"])  # not in our results
+    # table 8 has another source: our DenseNet-121 rows must not leak into it
+    assert math.isnan(explore.compare_with_paper(paper_frame(), ours, 8)["ours"].iloc[0])
+    assert explore.compare_with_paper(paper_frame(), ours, 1)["ours"].iloc[0] == pytest.approx(80.0)
+    gray = explore.compare_with_paper(paper_frame(), ours, 5).set_index("target")
+    assert gray.loc["0.5-ShallowDIF", "ours"] == pytest.approx(50.0)
+    assert math.isnan(gray.loc["0.5-Shallow (other init)", "ours"])
+    empty = explore.compare_with_paper(paper_frame(), None, 7)
+    assert len(empty) == 7 and empty["ours"].isna().all()
+    with pytest.raises(RandmaskError):
+        explore.compare_with_paper(paper_frame(), None, 2)
+
+
+def test_compare_with_the_real_paper_file_keeps_every_number():
+    try:
+        paper = explore.load_paper_tables()
+    except RandmaskError:
+        pytest.skip("paper_tables.csv not found (set RANDMASK_PAPER_TABLES)")
+    raw = pd.read_csv(explore.paper_tables_path())
+    for table in explore.PAPER_TABLES:
+        comp = explore.compare_with_paper(paper, None, table)
+        assert comp["paper"].tolist() == raw[raw["table"] == table]["percent"].tolist()
+
+
+def test_tradeoff_points_pair_clean_accuracy_with_defense_rate(tmp_path):
+    make_results(tmp_path)
+    ours, _ = explore.load_results(tmp_path)
+    points = explore.tradeoff_points(paper_frame(), ours, "DenseNet-121", "FGSM16")
+    paper = points[points["origin"] == "paper"].set_index("target")
+    # 0.5-ShallowDC is not an r-Shallow model; every other target pairs with its clean accuracy
+    assert list(paper.index) == ["Normal ResNet-18", "0.5-Shallow", "0.7-Shallow"]
+    assert paper.loc["0.7-Shallow", ["ratio", "clean_accuracy", "defense_rate"]].tolist() == [0.7, 93.0, 48.6]
+    mine = points[points["origin"] == "ours"].set_index("target")
+    assert mine.loc["0.7-Shallow", "clean_accuracy"] == pytest.approx(85.0)
+    assert mine.loc["0.7-Shallow", "defense_low"] == pytest.approx(48.0)
+    assert mine.loc["Normal ResNet-18", "ratio"] == 0.0
+    assert explore.tradeoff_points(paper_frame(), ours, "DenseNet-121", "FGSM8").empty
+
+
+def test_load_results_names_bad_files(tmp_path):
+    make_results(tmp_path)
+    (tmp_path / "partial.csv").write_text("source,target\nA,B\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "more.csv").write_text("source,target,attack,n,accuracy,ci_low,ci_high\nA,B,FGSM8,10,0.5,0.2,0.8\n")
+    frame, problems = explore.load_results(tmp_path)
+    assert len(frame) == 5 and set(frame["file"]) == {"table7.csv", "sub/more.csv"}
+    assert len(problems) == 1 and "partial.csv" in problems[0] and "accuracy" in problems[0]
+    empty, none = explore.load_results(tmp_path / "missing")
+    assert empty.empty and not none
+
+
+def test_paper_tables_lookup_honours_the_environment(tmp_path, monkeypatch):
+    path = tmp_path / "p.csv"
+    paper_frame().to_csv(path, index=False)
+    monkeypatch.setenv("RANDMASK_PAPER_TABLES", str(path))
+    assert explore.paper_sources(explore.load_paper_tables()) == ["DenseNet-121", "ResNet-18"]
+    assert explore.paper_attacks(explore.load_paper_tables(), "DenseNet-121") == ["FGSM16"]
+    monkeypatch.setenv("RANDMASK_PAPER_TABLES", str(tmp_path / "missing.csv"))
+    with pytest.raises(RandmaskError):
+        explore.load_paper_tables()
+    path.write_text("a,b\n1,2\n")
+    monkeypatch.setenv("RANDMASK_PAPER_TABLES", str(path))
+    with pytest.raises(RandmaskError, match="lacks"):
+        explore.load_paper_tables()
+
+
+def test_constant_model_helper_is_confident():
+    model = constant_model("0.7-Shallow").eval()
+    with torch.no_grad():
+        prob = model(torch.rand(2, 3, 32, 32)).softmax(1)
+    assert prob.argmax(1).tolist() == [CONFIDENT_CLASS] * 2 and prob.max() > 0.999
+    assert json.dumps(explore.ModelEntry("k", "0.7-Shallow", "cifar10", "zoo").label)

@@ -1,0 +1,146 @@
+"""randmask.jobs: real background training processes (tiny: width 4, 256 images, one thread each)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from randmask import explore, jobs
+from randmask.errors import RandmaskError
+
+TINY = {"width": 4, "train_n": 256, "eval_n": 100, "threads": 1}
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture()
+def root(tmp_path, data_dir):
+    yield tmp_path / "runs"
+    for status in jobs.list_jobs(tmp_path / "runs"):  # never leave a trainer behind
+        if not status.finished:
+            jobs.cancel_job(status.folder, force=True)
+    for child in list(jobs._CHILDREN.values()):
+        if child.poll() is None:
+            child.wait(timeout=30)
+
+
+def test_settings_are_checked_before_any_process_starts(tmp_path):
+    for bad in (jobs.JobSettings("0.7-Shalow"), jobs.JobSettings("0.7-Shallow", preset="fast"),
+                jobs.JobSettings("0.7-Shallow", epochs=0), jobs.JobSettings("0.7-Shallow", dataset="imagenet"),
+                jobs.JobSettings("0.7-Shallow", threads=-1)):
+        with pytest.raises(RandmaskError):
+            jobs.start_job(bad, root=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing created, nothing started
+    command = jobs.JobSettings("0.9-Shallow×2", epochs=2, width=8, mask_seed=3).command(tmp_path / "out")
+    assert command[3:5] == ["train", "0.9-Shallow×2"]
+    assert command[command.index("--epochs") + 1] == "2" and command[command.index("--mask-seed") + 1] == "3"
+    assert "--train-n" not in command and "--no-bar" in command
+
+
+def test_a_job_trains_to_the_end_and_another_is_cancelled(root):
+    done_folder = jobs.start_job(jobs.JobSettings("0.5-Shallow", epochs=1, **TINY), root=root)
+    long_folder = jobs.start_job(jobs.JobSettings("0.5-Shallow", epochs=40, **{**TINY, "train_n": 2560}), root=root)
+    assert done_folder.name == "0.5-Shallow" and long_folder.name == "0.5-Shallow-2"  # names never collide
+    job = json.loads((long_folder / jobs.JOB_FILE).read_text())
+    assert job["pid"] > 0 and job["settings"]["epochs"] == 40
+
+    # the long job: wait until it trains, then cancel it the way the page does
+    wait_for(lambda: jobs.job_status(long_folder).state == "running", 120, "the long job to start training")
+    time.sleep(1.0)  # inside the training loop, where the trainer's SIGTERM handler is installed
+    assert jobs.cancel_job(long_folder)
+    assert jobs.job_status(long_folder).state in ("cancelling", "cancelled")
+    status = jobs.wait_job(long_folder, 60)
+    assert status.state == "cancelled", status.message
+    events = [e["event"] for e in jobs.read_events(long_folder / "progress.jsonl")]
+    assert events[0] == "start" and events[-1] == "cancelled"  # the trainer stopped cleanly and said so
+    assert not jobs.cancel_job(long_folder)  # nothing left to cancel
+    status = jobs.wait_job(done_folder, 120)
+    assert status.state == "done", status.message
+    with pytest.raises(RandmaskError, match="has finished"):
+        jobs.resume_job(done_folder)
+    config = json.loads((done_folder / "config.json").read_text())
+    assert status.fraction == 1.0 and status.clean_accuracy == pytest.approx(config["clean_accuracy"])
+    assert [h["epoch"] for h in status.history] == [1] and status.epochs == 1
+    assert "clean accuracy" in status.message
+
+    # the finished model is in the picker's catalog; the cancelled one is not
+    catalog = explore.discover_models(root / "nozoo", root)
+    mine = catalog.get("user:0.5-Shallow")
+    assert mine.source == "user" and mine.width == 4 and mine.clean_accuracy == pytest.approx(config["clean_accuracy"])
+    assert "user:0.5-Shallow-2" not in {e.key for e in catalog.entries}
+    assert [s.name for s in jobs.list_jobs(root)] == ["0.5-Shallow-2", "0.5-Shallow"]  # newest first
+
+    # resume the cancelled job, then stop it again: it restarts in the same folder
+    jobs.resume_job(long_folder)
+    assert jobs.job_status(long_folder).state in ("starting", "running")
+    with pytest.raises(RandmaskError, match="still"):
+        jobs.remove_job(long_folder, root)
+    assert jobs.cancel_job(long_folder, force=True)
+    assert jobs.wait_job(long_folder, 30).state == "cancelled"
+
+    jobs.remove_job(done_folder, root)
+    assert not done_folder.exists()
+    with pytest.raises(RandmaskError, match="not a job folder"):
+        jobs.remove_job(root.parent, root)
+
+
+def test_status_survives_a_restart_and_sees_a_killed_process(root, monkeypatch):
+    folder = jobs.start_job(jobs.JobSettings("Normal ResNet-18", epochs=40, **{**TINY, "train_n": 2560}), root=root)
+    child = jobs._CHILDREN[str(folder.resolve())]
+    wait_for(lambda: jobs.job_status(folder).state == "running", 120, "the job to start training")
+    monkeypatch.setattr(jobs, "_CHILDREN", {})  # as after an app restart: only the files are left
+    assert jobs.job_status(folder).state == "running"
+    os.killpg(child.pid, signal.SIGKILL)  # killed from outside (out of memory, a reboot, ...)
+    child.wait(timeout=30)
+    status = jobs.wait_job(folder, 30)
+    assert status.state == "failed" and "ended without finishing" in status.message
+
+
+def test_a_trainer_error_is_reported_in_one_line(root, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANDMASK_DATA", str(tmp_path / "no-data"))
+    folder = jobs.start_job(jobs.JobSettings("0.7-Shallow", epochs=1, **TINY), root=root)
+    status = jobs.wait_job(folder, 120)
+    assert status.state == "failed"
+    assert status.message.startswith("no cifar10 train data under") and "Traceback" not in status.message
+    assert any("error:" in line for line in jobs.job_output(folder))
+
+
+def test_progress_log_reader_skips_a_half_written_line(tmp_path):
+    log = tmp_path / "progress.jsonl"
+    log.write_text('{"event": "start", "time": 1}\n{"event": "step", "time": 2, "epo')
+    assert [e["event"] for e in jobs.read_events(log)] == ["start"]
+    assert jobs.read_events(tmp_path / "missing.jsonl") == []
+    (tmp_path / "job").mkdir()
+    with pytest.raises(RandmaskError, match="not a training job folder"):
+        jobs.job_status(tmp_path / "job")
+    (tmp_path / "job" / jobs.JOB_FILE).write_text("[1, 2]")
+    with pytest.raises(RandmaskError, match="does not describe"):
+        jobs.job_status(tmp_path / "job")
+    assert jobs.list_jobs(tmp_path) == []  # unreadable job folders are skipped, not fatal
+
+
+def test_progress_fraction_from_step_and_epoch_events(tmp_path):
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / jobs.JOB_FILE).write_text(json.dumps({"settings": {"notation": "0.7-Shallow", "preset": "quick",
+                                                                  "epochs": 4}, "created": 100.0, "pid": None}))
+    events = [{"event": "start", "time": 101, "config": {"epochs": 4}},
+              {"event": "epoch", "time": 102, "epoch": 1, "epochs": 4, "train_loss": 2.0, "train_acc": 0.3,
+               "test_acc": 0.35},
+              {"event": "step", "time": 103, "epoch": 2, "epochs": 4, "step": 50, "steps": 100, "loss": 1.5}]
+    (folder / "progress.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    status = jobs.job_status(folder)
+    # no live process and no ending event: it died
+    assert status.state == "failed" and status.fraction == pytest.approx(1.5 / 4)
+    assert status.epoch == 1 and status.loss == 1.5 and status.epochs == 4
