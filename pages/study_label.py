@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import sys
 import time
+import types
 from pathlib import Path
 
 import streamlit as st
@@ -37,6 +38,12 @@ from study import (  # noqa: E402
 )
 from study.participant import get_participant, touch  # noqa: E402
 
+# declare_component names the component after the calling module, found through sys.modules by file.
+# Under app.py's st.navigation this page runs as an unregistered module, so register a stand-in for it.
+_WIDGET_MODULE = "randmask_study_label"
+if _WIDGET_MODULE not in sys.modules:
+    sys.modules[_WIDGET_MODULE] = types.ModuleType(_WIDGET_MODULE)
+sys.modules[_WIDGET_MODULE].__file__ = __file__
 trial_widget = components.declare_component("study_trial", path=str(FRONTEND_DIR))
 
 

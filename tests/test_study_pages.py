@@ -251,3 +251,21 @@ def test_cli_errors_are_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "study", "create", "--db", str(tmp_path / "n.db"), "--name", "x",
                              "--set", str(tmp_path / "no-such-set")], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 2 and "no meta.csv" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_label_page_inside_app_navigation(db_path):
+    """Through app.py, as participants reach it: st.navigation runs the page as an unregistered
+    module, which the trial widget's declaration must survive."""
+    app = ROOT / "app.py"
+    if not app.exists():
+        pytest.skip("app.py not present")
+    at = AppTest.from_file(str(app), default_timeout=60)
+    at.query_params["pid"] = "via-app"
+    at.query_params["study"] = "s1"
+    at.run()
+    assert not at.exception
+    at.button(key="consent").click().run()
+    at.button(key="start").click().run()
+    trial = current(db_path, "via-app")
+    at.button(key=f"fallback-{trial.assignment_id}-{trial.practice_label}").click().run()
+    assert not at.exception and "Correct" in texts(at)
