@@ -87,6 +87,25 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from randmask.reproduce import reproduce
+
+    bars: dict = {}
+
+    def progress(key: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = bars.setdefault(key, tqdm(total=total, desc=key, leave=False))
+        bar.n = done
+        bar.refresh()
+
+    status = reproduce(args.preset, only=args.only, progress=None if args.no_bar else progress)
+    for bar in bars.values():
+        bar.close()
+    print(json.dumps(status, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m randmask", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "train"])
     p.add_argument("--only", nargs="*", help="zoo names to train, e.g. cifar10/0.7-Shallow")
     p.set_defaults(func=cmd_zoo)
+
+    p = sub.add_parser("reproduce", help="rerun the paper's experiments on the zoo: results/*.csv + REPRODUCTION.md")
+    p.add_argument("--preset", default="quick", help="quick (small n) or paper (the paper's sample sizes)")
+    p.add_argument("--only", nargs="*", help="experiment keys, e.g. table2_transfer figure3_noise")
+    p.add_argument("--no-bar", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
 
     if importlib.util.find_spec("randmask.cli_attacks"):  # attack/protocol commands live beside the core
         from randmask import cli_attacks

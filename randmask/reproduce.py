@@ -1,0 +1,414 @@
+"""`python -m randmask reproduce --preset quick`: rerun the paper's experiments on the shipped zoo, write
+`results/*.csv` and a generated `REPRODUCTION.md` with the paper's numbers beside ours and a verdict per claim.
+
+Every experiment names the zoo models it needs; one whose models are not trained yet is listed as pending in the
+report instead of failing the run. Sample sizes are smaller than the paper's (see PRESETS); every number carries
+n and a Wilson 95% interval.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from randmask import protocols
+from randmask.checkpoint import WEIGHTS_FILE, load_model
+from randmask.data import PROJECT_ROOT, load_tensors
+from randmask.evaluate import write_csv
+
+Progress = Callable[[str, int, int], None]
+
+PRESETS = {
+    # paper: 5000 images for FGSM/PGD, 1000 for CW, 5000 for shuffle, the full test set for noise
+    # n_pool: test images to draw from (None = the whole test set)
+    "paper": dict(n_pool=None, n=5000, n_cw=1000, n_whitebox=10000, n_noise=10000, n_shuffle=5000, n_beyond=1000,
+                  cw="CW40", square="Square16", apgd="APGD16"),
+    "quick": dict(n_pool=None, n=500, n_cw=100, n_whitebox=500, n_noise=2000, n_shuffle=500, n_beyond=200,
+                  cw="CW40(search=10, steps=100)", square="Square16(queries=1000)", apgd="APGD16(steps=50)"),
+}
+TABLE2_TARGETS = ["Normal ResNet-18", "0.3-Shallow", "0.5-Shallow", "0.7-Shallow", "0.85-Shallow", "0.9-Shallow",
+                  "0.5-Deep", "0.7-Deep", "0.5-ShallowDC", "0.5-ShallowSM", "0.9-Shallow×2", "0.85-ShallowEN"]
+WHITEBOX_SMALL = 30  # points; the paper calls its own largest PGD gain in Table 4 (+25.0, 0.7-Shallow PGD2) small
+NOISE_MODELS = ["Normal ResNet-18", "0.5-Shallow", "0.7-Shallow", "0.9-Shallow"]
+
+
+def zoo_name(notation: str, dataset: str = "cifar10", seed: int = 0, mask_seed: int = 0) -> str:
+    from randmask.notation import slug
+
+    suffix = f"-s{seed}m{mask_seed}" if (seed, mask_seed) != (0, 0) else ""
+    return f"{dataset}/{slug(notation)}{suffix}"
+
+
+@dataclass
+class Experiment:
+    key: str
+    title: str
+    paper_table: int | None
+    needs: list[str]  # zoo names that must exist
+    wants: list[str] = field(default_factory=list)  # zoo names used when present
+    run: Callable | None = None
+
+
+class Zoo:
+    """Lazy, cached model loading from a zoo folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self._cache = root, {}
+
+    def has(self, name: str) -> bool:
+        return (self.root / name / WEIGHTS_FILE).exists()
+
+    def __getitem__(self, name: str) -> tuple[nn.Module, dict]:
+        if name not in self._cache:
+            self._cache[name] = load_model(self.root / name)
+        return self._cache[name]
+
+    def model(self, name: str) -> nn.Module:
+        return self[name][0]
+
+    def label(self, name: str) -> str:
+        return self[name][1]["notation"]
+
+
+def experiments(settings: dict) -> list[Experiment]:
+    """The plan: which protocol, on which zoo models, with which sizes."""
+    s = settings
+    densenet, mnist_densenet = zoo_name("DenseNet-121"), zoo_name("DenseNet-121", "mnist")
+    normal = zoo_name("Normal ResNet-18")
+
+    def table2(zoo: Zoo, x, y, progress):
+        targets = {zoo.label(n): zoo.model(n) for n in map(zoo_name, TABLE2_TARGETS) if zoo.has(n)}
+        return protocols.transfer(zoo.model(densenet), targets, ["FGSM16", "PGD16", "PGD32", s["cw"]], x, y,
+                                  source_name="DenseNet-121", n=s["n"], n_cw=s["n_cw"], dataset="cifar10",
+                                  paper_names={s["cw"]: "CW40"}, progress=progress)
+
+    def table1(zoo: Zoo, x, y, progress):
+        names = [normal, zoo_name("0.85-Shallow"), zoo_name("0.85-ShallowEN")]
+        targets = {zoo.label(n): zoo.model(n) for n in names if zoo.has(n)}
+        return protocols.madry(zoo.model(zoo_name("Normal ResNet-18", seed=1)), targets, x, y,
+                               source_name="naturally trained net", n=s["n"], dataset="cifar10", progress=progress)
+
+    def table3(zoo: Zoo, x, y, progress):
+        models = {zoo.label(n): zoo.model(n) for n in (normal, zoo_name("0.7-Shallow"))}
+        return protocols.shuffle(models, x, y, n=s["n_shuffle"], dataset="cifar10", progress=progress)
+
+    def table4(zoo: Zoo, x, y, progress):
+        names = [normal, zoo_name("0.5-Shallow"), zoo_name("0.7-Shallow")]
+        models = {zoo.label(n): zoo.model(n) for n in names if zoo.has(n)}
+        return protocols.whitebox(models, list(protocols.WHITEBOX_ATTACKS), x[:s["n_whitebox"]],
+                                  y[:s["n_whitebox"]], dataset="cifar10", progress=progress)
+
+    def table5(zoo: Zoo, x, y, progress):
+        sources = {zoo.label(n): zoo.model(n) for n in (normal, zoo_name("0.7-Shallow")) if zoo.has(n)}
+        plan = {"Normal ResNet-18 (other init)": zoo_name("Normal ResNet-18", seed=1),
+                "0.7-Shallow (other init)": zoo_name("0.7-Shallow", seed=1),
+                "0.7-ShallowDIF": zoo_name("0.7-Shallow", mask_seed=1),
+                "DenseNet-121": densenet, "VGG-19": zoo_name("VGG-19")}
+        targets = {label: zoo.model(n) for label, n in plan.items() if zoo.has(n)}
+        configs = {label: zoo[n][1] for label, n in plan.items() if zoo.has(n)}
+        relations = {(src, tgt): protocols.relation(zoo[zoo_name(src)][1], configs[tgt])
+                     for src in sources for tgt in targets}
+        rows = protocols.graybox(sources, targets, x, y, relations=relations, n=s["n"], dataset="cifar10",
+                                 progress=progress)
+        for row in rows:  # the paper names gray-box targets by their base notation plus the relation
+            row["target"] = row["target"].replace(" (other init)", "").replace("DIF", "")
+        return rows
+
+    def table6(zoo: Zoo, x, y, progress):
+        xm, ym = load_tensors("mnist", "test", n=s.get("n_pool"))
+        names = [zoo_name(n, "mnist") for n in ("Normal ResNet-18", "0.5-Shallow", "0.7-Shallow", "0.9-Shallow")]
+        targets = {zoo.label(n): zoo.model(n) for n in names if zoo.has(n)}
+        return protocols.mnist(zoo.model(mnist_densenet), targets, xm, ym, source_name="DenseNet-121", n=s["n"],
+                               progress=progress)
+
+    def figure3(zoo: Zoo, x, y, progress):
+        models = {zoo.label(n): zoo.model(n) for n in map(zoo_name, NOISE_MODELS) if zoo.has(n)}
+        return protocols.noise(models, x[:s["n_noise"]], y[:s["n_noise"]], dataset="cifar10", progress=progress)
+
+    def beyond(zoo: Zoo, x, y, progress):
+        models = {zoo.label(n): zoo.model(n) for n in (normal, zoo_name("0.9-Shallow"))}
+        rows = protocols.whitebox(models, [s["apgd"], s["square"]], x[:s["n_beyond"]], y[:s["n_beyond"]],
+                                  dataset="cifar10", progress=progress)
+        for row in rows:
+            row["protocol"] = "beyond"
+        return rows
+
+    return [
+        Experiment("table2_transfer", "Table 2 · transfer from DenseNet-121 (Figure 7 uses it too)", 7,
+                   [densenet, normal], [zoo_name(t) for t in TABLE2_TARGETS], table2),
+        Experiment("table1_madry", "Table 1 · Madry et al.'s black-box setting", 1,
+                   [zoo_name("Normal ResNet-18", seed=1), normal, zoo_name("0.85-Shallow")],
+                   [zoo_name("0.85-ShallowEN")], table1),
+        Experiment("table3_shuffle", "Table 3 · patch shuffle (CIFAR-10 here, ImageNet in the paper)", 3,
+                   [normal, zoo_name("0.7-Shallow")], [], table3),
+        Experiment("table4_whitebox", "Table 4 · white-box attacks", 4,
+                   [normal, zoo_name("0.7-Shallow")], [zoo_name("0.5-Shallow")], table4),
+        Experiment("table5_graybox", "Table 5 · gray-box transfer (FGSM16)", 5,
+                   [normal, zoo_name("0.7-Shallow"), zoo_name("Normal ResNet-18", seed=1)],
+                   [zoo_name("0.7-Shallow", seed=1), zoo_name("0.7-Shallow", mask_seed=1), densenet,
+                    zoo_name("VGG-19")], table5),
+        Experiment("table6_mnist", "Table 6 · MNIST black-box (DenseNet-121 source)", 6,
+                   [mnist_densenet, zoo_name("Normal ResNet-18", "mnist")],
+                   [zoo_name(n, "mnist") for n in ("0.5-Shallow", "0.7-Shallow", "0.9-Shallow")], table6),
+        Experiment("figure3_noise", "Figure 3 · Gaussian noise", None, [normal],
+                   [zoo_name(n) for n in NOISE_MODELS], figure3),
+        Experiment("beyond_apgd_square", "Beyond the paper · APGD-CE and Square Attack (white-box / query)", None,
+                   [normal, zoo_name("0.9-Shallow")], [], beyond),
+    ]
+
+
+def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | None = None,
+              only: list[str] | None = None, overrides: dict | None = None,
+              progress: Progress | None = None) -> dict:
+    """Run every experiment whose models exist; write results/<key>.csv and REPRODUCTION.md under `out`."""
+    from randmask.errors import RandmaskError
+    from randmask.zoo import ZOO_ROOT
+
+    if preset not in PRESETS:
+        raise RandmaskError(f"unknown reproduce preset {preset!r}; known: {', '.join(PRESETS)}")
+    settings = {**PRESETS[preset], **(overrides or {})}
+    zoo = Zoo(Path(zoo_root or ZOO_ROOT))
+    out = Path(out or PROJECT_ROOT)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    x, y = load_tensors("cifar10", "test", n=settings.get("n_pool"))
+    status: dict[str, dict] = {}
+    for exp in experiments(settings):
+        if only and exp.key not in only:
+            continue
+        missing = [n for n in exp.needs if not zoo.has(n)]
+        if missing:
+            status[exp.key] = {"ran": False, "missing": missing}
+            continue
+        began = time.time()
+        torch.manual_seed(0)
+        rows = exp.run(zoo, x, y, (lambda d, t, k=exp.key: progress(k, d, t)) if progress else None)
+        write_csv(rows, out / "results" / f"{exp.key}.csv")
+        status[exp.key] = {"ran": True, "rows": len(rows), "seconds": round(time.time() - began, 1),
+                           "absent": [n for n in exp.wants if not zoo.has(n)]}
+    report = render_report(out, settings, preset, status, zoo)
+    (out / "REPRODUCTION.md").write_text(report)
+    return status
+
+
+# ------------------------------------------------------------------------------------------ report
+def _pct(value: float) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+
+
+def _load(out: Path, key: str):
+    import pandas as pd
+
+    path = out / "results" / f"{key}.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _side_by_side(out: Path, key: str, table: int, paper) -> str:
+    from randmask.explore import compare_with_paper
+
+    ours = _load(out, key)
+    if ours is None:
+        return ""
+    if key == "table5_graybox":
+        ours = ours.assign(target=ours["target"] + ours["relation"].map(
+            {"other init": " (other init)", "DIF": "DIF"}).fillna(""), relation="")
+    merged = compare_with_paper(paper, ours, table)
+    merged = merged[merged["ours"].notna()]
+    rows = [[r["target"], r["attack"] or "clean", _pct(r["paper"]),
+             f"{_pct(r['ours'])} [{_pct(r['ours_low'])}, {_pct(r['ours_high'])}]", f"{int(r['n'])}",
+             f"{r['difference']:+.1f}"] for r in merged.to_dict("records")]
+    return _table(["target", "attack", "paper %", "ours % [95% CI]", "n", "ours − paper"], rows) if rows else ""
+
+
+def _ours_only(out: Path, key: str, columns: tuple[str, ...] = ("source", "target", "attack")) -> str:
+    frame = _load(out, key)
+    if frame is None:
+        return ""
+    rows = [[*(str(r[c]) if isinstance(r[c], str) else "" for c in columns),
+             f"{100 * r['accuracy']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]", str(int(r["n"]))]
+            for r in frame.to_dict("records")]
+    return _table([*columns, "accuracy % [95% CI]", "n"], rows)
+
+
+def _rate(frame, target: str, attack: str | None = None, metric: str = "defense_rate") -> dict | None:
+    if frame is None:
+        return None
+    part = frame[(frame["target"] == target) & (frame["metric"] == metric)]
+    if attack is not None:
+        part = part[part["attack"] == attack]
+    return part.iloc[0].to_dict() if len(part) else None
+
+
+def compare(a: dict | None, b: dict | None) -> str:
+    """'higher', 'lower' or 'no clear difference' for proportion a vs b (Wilson intervals not overlapping)."""
+    if a is None or b is None or not a.get("n") or not b.get("n"):
+        return "untested"
+    if a["ci_low"] > b["ci_high"]:
+        return "higher"
+    if a["ci_high"] < b["ci_low"]:
+        return "lower"
+    return "no clear difference"
+
+
+def verdict(outcomes: list[str], expected: str) -> str:
+    """Summarise pairwise comparisons against the direction the paper claims ('higher' or 'lower')."""
+    opposite = {"higher": "lower", "lower": "higher"}[expected]
+    if not outcomes or "untested" in outcomes:
+        return "untested"
+    if all(o == expected for o in outcomes):
+        return "supported"
+    if expected in outcomes and opposite not in outcomes:
+        return "partly supported"
+    if opposite in outcomes and expected not in outcomes:
+        return "contradicted"
+    return "mixed" if expected in outcomes else "no clear difference"
+
+
+def _fmt(row: dict | None) -> str:
+    return "–" if row is None else f"{100 * row['accuracy']:.1f}% (n={int(row['n'])})"
+
+
+def verdicts(out: Path, settings: dict) -> list[tuple[str, str, str]]:
+    """(claim, verdict, evidence) for the paper's seven claims, computed from results/*.csv."""
+    t2, t3, t4 = _load(out, "table2_transfer"), _load(out, "table3_shuffle"), _load(out, "table4_whitebox")
+    noise = _load(out, "figure3_noise")
+    attack = "PGD16"
+    found = []
+
+    # (1) shallow masks raise black-box robustness, increasingly with the ratio
+    normal = _rate(t2, "Normal ResNet-18", attack)
+    ladder = [(r, _rate(t2, f"{r:g}-Shallow", attack)) for r in (0.3, 0.5, 0.7, 0.85, 0.9)]
+    ladder = [(r, row) for r, row in ladder if row is not None]
+    if normal and ladder:
+        above = [compare(row, normal) for _, row in ladder]
+        rates = [row["accuracy"] for _, row in ladder]
+        monotone = all(a <= b for a, b in zip(rates, rates[1:], strict=False))
+        result = verdict(above, "higher")
+        if result == "supported" and not monotone:
+            result = "partly supported"
+        evidence = f"{attack} from DenseNet-121: Normal {_fmt(normal)}; " + ", ".join(
+            f"{r:g}-Shallow {_fmt(row)}" for r, row in ladder) + f"; increasing with ratio: {monotone}"
+        found.append(("Shallow masks raise black-box robustness, more with higher ratio", result, evidence))
+    else:
+        found.append(("Shallow masks raise black-box robustness, more with higher ratio", "untested",
+                      "needs DenseNet-121, Normal and r-Shallow models"))
+
+    # (2) shallow beats deep at equal ratio
+    pairs = [(r, _rate(t2, f"{r:g}-Shallow", attack), _rate(t2, f"{r:g}-Deep", attack)) for r in (0.5, 0.7)]
+    pairs = [p for p in pairs if p[1] and p[2]]
+    outcome = [compare(s, d) for _, s, d in pairs]
+    found.append(("Shallow beats deep at equal ratio", verdict(outcome, "higher"),
+                  "; ".join(f"{r:g}: Shallow {_fmt(s)} vs Deep {_fmt(d)}" for r, s, d in pairs) or "needs models"))
+
+    # (3) Random Mask beats channel drop (DC) and same mask (SM)
+    rm = _rate(t2, "0.5-Shallow", attack)
+    dc, sm = _rate(t2, "0.5-ShallowDC", attack), _rate(t2, "0.5-ShallowSM", attack)
+    clean = {k: _rate(t2, k, None, "clean_accuracy") for k in ("0.5-Shallow", "0.5-ShallowDC", "0.5-ShallowSM")}
+    if rm and (dc or sm):
+        vs = [compare(rm, other) for other in (dc, sm) if other]
+        found.append(("Random Mask beats channel drop (DC) and same mask (SM)", verdict(vs, "higher"),
+                      f"{attack}: 0.5-Shallow {_fmt(rm)}, DC {_fmt(dc)}, SM {_fmt(sm)}; clean: "
+                      + ", ".join(f"{k} {_fmt(v)}" for k, v in clean.items())))
+    else:
+        found.append(("Random Mask beats channel drop (DC) and same mask (SM)", "untested", "needs models"))
+
+    # (4) ensembles improve accuracy and robustness
+    single, ens = _rate(t2, "0.85-Shallow", attack), _rate(t2, "0.85-ShallowEN", attack)
+    if single and ens:
+        c1, c2 = _rate(t2, "0.85-Shallow", None, "clean_accuracy"), _rate(t2, "0.85-ShallowEN", None, "clean_accuracy")
+        found.append(("Ensembles (EN) improve accuracy and robustness",
+                      verdict([compare(ens, single), compare(c2, c1)], "higher"),
+                      f"{attack}: 0.85-Shallow {_fmt(single)} vs EN {_fmt(ens)}; clean {_fmt(c1)} vs {_fmt(c2)}"))
+    else:
+        found.append(("Ensembles (EN) improve accuracy and robustness", "untested", "needs the five EN members"))
+
+    # (5) better noise robustness
+    if noise is not None and noise["target"].nunique() > 1:
+        sigma = 24.0
+        at = noise[noise["sigma"] == sigma]
+        base = at[at["target"] == "Normal ResNet-18"].iloc[0].to_dict()
+        others = [r for r in at.to_dict("records") if r["target"] != "Normal ResNet-18"]
+        outcomes = [compare(r, base) for r in others]
+        found.append(("Random Mask nets are more robust to Gaussian noise", verdict(outcomes, "higher"),
+                      f"σ={sigma:g}/255: Normal {_fmt(base)}; " + ", ".join(f"{r['target']} {_fmt(r)}" for r in others)))
+    else:
+        found.append(("Random Mask nets are more robust to Gaussian noise", "untested", "needs masked models"))
+
+    # (6) lower patch-shuffle accuracy
+    if t3 is not None:
+        per_k = [(k, _rate(t3, "0.7-Shallow", f"shuffle{k}x{k}", "accuracy"),
+                  _rate(t3, "Normal ResNet-18", f"shuffle{k}x{k}", "accuracy")) for k in (2, 4, 8)]
+        outcomes = [compare(m, n) for _, m, n in per_k]
+        found.append(("Random Mask nets do worse on patch-shuffled images", verdict(outcomes, "lower"),
+                      "; ".join(f"k={k}: 0.7-Shallow {_fmt(m)} vs Normal {_fmt(n)}" for k, m, n in per_k)))
+    else:
+        found.append(("Random Mask nets do worse on patch-shuffled images", "untested", "needs 0.7-Shallow"))
+
+    # (7) small white-box gains only
+    if t4 is not None:
+        pgd = [a for a in t4["attack"].dropna().unique() if a.startswith("PGD")]
+        gaps = []
+        for a in pgd:
+            m, n = _rate(t4, "0.7-Shallow", a, "accuracy"), _rate(t4, "Normal ResNet-18", a, "accuracy")
+            if m and n:
+                gaps.append((a, 100 * (m["accuracy"] - n["accuracy"])))
+        small = all(abs(g) < WHITEBOX_SMALL for _, g in gaps)
+        found.append(("White-box gains are small", "supported" if gaps and small else "contradicted" if gaps
+                      else "untested", f"(small: < {WHITEBOX_SMALL} points) " + ", ".join(
+                          f"{a}: 0.7-Shallow − Normal = {g:+.1f} points" for a, g in gaps)))
+    else:
+        found.append(("White-box gains are small", "untested", "needs 0.7-Shallow"))
+    return found
+
+
+def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo) -> str:
+    from randmask.explore import load_paper_tables
+
+    paper = load_paper_tables()
+    lines = ["# Reproduction report", "",
+             "Generated by `python -m randmask reproduce --preset " + preset + "` from the zoo in `assets/zoo`; "
+             "do not edit by hand. Our nets are narrow (width 16) and trained briefly on a 2-core CPU, so "
+             "compare each robustness number with the clean accuracy beside it. Accuracies are percentages with "
+             "Wilson 95% intervals.", "",
+             "Sample sizes: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".", ""]
+    lines += ["## Verdicts", "", _table(["claim", "verdict", "evidence"],
+                                        [list(v) for v in verdicts(out, settings)]), ""]
+    tables = {"table2_transfer": 7, "table1_madry": 1, "table3_shuffle": 3, "table4_whitebox": 4,
+              "table5_graybox": 5, "table6_mnist": 6}
+    for exp in experiments(settings):
+        state = status.get(exp.key) or ({"ran": True} if (out / "results" / f"{exp.key}.csv").exists() else None)
+        lines += [f"## {exp.title}", ""]
+        if not state or not state.get("ran"):
+            missing = (state or {}).get("missing", exp.needs)
+            lines += [f"Pending: the zoo lacks {', '.join(f'`{m}`' for m in missing)}.", ""]
+            continue
+        body = _side_by_side(out, exp.key, tables[exp.key], paper) if exp.key in tables else ""
+        lines += [body or _ours_only(out, exp.key), "", f"Data: `results/{exp.key}.csv`.", ""]
+        if state.get("absent"):
+            lines += ["Not yet in the zoo: " + ", ".join(f"`{m}`" for m in state["absent"]) + ".", ""]
+    lines += ["## Zoo", "", _table(["model", "clean accuracy %", "train time (min)"],
+                                   [[n, _pct(100 * c.get("clean_accuracy", math.nan)),
+                                     _pct(c.get("train_time_s", math.nan) / 60)]
+                                    for n, c in _zoo_configs(zoo)]), ""]
+    return "\n".join(lines)
+
+
+def _zoo_configs(zoo: Zoo) -> list[tuple[str, dict]]:
+    import json
+
+    found = []
+    for path in sorted(zoo.root.glob("*/*/config.json")):
+        found.append((str(path.parent.relative_to(zoo.root)), json.loads(path.read_text())))
+    return found
+
