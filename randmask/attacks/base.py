@@ -217,6 +217,11 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
         raise AttackInputError(f"labels must be non-negative class indices, got {int(y.min())}")
 
 
+def linf_box(clean: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel bounds of the l-infinity ball of radius eps (in [0,1] units) around clean, within [0, 1]."""
+    return (clean - eps).clamp_(min=0.0), (clean + eps).clamp_(max=1.0)
+
+
 def project_linf(adv: torch.Tensor, clean: torch.Tensor, eps: float) -> torch.Tensor:
     """Nearest point of the l-infinity ball of radius eps (in [0,1] units) around clean, within [0, 1]."""
-    return torch.min(torch.max(adv, clean - eps), clean + eps).clamp(0.0, 1.0)
+    return torch.clamp(adv, *linf_box(clean, eps))

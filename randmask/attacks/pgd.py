@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from randmask.attacks.base import Attack, project_linf
+from randmask.attacks.base import Attack, linf_box
 from randmask.attacks.notation import pgd_steps_for
 
 
@@ -23,9 +23,10 @@ class PGD(Attack):
         adv = x.clone()
         if self.random_start:
             adv = (x + eps * (2 * self.rand(x.shape) - 1)).clamp(0.0, 1.0)
+        low, high = linf_box(x, eps)
         for _ in range(self.steps):
             grad, _, _ = self.input_gradient(adv, y)
-            adv = project_linf(adv + step * grad.sign(), x, eps)
+            adv = torch.clamp(adv + step * grad.sign(), low, high)
         return adv
 
     def describe(self) -> str:

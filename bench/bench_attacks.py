@@ -1,0 +1,193 @@
+"""Attack benchmark: ours against torchattacks 3.5.1 on the same model, images, batch and step budget.
+
+    python bench/bench_attacks.py [--model CHECKPOINT_OR_NOTATION] [--n 128] [--batch 128] [--pgd-steps 20]
+                                  [--cw-budget 300] [--cw-search 5] [--cw-n 64] [--rounds 5] [--threads 2]
+
+Without --model a small CNN is trained (3 epochs, 10000 CIFAR-10 training images, about a minute on CPU; a trained model makes
+the CW comparison meaningful). Images: the first --n test images the model classifies correctly.
+
+PGD: both with a random start, eps 8, step 2, --pgd-steps steps; timed interleaved round by round, median
+compared. Target: ours/torchattacks time ratio <= 1.00.
+CW (kappa 0): torchattacks.CW runs --cw-budget Adam steps at c=1 with no search over c and returns the clean
+image when it fails; ours splits the same budget into --cw-search binary-search rounds and reports failures.
+Printed: success rates as measured on the returned images, how many images torchattacks returned unchanged,
+and mean l2 (0-255 units) over each attack's successes and over images both fooled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from randmask.attacks import CW, PGD, margin  # noqa: E402
+
+
+def small_cnn() -> nn.Module:
+    from randmask.data import load_tensors
+
+    x, y = load_tensors("cifar10", "train", n=10000)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(3):
+        order = torch.randperm(len(x))
+        for i in range(0, len(x), 128):
+            idx = order[i:i + 128]
+            loss = nn.functional.cross_entropy(model(x[idx] - 0.45), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return _Shift(model).eval()
+
+
+class Counted(nn.Module):
+    """Counts images passed through the model (forward passes x batch size)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += len(x)
+        return self.model(x)
+
+
+class _Shift(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x - 0.45)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint folder or notation (default: train a small CNN)")
+    parser.add_argument("--n", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--pgd-steps", type=int, default=20)
+    parser.add_argument("--cw-budget", type=int, default=300, help="Adam steps per image for both CWs")
+    parser.add_argument("--cw-search", type=int, default=5, help="our binary-search rounds within the budget")
+    parser.add_argument("--cw-n", type=int, default=64, help="images for the CW comparison")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=["pgd", "cw"], help="run one of the two comparisons")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    try:
+        import torchattacks
+    except ImportError:
+        sys.exit("needs torchattacks: pip install --no-deps torchattacks==3.5.1")
+
+    from randmask.data import load_tensors
+    from randmask.device import default_device
+
+    device = default_device()
+    if args.model:
+        from randmask.checkpoint import load_any
+
+        model, config = load_any(args.model, device)
+        name, dataset = config["notation"], config.get("dataset", "cifar10")
+    else:
+        print("training a small CNN on 10000 CIFAR-10 training images ...", flush=True)
+        model, name, dataset = small_cnn().to(device), "small CNN", "cifar10"
+    model.eval()
+    x, y = load_tensors(dataset, "test", n=min(10000, 4 * args.n))
+    with torch.no_grad():
+        ok = torch.cat([model(x[i:i + 512].to(device)).argmax(1).cpu() == y[i:i + 512]
+                        for i in range(0, len(x), 512)])
+    x, y = x[ok][:args.n].to(device), y[ok][:args.n].to(device)
+    print(f"device {device}, model {name}, {len(x)} correctly classified test images, batch {args.batch}, "
+          f"threads {torch.get_num_threads()}")
+
+    if args.only != "cw":
+        compare_pgd(model, x, y, args, device, torchattacks)
+    if args.only != "pgd":
+        compare_cw(model, x, y, args, torchattacks)
+
+
+def compare_pgd(model, x, y, args, device, torchattacks) -> None:
+    ours = PGD(model, eps=8, step=2, steps=args.pgd_steps, random_start=True)
+    theirs = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=args.pgd_steps, random_start=True)
+
+    def run_ours():
+        ours.run(x, y, batch_size=args.batch)
+
+    def run_theirs():
+        for i in range(0, len(x), args.batch):
+            theirs(x[i:i + args.batch], y[i:i + args.batch])
+
+    run_ours(), run_theirs()  # warm-up
+    t_ours, t_theirs = [], []
+    for r in range(args.rounds):
+        pair = [(run_ours, t_ours), (run_theirs, t_theirs)]
+        for fn, times in pair if r % 2 == 0 else pair[::-1]:
+            times.append(timed(fn, device))
+    mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
+    print(f"PGD eps 8, step 2, {args.pgd_steps} steps, random start, {len(x)} images: ours {mo:.3f}s, "
+          f"torchattacks {mt:.3f}s (medians of {args.rounds})")
+    print(f"PGD time ratio ours/torchattacks = {mo / mt:.3f}  (target <= 1.00: {'met' if mo <= mt else 'MISSED'})")
+
+
+def compare_cw(model, x, y, args, torchattacks) -> None:
+    xc, yc = x[:args.cw_n], y[:args.cw_n]
+    steps = max(args.cw_budget // args.cw_search, 1)
+    counted = Counted(model)
+    start = time.perf_counter()
+    res = CW(counted, kappa=0, search=args.cw_search, steps=steps, lr=0.01, c=1.0).run(xc, yc, batch_size=args.batch)
+    t_cw, calls_ours = time.perf_counter() - start, counted.images / len(xc)
+    counted.images = 0
+    start = time.perf_counter()
+    their_adv = torch.cat([torchattacks.CW(counted, c=1, kappa=0, steps=args.cw_budget, lr=0.01)(
+        xc[i:i + args.batch], yc[i:i + args.batch]) for i in range(0, len(xc), args.batch)])
+    t_tcw, calls_theirs = time.perf_counter() - start, counted.images / len(xc)
+    with torch.no_grad():
+        their_logits = torch.cat([model(their_adv[i:i + 512]) for i in range(0, len(their_adv), 512)])
+    their_ok = margin(their_logits, yc) > 0
+    unchanged = (their_adv == xc).flatten(1).all(1)
+    their_l2 = ((their_adv - xc).flatten(1) * 255).norm(dim=1)
+    both = res.success & their_ok
+
+    def mean(t: torch.Tensor) -> float:
+        return t.mean().item() if len(t) else float("nan")
+
+    print(f"CW kappa 0, {args.cw_budget} Adam steps per image, lr 0.01, {len(xc)} images:")
+    print(f"  ours        ({args.cw_search} x {steps} steps, search over c): success {res.success_rate:.3f}, "
+          f"mean l2 {mean(res.l2[res.success]):.2f}, failures reported {int((~res.success).sum())}, "
+          f"{calls_ours:.0f} model calls per image (early abort), {t_cw:.1f}s")
+    print(f"  torchattacks (c=1, no search): success {their_ok.float().mean().item():.3f}, "
+          f"mean l2 {mean(their_l2[their_ok]):.2f}, returned unchanged {int(unchanged.sum())} "
+          f"(silently, as if adversarial), {calls_theirs:.0f} model calls per image (early abort), {t_tcw:.1f}s")
+    print(f"  on the {int(both.sum())} images both fool: mean l2 ours {mean(res.l2[both]):.2f} vs torchattacks "
+          f"{mean(their_l2[both]):.2f}; success ratio ours/torchattacks = "
+          f"{res.success_rate / max(their_ok.float().mean().item(), 1e-9):.3f}")
+
+
+if __name__ == "__main__":
+    main()
