@@ -22,6 +22,7 @@ from randmask.train import accuracy, assemble_ensemble, make_config, train
 
 ZOO_ROOT = PROJECT_ROOT / "assets" / "zoo"
 RUNS_ROOT = PROJECT_ROOT / "runs" / "zoo"
+CHECK_N = 1000  # the fixed test subset (shipped in assets/samples) on which tests re-check each model
 EPOCHS = {"cifar10": None, "mnist": 4}  # None: the quick preset's epochs
 
 
@@ -90,7 +91,9 @@ def export(src: Path, dst: Path, role: str = "", dtype: torch.dtype = torch.floa
     shipped, _ = load_model(tmp)
     x, y = load_uint8(config["dataset"], "test")
     correct, n = accuracy(shipped, x, y)
+    subset_correct, subset_n = accuracy(shipped, x[:CHECK_N], y[:CHECK_N])
     extra = {"clean_accuracy": correct / n, "clean_accuracy_n": n,
+             f"clean_accuracy_first{CHECK_N}": subset_correct / subset_n,
              "clean_accuracy_ci95": list(wilson_interval(correct, n)),
              "clean_accuracy_fp32": config.get("clean_accuracy"), "role": role}
     meta = json.loads((tmp / CONFIG_FILE).read_text())
