@@ -10,7 +10,7 @@ from torch import nn
 from randmask.attacks import APGD, CW, FGSM, PGD, AttackInputError, Square, make_attack
 
 ALL_ATTACKS = ["FGSM8", "PGD4", "PGD2,7,8", "PGD4(random_start=true)", "CW5(search=3, steps=10)",
-               "APGD8(steps=10)", "Square8(queries=30)"]
+               "APGD8(steps=10)", "APGD2(steps=4, restarts=3)", "Square8(queries=30)", "Square2(queries=5, restarts=2)"]
 
 
 def toy_cnn(seed: int = 0) -> TinyCNN:

@@ -151,8 +151,10 @@ def test_transfer_keeps_only_images_that_fool_the_source(net, other):
 
 def test_transfer_uses_fewer_images_for_cw_and_can_skip_rounding(net, other):
     x, y = held_out(120)
+    calls = []
     rows = transfer(net, {"other": other}, ["CW0(search=2, steps=10)", "FGSM4"], x, y, source_name="s", n=30,
-                    n_cw=7, clean=False, quantize_images=False)
+                    n_cw=7, clean=False, quantize_images=False, batch_size=16, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (37, 37) and [d for d, _ in calls] == sorted(d for d, _ in calls)
     by_attack = {r["attack"]: r for r in rows}
     assert by_attack["CW0(search=2, steps=10)"]["n_attacked"] == 7 and by_attack["FGSM4"]["n_attacked"] == 30
     assert by_attack["FGSM4"]["quantized"] is False
