@@ -50,7 +50,8 @@ def researcher_view() -> None:
     _ui.register_pages(pages)
     _ui.pixelated()
     _ui.sidebar()
-    navigation.run()
+    with _ui.readable_errors("This page hit an error"):  # a safety net: pages catch what they expect
+        navigation.run()
 
 
 if any(key in st.query_params for key in PARTICIPANT_KEYS):

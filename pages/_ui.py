@@ -25,6 +25,7 @@ from randmask.data import CLASSES, load_test_sample  # noqa: E402
 from randmask.device import default_device  # noqa: E402
 
 PICK_KEY, DATASET_KEY = "picked_models", "picked_dataset"
+PICKS, DATASET = "picks", "dataset"  # plain copies of the picker's values: they survive runs without the sidebar
 PIXELATED_CSS = "<style>img { image-rendering: pixelated; image-rendering: crisp-edges; }</style>"
 
 
@@ -75,14 +76,23 @@ def catalog() -> explore.Catalog:
 
 # ------------------------------------------------------------------------------------------------ picker
 def current_dataset() -> str:
-    return st.session_state.get(DATASET_KEY, "cifar10")
+    return st.session_state.get(DATASET_KEY) or st.session_state.get(DATASET, "cifar10")
+
+
+def _stored_picks() -> list[str] | None:
+    """The picker's value this run, else the copy from the last run that drew it, else None (never picked)."""
+    for key in (PICK_KEY, PICKS):
+        if key in st.session_state:
+            return list(st.session_state[key])
+    return None
 
 
 def picked() -> list[explore.ModelEntry]:
     """The models chosen in the sidebar (or the default choice when a page runs without the sidebar)."""
-    cat = catalog()
-    entries = cat.for_dataset(current_dataset())
-    keys = st.session_state.get(PICK_KEY) or explore.default_picks(entries)
+    entries = catalog().for_dataset(current_dataset())
+    keys = _stored_picks()
+    if keys is None:
+        keys = explore.default_picks(entries)
     known = {e.key: e for e in entries}
     return [known[k] for k in keys if k in known]
 
@@ -93,20 +103,22 @@ def sidebar() -> None:
     with st.sidebar:
         st.markdown("### Models")
         datasets = cat.datasets or ["cifar10"]
-        if st.session_state.get(DATASET_KEY) not in datasets:
+        if current_dataset() not in datasets:
             st.session_state[DATASET_KEY] = datasets[0]
+        elif DATASET_KEY not in st.session_state:
+            st.session_state[DATASET_KEY] = current_dataset()
         if len(datasets) > 1:
-            st.selectbox("Data set", datasets, key=DATASET_KEY)
+            st.session_state[DATASET] = st.selectbox("Data set", datasets, key=DATASET_KEY)
         entries = cat.for_dataset(current_dataset())
         keys = [e.key for e in entries]
         labels = {e.key: e.label for e in entries}
-        chosen = [k for k in st.session_state.get(PICK_KEY, []) if k in keys]
-        if not chosen:
-            chosen = explore.default_picks(entries)
-        st.session_state[PICK_KEY] = chosen
-        st.multiselect("Compare these models", keys, key=PICK_KEY, format_func=lambda k: labels.get(k, k),
-                       help="Used by the patch-shuffle, noise and robustness pages. Trained models show their "
-                            "clean test accuracy; UNTRAINED ones are built from the notation (random weights).")
+        stored = _stored_picks()
+        chosen = explore.default_picks(entries) if stored is None else [k for k in stored if k in keys]
+        st.session_state[PICK_KEY] = chosen  # drop models that vanished (a removed run, another data set)
+        st.session_state[PICKS] = st.multiselect(
+            "Compare these models", keys, key=PICK_KEY, format_func=lambda k: labels.get(k, k),
+            help="Used by the patch-shuffle, noise and robustness pages. Trained models show their clean test "
+                 "accuracy; UNTRAINED ones are built from the notation (random weights).")
         n_trained = sum(e.trained for e in entries)
         if n_trained == 0:
             st.warning("No trained models yet: the zoo is empty (or still training). Pages use untrained "
@@ -213,6 +225,8 @@ def heatmap(z, title: str, *, colorscale="Greys_r", zmin=None, zmax=None, colorb
     import plotly.graph_objects as go
 
     z = z.detach().cpu().numpy() if isinstance(z, torch.Tensor) else np.asarray(z)
+    if text is not None:
+        text = text.detach().cpu().numpy() if isinstance(text, torch.Tensor) else np.asarray(text)
     fig = go.Figure(go.Heatmap(z=z, colorscale=colorscale, zmin=zmin, zmax=zmax, text=text,
                                texttemplate="%{text}" if text is not None else None,
                                colorbar={"title": {"text": colorbar}} if colorbar else None,

@@ -131,11 +131,12 @@ with tab_run:
         with _ui.readable_errors("The transfer evaluation failed"):
             attack_text = canonical_attack(attack_text)
             x, y = _ui.images(dataset)
-            chosen = [by_key[k] for k in targets]
-            models = _ui.named_models([src, *chosen])
+            chosen = [src] + [by_key[k] for k in targets if k != src.key]  # the source may be a target too
+            models = _ui.named_models(chosen)
             names = list(models)
+            wanted = [name for name, e in zip(names, chosen, strict=True) if e.key in targets]
             report, bar = _ui.progress_callback(f"Attacking {names[0]} with {attack_text}…")
-            rows = transfer(models[names[0]], {k: models[k] for k in names[1:]}, [attack_text], x, y,
+            rows = transfer(models[names[0]], {k: models[k] for k in wanted}, [attack_text], x, y,
                             source_name=names[0], n=n, n_cw=n, dataset=dataset, progress=report)
             bar.empty()
             st.session_state["run_result"] = rows
@@ -146,7 +147,8 @@ with tab_run:
         if attacked:
             first_row = attacked[0]
             st.markdown(f"**{first_row['attack']}** from **{first_row['source']}**: {first_row['n_attacked']} images "
-                        f"attacked, {first_row['n']} fooled the source and were passed on.")
+                        f"attacked, {first_row['n']} fooled the source and were passed on."
+                        + (" With none to pass on, there is no defense rate to measure." if not first_row["n"] else ""))
         table = []
         for r in attacked:
             c = clean.get(r["target"])

@@ -82,7 +82,7 @@ def show_job(status: jobs.JobStatus) -> None:
         if not status.finished:
             if b1.button("Cancel", key=f"cancel_{status.name}", disabled=status.state == "cancelling"):
                 jobs.cancel_job(status.folder)
-                st.rerun(scope="fragment")
+                st.rerun()
         else:
             if status.state in ("cancelled", "failed") and b1.button("Resume", key=f"resume_{status.name}"):
                 with _ui.readable_errors("Cannot resume"):
