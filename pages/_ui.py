@@ -26,7 +26,28 @@ from randmask.device import default_device  # noqa: E402
 
 PICK_KEY, DATASET_KEY = "picked_models", "picked_dataset"
 PICKS, DATASET = "picks", "dataset"  # plain copies of the picker's values: they survive runs without the sidebar
-PIXELATED_CSS = "<style>img { image-rendering: pixelated; image-rendering: crisp-edges; }</style>"
+PIXELATED_CSS = "<style>img { image-rendering: crisp-edges; image-rendering: pixelated; }</style>"
+
+
+# ------------------------------------------------------------------------------------------------ app mode
+def ensure_app() -> None:
+    """Make sure app.py (navigation, picker) runs around this page.
+
+    With a pages/ folder beside app.py, Streamlit starts every server in its old multipage mode and only leaves
+    it when app.py calls st.navigation. If a fresh server's first request asks for a sub-page (a bookmark),
+    Streamlit runs that page straight from pages/, without app.py, and lists every file there in the sidebar.
+    Leaving that mode here and rerunning sends the request through app.py like every later one."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without this mode
+        return
+    from streamlit import config
+
+    if config.get_option("global.appTest"):
+        return  # AppTest re-enters that mode before every run; a rerun here would swallow its button clicks
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -15,6 +15,7 @@ from pages import _ui  # noqa: E402
 from randmask import explore  # noqa: E402
 from randmask.evaluate import select_correct  # noqa: E402
 
+_ui.ensure_app()
 st.title("Adversarial gallery")
 dataset = _ui.current_dataset()
 entries = _ui.catalog().for_dataset(dataset)
@@ -100,7 +101,7 @@ for i, index in enumerate(gallery.indices):
     for col, column in zip(cols[:3], gallery.column_keys(), strict=True):
         with col:
             image = gallery.clean[i] if column == "clean" else gallery.adv[column][i]
-            _ui.show_image(image, size=192)
+            _ui.show_image(image, size=160)
             lines = gallery.caption(column, i).split(" · ")
             if column == "clean":
                 lines.insert(0, f"#{index}, true: {_ui.class_name(dataset, int(gallery.labels[i]))}")
@@ -108,7 +109,7 @@ for i, index in enumerate(gallery.indices):
     for col, name in zip(cols[3:], gallery.names, strict=True):
         with col:
             rgb, _ = explore.perturbation_image(gallery.adv[name][i], gallery.clean[i], vmax)
-            tile = explore.upscale_nearest(rgb, 6)
+            tile = explore.upscale_nearest(rgb, 5)
             _ui.show_array(tile)
             st.caption(f"l-inf {float(gallery.linf[name][i]):.0f}/255")
 

@@ -13,6 +13,7 @@ from pages import _ui  # noqa: E402
 from randmask import explore  # noqa: E402
 from randmask.zoo import list_zoo  # noqa: E402
 
+_ui.ensure_app()
 st.title("Random Mask, hands on")
 st.markdown(
     "A Random-Mask network fixes, once and before training, a random binary mask on the outputs of the first "

@@ -15,6 +15,7 @@ from pages import _ui  # noqa: E402
 from randmask import explore  # noqa: E402
 from randmask.notation import canonical  # noqa: E402
 
+_ui.ensure_app()
 st.title("Mask patterns")
 dataset = _ui.current_dataset()
 

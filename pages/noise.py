@@ -17,6 +17,7 @@ from randmask import explore  # noqa: E402
 from randmask.evaluate import quantize  # noqa: E402
 from randmask.protocols import PAPER_SIGMAS, gaussian_noise, noise  # noqa: E402
 
+_ui.ensure_app()
 st.title("Noise curves")
 st.caption("Each pixel gets N(0, σ²) noise clipped to [−2σ, 2σ] (σ in 0–255 pixel units, so σ = 8 means 8/255), "
            "the image is clipped to [0, 1] and rounded to 8 bits; every model sees the same noisy images.")

@@ -17,6 +17,7 @@ from randmask import explore  # noqa: E402
 from randmask.attacks import canonical_attack  # noqa: E402
 from randmask.protocols import transfer  # noqa: E402
 
+_ui.ensure_app()
 st.title("Robustness explorer")
 paper = None
 with _ui.readable_errors("The paper's tables are missing"):

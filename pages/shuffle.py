@@ -16,6 +16,7 @@ from pages import _ui  # noqa: E402
 from randmask import explore  # noqa: E402
 from randmask.protocols import patch_shuffle, shuffle  # noqa: E402
 
+_ui.ensure_app()
 st.title("Patch shuffle")
 dataset = _ui.current_dataset()
 entries = _ui.picked()

@@ -17,6 +17,7 @@ from randmask import explore, jobs  # noqa: E402
 from randmask.models import DATASETS, describe  # noqa: E402
 from randmask.train import PRESETS  # noqa: E402
 
+_ui.ensure_app()
 st.title("Train a model")
 st.caption(f"Jobs run as separate processes and write to {explore.user_runs_root()}. On this machine's CPU the "
            "quick preset takes hours for a full run; shrink epochs and training images for a first look.")

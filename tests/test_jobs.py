@@ -96,14 +96,13 @@ def test_a_job_trains_to_the_end_and_another_is_cancelled(root):
 
 
 def test_status_survives_a_restart_and_sees_a_killed_process(root, monkeypatch):
-    folder = jobs.start_job(jobs.JobSettings("Normal ResNet-18", epochs=40, **{**TINY, "train_n": 2560}), root=root)
+    folder = jobs.start_job(jobs.JobSettings("Normal ResNet-18", epochs=40, **TINY), root=root)
     child = jobs._CHILDREN[str(folder.resolve())]
-    wait_for(lambda: jobs.job_status(folder).state == "running", 120, "the job to start training")
     monkeypatch.setattr(jobs, "_CHILDREN", {})  # as after an app restart: only the files are left
-    assert jobs.job_status(folder).state == "running"
+    assert jobs.job_status(folder).state in ("starting", "running")  # alive, seen through /proc
     os.killpg(child.pid, signal.SIGKILL)  # killed from outside (out of memory, a reboot, ...)
     child.wait(timeout=30)
-    status = jobs.wait_job(folder, 30)
+    status = jobs.wait_job(folder, 30)  # now a zombie or gone: either way not alive
     assert status.state == "failed" and "ended without finishing" in status.message
 
 
