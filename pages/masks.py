@@ -66,10 +66,12 @@ else:
     st.info(f"{notation} has no masked layers (a normal network). The comparison and filter tabs below still "
             "show what masks of a chosen ratio would do.")
 
-tab_maps, tab_stats, tab_kinds, tab_filter = st.tabs(
-    ["Heatmaps", "Drop statistics", "Random vs SM vs DC", "What one 3×3 filter sees"])
+VIEWS = ["Heatmaps", "Drop statistics", "Random vs SM vs DC", "What one 3×3 filter sees"]
+# one view at a time (not st.tabs, which draws every tab's charts): page switches stay fast
+view = st.segmented_control("View", VIEWS, default=VIEWS[0], key="masks_view", label_visibility="collapsed") \
+    or VIEWS[0]
 
-with tab_maps:
+if view == "Heatmaps":
     if keep is None:
         st.write("No masks to show.")
     else:
@@ -86,15 +88,11 @@ with tab_maps:
                    f"({row['dropped']:,} of {row['neurons']:,} neurons); per channel between "
                    f"{row['channel_drop_min']:.3f} and {row['channel_drop_max']:.3f}; "
                    f"{row['dead_channels']} channel(s) dropped entirely.")
-        first = min(16, keep.shape[0])
-        st.markdown(f"**Channels {channel}–{min(channel + first, keep.shape[0]) - 1}** (white kept)")
-        cols = st.columns(8)
-        for i in range(channel, min(channel + first, keep.shape[0])):
-            with cols[(i - channel) % 8]:
-                tile = explore.upscale_nearest(keep[i].numpy().astype("uint8") * 235 + 20, 3)
-                _ui.show_array(tile, caption=f"channel {i}")
+        last = min(channel + 16, keep.shape[0]) - 1
+        _ui.show_array(explore.mask_montage(keep, channel, 16, columns=8, factor=3),
+                       f"channels {channel}–{last}, left to right, top to bottom (light kept, dark dropped)")
 
-with tab_stats:
+if view == "Drop statistics":
     if not stats:
         st.write("No masked layers.")
     else:
@@ -119,7 +117,7 @@ with tab_stats:
                    "channel keeps' is about ratio^C for independent per-channel masks and the ratio itself "
                    "for SM, whose channels all share one pattern.")
 
-with tab_kinds:
+if view == "Random vs SM vs DC":
     shape = tuple(keep.shape) if keep is not None else (width, 32, 32)
     default_ratio = float(by_name[layer]["ratio"]) if layer else 0.7
     c1, c2 = st.columns(2)
@@ -147,7 +145,7 @@ with tab_kinds:
                f"all channels, a 3×3 stem sees at most 9 × (1 − ratio) = {100 * min(1, 9 * (1 - ratio)):.0f}% of "
                "the image; independent patterns per channel cover it almost entirely.")
 
-with tab_filter:
+if view == "What one 3×3 filter sees":
     stem = explore.stem_mask(model)
     if stem is not None:
         stem_name, stem_keep = stem

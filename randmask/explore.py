@@ -331,6 +331,25 @@ def mask_statistics(model: nn.Module) -> list[dict]:
     return rows
 
 
+def mask_montage(keep: torch.Tensor, first: int = 0, count: int = 16, columns: int = 8, factor: int = 3,
+                 gap: int = 2) -> np.ndarray:
+    """Channels first..first+count-1 of a C×H×W keep-mask as one grey image: a grid of `columns` tiles, each
+    channel nearest-neighbour upscaled by `factor` (kept light, dropped dark), tiles `gap` white pixels apart."""
+    c, h, w = keep.shape
+    chosen = list(range(first, min(first + count, c)))
+    if not chosen:
+        raise RandmaskError(f"no channels from {first} in a {c}-channel mask")
+    rows = math.ceil(len(chosen) / columns)
+    tile_h, tile_w = h * factor, w * factor
+    width = min(columns, len(chosen)) * (tile_w + gap) - gap
+    out = np.full((rows * (tile_h + gap) - gap, width), 255, dtype=np.uint8)
+    for i, ch in enumerate(chosen):
+        r, col = divmod(i, columns)
+        tile = upscale_nearest(np.where(keep[ch].numpy(), 235, 20).astype(np.uint8), factor)
+        out[r * (tile_h + gap):r * (tile_h + gap) + tile_h, col * (tile_w + gap):col * (tile_w + gap) + tile_w] = tile
+    return out
+
+
 def kind_comparison(shape: tuple[int, int, int], ratio: float, seed: int = 0) -> dict[str, torch.Tensor]:
     """Keep-masks of the three kinds (Random, SM, DC) for one layer shape and ratio, from one seed."""
     return {kind: make_mask(tuple(shape), ratio, kind, seed) for kind in MASK_KINDS}

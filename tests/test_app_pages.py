@@ -106,6 +106,7 @@ def test_mask_page_follows_layer_channel_and_notation(app_env):
     at.slider(key="masks_channel").set_value(2).run()
     z = values(chart(at, "map_channel")["data"][0]["z"])
     assert z == reference.body.layer2[0].mask1.mask[2].int().tolist() and len(z) == 16  # 16×16 in block 2
+    at.button_group(key="masks_view").set_value("Drop statistics").run()
     stats = at.dataframe[0].value
     assert len(stats) == 10 and stats["measured"].tolist() == pytest.approx([0.9004, 0.9004, 0.9004, 0.9004,
                                                                            0.9004, 0.8984, 0.8984, 0.8984,
@@ -113,6 +114,7 @@ def test_mask_page_follows_layer_channel_and_notation(app_env):
 
     at.radio(key="masks_mode").set_value("a notation").run()
     at.text_input(key="masks_notation").set_value("0.5-ShallowSM").run()
+    assert at.button_group(key="masks_view").value == "Drop statistics"  # the view stays
     assert not at.exception and set(at.dataframe[0].value["kind"]) == {"SM"}
     at.text_input(key="masks_notation").set_value("0.5-Shalow").run()
     assert not at.exception and "cannot read '0.5-Shalow'" in at.error[0].value
@@ -122,15 +124,18 @@ def test_mask_page_follows_layer_channel_and_notation(app_env):
 
 def test_mask_page_comparison_and_filter_view_respond(app_env):
     at = open_app("masks")
+    assert not [e for e in at.get("plotly_chart") if "kind_" in e.proto.id]  # one view at a time
+    at.button_group(key="masks_view").set_value("Random vs SM vs DC").run()
     freq = values(chart(at, "kind_SM_freq")["data"][0]["z"])
     assert {v for row in freq for v in row} <= {0.0, 1.0}  # SM: a position is dropped in all channels or none
     at.slider(key="kinds_ratio").set_value(0.5).run()
     dropped = sum(1 - v for row in values(chart(at, "kind_random_channel")["data"][0]["z"]) for v in row)
     assert dropped == 512  # exactly half of 32×32
+    at.button_group(key="masks_view").set_value("What one 3×3 filter sees").run()
     before = chart(at, "filter_field")["data"][0]
     at.slider(key="filter_row").set_value(0).run()
     after = chart(at, "filter_field")["data"][0]
-    assert values(after["y"])[0] == 0 and values(after["y"]) != values(before["y"])  # the window moved to the top border
+    assert values(after["y"])[0] == 0 and values(after["y"]) != values(before["y"])  # moved to the top border
 
 
 def test_shuffle_page_reshuffles_and_reproduces_table3(app_env):

@@ -451,3 +451,17 @@ def test_constant_model_helper_is_confident():
         prob = model(torch.rand(2, 3, 32, 32)).softmax(1)
     assert prob.argmax(1).tolist() == [CONFIDENT_CLASS] * 2 and prob.max() > 0.999
     assert json.dumps(explore.ModelEntry("k", "0.7-Shallow", "cifar10", "zoo").label)
+
+
+def test_mask_montage_places_each_channel_in_its_tile():
+    keep = torch.rand(5, 4, 4, generator=torch.Generator().manual_seed(3)) > 0.5
+    out = explore.mask_montage(keep, first=1, count=4, columns=3, factor=2, gap=1)
+    assert out.shape == (2 * 8 + 1, 3 * 8 + 2) and out.dtype == np.uint8
+    for i, ch in enumerate(range(1, 5)):
+        r, c = divmod(i, 3)
+        tile = out[r * 9:r * 9 + 8, c * 9:c * 9 + 8]
+        expected = explore.upscale_nearest(np.where(keep[ch].numpy(), 235, 20), 2)
+        assert (tile == expected).all()
+    assert (out[8] == 255).all() and (out[9:, 9:] == 255).all()  # gaps and the empty slots stay white
+    with pytest.raises(RandmaskError):
+        explore.mask_montage(keep, first=5)
