@@ -162,7 +162,7 @@ class Attack:
         with frozen_eval(self.model):
             for start in range(0, total, step):
                 xb = x[start:start + step].to(device, torch.float32)
-                yb = y[start:start + step].to(device)
+                yb = y[start:start + step].to(device, torch.long)
                 if start == 0:
                     self._check_labels(xb, yb)
                 with torch.set_grad_enabled(self.uses_gradients):
@@ -184,8 +184,10 @@ class Attack:
 
     def _check_labels(self, x: torch.Tensor, y: torch.Tensor) -> None:
         # a label past the last logit fails deep inside the loss (a device-side assert on CUDA): say it here
-        with torch.no_grad():
-            classes = self.model(x[:1]).shape[1]
+        if getattr(self, "_classes", None) is None:
+            with torch.no_grad():
+                self._classes = self.model(x[:1]).shape[1]
+        classes = self._classes
         if int(y.max()) >= classes:
             raise AttackInputError(f"label {int(y.max())} is out of range for a model with {classes} classes")
 
