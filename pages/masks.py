@@ -191,10 +191,12 @@ if view == "What one 3×3 filter sees":
         fig.data[0].update(x=list(range(c0, c1_)), y=list(range(r0, r1)))
         st.plotly_chart(fig, key="filter_field")
     window = explore.filter_window(stem_keep, f_row, f_col)
-    st.plotly_chart(_ui.heatmap(window.sum(0), f"3×3 window of that neuron: live channels (of {c}) at each offset",
-                                colorscale="Greens", zmin=0, zmax=c, colorbar="channels", height=260,
-                                x_title="column offset + 1", y_title="row offset + 1", text=window.sum(0)),
-                    key="filter_window")
+    fig = _ui.heatmap(window.sum(0), f"3×3 window of that neuron: live channels (of {c}) at each offset",
+                      colorscale="Greens", zmin=0, zmax=c, colorbar="channels", height=260,
+                      x_title="column offset", y_title="row offset", text=window.sum(0))
+    fig.data[0].update(x=[-1, 0, 1], y=[-1, 0, 1])
+    with st.columns([1, 2])[0]:
+        st.plotly_chart(fig, key="filter_window")
     st.caption(f"Using {source_text}. A neuron of the next 3×3 conv reads a 3×3 window of every stem channel; "
                "only kept stem neurons carry anything, and each of those reads its own 3×3 patch of pixels. "
                "Without masks the paths form a 5×5 pyramid of 1-2-3-2-1 per channel.")
