@@ -27,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+if not os.environ.get("RANDMASK_BENCH_NO_OMP_POLICY"):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as app.py sets it, before torch loads OpenMP
 
 GALLERY_TARGET_S, SWITCH_TARGET_S, MEMORY_TARGET_GIB = 10.0, 2.0, 2.0
 
@@ -154,13 +156,37 @@ def bench_memory() -> None:
     print(f"memory   {total:.2f} GiB / target {MEMORY_TARGET_GIB:.0f} GiB = {total / MEMORY_TARGET_GIB:.2f}")
 
 
+def compare_omp(repeats: int) -> None:
+    medians = {}
+    for policy in ("unset", "ACTIVE", "PASSIVE"):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if policy != "unset":
+            env["OMP_WAIT_POLICY"] = policy
+        else:
+            env["RANDMASK_BENCH_NO_OMP_POLICY"] = "1"
+        out = subprocess.run([sys.executable, __file__, "--only", "gallery", "--repeats", str(repeats)],
+                             env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT).stdout
+        line = next(x for x in out.splitlines() if "median" in x)
+        medians[policy] = float(line.split("median ")[1].split(" s")[0])
+        print(f"OMP_WAIT_POLICY={policy:<7} {line}")
+    print(f"gallery  unset (libgomp default) / PASSIVE = {medians['unset'] / medians['PASSIVE']:.1f}×, "
+          f"ACTIVE / PASSIVE = {medians['ACTIVE'] / medians['PASSIVE']:.1f}× (load average {os.getloadavg()[0]:.1f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["gallery", "switch", "memory"])
     parser.add_argument("--repeats", type=int, default=3, help="gallery builds to time")
     parser.add_argument("--rounds", type=int, default=3, help="warm rounds over all pages")
+    parser.add_argument("--compare-omp", action="store_true",
+                        help="time the gallery with OpenMP threads spinning (ACTIVE) and sleeping (PASSIVE, app.py's "
+                             "setting), side by side in fresh processes")
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} (other jobs slow these numbers)")
+    if args.compare_omp:
+        compare_omp(args.repeats)
+        return
+    print(f"machine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} (other jobs slow these numbers); "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     if args.only in (None, "memory"):
         bench_memory()
     if args.only in (None, "gallery"):
