@@ -56,12 +56,22 @@ with a3:
     count = int(st.number_input("Images", 1, 8, 4, key="gallery_n"))
 with a4:
     start = int(st.number_input("From image", 0, 990, 0, key="gallery_start"))
+budget = {}
+if kind == "CW":
+    b1, b2, _ = st.columns([1, 1, 2])
+    budget["cw_search"] = int(b1.number_input("binary-search rounds for c", 1, 30, 5, key="gallery_cw_search"))
+    budget["cw_steps"] = int(b2.number_input("optimisation steps per round", 10, 1000, 50, step=10,
+                                             key="gallery_cw_steps"))
+elif kind == "Square":
+    b1, _ = st.columns([1, 3])
+    budget["queries"] = int(b1.number_input("queries per image", 50, 10_000, 300, step=50, key="gallery_queries"))
 both_trained = normal.trained and masked.trained
 only_correct = st.checkbox("Only images both networks classify correctly", value=both_trained, key="gallery_correct")
-attack = explore.attack_notation(kind, eps, kappa=kappa)
+attack = explore.attack_notation(kind, eps, kappa=kappa, **budget)
 st.caption(f"Attack in the paper's notation: **{attack}**"
            + (" (step 1, the paper's step rule)" if kind == "PGD" else "")
-           + (" (a short search so a CPU answers in seconds)" if kind in ("CW", "Square") else ""))
+           + (" (a small budget so a CPU answers in seconds; raise it for stronger attacks)"
+              if kind in ("CW", "Square") else ""))
 
 if st.button("Build the gallery", type="primary", key="gallery_run"):
     with _ui.readable_errors("The gallery could not be built"):

@@ -53,7 +53,9 @@ if submitted:
         st.success(f"Started {info['notation']} ({info['params']:,} parameters, {len(info['masked_layers'])} masked "
                    f"layers) in {folder}.")
 
-STATE_ICON = {"starting": "⏳", "running": "🏃", "cancelling": "✋", "done": "✅", "cancelled": "⏹", "failed": "❌"}
+STATE_ICON = {"starting": ":material/hourglass_top:", "running": ":material/directions_run:",
+              "cancelling": ":material/pan_tool:", "done": ":green[:material/check_circle:]",
+              "cancelled": ":material/stop_circle:", "failed": ":red[:material/error:]"}
 
 
 def show_job(status: jobs.JobStatus) -> None:
@@ -79,18 +81,20 @@ def show_job(status: jobs.JobStatus) -> None:
             fig.update_xaxes(title="epoch", dtick=1)
             fig.update_yaxes(title="accuracy (%)", range=[0, 100])
             st.plotly_chart(fig, key=f"job_chart_{status.name}")
-        b1, b2, b3, _ = st.columns([1, 1, 1, 4])
+        b1, b2, _ = st.columns([1, 1, 5])
         if not status.finished:
             if b1.button("Cancel", key=f"cancel_{status.name}", disabled=status.state == "cancelling"):
                 jobs.cancel_job(status.folder)
                 st.rerun()
         else:
-            if status.state in ("cancelled", "failed") and b1.button("Resume", key=f"resume_{status.name}"):
+            resumable = status.state in ("cancelled", "failed")
+            if resumable and b1.button("Resume", key=f"resume_{status.name}"):
                 with _ui.readable_errors("Cannot resume"):
                     jobs.resume_job(status.folder)
                     st.rerun()
-            if b2.button("Remove", key=f"remove_{status.name}",
-                         help="Delete the folder" + (" and its model" if status.state == "done" else "")):
+            if (b2 if resumable else b1).button(
+                    "Remove", key=f"remove_{status.name}",
+                    help="Delete the folder" + (" and its model" if status.state == "done" else "")):
                 with _ui.readable_errors("Cannot remove"):
                     jobs.remove_job(status.folder)
                     st.rerun()

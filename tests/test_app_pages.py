@@ -181,6 +181,12 @@ def test_gallery_page_builds_and_offers_a_png(app_env):
     at = open_app("gallery")
     assert at.selectbox(key="gallery_normal").value == "zoo:cifar10/Normal_ResNet-18"
     assert at.selectbox(key="gallery_masked").value == "zoo:cifar10/0.9-Shallow"
+    at.button_group(key="gallery_attack").set_value("Square").run()
+    at.number_input(key="gallery_queries").set_value(100).run()
+    assert "Square16(queries=100)" in texts(at)
+    at.button_group(key="gallery_attack").set_value("CW").run()
+    at.number_input(key="gallery_cw_steps").set_value(20).run()
+    assert "CW40(search=5, steps=20)" in texts(at)
     at.button_group(key="gallery_attack").set_value("FGSM").run()
     at.slider(key="gallery_eps").set_value(8).run()
     assert "FGSM8" in texts(at)
