@@ -57,11 +57,13 @@ with tab_tables:
             st.dataframe(wide, height=min(36 * (len(wide) + 1) + 4, 900),
                          column_config={c: st.column_config.NumberColumn(format="%.1f") for c in wide.columns})
             attacks = [c for c in dict.fromkeys(comp["column"])]
-            shown = st.selectbox("Chart column", attacks, key="robust_chart_attack")
+            with_ours = [a for a in attacks if comp.loc[comp["column"] == a, "ours"].notna().any()]
+            shown = st.selectbox("Chart column", attacks, key="robust_chart_attack",
+                                 index=attacks.index(with_ours[0]) if with_ours else 0)
             part = comp[comp["column"] == shown]
             fig = go.Figure()
             fig.add_bar(name="paper", x=part["target"], y=part["paper"], marker_color="#c0392b")
-            if have_ours:
+            if part["ours"].notna().any():
                 fig.add_bar(name="ours", x=part["target"], y=part["ours"], marker_color="#2c7fb8",
                             error_y={"type": "data", "symmetric": False, "array": part["ours_high"] - part["ours"],
                                      "arrayminus": part["ours"] - part["ours_low"]})
