@@ -208,6 +208,8 @@ def test_robustness_page_puts_ours_beside_the_paper(app_env):
     assert table.loc["0.7-Shallow", "FGSM16 · paper"] == pytest.approx(48.57)  # the paper file
     assert table.loc["0.7-Shallow", "FGSM16 · ours"] == pytest.approx(55.0)
     assert table.loc["Normal ResNet-18", "clean · ours"] == pytest.approx(90.0)
+    bars = {t["name"]: t for t in chart(at, "robust_chart")["data"]}  # opens on a column we have numbers for
+    assert at.selectbox(key="robust_chart_attack").value == "FGSM16" and set(bars) == {"paper", "ours"}
     at.selectbox(key="robust_table").set_value(8).run()
     assert "FGSM16 · ours" not in at.dataframe[0].value.columns  # our rows are from DenseNet-121 only
     traces = {t["name"]: t for t in chart(at, "tradeoff_chart")["data"]}
