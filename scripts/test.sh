@@ -2,6 +2,8 @@
 # Install everything the test suite needs on a fresh machine, then run it. CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# passive OpenMP waits: spinning threads slow everything badly when a training job shares the 2 cores
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 export RANDMASK_DATA="${RANDMASK_DATA:-$(cd .. && pwd)/shared/data}"
 python3 -m pip install -q -r requirements.txt
 python3 -m pip install -q --no-deps torchattacks==3.5.1   # it pins an old requests; we need only its attacks
