@@ -50,8 +50,8 @@ class CW(Attack):
                     m = margin(logits, y)
                     loss = l2 + const * torch.clamp(self.kappa - m, min=0)  # = max(-margin, -kappa) + kappa
                     total = loss.sum()
-                    optimizer.zero_grad(set_to_none=True)
-                    total.backward()
+                    # w.r.t. w only: the model's parameters and their .grad stay untouched
+                    (w.grad,) = torch.autograd.grad(total, [w])
                 with torch.no_grad():
                     ok = (m > 0) & (m >= self.kappa)
                     better = ok & (l2 < best_l2)
