@@ -1,9 +1,9 @@
 """The one base class every attack derives from, and the result it returns.
 
 The base class owns everything that is not the attack itself: it moves inputs to the model's device, checks
-them, runs the model in eval mode with parameter gradients off (and restores every module's training flag and
-every parameter's `requires_grad` afterwards, so the model leaves exactly as it came), batches, clamps to
-[0, 1], and measures the outcome on the images it returns. A subclass overrides `perturb` (and, for CW,
+them, runs the model in eval mode (restoring every module's training flag afterwards; gradients are taken with
+respect to the input only, so parameters, buffers and .grad are never touched), batches, clamps to [0, 1],
+and measures the outcome on the images it returns. A subclass overrides `perturb` (and, for CW,
 `is_success`). Budgets are in the paper's 0-255 units; images are floats in [0, 1].
 """
 
