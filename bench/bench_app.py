@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the browser tests' server launcher
 if not os.environ.get("RANDMASK_BENCH_NO_OMP_POLICY"):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as app.py sets it, before torch loads OpenMP
+
+from streamlit_server import streamlit_server  # noqa: E402
 
 GALLERY_TARGET_S, SWITCH_TARGET_S, MEMORY_TARGET_GIB = 10.0, 2.0, 2.0
 
@@ -70,12 +71,6 @@ def bench_gallery(repeats: int) -> None:
     print(f"gallery  median {median:.2f} s / target {GALLERY_TARGET_S:.0f} s = {median / GALLERY_TARGET_S:.2f}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_switch(rounds: int) -> None:
     chromium = Path("/usr/bin/chromium")
     try:
@@ -89,24 +84,8 @@ def bench_switch(rounds: int) -> None:
     pages = [("Mask patterns", "Mask patterns"), ("Patch shuffle", "Patch shuffle"), ("Noise curves", "Noise curves"),
              ("Adversarial gallery", "Adversarial gallery"), ("Robustness explorer", "Robustness explorer"),
              ("Train", "Train a model"), ("Home", "Random Mask, hands on")]
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port",
-                             str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
     idle = "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.read() == b"ok":
-                        break
-            except OSError:
-                time.sleep(0.3)
-            if time.monotonic() > deadline:
-                raise RuntimeError("streamlit did not start")
+    with streamlit_server(ROOT / "app.py") as url:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(chromium), headless=True, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -126,9 +105,6 @@ def bench_switch(rounds: int) -> None:
                     if round_:
                         results[link].append(time.perf_counter() - began)
             browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
     worst = 0.0
     for link, times in results.items():
         median = statistics.median(times)

@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import test_app_support as support
+from streamlit_server import streamlit_server
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,12 +27,6 @@ if not CHROMIUM.exists():
 expect = sync_api.expect
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_app(tmp: Path):
     """`streamlit run app.py` on the tiny zoo in a fresh process; yields (url, screenshot folder)."""
@@ -45,37 +35,10 @@ def running_app(tmp: Path):
     env = {**os.environ, "RANDMASK_ZOO": str(zoo), "RANDMASK_RUNS": str(tmp / "runs"),
            "RANDMASK_RESULTS": str(tmp / "results"), "STUDY_DB": str(tmp / "study.db"),
            "STUDY_ADMIN_PASSWORD": "browser-test-pw", "OMP_NUM_THREADS": "1"}
-    port = free_port()
-    log_path = tmp / "server.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.read() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.3)
+    with streamlit_server(ROOT / "app.py", env, tmp / "server.log") as url:
         shots = Path(os.environ.get("RANDMASK_SCREENSHOTS") or tmp / "screenshots")
         shots.mkdir(parents=True, exist_ok=True)
         yield url, shots
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        log.close()
 
 
 @pytest.fixture(scope="module")

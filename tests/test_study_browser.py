@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import test_study_support as support
+from streamlit_server import streamlit_server
 
 from study import open_db
 from study.export import export_study
@@ -31,12 +27,6 @@ if not CHROMIUM.exists():
 expect = sync_api.expect
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def server(tmp_path, study_sets):
     db_path = tmp_path / "s.db"
@@ -44,36 +34,9 @@ def server(tmp_path, study_sets):
                        catch_per_participant=1, labels_per_item=2)
     support.make_study(db_path, study_sets, slug="flash", completion_code="FLASH7", items_per_participant=3,
                        catch_per_participant=0, practice=False, presentation_ms=70)
-    port = free_port()
     env = {**os.environ, "STUDY_DB": str(db_path), "STUDY_ADMIN_PASSWORD": "browser-test-pw"}
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "pages" / "study_label.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.3)
+    with streamlit_server(ROOT / "pages" / "study_label.py", env, tmp_path / "server.log", timeout=60) as url:
         yield url, db_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
 
 
 class Participant:
