@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,8 +134,26 @@ def default_db_path() -> Path:
     return Path(os.environ.get(DEFAULT_DB_ENV) or DEFAULT_DB_PATH)
 
 
+_HEADER_CHECKED: set[Path] = set()
+_HEADER_LOCK = threading.Lock()
+
+
 def _check_header(path: Path) -> None:
-    """Refuse a non-empty file that is not SQLite before sqlite3 gets a chance to touch it."""
+    """Refuse a non-empty file that is not SQLite before sqlite3 gets a chance to touch it.
+
+    Done once per file and process, before this process opens any connection to it: closing another file
+    descriptor on a database drops every POSIX lock the process's SQLite connections hold on it, and a thread
+    doing that beside connections in other threads let other processes write at once and corrupt the file."""
+    key = path.resolve()
+    with _HEADER_LOCK:
+        if key in _HEADER_CHECKED:
+            return
+        _read_header(path)
+        if path.exists():
+            _HEADER_CHECKED.add(key)
+
+
+def _read_header(path: Path) -> None:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
