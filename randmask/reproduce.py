@@ -9,6 +9,7 @@ n and a Wilson 95% interval.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ TABLE2_TARGETS = ["Normal ResNet-18", "0.3-Shallow", "0.5-Shallow", "0.7-Shallow
                   "0.5-Deep", "0.7-Deep", "0.5-ShallowDC", "0.5-ShallowSM", "0.9-Shallow×2", "0.85-ShallowEN"]
 WHITEBOX_SMALL = 30  # points; the paper calls its own largest PGD gain in Table 4 (+25.0, 0.7-Shallow PGD2) small
 NOISE_MODELS = ["Normal ResNet-18", "0.5-Shallow", "0.7-Shallow", "0.9-Shallow"]
+FIGURE7_ATTACKS = ["FGSM16", "PGD16", "CW40"]
 
 
 def zoo_name(notation: str, dataset: str = "cifar10", seed: int = 0, mask_seed: int = 0) -> str:
@@ -76,17 +78,32 @@ class Zoo:
         return self[name][1]["notation"]
 
 
+# Black-box transfer, one experiment per source: (key, title, source in the zoo, the paper's name, paper table).
+# Verdicts and Figure 7 use the first source present: DenseNet-121 is the paper's main one (Table 2 is drawn from
+# its Table 7); VGG-19 (Table 11) and a second Normal ResNet-18 (Table 8) are cheaper to train here.
+TRANSFER_SOURCES = [
+    ("table2_transfer", "Table 2 · transfer from DenseNet-121 (the paper's Tables 2 and 7)",
+     zoo_name("DenseNet-121"), "DenseNet-121", 7),
+    ("table11_transfer", "Table 11 · transfer from VGG-19", zoo_name("VGG-19"), "VGG-19", 11),
+    ("table8_transfer", "Table 8 · transfer from another ResNet-18 (Normal, seed 1)",
+     zoo_name("Normal ResNet-18", seed=1), "ResNet-18", 8),
+]
+
+
 def experiments(settings: dict) -> list[Experiment]:
     """The plan: which protocol, on which zoo models, with which sizes."""
     s = settings
     densenet, mnist_densenet = zoo_name("DenseNet-121"), zoo_name("DenseNet-121", "mnist")
     normal = zoo_name("Normal ResNet-18")
 
-    def table2(zoo: Zoo, x, y, progress):
-        targets = {zoo.label(n): zoo.model(n) for n in map(zoo_name, TABLE2_TARGETS) if zoo.has(n)}
-        return protocols.transfer(zoo.model(densenet), targets, ["FGSM16", "PGD16", "PGD32", s["cw"]], x, y,
-                                  source_name="DenseNet-121", n=s["n"], n_cw=s["n_cw"], dataset="cifar10",
-                                  paper_names={s["cw"]: "CW40"}, progress=progress)
+    def transfer_from(source: str, source_name: str):
+        def run(zoo: Zoo, x, y, progress):
+            targets = {zoo.label(n): zoo.model(n) for n in map(zoo_name, TABLE2_TARGETS)
+                       if zoo.has(n) and n != source}
+            return protocols.transfer(zoo.model(source), targets, ["FGSM16", "PGD16", "PGD32", s["cw"]], x, y,
+                                      source_name=source_name, n=s["n"], n_cw=s["n_cw"], dataset="cifar10",
+                                      paper_names={s["cw"]: "CW40"}, progress=progress)
+        return run
 
     def table1(zoo: Zoo, x, y, progress):
         names = [normal, zoo_name("0.85-Shallow"), zoo_name("0.85-ShallowEN")]
@@ -139,9 +156,11 @@ def experiments(settings: dict) -> list[Experiment]:
             row["protocol"] = "beyond"
         return rows
 
+    transfers = [Experiment(key, title, table, [source, normal],
+                            [n for n in map(zoo_name, TABLE2_TARGETS) if n != source], transfer_from(source, name))
+                 for key, title, source, name, table in TRANSFER_SOURCES]
     return [
-        Experiment("table2_transfer", "Table 2 · transfer from DenseNet-121 (Figure 7 uses it too)", 7,
-                   [densenet, normal], [zoo_name(t) for t in TABLE2_TARGETS], table2),
+        *transfers,
         Experiment("table1_madry", "Table 1 · Madry et al.'s black-box setting", 1,
                    [zoo_name("Normal ResNet-18", seed=1), normal, zoo_name("0.85-Shallow")],
                    [zoo_name("0.85-ShallowEN")], table1),
@@ -215,20 +234,37 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _side_by_side(out: Path, key: str, table: int, paper) -> str:
-    from randmask.explore import compare_with_paper
+    from randmask.explore import compare_with_paper, model_key
 
     ours = _load(out, key)
     if ours is None:
         return ""
     if key == "table5_graybox":
-        ours = ours.assign(target=ours["target"] + ours["relation"].map(
-            {"other init": " (other init)", "DIF": "DIF"}).fillna(""), relation="")
+        ours = _graybox_targets(ours)
     merged = compare_with_paper(paper, ours, table)
     merged = merged[merged["ours"].notna()]
+    clean = {model_key(r["target"]): r for r in merged.to_dict("records") if r["metric"] == "clean_accuracy"}
+    ours_clean = {model_key(r["target"]): r for r in ours.to_dict("records") if r.get("metric") == "clean_accuracy"}
+
+    def clean_of(target: str) -> tuple[str, str]:
+        mine, theirs = ours_clean.get(model_key(target)), clean.get(model_key(target))
+        return (_pct(100 * mine["accuracy"]) if mine else "–", _pct(theirs["paper"]) if theirs else "–")
+
     rows = [[r["target"], r["attack"] or "clean", _pct(r["paper"]),
              f"{_pct(r['ours'])} [{_pct(r['ours_low'])}, {_pct(r['ours_high'])}]", f"{int(r['n'])}",
-             f"{r['difference']:+.1f}"] for r in merged.to_dict("records")]
-    return _table(["target", "attack", "paper %", "ours % [95% CI]", "n", "ours − paper"], rows) if rows else ""
+             f"{r['difference']:+.1f}", *clean_of(r["target"])]
+            for r in merged.to_dict("records") if r["metric"] != "clean_accuracy"]
+    rows += [[r["target"], "clean", _pct(r["paper"]),
+              f"{_pct(r['ours'])} [{_pct(r['ours_low'])}, {_pct(r['ours_high'])}]", f"{int(r['n'])}",
+              f"{r['difference']:+.1f}", "", ""] for r in merged.to_dict("records") if r["metric"] == "clean_accuracy"]
+    header = ["target", "attack", "paper %", "ours % [95% CI]", "n", "ours − paper", "our clean %", "paper clean %"]
+    return _table(header, rows) if rows else ""
+
+
+def _graybox_targets(frame):
+    """The paper names gray-box targets by relation ('0.7-Shallow (other init)', '0.7-ShallowDIF')."""
+    return frame.assign(target=frame["target"] + frame["relation"].map(
+        {"other init": " (other init)", "DIF": "DIF"}).fillna(""), relation="")
 
 
 def _ours_only(out: Path, key: str, columns: tuple[str, ...] = ("source", "target", "attack")) -> str:
@@ -279,9 +315,19 @@ def _fmt(row: dict | None) -> str:
     return "–" if row is None else f"{100 * row['accuracy']:.1f}% (n={int(row['n'])})"
 
 
+def main_transfer(out: Path) -> tuple:
+    """(frame, source name, paper table) of the first transfer experiment with results, in TRANSFER_SOURCES
+    order; (None, None, None) when none has run."""
+    for key, _, _, name, table in TRANSFER_SOURCES:
+        frame = _load(out, key)
+        if frame is not None:
+            return frame, name, table
+    return None, None, None
+
+
 def verdicts(out: Path, settings: dict) -> list[tuple[str, str, str]]:
     """(claim, verdict, evidence) for the paper's seven claims, computed from results/*.csv."""
-    t2, t3, t4 = _load(out, "table2_transfer"), _load(out, "table3_shuffle"), _load(out, "table4_whitebox")
+    (t2, source, _), t3, t4 = main_transfer(out), _load(out, "table3_shuffle"), _load(out, "table4_whitebox")
     noise = _load(out, "figure3_noise")
     attack = "PGD16"
     found = []
@@ -297,19 +343,21 @@ def verdicts(out: Path, settings: dict) -> list[tuple[str, str, str]]:
         result = verdict(above, "higher")
         if result == "supported" and not monotone:
             result = "partly supported"
-        evidence = f"{attack} from DenseNet-121: Normal {_fmt(normal)}; " + ", ".join(
+        evidence = f"{attack} from {source}: Normal {_fmt(normal)}; " + ", ".join(
             f"{r:g}-Shallow {_fmt(row)}" for r, row in ladder) + f"; increasing with ratio: {monotone}"
         found.append(("Shallow masks raise black-box robustness, more with higher ratio", result, evidence))
     else:
         found.append(("Shallow masks raise black-box robustness, more with higher ratio", "untested",
-                      "needs DenseNet-121, Normal and r-Shallow models"))
+                      "needs a transfer source (DenseNet-121, VGG-19 or a second ResNet-18), Normal and "
+                      "r-Shallow models"))
 
     # (2) shallow beats deep at equal ratio
     pairs = [(r, _rate(t2, f"{r:g}-Shallow", attack), _rate(t2, f"{r:g}-Deep", attack)) for r in (0.5, 0.7)]
     pairs = [p for p in pairs if p[1] and p[2]]
     outcome = [compare(s, d) for _, s, d in pairs]
     found.append(("Shallow beats deep at equal ratio", verdict(outcome, "higher"),
-                  "; ".join(f"{r:g}: Shallow {_fmt(s)} vs Deep {_fmt(d)}" for r, s, d in pairs) or "needs models"))
+                  f"{attack} from {source}: " + "; ".join(f"{r:g}: Shallow {_fmt(s)} vs Deep {_fmt(d)}"
+                                                          for r, s, d in pairs) if pairs else "needs models"))
 
     # (3) Random Mask beats channel drop (DC) and same mask (SM)
     rm = _rate(t2, "0.5-Shallow", attack)
@@ -318,7 +366,7 @@ def verdicts(out: Path, settings: dict) -> list[tuple[str, str, str]]:
     if rm and (dc or sm):
         vs = [compare(rm, other) for other in (dc, sm) if other]
         found.append(("Random Mask beats channel drop (DC) and same mask (SM)", verdict(vs, "higher"),
-                      f"{attack}: 0.5-Shallow {_fmt(rm)}, DC {_fmt(dc)}, SM {_fmt(sm)}; clean: "
+                      f"{attack} from {source}: 0.5-Shallow {_fmt(rm)}, DC {_fmt(dc)}, SM {_fmt(sm)}; clean: "
                       + ", ".join(f"{k} {_fmt(v)}" for k, v in clean.items())))
     else:
         found.append(("Random Mask beats channel drop (DC) and same mask (SM)", "untested", "needs models"))
@@ -329,7 +377,7 @@ def verdicts(out: Path, settings: dict) -> list[tuple[str, str, str]]:
         c1, c2 = _rate(t2, "0.85-Shallow", None, "clean_accuracy"), _rate(t2, "0.85-ShallowEN", None, "clean_accuracy")
         found.append(("Ensembles (EN) improve accuracy and robustness",
                       verdict([compare(ens, single), compare(c2, c1)], "higher"),
-                      f"{attack}: 0.85-Shallow {_fmt(single)} vs EN {_fmt(ens)}; clean {_fmt(c1)} vs {_fmt(c2)}"))
+                      f"{attack} from {source}: 0.85-Shallow {_fmt(single)} vs EN {_fmt(ens)}; clean {_fmt(c1)} vs {_fmt(c2)}"))
     else:
         found.append(("Ensembles (EN) improve accuracy and robustness", "untested", "needs the five EN members"))
 
@@ -372,10 +420,92 @@ def verdicts(out: Path, settings: dict) -> list[tuple[str, str, str]]:
     return found
 
 
+def shallow_ratio(name) -> float | None:
+    """0 for Normal ResNet-18, r for 'r-Shallow', None for anything else (Deep, DC, ×n, EN, other nets)."""
+    import re
+
+    from randmask.explore import model_key
+
+    key = model_key(name)
+    if key == "Normal ResNet-18":
+        return 0.0
+    match = re.fullmatch(r"(\d*\.\d+)-Shallow", key)
+    return float(match.group(1)) if match else None
+
+
+def figure7_rows(out: Path, paper) -> list[dict]:
+    """Figure 7 from the main transfer results: for each attack, Normal (ratio 0) and every r-Shallow's defense
+    rate beside its clean accuracy, with the paper's two numbers for the same source and ratio where it has them
+    (paper values in percent, ours as fractions like every results file)."""
+    from randmask.explore import attack_key
+
+    frame, source, table = main_transfer(out)
+    if frame is None:
+        return []
+    paper_part = paper[(paper["table"] == table)] if paper is not None else None
+    paper_at: dict[tuple, float] = {}
+    for row in [] if paper_part is None else paper_part.to_dict("records"):
+        ratio = shallow_ratio(row["target"])
+        if ratio is not None:
+            paper_at[(ratio, attack_key(row["attack"]) if row["metric"] != "clean_accuracy" else "")] = row["percent"]
+    clean = {shallow_ratio(r["target"]): r for r in frame[frame["metric"] == "clean_accuracy"].to_dict("records")}
+    rows = []
+    for row in frame[frame["metric"] == "defense_rate"].to_dict("records"):
+        ratio = shallow_ratio(row["target"])
+        attack = row.get("paper_attack") if isinstance(row.get("paper_attack"), str) else row["attack"]
+        if ratio is None or ratio not in clean:
+            continue
+        rows.append({"protocol": "figure7", "dataset": row.get("dataset", "cifar10"), "source": source,
+                     "target": row["target"], "ratio": ratio, "attack": attack, "metric": "defense_rate",
+                     "n": row["n"], "accuracy": row["accuracy"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+                     "clean_accuracy": clean[ratio]["accuracy"], "clean_n": clean[ratio]["n"],
+                     "paper_defense_rate": paper_at.get((ratio, attack_key(attack))),
+                     "paper_clean_accuracy": paper_at.get((ratio, ""))})
+    return sorted(rows, key=lambda r: (r["attack"], r["ratio"]))
+
+
+def write_figures(out: Path, paper) -> dict[str, str]:
+    """results/figure7_ratio.csv and the report's PNGs under results/plots; {section key: relative PNG path}."""
+    import pandas as pd
+
+    from randmask import plots
+    from randmask.explore import compare_with_paper
+
+    made: dict[str, str] = {}
+    folder = out / "results" / "plots"
+    shutil.rmtree(folder, ignore_errors=True)  # figures of experiments that no longer ran must not linger
+
+    def keep(key: str, fig) -> None:
+        made[key] = str(plots.save(fig, folder / f"{key}.png").relative_to(out))
+
+    noise = _load(out, "figure3_noise")
+    if noise is not None:
+        keep("figure3_noise", plots.noise_figure(noise))
+    rows = figure7_rows(out, paper)
+    (out / "results" / "figure7_ratio.csv").unlink(missing_ok=True)
+    if rows:
+        write_csv(rows, out / "results" / "figure7_ratio.csv")
+        frame = pd.DataFrame(rows)
+        attacks = [a for a in FIGURE7_ATTACKS if a in set(frame["attack"])]
+        if attacks:
+            keep("figure7_ratio", plots.ratio_figure(frame, attacks))
+    if paper is not None:
+        for exp in experiments(PRESETS["quick"]):
+            ours = _load(out, exp.key)
+            if exp.paper_table is None or ours is None:
+                continue
+            merged = compare_with_paper(paper, _graybox_targets(ours) if exp.key == "table5_graybox" else ours,
+                                        exp.paper_table)
+            if merged["ours"].notna().any():
+                keep(exp.key, plots.side_by_side_figure(merged, exp.title))
+    return made
+
+
 def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo) -> str:
     from randmask.explore import load_paper_tables
 
     paper = load_paper_tables()
+    figures = write_figures(out, paper)
     lines = ["# Reproduction report", "",
              "Generated by `python -m randmask reproduce --preset " + preset + "` from the zoo in `assets/zoo`; "
              "do not edit by hand. Our nets are narrow (width 16) and trained briefly on a 2-core CPU, so "
@@ -384,24 +514,82 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
              "Sample sizes: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".", ""]
     lines += ["## Verdicts", "", _table(["claim", "verdict", "evidence"],
                                         [list(v) for v in verdicts(out, settings)]), ""]
-    tables = {"table2_transfer": 7, "table1_madry": 1, "table3_shuffle": 3, "table4_whitebox": 4,
-              "table5_graybox": 5, "table6_mnist": 6}
     for exp in experiments(settings):
         state = status.get(exp.key) or ({"ran": True} if (out / "results" / f"{exp.key}.csv").exists() else None)
         lines += [f"## {exp.title}", ""]
         if not state or not state.get("ran"):
-            missing = (state or {}).get("missing", exp.needs)
-            lines += [f"Pending: the zoo lacks {', '.join(f'`{m}`' for m in missing)}.", ""]
+            missing = (state or {}).get("missing") or [n for n in exp.needs if not zoo.has(n)]
+            lines += [f"Pending: the zoo lacks {', '.join(f'`{m}`' for m in missing)}." if missing else
+                      f"Not run yet: `python -m randmask reproduce --preset {preset} --only {exp.key}`.", ""]
             continue
-        body = _side_by_side(out, exp.key, tables[exp.key], paper) if exp.key in tables else ""
-        lines += [body or _ours_only(out, exp.key), "", f"Data: `results/{exp.key}.csv`.", ""]
+        body = _side_by_side(out, exp.key, exp.paper_table, paper) if exp.paper_table and paper is not None else ""
+        lines += [body or _ours_only(out, exp.key), ""]
+        if exp.key in figures:
+            lines += [f"![{exp.title}]({figures[exp.key]})", ""]
+        lines += [f"Data: `results/{exp.key}.csv`.", ""]
         if state.get("absent"):
             lines += ["Not yet in the zoo: " + ", ".join(f"`{m}`" for m in state["absent"]) + ".", ""]
-    lines += ["## Zoo", "", _table(["model", "clean accuracy %", "train time (min)"],
-                                   [[n, _pct(100 * c.get("clean_accuracy", math.nan)),
-                                     _pct(c.get("train_time_s", math.nan) / 60)]
-                                    for n, c in _zoo_configs(zoo)]), ""]
+    lines += _figure7_section(out, figures)
+    lines += _zoo_section(zoo, paper)
     return "\n".join(lines)
+
+
+def _figure7_section(out: Path, figures: dict[str, str]) -> list[str]:
+    lines = ["## Figure 7 · defense rate vs clean accuracy over drop ratios", ""]
+    frame = _load(out, "figure7_ratio")
+    if frame is None:
+        return lines + ["Pending: needs transfer results for Normal and r-Shallow models.", ""]
+    rows = [[f"{r['ratio']:g}", r["attack"], f"{_pct(100 * r['clean_accuracy'])}", _pct(r["paper_clean_accuracy"]),
+             f"{_pct(100 * r['accuracy'])} [{_pct(100 * r['ci_low'])}, {_pct(100 * r['ci_high'])}]",
+             _pct(r["paper_defense_rate"]), str(int(r["n"]))] for r in frame.to_dict("records")]
+    lines += [f"Source: {frame['source'].iloc[0]}; ratio 0 is Normal ResNet-18. Paper values from the same source's "
+              "table.", "",
+              _table(["ratio", "attack", "our clean %", "paper clean %", "our defense % [95% CI]", "paper defense %",
+                      "n"], rows), ""]
+    if "figure7_ratio" in figures:
+        lines += [f"![Figure 7]({figures['figure7_ratio']})", ""]
+    return lines + ["Data: `results/figure7_ratio.csv`.", ""]
+
+
+def _zoo_section(zoo: Zoo, paper) -> list[str]:
+    """Every shipped model with its measured accuracy, its gap to Normal beside the paper's gap, time and size."""
+    from randmask.explore import model_key
+    from randmask.zoo import CHECK_N
+
+    configs, subset = _zoo_configs(zoo), f"clean_accuracy_first{CHECK_N}"
+    paper_clean = {} if paper is None else {
+        model_key(r["target"]): r["percent"]
+        for r in paper[(paper["table"] == 7) & (paper["metric"] == "clean_accuracy")].to_dict("records")}
+    paper_normal = paper_clean.get("Normal ResNet-18")
+    normal = {c["dataset"]: c.get("clean_accuracy") for _, c in configs
+              if c.get("notation") == "Normal ResNet-18" and c.get("seed", 0) == 0}
+    rows, total = [], 0
+    for name, c in configs:
+        size = sum(f.stat().st_size for f in (zoo.root / name).iterdir() if f.is_file())
+        total += size
+        acc, base = c.get("clean_accuracy"), normal.get(c.get("dataset"))
+        low, high = c.get("clean_accuracy_ci95") or (math.nan, math.nan)
+        theirs = paper_clean.get(model_key(c.get("notation"))) if c.get("dataset") == "cifar10" else None
+        paper_gap = theirs - paper_clean["Normal ResNet-18"] if None not in (theirs, paper_normal) else None
+        rows.append([name, c.get("role") or "", str(c.get("recipe", {}).get("epochs", c.get("epochs_trained", ""))),
+                     f"{_pct(100 * acc)} [{_pct(100 * low)}, {_pct(100 * high)}]" if acc is not None else "–",
+                     _pct(100 * c[subset]) if subset in c else "–",
+                     f"{100 * (acc - base):+.1f}" if acc is not None and base is not None else "–",
+                     f"{paper_gap:+.1f}" if paper_gap is not None else "–",
+                     _pct(c.get("train_time_s", math.nan) / 60), f"{size / 1e6:.2f}"])
+    lines = ["## Zoo", ""]
+    first = next((c for _, c in configs if c.get("dataset") == "cifar10" and "recipe" in c), None)
+    if first:
+        recipe = first["recipe"]
+        lines += ["CIFAR-10 recipe (quick preset): " + ", ".join(
+            f"{k}={recipe[k]}" for k in ("width", "epochs", "batch_size", "lr", "schedule", "warmup", "momentum",
+                                          "nesterov", "weight_decay", "label_smoothing", "augment", "precision")
+            if k in recipe) + f" (ran as {first.get('autocast', '?')} on {first.get('device', '?')})"
+            + ". Train time is wall-clock on the machine that trained it (a shared 2-core CPU).", ""]
+    lines += [_table(["model", "role", "epochs", "clean % [95% CI] (full test set, as shipped)", f"first {CHECK_N} %",
+                      "gap to Normal", "paper's gap (Table 7)", "train time (min)", "size (MB)"], rows), "",
+              f"{len(rows)} models, {total / 1e6:.1f} MB in all (fp16 weights).", ""]
+    return lines
 
 
 def _zoo_configs(zoo: Zoo) -> list[tuple[str, dict]]:

@@ -44,11 +44,13 @@ class Entry:
 
 ZOO: list[Entry] = [
     Entry("Normal ResNet-18", role="baseline"),
-    Entry("0.9-Shallow", role="the study's masked source"), Entry("0.7-Shallow"),
-    Entry("DenseNet-121", role="black-box source"), Entry("0.5-Shallow"), Entry("0.5-Deep"),
-    Entry("0.5-ShallowDC"), Entry("0.5-ShallowSM"), Entry("VGG-19", role="black-box source"),
+    Entry("0.9-Shallow", role="the study's masked source"),
+    Entry("VGG-19", role="black-box source (Table 11)"), Entry("0.7-Shallow"), Entry("0.5-Shallow"),
+    Entry("0.5-Deep"), Entry("0.5-ShallowDC"), Entry("0.5-ShallowSM"),
     Entry("Normal ResNet-18", "mnist"), Entry("0.5-Shallow", "mnist"), Entry("0.7-Shallow", "mnist"),
     Entry("0.9-Shallow", "mnist"), Entry("DenseNet-121", "mnist", role="black-box source"),
+    # last in stage 1: a DenseNet-121 step costs 4x a ResNet-18 step here (120 BatchNorms on growing concats)
+    Entry("DenseNet-121", role="black-box source (Tables 2, 7)"),
     Entry("0.3-Shallow", stage=2), Entry("0.85-Shallow", stage=2, role="Madry setting; EN member 0"),
     Entry("0.7-Deep", stage=2), Entry("0.9-Shallow×2", stage=2),
     Entry("Normal ResNet-18", seed=1, stage=2, role="gray-box: other init"),

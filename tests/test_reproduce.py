@@ -50,12 +50,23 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
         assert frame.loc[frame["n"] == 0, "accuracy"].isna().all()
     t2 = pd.read_csv(results / "table2_transfer.csv")
     assert {"FGSM16", "PGD16", "PGD32"} <= set(t2["attack"].dropna()) and "0.5-ShallowDC" in set(t2["target"])
+    for key in ("table11_transfer", "table8_transfer"):  # every available source gets its own table
+        frame = pd.read_csv(results / f"{key}.csv")
+        assert set(frame["source"].dropna()) - {""} == {"VGG-19" if key == "table11_transfer" else "ResNet-18"}
+    fig7 = pd.read_csv(results / "figure7_ratio.csv")
+    assert set(fig7["ratio"]) == {0.0, 0.3, 0.5, 0.7, 0.85, 0.9} and set(fig7["source"]) == {"DenseNet-121"}
+    assert fig7.loc[(fig7["ratio"] == 0.5) & (fig7["attack"] == "PGD16"), "paper_defense_rate"].notna().all()
     report = (tmp_path / "out" / "REPRODUCTION.md").read_text()
-    assert "## Verdicts" in report and "Table 2" in report and "paper %" in report
+    assert "## Verdicts" in report and "Table 2" in report and "paper %" in report and "our clean %" in report
     assert "Not yet in the zoo: `cifar10/0.85-ShallowEN`" in report
-    first = report
+    assert "## Figure 7" in report and "![Figure 7](results/plots/figure7_ratio.png)" in report
+    pngs = {p.name for p in (results / "plots").glob("*.png")}
+    assert {"figure3_noise.png", "figure7_ratio.png", "table2_transfer.png", "table4_whitebox.png"} <= pngs
+    assert all((results / "plots" / name).read_bytes()[:4] == b"\x89PNG" for name in pngs)
+    first, first_png = report, (results / "plots" / "figure7_ratio.png").read_bytes()
     reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", overrides=TINY)
     assert (tmp_path / "out" / "REPRODUCTION.md").read_text() == first  # seeded: rerunning reproduces it
+    assert (results / "plots" / "figure7_ratio.png").read_bytes() == first_png
 
 
 def test_compare_uses_interval_overlap():
@@ -76,3 +87,46 @@ def test_verdict_summaries():
     assert verdict(["no clear difference"], "lower") == "no clear difference"
     assert verdict(["untested", "higher"], "higher") == "untested"
     assert compare({"n": 0, "ci_low": 0, "ci_high": 1}, {"n": 5, "ci_low": 0, "ci_high": 1}) == "untested"
+
+
+def test_shallow_ratio_reads_the_notation():
+    from randmask.reproduce import shallow_ratio
+
+    assert shallow_ratio("Normal ResNet-18") == 0.0 and shallow_ratio("0.85-Shallow") == 0.85
+    assert shallow_ratio(".5-Shallow") == 0.5
+    for other in ("0.5-Deep", "0.5-ShallowDC", "0.9-Shallow×2", "0.85-ShallowEN", "DenseNet-121", ""):
+        assert shallow_ratio(other) is None
+
+
+def _transfer_row(target, attack, metric, correct, n, source="VGG-19", paper_attack=None):
+    from randmask.stats import wilson_interval
+
+    low, high = wilson_interval(correct, n)
+    return {"protocol": "transfer", "dataset": "cifar10", "source": source if metric != "clean_accuracy" else "",
+            "target": target, "attack": attack, "metric": metric, "n": n, "correct": correct,
+            "accuracy": correct / n, "ci_low": low, "ci_high": high, "paper_attack": paper_attack or attack}
+
+
+def test_figure7_pairs_each_ratio_with_its_clean_accuracy_and_the_papers_numbers(tmp_path):
+    from randmask.evaluate import write_csv
+    from randmask.explore import load_paper_tables
+    from randmask.reproduce import figure7_rows
+
+    rows = [_transfer_row("Normal ResNet-18", "PGD16", "defense_rate", 10, 100),
+            _transfer_row("0.7-Shallow", "PGD16", "defense_rate", 60, 100),
+            _transfer_row("0.5-Deep", "PGD16", "defense_rate", 40, 100),  # not a ratio point
+            _transfer_row("0.7-Shallow", "CW40(search=2, steps=5)", "defense_rate", 70, 80, paper_attack="CW40"),
+            _transfer_row("Normal ResNet-18", "", "clean_accuracy", 900, 1000),
+            _transfer_row("0.7-Shallow", "", "clean_accuracy", 800, 1000),
+            _transfer_row("0.5-Deep", "", "clean_accuracy", 850, 1000)]
+    (tmp_path / "results").mkdir()
+    write_csv(rows, tmp_path / "results" / "table11_transfer.csv")  # only VGG-19 ran: it becomes the source
+    paper = load_paper_tables()
+    found = figure7_rows(tmp_path, paper)
+    assert [(r["ratio"], r["attack"]) for r in found] == [(0.7, "CW40"), (0.0, "PGD16"), (0.7, "PGD16")]
+    seven = {r["attack"]: r for r in found if r["ratio"] == 0.7}
+    assert seven["PGD16"]["accuracy"] == 0.6 and seven["PGD16"]["clean_accuracy"] == 0.8
+    t11 = paper[(paper["table"] == 11) & (paper["target"] == "0.7-Shallow")]
+    expected = t11[t11["attack"] == "PGD16"]["percent"].iloc[0]
+    assert seven["PGD16"]["paper_defense_rate"] == expected
+    assert seven["PGD16"]["paper_clean_accuracy"] == t11[t11["metric"] == "clean_accuracy"]["percent"].iloc[0]

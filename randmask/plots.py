@@ -1,0 +1,77 @@
+"""PNG figures for the reproduction report (matplotlib, headless): noise curves (Figure 3), defense rate vs clean
+accuracy over drop ratios (Figure 7), and ours-vs-paper bars for each table. Inputs are results/*.csv frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+OURS, PAPER = "#1f77b4", "#d62728"
+
+
+def save(fig, path: Path) -> Path:
+    """Write a PNG whose bytes depend only on the figure (no software/version stamp), then close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def noise_figure(frame):
+    """Accuracy vs Gaussian-noise sigma, one line per model with its 95% band."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for target, part in frame.sort_values("sigma").groupby("target", sort=False):
+        ax.plot(part["sigma"], 100 * part["accuracy"], marker="o", ms=3, label=target)
+        ax.fill_between(part["sigma"], 100 * part["ci_low"], 100 * part["ci_high"], alpha=0.2)
+    n = int(frame["n"].max())
+    ax.set(xlabel="noise σ (of 255)", ylabel="accuracy %", ylim=(0, 100),
+           title=f"Figure 3 · accuracy under clipped Gaussian noise (n={n} per point)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def ratio_figure(frame, attacks: list[str]):
+    """Figure 7: defense rate against clean accuracy for Normal and each r-Shallow, ours beside the paper's."""
+    fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 4.4), squeeze=False)
+    for ax, attack in zip(axes[0], attacks, strict=True):
+        part = frame[frame["attack"] == attack].sort_values("ratio")
+        x, y = 100 * part["clean_accuracy"], 100 * part["accuracy"]
+        ax.errorbar(x, y, yerr=[y - 100 * part["ci_low"], 100 * part["ci_high"] - y], fmt="o-", color=OURS,
+                    capsize=3, label="ours")
+        paper = part.dropna(subset=["paper_defense_rate", "paper_clean_accuracy"])
+        ax.plot(paper["paper_clean_accuracy"], paper["paper_defense_rate"], "*--", color=PAPER, ms=9,
+                label="paper")
+        for _, row in part.iterrows():
+            ax.annotate(f"{row['ratio']:g}", (100 * row["clean_accuracy"], 100 * row["accuracy"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8, color=OURS)
+        for _, row in paper.iterrows():
+            ax.annotate(f"{row['ratio']:g}", (row["paper_clean_accuracy"], row["paper_defense_rate"]),
+                        textcoords="offset points", xytext=(4, -10), fontsize=8, color=PAPER)
+        source = part["source"].iloc[0] if len(part) else ""
+        ax.set(xlabel="clean test accuracy %", ylabel="defense rate %", title=f"{attack} from {source}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Figure 7 · robustness vs accuracy over drop ratios (0 = Normal)")
+    return fig
+
+
+def side_by_side_figure(merged, title: str):
+    """Horizontal bars, one per (target, attack): ours with its 95% interval, the paper's value as a star."""
+    rows = merged[merged["ours"].notna()].reset_index(drop=True)
+    labels = [f"{r['target']} · {r['attack'] or 'clean'}" for r in rows.to_dict("records")]
+    ypos = np.arange(len(rows))[::-1]
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.26 * max(len(rows), 1)))
+    ax.barh(ypos, rows["ours"], color=OURS, alpha=0.75, label="ours (95% CI)",
+            xerr=[rows["ours"] - rows["ours_low"], rows["ours_high"] - rows["ours"]], error_kw={"lw": 0.8})
+    ax.plot(rows["paper"], ypos, "*", color=PAPER, ms=8, label="paper")
+    ax.set_yticks(ypos, labels, fontsize=7)
+    ax.set(xlim=(0, 100), xlabel="%", title=title)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
