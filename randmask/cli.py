@@ -82,6 +82,10 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
     if args.action == "list":
         print(json.dumps(zoo.list_zoo(), indent=2))
+    elif args.action == "table":
+        from randmask.explore import load_paper_tables
+
+        print("\n".join(zoo.zoo_markdown(paper=load_paper_tables())))
     elif args.action == "train":
         zoo.train_zoo(only=args.only)
     return 0
@@ -149,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("zoo", help="the quick model zoo shipped in assets/zoo: list it or train what is missing")
-    p.add_argument("action", choices=["list", "train"])
+    p.add_argument("action", choices=["list", "table", "train"],
+                   help="list: JSON plan and status; table: Markdown table of the shipped zoo; train: resume training")
     p.add_argument("--only", nargs="*", help="zoo names to train, e.g. cifar10/0.7-Shallow")
     p.set_defaults(func=cmd_zoo)
 

@@ -164,6 +164,12 @@ def mean_or_nan(values: torch.Tensor) -> float:
     return values.double().mean().item() if len(values) else math.nan
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def write_csv(rows: Iterable[Mapping], path: str | os.PathLike, columns: Sequence[str] | None = None) -> Path:
     """Write rows as CSV (columns: the given order, then any others in first-seen order), atomically."""
     rows = list(rows)

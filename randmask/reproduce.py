@@ -21,7 +21,8 @@ from torch import nn
 from randmask import protocols
 from randmask.checkpoint import WEIGHTS_FILE, load_model
 from randmask.data import PROJECT_ROOT, load_tensors
-from randmask.evaluate import write_csv
+from randmask.evaluate import markdown_table, write_csv
+from randmask.zoo import zoo_markdown
 
 Progress = Callable[[str, int, int], None]
 
@@ -227,12 +228,6 @@ def _load(out: Path, key: str):
     return pd.read_csv(path) if path.exists() else None
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _side_by_side(out: Path, key: str, table: int, paper) -> str:
     from randmask.explore import compare_with_paper, model_key
 
@@ -258,7 +253,7 @@ def _side_by_side(out: Path, key: str, table: int, paper) -> str:
               f"{_pct(r['ours'])} [{_pct(r['ours_low'])}, {_pct(r['ours_high'])}]", f"{int(r['n'])}",
               f"{r['difference']:+.1f}", "", ""] for r in merged.to_dict("records") if r["metric"] == "clean_accuracy"]
     header = ["target", "attack", "paper %", "ours % [95% CI]", "n", "ours − paper", "our clean %", "paper clean %"]
-    return _table(header, rows) if rows else ""
+    return markdown_table(header, rows) if rows else ""
 
 
 def _graybox_targets(frame):
@@ -274,7 +269,7 @@ def _ours_only(out: Path, key: str, columns: tuple[str, ...] = ("source", "targe
     rows = [[*(str(r[c]) if isinstance(r[c], str) else "" for c in columns),
              f"{100 * r['accuracy']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]", str(int(r["n"]))]
             for r in frame.to_dict("records")]
-    return _table([*columns, "accuracy % [95% CI]", "n"], rows)
+    return markdown_table([*columns, "accuracy % [95% CI]", "n"], rows)
 
 
 def _rate(frame, target: str, attack: str | None = None, metric: str = "defense_rate") -> dict | None:
@@ -512,7 +507,7 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
              "compare each robustness number with the clean accuracy beside it. Accuracies are percentages with "
              "Wilson 95% intervals.", "",
              "Sample sizes: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".", ""]
-    lines += ["## Verdicts", "", _table(["claim", "verdict", "evidence"],
+    lines += ["## Verdicts", "", markdown_table(["claim", "verdict", "evidence"],
                                         [list(v) for v in verdicts(out, settings)]), ""]
     for exp in experiments(settings):
         state = status.get(exp.key) or ({"ran": True} if (out / "results" / f"{exp.key}.csv").exists() else None)
@@ -530,7 +525,7 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
         if state.get("absent"):
             lines += ["Not yet in the zoo: " + ", ".join(f"`{m}`" for m in state["absent"]) + ".", ""]
     lines += _figure7_section(out, figures)
-    lines += _zoo_section(zoo, paper)
+    lines += zoo_markdown(zoo.root, paper)
     return "\n".join(lines)
 
 
@@ -544,59 +539,8 @@ def _figure7_section(out: Path, figures: dict[str, str]) -> list[str]:
              _pct(r["paper_defense_rate"]), str(int(r["n"]))] for r in frame.to_dict("records")]
     lines += [f"Source: {frame['source'].iloc[0]}; ratio 0 is Normal ResNet-18. Paper values from the same source's "
               "table.", "",
-              _table(["ratio", "attack", "our clean %", "paper clean %", "our defense % [95% CI]", "paper defense %",
+              markdown_table(["ratio", "attack", "our clean %", "paper clean %", "our defense % [95% CI]", "paper defense %",
                       "n"], rows), ""]
     if "figure7_ratio" in figures:
         lines += [f"![Figure 7]({figures['figure7_ratio']})", ""]
     return lines + ["Data: `results/figure7_ratio.csv`.", ""]
-
-
-def _zoo_section(zoo: Zoo, paper) -> list[str]:
-    """Every shipped model with its measured accuracy, its gap to Normal beside the paper's gap, time and size."""
-    from randmask.explore import model_key
-    from randmask.zoo import CHECK_N
-
-    configs, subset = _zoo_configs(zoo), f"clean_accuracy_first{CHECK_N}"
-    paper_clean = {} if paper is None else {
-        model_key(r["target"]): r["percent"]
-        for r in paper[(paper["table"] == 7) & (paper["metric"] == "clean_accuracy")].to_dict("records")}
-    paper_normal = paper_clean.get("Normal ResNet-18")
-    normal = {c["dataset"]: c.get("clean_accuracy") for _, c in configs
-              if c.get("notation") == "Normal ResNet-18" and c.get("seed", 0) == 0}
-    rows, total = [], 0
-    for name, c in configs:
-        size = sum(f.stat().st_size for f in (zoo.root / name).iterdir() if f.is_file())
-        total += size
-        acc, base = c.get("clean_accuracy"), normal.get(c.get("dataset"))
-        low, high = c.get("clean_accuracy_ci95") or (math.nan, math.nan)
-        theirs = paper_clean.get(model_key(c.get("notation"))) if c.get("dataset") == "cifar10" else None
-        paper_gap = theirs - paper_clean["Normal ResNet-18"] if None not in (theirs, paper_normal) else None
-        rows.append([name, c.get("role") or "", str(c.get("recipe", {}).get("epochs", c.get("epochs_trained", ""))),
-                     f"{_pct(100 * acc)} [{_pct(100 * low)}, {_pct(100 * high)}]" if acc is not None else "–",
-                     _pct(100 * c[subset]) if subset in c else "–",
-                     f"{100 * (acc - base):+.1f}" if acc is not None and base is not None else "–",
-                     f"{paper_gap:+.1f}" if paper_gap is not None else "–",
-                     _pct(c.get("train_time_s", math.nan) / 60), f"{size / 1e6:.2f}"])
-    lines = ["## Zoo", ""]
-    first = next((c for _, c in configs if c.get("dataset") == "cifar10" and "recipe" in c), None)
-    if first:
-        recipe = first["recipe"]
-        lines += ["CIFAR-10 recipe (quick preset): " + ", ".join(
-            f"{k}={recipe[k]}" for k in ("width", "epochs", "batch_size", "lr", "schedule", "warmup", "momentum",
-                                          "nesterov", "weight_decay", "label_smoothing", "augment", "precision")
-            if k in recipe) + f" (ran as {first.get('autocast', '?')} on {first.get('device', '?')})"
-            + ". Train time is wall-clock on the machine that trained it (a shared 2-core CPU).", ""]
-    lines += [_table(["model", "role", "epochs", "clean % [95% CI] (full test set, as shipped)", f"first {CHECK_N} %",
-                      "gap to Normal", "paper's gap (Table 7)", "train time (min)", "size (MB)"], rows), "",
-              f"{len(rows)} models, {total / 1e6:.1f} MB in all (fp16 weights).", ""]
-    return lines
-
-
-def _zoo_configs(zoo: Zoo) -> list[tuple[str, dict]]:
-    import json
-
-    found = []
-    for path in sorted(zoo.root.glob("*/*/config.json")):
-        found.append((str(path.parent.relative_to(zoo.root)), json.loads(path.read_text())))
-    return found
-

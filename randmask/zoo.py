@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model, save_checkpoint
 from randmask.data import PROJECT_ROOT, load_uint8
+from randmask.evaluate import markdown_table
 from randmask.notation import slug
 from randmask.stats import wilson_interval
 from randmask.train import accuracy, assemble_ensemble, make_config, train
@@ -118,3 +120,53 @@ def list_zoo(zoo: Path = ZOO_ROOT) -> list[dict]:
                      "trained": path.exists(), "mask_seed": meta.get("mask_seed"), "seed": meta.get("seed"),
                      "clean_accuracy": meta.get("clean_accuracy"), "train_time_s": meta.get("train_time_s")})
     return rows
+
+
+def shipped_configs(zoo: Path = ZOO_ROOT) -> list[tuple[str, dict]]:
+    """('<dataset>/<folder>', config) of every shipped model, in name order."""
+    return [(str(path.parent.relative_to(zoo)), json.loads(path.read_text()))
+            for path in sorted(zoo.glob("*/*/config.json"))]
+
+
+def _pct_text(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{value:.1f}"
+
+
+def zoo_markdown(zoo: Path = ZOO_ROOT, paper=None) -> list[str]:
+    """Every shipped model with its measured accuracy, its gap to Normal beside the paper's gap, time and size."""
+    from randmask.explore import model_key
+
+    configs, subset = shipped_configs(zoo), f"clean_accuracy_first{CHECK_N}"
+    paper_clean = {} if paper is None else {
+        model_key(r["target"]): r["percent"]
+        for r in paper[(paper["table"] == 7) & (paper["metric"] == "clean_accuracy")].to_dict("records")}
+    paper_normal = paper_clean.get("Normal ResNet-18")
+    normal = {c["dataset"]: c.get("clean_accuracy") for _, c in configs
+              if c.get("notation") == "Normal ResNet-18" and c.get("seed", 0) == 0}
+    rows, total = [], 0
+    for name, c in configs:
+        size = sum(f.stat().st_size for f in (zoo / name).iterdir() if f.is_file())
+        total += size
+        acc, base = c.get("clean_accuracy"), normal.get(c.get("dataset"))
+        low, high = c.get("clean_accuracy_ci95") or (math.nan, math.nan)
+        theirs = paper_clean.get(model_key(c.get("notation"))) if c.get("dataset") == "cifar10" else None
+        paper_gap = theirs - paper_clean["Normal ResNet-18"] if None not in (theirs, paper_normal) else None
+        rows.append([name, c.get("role") or "", str(c.get("recipe", {}).get("epochs", c.get("epochs_trained", ""))),
+                     f"{_pct_text(100 * acc)} [{_pct_text(100 * low)}, {_pct_text(100 * high)}]" if acc is not None else "–",
+                     _pct_text(100 * c[subset]) if subset in c else "–",
+                     f"{100 * (acc - base):+.1f}" if acc is not None and base is not None else "–",
+                     f"{paper_gap:+.1f}" if paper_gap is not None else "–",
+                     _pct_text(c.get("train_time_s", math.nan) / 60), f"{size / 1e6:.2f}"])
+    lines = ["## Zoo", ""]
+    first = next((c for _, c in configs if c.get("dataset") == "cifar10" and "recipe" in c), None)
+    if first:
+        recipe = first["recipe"]
+        lines += ["CIFAR-10 recipe (quick preset): " + ", ".join(
+            f"{k}={recipe[k]}" for k in ("width", "epochs", "batch_size", "lr", "schedule", "warmup", "momentum",
+                                          "nesterov", "weight_decay", "label_smoothing", "augment", "precision")
+            if k in recipe) + f" (ran as {first.get('autocast', '?')} on {first.get('device', '?')})"
+            + ". Train time is wall-clock on the machine that trained it (a shared 2-core CPU).", ""]
+    lines += [markdown_table(["model", "role", "epochs", "clean % [95% CI] (full test set, as shipped)", f"first {CHECK_N} %",
+                      "gap to Normal", "paper's gap (Table 7)", "train time (min)", "size (MB)"], rows), "",
+              f"{len(rows)} models, {total / 1e6:.1f} MB in all (fp16 weights).", ""]
+    return lines
