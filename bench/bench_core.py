@@ -1,4 +1,4 @@
-"""Model-core benchmark: masked vs unmasked step times, and the quick preset's precision choice.
+"""Model-core benchmark: masked vs unmasked step times, the quick preset's precision and memory-layout choices.
 
     python bench/bench_core.py [--width 16] [--batch 128] [--rounds 7] [--threads 2]
 
@@ -51,6 +51,9 @@ def main() -> None:
     for name in ("Normal ResNet-18", "0.7-Shallow", "0.5-Deep", "0.5-ShallowSM"):
         model = build_model(name, width=args.width)
         variants[name] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    nhwc = build_model("Normal ResNet-18", width=args.width).to(memory_format=torch.channels_last)
+    nhwc_opt, x_nhwc = torch.optim.SGD(nhwc.parameters(), lr=0.01, momentum=0.9), x.contiguous(
+        memory_format=torch.channels_last)
     fast_bf16 = cpu_has_fast_bf16()
     quick_amp = autocast_dtype(torch.device("cpu"), "auto")
 
@@ -65,6 +68,10 @@ def main() -> None:
             if r:
                 times.setdefault((name, "train"), []).append(t_train)
                 times.setdefault((name, "eval"), []).append(t_eval)
+        nhwc.train()
+        t_nhwc = timed(lambda: train_step(nhwc, nhwc_opt, x_nhwc, y, None))
+        if r:
+            times.setdefault(("Normal ResNet-18", "train-channels_last"), []).append(t_nhwc)
         model, opt = variants["Normal ResNet-18"]
         model.train()
         t_bf16 = timed(lambda m=model, o=opt: train_step(m, o, x, y, torch.bfloat16)) if r < 3 else None
@@ -82,6 +89,8 @@ def main() -> None:
     bf16 = med[("Normal ResNet-18", "train-bf16")]
     print(f"quick preset precision here: {quick_amp or 'fp32'}; its throughput vs plain fp32 eager: "
           f"{base_train / (bf16 if quick_amp else base_train):.2f}x")
+    print(f"channels_last vs NCHW fp32 training step: {base_train / med[('Normal ResNet-18', 'train-channels_last')]:.2f}x"
+          " throughput (the quick preset trains channels_last)")
     print(f"bf16 autocast vs fp32 training step: {base_train / bf16:.2f}x throughput "
           f"({'native' if fast_bf16 else 'emulated'} bf16)")
 

@@ -39,6 +39,14 @@ def test_bad_settings():
         make_config("0.5-Shallow", "quick", epochs=0)
 
 
+def test_quick_preset_is_channels_last_except_where_torch_cannot():
+    assert make_config("0.7-Shallow", "quick").channels_last
+    assert not make_config("0.7-Shallow", "quick", width=4).channels_last  # preset default dropped, not an error
+    assert not make_config("0.7-Shallow", "quick", channels_last=False).channels_last
+    with pytest.raises(RandmaskError, match="channels_last needs width >= 8"):
+        make_config("0.7-Shallow", "quick", width=4, channels_last=True)
+
+
 def test_crop_flip_matches_a_plain_loop():
     x = torch.rand(5, 3, 8, 8)
     shifts, flips = torch.randint(0, 9, (5, 2)), torch.tensor([True, False, True, False, True])
@@ -64,8 +72,10 @@ def test_short_training_lowers_the_loss_and_writes_a_checkpoint(tmp_path, data_d
         train(cfg, tmp_path / "run", show_bar=False)
 
 
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, data_dir):
-    cfg = make_config("0.7-Shallow", "quick", epochs=3, **TINY)
+@pytest.mark.parametrize("width", [4, 8], ids=["nchw", "channels_last"])
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, data_dir, width):
+    cfg = make_config("0.7-Shallow", "quick", epochs=3, **{**TINY, "width": width})
+    assert cfg.channels_last == (width >= 8)
     train(cfg, tmp_path / "straight", show_bar=False)
 
     def stop_after_first_epoch(record):
@@ -84,7 +94,8 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, data_dir
     with pytest.raises(RandmaskError, match="different training config"):
         with pytest.raises(KeyboardInterrupt):
             train(cfg, tmp_path / "again", progress=stop_after_first_epoch, show_bar=False)
-        train(make_config("0.7-Shallow", "quick", epochs=4, **TINY), tmp_path / "again", show_bar=False)
+        train(make_config("0.7-Shallow", "quick", epochs=4, **{**TINY, "width": width}), tmp_path / "again",
+              show_bar=False)
 
 
 def test_ensemble_training_assembles_members(tmp_path, data_dir):
