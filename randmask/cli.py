@@ -85,7 +85,11 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     elif args.action == "table":
         from randmask.explore import load_paper_tables
 
-        print("\n".join(zoo.zoo_markdown(paper=load_paper_tables())))
+        text = "\n".join(zoo.zoo_markdown(paper=load_paper_tables())[2:])  # without the "## Zoo" heading
+        if args.update_readme:
+            print(f"updated {zoo.update_readme(text)}")
+        else:
+            print(text)
     elif args.action == "train":
         zoo.train_zoo(only=args.only)
     return 0
@@ -155,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zoo", help="the quick model zoo shipped in assets/zoo: list it or train what is missing")
     p.add_argument("action", choices=["list", "table", "train"],
                    help="list: JSON plan and status; table: Markdown table of the shipped zoo; train: resume training")
+    p.add_argument("--update-readme", action="store_true", help="table: write it into README.md between its markers")
     p.add_argument("--only", nargs="*", help="zoo names to train, e.g. cifar10/0.7-Shallow")
     p.set_defaults(func=cmd_zoo)
 

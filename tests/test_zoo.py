@@ -59,3 +59,12 @@ def test_zoo_table_lists_every_shipped_model_with_the_papers_gap(tmp_path):
     assert cells[6] == f"{t7['0.7-Shallow'] - t7['Normal ResNet-18']:+.1f}" and cells[7] == "2.0"
     size = sum(f.stat().st_size for f in tmp_path.glob("*/*/*") if f.is_file())
     assert f"2 models, {size / 1e6:.1f} MB in all" in "\n".join(lines)
+
+
+def test_readme_shows_the_shipped_zoo_as_it_is():
+    from randmask.data import PROJECT_ROOT
+    from randmask.explore import load_paper_tables
+    from randmask.zoo import zoo_markdown
+
+    table = "\n".join(zoo_markdown(paper=load_paper_tables())[2:]).strip()
+    assert table in (PROJECT_ROOT / "README.md").read_text(), "run: python -m randmask zoo table --update-readme"
