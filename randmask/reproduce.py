@@ -412,6 +412,19 @@ def verdicts(out: Path, settings: dict) -> list[tuple[str, str, str]]:
                           f"{a}: 0.7-Shallow − Normal = {g:+.1f} points" for a, g in gaps)))
     else:
         found.append(("White-box gains are small", "untested", "needs 0.7-Shallow"))
+
+    # beyond the paper: does 0.9-Shallow's edge survive APGD-CE and a query-only attack (Square)?
+    beyond = _load(out, "beyond_apgd_square")
+    claim = "Beyond the paper: 0.9-Shallow stays more robust than Normal under APGD-CE and Square"
+    if beyond is not None:
+        attacks = [a for a in beyond["attack"].dropna().unique() if a]
+        pairs = [(a, _rate(beyond, "0.9-Shallow", a, "accuracy"), _rate(beyond, "Normal ResNet-18", a, "accuracy"))
+                 for a in attacks]
+        pairs = [p for p in pairs if p[1] and p[2]]
+        found.append((claim, verdict([compare(m, n) for _, m, n in pairs], "higher"), "; ".join(
+            f"{a}: 0.9-Shallow {_fmt(m)} vs Normal {_fmt(n)}" for a, m, n in pairs) or "needs models"))
+    else:
+        found.append((claim, "untested", "needs Normal and 0.9-Shallow"))
     return found
 
 
@@ -510,7 +523,8 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
     lines += ["## Verdicts", "", markdown_table(["claim", "verdict", "evidence"],
                                         [list(v) for v in verdicts(out, settings)]), ""]
     for exp in experiments(settings):
-        state = status.get(exp.key) or ({"ran": True} if (out / "results" / f"{exp.key}.csv").exists() else None)
+        state = status.get(exp.key) or ({"ran": True, "absent": [n for n in exp.wants if not zoo.has(n)]}
+                                         if (out / "results" / f"{exp.key}.csv").exists() else None)
         lines += [f"## {exp.title}", ""]
         if not state or not state.get("ran"):
             missing = (state or {}).get("missing") or [n for n in exp.needs if not zoo.has(n)]

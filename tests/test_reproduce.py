@@ -59,6 +59,7 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     report = (tmp_path / "out" / "REPRODUCTION.md").read_text()
     assert "## Verdicts" in report and "Table 2" in report and "paper %" in report and "our clean %" in report
     assert "Not yet in the zoo: `cifar10/0.85-ShallowEN`" in report
+    assert "| Beyond the paper: 0.9-Shallow stays more robust" in report
     assert "## Figure 7" in report and "![Figure 7](results/plots/figure7_ratio.png)" in report
     pngs = {p.name for p in (results / "plots").glob("*.png")}
     assert {"figure3_noise.png", "figure7_ratio.png", "table2_transfer.png", "table4_whitebox.png"} <= pngs
@@ -130,3 +131,19 @@ def test_figure7_pairs_each_ratio_with_its_clean_accuracy_and_the_papers_numbers
     expected = t11[t11["attack"] == "PGD16"]["percent"].iloc[0]
     assert seven["PGD16"]["paper_defense_rate"] == expected
     assert seven["PGD16"]["paper_clean_accuracy"] == t11[t11["metric"] == "clean_accuracy"]["percent"].iloc[0]
+
+
+def test_beyond_verdict_compares_the_masked_net_with_normal_under_each_attack(tmp_path):
+    from randmask.evaluate import write_csv
+    from randmask.reproduce import verdicts
+
+    def row(target, attack, correct):
+        return {**_transfer_row(target, attack, "accuracy", correct, 200, source=target), "protocol": "beyond"}
+
+    (tmp_path / "results").mkdir()
+    write_csv([row("Normal ResNet-18", "APGD16", 0), row("0.9-Shallow", "APGD16", 60),
+               row("Normal ResNet-18", "Square16", 2), row("0.9-Shallow", "Square16", 3)],
+              tmp_path / "results" / "beyond_apgd_square.csv")
+    found = {claim: (result, evidence) for claim, result, evidence in verdicts(tmp_path, PRESETS["quick"])}
+    result, evidence = next(v for k, v in found.items() if k.startswith("Beyond the paper"))
+    assert result == "partly supported" and "APGD16: 0.9-Shallow 30.0% (n=200) vs Normal 0.0% (n=200)" in evidence
