@@ -103,7 +103,7 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
     _check_pool(x, y)
     specs = [parse_attack(a) for a in attacks]
     source_model = source if isinstance(source, nn.Module) else _ensemble(list(source))
-    paper_names = paper_names or {}
+    paper_names = {str(parse_attack(k)): v for k, v in (paper_names or {}).items()}  # keys as str(spec) spells them
     candidates = select_correct([source_model], x, y, n=max([n] + [n_cw for s in specs if s.norm == "l2"]),
                                 batch_size=batch_size)
     sizes = [min(len(candidates), n_cw if spec.norm == "l2" else n) for spec in specs]

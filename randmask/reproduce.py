@@ -532,7 +532,7 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
                       f"Not run yet: `python -m randmask reproduce --preset {preset} --only {exp.key}`.", ""]
             continue
         body = _side_by_side(out, exp.key, exp.paper_table, paper) if exp.paper_table and paper is not None else ""
-        lines += [body or _ours_only(out, exp.key), ""]
+        lines += [body or _ours_only(out, exp.key), ""] + _unfooled_note(out, exp.key)
         if exp.key in figures:
             lines += [f"![{exp.title}]({figures[exp.key]})", ""]
         lines += [f"Data: `results/{exp.key}.csv`.", ""]
@@ -541,6 +541,19 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
     lines += _figure7_section(out, figures)
     lines += zoo_markdown(zoo.root, paper)
     return "\n".join(lines)
+
+
+def _unfooled_note(out: Path, key: str) -> list[str]:
+    """Say so when an attack fooled the source on none of the images it attacked (CW with a large kappa on
+    label-smoothed nets, whose logit gaps stay far below kappa): its rows have n = 0 and no interval."""
+    frame = _load(out, key)
+    if frame is None or "n_attacked" not in frame.columns:
+        return []
+    dead = frame[(frame["metric"] == "defense_rate") & (frame["n"] == 0) & (frame["n_attacked"] > 0)]
+    return [f"{attack} fooled the source on none of the {int(part['n_attacked'].iloc[0])} images it attacked, so its "
+            "rows have n = 0. For CW this means the margin κ is beyond the source's logit scale: our quick nets "
+            "are trained with label smoothing 0.1, which keeps the gap between their top two logits near 4 "
+            "(README, 'Model zoo'), so κ = 40 cannot be reached.\n" for attack, part in dead.groupby("attack")]
 
 
 def _figure7_section(out: Path, figures: dict[str, str]) -> list[str]:

@@ -283,3 +283,15 @@ def test_shuffle_protocol_uses_confident_images_of_every_model(net):
     assert (probs.max(1).values >= 0.9).all() and len(chosen) == rows[0]["n"]
     assert [r["attack"] for r in rows] == ["shuffle2x2", "shuffle8x8"]
     assert rows[1]["accuracy"] <= rows[0]["accuracy"]
+
+
+def test_paper_names_match_however_the_attack_is_spelt():
+    from randmask.models import build_model
+    from randmask.protocols import transfer
+
+    torch.manual_seed(0)
+    net = build_model("Normal ResNet-18", width=4).eval()
+    x, y = torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)
+    rows = transfer(net, {"t": net}, ["CW40(search=1, steps=100)"], x, y, source_name="s", n=4, n_cw=2,
+                    clean=False, paper_names={"CW40(search=1, steps=100)": "CW40"})  # steps=100 is the default
+    assert rows[0]["attack"] == "CW40(search=1)" and rows[0]["paper_attack"] == "CW40"

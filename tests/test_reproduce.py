@@ -147,3 +147,16 @@ def test_beyond_verdict_compares_the_masked_net_with_normal_under_each_attack(tm
     found = {claim: (result, evidence) for claim, result, evidence in verdicts(tmp_path, PRESETS["quick"])}
     result, evidence = next(v for k, v in found.items() if k.startswith("Beyond the paper"))
     assert result == "partly supported" and "APGD16: 0.9-Shallow 30.0% (n=200) vs Normal 0.0% (n=200)" in evidence
+
+
+def test_an_attack_that_fooled_nothing_is_explained(tmp_path):
+    from randmask.evaluate import write_csv
+    from randmask.reproduce import _unfooled_note
+
+    dead = {**_transfer_row("0.9-Shallow", "CW40", "defense_rate", 0, 1), "n": 0, "accuracy": None,
+            "ci_low": None, "ci_high": None, "n_attacked": 100}
+    alive = {**_transfer_row("0.9-Shallow", "PGD16", "defense_rate", 50, 90), "n_attacked": 100}
+    (tmp_path / "results").mkdir()
+    write_csv([dead, alive], tmp_path / "results" / "table11_transfer.csv")
+    notes = _unfooled_note(tmp_path, "table11_transfer")
+    assert len(notes) == 1 and notes[0].startswith("CW40 fooled the source on none of the 100 images")
