@@ -36,23 +36,23 @@ def noise_figure(frame):
     return fig
 
 
-def ratio_figure(frame, attacks: list[str]):
-    """Figure 7: defense rate against clean accuracy for Normal and each r-Shallow, ours beside the paper's."""
+def ratio_figure(frame, attacks: list[str], paper_curve: dict[str, list[tuple[float, float, float]]]):
+    """Figure 7: defense rate against clean accuracy for Normal and each r-Shallow, ours beside the paper's
+    curve over all its ratios (paper_curve: attack -> [(ratio, clean %, defense %)])."""
     fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 4.4), squeeze=False)
     for ax, attack in zip(axes[0], attacks, strict=True):
         part = frame[frame["attack"] == attack].sort_values("ratio")
         x, y = 100 * part["clean_accuracy"], 100 * part["accuracy"]
         ax.errorbar(x, y, yerr=[y - 100 * part["ci_low"], 100 * part["ci_high"] - y], fmt="o-", color=OURS,
                     capsize=3, label="ours")
-        paper = part.dropna(subset=["paper_defense_rate", "paper_clean_accuracy"])
-        ax.plot(paper["paper_clean_accuracy"], paper["paper_defense_rate"], "*--", color=PAPER, ms=9,
-                label="paper")
+        curve = paper_curve.get(attack, [])
+        ax.plot([c for _, c, _ in curve], [d for _, _, d in curve], "*--", color=PAPER, ms=9, label="paper")
         for _, row in part.iterrows():
             ax.annotate(f"{row['ratio']:g}", (100 * row["clean_accuracy"], 100 * row["accuracy"]),
                         textcoords="offset points", xytext=(4, 4), fontsize=8, color=OURS)
-        for _, row in paper.iterrows():
-            ax.annotate(f"{row['ratio']:g}", (row["paper_clean_accuracy"], row["paper_defense_rate"]),
-                        textcoords="offset points", xytext=(4, -10), fontsize=8, color=PAPER)
+        for ratio, clean, defense in curve:
+            ax.annotate(f"{ratio:g}", (clean, defense), textcoords="offset points", xytext=(4, -10), fontsize=8,
+                        color=PAPER)
         source = part["source"].iloc[0] if len(part) else ""
         ax.set(xlabel="clean test accuracy %", ylabel="defense rate %", title=f"{attack} from {source}")
         ax.grid(alpha=0.3)
@@ -73,5 +73,5 @@ def side_by_side_figure(merged, title: str):
     ax.set_yticks(ypos, labels, fontsize=7)
     ax.set(xlim=(0, 100), xlabel="%", title=title)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig

@@ -441,6 +441,19 @@ def shallow_ratio(name) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def paper_points(paper, table: int) -> dict[tuple[float, str], float]:
+    """{(ratio, attack key): percent} of Normal and every r-Shallow in a paper table; attack key '' is clean
+    accuracy."""
+    from randmask.explore import attack_key
+
+    found: dict[tuple[float, str], float] = {}
+    for row in [] if paper is None else paper[paper["table"] == table].to_dict("records"):
+        ratio = shallow_ratio(row["target"])
+        if ratio is not None:
+            found[(ratio, attack_key(row["attack"]) if row["metric"] != "clean_accuracy" else "")] = row["percent"]
+    return found
+
+
 def figure7_rows(out: Path, paper) -> list[dict]:
     """Figure 7 from the main transfer results: for each attack, Normal (ratio 0) and every r-Shallow's defense
     rate beside its clean accuracy, with the paper's two numbers for the same source and ratio where it has them
@@ -450,12 +463,7 @@ def figure7_rows(out: Path, paper) -> list[dict]:
     frame, source, table = main_transfer(out)
     if frame is None:
         return []
-    paper_part = paper[(paper["table"] == table)] if paper is not None else None
-    paper_at: dict[tuple, float] = {}
-    for row in [] if paper_part is None else paper_part.to_dict("records"):
-        ratio = shallow_ratio(row["target"])
-        if ratio is not None:
-            paper_at[(ratio, attack_key(row["attack"]) if row["metric"] != "clean_accuracy" else "")] = row["percent"]
+    paper_at = paper_points(paper, table)
     clean = {shallow_ratio(r["target"]): r for r in frame[frame["metric"] == "clean_accuracy"].to_dict("records")}
     rows = []
     for row in frame[frame["metric"] == "defense_rate"].to_dict("records"):
@@ -477,7 +485,7 @@ def write_figures(out: Path, paper) -> dict[str, str]:
     import pandas as pd
 
     from randmask import plots
-    from randmask.explore import compare_with_paper
+    from randmask.explore import attack_key, compare_with_paper
 
     made: dict[str, str] = {}
     folder = out / "results" / "plots"
@@ -496,7 +504,10 @@ def write_figures(out: Path, paper) -> dict[str, str]:
         frame = pd.DataFrame(rows)
         attacks = [a for a in FIGURE7_ATTACKS if a in set(frame["attack"])]
         if attacks:
-            keep("figure7_ratio", plots.ratio_figure(frame, attacks))
+            points = paper_points(paper, main_transfer(out)[2])
+            curve = {a: sorted((r, points[(r, "")], v) for (r, k), v in points.items()
+                               if k == attack_key(a) and (r, "") in points) for a in attacks}
+            keep("figure7_ratio", plots.ratio_figure(frame, attacks, curve))
     if paper is not None:
         for exp in experiments(PRESETS["quick"]):
             ours = _load(out, exp.key)
