@@ -85,7 +85,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     elif args.action == "table":
         from randmask.explore import load_paper_tables
 
-        text = "\n".join(zoo.zoo_markdown(paper=load_paper_tables())[2:])  # without the "## Zoo" heading
+        text = "\n".join(zoo.zoo_markdown(paper=load_paper_tables()))
         if args.update_readme:
             print(f"updated {zoo.update_readme(text)}")
         else:

@@ -164,6 +164,11 @@ def mean_or_nan(values: torch.Tensor) -> float:
     return values.double().mean().item() if len(values) else math.nan
 
 
+def percent_text(value: float | None) -> str:
+    """'12.3', or '–' for a missing value (None or NaN)."""
+    return "–" if value is None or value != value else f"{value:.1f}"
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A GitHub-flavoured Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

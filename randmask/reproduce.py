@@ -8,7 +8,6 @@ n and a Wilson 95% interval.
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from torch import nn
 from randmask import protocols
 from randmask.checkpoint import WEIGHTS_FILE, load_model
 from randmask.data import PROJECT_ROOT, load_tensors
-from randmask.evaluate import markdown_table, write_csv
+from randmask.evaluate import markdown_table, percent_text, write_csv
 from randmask.zoo import zoo_markdown
 
 Progress = Callable[[str, int, int], None]
@@ -220,10 +219,6 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
 
 
 # ------------------------------------------------------------------------------------------ report
-def _pct(value: float) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
-
-
 def _load(out: Path, key: str):
     import pandas as pd
 
@@ -237,8 +232,6 @@ def _side_by_side(out: Path, key: str, table: int, paper) -> str:
     ours = _load(out, key)
     if ours is None:
         return ""
-    if key == "table5_graybox":
-        ours = _graybox_targets(ours)
     merged = compare_with_paper(paper, ours, table)
     merged = merged[merged["ours"].notna()]
     clean = {model_key(r["target"]): r for r in merged.to_dict("records") if r["metric"] == "clean_accuracy"}
@@ -246,23 +239,17 @@ def _side_by_side(out: Path, key: str, table: int, paper) -> str:
 
     def clean_of(target: str) -> tuple[str, str]:
         mine, theirs = ours_clean.get(model_key(target)), clean.get(model_key(target))
-        return (_pct(100 * mine["accuracy"]) if mine else "–", _pct(theirs["paper"]) if theirs else "–")
+        return (percent_text(100 * mine["accuracy"]) if mine else "–", percent_text(theirs["paper"]) if theirs else "–")
 
-    rows = [[r["target"], r["attack"] or "clean", _pct(r["paper"]),
-             f"{_pct(r['ours'])} [{_pct(r['ours_low'])}, {_pct(r['ours_high'])}]", f"{int(r['n'])}",
+    rows = [[r["target"], r["attack"] or "clean", percent_text(r["paper"]),
+             f"{percent_text(r['ours'])} [{percent_text(r['ours_low'])}, {percent_text(r['ours_high'])}]", f"{int(r['n'])}",
              f"{r['difference']:+.1f}", *clean_of(r["target"])]
             for r in merged.to_dict("records") if r["metric"] != "clean_accuracy"]
-    rows += [[r["target"], "clean", _pct(r["paper"]),
-              f"{_pct(r['ours'])} [{_pct(r['ours_low'])}, {_pct(r['ours_high'])}]", f"{int(r['n'])}",
+    rows += [[r["target"], "clean", percent_text(r["paper"]),
+              f"{percent_text(r['ours'])} [{percent_text(r['ours_low'])}, {percent_text(r['ours_high'])}]", f"{int(r['n'])}",
               f"{r['difference']:+.1f}", "", ""] for r in merged.to_dict("records") if r["metric"] == "clean_accuracy"]
     header = ["target", "attack", "paper %", "ours % [95% CI]", "n", "ours − paper", "our clean %", "paper clean %"]
     return markdown_table(header, rows) if rows else ""
-
-
-def _graybox_targets(frame):
-    """The paper names gray-box targets by relation ('0.7-Shallow (other init)', '0.7-ShallowDIF')."""
-    return frame.assign(target=frame["target"] + frame["relation"].map(
-        {"other init": " (other init)", "DIF": "DIF"}).fillna(""), relation="")
 
 
 def _ours_only(out: Path, key: str, columns: tuple[str, ...] = ("source", "target", "attack")) -> str:
@@ -457,15 +444,16 @@ def paper_points(paper, table: int) -> dict[tuple[float, str], float]:
     return found
 
 
-def figure7_rows(out: Path, paper) -> list[dict]:
-    """Figure 7 from the main transfer results: for each attack, Normal (ratio 0) and every r-Shallow's defense
-    rate beside its clean accuracy, with the paper's two numbers for the same source and ratio where it has them
-    (paper values in percent, ours as fractions like every results file)."""
+def figure7(out: Path, paper) -> tuple[list[dict], dict[str, list[tuple[float, float, float]]]]:
+    """Figure 7 from the main transfer results: (rows, paper curve). Rows: for each attack, Normal (ratio 0) and
+    every r-Shallow's defense rate beside its clean accuracy, with the paper's two numbers for the same source
+    and ratio where it has them (paper values in percent, ours as fractions like every results file). Paper
+    curve: attack -> [(ratio, clean %, defense %)] over every ratio of the paper's table for that source."""
     from randmask.explore import attack_key
 
     frame, source, table = main_transfer(out)
     if frame is None:
-        return []
+        return [], {}
     paper_at = paper_points(paper, table)
     clean = {shallow_ratio(r["target"]): r for r in frame[frame["metric"] == "clean_accuracy"].to_dict("records")}
     rows = []
@@ -480,7 +468,9 @@ def figure7_rows(out: Path, paper) -> list[dict]:
                      "clean_accuracy": clean[ratio]["accuracy"], "clean_n": clean[ratio]["n"],
                      "paper_defense_rate": paper_at.get((ratio, attack_key(attack))),
                      "paper_clean_accuracy": paper_at.get((ratio, ""))})
-    return sorted(rows, key=lambda r: (r["attack"], r["ratio"]))
+    curve = {a: sorted((r, paper_at[(r, "")], v) for (r, k), v in paper_at.items()
+                       if k == attack_key(a) and (r, "") in paper_at) for a in FIGURE7_ATTACKS}
+    return sorted(rows, key=lambda r: (r["attack"], r["ratio"])), curve
 
 
 def write_figures(out: Path, paper) -> dict[str, str]:
@@ -488,7 +478,7 @@ def write_figures(out: Path, paper) -> dict[str, str]:
     import pandas as pd
 
     from randmask import plots
-    from randmask.explore import attack_key, compare_with_paper
+    from randmask.explore import compare_with_paper
 
     made: dict[str, str] = {}
     folder = out / "results" / "plots"
@@ -500,24 +490,20 @@ def write_figures(out: Path, paper) -> dict[str, str]:
     noise = _load(out, "figure3_noise")
     if noise is not None:
         keep("figure3_noise", plots.noise_figure(noise))
-    rows = figure7_rows(out, paper)
+    rows, curve = figure7(out, paper)
     (out / "results" / "figure7_ratio.csv").unlink(missing_ok=True)
     if rows:
         write_csv(rows, out / "results" / "figure7_ratio.csv")
         frame = pd.DataFrame(rows)
         attacks = [a for a in FIGURE7_ATTACKS if a in set(frame["attack"])]
         if attacks:
-            points = paper_points(paper, main_transfer(out)[2])
-            curve = {a: sorted((r, points[(r, "")], v) for (r, k), v in points.items()
-                               if k == attack_key(a) and (r, "") in points) for a in attacks}
             keep("figure7_ratio", plots.ratio_figure(frame, attacks, curve))
     if paper is not None:
         for exp in experiments(PRESETS["quick"]):
             ours = _load(out, exp.key)
             if exp.paper_table is None or ours is None:
                 continue
-            merged = compare_with_paper(paper, _graybox_targets(ours) if exp.key == "table5_graybox" else ours,
-                                        exp.paper_table)
+            merged = compare_with_paper(paper, ours, exp.paper_table)
             if merged["ours"].notna().any():
                 keep(exp.key, plots.side_by_side_figure(merged, exp.title))
     return made
@@ -553,7 +539,7 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
         if state.get("absent"):
             lines += ["Not yet in the zoo: " + ", ".join(f"`{m}`" for m in state["absent"]) + ".", ""]
     lines += _figure7_section(out, figures)
-    lines += zoo_markdown(zoo.root, paper)
+    lines += ["## Zoo", "", *zoo_markdown(zoo.root, paper)]
     return "\n".join(lines)
 
 
@@ -575,9 +561,9 @@ def _figure7_section(out: Path, figures: dict[str, str]) -> list[str]:
     frame = _load(out, "figure7_ratio")
     if frame is None:
         return lines + ["Pending: needs transfer results for Normal and r-Shallow models.", ""]
-    rows = [[f"{r['ratio']:g}", r["attack"], f"{_pct(100 * r['clean_accuracy'])}", _pct(r["paper_clean_accuracy"]),
-             f"{_pct(100 * r['accuracy'])} [{_pct(100 * r['ci_low'])}, {_pct(100 * r['ci_high'])}]",
-             _pct(r["paper_defense_rate"]), str(int(r["n"]))] for r in frame.to_dict("records")]
+    rows = [[f"{r['ratio']:g}", r["attack"], f"{percent_text(100 * r['clean_accuracy'])}", percent_text(r["paper_clean_accuracy"]),
+             f"{percent_text(100 * r['accuracy'])} [{percent_text(100 * r['ci_low'])}, {percent_text(100 * r['ci_high'])}]",
+             percent_text(r["paper_defense_rate"]), str(int(r["n"]))] for r in frame.to_dict("records")]
     lines += [f"Source: {frame['source'].iloc[0]}; ratio 0 is Normal ResNet-18. Paper values from the same source's "
               "table.", "",
               markdown_table(["ratio", "attack", "our clean %", "paper clean %", "our defense % [95% CI]", "paper defense %",

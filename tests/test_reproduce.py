@@ -111,7 +111,7 @@ def _transfer_row(target, attack, metric, correct, n, source="VGG-19", paper_att
 def test_figure7_pairs_each_ratio_with_its_clean_accuracy_and_the_papers_numbers(tmp_path):
     from randmask.evaluate import write_csv
     from randmask.explore import load_paper_tables
-    from randmask.reproduce import figure7_rows
+    from randmask.reproduce import figure7
 
     rows = [_transfer_row("Normal ResNet-18", "PGD16", "defense_rate", 10, 100),
             _transfer_row("0.7-Shallow", "PGD16", "defense_rate", 60, 100),
@@ -123,7 +123,7 @@ def test_figure7_pairs_each_ratio_with_its_clean_accuracy_and_the_papers_numbers
     (tmp_path / "results").mkdir()
     write_csv(rows, tmp_path / "results" / "table11_transfer.csv")  # only VGG-19 ran: it becomes the source
     paper = load_paper_tables()
-    found = figure7_rows(tmp_path, paper)
+    found, curve = figure7(tmp_path, paper)
     assert [(r["ratio"], r["attack"]) for r in found] == [(0.7, "CW40"), (0.0, "PGD16"), (0.7, "PGD16")]
     seven = {r["attack"]: r for r in found if r["ratio"] == 0.7}
     assert seven["PGD16"]["accuracy"] == 0.6 and seven["PGD16"]["clean_accuracy"] == 0.8
@@ -131,6 +131,8 @@ def test_figure7_pairs_each_ratio_with_its_clean_accuracy_and_the_papers_numbers
     expected = t11[t11["attack"] == "PGD16"]["percent"].iloc[0]
     assert seven["PGD16"]["paper_defense_rate"] == expected
     assert seven["PGD16"]["paper_clean_accuracy"] == t11[t11["metric"] == "clean_accuracy"]["percent"].iloc[0]
+    assert (0.7, seven["PGD16"]["paper_clean_accuracy"], expected) in curve["PGD16"]
+    assert [r for r, _, _ in curve["PGD16"]] == sorted(r for r, _, _ in curve["PGD16"]) and len(curve["PGD16"]) > 5
 
 
 def test_beyond_verdict_compares_the_masked_net_with_normal_under_each_attack(tmp_path):

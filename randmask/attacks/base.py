@@ -108,7 +108,8 @@ class Attack:
 
     # ---------------------------------------------------------------- to override
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Each attack overrides this one method (the base class is never used on its own)."""
+        raise NotImplementedError(f"{type(self).__name__} must override perturb(x, y)")
 
     def is_success(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return logits.argmax(1) != y
