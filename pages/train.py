@@ -29,7 +29,8 @@ with st.form("train_form"):
                                  help="e.g. 0.7-Shallow, 0.5-ShallowDC, 0.9-Shallow×2, 0.5-Deep, Normal ResNet-18")
     with c2:
         preset = st.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("quick"), key="train_preset",
-                              help="quick: width 16, one-cycle, 15 epochs (CPU); paper: appendix D, 350 epochs")
+                              help=f"quick: width {PRESETS['quick']['width']}, one-cycle, {PRESETS['quick']['epochs']} epochs "
+                                   f"(CPU, the zoo's recipe); paper: appendix D, {PRESETS['paper']['epochs']} epochs")
     with c3:
         dataset = st.selectbox("Data set", list(DATASETS), key="train_dataset")
     c4, c5, c6, c7 = st.columns(4)

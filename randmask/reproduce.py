@@ -8,6 +8,7 @@ n and a Wilson 95% interval.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from randmask import protocols
-from randmask.checkpoint import WEIGHTS_FILE, load_model
+from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model
 from randmask.data import PROJECT_ROOT, load_tensors
 from randmask.evaluate import markdown_table, percent_text, write_csv
 from randmask.zoo import zoo_markdown
@@ -73,6 +74,10 @@ class Zoo:
             self._cache[name] = load_model(self.root / name)
         return self._cache[name]
 
+    def config(self, name: str) -> dict:
+        """A model's config.json, read without loading its weights."""
+        return json.loads((self.root / name / CONFIG_FILE).read_text())
+
     def model(self, name: str) -> nn.Module:
         return self[name][0]
 
@@ -90,6 +95,7 @@ TRANSFER_SOURCES = [
     ("table8_transfer", "Table 8 · transfer from another ResNet-18 (Normal, seed 1)",
      zoo_name("Normal ResNet-18", seed=1), "ResNet-18", 8),
 ]
+BLACK_BOX_SOURCES = {zoo_name("DenseNet-121"), zoo_name("VGG-19"), zoo_name("DenseNet-121", "mnist")}
 
 
 def experiments(settings: dict) -> list[Experiment]:
@@ -536,11 +542,24 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
         if exp.key in figures:
             lines += [f"![{exp.title}]({figures[exp.key]})", ""]
         lines += [f"Data: `results/{exp.key}.csv`.", ""]
+        lines += _budget_note(zoo, exp)
         if state.get("absent"):
             lines += ["Not yet in the zoo: " + ", ".join(f"`{m}`" for m in state["absent"]) + ".", ""]
     lines += _figure7_section(out, figures)
     lines += ["## Zoo", "", *zoo_markdown(zoo.root, paper)]
     return "\n".join(lines)
+
+
+def _budget_note(zoo: Zoo, exp: Experiment) -> list[str]:
+    """Warn when the models an experiment compares were trained for different numbers of epochs (a shipped
+    model of an older recipe that has not been retrained yet): their robustness is not comparable at face value."""
+    compared = [n for n in exp.needs + exp.wants if zoo.has(n) and n not in BLACK_BOX_SOURCES]
+    epochs = {n: zoo.config(n).get("recipe", {}).get("epochs") for n in compared}
+    if len(set(epochs.values())) <= 1:
+        return []
+    return ["**Mixed training budgets**: " + ", ".join(f"`{n}` {e} epochs" for n, e in epochs.items())
+            + ". Retrain the older ones (`python -m randmask zoo train`) before reading this table as a comparison.",
+            ""]
 
 
 def _unfooled_note(out: Path, key: str) -> list[str]:

@@ -75,7 +75,7 @@ PRESETS: dict[str, dict] = {
     # appendix D: SGD 0.9, wd 5e-4, batch 128, lr 0.1 /10 at epochs 150 and 250, 350 epochs, crop + flip
     "paper": dict(width=64, epochs=350, lr=0.1, schedule="step", milestones=(150, 250), precision="fp32"),
     # a 2-core CPU: narrow net, one-cycle schedule, label smoothing, NHWC; see README "Model zoo" for the numbers
-    "quick": dict(width=16, epochs=15, lr=0.2, nesterov=True, schedule="onecycle", label_smoothing=0.1,
+    "quick": dict(width=16, epochs=40, lr=0.2, nesterov=True, schedule="onecycle", label_smoothing=0.1,
                   channels_last=True),
 }
 MIN_CHANNELS_LAST_WIDTH = 8  # width 4 with channels_last hangs or aborts in torch 2.14.1 (CPU); 8, 12, 16 train
@@ -218,7 +218,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
     resume_path = out / RESUME_FILE
     if resume_path.exists():
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if state["config"] != _jsonable(cfg):
+        if state["config"] != asdict_json(cfg):
             raise RandmaskError(f"{resume_path} was written by a different training config; "
                                 f"use another --out or delete it")
         model.load_state_dict(state["model"])
@@ -233,7 +233,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     steps_per_epoch = math.ceil((len(x_train) - len(x_train) % world) / world / max(1, cfg.batch_size // world))
-    log("start", config=_jsonable(cfg), world_size=world, device=str(device),
+    log("start", config=asdict_json(cfg), world_size=world, device=str(device),
         autocast=str(amp).removeprefix("torch.") if amp else "fp32", steps_per_epoch=steps_per_epoch,
         start_epoch=start_epoch)
 
@@ -275,7 +275,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
                       "lr": opt.param_groups[0]["lr"], "train_time_s": round(train_time, 1)}
             history.append(record)
             if rank == 0:  # saved before the record goes out, so a reader of the log can always resume
-                _atomic_save({"config": _jsonable(cfg), "epoch": epoch + 1, "model": model.state_dict(),
+                _atomic_save({"config": asdict_json(cfg), "epoch": epoch + 1, "model": model.state_dict(),
                               "optimizer": opt.state_dict(), "rng_torch": torch.get_rng_state(),
                               "train_time_s": train_time, "history": history}, resume_path)
             log("epoch", **record)
@@ -294,7 +294,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
         correct, n = accuracy(model, x_test, y_test, device=device, channels_last=cfg.channels_last)
         low, high = wilson_interval(correct, n)
         model.to(memory_format=torch.contiguous_format)
-        result = {"recipe": _jsonable(cfg), "clean_accuracy": correct / n, "clean_accuracy_n": n,
+        result = {"recipe": asdict_json(cfg), "clean_accuracy": correct / n, "clean_accuracy_n": n,
                   "clean_accuracy_ci95": [low, high], "train_time_s": round(train_time, 1),
                   "epochs_trained": cfg.epochs, "world_size": world, "device": str(device),
                   "autocast": str(amp).removeprefix("torch.") if amp else "fp32", "history": history}
@@ -352,7 +352,8 @@ def assemble_ensemble(folders: list[str | Path], out: str | Path, eval_n: int | 
     return result
 
 
-def _jsonable(cfg: TrainConfig) -> dict:
+def asdict_json(cfg: TrainConfig) -> dict:
+    """The config as plain JSON types (tuples become lists), as checkpoints record it."""
     return json.loads(json.dumps(asdict(cfg)))
 
 

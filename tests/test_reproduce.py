@@ -162,3 +162,20 @@ def test_an_attack_that_fooled_nothing_is_explained(tmp_path):
     write_csv([dead, alive], tmp_path / "results" / "table11_transfer.csv")
     notes = _unfooled_note(tmp_path, "table11_transfer")
     assert len(notes) == 1 and notes[0].startswith("CW40 fooled the source on none of the 100 images")
+
+
+def test_an_experiment_mixing_training_budgets_says_so(tmp_path, data_dir):
+    import json
+
+    _fake_zoo(tmp_path / "zoo", ["cifar10/Normal_ResNet-18", "cifar10/0.7-Shallow"])
+    for folder, epochs in (("Normal_ResNet-18", 40), ("0.7-Shallow", 15)):
+        path = tmp_path / "zoo" / "cifar10" / folder / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "recipe": {"epochs": epochs}}))
+    reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path, overrides=TINY, only=["table3_shuffle"])
+    shuffle = (tmp_path / "REPRODUCTION.md").read_text().split("## Table 3")[1].split("\n## ")[0]
+    assert "**Mixed training budgets**: `cifar10/Normal_ResNet-18` 40 epochs, `cifar10/0.7-Shallow` 15 epochs" in shuffle
+
+    path = tmp_path / "zoo" / "cifar10" / "0.7-Shallow" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "recipe": {"epochs": 40}}))
+    reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path, overrides=TINY, only=["table3_shuffle"])
+    assert "Mixed training budgets" not in (tmp_path / "REPRODUCTION.md").read_text()

@@ -68,3 +68,51 @@ def test_readme_shows_the_shipped_zoo_as_it_is():
 
     table = "\n".join(zoo_markdown(paper=load_paper_tables())[2:]).strip()
     assert table in (PROJECT_ROOT / "README.md").read_text(), "run: python -m randmask zoo table --update-readme"
+
+
+def test_zoo_plan_gives_every_compared_cifar_model_one_recipe():
+    from randmask.zoo import SOURCE_EPOCHS, planned_config
+
+    compared = [e for e in ZOO if e.dataset == "cifar10" and "black-box source" not in e.role]
+    recipes = {json.dumps({k: v for k, v in vars(planned_config(e)).items()
+                           if k not in ("notation", "seed", "mask_seed")}, sort_keys=True) for e in compared}
+    assert len(recipes) == 1 and planned_config(compared[0]).epochs == 40
+    sources = [e for e in ZOO if e.dataset == "cifar10" and "black-box source" in e.role]
+    assert sources and all(planned_config(e).epochs == SOURCE_EPOCHS for e in sources)
+
+
+def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_path, monkeypatch, data_dir):
+    from dataclasses import replace
+
+    from randmask import zoo
+    from randmask.checkpoint import save_checkpoint
+    from randmask.models import build_model
+    from randmask.train import asdict_json
+
+    entry = zoo.Entry("0.5-Shallow", role="test")
+    monkeypatch.setattr(zoo, "ZOO", [entry])
+    monkeypatch.setattr(zoo, "ENSEMBLES", {})
+    trained = []
+
+    def fake_train(cfg, out, show_bar=None):  # a width-4 net stands in for hours of training
+        trained.append(cfg)
+        model = build_model(cfg.notation, dataset=cfg.dataset, width=4, mask_seed=cfg.mask_seed)
+        save_checkpoint(model, out, extra={"recipe": asdict_json(cfg), "clean_accuracy": 0.1, "train_time_s": 1.0})
+
+    monkeypatch.setattr(zoo, "train", fake_train)
+    old = replace(zoo.planned_config(entry), epochs=15)
+    fake_train(old, tmp_path / "zoo" / entry.name)  # shipped under the old recipe
+    fake_train(old, tmp_path / "runs" / entry.name)  # and its finished run, left from an earlier session
+    trained.clear()
+    assert not zoo.is_current(tmp_path / "zoo" / entry.name, entry)
+
+    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo")
+    assert [c.epochs for c in trained] == [40]
+    assert zoo.is_current(tmp_path / "zoo" / entry.name, entry)
+    shipped = json.loads((tmp_path / "zoo" / entry.name / "config.json").read_text())
+    assert shipped["weights_dtype"] == "float16" and shipped["role"] == "test" and shipped["clean_accuracy_n"] == 10000
+    kept = list((tmp_path / "runs" / "cifar10").glob("0.5-Shallow.old-recipe-*"))
+    assert len(kept) == 1 and json.loads((kept[0] / "config.json").read_text())["recipe"]["epochs"] == 15
+
+    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo")  # now current: nothing to do
+    assert len(trained) == 1
