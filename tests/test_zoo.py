@@ -71,14 +71,17 @@ def test_readme_shows_the_shipped_zoo_as_it_is():
 
 
 def test_zoo_plan_gives_every_compared_cifar_model_one_recipe():
-    from randmask.zoo import SOURCE_EPOCHS, planned_config
+    from randmask.zoo import planned_config
 
     compared = [e for e in ZOO if e.dataset == "cifar10" and "black-box source" not in e.role]
     recipes = {json.dumps({k: v for k, v in vars(planned_config(e)).items()
                            if k not in ("notation", "seed", "mask_seed")}, sort_keys=True) for e in compared}
     assert len(recipes) == 1 and planned_config(compared[0]).epochs == 40
-    sources = [e for e in ZOO if e.dataset == "cifar10" and "black-box source" in e.role]
-    assert sources and all(planned_config(e).epochs == SOURCE_EPOCHS for e in sources)
+    assert planned_config(compared[0]).label_smoothing == 0.1
+    sources = [e for e in ZOO if "black-box source" in e.role]
+    assert {e.dataset for e in sources} == {"cifar10", "mnist"}
+    assert all(planned_config(e).label_smoothing == 0 for e in sources)  # CW40 needs unsmoothed logits
+    assert {planned_config(e).epochs for e in sources if e.dataset == "cifar10"} == {15}
 
 
 def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_path, monkeypatch, data_dir):
