@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "table", "train"],
                    help="list: JSON plan and status; table: Markdown table of the shipped zoo; train: resume training")
     p.add_argument("--update-readme", action="store_true", help="table: write it into README.md between its markers")
-    p.add_argument("--only", nargs="*", help="zoo names to train, e.g. cifar10/0.7-Shallow")
+    p.add_argument("--only", nargs="*", help="zoo names to train, in this order, e.g. cifar10/0.7-Shallow")
     p.add_argument("--threads", type=int, help="torch threads for training (default: torch's choice)")
     p.set_defaults(func=cmd_zoo)
 

@@ -89,9 +89,11 @@ def is_current(folder: Path, entry: Entry) -> bool:
 def train_zoo(runs: Path = RUNS_ROOT, zoo: Path = ZOO_ROOT, only: list[str] | None = None) -> None:
     """Train every entry that is missing or was trained with another recipe (resuming a partial run), exporting
     each as soon as it is done. A shipped model of an older recipe stays in place until its successor is done."""
-    for entry in ZOO:
-        if only and entry.name not in only:
-            continue
+    by_name = {e.name: e for e in ZOO}
+    unknown = [name for name in only or [] if name not in by_name]
+    if unknown:
+        raise RandmaskError(f"not in the zoo plan: {', '.join(unknown)} (see python -m randmask zoo list)")
+    for entry in [by_name[name] for name in only] if only else ZOO:  # `only` in the order given
         if is_current(zoo / entry.name, entry):
             continue
         out = runs / entry.name

@@ -119,3 +119,17 @@ def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_pa
 
     zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo")  # now current: nothing to do
     assert len(trained) == 1
+
+
+def test_train_zoo_trains_only_the_named_models_in_the_order_given(tmp_path, monkeypatch):
+    from randmask import zoo
+    from randmask.errors import RandmaskError
+
+    order = []
+    monkeypatch.setattr(zoo, "train", lambda cfg, out, show_bar=None: order.append(cfg.notation) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # stops at the first model: only the order is under test
+        zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/0.5-Deep", "cifar10/Normal_ResNet-18"])
+    assert order == ["0.5-Deep"]
+    with pytest.raises(RandmaskError, match="not in the zoo plan: cifar10/0.4-Shallow"):
+        zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/0.4-Shallow"])
+    assert order == ["0.5-Deep"]
