@@ -1,16 +1,19 @@
 """The quick model zoo: what we train on a 2-core CPU and ship in assets/zoo, in training order.
 
     python -m randmask zoo list
-    nohup python -m randmask zoo train > runs/zoo.log 2>&1 &     # resumable; skips finished models
-    python -m randmask zoo export                                 # fp16 copies into assets/zoo
+    nohup python -m randmask zoo train > runs/zoo.log 2>&1 &     # resumable; exports each model as it finishes
+    nohup python -m randmask zoo train --threads 1 > ... &        # run it twice: two lanes share the plan
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,14 +55,15 @@ class Entry:
 
 
 ZOO: list[Entry] = [
-    Entry("Normal ResNet-18", role="baseline"),
-    Entry("0.9-Shallow", role="the study's masked source"),
-    Entry("VGG-19", role="black-box source (Table 11)", **SOURCE), Entry("0.7-Shallow"), Entry("0.5-Shallow"),
-    Entry("0.5-Deep"), Entry("0.5-ShallowDC"), Entry("0.5-ShallowSM"),
+    # stage 1, cheapest whole table first: the main comparison, the VGG-19 source, MNIST (minutes a model)
+    Entry("Normal ResNet-18", role="baseline"), Entry("0.7-Shallow"),
+    Entry("0.9-Shallow", role="the study's masked source"), Entry("0.5-Shallow"), Entry("0.5-Deep"),
+    Entry("VGG-19", role="black-box source (Table 11)", **SOURCE),
     Entry("Normal ResNet-18", "mnist", epochs=MNIST_EPOCHS), Entry("0.5-Shallow", "mnist", epochs=MNIST_EPOCHS),
     Entry("0.7-Shallow", "mnist", epochs=MNIST_EPOCHS), Entry("0.9-Shallow", "mnist", epochs=MNIST_EPOCHS),
     Entry("DenseNet-121", "mnist", role="black-box source", epochs=MNIST_EPOCHS, label_smoothing=0.0),
-    # last in stage 1: a DenseNet-121 step costs 4x a ResNet-18 step here (120 BatchNorms on growing concats)
+    Entry("0.5-ShallowDC"), Entry("0.5-ShallowSM"),
+    # last in stage 1: a DenseNet-121 step costs ~3.5x a ResNet-18 step here (120 BatchNorms on growing concats)
     Entry("DenseNet-121", role="black-box source (Tables 2, 7)", **SOURCE),
     Entry("0.3-Shallow", stage=2), Entry("0.85-Shallow", stage=2, role="Madry setting; EN member 0"),
     Entry("0.7-Deep", stage=2), Entry("0.9-Shallow×2", stage=2),
@@ -86,6 +90,39 @@ def is_current(folder: Path, entry: Entry) -> bool:
     return json.loads(path.read_text()).get("recipe") == asdict_json(planned_config(entry))
 
 
+@contextmanager
+def claim(run: Path) -> Iterator[bool]:
+    """Claim a run folder for this process, so that several `zoo train` lanes share one plan: yields False while
+    another live process holds it. A lock left by a dead process is taken over."""
+    lock = run.with_name(run.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    if lock.exists() and not _alive(lock):
+        lock.unlink(missing_ok=True)  # left by a process that is gone
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        yield False
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield True
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(lock: Path) -> bool:
+    """The process whose pid the lock file holds still runs."""
+    try:
+        pid = int(lock.read_text())
+        os.kill(pid, 0)
+    except PermissionError:  # exists, run by another user
+        return True
+    except (OSError, ValueError):  # unreadable, empty, or no such process
+        return False
+    return True
+
+
 def train_zoo(runs: Path = RUNS_ROOT, zoo: Path = ZOO_ROOT, only: list[str] | None = None) -> None:
     """Train every entry that is missing or was trained with another recipe (resuming a partial run), exporting
     each as soon as it is done. A shipped model of an older recipe stays in place until its successor is done."""
@@ -97,11 +134,14 @@ def train_zoo(runs: Path = RUNS_ROOT, zoo: Path = ZOO_ROOT, only: list[str] | No
         if is_current(zoo / entry.name, entry):
             continue
         out = runs / entry.name
-        if (out / WEIGHTS_FILE).exists() and not is_current(out, entry):
-            out.rename(out.with_name(f"{out.name}.old-recipe-{int(time.time())}"))  # keep it, never overwrite
-        if not (out / WEIGHTS_FILE).exists():
-            train(planned_config(entry), out, show_bar=False)
-        export(out, zoo / entry.name, role=entry.role)
+        with claim(out) as mine:
+            if not mine or is_current(zoo / entry.name, entry):  # another lane has it, or finished it meanwhile
+                continue
+            if (out / WEIGHTS_FILE).exists() and not is_current(out, entry):
+                out.rename(out.with_name(f"{out.name}.old-recipe-{int(time.time())}"))  # keep it, never overwrite
+            if not (out / WEIGHTS_FILE).exists():
+                train(planned_config(entry), out, show_bar=False)
+            export(out, zoo / entry.name, role=entry.role)
     for name, (_, members) in ENSEMBLES.items():
         folders = [zoo / e.name for e in members]
         done = (zoo / name / WEIGHTS_FILE).exists() and _recipe_of(zoo / name) == _recipe_of(folders[0])

@@ -133,3 +133,22 @@ def test_train_zoo_trains_only_the_named_models_in_the_order_given(tmp_path, mon
     with pytest.raises(RandmaskError, match="not in the zoo plan: cifar10/0.4-Shallow"):
         zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/0.4-Shallow"])
     assert order == ["0.5-Deep"]
+
+
+def test_a_run_claimed_by_a_live_lane_is_skipped_and_a_dead_lanes_claim_is_taken_over(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from randmask.zoo import claim
+
+    run = tmp_path / "cifar10" / "0.5-Shallow"
+    with claim(run) as first:
+        assert first and (tmp_path / "cifar10" / "0.5-Shallow.lock").read_text() == str(os.getpid())
+        with claim(run) as second:
+            assert not second  # held by a live process (this one)
+    assert not (tmp_path / "cifar10" / "0.5-Shallow.lock").exists()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "cifar10" / "0.5-Shallow.lock").write_text(gone.stdout.strip())
+    with claim(run) as third:
+        assert third
