@@ -55,7 +55,8 @@ with _ui.readable_errors("Cannot list the zoo"):
     rows = []
     for row in list_zoo(explore.zoo_root()):
         rows.append({"model": row["name"], "notation": row["notation"], "data set": row["dataset"],
-                     "status": "trained" if row["trained"] else "not trained yet",
+                     "status": ("trained" if row["current"] else f"trained ({row['epochs']} epochs: older "
+                                "recipe, to be retrained)") if row["trained"] else "not trained yet",
                      "clean accuracy (%)": None if row["clean_accuracy"] is None else 100 * row["clean_accuracy"],
                      "used for": row["role"]})
     for entry in _ui.catalog().entries:

@@ -178,15 +178,18 @@ def export(src: Path, dst: Path, role: str = "", dtype: torch.dtype = torch.floa
 
 
 def list_zoo(zoo: Path = ZOO_ROOT) -> list[dict]:
-    """Every planned entry with its status and, when shipped, its measured accuracy."""
-    planned = [(e.name, e.notation, e.dataset, e.stage, e.role) for e in ZOO]
-    planned += [(name, notation, "cifar10", 3, "ensemble") for name, (notation, _) in ENSEMBLES.items()]
+    """Every planned entry with its status and, when shipped, its measured accuracy and recipe. `current` is False
+    for a model trained with another recipe than the plan's (it is retrained by `zoo train`)."""
+    planned = [(e.name, e.notation, e.dataset, e.stage, e.role, e) for e in ZOO]
+    planned += [(name, notation, "cifar10", 3, "ensemble", None) for name, (notation, _) in ENSEMBLES.items()]
     rows = []
-    for name, notation, dataset, stage, role in planned:
+    for name, notation, dataset, stage, role, entry in planned:
         path = zoo / name / CONFIG_FILE
         meta = json.loads(path.read_text()) if path.exists() else {}
+        current = is_current(zoo / name, entry) if entry else bool(meta)
         rows.append({"name": name, "notation": notation, "dataset": dataset, "stage": stage, "role": role,
-                     "trained": path.exists(), "mask_seed": meta.get("mask_seed"), "seed": meta.get("seed"),
+                     "trained": path.exists(), "current": current, "mask_seed": meta.get("mask_seed"),
+                     "seed": meta.get("seed"), "epochs": (meta.get("recipe") or {}).get("epochs"),
                      "clean_accuracy": meta.get("clean_accuracy"), "train_time_s": meta.get("train_time_s")})
     return rows
 

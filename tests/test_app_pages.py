@@ -64,9 +64,12 @@ def test_home_shows_the_zoo_and_the_picker_defaults(app_env):
     assert at.title[0].value == "Random Mask, hands on"
     assert at.sidebar.multiselect(key="picked_models").value == ZOO_KEYS  # trained copies, not stand-ins
     zoo = at.dataframe[0].value
-    trained = zoo[zoo["status"] == "trained"]
+    trained = zoo[zoo["status"].str.startswith("trained")]
     assert set(trained["model"]) == {"cifar10/Normal_ResNet-18", "cifar10/0.9-Shallow", "cifar10/0.7-Shallow"}
     assert trained["clean accuracy (%)"].tolist() == pytest.approx([10.0] * 3)
+    stale = zoo[zoo["model"] == "cifar10/0.7-Shallow"]["status"].item()
+    assert stale == "trained (15 epochs: older recipe, to be retrained)"
+    assert set(zoo[zoo["status"] == "trained"]["model"]) == {"cifar10/Normal_ResNet-18", "cifar10/0.9-Shallow"}
     assert len(image_urls(at)) == 6 and all(url.endswith(".png") for url in image_urls(at))  # lossless images
     assert "3 trained model(s)" in texts(at)
 

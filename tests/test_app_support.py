@@ -31,11 +31,25 @@ def constant_model(notation: str) -> torch.nn.Module:
     return model
 
 
+def planned_recipe(notation: str, **changes) -> dict:
+    """The zoo plan's training recipe for a CIFAR-10 model, as a checkpoint records it."""
+    from dataclasses import replace
+
+    from randmask.train import asdict_json
+    from randmask.zoo import ZOO, planned_config
+
+    entry = next(e for e in ZOO if e.notation == notation and e.dataset == "cifar10" and e.seed == e.mask_seed == 0)
+    return asdict_json(replace(planned_config(entry), **changes))
+
+
 def make_zoo(root: Path) -> Path:
+    """Normal and 0.9-Shallow carry the plan's recipe; 0.7-Shallow an older one (15 epochs), due for retraining."""
     normal = build_model("Normal ResNet-18", width=TINY_WIDTH)
-    save_checkpoint(normal, root / "cifar10" / "Normal_ResNet-18", extra={"clean_accuracy": 0.1, "role": "baseline"})
-    for notation in ("0.9-Shallow", "0.7-Shallow"):
-        save_checkpoint(constant_model(notation), root / "cifar10" / notation, extra={"clean_accuracy": 0.1})
+    save_checkpoint(normal, root / "cifar10" / "Normal_ResNet-18",
+                    extra={"clean_accuracy": 0.1, "role": "baseline", "recipe": planned_recipe("Normal ResNet-18")})
+    for notation, changes in (("0.9-Shallow", {}), ("0.7-Shallow", {"epochs": 15})):
+        save_checkpoint(constant_model(notation), root / "cifar10" / notation,
+                        extra={"clean_accuracy": 0.1, "recipe": planned_recipe(notation, **changes)})
     return root
 
 

@@ -22,6 +22,7 @@ def test_zoo_plan_names_are_unique_and_cover_the_issue():
             "VGG-19"} <= notations
     assert sum(e.notation == "0.85-Shallow" for e in ZOO) == 5
     assert len(list_zoo()) == len(ZOO) + 1
+    assert all(row["current"] is False for row in list_zoo() if not row["trained"])
 
 
 @pytest.mark.parametrize("folder", SHIPPED, ids=[str(p.relative_to(ZOO_ROOT)) for p in SHIPPED])
@@ -108,10 +109,12 @@ def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_pa
     fake_train(old, tmp_path / "runs" / entry.name)  # and its finished run, left from an earlier session
     trained.clear()
     assert not zoo.is_current(tmp_path / "zoo" / entry.name, entry)
+    assert [(r["trained"], r["current"], r["epochs"]) for r in zoo.list_zoo(tmp_path / "zoo")] == [(True, False, 15)]
 
     zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo")
     assert [c.epochs for c in trained] == [40]
     assert zoo.is_current(tmp_path / "zoo" / entry.name, entry)
+    assert [(r["trained"], r["current"], r["epochs"]) for r in zoo.list_zoo(tmp_path / "zoo")] == [(True, True, 40)]
     shipped = json.loads((tmp_path / "zoo" / entry.name / "config.json").read_text())
     assert shipped["weights_dtype"] == "float16" and shipped["role"] == "test" and shipped["clean_accuracy_n"] == 10000
     kept = list((tmp_path / "runs" / "cifar10").glob("0.5-Shallow.old-recipe-*"))
