@@ -288,6 +288,16 @@ def compare(a: dict | None, b: dict | None) -> str:
     return "no clear difference"
 
 
+def rises_with_ratio(rates: list[dict]) -> str:
+    """Whether rates ordered by drop ratio rise, judged by Wilson intervals rather than by point estimates:
+    'yes' when the highest ratio is clearly above the lowest and no step is clearly down."""
+    if len(rates) < 2:
+        return "untested (one ratio)"
+    if any(compare(b, a) == "lower" for a, b in zip(rates, rates[1:], strict=False)):
+        return "no (a step is clearly down)"
+    return "yes" if compare(rates[-1], rates[0]) == "higher" else "not clearly (intervals overlap)"
+
+
 def verdict(outcomes: list[str], expected: str) -> str:
     """Summarise pairwise comparisons against the direction the paper claims ('higher' or 'lower')."""
     opposite = {"higher": "lower", "lower": "higher"}[expected]
@@ -329,13 +339,12 @@ def verdicts(out: Path, settings: dict) -> list[tuple[str, str, str]]:
     ladder = [(r, row) for r, row in ladder if row is not None]
     if normal and ladder:
         above = [compare(row, normal) for _, row in ladder]
-        rates = [row["accuracy"] for _, row in ladder]
-        monotone = all(a <= b for a, b in zip(rates, rates[1:], strict=False))
+        rising = rises_with_ratio([row for _, row in ladder])
         result = verdict(above, "higher")
-        if result == "supported" and not monotone:
+        if result == "supported" and rising != "yes":
             result = "partly supported"
         evidence = f"{attack} from {source}: Normal {_fmt(normal)}; " + ", ".join(
-            f"{r:g}-Shallow {_fmt(row)}" for r, row in ladder) + f"; increasing with ratio: {monotone}"
+            f"{r:g}-Shallow {_fmt(row)}" for r, row in ladder) + f"; rises with the ratio: {rising}"
         found.append(("Shallow masks raise black-box robustness, more with higher ratio", result, evidence))
     else:
         found.append(("Shallow masks raise black-box robustness, more with higher ratio", "untested",

@@ -90,6 +90,18 @@ def test_verdict_summaries():
     assert compare({"n": 0, "ci_low": 0, "ci_high": 1}, {"n": 5, "ci_low": 0, "ci_high": 1}) == "untested"
 
 
+def test_rising_with_the_ratio_is_judged_by_intervals():
+    from randmask.reproduce import rises_with_ratio
+
+    low, mid, high = ({"n": 500, "ci_low": c - 0.04, "ci_high": c + 0.04} for c in (0.3, 0.5, 0.7))
+    near_mid = {"n": 500, "ci_low": 0.47, "ci_high": 0.55}
+    assert rises_with_ratio([low, mid, high]) == "yes"
+    assert rises_with_ratio([low, high, near_mid]) == "no (a step is clearly down)"
+    assert rises_with_ratio([low, mid, near_mid]) == "yes"  # the last step dips inside the noise
+    assert rises_with_ratio([mid, near_mid]) == "not clearly (intervals overlap)"
+    assert rises_with_ratio([mid]) == "untested (one ratio)"
+
+
 def test_shallow_ratio_reads_the_notation():
     from randmask.reproduce import shallow_ratio
 
