@@ -87,7 +87,20 @@ def is_current(folder: Path, entry: Entry) -> bool:
     path = folder / CONFIG_FILE
     if not (folder / WEIGHTS_FILE).exists() or not path.exists():
         return False
-    return json.loads(path.read_text()).get("recipe") == asdict_json(planned_config(entry))
+    return same_recipe(json.loads(path.read_text()).get("recipe"), asdict_json(planned_config(entry)))
+
+
+NOT_RECIPE = {"log_every", "eval_n"}  # settings that leave the trained weights as they are
+
+
+def same_recipe(recorded: dict | None, planned: dict) -> bool:
+    """Two recipes train the same weights: a setting added to TrainConfig after a model was trained counts at its
+    default (which keeps the old behaviour), so adding one does not make the whole zoo stale."""
+    if not recorded:
+        return False
+    defaults = asdict_json(TrainConfig())
+    full = {**defaults, **recorded}
+    return all(full.get(k) == v for k, v in {**defaults, **planned}.items() if k not in NOT_RECIPE)
 
 
 @contextmanager

@@ -155,3 +155,15 @@ def test_a_run_claimed_by_a_live_lane_is_skipped_and_a_dead_lanes_claim_is_taken
     (tmp_path / "cifar10" / "0.5-Shallow.lock").write_text(gone.stdout.strip())
     with claim(run) as third:
         assert third
+
+
+def test_a_recipe_is_the_same_when_only_logging_differs_or_a_later_setting_sits_at_its_default():
+    from randmask.train import asdict_json
+    from randmask.zoo import planned_config, same_recipe
+
+    planned = asdict_json(planned_config(ZOO[0]))
+    older = {k: v for k, v in planned.items() if k != "channels_last"}  # as if recorded before that setting
+    assert same_recipe({**planned, "log_every": 5, "eval_n": 100}, planned)
+    assert not same_recipe(older, planned)  # channels_last is True in the plan, False by default
+    assert same_recipe(older, {**planned, "channels_last": False})
+    assert not same_recipe({**planned, "epochs": 15}, planned) and not same_recipe(None, planned)
