@@ -297,6 +297,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
         result = {"recipe": asdict_json(cfg), "clean_accuracy": correct / n, "clean_accuracy_n": n,
                   "clean_accuracy_ci95": [low, high], "train_time_s": round(train_time, 1),
                   "epochs_trained": cfg.epochs, "world_size": world, "device": str(device),
+                  "threads": torch.get_num_threads(), "host_cpus": os.cpu_count(),
                   "autocast": str(amp).removeprefix("torch.") if amp else "fp32", "history": history}
         model.config = config
         save_checkpoint(model, out, extra=result)

@@ -237,7 +237,8 @@ def zoo_markdown(zoo: Path = ZOO_ROOT, paper=None) -> list[str]:
                      percent_text(100 * c[subset]) if subset in c else "–",
                      f"{100 * (acc - base):+.1f}" if acc is not None and base is not None else "–",
                      f"{paper_gap:+.1f}" if paper_gap is not None else "–",
-                     percent_text(c.get("train_time_s", math.nan) / 60), f"{size / 1e6:.2f}"])
+                     percent_text(c.get("train_time_s", math.nan) / 60), f"{size / 1e6:.2f}",
+                     f"{c['threads']} of {c.get('host_cpus', '?')}" if "threads" in c else "–"])
     lines = []
     first = next((c for _, c in configs if c.get("dataset") == "cifar10" and "recipe" in c), None)
     if first:
@@ -246,9 +247,11 @@ def zoo_markdown(zoo: Path = ZOO_ROOT, paper=None) -> list[str]:
             f"{k}={recipe[k]}" for k in ("width", "epochs", "batch_size", "lr", "schedule", "warmup", "momentum",
                                           "nesterov", "weight_decay", "label_smoothing", "augment", "precision")
             if k in recipe) + f" (ran as {first.get('autocast', '?')} on {first.get('device', '?')})"
-            + ". Train time is wall-clock on the machine that trained it (a shared 2-core CPU).", ""]
+            + ". Train time is wall-clock on the machine that trained it (a shared 2-core CPU), with the torch "
+            "threads it used: two one-thread trainings side by side each take longer than one alone.", ""]
     lines += [markdown_table(["model", "role", "epochs", "clean % [95% CI] (full test set, as shipped)", f"first {CHECK_N} %",
-                      "gap to Normal", "paper's gap (Table 7)", "train time (min)", "size (MB)"], rows), "",
+                      "gap to Normal", "paper's gap (Table 7)", "train time (min)", "size (MB)",
+                      "threads (of CPUs)"], rows), "",
               f"{len(rows)} models, {total / 1e6:.1f} MB in all (fp16 weights).", ""]
     return lines
 

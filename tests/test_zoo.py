@@ -50,7 +50,7 @@ def test_zoo_table_lists_every_shipped_model_with_the_papers_gap(tmp_path):
         model = build_model(notation, dataset="cifar10", width=4)
         save_checkpoint(model, tmp_path / "cifar10" / notation.replace(" ", "_"), dtype=torch.float16,
                         extra={"clean_accuracy": acc, "clean_accuracy_ci95": [acc - 0.01, acc + 0.01],
-                               "train_time_s": 120.0})
+                               "train_time_s": 120.0, "threads": 1, "host_cpus": 2})
     lines = zoo_markdown(tmp_path, load_paper_tables())
     shallow = next(line for line in "\n".join(lines).splitlines() if line.startswith("| cifar10/0.7-Shallow"))
     cells = [c.strip() for c in shallow.strip("|").split("|")]
@@ -58,6 +58,7 @@ def test_zoo_table_lists_every_shipped_model_with_the_papers_gap(tmp_path):
     t7 = paper[(paper["table"] == 7) & (paper["metric"] == "clean_accuracy")].set_index("target")["percent"]
     assert cells[3] == "75.0 [74.0, 76.0]" and cells[5] == "-15.0"
     assert cells[6] == f"{t7['0.7-Shallow'] - t7['Normal ResNet-18']:+.1f}" and cells[7] == "2.0"
+    assert cells[9] == "1 of 2"
     size = sum(f.stat().st_size for f in tmp_path.glob("*/*/*") if f.is_file())
     assert f"2 models, {size / 1e6:.1f} MB in all" in "\n".join(lines)
 
