@@ -58,7 +58,7 @@ def test_zoo_table_lists_every_shipped_model_with_the_papers_gap(tmp_path):
     t7 = paper[(paper["table"] == 7) & (paper["metric"] == "clean_accuracy")].set_index("target")["percent"]
     assert cells[3] == "75.0 [74.0, 76.0]" and cells[5] == "-15.0"
     assert cells[6] == f"{t7['0.7-Shallow'] - t7['Normal ResNet-18']:+.1f}" and cells[7] == "2.0"
-    assert cells[9] == "1 of 2"
+    assert cells[9] == "1 of 2" and cells[10] == "unknown (no recipe recorded)"
     size = sum(f.stat().st_size for f in tmp_path.glob("*/*/*") if f.is_file())
     assert f"2 models, {size / 1e6:.1f} MB in all" in "\n".join(lines)
 
@@ -111,12 +111,15 @@ def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_pa
     trained.clear()
     assert not zoo.is_current(tmp_path / "zoo" / entry.name, entry)
     assert [(r["trained"], r["current"], r["epochs"]) for r in zoo.list_zoo(tmp_path / "zoo")] == [(True, False, 15)]
+    old_config = json.loads((tmp_path / "zoo" / entry.name / "config.json").read_text())
+    assert zoo.recipe_status(entry.name, {**old_config, "autocast": "fp32"}) == "older: epochs=15 (fp32)"
 
     zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo")
     assert [c.epochs for c in trained] == [40]
     assert zoo.is_current(tmp_path / "zoo" / entry.name, entry)
     assert [(r["trained"], r["current"], r["epochs"]) for r in zoo.list_zoo(tmp_path / "zoo")] == [(True, True, 40)]
     shipped = json.loads((tmp_path / "zoo" / entry.name / "config.json").read_text())
+    assert zoo.recipe_status(entry.name, shipped) == "as planned (?)"
     assert shipped["weights_dtype"] == "float16" and shipped["role"] == "test" and shipped["clean_accuracy_n"] == 10000
     kept = list((tmp_path / "runs" / "cifar10").glob("0.5-Shallow.old-recipe-*"))
     assert len(kept) == 1 and json.loads((kept[0] / "config.json").read_text())["recipe"]["epochs"] == 15
