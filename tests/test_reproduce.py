@@ -8,7 +8,7 @@ from randmask.models import build_model
 from randmask.reproduce import PRESETS, compare, experiments, reproduce
 
 TINY = dict(n_pool=200, n=12, n_cw=3, n_whitebox=12, n_noise=24, n_shuffle=12, n_beyond=6, cw="CW40(search=2, steps=5)",
-            square="Square16(queries=10)", apgd="APGD16(steps=3)")
+            square="Square{eps}(queries=10)", apgd="APGD{eps}(steps=3)", beyond_eps=(8, 16))
 
 
 def _fake_zoo(root, names):
@@ -53,6 +53,8 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     for key in ("table11_transfer", "table8_transfer"):  # every available source gets its own table
         frame = pd.read_csv(results / f"{key}.csv")
         assert set(frame["source"].dropna()) - {""} == {"VGG-19" if key == "table11_transfer" else "ResNet-18"}
+    beyond = set(pd.read_csv(results / "beyond_apgd_square.csv")["attack"].dropna())
+    assert beyond == {"APGD8(steps=3)", "APGD16(steps=3)", "Square8(queries=10)", "Square16(queries=10)"}
     fig7 = pd.read_csv(results / "figure7_ratio.csv")
     assert set(fig7["ratio"]) == {0.0, 0.3, 0.5, 0.7, 0.85, 0.9} and set(fig7["source"]) == {"DenseNet-121"}
     assert fig7.loc[(fig7["ratio"] == 0.5) & (fig7["attack"] == "PGD16"), "paper_defense_rate"].notna().all()
