@@ -52,8 +52,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from randmask.checkpoint import load_any
     from randmask.data import load_uint8
     from randmask.device import default_device
+    from randmask.evaluate import predict, top2_logit_gaps
     from randmask.stats import wilson_interval
-    from randmask.train import accuracy
 
     model, config = load_any(args.model, default_device())
     x, y = load_uint8(config["dataset"], "test")
@@ -61,10 +61,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.n < 1:
             raise RandmaskError(f"--n must be positive, got {args.n}")
         x, y = x[:args.n], y[:args.n]
-    correct, n = accuracy(model, x, y)
+    logits = predict(model, x.float().div(255))
+    correct, n = int((logits.argmax(1) == y).sum()), len(y)
     low, high = wilson_interval(correct, n)
+    gaps = top2_logit_gaps(logits)  # CW's confidence kappa must exceed this margin (README, "Model zoo")
     print(json.dumps({"model": config["notation"], "n": n, "accuracy": correct / n, "ci_low": low,
-                      "ci_high": high}))
+                      "ci_high": high, "logit_gap_median": round(gaps.median().item(), 2),
+                      "logit_gap_max": round(gaps.max().item(), 2)}))
     return 0
 
 

@@ -58,6 +58,12 @@ def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = DEFAULT_BATC
     return torch.cat(out)
 
 
+def top2_logit_gaps(logits: torch.Tensor) -> torch.Tensor:
+    """Per image, the top logit minus the runner-up: the margin a CW attack with confidence kappa must reverse."""
+    top = logits.topk(2, dim=1).values
+    return top[:, 0] - top[:, 1]
+
+
 def select_correct(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, *, n: int | None = None,
                    min_confidence: float = 0.0, batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
     """Indices (in order) of the first n images every model classifies correctly, each with softmax

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from randmask.cli import main
 
@@ -64,3 +65,15 @@ def test_train_then_evaluate_from_the_cli(tmp_path, data_dir):
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["n"] == 50 and 0 <= last["ci_low"] <= last["accuracy"] <= last["ci_high"] <= 1
     assert last["model"] == "0.5-ShallowDC"
+    from randmask.checkpoint import load_model
+    from randmask.data import load_tensors
+    from randmask.evaluate import predict, top2_logit_gaps
+    from randmask.train import accuracy
+
+    model, _ = load_model(out)
+    x, y = load_tensors("cifar10", "test", n=50)
+    logits = predict(model, x)
+    gaps = top2_logit_gaps(logits)
+    assert last["accuracy"] == accuracy(model, x, y)[0] / 50  # same answer as the trainer's own measure
+    assert last["logit_gap_median"] == round(gaps.median().item(), 2) and last["logit_gap_max"] >= last["logit_gap_median"]
+    assert torch.equal(gaps, logits.max(1).values - logits.sort(1).values[:, -2]) and (gaps >= 0).all()
