@@ -22,7 +22,7 @@ from randmask import protocols
 from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model
 from randmask.data import PROJECT_ROOT, load_tensors
 from randmask.evaluate import markdown_table, percent_text, write_csv
-from randmask.zoo import zoo_markdown
+from randmask.zoo import ZOO, zoo_markdown
 
 Progress = Callable[[str, int, int], None]
 
@@ -97,7 +97,6 @@ TRANSFER_SOURCES = [
     ("table8_transfer", "Table 8 · transfer from another ResNet-18 (Normal, seed 1)",
      zoo_name("Normal ResNet-18", seed=1), "ResNet-18", 8),
 ]
-BLACK_BOX_SOURCES = {zoo_name("DenseNet-121"), zoo_name("VGG-19"), zoo_name("DenseNet-121", "mnist")}
 
 
 def experiments(settings: dict) -> list[Experiment]:
@@ -565,7 +564,8 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
 def _budget_note(zoo: Zoo, exp: Experiment) -> list[str]:
     """Warn when the models an experiment compares were trained for different numbers of epochs (a shipped
     model of an older recipe that has not been retrained yet): their robustness is not comparable at face value."""
-    compared = [n for n in exp.needs + exp.wants if zoo.has(n) and n not in BLACK_BOX_SOURCES]
+    sources = {e.name for e in ZOO if e.is_source}
+    compared = [n for n in exp.needs + exp.wants if zoo.has(n) and n not in sources]
     epochs = {n: zoo.config(n).get("recipe", {}).get("epochs") for n in compared}
     if len(set(epochs.values())) <= 1:
         return []

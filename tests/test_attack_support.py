@@ -109,3 +109,13 @@ def test_tiny_cnn_learns_enough_to_attack(data_dir) -> None:
     with torch.no_grad():
         accuracy = (model(x).argmax(1) == y).float().mean().item()
     assert accuracy > 0.45, accuracy
+
+
+def test_the_attack_base_class_cannot_be_used_without_a_perturb():
+    import pytest
+    import torch
+
+    from randmask.attacks.base import Attack
+
+    with pytest.raises(TypeError, match="abstract"):
+        Attack(torch.nn.Linear(2, 2))

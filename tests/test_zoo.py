@@ -75,12 +75,12 @@ def test_readme_shows_the_shipped_zoo_as_it_is():
 def test_zoo_plan_gives_every_compared_cifar_model_one_recipe():
     from randmask.zoo import planned_config
 
-    compared = [e for e in ZOO if e.dataset == "cifar10" and "black-box source" not in e.role]
+    compared = [e for e in ZOO if e.dataset == "cifar10" and not e.is_source]
     recipes = {json.dumps({k: v for k, v in vars(planned_config(e)).items()
                            if k not in ("notation", "seed", "mask_seed")}, sort_keys=True) for e in compared}
     assert len(recipes) == 1 and planned_config(compared[0]).epochs == 40
     assert planned_config(compared[0]).label_smoothing == 0.1
-    sources = [e for e in ZOO if "black-box source" in e.role]
+    sources = [e for e in ZOO if e.is_source]
     assert {e.dataset for e in sources} == {"cifar10", "mnist"}
     assert all(planned_config(e).label_smoothing == 0 for e in sources)  # CW40 needs unsmoothed logits
     assert {planned_config(e).epochs for e in sources if e.dataset == "cifar10"} == {15}

@@ -10,6 +10,7 @@ and measures the outcome on the images it returns. A subclass overrides `perturb
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -87,7 +88,7 @@ class AttackResult:
         return self.success.float().mean().item() if len(self.success) else float("nan")
 
 
-class Attack:
+class Attack(ABC):
     """Base class: `attack(x, y)` returns adversarial images, `attack.run(x, y)` an `AttackResult`.
 
     Subclasses set `norm` ("linf" or "l2"), take their settings as constructor arguments (budgets in 0-255
@@ -107,9 +108,9 @@ class Attack:
         self._generator = torch.Generator().manual_seed(self.seed)
 
     # ---------------------------------------------------------------- to override
+    @abstractmethod
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Each attack overrides this one method (the base class is never used on its own)."""
-        raise NotImplementedError(f"{type(self).__name__} must override perturb(x, y)")
+        """Each attack overrides this one method: the base class cannot be instantiated on its own."""
 
     def is_success(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return logits.argmax(1) != y
