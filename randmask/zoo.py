@@ -70,11 +70,12 @@ ZOO: list[Entry] = [
     Entry("0.5-ShallowDC"), Entry("0.5-ShallowSM"),
     # last in stage 1: a DenseNet-121 step costs ~3.5x a ResNet-18 step here (120 BatchNorms on growing concats)
     Entry("DenseNet-121", role="black-box source (Tables 2, 7)", **SOURCE),
-    Entry("0.3-Shallow", stage=2), Entry("0.85-Shallow", stage=2, role="Madry setting; EN member 0"),
-    Entry("0.7-Deep", stage=2), Entry("0.9-Shallow×2", stage=2),
-    Entry("Normal ResNet-18", seed=1, stage=2, role="gray-box: other init"),
-    Entry("0.7-Shallow", seed=1, stage=2, role="gray-box: other init"),
+    # stage 2, the models that unlock a whole table first: Table 1 (0.85-Shallow, Normal seed 1), Table 5
+    Entry("0.85-Shallow", stage=2, role="Madry setting; EN member 0"),
+    Entry("Normal ResNet-18", seed=1, stage=2, role="gray-box: other init; Table 1 source"),
     Entry("0.7-Shallow", mask_seed=1, stage=2, role="gray-box: DIF (other mask)"),
+    Entry("0.7-Shallow", seed=1, stage=2, role="gray-box: other init"),
+    Entry("0.3-Shallow", stage=2), Entry("0.7-Deep", stage=2), Entry("0.9-Shallow×2", stage=2),
     *[Entry("0.85-Shallow", seed=i, mask_seed=i, stage=3, role=f"EN member {i}") for i in range(1, 5)],
 ]
 # name -> (notation, members in seed order): member i has seed i and mask seed i
