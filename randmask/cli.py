@@ -9,6 +9,7 @@ import importlib.util
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from randmask.errors import RandmaskError
 
@@ -114,7 +115,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    status = reproduce(args.preset, only=args.only, progress=None if args.no_bar else progress)
+    status = reproduce(args.preset, only=args.only, progress=None if args.no_bar else progress,
+                       cache=False if args.no_cache else (args.cache or True))
     for bar in bars.values():
         bar.close()
     print(json.dumps(status, indent=2))
@@ -175,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", help="quick (small n) or paper (the paper's sample sizes)")
     p.add_argument("--only", nargs="*", help="experiment keys, e.g. table2_transfer figure3_noise")
     p.add_argument("--no-bar", action="store_true")
+    p.add_argument("--cache", type=Path, help="folder of crafted adversarial sets to reuse "
+                   "(default: $RANDMASK_CACHE or runs/crafted)")
+    p.add_argument("--no-cache", action="store_true", help="craft every adversarial set afresh")
     p.set_defaults(func=cmd_reproduce)
 
     if importlib.util.find_spec("randmask.cli_attacks"):  # attack/protocol commands live beside the core

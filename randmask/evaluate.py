@@ -8,6 +8,7 @@ and `ci_low`/`ci_high` (Wilson score interval, 95%). Budgets and perturbation no
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -142,15 +143,79 @@ class Crafted:
 
 
 def craft(source: nn.Module, attack: str | Attack, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0,
-          quantize_images: bool = True, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None) -> Crafted:
+          quantize_images: bool = True, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None,
+          cache: str | os.PathLike | None = None) -> Crafted:
     """Attack `source`; with quantize_images the images are rounded to uint8 (budget kept) and every number
-    returned is measured again on the rounded images, since rounding can undo an attack."""
+    returned is measured again on the rounded images, since rounding can undo an attack.
+
+    With `cache` (a folder), the result is stored there under a fingerprint of everything it depends on (the
+    source's parameters and buffers, the attack and its settings, the images, labels, seed, batch size, device
+    and torch version) and reused when all of these match; an unreadable entry is recomputed and replaced.
+    """
     if isinstance(attack, Attack):
         if attack.model is not source:
             raise AttackInputError("the attack object was built for a different model than the source")
         runner = attack
     else:
         runner = parse_attack(attack).build(source, seed=seed)
+    entry = None
+    if cache is not None:
+        entry = Path(cache) / f"{crafted_fingerprint(source, runner, x, y, quantize_images, batch_size)}.safetensors"
+        hit = _read_crafted(entry, x.device)
+        if hit is not None:
+            if progress:
+                progress(len(x), len(x))
+            return hit
+    crafted = _craft(source, runner, x, y, quantize_images, batch_size, progress)
+    if entry is not None:
+        _write_crafted(entry, crafted)
+    return crafted
+
+
+def crafted_fingerprint(source: nn.Module, runner: Attack, x: torch.Tensor, y: torch.Tensor,
+                        quantize_images: bool, batch_size: int) -> str:
+    """sha256 over what a crafted set depends on; the attack's settings are its attributes (the seed included)."""
+    digest = hashlib.sha256()
+    settings = sorted((k, repr(v)) for k, v in vars(runner).items() if k not in ("model", "_generator"))
+    header = (CRAFTED_FORMAT, type(runner).__module__, type(runner).__qualname__, settings, bool(quantize_images),
+              int(batch_size), model_device(source).type, torch.__version__, repr(source))
+    digest.update(repr(header).encode())
+    named = [*source.named_parameters(), *source.named_buffers(), ("x", x), ("y", y)]
+    for name, tensor in named:
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+CRAFTED_FORMAT = 1
+_CRAFTED_FIELDS = ("adv", "labels", "source_logits", "attack_success", "linf", "l2")
+
+
+def _read_crafted(path: Path, device: torch.device) -> Crafted | None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        return None
+    try:
+        tensors = load_file(path)
+        return Crafted(*(tensors[name].to(device) for name in _CRAFTED_FIELDS))
+    except (SafetensorError, KeyError, OSError, RuntimeError, ValueError):  # corrupt or partial: recompute
+        return None
+
+
+def _write_crafted(path: Path, crafted: Crafted) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({name: getattr(crafted, name).detach().to("cpu").contiguous() for name in _CRAFTED_FIELDS}, str(tmp))
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def _craft(source: nn.Module, runner: Attack, x: torch.Tensor, y: torch.Tensor, quantize_images: bool,
+           batch_size: int, progress: Progress | None) -> Crafted:
     result = runner.run(x, y, batch_size=batch_size, progress=progress)
     adv = result.adv
     if len(adv) == 0:  # nothing to attack (e.g. the source classifies none of the images correctly)

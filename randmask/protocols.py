@@ -17,6 +17,7 @@ the paper's table file: defense_rate, accuracy, clean_accuracy.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -91,14 +92,15 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
              x: torch.Tensor, y: torch.Tensor, *, source_name: str, n: int = 5000, n_cw: int = 1000,
              seed: int = 0, quantize_images: bool = True, clean: bool = True, dataset: str = "",
              batch_size: int = DEFAULT_BATCH, protocol: str = "transfer", paper_names: Mapping[str, str] | None = None,
-             progress: Progress | None = None) -> list[dict]:
+             progress: Progress | None = None, cache: str | os.PathLike | None = None) -> list[dict]:
     """Black-box transfer. From the pool (x, y), take the first n images the source classifies correctly
     (n_cw for CW), attack the source, keep the adversarial images that fool it (measured on the stored,
     uint8-rounded images unless quantize_images=False), and report each target's accuracy on them.
 
     With clean=True, each target's (and the source's) clean accuracy on the whole pool is added. Extra
     columns: n_attacked, source_fooled (fraction of attacked images that fool the source), mean_linf,
-    mean_l2 (of kept images), paper_attack, quantized, seed.
+    mean_l2 (of kept images), paper_attack, quantized, seed. With `cache` (a folder) crafted sets are reused
+    across runs (see `craft`), so adding a target to a table costs only its evaluation.
     """
     _check_pool(x, y)
     specs = [parse_attack(a) for a in attacks]
@@ -112,7 +114,8 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
     for spec, size in zip(specs, sizes, strict=True):
         idx = candidates[:size]
         crafted = craft(source_model, spec.build(source_model, seed=seed), x[idx], y[idx], seed=seed,
-                        quantize_images=quantize_images, batch_size=batch_size, progress=work.phase(size))
+                        quantize_images=quantize_images, batch_size=batch_size, progress=work.phase(size),
+                        cache=cache)
         keep = crafted.fooled
         adv, labels = crafted.adv[keep], crafted.labels[keep]
         extra = {"n_attacked": size, "source_fooled": keep.float().mean().item() if size else float("nan"),
@@ -187,7 +190,7 @@ def graybox(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.Module], 
 
 def whitebox(models: Mapping[str, nn.Module], attacks: Sequence[str], x: torch.Tensor, y: torch.Tensor, *,
              seed: int = 0, quantize_images: bool = True, dataset: str = "", batch_size: int = DEFAULT_BATCH,
-             progress: Progress | None = None) -> list[dict]:
+             progress: Progress | None = None, cache: str | os.PathLike | None = None) -> list[dict]:
     """Table 4: each model's accuracy on the pool under each attack made against itself (plus clean)."""
     _check_pool(x, y)
     specs = [parse_attack(a) for a in attacks]
@@ -198,7 +201,7 @@ def whitebox(models: Mapping[str, nn.Module], attacks: Sequence[str], x: torch.T
                          _correct(model, x, y, batch_size), len(x), seed=seed))
         for spec in specs:
             crafted = craft(model, spec.build(model, seed=seed), x, y, quantize_images=quantize_images,
-                            batch_size=batch_size, progress=work.phase(len(x)))
+                            batch_size=batch_size, progress=work.phase(len(x)), cache=cache)
             rows.append(_row("whitebox", dataset, name, name, str(spec), "accuracy",
                              int((~crafted.fooled).sum()), len(x), paper_attack=WHITEBOX_ATTACKS.get(str(spec), ""),
                              mean_linf=mean_or_nan(crafted.linf), mean_l2=mean_or_nan(crafted.l2),

@@ -9,6 +9,7 @@ n and a Wilson 95% interval.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -99,8 +100,8 @@ TRANSFER_SOURCES = [
 ]
 
 
-def experiments(settings: dict) -> list[Experiment]:
-    """The plan: which protocol, on which zoo models, with which sizes."""
+def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
+    """The plan: which protocol, on which zoo models, with which sizes; crafted sets are reused from `cache`."""
     s = settings
     densenet, mnist_densenet = zoo_name("DenseNet-121"), zoo_name("DenseNet-121", "mnist")
     normal = zoo_name("Normal ResNet-18")
@@ -111,14 +112,15 @@ def experiments(settings: dict) -> list[Experiment]:
                        if zoo.has(n) and n != source}
             return protocols.transfer(zoo.model(source), targets, ["FGSM16", "PGD16", "PGD32", s["cw"]], x, y,
                                       source_name=source_name, n=s["n"], n_cw=s["n_cw"], dataset="cifar10",
-                                      paper_names={s["cw"]: "CW40"}, progress=progress)
+                                      paper_names={s["cw"]: "CW40"}, progress=progress, cache=cache)
         return run
 
     def table1(zoo: Zoo, x, y, progress):
         names = [normal, zoo_name("0.85-Shallow"), zoo_name("0.85-ShallowEN")]
         targets = {zoo.label(n): zoo.model(n) for n in names if zoo.has(n)}
         return protocols.madry(zoo.model(zoo_name("Normal ResNet-18", seed=1)), targets, x, y,
-                               source_name="naturally trained net", n=s["n"], dataset="cifar10", progress=progress)
+                               source_name="naturally trained net", n=s["n"], dataset="cifar10", progress=progress,
+                               cache=cache)
 
     def table3(zoo: Zoo, x, y, progress):
         models = {zoo.label(n): zoo.model(n) for n in (normal, zoo_name("0.7-Shallow"))}
@@ -129,7 +131,7 @@ def experiments(settings: dict) -> list[Experiment]:
         names = [normal, zoo_name("0.5-Shallow"), zoo_name("0.7-Shallow")]
         models = {zoo.label(n): zoo.model(n) for n in names if zoo.has(n)}
         return protocols.whitebox(models, list(protocols.WHITEBOX_ATTACKS), x[:s["n_whitebox"]],
-                                  y[:s["n_whitebox"]], dataset="cifar10", progress=progress)
+                                  y[:s["n_whitebox"]], dataset="cifar10", progress=progress, cache=cache)
 
     def table5(zoo: Zoo, x, y, progress):
         sources = {zoo.label(n): zoo.model(n) for n in (normal, zoo_name("0.7-Shallow")) if zoo.has(n)}
@@ -142,7 +144,7 @@ def experiments(settings: dict) -> list[Experiment]:
         relations = {(src, tgt): protocols.relation(zoo[zoo_name(src)][1], configs[tgt])
                      for src in sources for tgt in targets}
         rows = protocols.graybox(sources, targets, x, y, relations=relations, n=s["n"], dataset="cifar10",
-                                 progress=progress)
+                                 progress=progress, cache=cache)
         for row in rows:  # the paper names gray-box targets by their base notation plus the relation
             row["target"] = row["target"].replace(" (other init)", "").replace("DIF", "")
         return rows
@@ -152,7 +154,7 @@ def experiments(settings: dict) -> list[Experiment]:
         names = [zoo_name(n, "mnist") for n in ("Normal ResNet-18", "0.5-Shallow", "0.7-Shallow", "0.9-Shallow")]
         targets = {zoo.label(n): zoo.model(n) for n in names if zoo.has(n)}
         return protocols.mnist(zoo.model(mnist_densenet), targets, xm, ym, source_name="DenseNet-121", n=s["n"],
-                               progress=progress)
+                               progress=progress, cache=cache)
 
     def figure3(zoo: Zoo, x, y, progress):
         models = {zoo.label(n): zoo.model(n) for n in map(zoo_name, NOISE_MODELS) if zoo.has(n)}
@@ -162,7 +164,7 @@ def experiments(settings: dict) -> list[Experiment]:
         models = {zoo.label(n): zoo.model(n) for n in (normal, zoo_name("0.9-Shallow"))}
         attacks = list(dict.fromkeys(t.format(eps=e) for t in (s["apgd"], s["square"]) for e in s.get("beyond_eps", (16,))))
         rows = protocols.whitebox(models, attacks, x[:s["n_beyond"]], y[:s["n_beyond"]],
-                                  dataset="cifar10", progress=progress)
+                                  dataset="cifar10", progress=progress, cache=cache)
         for row in rows:
             row["protocol"] = "beyond"
         return rows
@@ -195,8 +197,12 @@ def experiments(settings: dict) -> list[Experiment]:
 
 def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | None = None,
               only: list[str] | None = None, overrides: dict | None = None,
-              progress: Progress | None = None) -> dict:
-    """Run every experiment whose models exist; write results/<key>.csv and REPRODUCTION.md under `out`."""
+              progress: Progress | None = None, cache: Path | None | bool = True) -> dict:
+    """Run every experiment whose models exist; write results/<key>.csv and REPRODUCTION.md under `out`.
+
+    Crafted adversarial sets are kept in `cache` (True: $RANDMASK_CACHE or runs/crafted; False/None: none) and
+    reused while source, attack and images are unchanged, so a rerun after a new zoo model only evaluates it.
+    """
     from randmask.errors import RandmaskError
     from randmask.zoo import ZOO_ROOT
 
@@ -208,7 +214,9 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
     (out / "results").mkdir(parents=True, exist_ok=True)
     x, y = load_tensors("cifar10", "test", n=settings.get("n_pool"))
     status: dict[str, dict] = {}
-    for exp in experiments(settings):
+    if cache is True:
+        cache = Path(os.environ.get("RANDMASK_CACHE") or PROJECT_ROOT / "runs" / "crafted")
+    for exp in experiments(settings, cache or None):
         if only and exp.key not in only:
             continue
         missing = [n for n in exp.needs if not zoo.has(n)]

@@ -17,3 +17,9 @@ def data_dir() -> Path:
     if not (path / "cifar10" / "test.npz").exists():
         pytest.skip(f"no data under {path} (set RANDMASK_DATA)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _crafted_cache_in_tmp(tmp_path_factory, monkeypatch) -> None:
+    """Tests never fill the project's runs/crafted cache."""
+    monkeypatch.setenv("RANDMASK_CACHE", str(tmp_path_factory.getbasetemp() / "crafted"))

@@ -77,3 +77,14 @@ def test_train_then_evaluate_from_the_cli(tmp_path, data_dir):
     assert last["accuracy"] == accuracy(model, x, y)[0] / 50  # same answer as the trainer's own measure
     assert last["logit_gap_median"] == round(gaps.median().item(), 2) and last["logit_gap_max"] >= last["logit_gap_median"]
     assert torch.equal(gaps, logits.max(1).values - logits.sort(1).values[:, -2]) and (gaps >= 0).all()
+
+
+@pytest.mark.parametrize("flags, expected", [([], True), (["--no-cache"], False), (["--cache", "sets"], "sets")])
+def test_reproduce_cli_passes_the_crafted_set_cache_choice(monkeypatch, flags, expected):
+    import randmask.reproduce
+
+    seen = {}
+    monkeypatch.setattr(randmask.reproduce, "reproduce", lambda preset, **kw: seen.update(kw, preset=preset) or {})
+    assert main(["reproduce", "--only", "table3_shuffle", "--no-bar", *flags]) == 0
+    assert seen["preset"] == "quick" and seen["only"] == ["table3_shuffle"]
+    assert seen["cache"] == (Path(expected) if isinstance(expected, str) else expected)

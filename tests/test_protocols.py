@@ -295,3 +295,56 @@ def test_paper_names_match_however_the_attack_is_spelt():
     rows = transfer(net, {"t": net}, ["CW40(search=1, steps=100)"], x, y, source_name="s", n=4, n_cw=2,
                     clean=False, paper_names={"CW40(search=1, steps=100)": "CW40"})  # steps=100 is the default
     assert rows[0]["attack"] == "CW40(search=1)" and rows[0]["paper_attack"] == "CW40"
+
+
+# ------------------------------------------------------------------ crafted-set cache
+def _untrained(seed: int = 0) -> TinyCNN:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TinyCNN().eval()
+
+
+def _fields(crafted) -> list[torch.Tensor]:
+    return [crafted.adv, crafted.labels, crafted.source_logits, crafted.attack_success, crafted.linf, crafted.l2]
+
+
+def test_craft_cache_reuses_only_an_identical_set(tmp_path, monkeypatch):
+    import randmask.evaluate as evaluate
+
+    model, (x, y) = _untrained(), held_out(24)
+    first = craft(model, "PGD2,8", x, y, cache=tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    real, calls = evaluate._craft, []
+    monkeypatch.setattr(evaluate, "_craft", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = craft(model, "PGD2,8", x, y, cache=tmp_path)
+    assert calls == [] and all(torch.equal(a, b) for a, b in zip(_fields(first), _fields(again), strict=True))
+    assert again.attack_success.dtype == torch.bool and again.labels.dtype == torch.long
+    craft(model, "PGD1,8", x, y, cache=tmp_path)            # another step size
+    craft(model, "PGD2,8", x, y, cache=tmp_path, seed=1)    # another seed
+    craft(model, "PGD2,8", x[:20], y[:20], cache=tmp_path)  # other images
+    craft(model, "PGD2,8", x, y, cache=tmp_path, quantize_images=False)
+    craft(_untrained(1), "PGD2,8", x, y, cache=tmp_path)    # other weights
+    assert len(calls) == 5 and len(list(tmp_path.glob("*.safetensors"))) == 6
+
+
+def test_a_corrupt_cache_entry_is_recomputed_and_replaced(tmp_path):
+    model, (x, y) = _untrained(), held_out(16)
+    first = craft(model, "FGSM8", x, y, cache=tmp_path)
+    (entry,) = tmp_path.glob("*.safetensors")
+    entry.write_bytes(b"not a safetensors file")
+    again = craft(model, "FGSM8", x, y, cache=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(_fields(first), _fields(again), strict=True))
+    assert entry.stat().st_size > 100 and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_transfer_with_a_cache_gives_the_same_rows_and_a_new_target_costs_no_crafting(tmp_path, monkeypatch):
+    import randmask.evaluate as evaluate
+
+    source, (x, y) = _untrained(), held_out(40)
+    targets = {"a": _untrained(1)}
+    rows = transfer(source, targets, ["FGSM8", "PGD2,8"], x, y, source_name="s", n=20, n_cw=5, cache=tmp_path)
+    monkeypatch.setattr(evaluate, "_craft", lambda *a, **k: pytest.fail("crafted again despite the cache"))
+    more = transfer(source, {**targets, "b": _untrained(2)}, ["FGSM8", "PGD2,8"], x, y, source_name="s", n=20,
+                    n_cw=5, cache=tmp_path)
+    assert [r for r in more if r["target"] != "b"] == rows
+    assert {r["target"] for r in more} == {"s", "a", "b"}

@@ -39,8 +39,10 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     plan = experiments(PRESETS["quick"])
     names = sorted({n for exp in plan for n in exp.needs + exp.wants} - {"cifar10/0.85-ShallowEN"})
     _fake_zoo(tmp_path / "zoo", names)
-    status = reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", overrides=TINY)
+    status = reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", overrides=TINY,
+                       cache=tmp_path / "crafted")
     assert all(s["ran"] for s in status.values()), status
+    assert len(list((tmp_path / "crafted").glob("*.safetensors"))) > 10
     results = tmp_path / "out" / "results"
     for exp in plan:
         frame = pd.read_csv(results / f"{exp.key}.csv")
@@ -67,8 +69,8 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     assert {"figure3_noise.png", "figure7_ratio.png", "table2_transfer.png", "table4_whitebox.png"} <= pngs
     assert all((results / "plots" / name).read_bytes()[:4] == b"\x89PNG" for name in pngs)
     first, first_png = report, (results / "plots" / "figure7_ratio.png").read_bytes()
-    reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", overrides=TINY)
-    assert (tmp_path / "out" / "REPRODUCTION.md").read_text() == first  # seeded: rerunning reproduces it
+    reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", overrides=TINY, cache=False)
+    assert (tmp_path / "out" / "REPRODUCTION.md").read_text() == first  # seeded, and the cache changed nothing
     assert (results / "plots" / "figure7_ratio.png").read_bytes() == first_png
 
 
