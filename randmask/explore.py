@@ -680,7 +680,8 @@ def compare_with_paper(paper, ours, table: int):
     part["source_key"] = part["source"].map(model_key)
     part["target_key"] = part["target"].map(model_key)
     part["attack_key"] = part["attack"].map(attack_key)
-    columns = ["target", "attack", "metric", "paper", "ours", "ours_low", "ours_high", "n", "difference", "file"]
+    columns = ["source", "target", "attack", "metric", "paper", "ours", "ours_low", "ours_high", "n", "difference",
+               "file"]
     if ours is None or ours.empty:
         out = part.rename(columns={"percent": "paper"})
         for col in ("ours", "ours_low", "ours_high", "n", "difference", "file"):
@@ -705,7 +706,8 @@ def compare_with_paper(paper, ours, table: int):
         key = ("" if clean else prow["source_key"], prow["target_key"], "" if clean else prow["attack_key"],
                prow["metric"])
         mine = index.get(key)
-        row = {"target": prow["target"], "attack": prow["attack"] if isinstance(prow["attack"], str) else "",
+        source = prow["source"] if isinstance(prow["source"], str) else ""
+        row = {"source": source, "target": prow["target"], "attack": prow["attack"] if isinstance(prow["attack"], str) else "",
                "metric": prow["metric"], "paper": float(prow["percent"]), "ours": math.nan, "ours_low": math.nan,
                "ours_high": math.nan, "n": math.nan, "difference": math.nan, "file": ""}
         if mine is not None:

@@ -265,6 +265,12 @@ def _side_by_side(out: Path, key: str, table: int, paper) -> str:
               f"{percent_text(r['ours'])} [{percent_text(r['ours_low'])}, {percent_text(r['ours_high'])}]", f"{int(r['n'])}",
               f"{r['difference']:+.1f}", "", ""] for r in merged.to_dict("records") if r["metric"] == "clean_accuracy"]
     header = ["target", "attack", "paper %", "ours % [95% CI]", "n", "ours − paper", "our clean %", "paper clean %"]
+    sources = [r.get("source") if r["metric"] != "clean_accuracy" else "" for r in merged.to_dict("records")]
+    sources = [s if isinstance(s, str) else "" for s in sources]
+    if len({s for s in sources if s}) > 1:  # several sources (Table 5): say which made each row
+        attacked = [s for s, r in zip(sources, merged.to_dict("records"), strict=True) if r["metric"] != "clean_accuracy"]
+        rows = [[source, *row] for source, row in zip(attacked + [""] * (len(rows) - len(attacked)), rows, strict=True)]
+        header = ["source", *header]
     return markdown_table(header, rows) if rows else ""
 
 

@@ -64,6 +64,8 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     assert "## Verdicts" in report and "Table 2" in report and "paper %" in report and "our clean %" in report
     assert "Not yet in the zoo: `cifar10/0.85-ShallowEN`" in report
     assert "| Beyond the paper: 0.9-Shallow stays more robust" in report
+    table5 = report.split("## Table 5")[1].split("\n## ")[0]
+    assert "| source | target | attack | paper %" in table5 and "| 0.7-Shallow | VGG-19 | FGSM16 |" in table5
     assert "## Figure 7" in report and "![Figure 7](results/plots/figure7_ratio.png)" in report
     pngs = {p.name for p in (results / "plots").glob("*.png")}
     assert {"figure3_noise.png", "figure7_ratio.png", "table2_transfer.png", "table4_whitebox.png"} <= pngs
