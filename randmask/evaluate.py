@@ -142,6 +142,10 @@ class Crafted:
         return self.source_pred != self.labels
 
 
+CRAFTED_FORMAT = 1  # bump when the stored fields or their meaning change
+_CRAFTED_FIELDS = ("adv", "labels", "source_logits", "attack_success", "linf", "l2")
+
+
 def craft(source: nn.Module, attack: str | Attack, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0,
           quantize_images: bool = True, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None,
           cache: str | os.PathLike | None = None) -> Crafted:
@@ -186,10 +190,6 @@ def crafted_fingerprint(source: nn.Module, runner: Attack, x: torch.Tensor, y: t
         digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
-
-
-CRAFTED_FORMAT = 1
-_CRAFTED_FIELDS = ("adv", "labels", "source_logits", "attack_success", "linf", "l2")
 
 
 def _read_crafted(path: Path, device: torch.device) -> Crafted | None:

@@ -13,6 +13,7 @@ Where things live (environment variables override the defaults, e.g. for tests):
     RANDMASK_ZOO      shipped zoo, default assets/zoo              (<dataset>/<name>/config.json + weights)
     RANDMASK_RUNS     the app's training jobs, default runs/user   (<slug>/, see randmask.jobs)
     RANDMASK_RESULTS  reproduction CSVs, default results/
+    RANDMASK_CACHE    crafted adversarial sets reused by reproduce, default runs/crafted
     RANDMASK_PAPER_TABLES  the paper's numbers, default assets/paper_tables.csv, else ../shared/paper/
 """
 
@@ -57,6 +58,10 @@ def user_runs_root() -> Path:
 
 def results_root() -> Path:
     return _env_path("RANDMASK_RESULTS", PROJECT_ROOT / "results")
+
+
+def crafted_cache_root() -> Path:
+    return _env_path("RANDMASK_CACHE", PROJECT_ROOT / "runs" / "crafted")
 
 
 def paper_tables_path() -> Path | None:

@@ -9,7 +9,6 @@ n and a Wilson 95% interval.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -215,7 +214,9 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
     x, y = load_tensors("cifar10", "test", n=settings.get("n_pool"))
     status: dict[str, dict] = {}
     if cache is True:
-        cache = Path(os.environ.get("RANDMASK_CACHE") or PROJECT_ROOT / "runs" / "crafted")
+        from randmask.explore import crafted_cache_root
+
+        cache = crafted_cache_root()
     for exp in experiments(settings, cache or None):
         if only and exp.key not in only:
             continue
@@ -257,20 +258,19 @@ def _side_by_side(out: Path, key: str, table: int, paper) -> str:
         mine, theirs = ours_clean.get(model_key(target)), clean.get(model_key(target))
         return (percent_text(100 * mine["accuracy"]) if mine else "–", percent_text(theirs["paper"]) if theirs else "–")
 
-    rows = [[r["target"], r["attack"] or "clean", percent_text(r["paper"]),
-             f"{percent_text(r['ours'])} [{percent_text(r['ours_low'])}, {percent_text(r['ours_high'])}]", f"{int(r['n'])}",
-             f"{r['difference']:+.1f}", *clean_of(r["target"])]
-            for r in merged.to_dict("records") if r["metric"] != "clean_accuracy"]
-    rows += [[r["target"], "clean", percent_text(r["paper"]),
-              f"{percent_text(r['ours'])} [{percent_text(r['ours_low'])}, {percent_text(r['ours_high'])}]", f"{int(r['n'])}",
-              f"{r['difference']:+.1f}", "", ""] for r in merged.to_dict("records") if r["metric"] == "clean_accuracy"]
-    header = ["target", "attack", "paper %", "ours % [95% CI]", "n", "ours − paper", "our clean %", "paper clean %"]
-    sources = [r.get("source") if r["metric"] != "clean_accuracy" else "" for r in merged.to_dict("records")]
-    sources = [s if isinstance(s, str) else "" for s in sources]
-    if len({s for s in sources if s}) > 1:  # several sources (Table 5): say which made each row
-        attacked = [s for s, r in zip(sources, merged.to_dict("records"), strict=True) if r["metric"] != "clean_accuracy"]
-        rows = [[source, *row] for source, row in zip(attacked + [""] * (len(rows) - len(attacked)), rows, strict=True)]
-        header = ["source", *header]
+    records = merged.to_dict("records")
+    attacked = [r for r in records if r["metric"] != "clean_accuracy"]
+    several = len({r["source"] for r in attacked if r["source"]}) > 1  # e.g. Table 5: say which made each row
+
+    def cells(r: dict, source: str, clean_cells: list[str]) -> list[str]:
+        return [*([source] if several else []), r["target"], r["attack"] or "clean", percent_text(r["paper"]),
+                f"{percent_text(r['ours'])} [{percent_text(r['ours_low'])}, {percent_text(r['ours_high'])}]",
+                f"{int(r['n'])}", f"{r['difference']:+.1f}", *clean_cells]
+
+    rows = [cells(r, r["source"], list(clean_of(r["target"]))) for r in attacked]
+    rows += [cells(r, "", ["", ""]) for r in records if r["metric"] == "clean_accuracy"]
+    header = [*(["source"] if several else []), "target", "attack", "paper %", "ours % [95% CI]", "n",
+              "ours − paper", "our clean %", "paper clean %"]
     return markdown_table(header, rows) if rows else ""
 
 

@@ -239,6 +239,10 @@ def test_discovery_follows_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("RANDMASK_RESULTS", str(tmp_path / "res"))
     assert explore.zoo_root() == tmp_path / "z" and explore.user_runs_root() == tmp_path / "r"
     assert explore.results_root() == tmp_path / "res"
+    monkeypatch.setenv("RANDMASK_CACHE", str(tmp_path / "sets"))
+    assert explore.crafted_cache_root() == tmp_path / "sets"
+    monkeypatch.delenv("RANDMASK_CACHE")
+    assert explore.crafted_cache_root() == explore.PROJECT_ROOT / "runs" / "crafted"
     cat = explore.discover_models()  # folders missing: an all-stand-in catalog, no crash
     assert cat.entries and not any(e.trained for e in cat.entries) and not cat.problems
 
