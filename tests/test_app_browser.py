@@ -79,12 +79,17 @@ def test_every_page_opens_without_an_exception(server, browser):
         expect(page.get_by_role("heading", name=title, level=1)).to_be_visible(timeout=WAIT_MS)
         settle(page)
         no_exception(page)
+        assert page.locator('[data-testid="stSidebarNav"]').count() == 1  # the navigation is there on every page
         page.screenshot(path=str(shots / f"{path or 'home'}.png"))
     page.goto(f"{url}/study_admin")  # the organiser page sits in the navigation behind its own password
     settle(page)
     no_exception(page)
+    expect(page.get_by_label("Organiser password")).to_be_visible(timeout=WAIT_MS)
+    assert page.get_by_label("Name (used in links)").count() == 0  # nothing behind the password shows yet
     page.screenshot(path=str(shots / "study_admin.png"))
     page.close()
+    for name in [f"{path or 'home'}.png" for path, _ in PAGES] + ["study_admin.png"]:
+        assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
 def test_picker_survives_page_switches_and_images_are_not_smoothed(server, browser):
