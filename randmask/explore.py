@@ -663,7 +663,7 @@ def _our_attack(row) -> str:
     return attack_key(paper if isinstance(paper, str) and paper else row.get("attack"))
 
 
-def _our_target(row) -> str:
+def result_target_key(row) -> str:
     """Gray-box rows name the relation in a column; the paper writes '0.5-Shallow (other init)', '0.5-ShallowDIF'."""
     target = model_key(str(row.get("target", "")).split(" (")[0])
     relation = row.get("relation")
@@ -702,7 +702,7 @@ def compare_with_paper(paper, ours, table: int):
     for row in records:
         metric = row.get("metric") or "defense_rate"
         clean = metric == "clean_accuracy"
-        key = ("" if clean else model_key(row.get("source")), _our_target(row), "" if clean else _our_attack(row),
+        key = ("" if clean else model_key(row.get("source")), result_target_key(row), "" if clean else _our_attack(row),
                metric)
         index[key] = row  # a later file wins: results are listed in name order
     rows = []

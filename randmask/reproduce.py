@@ -145,7 +145,10 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
         rows = protocols.graybox(sources, targets, x, y, relations=relations, n=s["n"], dataset="cifar10",
                                  progress=progress, cache=cache)
         for row in rows:  # the paper names gray-box targets by their base notation plus the relation
-            row["target"] = row["target"].replace(" (other init)", "").replace("DIF", "")
+            label = row["target"]
+            if row["metric"] == "clean_accuracy" and label.endswith((" (other init)", "DIF")):
+                row["relation"] = "DIF" if label.endswith("DIF") else "other init"  # keeps seed 0 and 1 apart
+            row["target"] = label.replace(" (other init)", "").replace("DIF", "")
         return rows
 
     def table6(zoo: Zoo, x, y, progress):
@@ -244,7 +247,7 @@ def _load(out: Path, key: str):
 
 
 def _side_by_side(out: Path, key: str, table: int, paper) -> str:
-    from randmask.explore import compare_with_paper, model_key
+    from randmask.explore import compare_with_paper, model_key, result_target_key
 
     ours = _load(out, key)
     if ours is None:
@@ -252,7 +255,7 @@ def _side_by_side(out: Path, key: str, table: int, paper) -> str:
     merged = compare_with_paper(paper, ours, table)
     merged = merged[merged["ours"].notna()]
     clean = {model_key(r["target"]): r for r in merged.to_dict("records") if r["metric"] == "clean_accuracy"}
-    ours_clean = {model_key(r["target"]): r for r in ours.to_dict("records") if r.get("metric") == "clean_accuracy"}
+    ours_clean = {result_target_key(r): r for r in ours.to_dict("records") if r.get("metric") == "clean_accuracy"}
 
     def clean_of(target: str) -> tuple[str, str]:
         mine, theirs = ours_clean.get(model_key(target)), clean.get(model_key(target))

@@ -197,3 +197,24 @@ def test_an_experiment_mixing_training_budgets_says_so(tmp_path, data_dir):
     path.write_text(json.dumps({**json.loads(path.read_text()), "recipe": {"epochs": 40}}))
     reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path, overrides=TINY, only=["table3_shuffle"])
     assert "Mixed training budgets" not in (tmp_path / "REPRODUCTION.md").read_text()
+
+
+def test_graybox_clean_column_tells_the_two_normal_seeds_apart(tmp_path, data_dir):
+    from randmask.evaluate import write_csv
+    from randmask.explore import load_paper_tables
+    from randmask.reproduce import _side_by_side
+
+    _fake_zoo(tmp_path / "zoo", ["cifar10/Normal_ResNet-18", "cifar10/0.7-Shallow", "cifar10/Normal_ResNet-18-s1m0",
+                                 "cifar10/VGG-19"])
+    reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path, overrides=TINY, only=["table5_graybox"])
+    path = tmp_path / "results" / "table5_graybox.csv"
+    clean = pd.read_csv(path).query("metric == 'clean_accuracy'")
+    assert clean["relation"].fillna("").tolist() == ["", "", "other init", ""]  # two sources, two targets
+
+    rows = pd.read_csv(path).to_dict("records")  # give each seed its own clean accuracy to see which one shows
+    for row, accuracy in zip([r for r in rows if r["metric"] == "clean_accuracy"], (0.911, 0.8, 0.877, 0.5), strict=True):
+        row["accuracy"] = accuracy
+    write_csv(rows, path)
+    table = _side_by_side(tmp_path, "table5_graybox", 5, load_paper_tables())
+    other_init = next(line for line in table.splitlines() if "| Normal ResNet-18 (other init) |" in line)
+    assert other_init.rstrip(" |").endswith("| 87.7 | –")
