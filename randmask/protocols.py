@@ -81,6 +81,14 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return int((predict(model, x, batch_size=batch_size).argmax(1) == y.to(x.device)).sum())
 
 
+def median_logit_gap(model: nn.Module, x: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> float:
+    """Median gap between the model's two largest logits on x: the scale a CW margin κ is measured against."""
+    if len(x) == 0:
+        return float("nan")
+    top2 = predict(model, x, batch_size=batch_size).float().topk(2, dim=1).values
+    return float((top2[:, 0] - top2[:, 1]).median())
+
+
 def _check_pool(x: torch.Tensor, y: torch.Tensor) -> None:
     if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
         raise RandmaskError(f"need N×C×H×W images and N labels, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -99,7 +107,8 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
 
     With clean=True, each target's (and the source's) clean accuracy on the whole pool is added. Extra
     columns: n_attacked, source_fooled (fraction of attacked images that fool the source), mean_linf,
-    mean_l2 (of kept images), paper_attack, quantized, seed. With `cache` (a folder) crafted sets are reused
+    mean_l2 (of kept images), paper_attack, quantized, seed, source_logit_gap (median gap between the source's
+    top two logits on the attacked images). With `cache` (a folder) crafted sets are reused
     across runs (see `craft`), so adding a target to a table costs only its evaluation.
     """
     _check_pool(x, y)
@@ -121,7 +130,7 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
         extra = {"n_attacked": size, "source_fooled": keep.float().mean().item() if size else float("nan"),
                  "mean_linf": mean_or_nan(crafted.linf[keep]), "mean_l2": mean_or_nan(crafted.l2[keep]),
                  "paper_attack": paper_names.get(str(spec), str(spec)), "quantized": quantize_images,
-                 "seed": seed}
+                 "seed": seed, "source_logit_gap": median_logit_gap(source_model, x[idx], batch_size)}
         for name, target in targets.items():
             rows.append(_row(protocol, dataset, source_name, name, str(spec), "defense_rate",
                              _correct(target, adv, labels, batch_size), len(labels), **extra))

@@ -9,6 +9,8 @@ n and a Wilson 95% interval.
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -598,10 +600,16 @@ def _unfooled_note(out: Path, key: str) -> list[str]:
     if frame is None or "n_attacked" not in frame.columns:
         return []
     dead = frame[(frame["metric"] == "defense_rate") & (frame["n"] == 0) & (frame["n_attacked"] > 0)]
-    return [f"{attack} fooled the source on none of the {int(part['n_attacked'].iloc[0])} images it attacked, so its "
-            "rows have n = 0. For CW this means the margin κ is beyond the source's logit scale: our briefly trained "
-            "narrow nets keep the gap between their top two logits small (a median near 4; README, 'Model zoo'), "
-            "far below κ = 40.\n" for attack, part in dead.groupby("attack")]
+    notes = []
+    for attack, part in dead.groupby("attack"):
+        gap = part["source_logit_gap"].iloc[0] if "source_logit_gap" in part.columns else math.nan
+        scale = (f"the source's median gap between its top two logits on these images is {gap:.2f}" if gap == gap
+                 else "our briefly trained narrow nets keep the gap between their top two logits small")
+        kappa = re.match(r"CW(\d+)", attack)
+        notes.append(f"{attack} fooled the source on none of the {int(part['n_attacked'].iloc[0])} images it attacked, "
+                     f"so its rows have n = 0. For CW this means the margin κ is beyond the source's logit scale: "
+                     f"{scale}{f', far below κ = {kappa[1]}' if kappa else ''}.\n")
+    return notes
 
 
 def _figure7_section(out: Path, figures: dict[str, str]) -> list[str]:

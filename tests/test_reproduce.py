@@ -1,4 +1,6 @@
 """The reproduce pipeline end to end on a tiny stand-in zoo (width-4 untrained nets made confident)."""
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -174,12 +176,28 @@ def test_an_attack_that_fooled_nothing_is_explained(tmp_path):
     from randmask.reproduce import _unfooled_note
 
     dead = {**_transfer_row("0.9-Shallow", "CW40", "defense_rate", 0, 1), "n": 0, "accuracy": None,
-            "ci_low": None, "ci_high": None, "n_attacked": 100}
-    alive = {**_transfer_row("0.9-Shallow", "PGD16", "defense_rate", 50, 90), "n_attacked": 100}
+            "ci_low": None, "ci_high": None, "n_attacked": 100, "source_logit_gap": 4.3512}
+    alive = {**_transfer_row("0.9-Shallow", "PGD16", "defense_rate", 50, 90), "n_attacked": 100,
+             "source_logit_gap": 4.1}
     (tmp_path / "results").mkdir()
     write_csv([dead, alive], tmp_path / "results" / "table11_transfer.csv")
     notes = _unfooled_note(tmp_path, "table11_transfer")
     assert len(notes) == 1 and notes[0].startswith("CW40 fooled the source on none of the 100 images")
+    assert "median gap between its top two logits on these images is 4.35, far below κ = 40." in notes[0]
+
+
+def test_median_logit_gap_is_the_gap_between_the_two_largest_logits():
+    from randmask.protocols import median_logit_gap
+
+    class Fixed(torch.nn.Module):  # returns the image's first row as logits
+        def forward(self, x):
+            return x[:, 0, 0, :4]
+
+    logits = torch.tensor([[5.0, 1.0, 2.0, 0.0], [0.0, 3.0, 2.5, 9.0], [1.0, 1.0, 0.0, 0.0]])
+    x = torch.zeros(3, 1, 1, 4)
+    x[:, 0, 0] = logits
+    assert median_logit_gap(Fixed(), x) == pytest.approx(3.0)  # gaps 3, 6, 0
+    assert math.isnan(median_logit_gap(Fixed(), x[:0]))
 
 
 def test_an_experiment_mixing_training_budgets_says_so(tmp_path, data_dir):
