@@ -723,6 +723,20 @@ def compare_with_paper(paper, ours, table: int):
     return pd.DataFrame(rows, columns=columns)
 
 
+def results_without_paper(paper, ours, table: int) -> list[dict]:
+    """Our defense-rate rows of a table's protocol that no number of the paper's table matches (same source,
+    target, attack): measured beyond the paper, so a side-by-side table would otherwise drop them."""
+    part = paper[(paper["table"] == table) & (paper["metric"] != "clean_accuracy")]
+    known = {(model_key(r["source"]), model_key(r["target"]), attack_key(r["attack"])) for r in part.to_dict("records")}
+    if ours is None or ours.empty:
+        return []
+    frame = ours
+    if "protocol" in frame.columns:
+        frame = frame[frame["protocol"].fillna(TABLE_PROTOCOL[table]) == TABLE_PROTOCOL[table]]
+    return [r for r in frame.to_dict("records") if r.get("metric", "defense_rate") == "defense_rate"
+            and (model_key(r.get("source")), result_target_key(r), _our_attack(r)) not in known]
+
+
 def shallow_ratio(name) -> float | None:
     """0 for Normal ResNet-18, r for 'r-Shallow', None for anything else (Figure 7's x-Shallow family)."""
     key = model_key(name)

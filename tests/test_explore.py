@@ -469,3 +469,19 @@ def test_mask_montage_places_each_channel_in_its_tile():
     assert (out[8] == 255).all() and (out[9:, 9:] == 255).all()  # gaps and the empty slots stay white
     with pytest.raises(RandmaskError):
         explore.mask_montage(keep, first=5)
+
+
+def test_results_without_paper_are_our_rows_that_no_paper_number_matches():
+    def row(source, target, attack, **extra):
+        return {"protocol": "transfer", "source": source, "target": target, "attack": attack,
+                "metric": "defense_rate", "n": 10, "accuracy": 0.5, "ci_low": 0.2, "ci_high": 0.8, **extra}
+
+    ours = pd.DataFrame([row("DenseNet-121", "0.7-shallow", "FGSM16"),  # in the paper (canonical name differs)
+                         row("DenseNet-121", "0.7-Shallow", "CW40(search=10)", paper_attack="CW40"),  # not in table 7
+                         row("DenseNet-121", "0.9-Shallow", "FGSM16"),  # target not in table 7
+                         {**row("", "0.7-Shallow", ""), "metric": "clean_accuracy"},  # clean rows are not results
+                         {**row("DenseNet-121", "0.7-Shallow", "FGSM16"), "protocol": "madry"}])  # other protocol
+    extra = explore.results_without_paper(paper_frame(), ours, 7)
+    assert [(r["target"], r["attack"]) for r in extra] == [("0.7-Shallow", "CW40(search=10)"),
+                                                           ("0.9-Shallow", "FGSM16")]
+    assert explore.results_without_paper(paper_frame(), None, 7) == []

@@ -217,7 +217,7 @@ def test_an_experiment_mixing_training_budgets_says_so(tmp_path, data_dir):
     assert "Mixed training budgets" not in (tmp_path / "REPRODUCTION.md").read_text()
 
 
-def test_graybox_clean_column_tells_the_two_normal_seeds_apart(tmp_path, data_dir):
+def test_graybox_columns_name_target_models_as_the_paper_does(tmp_path, data_dir):
     from randmask.evaluate import write_csv
     from randmask.explore import load_paper_tables
     from randmask.reproduce import _side_by_side
@@ -234,5 +234,8 @@ def test_graybox_clean_column_tells_the_two_normal_seeds_apart(tmp_path, data_di
         row["accuracy"] = accuracy
     write_csv(rows, path)
     table = _side_by_side(tmp_path, "table5_graybox", 5, load_paper_tables())
-    other_init = next(line for line in table.splitlines() if "| Normal ResNet-18 (other init) |" in line)
-    assert other_init.rstrip(" |").endswith("| 87.7 | –")
+    other_init = [line for line in table.splitlines() if "| Normal ResNet-18 (other init) |" in line]
+    assert [line.split(" | ")[0].strip("| ") for line in other_init] == ["Normal ResNet-18", "0.7-Shallow"]
+    assert all(line.rstrip(" |").endswith("| 87.7 | –") for line in other_init)
+    assert "| 0.7-Shallow | Normal ResNet-18 (other init) | FGSM16 | 28.4 |" in table  # the paper's column, any source
+    assert "Also measured" not in table
