@@ -63,6 +63,8 @@ class RandomMask(nn.Module):
         self._cast: tuple | None = None
 
     def _keep_as(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # the compiler fuses the cast; the Python cache would force recompiles
+            return self.mask.to(dtype=x.dtype)
         # cast once per dtype/device: under bf16 autocast a float32 mask would promote the whole activation
         # _version changes when load_state_dict copies new values into the buffer in place
         key = (x.dtype, x.device, self.mask.data_ptr(), self.mask._version)

@@ -143,3 +143,18 @@ def test_wrong_input_size_is_a_clear_error():
     model = build_model("0.5-Shallow", width=8)
     with pytest.raises(ValueError, match="another input size"):
         model(torch.rand(1, 3, 28, 28))
+
+
+def test_a_compiled_masked_net_traces_once_and_matches_eager():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = build_model("0.5-Shallow", width=4).eval()
+    compiled = torch.compile(model, backend="eager")  # dynamo's tracing only: no C++ toolchain needed
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        for _ in range(2):
+            assert torch.allclose(compiled(x), model(x), atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == 1  # the eager-mode mask cache must not cause recompiles
+    torch._dynamo.reset()
