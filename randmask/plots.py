@@ -62,9 +62,18 @@ def ratio_figure(frame, attacks: list[str], paper_curve: dict[str, list[tuple[fl
 
 
 def side_by_side_figure(merged, title: str):
-    """Horizontal bars, one per (target, attack): ours with its 95% interval, the paper's value as a star."""
+    """Horizontal bars, one per (target, attack): ours with its 95% interval, the paper's value as a star.
+    Where the rows come from several sources (Table 5), each label starts with its source."""
     rows = merged[merged["ours"].notna()].reset_index(drop=True)
-    labels = [f"{r['target']} · {r['attack'] or 'clean'}" for r in rows.to_dict("records")]
+    records = rows.to_dict("records")
+    several = len({r.get("source") or "" for r in records if r.get("metric") != "clean_accuracy"}) > 1
+
+    def label(r: dict) -> str:  # white-box rows (source = target, Table 4) need no arrow
+        source = r.get("source") or ""
+        arrow = f"{source} → " if several and source and source != r["target"] else ""
+        return f"{arrow}{r['target']} · {r['attack'] or 'clean'}"
+
+    labels = [label(r) for r in records]
     ypos = np.arange(len(rows))[::-1]
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.26 * max(len(rows), 1)))
     ax.barh(ypos, rows["ours"], color=OURS, alpha=0.75, label="ours (95% CI)",

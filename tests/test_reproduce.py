@@ -239,3 +239,22 @@ def test_graybox_columns_name_target_models_as_the_paper_does(tmp_path, data_dir
     assert all(line.rstrip(" |").endswith("| 87.7 | –") for line in other_init)
     assert "| 0.7-Shallow | Normal ResNet-18 (other init) | FGSM16 | 28.4 |" in table  # the paper's column, any source
     assert "Also measured" not in table
+
+
+def test_side_by_side_figure_names_the_source_only_when_a_table_has_several():
+    from randmask.plots import side_by_side_figure
+
+    def row(source, target):
+        return {"source": source, "target": target, "attack": "FGSM16", "metric": "defense_rate", "paper": 20.0,
+                "ours": 30.0, "ours_low": 25.0, "ours_high": 35.0}
+
+    def labels(rows):
+        fig = side_by_side_figure(pd.DataFrame(rows), "t")
+        return [t.get_text() for t in fig.axes[0].get_yticklabels()]
+
+    assert labels([row("Normal ResNet-18", "VGG-19"), row("0.7-Shallow", "VGG-19")]) == [
+        "Normal ResNet-18 → VGG-19 · FGSM16", "0.7-Shallow → VGG-19 · FGSM16"]
+    assert labels([row("DenseNet-121", "VGG-19"), row("DenseNet-121", "0.7-Shallow")]) == [
+        "VGG-19 · FGSM16", "0.7-Shallow · FGSM16"]
+    assert labels([row("Normal ResNet-18", "Normal ResNet-18"), row("0.7-Shallow", "0.7-Shallow")]) == [
+        "Normal ResNet-18 · FGSM16", "0.7-Shallow · FGSM16"]  # white-box: each net attacked by itself
