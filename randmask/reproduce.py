@@ -362,7 +362,8 @@ def main_transfer(out: Path) -> tuple:
 
 
 def verdicts(out: Path, settings: dict) -> list[tuple[str, str, str]]:
-    """(claim, verdict, evidence) for the paper's seven claims, computed from results/*.csv."""
+    """(claim, verdict, evidence) for the paper's seven claims, its gray-box reading and our check beyond the
+    paper, computed from results/*.csv."""
     (t2, source, _), t3, t4 = main_transfer(out), _load(out, "table3_shuffle"), _load(out, "table4_whitebox")
     noise = _load(out, "figure3_noise")
     attack = "PGD16"
@@ -453,6 +454,8 @@ def verdicts(out: Path, settings: dict) -> list[tuple[str, str, str]]:
     else:
         found.append(("White-box gains are small", "untested", "needs 0.7-Shallow"))
 
+    found.append(_graybox_verdict(_load(out, "table5_graybox")))
+
     # beyond the paper: does 0.9-Shallow's edge survive APGD-CE and a query-only attack (Square)?
     beyond = _load(out, "beyond_apgd_square")
     claim = "Beyond the paper: 0.9-Shallow stays more robust than Normal under APGD-CE and Square (query-only)"
@@ -466,6 +469,32 @@ def verdicts(out: Path, settings: dict) -> list[tuple[str, str, str]]:
     else:
         found.append((claim, "untested", "needs Normal and 0.9-Shallow"))
     return found
+
+
+GRAYBOX_CLAIM = "Gray-box (Table 5): Random Mask helps against a same-structure source; other init and DIF alike"
+
+
+def _graybox_verdict(t5) -> tuple[str, str, str]:
+    """The paper's Table 5 reading: FGSM16 from a net to its same-structure twin (other init) fools a Random Mask
+    net less often than a Normal one, and a twin with other masks (DIF) fares like the other-init twin."""
+    def twin(notation: str, relation: str) -> dict | None:
+        if t5 is None or "relation" not in t5.columns:
+            return None
+        part = t5[(t5["source"] == notation) & (t5["target"] == notation) & (t5["relation"] == relation)
+                  & (t5["metric"] == "defense_rate")]
+        return part.iloc[0].to_dict() if len(part) else None
+
+    normal, masked, dif = twin("Normal ResNet-18", "other init"), twin("0.7-Shallow", "other init"), twin(
+        "0.7-Shallow", "DIF")
+    if not (normal and masked):
+        return GRAYBOX_CLAIM, "untested", "needs Normal ResNet-18 and 0.7-Shallow with a second seed"
+    result = verdict([compare(masked, normal)], "higher")
+    alike = compare(dif, masked) if dif else "untested"
+    if result == "supported" and alike != "no clear difference":
+        result = "partly supported"
+    reading = {"no clear difference": "alike", "untested": "DIF twin not yet trained"}.get(alike, f"DIF {alike}")
+    return GRAYBOX_CLAIM, result, (f"FGSM16 from a net to its other-init twin: Normal {_fmt(normal)}, 0.7-Shallow "
+                                   f"{_fmt(masked)}; to its other-mask twin (DIF): {_fmt(dif)} ({reading})")
 
 
 def shallow_ratio(name) -> float | None:

@@ -258,3 +258,27 @@ def test_side_by_side_figure_names_the_source_only_when_a_table_has_several():
         "VGG-19 · FGSM16", "0.7-Shallow · FGSM16"]
     assert labels([row("Normal ResNet-18", "Normal ResNet-18"), row("0.7-Shallow", "0.7-Shallow")]) == [
         "Normal ResNet-18 · FGSM16", "0.7-Shallow · FGSM16"]  # white-box: each net attacked by itself
+
+
+@pytest.mark.parametrize("dif_correct,expected,reading", [(60, "supported", "alike"),
+                                                          (150, "partly supported", "DIF higher"),
+                                                          (None, "partly supported", "DIF twin not yet trained")])
+def test_graybox_verdict_reads_table5_as_the_paper_does(tmp_path, dif_correct, expected, reading):
+    from randmask.evaluate import write_csv
+    from randmask.reproduce import GRAYBOX_CLAIM, verdicts
+
+    def row(source, target, relation, correct):
+        return {**_transfer_row(target, "FGSM16", "defense_rate", correct, 200, source=source),
+                "protocol": "graybox", "relation": relation}
+
+    rows = [row("Normal ResNet-18", "Normal ResNet-18", "other init", 20),
+            row("0.7-Shallow", "0.7-Shallow", "other init", 65),
+            row("Normal ResNet-18", "0.7-Shallow", "other init", 100)]  # another source: not a twin
+    if dif_correct is not None:
+        rows.append(row("0.7-Shallow", "0.7-Shallow", "DIF", dif_correct))
+    (tmp_path / "results").mkdir()
+    write_csv(rows, tmp_path / "results" / "table5_graybox.csv")
+    found = {claim: (result, evidence) for claim, result, evidence in verdicts(tmp_path, PRESETS["quick"])}
+    result, evidence = found[GRAYBOX_CLAIM]
+    assert result == expected and f"({reading})" in evidence
+    assert "Normal 10.0% (n=200), 0.7-Shallow 32.5% (n=200)" in evidence
