@@ -269,8 +269,7 @@ def _side_by_side(out: Path, key: str, table: int, paper) -> str:
 
     def cells(r: dict, source: str, clean_cells: list[str]) -> list[str]:
         return [*([source] if several else []), r["target"], r["attack"] or "clean", percent_text(r["paper"]),
-                f"{percent_text(r['ours'])} [{percent_text(r['ours_low'])}, {percent_text(r['ours_high'])}]",
-                f"{int(r['n'])}", f"{r['difference']:+.1f}", *clean_cells]
+                _interval(r["ours"], r["ours_low"], r["ours_high"]), f"{int(r['n'])}", f"{r['difference']:+.1f}", *clean_cells]
 
     rows = [cells(r, r["source"], list(clean_of(r["target"]))) for r in attacked]
     rows += [cells(r, "", ["", ""]) for r in records if r["metric"] == "clean_accuracy"]
@@ -289,8 +288,11 @@ def _interval_text(row: dict) -> str:
     """'55.6 [51.2, 59.9]' from a result row's fractions; '–' where n = 0 left no estimate."""
     if not row["n"] or row["accuracy"] != row["accuracy"]:
         return "–"
-    return (f"{percent_text(100 * row['accuracy'])} [{percent_text(100 * row['ci_low'])}, "
-            f"{percent_text(100 * row['ci_high'])}]")
+    return _interval(100 * row["accuracy"], 100 * row["ci_low"], 100 * row["ci_high"])
+
+
+def _interval(percent: float, low: float, high: float) -> str:
+    return f"{percent_text(percent)} [{percent_text(low)}, {percent_text(high)}]"
 
 
 def _ours_only(out: Path, key: str, columns: tuple[str, ...] = ("source", "target", "attack")) -> str:
@@ -499,8 +501,6 @@ def _graybox_verdict(t5) -> tuple[str, str, str]:
 
 def shallow_ratio(name) -> float | None:
     """0 for Normal ResNet-18, r for 'r-Shallow', None for anything else (Deep, DC, ×n, EN, other nets)."""
-    import re
-
     from randmask.explore import model_key
 
     key = model_key(name)
@@ -661,7 +661,7 @@ def _figure7_section(out: Path, figures: dict[str, str]) -> list[str]:
     if frame is None:
         return lines + ["Pending: needs transfer results for Normal and r-Shallow models.", ""]
     rows = [[f"{r['ratio']:g}", r["attack"], f"{percent_text(100 * r['clean_accuracy'])}", percent_text(r["paper_clean_accuracy"]),
-             f"{percent_text(100 * r['accuracy'])} [{percent_text(100 * r['ci_low'])}, {percent_text(100 * r['ci_high'])}]",
+             _interval(100 * r['accuracy'], 100 * r['ci_low'], 100 * r['ci_high']),
              percent_text(r["paper_defense_rate"]), str(int(r["n"]))] for r in frame.to_dict("records")]
     lines += [f"Source: {frame['source'].iloc[0]}; ratio 0 is Normal ResNet-18. Paper values from the same source's "
               "table.", "",
