@@ -98,6 +98,8 @@ TRANSFER_SOURCES = [
     ("table11_transfer", "Table 11 · transfer from VGG-19", zoo_name("VGG-19"), "VGG-19", 11),
     ("table8_transfer", "Table 8 · transfer from another ResNet-18 (Normal, seed 1)",
      zoo_name("Normal ResNet-18", seed=1), "ResNet-18", 8),
+    ("table9_transfer", "Table 9 · transfer from ResNet-50", zoo_name("ResNet-50"), "ResNet-50", 9),
+    ("table10_transfer", "Table 10 · transfer from SENet-18", zoo_name("SENet-18"), "SENet-18", 10),
 ]
 
 

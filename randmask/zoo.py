@@ -77,6 +77,9 @@ ZOO: list[Entry] = [
     Entry("0.7-Shallow", seed=1, stage=2, role="gray-box: other init"),
     Entry("0.3-Shallow", stage=2), Entry("0.7-Deep", stage=2), Entry("0.9-Shallow×2", stage=2),
     *[Entry("0.85-Shallow", seed=i, mask_seed=i, stage=3, role=f"EN member {i}") for i in range(1, 5)],
+    # stage 4, if time allows: the paper's other two black-box sources; a ResNet-50 step costs ~3x a ResNet-18 step
+    Entry("SENet-18", stage=4, role="black-box source (Table 10)", **SOURCE),
+    Entry("ResNet-50", stage=4, role="black-box source (Table 9)", **SOURCE),
 ]
 # name -> (notation, members in seed order): member i has seed i and mask seed i
 ENSEMBLES = {"cifar10/0.85-ShallowEN": ("0.85-ShallowEN", [e for e in ZOO if e.notation == "0.85-Shallow"])}

@@ -27,11 +27,12 @@ def test_zoo_plan_names_are_unique_and_cover_the_issue():
 
 def test_zoo_plan_trains_in_the_issues_stage_order():
     stages = [e.stage for e in ZOO]
-    assert stages == sorted(stages) and set(stages) == {1, 2, 3}
-    by_stage = {s: {e.notation for e in ZOO if e.stage == s and e.dataset == "cifar10"} for s in (1, 2, 3)}
+    assert stages == sorted(stages) and set(stages) == {1, 2, 3, 4}
+    by_stage = {s: {e.notation for e in ZOO if e.stage == s and e.dataset == "cifar10"} for s in (1, 2, 3, 4)}
     assert {"Normal ResNet-18", "0.5-ShallowDC", "0.5-ShallowSM", "DenseNet-121", "VGG-19"} <= by_stage[1]
     assert {"0.3-Shallow", "0.85-Shallow", "0.7-Deep", "0.9-Shallow×2"} <= by_stage[2]
     assert by_stage[3] == {"0.85-Shallow"}
+    assert by_stage[4] == {"SENet-18", "ResNet-50"}  # "if time allows": after everything the issue requires
 
 
 @pytest.mark.parametrize("folder", SHIPPED, ids=[str(p.relative_to(ZOO_ROOT)) for p in SHIPPED])
