@@ -481,15 +481,13 @@ GRAYBOX_CLAIM = "Gray-box (Table 5): Random Mask helps against a same-structure 
 def _graybox_verdict(t5) -> tuple[str, str, str]:
     """The paper's Table 5 reading: FGSM16 from a net to its same-structure twin (other init) fools a Random Mask
     net less often than a Normal one, and a twin with other masks (DIF) fares like the other-init twin."""
-    def twin(notation: str, relation: str) -> dict | None:
-        if t5 is None or "relation" not in t5.columns:
-            return None
-        part = t5[(t5["source"] == notation) & (t5["target"] == notation) & (t5["relation"] == relation)
-                  & (t5["metric"] == "defense_rate")]
-        return part.iloc[0].to_dict() if len(part) else None
+    rows = [] if t5 is None or "relation" not in t5.columns else t5[t5["metric"] == "defense_rate"].to_dict("records")
 
-    normal, masked, dif = twin("Normal ResNet-18", "other init"), twin("0.7-Shallow", "other init"), twin(
-        "0.7-Shallow", "DIF")
+    def twin(notation: str, relation: str) -> dict | None:
+        return next((r for r in rows if r["source"] == r["target"] == notation and r["relation"] == relation), None)
+
+    normal, masked = twin("Normal ResNet-18", "other init"), twin("0.7-Shallow", "other init")
+    dif = twin("0.7-Shallow", "DIF")
     if not (normal and masked):
         return GRAYBOX_CLAIM, "untested", "needs Normal ResNet-18 and 0.7-Shallow with a second seed"
     result = verdict([compare(masked, normal)], "higher")
