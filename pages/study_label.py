@@ -195,6 +195,8 @@ def run_page() -> None:
              f"link key {'missing' if link.key is None else 'wrong'} for study {study.slug}")
 
     participant = get_participant(db, study, link.external_id)
+    if (participant is None or participant.consent_at is None) and study.status != "open":
+        stop_with("This study is closed and takes no new participants. Thank you for your interest.")
     if participant is None or participant.consent_at is None:
         st.subheader("Consent")
         st.write(study.consent_text)

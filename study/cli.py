@@ -21,6 +21,7 @@ from .design import (
     set_status,
 )
 from .export import export_study
+from .serve import DEFAULT_ADDRESS, DEFAULT_BASE_URL, DEFAULT_PORT
 from .sets import (
     SetError,
     build_clean_set,
@@ -29,10 +30,7 @@ from .sets import (
     load_cifar10h,
     unambiguous_indices,
 )
-from .serve import DEFAULT_ADDRESS, DEFAULT_PORT
 from .validate import participant_link
-
-DEFAULT_BASE_URL = f"http://localhost:{DEFAULT_PORT}"
 
 EXPECTED_ERRORS = (StudyDBError, DesignError, StudyNotFound, SetError, LookupError, ValueError, sqlite3.Error, OSError)
 

@@ -18,6 +18,7 @@ from .design import list_studies
 PARTICIPANT_APP = Path(__file__).resolve().parents[1] / "participant_app" / "app.py"
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 8502
+DEFAULT_BASE_URL = f"http://localhost:{DEFAULT_PORT}"  # for printed links; give the public https address
 
 HARDENED_OPTIONS: dict[str, str] = {
     "server.headless": "true",
