@@ -52,3 +52,33 @@ def streamlit_server(script: Path, env: dict | None = None, log_path: Path | Non
             proc.wait(timeout=15)
         if log_path:
             log.close()
+
+
+@contextlib.contextmanager
+def participant_server(db_path: Path, log_path: Path, timeout: float = 90) -> Iterator[str]:
+    """`python -m study serve` on a free localhost port; yields its URL once healthy; always stops it."""
+    port = free_port()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "study", "serve", "--db", str(db_path), "--port", str(port)],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                        if response.read() == b"ok":
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"participant server did not start: {log_path.read_text()[-2000:]}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)
