@@ -21,12 +21,13 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def streamlit_server(script: Path, env: dict | None = None, log_path: Path | None = None,
-                     timeout: float = 90) -> Iterator[str]:
-    """`streamlit run script` headless on 127.0.0.1; yields its URL once healthy; always stops the server."""
+                     timeout: float = 90, address: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
+    """`streamlit run script` headless (on 127.0.0.1 unless told); yields its URL once healthy; always stops it."""
     log = log_path.open("w") if log_path else subprocess.DEVNULL
+    port = port or free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port := free_port()),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+         "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

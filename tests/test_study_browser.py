@@ -232,3 +232,26 @@ def test_dropped_and_doubled_round_trips_store_each_answer_once(server, browser)
     p.wait_text("finished the study")
     assert seen == {"dropped": 1, "doubled": 1}
     assert stored_labels(db_path, "flaky-net") == p.answers  # each once, in order, nothing lost
+
+
+def test_researcher_app_beyond_loopback_asks_for_the_lab_password(tmp_path, browser):
+    """`streamlit run app.py` on every interface: every page, even the first request of a fresh server for a
+    sub-page, stops at the lab password."""
+    import os
+
+    from streamlit_server import free_port, streamlit_server
+    env = {**os.environ, "RANDMASK_APP_PASSWORD": "a long lab password", "STUDY_DB": str(tmp_path / "none.db")}
+    port = free_port()
+    with streamlit_server(ROOT / "app.py", env, tmp_path / "app.log", timeout=120, address="0.0.0.0", port=port):
+        url = f"http://127.0.0.1:{port}"
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        for path in ("/train", "/", "/robustness", "/study_admin"):
+            page.goto(url + path)
+            expect(page.get_by_text("Lab password").or_(page.get_by_text("Organiser password")).first).to_be_visible(timeout=60_000)
+            body = page.inner_text("body")
+            assert "Start training" not in body and "Robustness explorer" not in body and "Compare these models" not in body
+        page.goto(url + "/")
+        page.get_by_label("Lab password").fill("a long lab password")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_text("Compare these models")).to_be_visible(timeout=60_000)  # the lab's sidebar, once signed in
