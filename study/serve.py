@@ -16,6 +16,7 @@ from .db import StudyDBError, open_db
 from .design import list_studies
 
 PARTICIPANT_APP = Path(__file__).resolve().parents[1] / "participant_app" / "app.py"
+LAUNCHER = PARTICIPANT_APP.parent / "run.py"  # `streamlit` without its config-file pollers
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 8502
 DEFAULT_BASE_URL = f"http://localhost:{DEFAULT_PORT}"  # for printed links; give the public https address
@@ -61,7 +62,7 @@ def serve_argv(address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT) -> list
     """The command line that starts the participant server."""
     if not 1 <= port <= 65535:
         raise ValueError(f"--port {port} is not a TCP port (1-65535)")
-    argv = [sys.executable, "-m", "streamlit", "run", str(PARTICIPANT_APP),
+    argv = [sys.executable, str(LAUNCHER), "run", str(PARTICIPANT_APP),
             "--server.address", check_address(address), "--server.port", str(port)]
     for option, value in HARDENED_OPTIONS.items():
         argv += [f"--{option}", value]

@@ -25,7 +25,7 @@ def test_participant_app_stands_alone():
     """A pages/ folder beside the script would put every researcher page on the participant server."""
     assert not (PARTICIPANT_APP.parent / "pages").exists()
     argv = serve_argv("127.0.0.1", 8600)
-    options = dict(zip(argv[5::2], argv[6::2], strict=True))
+    options = dict(zip(argv[4::2], argv[5::2], strict=True))
     assert options["--server.address"] == "127.0.0.1" and options["--server.port"] == "8600"
     for name in ("server.headless", "server.enableXsrfProtection", "runner.postScriptGC", "browser.gatherUsageStats",
                  "client.toolbarMode", "client.showErrorDetails", "client.showSidebarNavigation", "server.maxUploadSize"):
