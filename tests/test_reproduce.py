@@ -7,7 +7,7 @@ import torch
 
 from randmask.checkpoint import save_checkpoint
 from randmask.models import build_model
-from randmask.reproduce import PRESETS, compare, experiments, reproduce
+from randmask.reproduce import MATCHED, PRESETS, compare, experiments, reproduce
 
 TINY = dict(n_pool=200, n=12, n_cw=3, n_whitebox=12, n_noise=24, n_shuffle=12, n_beyond=6, cw="CW40(search=2, steps=5)",
             square="Square{eps}(queries=10)", apgd="APGD{eps}(steps=3)", beyond_eps=(8, 16))
@@ -68,7 +68,7 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     ladder = fig7[fig7["ratio"].notna()]
     assert set(ladder["ratio"]) == {0.0, 0.3, 0.5, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95}
     assert set(fig7["source"]) == {"DenseNet-121"}
-    from randmask.reproduce import MATCHED  # the accuracy-matched Normals join Figure 7 as points without a ratio
+    # the accuracy-matched Normals join Figure 7 as points without a ratio
     assert set(fig7.loc[fig7["ratio"].isna(), "target"]) == {e.label for e in MATCHED.values()}
     t2_targets = set(t2["target"])
     assert {"0.7-ShallowDropout", "0.5-Shallow, 0.5-Deep", "0.9-Shallow×4"} <= t2_targets
