@@ -598,15 +598,15 @@ RESULT_COLUMNS = ("source", "target", "attack", "n", "accuracy", "ci_low", "ci_h
 
 def model_key(name) -> str:
     """A name compared across the paper's file and ours: canonical notation where it parses, else as written.
-    A trailing remark in parentheses is dropped ('0.85-Shallow (Random Mask)'), except the gray-box
-    '(other init)', which names a different model."""
+    A trailing remark in parentheses is dropped ('0.85-Shallow (Random Mask)'), except those that name a
+    different model: the gray-box '(other init)' and an accuracy-matched control's '(4 epochs)'."""
     if not isinstance(name, str) or not name.strip():
         return ""
     text = name.strip()
     suffix = ""
     if text.endswith(")") and " (" in text:
         text, _, remark = text.partition(" (")
-        suffix = " (other init)" if remark == "other init)" else ""
+        suffix = f" ({remark}" if remark == "other init)" or re.fullmatch(r"\d+ epochs(, [\d,]+ images)?\)", remark) else ""
     try:
         return canonical(text) + suffix
     except NotationError:

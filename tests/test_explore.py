@@ -344,6 +344,8 @@ def test_model_and_attack_keys():
     assert explore.model_key("ResNet-18") == "Normal ResNet-18" == explore.model_key("normal resnet-18")
     assert explore.model_key("0.85-Shallow (Random Mask)") == "0.85-Shallow"
     assert explore.model_key("0.5-Shallow (other init)") == "0.5-Shallow (other init)"
+    assert explore.model_key("Normal ResNet-18 (4 epochs)") == "Normal ResNet-18 (4 epochs)"  # a matched control
+    assert explore.model_key("Normal ResNet-18 (3 epochs, 40,000 images)") == "Normal ResNet-18 (3 epochs, 40,000 images)"
     assert explore.model_key("Madry adversarial training") == "Madry adversarial training"
     assert explore.model_key(float("nan")) == "" == explore.model_key("  ")
     assert explore.attack_key("PGD 7x2 eps8") == "pgd7x2eps8" == explore.attack_key("pgd 7x2  eps8")
