@@ -3,10 +3,11 @@
 Grammar (case-insensitive, `x` accepted for `×`):
     model   := arch [EN[k]]  |  term (", " term)* [EN[k] | ",EN[k]"]
     arch    := ["Normal "] ("ResNet-18" | "ResNet-50" | "DenseNet-121" | "VGG-19" | "SENet-18")
-    term    := ratio "-" part [DC | SM] ["×" n]
+    term    := ratio "-" part [DC | SM | Dropout] ["×" n]
     part    := "Shallow" (blocks 0,1,2) | "Deep" (blocks 3,4) | "B" digits (e.g. "B12": blocks 1 and 2)
 Examples: "Normal ResNet-18", "0.7-Shallow", "0.5-ShallowDC", "0.9-Shallow×2", "0.5-ShallowEN",
-"0.5-Shallow×2,EN", "0.5-Shallow, 0.5-Deep", "0.9-B12" (appendix F: ratio 0.9 on the 1st and 2nd blocks).
+"0.5-Shallow×2,EN", "0.5-Shallow, 0.5-Deep", "0.9-B12" (appendix F: ratio 0.9 on the 1st and 2nd blocks),
+"0.7-ShallowDropout" (our control: the same pattern resampled every training step, off at test time).
 
 Input rules: at most MAX_NOTATION_LENGTH characters of printable ASCII (plus `×`); ASCII digits only; `Normal`
 only before ResNet-18; ×n up to MAX_MULTIPLIER, EN up to MAX_ENSEMBLE members. Every pattern is anchored and
@@ -26,7 +27,8 @@ SHALLOW = (0, 1, 2)
 DEEP = (3, 4)
 N_BLOCKS = 5
 DEFAULT_ENSEMBLE = 5
-MASK_KINDS = ("random", "SM", "DC")
+MASK_KINDS = ("random", "SM", "DC")  # fixed masks, drawn once
+TERM_KINDS = (*MASK_KINDS, "Dropout")  # plus the resampled control
 MAX_NOTATION_LENGTH = 200  # the longest real name, five B-terms with 17-digit ratios and EN, is ~150
 MIN_RATIO = 1e-6  # smaller ratios drop nothing in any layer, and would print longer than the length limit
 MAX_MULTIPLIER = 8  # the paper goes up to ×4
@@ -49,7 +51,8 @@ class MaskTerm:
 
     ratio: float
     blocks: tuple[int, ...]
-    kind: str = "random"  # "random" (Random Mask), "SM" (same mask for all channels), "DC" (drop channels)
+    # "random" (Random Mask), "SM" (same mask for all channels), "DC" (drop channels), "Dropout" (resampled)
+    kind: str = "random"
     multiplier: int = 1  # ×n: channel count of these blocks multiplied by n
 
     def __post_init__(self) -> None:
@@ -63,8 +66,8 @@ class MaskTerm:
             raise NotationError(f"blocks {self.blocks} must be a non-empty subset of 0..{N_BLOCKS - 1}")
         if tuple(sorted(set(self.blocks))) != self.blocks:
             raise NotationError(f"blocks {self.blocks} must be sorted and unique")
-        if self.kind not in MASK_KINDS:
-            raise NotationError(f"mask kind {self.kind!r} is not one of {MASK_KINDS}")
+        if self.kind not in TERM_KINDS:
+            raise NotationError(f"mask kind {self.kind!r} is not one of {TERM_KINDS}")
         if not 1 <= self.multiplier <= MAX_MULTIPLIER:
             raise NotationError(f"channel multiplier ×{self.multiplier} must be between 1 and {MAX_MULTIPLIER}")
 
@@ -171,7 +174,7 @@ def bounded_int(digits: str, what: str, low: int, high: int) -> int:
 # ours. Each pattern is unambiguous (no two adjacent parts can take the same character), hence linear.
 _FLAGS = re.IGNORECASE | re.ASCII
 _NUMBER = r"(?:\d+(?:\.\d+)?|\.\d+)"
-_KIND_SUFFIX = {"dc": "DC", "sm": "SM"}
+_KIND_SUFFIX = {"dc": "DC", "sm": "SM", "dropout": "Dropout"}
 _TERM = re.compile(
     rf"(?P<ratio>{_NUMBER})\s*-\s*(?P<part>shallow|deep|b\d+)(?P<kind>{'|'.join(_KIND_SUFFIX)})?"
     r"(?:\s*[x\u00d7]\s*(?P<mult>\d+))?(?:\s*(?P<en>en)(?P<k>\d+)?)?",
@@ -244,7 +247,7 @@ def _explain_term(part: str, text: str) -> str:
         return (f"cannot read {part!r} in {text!r}: expected 'RATIO-Shallow', 'RATIO-Deep' or an architecture "
                 f"such as 'Normal ResNet-18' or 'DenseNet-121'")
     return (f"cannot read {part!r} in {text!r}: expected RATIO-(Shallow|Deep|B<blocks>) optionally followed by "
-            f"DC or SM, ×n and EN, e.g. '0.5-ShallowDC' or '0.9-Shallow×2'")
+            f"DC, SM or Dropout, ×n and EN, e.g. '0.5-ShallowDC' or '0.9-Shallow×2'")
 
 
 def canonical(text: str | ModelSpec) -> str:
