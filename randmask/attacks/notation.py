@@ -57,7 +57,7 @@ MAX_ATTACK_LENGTH = 200
 LIMITS = {"steps": 100_000, "search": 100, "queries": 1_000_000, "restarts": 100, "kappa": 1e4, "lr": 1e3,
           "c": 1e6}
 # greedy and unambiguous (no two neighbours can take the same character), hence linear; ASCII only
-_SHAPE = re.compile(r"(?P<name>[A-Za-z]+)(?P<nums>[0-9.,\s]*)(?:\((?P<args>[^()]*)\))?\s*", re.ASCII)
+_SHAPE = re.compile(r"(?P<name>[A-Za-z]+)(?P<nums>[0-9.,\s]*)(?:\((?P<args>[^()]*)\))?", re.ASCII)
 _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,4})?", re.ASCII)
 
 
