@@ -92,12 +92,12 @@ def read_regular_file(path: Path, limit: int) -> bytes:
         raise CheckpointError(f"{path.parent} has no {path.name}") from None
     except OSError as exc:
         raise CheckpointError(f"cannot open {path}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(fd)
+        raise CheckpointError(f"{path} is not a regular file" if not stat.S_ISREG(info.st_mode) else
+                              f"{path} is {info.st_size:,} bytes; the limit is {limit:,}")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise CheckpointError(f"{path} is not a regular file")
-        if info.st_size > limit:
-            raise CheckpointError(f"{path} is {info.st_size:,} bytes; the limit is {limit:,}")
         data = f.read(limit + 1)
     if len(data) > limit:  # it grew while we read it
         raise CheckpointError(f"{path} is over {limit:,} bytes")

@@ -95,12 +95,12 @@ def check_png_header(data: bytes, size: int) -> None:
 def read_small_file(path: Path, limit: int) -> bytes:
     """A regular file's bytes, refused when it is a device, FIFO or larger than `limit` (checked first)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(fd)
+        raise SetError(f"{path} is not a regular file" if not stat.S_ISREG(info.st_mode) else
+                       f"{path} is {info.st_size:,} bytes; the limit is {limit:,}")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SetError(f"{path} is not a regular file")
-        if info.st_size > limit:
-            raise SetError(f"{path} is {info.st_size:,} bytes; the limit is {limit:,}")
         data = f.read(limit + 1)
     if len(data) > limit:
         raise SetError(f"{path} is over {limit:,} bytes")
