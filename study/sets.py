@@ -190,6 +190,8 @@ def read_set(directory: str | Path, *, image_size: int = 32, dataset_size: int =
         attack = _text(row["attack"], f"{where} attack")
         if not attack:
             raise SetError(f"{where}: attack is empty")
+        if not _text(row["file"], f"{where} file"):
+            raise SetError(f"{where}: file is empty")
         image_path = (directory / row["file"]).resolve()
         if root not in image_path.parents:
             raise SetError(f"{where}: file {_shown(row['file'])} points outside the set folder")
@@ -197,7 +199,7 @@ def read_set(directory: str | Path, *, image_size: int = 32, dataset_size: int =
             raise SetError(f"{where}: image {_shown(row['file'])} is already used by row {files[image_path]}: "
                            f"one image file per row")
         files[image_path] = row_number
-        if not image_path.is_file():
+        if not image_path.exists():
             raise SetError(f"{where}: image {_shown(row['file'])} not found")
         try:
             data = read_small_file(image_path, MAX_PNG_BYTES)
