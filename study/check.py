@@ -12,7 +12,7 @@ import sqlite3
 
 import sqlite_utils
 
-from .db import _schema_of, expected_schema, integrity_problems
+from .db import _schema_of, expected_schema
 from .design import SLUG_RE
 from .sets import CIFAR10_TEST_SIZE, SetError, check_png_header, sha256
 
@@ -25,7 +25,7 @@ _STORAGE = {"INTEGER": ("integer",), "REAL": ("real", "integer"), "TEXT": ("text
 def database_problems(db: sqlite_utils.Database) -> list[str]:
     """Every problem found, one line each (empty: the database is sound)."""
     try:
-        problems = integrity_problems(db)
+        problems = integrity_problems(db.conn)
         if problems:
             return problems
         problems = schema_problems(db.conn)
@@ -35,6 +35,21 @@ def database_problems(db: sqlite_utils.Database) -> list[str]:
         return problems or study_problems(db.conn)
     except sqlite3.DatabaseError as e:
         return [f"the database cannot be read: {e}"]
+
+
+def integrity_problems(conn: sqlite3.Connection) -> list[str]:
+    """`integrity_check` (pages, NOT NULL, CHECK constraints) and `foreign_key_check`, run on an in-memory
+    copy: on a read-only connection SQLite skips the CHECK constraints. The backup API copies a consistent
+    snapshot, write-ahead log included."""
+    copy = sqlite3.connect(":memory:")
+    try:
+        conn.backup(copy)
+        problems = [r for (r,) in copy.execute("PRAGMA integrity_check").fetchall() if r != "ok"]
+        problems += [f"foreign key violation in {table} rowid {rowid}"
+                     for table, rowid, *_ in copy.execute("PRAGMA foreign_key_check").fetchall()]
+    finally:
+        copy.close()
+    return problems
 
 
 def schema_problems(conn: sqlite3.Connection) -> list[str]:
