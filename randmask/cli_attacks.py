@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,8 +42,9 @@ def _split_ref(ref: str) -> tuple[str, dict]:
     for item in opts.split(","):
         key, eq, value = item.partition("=")
         key = key.strip()
-        if not eq or key not in ("seed", "mask_seed") or not value.strip().lstrip("-").isdigit():
-            raise RandmaskError(f"cannot read {ref!r}: after '@' expected seed=N and/or mask_seed=N")
+        # ASCII digits only ('٣'.isdigit() is True too), and few of them: build_model bounds the value
+        if not eq or key not in ("seed", "mask_seed") or not re.fullmatch(r"[0-9]{1,10}", value.strip()):
+            raise RandmaskError(f"cannot read {ref[:80]!r}: after '@' expected seed=N and/or mask_seed=N")
         seeds[key] = int(value)
     return notation.strip(), seeds
 

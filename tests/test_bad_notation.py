@@ -299,3 +299,16 @@ def test_patterns_are_linear_even_without_the_length_limit(pattern, text):
     start = time.perf_counter()
     assert pattern.fullmatch(text) is None
     assert time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize("ref, fragment", [
+    ("VGG-19@seed=٣", "expected seed=N"), ("VGG-19@seed=" + "9" * 5000, "expected seed=N"),
+    ("VGG-19@mask_seed=99999999999", "expected seed=N"), ("VGG-19@seed=-1", "expected seed=N"),
+    ("VGG-19@seed=4294967295", "seed must be an integer from 0 to 2147483647"), ("VGG-19@colour=3", "expected seed=N"),
+], ids=["arabic-digit", "5000-digits", "11-digits", "negative", "above-limit", "unknown-key"])
+def test_bad_model_reference_seeds_are_refused_in_one_line(tmp_path, capsys, ref, fragment):
+    before = tree_state(tmp_path)
+    code, out, err = run_main(main, ["noise", "--models", ref, "--untrained", "--width", "4",
+                                     "--out", str(tmp_path / "n.csv")], capsys)
+    assert_one_line_error(code, err, fragment)
+    assert_unchanged(before, tree_state(tmp_path))
