@@ -75,8 +75,8 @@ class StudyConfig:
             raise DesignError("items_per_condition must be >= 1")
         if self.presentation_ms is not None and not 10 <= self.presentation_ms <= 10_000:
             raise DesignError("presentation_ms must be between 10 and 10000 (or unset for unlimited)")
-        if not 0 < self.abandon_after_min <= 24 * 60:
-            raise DesignError("abandon_after_min (inactivity window) must be > 0 and at most 1440 minutes")
+        if self.abandon_after_min <= 0:
+            raise DesignError("abandon_after_min must be > 0")
         if self.completion_code is not None and not CODE_RE.fullmatch(self.completion_code):
             raise DesignError("completion code: 1-40 letters, digits, '_' or '-'")
         if self.redirect_url is not None and not URL_RE.fullmatch(self.redirect_url):

@@ -406,7 +406,7 @@ def test_password_comparison():
 @pytest.mark.parametrize("overrides, message", [
     ({"slug": "demo\n"}, "study name"), ({"completion_code": "CODE\n"}, "completion code"),
     ({"redirect_url": "https://app.prolific.com/x\n"}, "redirect URL"),
-    ({"redirect_url": "https://a.b/c\nhttps://evil"}, "redirect URL"), ({"abandon_after_min": 0}, "inactivity"),
+    ({"redirect_url": "https://a.b/c\nhttps://evil"}, "redirect URL"), ({"abandon_after_min": 0}, "abandon_after_min"),
 ])
 def test_study_options_must_match_whole(tmp_path, study_sets, overrides, message):
     settings = {"slug": "s1", **overrides}
