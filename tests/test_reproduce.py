@@ -282,3 +282,28 @@ def test_graybox_verdict_reads_table5_as_the_paper_does(tmp_path, dif_correct, e
     result, evidence = found[GRAYBOX_CLAIM]
     assert result == expected and f"({reading})" in evidence
     assert "Normal 10.0% (n=200), 0.7-Shallow 32.5% (n=200)" in evidence
+
+
+def test_report_names_the_paper_models_not_trained_here_with_their_commands(tmp_path, monkeypatch):
+    """REPRODUCTION.md says which of a table's models have only the paper's numbers, and how to train them;
+    a second table with the same missing models refers back instead of repeating the list (issue 18)."""
+    from randmask.evaluate import write_csv
+    from randmask.explore import load_paper_tables
+    from randmask.reproduce import Zoo, _side_by_side, zoo_trained_keys
+
+    monkeypatch.delenv("RANDMASK_RUNS", raising=False)
+    _fake_zoo(tmp_path / "zoo", ["cifar10/Normal_ResNet-18", "cifar10/0.7-Shallow", "cifar10/0.7-Shallow-s1m0"])
+    trained = zoo_trained_keys(Zoo(tmp_path / "zoo"))
+    assert trained == {"Normal ResNet-18", "0.7-Shallow", "0.7-Shallow (other init)"}
+    rows = [{"protocol": "transfer", "dataset": "cifar10", "source": "DenseNet-121", "target": t, "attack": "FGSM16",
+             "metric": "defense_rate", "n": 100, "correct": 50, "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6,
+             "paper_attack": "FGSM16"} for t in ("Normal ResNet-18", "0.7-Shallow")]
+    write_csv(rows, tmp_path / "results" / "table2_transfer.csv")
+    listed: set = set()
+    first = _side_by_side(tmp_path, "table2_transfer", 7, load_paper_tables(), trained, listed)
+    assert 'python -m randmask train "0.75-Shallow" --preset quick --out runs/user/0.75-Shallow' in first
+    assert "python -m randmask zoo train --only cifar10/0.9-Shallow" in first  # planned in the zoo, not trained
+    assert "`0.7-Shallow`" not in first.split("Not trained here")[1]  # trained models are not listed
+    second = _side_by_side(tmp_path, "table2_transfer", 7, load_paper_tables(), trained, listed)
+    assert "the same 31 models as above" in second and "0.75-Shallow" not in second.split("| --- |")[-1]
+    assert "Not trained here" not in _side_by_side(tmp_path, "table2_transfer", 7, load_paper_tables())
