@@ -58,6 +58,9 @@ with _ui.readable_errors("Cannot list the zoo"):
                 "Until then the pages fall back to untrained models, clearly marked UNTRAINED.")
     st.dataframe(rows, hide_index=True, height="content", column_config={
         "model": st.column_config.TextColumn(width=_ui.text_width(r["model"] for r in rows)),
+        "status": st.column_config.TextColumn(width=_ui.text_width(r["status"] for r in rows),
+                                              help="'older recipe': trained before the zoo's current plan; "
+                                                   "`python -m randmask zoo train` retrains it"),
         "clean accuracy (%)": st.column_config.TextColumn(alignment="right"),
         "used for": st.column_config.TextColumn(width=_ui.text_width(r["used for"] for r in rows))})
     st.caption(f"{sum(r['status'].startswith('trained') for r in rows)} trained models over all data sets "

@@ -101,10 +101,11 @@ if view == "Drop statistics":
         table = [{"layer": r["layer"], "block": r["block"], "kind": r["kind"], "shape": r["shape"],
                   "ratio": r["ratio"], "measured": r["measured_drop_ratio"], "dropped": r["dropped"],
                   "neurons": r["neurons"], "dead channels": r["dead_channels"],
-                  "positions no channel keeps": r["positions_dropped_in_all_channels"]} for r in stats]
+                  "kept by no channel": r["positions_dropped_in_all_channels"]} for r in stats]
         st.dataframe(table, hide_index=True, column_config={
             "measured": st.column_config.NumberColumn(format="%.4f"),
-            "positions no channel keeps": st.column_config.NumberColumn(format="%.3f")})
+            "kept by no channel": st.column_config.NumberColumn(
+                format="%.3f", help="Share of the layer's positions that no channel keeps")})
         fig = go.Figure()
         for block in dict.fromkeys(r["block"] for r in stats):  # one trace per block: the legend names the colours
             mine = [r for r in stats if r["block"] == block]
@@ -119,9 +120,9 @@ if view == "Drop statistics":
         fig.update_xaxes(title="masked layer (in forward order)")
         fig.update_yaxes(title="share of neurons dropped", range=[0, 1])
         st.plotly_chart(fig, key="stats_bar")
-        st.caption("Random Mask drops exactly round(ratio·H·W) positions in every channel. 'Positions no "
-                   "channel keeps' is about ratio^C for independent per-channel masks and the ratio itself "
-                   "for SM, whose channels all share one pattern.")
+        st.caption("Random Mask drops exactly round(ratio·H·W) positions in every channel. 'Kept by no "
+                   "channel' (a share of the positions) is about ratio^C for independent per-channel masks and "
+                   "the ratio itself for SM, whose channels all share one pattern.")
 
 if view == "Random vs SM vs DC":
     shape = tuple(keep.shape) if keep is not None else (width, 32, 32)

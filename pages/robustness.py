@@ -138,8 +138,9 @@ with tab_run:
     if src is not None and src.key in targets:
         st.caption(f"{src.name} is also a target: on images chosen because they fool it, its defense rate is 0 by "
                    "construction.")
-    n = int(st.number_input("Images to attack (the first the source classifies correctly)", 10, 1000, 50, step=10,
-                            key="run_n"))
+    with st.columns([1, 2])[0]:
+        n = int(st.number_input("Images to attack", 10, 1000, 50, step=10, key="run_n",
+                                help="The first test images the source classifies correctly"))
     if st.button("Run", type="primary", key="run_go", disabled=src is None or not targets):
         with _ui.readable_errors("The transfer evaluation failed"):
             attack_text = canonical_attack(attack_text)

@@ -292,7 +292,7 @@ def zoo_overview(zoo_rows: Sequence[Mapping], entries: Sequence[ModelEntry]) -> 
     rows = []
     for row in zoo_rows:
         if row["trained"]:
-            status = "trained" if row["current"] else f"trained ({row['epochs']} epochs: older recipe, to be retrained)"
+            status = "trained" if row["current"] else f"trained (older recipe: {row['epochs']} epochs)"
         else:
             status = "not trained yet"
         accuracy = None if row["clean_accuracy"] is None else 100 * row["clean_accuracy"]

@@ -118,7 +118,9 @@ class JobStatus:
             text = f"{self.epoch} of {epochs} epochs"
         elif self.step is not None and self.current_epoch is not None and self.current_epoch > self.epoch:
             text = f"epoch {self.current_epoch} of {epochs} · step {self.step} of {self.steps}"
-            if self.steps_per_s:
+            if self.step >= (self.steps or 0):  # the epoch's steps are done: the trainer tests the model now
+                text += " · measuring test accuracy"
+            elif self.steps_per_s:
                 left = (self.steps - self.step) / self.steps_per_s
                 text += (f" · {self.steps_per_s:.2f} steps/s ({self.images_per_s:.0f} images/s), "
                          f"about {_duration(left)} left in this epoch")

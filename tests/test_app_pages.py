@@ -69,7 +69,7 @@ def test_home_shows_the_zoo_and_the_picker_defaults(app_env):
     assert set(trained["data set"]) == {"CIFAR-10"} and trained["clean accuracy (%)"].tolist() == ["10.0"] * 3
     assert set(zoo[~zoo["status"].str.startswith("trained")]["clean accuracy (%)"]) == {"–"}  # not None
     stale = zoo[(zoo["model"] == "0.7-Shallow") & (zoo["data set"] == "CIFAR-10")]["status"].item()
-    assert stale == "trained (15 epochs: older recipe, to be retrained)"
+    assert stale == "trained (older recipe: 15 epochs)"
     assert set(zoo[zoo["status"] == "trained"]["model"]) == {"Normal_ResNet-18", "0.9-Shallow"}
     assert len(image_urls(at)) == 6 and all(url.endswith(".png") for url in image_urls(at))  # lossless images
     sidebar = "\n".join(c.value for c in at.sidebar.caption)

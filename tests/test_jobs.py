@@ -175,3 +175,11 @@ def test_a_small_budget_says_why_its_accuracy_is_low(tmp_path):
     assert jobs.budget_note(full) == ""  # the preset's whole budget: nothing to excuse
     running = jobs.JobStatus(folder=tmp_path / "y", state="running", settings=settings)
     assert jobs.budget_note(running) == ""
+
+
+def test_after_the_last_step_the_status_says_the_model_is_being_tested(tmp_path):
+    status = jobs.JobStatus(folder=tmp_path / "0.7-Shallow", state="running", settings={"notation": "0.7-Shallow"},
+                            epochs=2, loss=2.1, current_epoch=1, step=8, steps=8, steps_per_s=0.33, images_per_s=41)
+    assert status.progress_text() == "epoch 1 of 2 · step 8 of 8 · measuring test accuracy · training loss 2.100"
+    status.step = 5
+    assert "step 5 of 8 · 0.33 steps/s (41 images/s), about 9 s left in this epoch" in status.progress_text()
