@@ -205,9 +205,9 @@ def progress_callback(text: str):
 
 
 def text_width(values, header: str = "") -> int:
-    """Pixels a dataframe column needs to show its longest text whole (about 7.5 px a character, plus padding)."""
+    """Pixels a dataframe column needs to show its longest text whole (about 7 px a character, plus padding)."""
     longest = max([len(str(v)) for v in values] + [len(header)], default=4)
-    return int(7.5 * longest) + 28
+    return int(7 * longest) + 26
 
 
 # ------------------------------------------------------------------------------------------------ images

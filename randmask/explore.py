@@ -287,25 +287,26 @@ def trained_summary(catalog: Catalog, dataset: str) -> str:
 
 
 def zoo_overview(zoo_rows: Sequence[Mapping], entries: Sequence[ModelEntry]) -> list[dict]:
-    """The Home page's zoo table: every planned zoo model (zoo.list_zoo) and the user's own, with status, clean
-    accuracy as text (MISSING when not trained) and what the paper uses it for."""
+    """The Home page's zoo table: every planned zoo model (zoo.list_zoo) and the user's own, named by notation
+    and seeds, with status, clean accuracy as text (MISSING when not trained) and what the paper uses it for."""
     rows = []
     for row in zoo_rows:
         if row["trained"]:
             status = "trained" if row["current"] else f"trained (older recipe: {row['epochs']} epochs)"
         else:
             status = "not trained yet"
+        seeds = re.search(r"-s(\d+)m(\d+)$", row["name"])  # the zoo folder's suffix for seeds other than 0
+        name = ModelEntry("", row["notation"], row["dataset"], "zoo", seed=int(seeds[1]) if seeds else 0,
+                          mask_seed=int(seeds[2]) if seeds else 0).name
         accuracy = None if row["clean_accuracy"] is None else 100 * row["clean_accuracy"]
-        rows.append({"data set": dataset_name(row["dataset"]), "model": row["name"].split("/", 1)[-1],
-                     "notation": row["notation"],
-                     "status": status, "clean accuracy (%)": number_text(accuracy),
-                     "used for": row["role"] or MISSING})
+        rows.append({"data set": dataset_name(row["dataset"]), "model": name, "status": status,
+                     "accuracy (%)": number_text(accuracy), "used for": row["role"] or MISSING})
     for entry in entries:
         if entry.source == "user":
             accuracy = None if entry.clean_accuracy is None else 100 * entry.clean_accuracy
-            rows.append({"data set": dataset_name(entry.dataset), "model": f"yours: {Path(entry.folder or '').name}",
-                         "notation": entry.notation, "status": "trained (Train page)",
-                         "clean accuracy (%)": number_text(accuracy), "used for": MISSING})
+            rows.append({"data set": dataset_name(entry.dataset), "model": entry.name,
+                         "status": f"yours: {Path(entry.folder or '').name}", "accuracy (%)": number_text(accuracy),
+                         "used for": MISSING})
     return rows
 
 

@@ -150,6 +150,14 @@ def test_every_page_opens_without_an_exception(server, browser, width):
     names.append(f"study_admin-participants-{width}.png")
     screenshot_whole(page, shots / names[-1], width)
     page.close()
+    page = browser.new_page(viewport={"width": width, "height": 1000})  # a participant's link: a session of its own
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"{url}/?study=demo&pid=screenshot-{width}")
+    settle(page)
+    no_exception(page)
+    names.append(f"participant-{width}.png")
+    screenshot_whole(page, shots / names[-1], width)
+    page.close()
     for name in names:
         assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
