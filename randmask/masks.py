@@ -2,6 +2,8 @@
 
 `make_mask` is the pure function (the spec); `RandomMask` is the thin module that stores the mask as a
 non-trainable buffer and multiplies it in, identically in training and evaluation, with no rescaling.
+`ResampledMask` is the control the paper never ran: the same per-channel pattern, redrawn at every training
+step and rescaled as dropout is, off at test time, so "fixed" versus "resampled" is the only difference.
 """
 
 from __future__ import annotations
@@ -29,8 +31,14 @@ def make_mask(shape: tuple[int, int, int], ratio: float, kind: str, seed: int) -
     SM:     one such spatial pattern, shared by all channels of the layer.
     DC:     round(ratio·C) whole channels dropped.
     """
+    return draw_keep(shape, ratio, kind, torch.Generator().manual_seed(seed))
+
+
+def draw_keep(shape: tuple[int, int, int], ratio: float, kind: str,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """`make_mask`'s draw from a given generator (None: torch's global CPU generator)."""
     c, h, w = shape
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator
     keep = torch.ones(c, h * w, dtype=torch.bool)
     if kind == "DC":
         keep[torch.randperm(c, generator=gen)[: n_dropped(ratio, c)]] = False
@@ -83,3 +91,38 @@ class RandomMask(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, ratio={self.ratio:g}, kind={self.kind}, seed={self.seed}, block={self.block}"
+
+
+class ResampledMask(nn.Module):
+    """Dropout with Random Mask's pattern: in training, a fresh 'random' keep-mask (exactly round(ratio·H·W) zeros
+    per channel) at every forward pass, shared by the batch and scaled by H·W/kept; in evaluation the identity.
+
+    The draws come from torch's global CPU generator, which training seeds and saves at every checkpoint, so
+    training stays deterministic and resumes bit-exactly."""
+
+    kind = "Dropout"
+
+    def __init__(self, shape: tuple[int, int, int], ratio: float, block: int = -1) -> None:
+        super().__init__()
+        self.shape, self.ratio, self.block = tuple(shape), ratio, block
+        c, h, w = self.shape
+        kept = h * w - n_dropped(ratio, h * w)
+        if kept < 1:
+            raise RandmaskError(f"drop ratio {ratio:g} leaves no position of a {h}×{w} map")
+        self.scale = h * w / kept
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1:] != self.shape:
+            raise RandmaskError(f"dropout of shape {self.shape} cannot apply to activations of shape "
+                                f"{tuple(x.shape[1:])}: the model was built for another input size")
+        if not self.training:
+            return x
+        keep = draw_keep(self.shape, self.ratio, "random").to(device=x.device, dtype=x.dtype)
+        return x * (keep * self.scale)
+
+    def measured_drop_ratio(self) -> float:
+        """The share of positions each training step drops (the same every step)."""
+        return n_dropped(self.ratio, self.shape[1] * self.shape[2]) / (self.shape[1] * self.shape[2])
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, ratio={self.ratio:g}, resampled every step, block={self.block}"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from randmask.errors import RandmaskError
-from randmask.masks import RandomMask, layer_seed
+from randmask.masks import RandomMask, ResampledMask, layer_seed
 from randmask.notation import ARCH_NAMES, ModelSpec, format_model, parse_model
 
 DATASETS: dict[str, tuple[int, int, int]] = {
@@ -59,6 +59,8 @@ class MaskFactory:
         term = self.spec.block_term(block)
         if term is None:
             return nn.Identity()
+        if term.kind == "Dropout":  # nothing fixed to draw: the seed count stays that of the fixed kinds
+            return ResampledMask(shape, term.ratio, block)
         module = RandomMask(shape, term.ratio, term.kind, layer_seed(self.mask_seed, self.count), block)
         self.count += 1
         return module
@@ -348,11 +350,11 @@ def build_model(notation: str | ModelSpec, *, dataset: str = "cifar10", width: i
 
 
 def masked_layers(model: nn.Module) -> list[dict]:
-    """Name, block, shape and measured drop ratio of every mask in a model."""
+    """Name, block, shape and measured drop ratio of every mask (fixed or resampled) in a model."""
     return [
         {"name": name, "block": m.block, "shape": list(m.shape), "kind": m.kind,
          "drop_ratio": m.measured_drop_ratio()}
-        for name, m in model.named_modules() if isinstance(m, RandomMask)
+        for name, m in model.named_modules() if isinstance(m, RandomMask | ResampledMask)
     ]
 
 

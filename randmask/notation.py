@@ -3,10 +3,11 @@
 Grammar (case-insensitive, `x` accepted for `×`):
     model   := arch [EN[k]]  |  term (", " term)* [EN[k] | ",EN[k]"]
     arch    := ["Normal "] ("ResNet-18" | "ResNet-50" | "DenseNet-121" | "VGG-19" | "SENet-18")
-    term    := ratio "-" part [DC | SM] ["×" n]
+    term    := ratio "-" part [DC | SM | Dropout] ["×" n]
     part    := "Shallow" (blocks 0,1,2) | "Deep" (blocks 3,4) | "B" digits (e.g. "B12": blocks 1 and 2)
 Examples: "Normal ResNet-18", "0.7-Shallow", "0.5-ShallowDC", "0.9-Shallow×2", "0.5-ShallowEN",
-"0.5-Shallow×2,EN", "0.5-Shallow, 0.5-Deep", "0.9-B12" (appendix F: ratio 0.9 on the 1st and 2nd blocks).
+"0.5-Shallow×2,EN", "0.5-Shallow, 0.5-Deep", "0.9-B12" (appendix F: ratio 0.9 on the 1st and 2nd blocks),
+"0.7-ShallowDropout" (our control: the same pattern resampled every training step, off at test time).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ SHALLOW = (0, 1, 2)
 DEEP = (3, 4)
 N_BLOCKS = 5
 DEFAULT_ENSEMBLE = 5
-MASK_KINDS = ("random", "SM", "DC")
+MASK_KINDS = ("random", "SM", "DC")  # fixed masks, drawn once
+TERM_KINDS = (*MASK_KINDS, "Dropout")  # plus the resampled control
 
 # registry key -> display name; only ResNet-18 carries masks (the paper's 5-block structure)
 ARCH_NAMES = {
@@ -39,7 +41,8 @@ class MaskTerm:
 
     ratio: float
     blocks: tuple[int, ...]
-    kind: str = "random"  # "random" (Random Mask), "SM" (same mask for all channels), "DC" (drop channels)
+    # "random" (Random Mask), "SM" (same mask for all channels), "DC" (drop channels), "Dropout" (resampled)
+    kind: str = "random"
     multiplier: int = 1  # ×n: channel count of these blocks multiplied by n
 
     def __post_init__(self) -> None:
@@ -49,8 +52,8 @@ class MaskTerm:
             raise NotationError(f"blocks {self.blocks} must be a non-empty subset of 0..{N_BLOCKS - 1}")
         if tuple(sorted(set(self.blocks))) != self.blocks:
             raise NotationError(f"blocks {self.blocks} must be sorted and unique")
-        if self.kind not in MASK_KINDS:
-            raise NotationError(f"mask kind {self.kind!r} is not one of {MASK_KINDS}")
+        if self.kind not in TERM_KINDS:
+            raise NotationError(f"mask kind {self.kind!r} is not one of {TERM_KINDS}")
         if self.multiplier < 1:
             raise NotationError(f"channel multiplier ×{self.multiplier} must be at least 1")
 
@@ -121,7 +124,7 @@ def format_model(spec: ModelSpec) -> str:
 
 
 _TERM = re.compile(
-    r"^(?P<ratio>\d*\.?\d+)\s*-\s*(?P<part>shallow|deep|b[0-4]+)(?P<kind>dc|sm)?"
+    r"^(?P<ratio>\d*\.?\d+)\s*-\s*(?P<part>shallow|deep|b[0-4]+)(?P<kind>dc|sm|dropout)?"
     r"(?:\s*[×x]\s*(?P<mult>\d+))?(?:\s*(?P<en>en)(?P<k>\d+)?)?$",
     re.IGNORECASE,
 )
@@ -168,7 +171,7 @@ def parse_model(text: str | ModelSpec) -> ModelSpec:
         blocks = SHALLOW if name == "shallow" else DEEP if name == "deep" else tuple(int(c) for c in name[1:])
         if len(set(blocks)) != len(blocks) or tuple(sorted(blocks)) != blocks:
             raise NotationError(f"block list {m['part']!r} must name each block once, in increasing order")
-        kind = m["kind"].upper() if m["kind"] else "random"
+        kind = {"dc": "DC", "sm": "SM", "dropout": "Dropout"}[m["kind"].lower()] if m["kind"] else "random"
         terms.append(MaskTerm(ratio, blocks, kind, int(m["mult"] or 1)))
     return ModelSpec("resnet18", tuple(terms), ensemble)
 
@@ -181,7 +184,7 @@ def _explain_term(part: str, text: str) -> str:
         return (f"cannot read {part!r} in {text!r}: expected 'RATIO-Shallow', 'RATIO-Deep' or an architecture "
                 f"such as 'Normal ResNet-18' or 'DenseNet-121'")
     return (f"cannot read {part!r} in {text!r}: expected RATIO-(Shallow|Deep|B<blocks>) optionally followed by "
-            f"DC or SM, ×n and EN, e.g. '0.5-ShallowDC' or '0.9-Shallow×2'")
+            f"DC, SM or Dropout, ×n and EN, e.g. '0.5-ShallowDC' or '0.9-Shallow×2'")
 
 
 def canonical(text: str | ModelSpec) -> str:

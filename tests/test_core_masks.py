@@ -158,3 +158,50 @@ def test_a_compiled_masked_net_traces_once_and_matches_eager():
             assert torch.allclose(compiled(x), model(x), atol=1e-6)
     assert counters["stats"]["unique_graphs"] == 1  # the eager-mode mask cache must not cause recompiles
     torch._dynamo.reset()
+
+
+# --------------------------------------------------------------------- the resampled control (0.7-ShallowDropout)
+def test_resampled_mask_redraws_every_training_step_with_exact_counts_and_dropout_scaling():
+    from randmask.masks import ResampledMask
+
+    shape, ratio = (16, 32, 32), 0.7
+    layer = ResampledMask(shape, ratio, block=0).train()
+    x = torch.ones(2, *shape)
+    torch.manual_seed(0)
+    first, second = layer(x), layer(x)
+    k = n_dropped(ratio, 32 * 32)
+    scale = 32 * 32 / (32 * 32 - k)
+    for out in (first, second):
+        assert ((out == 0).flatten(2).sum(2) == k).all()  # exactly k per channel, as Random Mask
+        assert torch.allclose(out[out != 0], torch.full_like(out[out != 0], scale))  # rescaled as dropout is
+        assert torch.equal(out[0], out[1])  # one mask per step, shared by the batch
+    assert not torch.equal(first, second)  # a fresh mask at every step
+    torch.manual_seed(0)
+    assert torch.equal(layer(x), first)  # drawn from torch's seeded generator: training stays reproducible
+    assert layer.measured_drop_ratio() == k / (32 * 32)
+
+
+def test_resampled_mask_is_off_at_test_time_and_stores_nothing():
+    from randmask.masks import ResampledMask
+
+    model = build_model("0.7-ShallowDropout", width=4).eval()
+    layers = [m for m in model.modules() if isinstance(m, ResampledMask)]
+    fixed = build_model("0.7-Shallow", width=4)
+    assert len(layers) == len([m for m in fixed.modules() if isinstance(m, RandomMask)])  # the same places
+    assert not any(k.endswith(".mask") for k in model.state_dict())
+    assert {layer["block"] for layer in masked_layers(model)} == {0, 1, 2}
+    normal = build_model("Normal ResNet-18", width=4).eval()
+    normal.load_state_dict(model.state_dict())  # no extra state: at test time it is a plain ResNet-18
+    x = torch.rand(3, 3, 32, 32)
+    assert torch.equal(model(x), normal(x))
+
+
+def test_resampled_control_checkpoint_round_trip(tmp_path):
+    from randmask.checkpoint import load_model, save_checkpoint
+
+    model = build_model("0.7-ShallowDropout", width=4)
+    save_checkpoint(model, tmp_path / "m")
+    loaded, config = load_model(tmp_path / "m")
+    assert config["notation"] == "0.7-ShallowDropout"
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(loaded(x), model.eval()(x))

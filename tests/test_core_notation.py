@@ -87,3 +87,10 @@ def test_slug_is_file_safe():
         s = slug(label)
         assert all(c.isalnum() or c in "-._,+" for c in s), s
     assert slug("0.9-Shallow×2") == "0.9-Shallowx2"
+
+
+@pytest.mark.parametrize("alias", ["0.7-ShallowDropout", "0.7-shallowdropout", "0.7 - SHALLOWDROPOUT"])
+def test_resampled_dropout_control_notation(alias):
+    spec = parse_model(alias)
+    assert spec.masks[0].kind == "Dropout" and spec.masks[0].blocks == SHALLOW
+    assert format_model(spec) == "0.7-ShallowDropout" and slug(spec) == "0.7-ShallowDropout"
