@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from randmask.errors import CheckpointError, NotationError, RandmaskError
 from randmask.masks import RandomMask, make_mask
 from randmask.models import build_model
 from randmask.notation import MASK_KINDS, canonical, parse_model
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Progress = Callable[[int, int], None]
 
@@ -814,7 +818,8 @@ def missing_note(target: str, dataset: str = "cifar10", trained: set[str] | None
     return f"{NOT_TRAINED}: {command}" if command else NOT_A_NOTATION
 
 
-def compare_with_paper(paper, ours, table: int, trained: set[str] | None = None):
+def compare_with_paper(paper: pd.DataFrame, ours: pd.DataFrame | None, table: int,
+                       trained: set[str] | None = None) -> pd.DataFrame:
     """One row per (target, attack, metric) of a paper table: the paper's percent beside ours (percent, 95%
     interval, n, difference) where our results have the same source, target, attack and metric. `note` says
     why a row has none of ours (missing_note; `trained`: trained_model_keys of the table's data set)."""
@@ -874,7 +879,7 @@ def compare_with_paper(paper, ours, table: int, trained: set[str] | None = None)
 MISSING = "–"  # what a table cell shows where there is no number (never 'None' or 'nan')
 
 
-def number_text(value, digits: int = 1) -> str:
+def number_text(value: float | None, digits: int = 1) -> str:
     """A number for a table cell, always with `digits` decimals; MISSING for None or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
@@ -895,7 +900,7 @@ def _status(notes: Sequence[str]) -> str:
     return notes[0].split(":")[0]
 
 
-def comparison_table(comp):
+def comparison_table(comp: pd.DataFrame) -> pd.DataFrame:
     """compare_with_paper's rows as the table the app shows: one row per target, its status ('here'), then
     '<column> · paper' and, where we measured any target in that column, '<column> · ours' beside it; every
     cell is text with one decimal, or MISSING."""
@@ -916,7 +921,7 @@ def comparison_table(comp):
     return pd.DataFrame(rows)
 
 
-def comparison_details(comp):
+def comparison_details(comp: pd.DataFrame) -> pd.DataFrame:
     """compare_with_paper's rows for display: readable headers, numbers as text with MISSING for none."""
     import pandas as pd
 
@@ -950,7 +955,7 @@ def transfer_table(rows: Sequence[Mapping]) -> list[dict]:
     return table
 
 
-def untrained_targets(comp) -> list[tuple[str, str]]:
+def untrained_targets(comp: pd.DataFrame) -> list[tuple[str, str]]:
     """[(target, the command that trains it)] for the table's targets not trained here, in table order."""
     prefix = f"{NOT_TRAINED}: "
     out = dict.fromkeys(t for t, n in zip(comp["target"], comp["note"], strict=True) if n.startswith(prefix))
@@ -972,7 +977,7 @@ def results_without_paper(paper, ours, table: int) -> list[dict]:
             and (model_key(r.get("source")), result_target_key(r), _our_attack(r)) not in known]
 
 
-def paper_shuffle_table(paper):
+def paper_shuffle_table(paper: pd.DataFrame) -> pd.DataFrame:
     """The paper's Table 3 as printed: one row per model, a column per grid, percent with two decimals."""
     import pandas as pd
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model
 from randmask.data import PROJECT_ROOT, load_tensors
 from randmask.evaluate import markdown_table, percent_text, write_csv
 from randmask.zoo import ZOO, zoo_markdown
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Progress = Callable[[str, int, int], None]
 
@@ -258,7 +262,7 @@ def zoo_trained_keys(zoo: Zoo, dataset: str = "cifar10") -> set[str]:
     return trained_model_keys([e for e in catalog.for_dataset(dataset) if e.source == "zoo"])
 
 
-def untrained_lines(comp, listed: set[tuple[str, ...]] | None = None) -> list[str]:
+def untrained_lines(comp: pd.DataFrame, listed: set[tuple[str, ...]] | None = None) -> list[str]:
     """The report's word on a table's models that are not trained here (their rows show only the paper's
     numbers): which they are and the command that trains each; a list already given (in `listed`, which this
     updates) is referred to instead of repeated."""

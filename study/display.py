@@ -26,7 +26,7 @@ TIME = re.compile(r"_at$")
 ISO_TIME = re.compile(r"^(\d{4}-\d\d-\d\d)T(\d\d:\d\d)")
 
 
-def _missing(value) -> bool:
+def _missing(value: object) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
@@ -35,7 +35,7 @@ def header(column: str) -> str:
     return HEADERS.get(column, column.replace("_", " "))
 
 
-def cell(column: str, value) -> str:
+def cell(column: str, value: object) -> str:
     """One value as text for the column it sits in."""
     if _missing(value):
         return MISSING
