@@ -21,18 +21,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     from randmask.notation import ARCH_NAMES
     from randmask.train import PRESETS
 
-    print(json.dumps({"architectures": {k: ARCH_NAMES[k] for k in list_models()},
-                      "datasets": {k: list(v) for k, v in DATASETS.items()},
-                      "presets": {k: {**v, "milestones": list(v.get("milestones", ()))} for k, v in PRESETS.items()}},
-                     indent=2))
+    print_json({"architectures": {k: ARCH_NAMES[k] for k in list_models()},
+                "datasets": {k: list(v) for k, v in DATASETS.items()},
+                "presets": {k: {**v, "milestones": list(v.get("milestones", ()))} for k, v in PRESETS.items()}},
+               indent=2)
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from randmask.models import describe
 
-    print(json.dumps(describe(args.notation, dataset=args.dataset, width=args.width, mask_seed=args.mask_seed),
-                     indent=2))
+    print_json(describe(args.notation, dataset=args.dataset, width=args.width, mask_seed=args.mask_seed), indent=2)
     return 0
 
 
@@ -44,8 +43,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       precision=args.precision, train_n=args.train_n, eval_n=args.eval_n)
     result = train(cfg, args.out, show_bar=not args.no_bar)
     if result:
-        print(json.dumps({"checkpoint": args.out, "clean_accuracy": result["clean_accuracy"],
-                          "n": result["clean_accuracy_n"], "train_time_s": result["train_time_s"]}))
+        print_json({"checkpoint": args.out, "clean_accuracy": result["clean_accuracy"],
+                    "n": result["clean_accuracy_n"], "train_time_s": result["train_time_s"]})
     return 0
 
 
@@ -56,28 +55,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from randmask.evaluate import predict, top2_logit_gaps
     from randmask.stats import wilson_interval
 
-    model, config = load_any(args.model, default_device())
+    if args.n is not None and args.n < 1:
+        raise RandmaskError(f"--n must be positive, got {args.n}")
+    model, config = load_any(args.model, default_device(), untrained=args.untrained)
+    trained = config.get("trained", True)
+    if not trained:
+        print(f"warning: {config['notation']} is built from the notation: an UNTRAINED model with random weights",
+              file=sys.stderr)
     x, y = load_uint8(config["dataset"], "test")
     if args.n is not None:
-        if args.n < 1:
-            raise RandmaskError(f"--n must be positive, got {args.n}")
         x, y = x[:args.n], y[:args.n]
     logits = predict(model, x.float().div(255))
+    finite = torch_isfinite_rows(logits)
+    if finite < len(y):
+        raise RandmaskError(f"{config['notation']} gives NaN or infinite logits on {len(y) - finite} of {len(y)} "
+                            f"images: its weights overflow")
     correct, n = int((logits.argmax(1) == y).sum()), len(y)
     low, high = wilson_interval(correct, n)
     gaps = top2_logit_gaps(logits)  # CW's confidence kappa must exceed this margin (README, "Model zoo")
-    print(json.dumps({"model": config["notation"], "n": n, "accuracy": correct / n, "ci_low": low,
-                      "ci_high": high, "logit_gap_median": round(gaps.median().item(), 2),
-                      "logit_gap_max": round(gaps.max().item(), 2)}))
+    print_json({"model": config["notation"], "trained": trained, "n": n, "accuracy": correct / n, "ci_low": low,
+                "ci_high": high, "logit_gap_median": round(gaps.median().item(), 2),
+                "logit_gap_max": round(gaps.max().item(), 2)})
     return 0
+
+
+def torch_isfinite_rows(logits) -> int:
+    """How many rows of a logits tensor are entirely finite."""
+    import torch
+
+    return int(torch.isfinite(logits).all(dim=1).sum())
+
+
+def print_json(value: object, **kwargs) -> None:
+    """Print strict JSON: a NaN or infinity is an error here, never an invalid `NaN` token in the output."""
+    print(json.dumps(value, allow_nan=False, **kwargs))
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from randmask.train import assemble_ensemble
 
     result = assemble_ensemble(args.members, args.out, eval_n=args.eval_n)
-    print(json.dumps({"checkpoint": args.out, "clean_accuracy": result["clean_accuracy"],
-                      "n": result["clean_accuracy_n"]}))
+    print_json({"checkpoint": args.out, "clean_accuracy": result["clean_accuracy"], "n": result["clean_accuracy_n"]})
     return 0
 
 
@@ -85,7 +103,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     from randmask import zoo
 
     if args.action == "list":
-        print(json.dumps(zoo.list_zoo(), indent=2))
+        print_json(zoo.list_zoo(), indent=2)
     elif args.action == "table":
         from randmask.explore import load_paper_tables
 
@@ -119,7 +137,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                        cache=False if args.no_cache else (args.cache or True))
     for bar in bars.values():
         bar.close()
-    print(json.dumps(status, indent=2))
+    print_json(status, indent=2)
     return 0
 
 
@@ -155,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="clean test accuracy of a checkpoint (last line: JSON)")
-    p.add_argument("--model", required=True, help="checkpoint folder (or a notation: untrained)")
+    p.add_argument("--model", required=True, help="checkpoint folder (or a notation, with --untrained)")
     p.add_argument("--n", type=int, help="first N test images (default: all)")
+    p.add_argument("--untrained", action="store_true",
+                   help="allow a notation instead of a folder: evaluate an UNTRAINED model (random weights)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("ensemble", help="join trained members into an EN checkpoint")
@@ -189,13 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """An error message on one line, whatever a library put in it."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (RandmaskError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

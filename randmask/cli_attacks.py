@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,8 +42,9 @@ def _split_ref(ref: str) -> tuple[str, dict]:
     for item in opts.split(","):
         key, eq, value = item.partition("=")
         key = key.strip()
-        if not eq or key not in ("seed", "mask_seed") or not value.strip().lstrip("-").isdigit():
-            raise RandmaskError(f"cannot read {ref!r}: after '@' expected seed=N and/or mask_seed=N")
+        # ASCII digits only ('٣'.isdigit() is True too), and few of them: build_model bounds the value
+        if not eq or key not in ("seed", "mask_seed") or not re.fullmatch(r"[0-9]{1,10}", value.strip()):
+            raise RandmaskError(f"cannot read {ref[:80]!r}: after '@' expected seed=N and/or mask_seed=N")
         seeds[key] = int(value)
     return notation.strip(), seeds
 
@@ -57,7 +59,7 @@ def load_models(refs: list[str], args: argparse.Namespace) -> list[LoadedModel]:
         target, seeds = _split_ref(ref)
         build = {"width": args.width, "seed": seeds.get("seed", 0), "mask_seed": seeds.get("mask_seed", 0),
                  "dataset": args.dataset or "cifar10"}
-        model, config = load_any(target, device, **build)
+        model, config = load_any(target, device, untrained=args.untrained, **build)
         if config.get("trained") is False:
             print(f"warning: {ref!r} is a notation, not a checkpoint folder: using an UNTRAINED model",
                   file=sys.stderr)
@@ -141,7 +143,7 @@ def _run(args: argparse.Namespace, desc: str, work: Callable[[Callable], list[di
         label = " ".join(str(row[k]) for k in ("source", "target", "attack") if row.get(k) not in ("", None))
         print(f"{row['metric']:>15}  {label}: {row['accuracy']:.4f} "
               f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}] n={row['n']}")
-    print(json.dumps({"out": str(path), "rows": len(rows)}))
+    print(json.dumps({"out": str(path), "rows": len(rows)}, allow_nan=False))
     return 0
 
 
@@ -179,7 +181,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         bar.close()
     fooled = sum(r["fooled"] for r in rows)
     print(json.dumps({"out": args.out, "images": len(rows), "fooled": fooled, "attack": str(spec),
-                      "source": source.name}))
+                      "source": source.name}, allow_nan=False))
     return 0
 
 
@@ -289,6 +291,8 @@ def _options(p: argparse.ArgumentParser, *, pool: int | None = None, quantize: b
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0, help="seed of random starts, noise and shuffles")
     p.add_argument("--width", type=int, default=16, help="base width of models built from a notation")
+    p.add_argument("--untrained", action="store_true",
+                   help="allow notations instead of checkpoint folders: UNTRAINED models (random weights)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     if quantize:

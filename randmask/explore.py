@@ -251,7 +251,8 @@ def default_transfer(entries: Sequence[ModelEntry], picked: Sequence[str] = ()) 
     (DenseNet-121, else another trained unmasked net) against Normal ResNet-18 and 0.7-Shallow, never the source
     against itself (which only says that the images fool the source). Trained models first, then the picks."""
     def first(notation: str) -> ModelEntry | None:
-        same = [e for e in entries if e.notation == notation and e.trained and e.seed == 0 and e.mask_seed == 0]
+        same = [e for e in entries if e.notation == notation and e.trained and e.seed == 0 and e.mask_seed == 0
+                and not e.role.startswith("control")]  # not an accuracy-matched control of the same notation
         same.sort(key=lambda e: ("zoo", "user").index(e.source))
         return same[0] if same else None
 
@@ -293,15 +294,18 @@ def trained_summary(catalog: Catalog, dataset: str) -> str:
 def zoo_overview(zoo_rows: Sequence[Mapping], entries: Sequence[ModelEntry]) -> list[dict]:
     """The Home page's zoo table: every planned zoo model (zoo.list_zoo) and the user's own, named by notation
     and seeds, with status, clean accuracy as text (MISSING when not trained) and what the paper uses it for."""
+    from randmask.zoo import ZOO
+
+    labels = {e.name: e.label for e in ZOO}  # an accuracy-matched control: 'Normal ResNet-18 (4 epochs)'
     rows = []
     for row in zoo_rows:
         if row["trained"]:
             status = "trained" if row["current"] else f"trained (older recipe: {row['epochs']} epochs)"
         else:
             status = "not trained yet"
-        seeds = re.search(r"-s(\d+)m(\d+)$", row["name"])  # the zoo folder's suffix for seeds other than 0
-        name = ModelEntry("", row["notation"], row["dataset"], "zoo", seed=int(seeds[1]) if seeds else 0,
-                          mask_seed=int(seeds[2]) if seeds else 0).name
+        seeds = re.search(r"-s(\d+)m(\d+)", row["name"])  # the zoo folder's suffix for seeds other than 0
+        name = ModelEntry("", labels.get(row["name"], row["notation"]), row["dataset"], "zoo",
+                          seed=int(seeds[1]) if seeds else 0, mask_seed=int(seeds[2]) if seeds else 0).name
         accuracy = None if row["clean_accuracy"] is None else 100 * row["clean_accuracy"]
         rows.append({"data set": dataset_name(row["dataset"]), "model": name, "status": status,
                      "accuracy (%)": number_text(accuracy), "used for": row["role"] or MISSING})
@@ -670,15 +674,15 @@ RESULT_COLUMNS = ("source", "target", "attack", "n", "accuracy", "ci_low", "ci_h
 
 def model_key(name) -> str:
     """A name compared across the paper's file and ours: canonical notation where it parses, else as written.
-    A trailing remark in parentheses is dropped ('0.85-Shallow (Random Mask)'), except the gray-box
-    '(other init)', which names a different model."""
+    A trailing remark in parentheses is dropped ('0.85-Shallow (Random Mask)'), except those that name a
+    different model: the gray-box '(other init)' and an accuracy-matched control's '(4 epochs)'."""
     if not isinstance(name, str) or not name.strip():
         return ""
     text = name.strip()
     suffix = ""
     if text.endswith(")") and " (" in text:
         text, _, remark = text.partition(" (")
-        suffix = " (other init)" if remark == "other init)" else ""
+        suffix = f" ({remark}" if remark == "other init)" or re.fullmatch(r"\d+ epochs(, [\d,]+ images)?\)", remark) else ""
     try:
         return canonical(text) + suffix
     except NotationError:

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config
 from randmask.data import PROJECT_ROOT
 from randmask.errors import RandmaskError
 from randmask.explore import user_runs_root
@@ -374,9 +374,9 @@ def job_status(folder: Path) -> JobStatus:
     if status.has_model and (not alive or members > 1):
         status.state, status.fraction = "done", 1.0
         if status.clean_accuracy is None:
-            try:
-                status.clean_accuracy = json.loads((folder / CONFIG_FILE).read_text()).get("clean_accuracy")
-            except (OSError, json.JSONDecodeError):
+            try:  # the schema-checked config: a broken one must not break the Train page
+                status.clean_accuracy = read_config(folder).get("clean_accuracy")
+            except (OSError, RandmaskError):
                 pass
         status.message = (f"clean accuracy {100 * status.clean_accuracy:.1f}%" if status.clean_accuracy is not None
                           else "finished")

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from randmask.errors import RandmaskError
-from randmask.masks import RandomMask, ResampledMask, layer_seed
-from randmask.notation import ARCH_NAMES, ModelSpec, format_model, parse_model
+from randmask.masks import RandomMask, ResampledMask, layer_seed, n_dropped
+from randmask.notation import ARCH_NAMES, MaskTerm, ModelSpec, format_model, format_number, parse_model
 
 DATASETS: dict[str, tuple[int, int, int]] = {
     "cifar10": (3, 32, 32),
@@ -26,6 +26,9 @@ DATASETS: dict[str, tuple[int, int, int]] = {
     "tinyimagenet10": (3, 64, 64),
 }
 NUM_CLASSES = 10
+MAX_WIDTH = 512  # the paper's base width is 64; the zoo's is 16
+MAX_PARAMETERS = 400_000_000  # all members together: 1.6 GB in float32 (the paper's largest, ×4 at width 64: 22M)
+MAX_SEED = 2**31 - 1
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -68,6 +71,43 @@ class MaskFactory:
     def multiplier(self, block: int) -> int:
         term = self.spec.block_term(block)
         return term.multiplier if term else 1
+
+
+class _PlannedMask(nn.Identity):
+    """Stands in for a mask while a model is planned on the meta device: records what would be drawn."""
+
+    def __init__(self, term: MaskTerm, shape: tuple[int, int, int], block: int) -> None:
+        super().__init__()
+        self.term, self.shape, self.block = term, shape, block
+
+
+class _PlanningFactory(MaskFactory):
+    def __call__(self, block: int, shape: tuple[int, int, int]) -> nn.Module:
+        term = self.spec.block_term(block)
+        return nn.Identity() if term is None else _PlannedMask(term, shape, block)
+
+
+def check_buildable(spec: ModelSpec, dataset: str, width: int) -> int:
+    """Refuse a model too large to build or with a mask that keeps nothing, before allocating anything:
+    the structure is laid out on torch's meta device (no memory). Returns the parameter count of all members."""
+    in_shape = DATASETS[dataset]
+    with torch.device("meta"):
+        body = Classifier(_REGISTRY[spec.arch](in_shape, NUM_CLASSES, width, _PlanningFactory(spec, 0)), in_shape)
+    total = sum(p.numel() for p in body.parameters()) * spec.ensemble
+    if total > MAX_PARAMETERS:
+        raise RandmaskError(f"{format_model(spec)} at width {width} would have {total / 1e6:,.0f} million parameters "
+                            f"({4 * total / 2**30:.1f} GiB in float32); the limit is {MAX_PARAMETERS // 10**6} million: "
+                            f"lower the width, ×n or EN size")
+    for name, m in body.named_modules():
+        if isinstance(m, _PlannedMask):
+            c, h, w = m.shape
+            n = c if m.term.kind == "DC" else h * w
+            if n_dropped(m.term.ratio, n) >= n:
+                unit = f"all {c} channels" if m.term.kind == "DC" else f"all {h * w} positions of every channel"
+                raise RandmaskError(f"drop ratio {format_number(m.term.ratio)} of {format_model(spec)} drops {unit} "
+                                    f"of masked layer {name} (block {m.block}, {c}×{h}×{w}) on {dataset}: "
+                                    f"use a ratio below {format_number(math.floor((1 - 0.5 / n) * 1e6) / 1e6)}")
+    return total
 
 
 def conv_bn(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequential:
@@ -333,12 +373,16 @@ def build_model(notation: str | ModelSpec, *, dataset: str = "cifar10", width: i
                 seed: int = 0) -> nn.Module:
     """Build an (untrained) model from notation. Ensemble member i uses mask_seed + i and seed + i."""
     spec = parse_model(notation)
-    if dataset not in DATASETS:
-        raise RandmaskError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    if not isinstance(width, int) or width < 1:
-        raise RandmaskError(f"width must be a positive integer, got {width!r}")
+    if not isinstance(dataset, str) or dataset not in DATASETS:
+        raise RandmaskError(f"unknown dataset {str(dataset)[:40]!r}; known: {', '.join(DATASETS)}")
+    if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
+        raise RandmaskError(f"width must be an integer from 1 to {MAX_WIDTH}, got {str(width)[:40]}")
+    for name, value in (("mask_seed", mask_seed), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+            raise RandmaskError(f"{name} must be an integer from 0 to {MAX_SEED}, got {str(value)[:40]}")
     if spec.arch not in _REGISTRY:
         raise RandmaskError(f"architecture {ARCH_NAMES[spec.arch]} is not registered")
+    check_buildable(spec, dataset, width)
     member = spec.member()
     if spec.ensemble == 1:
         model: nn.Module = _build_single(member, dataset, width, mask_seed, seed)

@@ -8,12 +8,18 @@ Grammar (case-insensitive, `x` accepted for `×`):
 Examples: "Normal ResNet-18", "0.7-Shallow", "0.5-ShallowDC", "0.9-Shallow×2", "0.5-ShallowEN",
 "0.5-Shallow×2,EN", "0.5-Shallow, 0.5-Deep", "0.9-B12" (appendix F: ratio 0.9 on the 1st and 2nd blocks),
 "0.7-ShallowDropout" (our control: the same pattern resampled every training step, off at test time).
+
+Input rules: at most MAX_NOTATION_LENGTH characters of printable ASCII (plus `×`); ASCII digits only; `Normal`
+only before ResNet-18; ×n up to MAX_MULTIPLIER, EN up to MAX_ENSEMBLE members. Every pattern is anchored and
+unambiguous, so parsing is linear in the input. Printing is exact: a ratio prints as the shortest decimal that
+reads back as the same float, so parse(print(spec)) == spec and the masks drawn from it are the same.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from randmask.errors import NotationError
 
@@ -23,6 +29,10 @@ N_BLOCKS = 5
 DEFAULT_ENSEMBLE = 5
 MASK_KINDS = ("random", "SM", "DC")  # fixed masks, drawn once
 TERM_KINDS = (*MASK_KINDS, "Dropout")  # plus the resampled control
+MAX_NOTATION_LENGTH = 200  # the longest real name, five B-terms with 17-digit ratios and EN, is ~150
+MIN_RATIO = 1e-6  # smaller ratios drop nothing in any layer, and would print longer than the length limit
+MAX_MULTIPLIER = 8  # the paper goes up to ×4
+MAX_ENSEMBLE = 10  # the paper's EN has 5 members
 
 # registry key -> display name; only ResNet-18 carries masks (the paper's 5-block structure)
 ARCH_NAMES = {
@@ -47,15 +57,19 @@ class MaskTerm:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.ratio < 1.0:
-            raise NotationError(f"drop ratio {self.ratio:g} is outside (0, 1): a ratio of 0 is 'Normal', 1 drops all")
+            raise NotationError(f"drop ratio {format_number(self.ratio)} is outside (0, 1): a ratio of 0 is "
+                                f"'Normal', 1 drops all")
+        if self.ratio < MIN_RATIO:
+            raise NotationError(f"drop ratio {format_number(self.ratio)} is below {format_number(MIN_RATIO)}: it "
+                                f"would drop nothing in any layer")
         if not self.blocks or any(b not in range(N_BLOCKS) for b in self.blocks):
             raise NotationError(f"blocks {self.blocks} must be a non-empty subset of 0..{N_BLOCKS - 1}")
         if tuple(sorted(set(self.blocks))) != self.blocks:
             raise NotationError(f"blocks {self.blocks} must be sorted and unique")
         if self.kind not in TERM_KINDS:
             raise NotationError(f"mask kind {self.kind!r} is not one of {TERM_KINDS}")
-        if self.multiplier < 1:
-            raise NotationError(f"channel multiplier ×{self.multiplier} must be at least 1")
+        if not 1 <= self.multiplier <= MAX_MULTIPLIER:
+            raise NotationError(f"channel multiplier ×{self.multiplier} must be between 1 and {MAX_MULTIPLIER}")
 
     @property
     def part(self) -> str:
@@ -68,7 +82,7 @@ class MaskTerm:
     def __str__(self) -> str:
         kind = "" if self.kind == "random" else self.kind
         mult = "" if self.multiplier == 1 else f"×{self.multiplier}"
-        return f"{self.ratio:g}-{self.part}{kind}{mult}"
+        return f"{format_number(self.ratio)}-{self.part}{kind}{mult}"
 
 
 @dataclass(frozen=True)
@@ -90,8 +104,8 @@ class ModelSpec:
             if overlap:
                 raise NotationError(f"block(s) {sorted(overlap)} are masked twice in one model")
             seen |= set(term.blocks)
-        if self.ensemble < 1:
-            raise NotationError(f"ensemble size {self.ensemble} must be at least 1")
+        if not 1 <= self.ensemble <= MAX_ENSEMBLE:
+            raise NotationError(f"ensemble size {self.ensemble} must be between 1 and {MAX_ENSEMBLE}")
 
     @property
     def is_normal(self) -> bool:
@@ -123,61 +137,110 @@ def format_model(spec: ModelSpec) -> str:
     return base + sep + en
 
 
+def format_number(value: float) -> str:
+    """The shortest decimal that reads back as exactly `value`, without exponent or trailing '.0'.
+
+    `:g` keeps 6 digits, so 0.1245117 printed as 0.124512, which drops a different count of positions."""
+    text = repr(float(value))
+    if "e" in text or "E" in text:
+        text = format(Decimal(text), "f")  # our grammar has no exponents: 1e-05 -> 0.00001
+    return text.removesuffix(".0")
+
+
+def check_ascii(text: str, what: str, limit: int) -> str:
+    """Refuse text that is too long or holds anything but printable ASCII (and ×): no full-width or
+    Arabic-Indic digits, no look-alike letters, no control characters. Returns the text stripped."""
+    if len(text) > limit:
+        raise NotationError(f"{what} is {len(text)} characters long; the limit is {limit}")
+    text = text.strip(" \t\r\n")
+    bad = next((i for i, ch in enumerate(text) if not (" " <= ch <= "~" or ch == "\u00d7")), None)
+    if bad is not None:
+        ch = text[bad]
+        raise NotationError(f"{what} {text!r} has character {ch!r} (U+{ord(ch):04X}) at position {bad}: use ASCII "
+                            f"letters and digits only")
+    return text
+
+
+def bounded_int(digits: str, what: str, low: int, high: int) -> int:
+    """An ASCII digit string as an int in [low, high], refused by length before int() reads a huge one."""
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > len(str(high)) or not low <= int(significant) <= high:
+        shown = digits if len(digits) <= 12 else f"{digits[:6]}... ({len(digits)} digits)"
+        raise NotationError(f"{what} must be between {low} and {high}, got {shown}")
+    return int(significant)
+
+
+# re.ASCII: \d and \s are ASCII only, and IGNORECASE maps no non-ASCII letter (the Kelvin sign, long s) onto
+# ours. Each pattern is unambiguous (no two adjacent parts can take the same character), hence linear.
+_FLAGS = re.IGNORECASE | re.ASCII
+_NUMBER = r"(?:\d+(?:\.\d+)?|\.\d+)"
+_KIND_SUFFIX = {"dc": "DC", "sm": "SM", "dropout": "Dropout"}
 _TERM = re.compile(
-    r"^(?P<ratio>\d*\.?\d+)\s*-\s*(?P<part>shallow|deep|b[0-4]+)(?P<kind>dc|sm|dropout)?"
-    r"(?:\s*[×x]\s*(?P<mult>\d+))?(?:\s*(?P<en>en)(?P<k>\d+)?)?$",
-    re.IGNORECASE,
+    rf"(?P<ratio>{_NUMBER})\s*-\s*(?P<part>shallow|deep|b\d+)(?P<kind>{'|'.join(_KIND_SUFFIX)})?"
+    r"(?:\s*[x\u00d7]\s*(?P<mult>\d+))?(?:\s*(?P<en>en)(?P<k>\d+)?)?",
+    _FLAGS,
 )
-_ARCH = re.compile(r"^(?:normal\s+)?(?P<arch>[a-z]+-?\d+)(?:\s*(?P<en>en)(?P<k>\d+)?)?$", re.IGNORECASE)
-_EN = re.compile(r"^en(?P<k>\d+)?$", re.IGNORECASE)
+_ARCH = re.compile(r"(?:(?P<normal>normal)\s+)?(?P<arch>[a-z]+-?\d+)(?:\s*(?P<en>en)(?P<k>\d+)?)?", _FLAGS)
+_EN = re.compile(r"en(?P<k>\d+)?", _FLAGS)
 
 
-def _ensemble_size(k: str | None) -> int:
-    return DEFAULT_ENSEMBLE if k is None else int(k)
+def _ensemble_size(k: str | None, text: str) -> int:
+    if k is None:
+        return DEFAULT_ENSEMBLE
+    return bounded_int(k, f"ensemble size (EN) in {text!r}", 1, MAX_ENSEMBLE)
 
 
 def parse_model(text: str | ModelSpec) -> ModelSpec:
     """Parse the paper's notation; raise NotationError saying what is wrong."""
     if isinstance(text, ModelSpec):
         return text
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
+        raise NotationError(f"model notation must be text, not {type(text).__name__}")
+    raw = check_ascii(text, "model notation", MAX_NOTATION_LENGTH)
+    if not raw:
         raise NotationError("empty model notation; try 'Normal ResNet-18' or '0.7-Shallow'")
-    raw = text.strip().replace("\u00d7", "×")
-    arch_match = _ARCH.match(raw)
+    text = raw
+    arch_match = _ARCH.fullmatch(raw)
     if arch_match:
         key = arch_match["arch"].lower().replace("-", "")
         if key not in _ARCH_BY_NAME:
             raise NotationError(f"unknown architecture {arch_match['arch']!r} in {text!r}; "
                                 f"known: {', '.join(ARCH_NAMES.values())}")
-        ensemble = _ensemble_size(arch_match["k"]) if arch_match["en"] else 1
+        if arch_match["normal"] and _ARCH_BY_NAME[key] != "resnet18":
+            raise NotationError(f"'Normal' names the unmasked ResNet-18 only; write {ARCH_NAMES[_ARCH_BY_NAME[key]]!r} "
+                                f"without it (in {text!r})")
+        ensemble = _ensemble_size(arch_match["k"], text) if arch_match["en"] else 1
         return ModelSpec(_ARCH_BY_NAME[key], (), ensemble)
 
     parts = [p.strip() for p in raw.split(",")]
     ensemble = 1
-    if len(parts) > 1 and _EN.match(parts[-1]):
-        ensemble = _ensemble_size(_EN.match(parts[-1])["k"])
+    if len(parts) > 1 and _EN.fullmatch(parts[-1]):
+        ensemble = _ensemble_size(_EN.fullmatch(parts[-1])["k"], text)
         parts = parts[:-1]
     terms = []
     for i, part in enumerate(parts):
-        m = _TERM.match(part)
+        m = _TERM.fullmatch(part)
         if not m:
             raise NotationError(_explain_term(part, text))
         if m["en"]:
             if i != len(parts) - 1 or ensemble != 1:
                 raise NotationError(f"'EN' may only end the notation, in {text!r}")
-            ensemble = _ensemble_size(m["k"])
+            ensemble = _ensemble_size(m["k"], text)
         ratio = float(m["ratio"])
         name = m["part"].lower()
+        if name[0] == "b" and any(int(c) >= N_BLOCKS for c in name[1:]):
+            raise NotationError(f"block list {m['part']!r} in {text!r} names a block outside 0..{N_BLOCKS - 1}")
         blocks = SHALLOW if name == "shallow" else DEEP if name == "deep" else tuple(int(c) for c in name[1:])
         if len(set(blocks)) != len(blocks) or tuple(sorted(blocks)) != blocks:
             raise NotationError(f"block list {m['part']!r} must name each block once, in increasing order")
-        kind = {"dc": "DC", "sm": "SM", "dropout": "Dropout"}[m["kind"].lower()] if m["kind"] else "random"
-        terms.append(MaskTerm(ratio, blocks, kind, int(m["mult"] or 1)))
+        kind = _KIND_SUFFIX[m["kind"].lower()] if m["kind"] else "random"
+        mult = bounded_int(m["mult"], f"channel multiplier (×n) in {text!r}", 1, MAX_MULTIPLIER) if m["mult"] else 1
+        terms.append(MaskTerm(ratio, blocks, kind, mult))
     return ModelSpec("resnet18", tuple(terms), ensemble)
 
 
 def _explain_term(part: str, text: str) -> str:
-    ratio = re.match(r"^\s*(-?\d*\.?\d+)\s*-", part)
+    ratio = re.match(rf"\s*(-?{_NUMBER})\s*-", part, re.ASCII)
     if ratio and not 0.0 < float(ratio[1]) < 1.0:
         return f"drop ratio {ratio[1]} in {text!r} is outside (0, 1)"
     if not ratio:

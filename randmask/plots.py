@@ -41,7 +41,16 @@ def ratio_figure(frame, attacks: list[str], paper_curve: dict[str, list[tuple[fl
     curve over all its ratios (paper_curve: attack -> [(ratio, clean %, defense %)])."""
     fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 4.4), squeeze=False)
     for ax, attack in zip(axes[0], attacks, strict=True):
-        part = frame[frame["attack"] == attack].sort_values("ratio")
+        rows = frame[frame["attack"] == attack]
+        part = rows[rows["ratio"].notna()].sort_values("ratio")
+        controls = rows[rows["ratio"].isna()]  # accuracy-matched Normals: same axes, no ratio
+        if len(controls):
+            cx, cy = 100 * controls["clean_accuracy"], 100 * controls["accuracy"]
+            ax.errorbar(cx, cy, yerr=[cy - 100 * controls["ci_low"], 100 * controls["ci_high"] - cy], fmt="D",
+                        color="black", capsize=3, label="accuracy-matched Normal")
+            for _, row in controls.iterrows():
+                ax.annotate(f"N≈{row['matched_to'].split('-')[0]}", (100 * row["clean_accuracy"], 100 * row["accuracy"]),
+                            textcoords="offset points", xytext=(6, -4), fontsize=8)
         x, y = 100 * part["clean_accuracy"], 100 * part["accuracy"]
         ax.errorbar(x, y, yerr=[y - 100 * part["ci_low"], 100 * part["ci_high"] - y], fmt="o-", color=OURS,
                     capsize=3, label="ours")

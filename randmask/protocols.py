@@ -89,6 +89,24 @@ def median_logit_gap(model: nn.Module, x: torch.Tensor, batch_size: int = DEFAUL
     return float((top2[:, 0] - top2[:, 1]).median())
 
 
+def logit_scale(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *, dataset: str = "",
+                batch_size: int = DEFAULT_BATCH) -> list[dict]:
+    """How confident each model is on clean images: its accuracy on (x, y) plus the quartiles of the gap between
+    its two largest logits and its mean top softmax probability. Transfer (and CW's margin κ above all) depends on
+    this scale, so a control matched on accuracy should be compared on it too."""
+    _check_pool(x, y)
+    rows = []
+    for name, model in models.items():
+        logits = predict(model, x, batch_size=batch_size).float()
+        top2 = logits.topk(2, dim=1).values
+        q25, q50, q75 = (top2[:, 0] - top2[:, 1]).quantile(torch.tensor([0.25, 0.5, 0.75])).tolist()
+        correct = int((logits.argmax(1) == y.to(logits.device)).sum())
+        rows.append(_row("logit_scale", dataset, "", name, "", "clean_accuracy", correct, len(x),
+                         logit_gap_q25=q25, logit_gap_median=q50, logit_gap_q75=q75,
+                         mean_top_probability=logits.softmax(1).max(1).values.mean().item()))
+    return rows
+
+
 def _check_pool(x: torch.Tensor, y: torch.Tensor) -> None:
     if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
         raise RandmaskError(f"need N×C×H×W images and N labels, got {tuple(x.shape)} and {tuple(y.shape)}")

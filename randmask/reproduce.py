@@ -58,6 +58,15 @@ def zoo_name(notation: str, dataset: str = "cifar10", seed: int = 0, mask_seed: 
     return f"{dataset}/{slug(notation)}{suffix}"
 
 
+# every transfer table also gets the controls and the rest of Table 7 (zoo stages 5 and 6) as they land
+TRANSFER_TARGETS = [*(zoo_name(n) for n in TABLE2_TARGETS), *(e.name for e in ZOO if e.stage >= 5)]
+# the accuracy-matched Normal of each masked net, and the resampled (dropout) twin of the fixed mask
+MATCHED = {e.matched_to: e for e in ZOO if e.matched_to}
+RESAMPLED = {"0.7-Shallow": "0.7-ShallowDropout"}
+CONTROL_SOURCES = ["table2_transfer", "table11_transfer"]  # DenseNet-121 and VGG-19, as the issue asks
+CONTROL_ATTACKS = ["FGSM16", "PGD16", "CW40"]
+
+
 @dataclass
 class Experiment:
     key: str
@@ -66,6 +75,7 @@ class Experiment:
     needs: list[str]  # zoo names that must exist
     wants: list[str] = field(default_factory=list)  # zoo names used when present
     run: Callable | None = None
+    own_section: bool = True  # False: another section of the report presents its results
 
 
 class Zoo:
@@ -90,7 +100,9 @@ class Zoo:
         return self[name][0]
 
     def label(self, name: str) -> str:
-        return self[name][1]["notation"]
+        """The name reports use: the notation, or the zoo's label where that alone is ambiguous (a matched control)."""
+        config = self[name][1]
+        return config.get("label") or config["notation"]
 
 
 # Black-box transfer, one experiment per source: (key, title, source in the zoo, the paper's name, paper table).
@@ -115,8 +127,7 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
 
     def transfer_from(source: str, source_name: str):
         def run(zoo: Zoo, x, y, progress):
-            targets = {zoo.label(n): zoo.model(n) for n in map(zoo_name, TABLE2_TARGETS)
-                       if zoo.has(n) and n != source}
+            targets = {zoo.label(n): zoo.model(n) for n in TRANSFER_TARGETS if zoo.has(n) and n != source}
             return protocols.transfer(zoo.model(source), targets, ["FGSM16", "PGD16", "PGD32", s["cw"]], x, y,
                                       source_name=source_name, n=s["n"], n_cw=s["n_cw"], dataset="cifar10",
                                       paper_names={s["cw"]: "CW40"}, progress=progress, cache=cache)
@@ -135,7 +146,7 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
                                  dataset="cifar10", progress=progress)
 
     def table4(zoo: Zoo, x, y, progress):
-        names = [normal, zoo_name("0.5-Shallow"), zoo_name("0.7-Shallow")]
+        names = [normal, zoo_name("0.5-Shallow"), zoo_name("0.7-Shallow"), *table4_controls]
         models = {zoo.label(n): zoo.model(n) for n in names if zoo.has(n)}
         return protocols.whitebox(models, list(protocols.WHITEBOX_ATTACKS), x[:s["n_whitebox"]],
                                   y[:s["n_whitebox"]], dataset="cifar10", progress=progress, cache=cache)
@@ -171,7 +182,8 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
         return protocols.noise(models, x[:s["n_noise"]], y[:s["n_noise"]], dataset="cifar10", progress=progress)
 
     def beyond(zoo: Zoo, x, y, progress):
-        models = {zoo.label(n): zoo.model(n) for n in (normal, zoo_name("0.9-Shallow"))}
+        models = {zoo.label(n): zoo.model(n) for n in (normal, zoo_name("0.9-Shallow"), *beyond_controls)
+                  if zoo.has(n)}
         attacks = list(dict.fromkeys(t.format(eps=e) for t in (s["apgd"], s["square"]) for e in s.get("beyond_eps", (16,))))
         rows = protocols.whitebox(models, attacks, x[:s["n_beyond"]], y[:s["n_beyond"]],
                                   dataset="cifar10", progress=progress, cache=cache)
@@ -179,8 +191,16 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
             row["protocol"] = "beyond"
         return rows
 
+    def controls(zoo: Zoo, x, y, progress):
+        models = {zoo.label(n): zoo.model(n) for n in [normal, *control_pairs] if zoo.has(n)}
+        return protocols.logit_scale(models, x[:s["n"]], y[:s["n"]], dataset="cifar10")
+
+    table4_controls = [MATCHED["0.7-Shallow"].name, zoo_name(RESAMPLED["0.7-Shallow"])]
+    beyond_controls = [MATCHED["0.9-Shallow"].name]
+    control_pairs = [n for masked in MATCHED for n in (zoo_name(masked), MATCHED[masked].name)]
+    control_pairs += [zoo_name(n) for n in RESAMPLED.values()]
     transfers = [Experiment(key, title, table, [source, normal],
-                            [n for n in map(zoo_name, TABLE2_TARGETS) if n != source], transfer_from(source, name))
+                            [n for n in TRANSFER_TARGETS if n != source], transfer_from(source, name))
                  for key, title, source, name, table in TRANSFER_SOURCES]
     return [
         *transfers,
@@ -190,7 +210,7 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
         Experiment("table3_shuffle", "Table 3 · patch shuffle (CIFAR-10 here, ImageNet in the paper)", 3,
                    [normal, zoo_name("0.7-Shallow")], [], table3),
         Experiment("table4_whitebox", "Table 4 · white-box attacks", 4,
-                   [normal, zoo_name("0.7-Shallow")], [zoo_name("0.5-Shallow")], table4),
+                   [normal, zoo_name("0.7-Shallow")], [zoo_name("0.5-Shallow"), *table4_controls], table4),
         Experiment("table5_graybox", "Table 5 · gray-box transfer (FGSM16)", 5,
                    [normal, zoo_name("0.7-Shallow"), zoo_name("Normal ResNet-18", seed=1)],
                    [zoo_name("0.5-Shallow"), zoo_name("0.7-Shallow", seed=1), zoo_name("0.7-Shallow", mask_seed=1),
@@ -201,7 +221,9 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
         Experiment("figure3_noise", "Figure 3 · Gaussian noise", None, [normal],
                    [zoo_name(n) for n in NOISE_MODELS], figure3),
         Experiment("beyond_apgd_square", "Beyond the paper · APGD-CE and Square Attack (white-box / query)", None,
-                   [normal, zoo_name("0.9-Shallow")], [], beyond),
+                   [normal, zoo_name("0.9-Shallow")], beyond_controls, beyond),
+        Experiment("controls_logit_scale", "Clean accuracy and logit scale of the masked nets and their controls",
+                   None, [normal, *control_pairs[:2]], control_pairs[2:], controls, own_section=False),
     ]
 
 
@@ -494,6 +516,7 @@ def verdicts(out: Path, settings: dict) -> list[tuple[str, str, str]]:
         found.append(("White-box gains are small", "untested", "needs 0.7-Shallow"))
 
     found.append(_graybox_verdict(_load(out, "table5_graybox")))
+    found += control_verdicts(out)
 
     # beyond the paper: does 0.9-Shallow's edge survive APGD-CE and a query-only attack (Square)?
     beyond = _load(out, "beyond_apgd_square")
@@ -507,6 +530,59 @@ def verdicts(out: Path, settings: dict) -> list[tuple[str, str, str]]:
             f"{a}: 0.9-Shallow {_fmt(m)} vs Normal {_fmt(n)}" for a, m, n in pairs) or "needs models"))
     else:
         found.append((claim, "untested", "needs Normal and 0.9-Shallow"))
+    return found
+
+
+ACCURACY_CLAIM = "Controls: transfer robustness is not explained by lower clean accuracy"
+RESAMPLED_CLAIM = "Controls: a fixed mask beats a resampled one (dropout with the same pattern)"
+
+
+def _paper_rate(frame, target: str, attack: str) -> dict | None:
+    """A defense-rate row by the paper's attack name (CW40 is run as 'CW40(search=10)' in the quick preset)."""
+    if frame is None:
+        return None
+    column = frame["paper_attack"] if "paper_attack" in frame.columns else frame["attack"]
+    part = frame[(frame["target"] == target) & (frame["metric"] == "defense_rate") & (column == attack)]
+    return part.iloc[0].to_dict() if len(part) else None
+
+
+def control_pairs_compared(out: Path) -> list[dict]:
+    """Each masked net beside its control, per source and attack of the controls: rows with the two rates and
+    their comparison ('higher' = the masked net defends more, by non-overlapping Wilson intervals)."""
+    pairs = [(m, MATCHED[m].label, "accuracy-matched Normal") for m in MATCHED]
+    pairs += [(m, r, "resampled mask") for m, r in RESAMPLED.items()]
+    rows = []
+    for key in CONTROL_SOURCES:
+        frame = _load(out, key)
+        source = next(name for k, _, _, name, _ in TRANSFER_SOURCES if k == key)
+        for masked, control, kind in pairs:
+            for attack in CONTROL_ATTACKS:
+                a, b = _paper_rate(frame, masked, attack), _paper_rate(frame, control, attack)
+                if a is None or b is None:
+                    continue
+                rows.append({"kind": kind, "source": source, "attack": attack, "model": masked, "control": control,
+                             "model_rate": a, "control_rate": b, "outcome": compare(a, b)})
+    return rows
+
+
+def control_verdicts(out: Path) -> list[tuple[str, str, str]]:
+    """The two claims the controls test, from the DenseNet-121 and VGG-19 transfer tables."""
+    rows = control_pairs_compared(out)
+    found = []
+    for claim, kind, needs in ((ACCURACY_CLAIM, "accuracy-matched Normal",
+                                "needs the accuracy-matched Normal ResNet-18s in the zoo"),
+                               (RESAMPLED_CLAIM, "resampled mask", "needs 0.7-ShallowDropout in the zoo")):
+        mine = [r for r in rows if r["kind"] == kind]
+        tested = [r for r in mine if r["outcome"] != "untested"]  # CW rows with n = 0 (fooled no source image)
+        if not tested:
+            found.append((claim, "untested", needs))
+            continue
+        evidence = "; ".join(f"{r['attack']} from {r['source']}: {r['model']} {_fmt(r['model_rate'])} vs "
+                             f"{r['control']} {_fmt(r['control_rate'])}" for r in tested)
+        skipped = len(mine) - len(tested)
+        if skipped:
+            evidence += f" ({skipped} comparison(s) with n = 0 left out)"
+        found.append((claim, verdict([r["outcome"] for r in tested], "higher"), evidence))
     return found
 
 
@@ -569,22 +645,25 @@ def figure7(out: Path, paper) -> tuple[list[dict], dict[str, list[tuple[float, f
     if frame is None:
         return [], {}
     paper_at = paper_points(paper, table)
-    clean = {shallow_ratio(r["target"]): r for r in frame[frame["metric"] == "clean_accuracy"].to_dict("records")}
+    clean = {r["target"]: r for r in frame[frame["metric"] == "clean_accuracy"].to_dict("records")}
+    matched = {e.label: e.matched_to for e in MATCHED.values()}  # accuracy-matched Normals: points on the same axes
     rows = []
     for row in frame[frame["metric"] == "defense_rate"].to_dict("records"):
-        ratio = shallow_ratio(row["target"])
+        target = row["target"]
+        ratio = shallow_ratio(target) if target not in matched else None
         attack = row.get("paper_attack") if isinstance(row.get("paper_attack"), str) else row["attack"]
-        if ratio is None or ratio not in clean:
+        if (ratio is None and target not in matched) or target not in clean:
             continue
         rows.append({"protocol": "figure7", "dataset": row.get("dataset", "cifar10"), "source": source,
-                     "target": row["target"], "ratio": ratio, "attack": attack, "metric": "defense_rate",
-                     "n": row["n"], "accuracy": row["accuracy"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
-                     "clean_accuracy": clean[ratio]["accuracy"], "clean_n": clean[ratio]["n"],
-                     "paper_defense_rate": paper_at.get((ratio, attack_key(attack))),
-                     "paper_clean_accuracy": paper_at.get((ratio, ""))})
+                     "target": target, "ratio": ratio, "matched_to": matched.get(target, ""), "attack": attack,
+                     "metric": "defense_rate", "n": row["n"], "accuracy": row["accuracy"], "ci_low": row["ci_low"],
+                     "ci_high": row["ci_high"], "clean_accuracy": clean[target]["accuracy"],
+                     "clean_n": clean[target]["n"],
+                     "paper_defense_rate": None if ratio is None else paper_at.get((ratio, attack_key(attack))),
+                     "paper_clean_accuracy": None if ratio is None else paper_at.get((ratio, ""))})
     curve = {a: sorted((r, paper_at[(r, "")], v) for (r, k), v in paper_at.items()
                        if k == attack_key(a) and (r, "") in paper_at) for a in FIGURE7_ATTACKS}
-    return sorted(rows, key=lambda r: (r["attack"], r["ratio"])), curve
+    return sorted(rows, key=lambda r: (r["attack"], r["ratio"] is None, r["ratio"] or 0.0, r["target"])), curve
 
 
 def write_figures(out: Path, paper) -> dict[str, str]:
@@ -638,7 +717,7 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
              "Sample sizes: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".", ""]
     lines += ["## Verdicts", "", markdown_table(["claim", "verdict", "evidence"],
                                         [list(v) for v in verdicts(out, settings)]), ""]
-    for exp in experiments(settings):
+    for exp in [e for e in experiments(settings) if e.own_section]:
         state = status.get(exp.key) or ({"ran": True, "absent": [n for n in exp.wants if not zoo.has(n)]}
                                          if (out / "results" / f"{exp.key}.csv").exists() else None)
         lines += [f"## {exp.title}", ""]
@@ -656,6 +735,7 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
         lines += _budget_note(zoo, exp)
         if state.get("absent"):
             lines += ["Not yet in the zoo: " + ", ".join(f"`{m}`" for m in state["absent"]) + ".", ""]
+    lines += _controls_section(out)
     lines += _figure7_section(out, figures)
     lines += ["## Zoo", "", *zoo_markdown(zoo.root, paper)]
     return "\n".join(lines)
@@ -664,8 +744,8 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
 def _budget_note(zoo: Zoo, exp: Experiment) -> list[str]:
     """Warn when the models an experiment compares were trained for different numbers of epochs (a shipped
     model of an older recipe that has not been retrained yet): their robustness is not comparable at face value."""
-    sources = {e.name for e in ZOO if e.is_source}
-    compared = [n for n in exp.needs + exp.wants if zoo.has(n) and n not in sources]
+    exempt = {e.name for e in ZOO if e.is_source or e.matched_to}  # sources and matched controls differ by design
+    compared = [n for n in exp.needs + exp.wants if zoo.has(n) and n not in exempt]
     epochs = {n: zoo.config(n).get("recipe", {}).get("epochs") for n in compared}
     if len(set(epochs.values())) <= 1:
         return []
@@ -698,13 +778,53 @@ def _figure7_section(out: Path, figures: dict[str, str]) -> list[str]:
     frame = _load(out, "figure7_ratio")
     if frame is None:
         return lines + ["Pending: needs transfer results for Normal and r-Shallow models.", ""]
-    rows = [[f"{r['ratio']:g}", r["attack"], f"{percent_text(100 * r['clean_accuracy'])}", percent_text(r["paper_clean_accuracy"]),
+    rows = [[f"{r['ratio']:g}" if r["ratio"] == r["ratio"] else f"{r['target']}, matched to {r['matched_to']}",
+             r["attack"], f"{percent_text(100 * r['clean_accuracy'])}", percent_text(r["paper_clean_accuracy"]),
              _interval(100 * r['accuracy'], 100 * r['ci_low'], 100 * r['ci_high']),
              percent_text(r["paper_defense_rate"]), str(int(r["n"]))] for r in frame.to_dict("records")]
-    lines += [f"Source: {frame['source'].iloc[0]}; ratio 0 is Normal ResNet-18. Paper values from the same source's "
-              "table.", "",
+    lines += [f"Source: {frame['source'].iloc[0]}; ratio 0 is Normal ResNet-18; the accuracy-matched Normals (see "
+              "Controls) are drawn as diamonds on the same axes. Paper values from the same source's table.", "",
               markdown_table(["ratio", "attack", "our clean %", "paper clean %", "our defense % [95% CI]", "paper defense %",
                       "n"], rows), ""]
     if "figure7_ratio" in figures:
         lines += [f"![Figure 7]({figures['figure7_ratio']})", ""]
     return lines + ["Data: `results/figure7_ratio.csv`.", ""]
+
+
+def _controls_section(out: Path) -> list[str]:
+    """What the controls are, in plain words, and each masked net beside them."""
+    lines = ["## Controls · lower accuracy, and fixed versus resampled masks", "",
+             "Our masked nets are less accurate than Normal, and a less accurate or merely different net may be "
+             "fooled less often by images made against another net whatever its mask. Two controls separate this "
+             "from the mask itself:", "",
+             "- **Accuracy-matched Normal**: the same Normal ResNet-18, width and recipe (one-cycle schedule, "
+             "augmentation, label smoothing, all 50,000 training images), trained for fewer epochs so that its "
+             "clean accuracy lands within 1.5 points of 0.7-Shallow's or 0.9-Shallow's. A shorter schedule of the "
+             "same shape leaves a net under-fitted on the whole data set, as the masked nets are, where a smaller "
+             "training subset would leave it over-fitted on fewer images. Its logit scale is compared too, since "
+             "transfer and CW40 depend on it.",
+             "- **Resampled mask** (`0.7-ShallowDropout`): the same shallow blocks, places (after BatchNorm, before "
+             "ReLU) and per-channel ratio as 0.7-Shallow, but a fresh mask at every training step, rescaled as "
+             "dropout is and off at test time. Fixed versus resampled is the only difference.", ""]
+    scale = _load(out, "controls_logit_scale")
+    if scale is None:
+        lines += ["Logit scale not measured yet: `python -m randmask reproduce --preset quick --only "
+                  "controls_logit_scale`.", ""]
+    else:
+        rows = [[r["target"], _interval(100 * r["accuracy"], 100 * r["ci_low"], 100 * r["ci_high"]),
+                 f"{r['logit_gap_median']:.2f} [{r['logit_gap_q25']:.2f}, {r['logit_gap_q75']:.2f}]",
+                 f"{100 * r['mean_top_probability']:.1f}", str(int(r["n"]))] for r in scale.to_dict("records")]
+        lines += ["Clean accuracy and logit scale on the first test images (the gap between the two largest logits: "
+                  "median [quartiles]):", "",
+                  markdown_table(["model", "clean % [95% CI]", "top-two logit gap", "mean top probability %", "n"],
+                                 rows), "", "Data: `results/controls_logit_scale.csv`.", ""]
+    compared = control_pairs_compared(out)
+    if compared:
+        rows = [[r["source"], r["attack"], r["model"], _interval_text(r["model_rate"]), r["control"],
+                 _interval_text(r["control_rate"]), r["outcome"]] for r in compared]
+        lines += ["Defense rates (images that fooled the source and not the target), from the transfer tables:", "",
+                  markdown_table(["source", "attack", "masked net", "defense % [95% CI]", "control",
+                                  "defense % [95% CI]", "masked vs control"], rows), ""]
+    else:
+        lines += ["Pending: the controls are not in the zoo yet (`python -m randmask zoo train`).", ""]
+    return lines

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from .admin import overview, set_excluded
-from .db import StudyDBError, default_db_path, integrity_problems, open_db, schema_version
+from .check import database_problems
+from .db import StudyDBError, default_db_path, open_db, open_db_readonly, schema_version
 from .design import DesignError, StudyConfig, StudyNotFound, create_study, get_study, list_studies, set_status
 from .export import export_study
 from .sets import (
@@ -22,6 +26,7 @@ from .sets import (
 )
 
 EXPECTED_ERRORS = (StudyDBError, DesignError, StudyNotFound, SetError, LookupError, ValueError, sqlite3.Error, OSError)
+MAX_BOOTSTRAP = 100_000
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
@@ -74,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% intervals")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("check", help="check the database file (integrity, schema version)")
+    p = sub.add_parser("check", help="check the database file (integrity, schema, study rows); reads only")
     _db_arg(p)
 
     p = sub.add_parser("clean-set", help="write a set of clean CIFAR-10 test images (controls, catch, practice)")
@@ -131,21 +136,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "demo":
         return _demo(args)
-    db = open_db(args.db, create=args.command == "create")
+    if args.command in ("check", "export"):
+        return _read_only(args)
     if args.command == "create":
-        config = StudyConfig(
-            slug=args.name, title=args.title, labels_per_item=args.labels_per_item,
-            items_per_participant=args.items_per_participant, items_per_condition=args.items_per_condition,
-            catch_per_participant=args.catch_per_participant, presentation_ms=args.presentation_ms,
-            abandon_after_min=args.abandon_after_min, completion_code=args.completion_code,
-            redirect_url=args.redirect_url, seed=args.seed,
-            conditions=[c.strip() for c in args.conditions.split(",")] if args.conditions else None)
-        create_study(db, config, args.sets, args.catch_set, args.practice_set)
-        study = get_study(db, args.name)
-        print(f"created study {study.slug!r}: conditions {', '.join(study.conditions)}; "
-              f"{study.trials_per_condition} per condition + {study.catch_per_participant} catch per participant; "
-              f"completion code {study.completion_code}")
-        return 0
+        with _database_for_create(Path(args.db or default_db_path())) as db:
+            return _create(args, db)
+    db = open_db(args.db, create=False)
     if args.command == "list":
         for study in list_studies(db):
             o = overview(db, study)
@@ -160,7 +156,77 @@ def run(args: argparse.Namespace) -> int:
         set_excluded(db, args.study, args.participant, args.command == "exclude", args.reason)
         print(f"participant {args.participant} {args.command}d")
         return 0
-    if args.command == "export":
+    raise AssertionError(args.command)
+
+
+def _create(args: argparse.Namespace, db) -> int:
+    config = StudyConfig(
+        slug=args.name, title=args.title, labels_per_item=args.labels_per_item,
+        items_per_participant=args.items_per_participant, items_per_condition=args.items_per_condition,
+        catch_per_participant=args.catch_per_participant, presentation_ms=args.presentation_ms,
+        abandon_after_min=args.abandon_after_min, completion_code=args.completion_code,
+        redirect_url=args.redirect_url, seed=args.seed,
+        conditions=[c.strip() for c in args.conditions.split(",")] if args.conditions else None)
+    create_study(db, config, args.sets, args.catch_set, args.practice_set)
+    study = get_study(db, args.name)
+    print(f"created study {study.slug!r}: conditions {', '.join(study.conditions)}; "
+          f"{study.trials_per_condition} per condition + {study.catch_per_participant} catch per participant; "
+          f"completion code {study.completion_code}")
+    return 0
+
+
+@contextlib.contextmanager
+def _database_for_create(path: Path) -> Iterator:
+    """The database `create` writes to. A file that does not exist yet is built under a temporary name and
+    moved into place only once the study exists, so a refused study leaves no file (and no folder) behind."""
+    if path.exists():
+        db = open_db(path, create=True)
+        try:
+            yield db
+        finally:
+            db.conn.close()
+        return
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    done = False
+    try:
+        db = open_db(tmp, create=True)
+        try:
+            yield db
+        finally:
+            db.conn.close()  # the last connection: SQLite folds the WAL into the file and removes it
+        if path.exists():
+            raise StudyDBError(f"{path} appeared while the study was being created; nothing was changed")
+        os.replace(tmp, path)
+        done = True
+    finally:
+        if not done:
+            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                leftover.unlink(missing_ok=True)
+            for folder in made:  # innermost first; only the folders made here, and only while empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def _read_only(args: argparse.Namespace) -> int:
+    """`check` and `export`: the database is opened read-only and must pass every check."""
+    path = Path(args.db or default_db_path())
+    if args.command == "export" and not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise ValueError(f"--bootstrap must be from 0 to {MAX_BOOTSTRAP}, got {args.bootstrap}")
+    db = open_db_readonly(path)
+    try:
+        problems = database_problems(db)
+        if args.command == "check":
+            if problems:
+                print("\n".join(problems))
+                print(f"error: {path}: {len(problems)} problem(s), listed above", file=sys.stderr)
+                return 1
+            print(f"ok: schema version {schema_version(db)}, {len(list_studies(db))} studies")
+            return 0
+        if problems:
+            raise StudyDBError(f"{path} fails `python -m study check` ({len(problems)} problem(s)); first: "
+                               f"{problems[0]}")
         counts = None
         if not args.no_cifar10h:
             try:
@@ -172,22 +238,15 @@ def run(args: argparse.Namespace) -> int:
         paths = export_study(db, args.out, args.study, cifar10h=counts, n_boot=args.bootstrap, seed=args.seed)
         print("\n".join(str(p) for p in paths))
         return 0
-    if args.command == "check":
-        problems = integrity_problems(db)
-        if problems:
-            print("\n".join(problems))
-            return 1
-        print(f"ok: schema version {schema_version(db)}, {len(list_studies(db))} studies")
-        return 0
-    raise AssertionError(args.command)
-
+    finally:
+        db.conn.close()
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
     except EXPECTED_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)  # always one line
         return 2
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -285,3 +286,70 @@ def integrity_problems(db: sqlite_utils.Database) -> list[str]:
     problems = [r for r in rows if r != "ok"]
     problems += [f"foreign key violation in {r[0]} rowid {r[1]}" for r in db.execute("PRAGMA foreign_key_check").fetchall()]
     return problems
+
+
+def open_db_readonly(path: str | Path | None = None, *, timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> sqlite_utils.Database:
+    """Open an existing study database for reading only (`check`, `export`): SQLite's `mode=ro` plus
+    `query_only`, no journal-mode switch, no migration. Anything that is not already a study database of this
+    schema version (missing, empty, a FIFO, not SQLite, another program's, older or newer) is refused before a
+    connection exists or right after, so the file is never modified."""
+    path = Path(path) if path is not None else default_db_path()
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise StudyDBError(f"{path} does not exist") from None
+    except OSError as e:
+        raise StudyDBError(f"cannot read {path}: {e.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise StudyDBError(f"{path} is not a regular file")
+    if info.st_size == 0:
+        raise StudyDBError(f"{path} is empty, not a study database")
+    with path.open("rb") as f:
+        head = f.read(100)
+    if len(head) < 100 or head[:len(SQLITE_MAGIC)] != SQLITE_MAGIC:
+        raise StudyDBError(f"{path} is not a SQLite database (wrong header)")
+    if not Path(f"{path}-wal").exists():
+        # no write-ahead log: the header's user_version (offset 60) and application_id (68) are current, so a
+        # foreign file is refused before SQLite opens it (a WAL reader would leave -shm/-wal files beside it)
+        problem = _identity_problem(path, int.from_bytes(head[68:72], "big"), int.from_bytes(head[60:64], "big"))
+        if problem:
+            raise StudyDBError(problem)
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=timeout_s, isolation_level=None)
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+        app_id, version, _ = _identity(conn)
+    except sqlite3.Error as e:
+        raise StudyDBError(f"{path} is not a usable SQLite database ({e})") from None
+    problem = _identity_problem(path, app_id, version)
+    if problem:
+        conn.close()
+        raise StudyDBError(problem)
+    return sqlite_utils.Database(conn)
+
+
+def _identity_problem(path: Path, app_id: int, version: int) -> str | None:
+    if app_id != APPLICATION_ID:
+        return f"{path} is not a study database (SQLite application_id {app_id})"
+    if version != SCHEMA_VERSION:
+        return (f"{path} has schema version {version}, this code reads {SCHEMA_VERSION}: "
+                + ("update the code" if version > SCHEMA_VERSION else
+                   "open it once with a writing command (e.g. `python -m study list`) to migrate it"))
+    return None
+
+
+def expected_schema() -> dict[str, tuple[str, str]]:
+    """{name: (type, normalised SQL)} of every table and index the migrations create."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for script in MIGRATIONS:
+            for statement in _statements(script):
+                conn.execute(statement)
+        return _schema_of(conn)
+    finally:
+        conn.close()
+
+
+def _schema_of(conn: sqlite3.Connection) -> dict[str, tuple[str, str]]:
+    rows = conn.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall()
+    return {name: (kind, " ".join((sql or "").split())) for kind, name, sql in rows}

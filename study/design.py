@@ -96,6 +96,7 @@ def _pick_per_condition(by_condition: dict[str, list[SetItem]], per_condition: i
 def create_study(db: sqlite_utils.Database, config: StudyConfig, sets: list[str | Path],
                  catch_set: str | Path | None = None, practice_set: str | Path | None = None) -> int:
     """Build a study from set folders; returns its id. Everything is checked before anything is written."""
+    check_numbers(config)
     config.validate()
     if not sets:
         raise DesignError("give at least one set folder for the study's conditions")
@@ -267,3 +268,28 @@ def set_status(db: sqlite_utils.Database, slug: str, status: str) -> None:
         db.execute("UPDATE studies SET status = ?, closed_at = ? WHERE id = ?",
                    [status, utc_now() if status == "closed" else None, study.id])
         log(db, study.id, status)
+
+
+# Upper bounds on the study's numbers: far beyond any real study, low enough that a typo (10**19) is a clear
+# error here rather than an overflow in SQLite or NumPy.
+NUMBER_LIMITS: dict[str, tuple[int, int]] = {
+    "labels_per_item": (1, 1_000), "items_per_participant": (1, 10_000), "items_per_condition": (1, 100_000),
+    "catch_per_participant": (0, 1_000), "presentation_ms": (10, 10_000), "seed": (0, 2**32 - 1),
+}
+MAX_ABANDON_MIN = 7 * 24 * 60.0
+
+
+def check_numbers(config: StudyConfig) -> None:
+    """Types and ranges of a StudyConfig's numbers (None allowed where the field is optional)."""
+    optional = {"items_per_condition", "presentation_ms"}
+    for name, (low, high) in NUMBER_LIMITS.items():
+        value = getattr(config, name)
+        if value is None and name in optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or not low <= value <= high:
+            shown = repr(value) if len(repr(value)) <= 30 else repr(value)[:27] + "..."
+            raise DesignError(f"{name} must be a whole number from {low} to {high}, got {shown}")
+    minutes = config.abandon_after_min
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not 0 < minutes <= MAX_ABANDON_MIN:
+        raise DesignError(f"abandon_after_min must be a number of minutes above 0 and at most {MAX_ABANDON_MIN:g}, "
+                          f"got {minutes!r}")

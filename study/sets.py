@@ -4,6 +4,11 @@ Layout (written by the attack code, and by the helpers here):
     DIR/meta.csv     index, true_label, source, attack, source_pred, linf, l2, file, [pred:<model> ...]
     DIR/images/*.png lossless uint8 32x32 RGB
 `attack == "clean"` marks unperturbed CIFAR-10 test images.
+
+`read_set` trusts nothing in the folder: meta.csv is a regular file under a size cap; indices are ASCII
+integers inside the CIFAR-10 test set; labels are 0-9; norms are finite and non-negative; every row has its
+own image file; each image is an 8-bit RGB PNG of the expected size, checked from its header before any
+pixel is decoded (a small file can declare a gigapixel image).
 """
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ import hashlib
 import io
 import math
 import os
+import re
+import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +31,16 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 REQUIRED_COLUMNS = ("index", "true_label", "source", "attack", "source_pred", "linf", "l2", "file")
 PRED_PREFIX = "pred:"
 CLEAN = "clean"
+CIFAR10_TEST_SIZE = 10_000
+MAX_META_BYTES = 32 << 20  # ~100 bytes a row: room for 300k rows
+MAX_PNG_BYTES = 64 << 10  # a 32x32 RGB PNG is at most ~3.2 kB even uncompressed
+MAX_TEXT = 200  # attack, source and model names
+# linf/l2 are in 0-255 pixel units (attack sets) or in [0, 1] (clean and noise sets): bound by the larger
+MAX_LINF, MAX_L2 = 255.0, 255.0 * math.sqrt(32 * 32 * 3)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_INDEX = re.compile(r"[0-9]{1,9}", re.ASCII)
+_CLASS = re.compile(r"[0-9](?:\.0+)?", re.ASCII)  # pandas may write an int column holding blanks as 3.0
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?", re.ASCII)
 
 
 class SetError(ValueError):
@@ -63,6 +81,32 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def check_png_header(data: bytes, size: int) -> None:
+    """Refuse anything but an 8-bit RGB (colour type 2) PNG of size x size, from its IHDR chunk alone."""
+    if len(data) < 33 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+        raise SetError("not a PNG file")
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    if (width, height) != (size, size):
+        raise SetError(f"PNG is {width}x{height}, expected {size}x{size}")
+    if (depth, colour) != (8, 2):
+        raise SetError(f"PNG has bit depth {depth} and colour type {colour}, expected 8-bit RGB (8, 2)")
+
+
+def read_small_file(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, refused when it is a device, FIFO or larger than `limit` (checked first)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(fd)
+        raise SetError(f"{path} is not a regular file" if not stat.S_ISREG(info.st_mode) else
+                       f"{path} is {info.st_size:,} bytes; the limit is {limit:,}")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise SetError(f"{path} is over {limit:,} bytes")
+    return data
+
+
 def decode_png(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         if im.format != "PNG":
@@ -76,38 +120,52 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _optional_int(value, what: str) -> int | None:
     if value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip()):
         return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as e:
-        raise SetError(f"{what}: {value!r} is not a class index") from e
-    if not number.is_integer() or not 0 <= number <= 9:
-        raise SetError(f"{what}: {value!r} is not a class index 0-9")
-    return int(number)
+    if isinstance(value, bool) or not (isinstance(value, int) and 0 <= value <= 9
+                                       or isinstance(value, str) and _CLASS.fullmatch(value.strip())):
+        raise SetError(f"{what}: {_shown(value)} is not a class index 0-9")
+    return int(float(value))
 
 
-def _optional_float(value, what: str) -> float | None:
+def _optional_float(value, what: str, high: float) -> float | None:
+    """Empty means unknown; otherwise a plain ASCII decimal, finite, from 0 to `high` ('nan' is refused)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as e:
-        raise SetError(f"{what}: {value!r} is not a number") from e
-    return None if math.isnan(number) else number
+    if not isinstance(value, str) or not _DECIMAL.fullmatch(value.strip()):
+        raise SetError(f"{what}: {_shown(value)} is not a non-negative decimal number")
+    number = float(value)
+    if not number <= high:
+        raise SetError(f"{what}: {_shown(value)} is above {high:g}")
+    return number
 
 
-def read_set(directory: str | Path, *, image_size: int = 32) -> list[SetItem]:
+def _text(value: str, what: str) -> str:
+    value = value.strip()
+    if len(value) > MAX_TEXT or not value.isprintable():
+        raise SetError(f"{what}: {_shown(value)} must be printable text of at most {MAX_TEXT} characters")
+    return value
+
+
+def read_set(directory: str | Path, *, image_size: int = 32, dataset_size: int = CIFAR10_TEST_SIZE) -> list[SetItem]:
     """Read and validate one set folder; every problem names the file and row."""
     directory = Path(directory)
     meta_path = directory / "meta.csv"
     if not meta_path.is_file():
         raise SetError(f"{directory}: no meta.csv (is this an adversarial set folder?)")
     try:
-        meta = pd.read_csv(meta_path, dtype=str, keep_default_na=False)
+        raw = read_small_file(meta_path, MAX_META_BYTES)
+        meta = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, encoding="utf-8")
+    except OSError as e:
+        raise SetError(f"{meta_path}: cannot read ({e.strerror or e})") from e
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise SetError(f"{meta_path}: unreadable CSV ({e})") from e
+        raise SetError(f"{meta_path}: unreadable CSV ({' '.join(str(e).split())})") from e
     missing = [c for c in REQUIRED_COLUMNS if c not in meta.columns]
     if missing:
         raise SetError(f"{meta_path}: missing columns {missing}")
@@ -115,41 +173,50 @@ def read_set(directory: str | Path, *, image_size: int = 32) -> list[SetItem]:
         raise SetError(f"{meta_path}: no rows")
     root = directory.resolve()
     pred_columns = [c for c in meta.columns if c.startswith(PRED_PREFIX)]
+    for column in pred_columns:
+        _text(column, f"{meta_path} column name")
     items: list[SetItem] = []
+    files: dict[Path, int] = {}
     for row_number, row in enumerate(meta.to_dict("records"), start=2):
         where = f"{meta_path}:{row_number}"
-        try:
-            test_index = int(row["index"])
-        except ValueError as e:
-            raise SetError(f"{where}: index {row['index']!r} is not an integer") from e
-        if test_index < 0:
-            raise SetError(f"{where}: negative index {test_index}")
+        if not _INDEX.fullmatch(row["index"].strip()):
+            raise SetError(f"{where}: index {_shown(row['index'])} is not a whole number 0-{dataset_size - 1}")
+        test_index = int(row["index"])
+        if test_index >= dataset_size:
+            raise SetError(f"{where}: index {test_index} is outside the CIFAR-10 test set (0-{dataset_size - 1})")
         true_label = _optional_int(row["true_label"], f"{where} true_label")
         if true_label is None:
             raise SetError(f"{where}: true_label is empty")
-        attack = row["attack"].strip()
+        attack = _text(row["attack"], f"{where} attack")
         if not attack:
             raise SetError(f"{where}: attack is empty")
+        if not _text(row["file"], f"{where} file"):
+            raise SetError(f"{where}: file is empty")
         image_path = (directory / row["file"]).resolve()
         if root not in image_path.parents:
-            raise SetError(f"{where}: file {row['file']!r} points outside the set folder")
-        if not image_path.is_file():
-            raise SetError(f"{where}: image {row['file']!r} not found")
-        data = image_path.read_bytes()
+            raise SetError(f"{where}: file {_shown(row['file'])} points outside the set folder")
+        if image_path in files:
+            raise SetError(f"{where}: image {_shown(row['file'])} is already used by row {files[image_path]}: "
+                           f"one image file per row")
+        files[image_path] = row_number
+        if not image_path.exists():
+            raise SetError(f"{where}: image {_shown(row['file'])} not found")
         try:
+            data = read_small_file(image_path, MAX_PNG_BYTES)
+            check_png_header(data, image_size)
             pixels = decode_png(data)
         except (SetError, OSError) as e:
-            raise SetError(f"{where}: {row['file']}: {e}") from e
+            raise SetError(f"{where}: {row['file']}: {' '.join(str(e).split())}") from e
         if pixels.shape != (image_size, image_size, 3):
             raise SetError(f"{where}: {row['file']} is {pixels.shape}, expected ({image_size}, {image_size}, 3)")
         items.append(SetItem(
             test_index=test_index,
             true_label=true_label,
-            source_model=row["source"].strip(),
+            source_model=_text(row["source"], f"{where} source"),
             attack=attack,
             source_pred=_optional_int(row["source_pred"], f"{where} source_pred"),
-            linf=_optional_float(row["linf"], f"{where} linf"),
-            l2=_optional_float(row["l2"], f"{where} l2"),
+            linf=_optional_float(row["linf"], f"{where} linf", MAX_LINF),
+            l2=_optional_float(row["l2"], f"{where} l2", MAX_L2),
             file=row["file"],
             png=data,
             predictions={c[len(PRED_PREFIX):]: _optional_int(row[c], f"{where} {c}") for c in pred_columns},

@@ -69,8 +69,9 @@ def test_robustness_tables_never_show_none(app_env):
     assert wide.loc["0.7-Shallow", "here"] == "partly measured"  # FGSM16 and clean, from the results CSV
     assert wide.loc["0.9-Shallow", "here"] == "not measured here"  # trained in the tiny zoo, no result of it
     commands = "\n".join(c.value for c in at.code)
-    assert 'python -m randmask train "0.75-Shallow" --preset quick --out ' in commands
-    assert 'train "0.9-Shallow"' not in commands
+    assert "python -m randmask zoo train --only cifar10/0.75-Shallow" in commands  # the zoo plans it
+    assert 'python -m randmask train "0.9-ShallowEN" --preset quick --out ' in commands  # the zoo does not
+    assert "cifar10/0.9-Shallow\n" not in commands  # trained in the tiny zoo: nothing to train
 
     at.number_input(key="run_n").set_value(10).run()
     at.button(key="run_go").click().run()

@@ -46,7 +46,7 @@ def test_defaults_and_kinds():
 @pytest.mark.parametrize("text, fragment", [
     ("", "empty"), ("BIM16", "unknown attack 'BIM'"), ("FGSM", "takes 1 number"), ("FGSM0", "(0, 255]"),
     ("FGSM256", "(0, 255]"), ("PGD1,2,3,4", "1, 2 or 3"), ("PGD0,16", "step size"), ("CW", "takes 1"),
-    ("PGD16(foo=1)", "no setting 'foo'"), ("PGD16(steps=2.5)", "whole number"), ("PGD16(steps=0)", "at least 1"),
+    ("PGD16(foo=1)", "no setting 'foo'"), ("PGD16(steps=2.5)", "whole number"), ("PGD16(steps=0)", "between 1 and 100000"),
     ("PGD16(eps=4)", "both as a number"), ("PGD16(random_start=maybe)", "true or false"), ("FGSM1e", "cannot read"),
     ("PGD16,", "empty number"), ("APGD8(rho=1)", "rho"), ("Square8(p_init=0)", "p_init"), ("FGSMnan", "unknown attack"),
     ("PGD16(steps=3, steps=4)", "twice"), ("FGSM8(1)", "takes 1 number"),

@@ -91,6 +91,8 @@ def test_a_pickle_is_never_loaded(tmp_path):
         load_model(folder)
 
 
-def test_load_any_accepts_notation(tmp_path):
-    model, config = load_any("0.5-ShallowDC", width=4)
+def test_load_any_accepts_notation_only_when_asked_for_an_untrained_model(tmp_path):
+    model, config = load_any("0.5-ShallowDC", untrained=True, width=4)
     assert config["trained"] is False and config["notation"] == "0.5-ShallowDC"
+    with pytest.raises(CheckpointError, match="pass --untrained"):
+        load_any("0.5-ShallowDC", width=4)

@@ -69,7 +69,7 @@ def test_appendix_f_block_sets():
 @pytest.mark.parametrize("bad,fragment", [
     ("1.5-Shallow", "outside"), ("1-Shallow", "outside"), ("0-Shallow", "outside"), ("-0.5-Shallow", "outside"),
     ("0.5-Middle", "cannot read"), ("", "empty"), ("ResNet-19", "unknown architecture"),
-    ("0.5-Shallow, 0.5-B2", "masked twice"), ("0.5-B21", "increasing order"), ("0.5-Shallow×0", "at least 1"),
+    ("0.5-Shallow, 0.5-B2", "masked twice"), ("0.5-B21", "increasing order"), ("0.5-Shallow×0", "between 1 and 8"),
     ("0.5-ShallowEN, 0.5-Deep", "EN"), ("banana", "cannot read"),
 ])
 def test_bad_notation_says_what_is_wrong(bad, fragment):

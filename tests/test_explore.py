@@ -344,6 +344,8 @@ def test_model_and_attack_keys():
     assert explore.model_key("ResNet-18") == "Normal ResNet-18" == explore.model_key("normal resnet-18")
     assert explore.model_key("0.85-Shallow (Random Mask)") == "0.85-Shallow"
     assert explore.model_key("0.5-Shallow (other init)") == "0.5-Shallow (other init)"
+    assert explore.model_key("Normal ResNet-18 (4 epochs)") == "Normal ResNet-18 (4 epochs)"  # a matched control
+    assert explore.model_key("Normal ResNet-18 (3 epochs, 40,000 images)") == "Normal ResNet-18 (3 epochs, 40,000 images)"
     assert explore.model_key("Madry adversarial training") == "Madry adversarial training"
     assert explore.model_key(float("nan")) == "" == explore.model_key("  ")
     assert explore.attack_key("PGD 7x2 eps8") == "pgd7x2eps8" == explore.attack_key("pgd 7x2  eps8")
@@ -503,8 +505,8 @@ def test_rows_without_ours_say_why_with_the_command_that_trains_the_model(tmp_pa
     assert gray["0.5-Shallow (other init)"] == ('not trained here: python -m randmask train "0.5-Shallow" '
                                                '--preset quick --seed 1 --out runs/user/0.5-Shallow-s1m0')
     assert gray["0.5-ShallowDIF"].endswith("--mask-seed 1 --out runs/user/0.5-Shallow-s0m1")
-    assert explore.train_command("0.75-Shallow") == ('python -m randmask train "0.75-Shallow" --preset quick '
-                                                     '--out runs/user/0.75-Shallow')
+    assert explore.train_command("0.9-ShallowEN") == ('python -m randmask train "0.9-ShallowEN" --preset quick '
+                                                      '--out runs/user/0.9-ShallowEN')
     assert explore.train_command("0.3-Deep", "mnist").endswith("--dataset mnist --out runs/user/0.3-Deep-mnist")
     assert explore.train_command("0.85-ShallowEN") == "python -m randmask zoo train --only cifar10/0.85-ShallowEN"
     assert explore.train_command("Madry adversarial training") is None

@@ -10,7 +10,7 @@ from randmask.cli import main
 from randmask.protocols import COLUMNS
 
 pytestmark = pytest.mark.usefixtures("data_dir")
-SMALL = ["--width", "4", "--pool", "24", "--batch-size", "16", "--quiet"]
+SMALL = ["--width", "4", "--pool", "24", "--batch-size", "16", "--quiet", "--untrained"]
 
 
 def rows_of(path):
@@ -115,6 +115,13 @@ def test_user_errors_are_one_line(tmp_path, capsys, argv, fragment):
     code, _, stderr = run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv], *SMALL)
     lines = [line for line in stderr.splitlines() if not line.startswith("warning:")]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], stderr
+
+
+def test_a_bare_notation_needs_the_untrained_flag(tmp_path, capsys):
+    out = tmp_path / "n.csv"
+    code, _, stderr = run(capsys, "noise", "--models", "VGG-19", "--out", str(out),
+                          *[a for a in SMALL if a != "--untrained"])
+    assert code == 2 and stderr.count("\n") == 1 and "pass --untrained" in stderr and not out.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")

@@ -7,26 +7,31 @@ import torch
 
 from randmask.checkpoint import save_checkpoint
 from randmask.models import build_model
-from randmask.reproduce import PRESETS, compare, experiments, reproduce
+from randmask.reproduce import MATCHED, PRESETS, compare, experiments, reproduce
 
 TINY = dict(n_pool=200, n=12, n_cw=3, n_whitebox=12, n_noise=24, n_shuffle=12, n_beyond=6, cw="CW40(search=2, steps=5)",
             square="Square{eps}(queries=10)", apgd="APGD{eps}(steps=3)", beyond_eps=(8, 16))
 
 
 def _fake_zoo(root, names):
+    from randmask.zoo import ENSEMBLES, ZOO
+
+    planned = {e.name: e for e in ZOO}
     for name in names:
         dataset, folder = name.split("/")
-        seed = mask_seed = 0
-        if "-s" in folder and folder.rsplit("-s", 1)[1][:1].isdigit():
-            folder, tail = folder.rsplit("-s", 1)
-            seed, mask_seed = (int(v) for v in tail.split("m"))
-        notation = folder.replace("x", "×").replace("_", " ")
+        entry = planned.get(name)
+        if entry is not None:
+            notation, seed, mask_seed, label = entry.notation, entry.seed, entry.mask_seed, entry.label
+        else:
+            notation, seed, mask_seed = ENSEMBLES[name][0] if name in ENSEMBLES else folder, 0, 0
+            notation, label = notation.replace("x", "×").replace("_", " "), ""
         model = build_model(notation, dataset=dataset, width=4, seed=seed, mask_seed=mask_seed)
         with torch.no_grad():  # a large output scale makes the untrained nets confident (patch shuffle needs it)
             for module in model.modules():
                 if isinstance(module, torch.nn.Linear):
                     module.weight.mul_(200)
-        save_checkpoint(model, root / name, extra={"clean_accuracy": 0.1, "train_time_s": 60.0})
+        extra = {"clean_accuracy": 0.1, "train_time_s": 60.0, **({"label": label} if label != notation else {})}
+        save_checkpoint(model, root / name, extra=extra)
 
 
 def test_missing_models_are_reported_as_pending(tmp_path, data_dir):
@@ -60,12 +65,24 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     beyond = set(pd.read_csv(results / "beyond_apgd_square.csv")["attack"].dropna())
     assert beyond == {"APGD8(steps=3)", "APGD16(steps=3)", "Square8(queries=10)", "Square16(queries=10)"}
     fig7 = pd.read_csv(results / "figure7_ratio.csv")
-    assert set(fig7["ratio"]) == {0.0, 0.3, 0.5, 0.7, 0.85, 0.9} and set(fig7["source"]) == {"DenseNet-121"}
+    ladder = fig7[fig7["ratio"].notna()]
+    assert set(ladder["ratio"]) == {0.0, 0.3, 0.5, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95}
+    assert set(fig7["source"]) == {"DenseNet-121"}
+    # the accuracy-matched Normals join Figure 7 as points without a ratio
+    assert set(fig7.loc[fig7["ratio"].isna(), "target"]) == {e.label for e in MATCHED.values()}
+    t2_targets = set(t2["target"])
+    assert {"0.7-ShallowDropout", "0.5-Shallow, 0.5-Deep", "0.9-Shallow×4"} <= t2_targets
+    assert {e.label for e in MATCHED.values()} <= t2_targets
+    scale = pd.read_csv(results / "controls_logit_scale.csv")
+    assert len(scale) == 6 and (scale["logit_gap_q25"] <= scale["logit_gap_median"]).all()
+    assert (scale["logit_gap_median"] <= scale["logit_gap_q75"]).all()
     assert fig7.loc[(fig7["ratio"] == 0.5) & (fig7["attack"] == "PGD16"), "paper_defense_rate"].notna().all()
     report = (tmp_path / "out" / "REPRODUCTION.md").read_text()
     assert "## Verdicts" in report and "Table 2" in report and "paper %" in report and "our clean %" in report
     assert "Not yet in the zoo: `cifar10/0.85-ShallowEN`" in report
     assert "| Beyond the paper: 0.9-Shallow stays more robust" in report
+    assert "| Controls: transfer robustness is not explained by lower clean accuracy |" in report
+    assert "## Controls · lower accuracy" in report and "Mixed training budgets" not in report
     table5 = report.split("## Table 5")[1].split("\n## ")[0]
     assert "| source | target | attack | paper %" in table5 and "| 0.7-Shallow | VGG-19 | FGSM16 |" in table5
     assert "## Figure 7" in report and "![Figure 7](results/plots/figure7_ratio.png)" in report
@@ -301,9 +318,66 @@ def test_report_names_the_paper_models_not_trained_here_with_their_commands(tmp_
     write_csv(rows, tmp_path / "results" / "table2_transfer.csv")
     listed: set = set()
     first = _side_by_side(tmp_path, "table2_transfer", 7, load_paper_tables(), trained, listed)
-    assert 'python -m randmask train "0.75-Shallow" --preset quick --out runs/user/0.75-Shallow' in first
-    assert "python -m randmask zoo train --only cifar10/0.9-Shallow" in first  # planned in the zoo, not trained
+    assert 'python -m randmask train "0.9-ShallowEN" --preset quick --out runs/user/0.9-ShallowEN' in first
+    assert "python -m randmask zoo train --only cifar10/0.75-Shallow" in first  # planned in the zoo, not trained
     assert "`0.7-Shallow`" not in first.split("Not trained here")[1]  # trained models are not listed
     second = _side_by_side(tmp_path, "table2_transfer", 7, load_paper_tables(), trained, listed)
     assert "the same 31 models as above" in second and "0.75-Shallow" not in second.split("| --- |")[-1]
     assert "Not trained here" not in _side_by_side(tmp_path, "table2_transfer", 7, load_paper_tables())
+
+
+def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):
+    from randmask.evaluate import write_csv
+    from randmask.reproduce import ACCURACY_CLAIM, MATCHED, RESAMPLED_CLAIM, render_report, verdicts
+
+    matched7, matched9 = MATCHED["0.7-Shallow"].label, MATCHED["0.9-Shallow"].label
+    assert matched7.startswith("Normal ResNet-18 (") and matched7 != matched9
+
+    def rows(source, masked_correct, control_correct, dropout_correct):
+        found = []
+        for attack, paper in (("FGSM16", "FGSM16"), ("PGD16", "PGD16"), ("CW40(search=10)", "CW40")):
+            for target, correct in (("0.7-Shallow", masked_correct), ("0.9-Shallow", masked_correct),
+                                    (matched7, control_correct), (matched9, control_correct),
+                                    ("0.7-ShallowDropout", dropout_correct)):
+                n = 0 if paper == "CW40" and source == "VGG-19" else 200  # CW fooled no VGG-19 image
+                row = _transfer_row(target, attack, "defense_rate", min(correct, n), max(n, 1), source=source,
+                                    paper_attack=paper)
+                found.append({**row, "n": n})
+        return found
+
+    (tmp_path / "results").mkdir()
+    write_csv(rows("DenseNet-121", 140, 40, 130), tmp_path / "results" / "table2_transfer.csv")
+    write_csv(rows("VGG-19", 150, 30, 60), tmp_path / "results" / "table11_transfer.csv")
+    found = {claim: (result, evidence) for claim, result, evidence in verdicts(tmp_path, PRESETS["quick"])}
+    result, evidence = found[ACCURACY_CLAIM]
+    assert result == "supported"  # 70% / 75% vs 20% / 15% everywhere it was measured
+    assert f"PGD16 from DenseNet-121: 0.7-Shallow 70.0% (n=200) vs {matched7} 20.0% (n=200)" in evidence
+    assert "(2 comparison(s) with n = 0 left out)" in evidence
+    result, evidence = found[RESAMPLED_CLAIM]
+    assert result == "partly supported"  # no clear difference from DenseNet-121 (130 vs 140), higher from VGG-19
+    assert "0.7-ShallowDropout 65.0% (n=200)" in evidence
+
+    report = render_report(tmp_path, PRESETS["quick"], "quick", {}, _EmptyZoo(tmp_path / "zoo"))
+    controls = report.split("## Controls · lower accuracy")[1].split("\n## ")[0]
+    assert "Accuracy-matched Normal" in controls and "0.7-ShallowDropout" in controls
+    assert f"| DenseNet-121 | PGD16 | 0.9-Shallow | 70.0 [63.3, 75.9] | {matched9} | 20.0 [15.0, 26.1] | higher |" \
+        in controls
+
+
+def test_control_verdicts_are_untested_without_the_controls(tmp_path):
+    from randmask.evaluate import write_csv
+    from randmask.reproduce import ACCURACY_CLAIM, RESAMPLED_CLAIM, verdicts
+
+    (tmp_path / "results").mkdir()
+    write_csv([_transfer_row("0.7-Shallow", "PGD16", "defense_rate", 100, 200, source="DenseNet-121")],
+              tmp_path / "results" / "table2_transfer.csv")
+    found = {claim: result for claim, result, _ in verdicts(tmp_path, PRESETS["quick"])}
+    assert found[ACCURACY_CLAIM] == found[RESAMPLED_CLAIM] == "untested"
+
+
+class _EmptyZoo:
+    def __init__(self, root):
+        self.root = root
+
+    def has(self, name):
+        return False

@@ -152,7 +152,7 @@ def test_read_set_round_trip_is_lossless(tmp_path, cifar):
 
 @pytest.mark.parametrize("problem, message", [
     ("missing-column", "missing columns"), ("traversal", "outside the set folder"), ("not-png", "not a PNG|cannot identify"),
-    ("wrong-size", "expected \\(32, 32, 3\\)"), ("bad-label", "not a class index"), ("duplicate", "appears twice"),
+    ("wrong-size", "16x16, expected 32x32"), ("bad-label", "not a class index"), ("duplicate", "appears twice"),
 ])
 def test_read_set_rejects_bad_sets(tmp_path, cifar, problem, message):
     x, y = cifar

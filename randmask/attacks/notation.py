@@ -16,7 +16,9 @@ The step-count rule reproduces every PGD setting of the paper's appendix G.5 fro
 triple, e.g. the Madry setting PGD2,7,8 and the MNIST setting PGD2.55,40,76.5. Further settings go in
 parentheses as key=value and print only when they differ from the default:
     PGD16(random_start=true)   CW40(search=9, steps=1000)   APGD8(steps=50, restarts=2)   Square8(queries=1000)
-Names are case-insensitive; str(parse_attack(text)) is the canonical spelling.
+Names are case-insensitive; str(parse_attack(text)) is the canonical spelling, exact: numbers print as the
+shortest decimal that reads back as the same float, so parse(print(spec)) == spec. Input is at most
+MAX_ATTACK_LENGTH characters of printable ASCII; every count has an upper bound (LIMITS).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from randmask.errors import NotationError
+from randmask.notation import check_ascii, format_number
 
 
 class AttackNotationError(NotationError):
@@ -48,7 +51,14 @@ _KINDS: dict[str, tuple[dict[int, tuple[str, ...]], dict[str, Any], dict[str, ty
 }
 _ALIASES = {"madryfgsm": "FGSM8", "madrypgd": "PGD2,7,8"}
 _BY_LOWER = {kind.lower(): kind for kind in _KINDS}
-_SHAPE = re.compile(r"^(?P<name>[A-Za-z]+)\s*(?P<nums>[0-9.,\s]*?)\s*(?:\((?P<args>[^()]*)\))?$")
+MAX_ATTACK_LENGTH = 200
+# upper bounds keep a typo from asking for a run of years: the paper's largest values are CW's 1000 steps and
+# Square's 5000 queries
+LIMITS = {"steps": 100_000, "search": 100, "queries": 1_000_000, "restarts": 100, "kappa": 1e4, "lr": 1e3,
+          "c": 1e6}
+# greedy and unambiguous (no two neighbours can take the same character), hence linear; ASCII only
+_SHAPE = re.compile(r"(?P<name>[A-Za-z]+)(?P<nums>[0-9.,\s]*)(?:\((?P<args>[^()]*)\))?", re.ASCII)
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,4})?", re.ASCII)
 
 
 def pgd_default_steps(eps: float) -> int:
@@ -94,10 +104,10 @@ class AttackSpec:
 
 
 def _number(text: str, source: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise AttackNotationError(f"{text!r} in {source!r} is not a number") from None
+    # float() alone would also take '1_0', 'inf', 'nan' and non-ASCII digits
+    if not _DECIMAL.fullmatch(text):
+        raise AttackNotationError(f"{text!r} in {source!r} is not a number")
+    value = float(text)
     if not math.isfinite(value):
         raise AttackNotationError(f"{text!r} in {source!r} is not a finite number")
     return value
@@ -132,7 +142,10 @@ def _validate(kind: str, s: dict[str, Any], source: str) -> None:
         need(0 < s["step"] <= 255, f"step size {s['step']:g} must be in (0, 255]")
     for key in ("steps", "search", "queries", "restarts"):
         if key in s:
-            need(s[key] >= 1, f"{key}={s[key]} must be at least 1")
+            need(1 <= s[key] <= LIMITS[key], f"{key}={s[key]} must be between 1 and {LIMITS[key]}")
+    for key in ("kappa", "lr", "c"):
+        if key in s:
+            need(s[key] <= LIMITS[key], f"{key}={format_number(s[key])} must be at most {format_number(LIMITS[key])}")
     if kind == "CW":
         need(s["kappa"] >= 0, f"confidence kappa {s['kappa']:g} must be >= 0")
         need(s["lr"] > 0 and s["c"] > 0, "lr and c must be positive")
@@ -146,13 +159,18 @@ def parse_attack(text: str | AttackSpec) -> AttackSpec:
     """Parse attack notation; raise AttackNotationError (a ValueError) saying what is wrong."""
     if isinstance(text, AttackSpec):
         return text
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
+        raise AttackNotationError(f"attack notation must be text, not {type(text).__name__}")
+    try:
+        source = check_ascii(text, "attack notation", MAX_ATTACK_LENGTH)
+    except NotationError as exc:
+        raise AttackNotationError(str(exc)) from None
+    if not source:
         raise AttackNotationError("empty attack notation; try 'FGSM16', 'PGD2,16' or 'CW40'")
-    source = text.strip()
     alias = _ALIASES.get(source.lower())
     if alias:
         return parse_attack(alias)
-    match = _SHAPE.match(source)
+    match = _SHAPE.fullmatch(source)
     if not match:
         raise AttackNotationError(f"cannot read attack {source!r}: expected NAME, numbers and optional "
                                   f"(key=value, ...), e.g. 'PGD2,16' or 'CW40(steps=200)'")
@@ -216,15 +234,15 @@ def format_attack(spec: AttackSpec) -> str:
     if spec.kind == "PGD":
         shown = {"eps", "step", "steps"}
         if s["steps"] != pgd_steps_for(s["step"], s["eps"]):
-            head = f"PGD{s['step']:g},{s['steps']},{s['eps']:g}"
+            head = f"PGD{format_number(s['step'])},{s['steps']},{format_number(s['eps'])}"
         elif s["step"] == 1:
-            head = f"PGD{s['eps']:g}"
+            head = f"PGD{format_number(s['eps'])}"
         else:
-            head = f"PGD{s['step']:g},{s['eps']:g}"
+            head = f"PGD{format_number(s['step'])},{format_number(s['eps'])}"
     else:
         key = "kappa" if spec.kind == "CW" else "eps"
         shown = {key}
-        head = f"{spec.kind}{s[key]:g}"
+        head = f"{spec.kind}{format_number(s[key])}"
     extra = [f"{k}={_show(v)}" for k, v in sorted(s.items()) if k not in shown and v != defaults[k]]
     return head + (f"({', '.join(extra)})" if extra else "")
 
@@ -232,7 +250,7 @@ def format_attack(spec: AttackSpec) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return format_number(value) if isinstance(value, float) else str(value)
 
 
 def canonical_attack(text: str | AttackSpec) -> str:
