@@ -27,6 +27,7 @@ from study import (  # noqa: E402
 )
 from study.admin import failing_catch, overview, set_excluded  # noqa: E402
 from study.auth import AdminNotConfigured, check_password, configured_password, locked_for  # noqa: E402
+from study.display import readable  # noqa: E402
 from study.export import export_frames, participants_frame  # noqa: E402
 from study.serve import DEFAULT_BASE_URL  # noqa: E402
 from study.sets import SetError, load_cifar10h  # noqa: E402
@@ -71,7 +72,7 @@ def live_progress(slug: str) -> None:
         cols[1].metric("Consented", o.consented)
         cols[2].metric("Completed", o.completed)
         cols[3].metric("Excluded", o.excluded)
-        st.dataframe(o.per_condition, hide_index=True)
+        st.dataframe(readable(o.per_condition), hide_index=True)
     finally:
         db.close()
 
@@ -103,14 +104,14 @@ def static_progress(db, study) -> None:
     o = overview(db, study)
     st.progress(min(o.fraction_done, 1.0), text=f"{o.labels_done} of {o.labels_needed} labels")
     st.write(f"Participants {o.participants}, consented {o.consented}, completed {o.completed}, excluded {o.excluded}")
-    st.dataframe(o.per_condition, hide_index=True)
+    st.dataframe(readable(o.per_condition), hide_index=True)
 
 
 def participants_tab(db, study) -> None:
     frame = participants_frame(db, study)
     first = ["participant", "external_id", "n_answered", "n_items", "catch_accuracy", "excluded", "exclusion_reason",
              "completed_at"]
-    st.dataframe(frame[first + [c for c in frame.columns if c not in first]], hide_index=True)
+    st.dataframe(readable(frame[first + [c for c in frame.columns if c not in first]]), hide_index=True)
     if frame.empty:
         return
     threshold = st.slider("Minimum catch-trial accuracy", 0.0, 1.0, 0.5, 0.05, key="catch-threshold")
@@ -170,7 +171,7 @@ def export_tab(db, study) -> None:
         counts = None
         st.info(f"No CIFAR-10H comparison: {e}")
     frames = export_frames(db, study, cifar10h=counts, n_boot=int(n_boot))
-    st.dataframe(frames["summary.csv"], hide_index=True)
+    st.dataframe(readable(frames["summary.csv"]), hide_index=True)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, frame in frames.items():
