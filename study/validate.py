@@ -16,6 +16,9 @@ ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 KEY_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 BASE_URL_RE = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]{0,200})?")
+RULES = {ID_RE: "letters, digits, '-' and '_'; 1 to 64 characters",
+         SLUG_RE: "lower-case letters, digits and '-'; 1 to 40 characters, not starting with '-'",
+         KEY_RE: "letters, digits, '-' and '_'; 16 to 64 characters"}
 PARTICIPANT_KEYS = ("PROLIFIC_PID", "pid")  # first present wins; both must agree if both are given
 READ_KEYS = (*PARTICIPANT_KEYS, "study", "key", "STUDY_ID", "SESSION_ID")
 # Prolific replaces these in a study URL with the participant's, study's and session's ids.
@@ -56,7 +59,7 @@ def _checked(params: Mapping, key: str, pattern: re.Pattern, what: str) -> str |
     if value is None:
         return None
     if not pattern.fullmatch(value):
-        raise InvalidLink(f"parameter {key} is not a valid {what} (allowed: letters, digits, '-', '_'; at most 64 characters)")
+        raise InvalidLink(f"parameter {key} is not a valid {what} ({RULES[pattern]})")
     return value
 
 

@@ -586,3 +586,13 @@ def test_backup_of_a_live_database(tmp_path, study_sets):
     assert copy.execute("SELECT count(*) FROM responses").fetchone()[0] == 11
     with pytest.raises(StudyDBError, match="already exists"):
         backup(tmp_path / "s.db", tmp_path / "copy.db")
+
+
+@pytest.mark.parametrize("params,rule", [
+    ({"study": "demo", "key": "tooshort", "pid": "p1"}, "16 to 64 characters"),
+    ({"study": "Demo", "key": "k" * 20, "pid": "p1"}, "lower-case letters"),
+    ({"study": "demo", "key": "k" * 20, "pid": "p" * 65}, "1 to 64 characters"),
+])
+def test_an_invalid_link_part_names_its_own_rule(params, rule):
+    with pytest.raises(InvalidLink, match=rule):
+        parse_link(params)
