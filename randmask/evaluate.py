@@ -49,15 +49,17 @@ def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = DEFAULT_BATC
             exact: bool | None = None) -> torch.Tensor:
     """Float32 logits on x's device, computed in eval mode in batches; the model is left as it was.
 
-    Fast by default: the model's cached `fast_view` (BatchNorm folded, channels_last) under inference_mode.
-    exact=True runs the model itself in NCHW under no_grad (None: RANDMASK_EXACT decides)."""
+    Fast by default: the model's cached `fast_view` (BatchNorm folded, channels_last). exact=True runs the
+    model itself in NCHW (None: RANDMASK_EXACT decides). Both under no_grad: inference_mode measured no faster
+    here, and the inference tensors a module caches under it (RandomMask's cast mask) would break a later
+    gradient pass through the same cached view."""
     if batch_size < 1:
         raise RandmaskError(f"batch size must be positive, got {batch_size}")
     device = model_device(model)
     out = []
     if not resolve_exact(exact) and len(x):
         net = fast_view(model, x[:2].to(device, torch.float32))
-        with torch.inference_mode():
+        with torch.no_grad():
             for start in range(0, len(x), batch_size):
                 xb = channels_last(x[start:start + batch_size].to(device, torch.float32))
                 out.append(net(xb).float().to(x.device))

@@ -132,6 +132,21 @@ def test_fast_view_refuses_a_fold_that_changes_the_outputs():
         assert torch.allclose(view(x), model(x), atol=1e-5)
 
 
+def test_a_masked_model_predicts_then_attacks_through_one_cached_view():
+    from randmask.evaluate import predict
+    from randmask.models import build_model
+
+    model = build_model("0.7-Shallow", width=8).eval()
+    x, y = toy_images(6)
+    logits = predict(model, x)  # builds and caches the view (and the mask it casts) without gradients
+    with torch.no_grad():
+        assert torch.allclose(logits, model(x), rtol=1e-4, atol=1e-4)
+    adv = make_attack("PGD2,4", model).run(x, y)  # then takes gradients through the same view
+    exact = make_attack("PGD2,4", model, exact=True).run(x, y)
+    assert ((adv.adv - exact.adv).abs() <= 1e-6).float().mean() >= 0.99
+    assert torch.equal(predict(model, x, exact=True), predict(model, x, exact=True))
+
+
 def test_exact_and_fast_crafted_sets_never_share_a_cache_entry():
     from randmask.evaluate import crafted_fingerprint
 

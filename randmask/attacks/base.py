@@ -6,7 +6,7 @@ respect to the input only, so parameters, buffers and .grad are never touched), 
 and measures the outcome on the images it returns.
 
 Two modes. The default (fast) attacks an eval-mode copy of the model (`fast_view`): BatchNorm folded into
-the convolution before it, parameters frozen, channels_last weights and inputs: 2-2.5x faster on a CPU, but
+the convolution before it, parameters frozen, channels_last weights, inputs and C×H×W buffers: 2-2.5x faster on a CPU, but
 the float summation order changes, so a gradient component near zero can flip sign. `exact=True` runs the
 model itself in NCHW and is bit-identical to torchattacks. The caller's model is never modified in either.
 Set RANDMASK_EXACT=1 to make exact the process-wide default (CLI, protocols, app). A subclass overrides `perturb` (and, for CW,
@@ -115,6 +115,10 @@ def fast_view(model: nn.Module, probe: torch.Tensor) -> nn.Module:
     if got is not None and got.shape == reference.shape and (got - reference).abs().max().item() <= 1e-3 * scale:
         view = folded
     view.to(memory_format=torch.channels_last)
+    for module in view.modules():  # C×H×W buffers (masks, pixel mean) in HWC strides, as NHWC activations are
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.dim() == 3:
+                module._buffers[name] = buffer.permute(1, 2, 0).contiguous().permute(2, 0, 1)
     with _VIEWS_LOCK:
         _VIEWS[model] = (key, view)
     return view
@@ -271,8 +275,8 @@ class Attack(ABC):
             if self.exact:
                 with frozen_eval(self.model), torch.no_grad():
                     logits = self.model(adv.to(self.device)).float()
-            else:
-                with torch.inference_mode():
+            else:  # no_grad, not inference_mode: see evaluate.predict
+                with torch.no_grad():
                     logits = self.net(channels_last(adv.to(self.device))).float()
             delta = (adv - xb).flatten(1) * 255.0
             parts.append((adv, logits.to(home), self.is_success(logits, yb.to(logits.device)).to(home),
