@@ -1,7 +1,10 @@
 """randmask's Streamlit app: `streamlit run app.py`.
 
-Researchers get every page and the model picker in the sidebar. A participant of the human study (the link
-carries ?pid= or ?PROLIFIC_PID=) gets the labeling page only: no navigation, no sidebar, nothing else.
+Researchers get every page and the model picker in the sidebar. When the server listens on anything but
+loopback (Streamlit's default is every interface), the pages need the lab password first
+($RANDMASK_APP_PASSWORD, else $STUDY_ADMIN_PASSWORD). A participant of the human study (the link carries
+?pid= or ?PROLIFIC_PID=) gets the labeling page only: no navigation, no sidebar, nothing else; crowds should
+reach that page through the participant server, `python -m study serve`, not through this app.
 """
 from __future__ import annotations
 
@@ -31,7 +34,49 @@ def participant_view() -> None:
     st.navigation([st.Page(label, title="Study", default=True)], position="hidden").run()
 
 
+@st.cache_resource(show_spinner=False)
+def _lab_lockout():
+    from study.auth import ProcessLockout
+
+    return ProcessLockout()  # one per server process: shared by every session, so a reload resets nothing
+
+
+def lab_gate() -> None:
+    """Stop here unless the app listens on loopback only or this session gave the lab password."""
+    from streamlit import config
+
+    from study.auth import AdminNotConfigured, app_password, is_loopback
+
+    address = config.get_option("server.address")
+    if is_loopback(address) or (address is None and config.get_option("global.appTest")) or st.session_state.get("lab_ok"):
+        return  # (AppTest opens no socket at all unless a test sets an address)
+    st.title("randmask")
+    try:
+        expected = app_password(st.secrets)
+    except AdminNotConfigured as e:
+        st.error(f"This app is reachable from other machines, so it needs a password, and none is usable: {e}. "
+                 "Or run it for this machine only: `streamlit run app.py --server.address 127.0.0.1`.")
+        st.stop()
+    lockout = _lab_lockout()
+    wait = lockout.locked_for()
+    if wait > 0:
+        st.error(f"Too many wrong passwords. Try again in {int(wait) + 1} s.")
+        st.stop()
+    with st.form("lab-sign-in", clear_on_submit=True):  # the typed password does not stay in the session
+        given = st.text_input("Lab password", type="password", key="lab_password")
+        submitted = st.form_submit_button("Sign in")
+    if submitted:
+        attempt = lockout.check(given or "", expected)
+        if attempt.ok:
+            st.session_state["lab_ok"] = True
+            st.rerun()
+        st.error("Wrong password." if attempt.locked_for_s <= 0 else
+                 f"Wrong password. Too many wrong passwords: try again in {int(attempt.locked_for_s) + 1} s.")
+    st.stop()
+
+
 def researcher_view() -> None:
+    lab_gate()
     from pages import _ui
 
     st.set_page_config(page_title="randmask", page_icon=":material/grid_on:", layout="wide")

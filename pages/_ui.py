@@ -26,7 +26,11 @@ from randmask.device import default_device  # noqa: E402
 
 PICK_KEY, DATASET_KEY = "picked_models", "picked_dataset"
 PICKS, DATASET = "picks", "dataset"  # plain copies of the picker's values: they survive runs without the sidebar
-PIXELATED_CSS = "<style>img { image-rendering: crisp-edges; image-rendering: pixelated; }</style>"
+# images are never smoothed, and never wider than their column (a narrow window shrinks them instead of letting
+# them run over their neighbours)
+PIXELATED_CSS = ("<style>img { image-rendering: crisp-edges; image-rendering: pixelated; } "
+                 "[data-testid='stImage'] div, [data-testid='stImage'] img { max-width: 100%; } "
+                 "[data-testid='stImage'] img { height: auto; }</style>")
 
 
 # ------------------------------------------------------------------------------------------------ app mode
@@ -140,12 +144,11 @@ def sidebar() -> None:
             "Compare these models", keys, key=PICK_KEY, format_func=lambda k: labels.get(k, k),
             help="Used by the patch-shuffle, noise and robustness pages. Trained models show their clean test "
                  "accuracy; UNTRAINED ones are built from the notation (random weights).")
-        n_trained = sum(e.trained for e in entries)
-        if n_trained == 0:
+        if not any(e.trained for e in entries):
             st.warning("No trained models yet: the zoo is empty (or still training). Pages use untrained "
                        "stand-ins, marked UNTRAINED; the mask pages need no weights at all.")
         else:
-            st.caption(f"{n_trained} trained model(s), {len(entries) - n_trained} untrained stand-in(s)")
+            st.caption(explore.trained_summary(cat, current_dataset()))
         for problem in cat.problems:
             st.caption(f"⚠ skipped {problem}")
         device = default_device()
@@ -201,6 +204,12 @@ def progress_callback(text: str):
     return report, bar
 
 
+def text_width(values, header: str = "") -> int:
+    """Pixels a dataframe column needs to show its longest text whole (about 7 px a character, plus padding)."""
+    longest = max([len(str(v)) for v in values] + [len(header)], default=4)
+    return int(7 * longest) + 26
+
+
 # ------------------------------------------------------------------------------------------------ images
 def pixelated() -> None:
     """Ask the browser never to smooth images (they are already upscaled by integer factors)."""
@@ -240,9 +249,18 @@ def link(name: str, label: str, icon: str | None = None) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ plots
+def wrap_title(title: str, width: int) -> str:
+    """Plotly never wraps a title: break it into lines of at most `width` characters (<br>), so a chart in a
+    narrow column keeps its whole title."""
+    import textwrap
+
+    return "<br>".join(textwrap.wrap(title, width)) or title
+
+
 def heatmap(z, title: str, *, colorscale="Greys_r", zmin=None, zmax=None, colorbar: str = "", height: int = 330,
-            x_title: str = "column (pixel)", y_title: str = "row (pixel)", text=None):
-    """A plotly heatmap of an H×W array with row 0 at the top, square cells and labelled axes."""
+            x_title: str = "column (pixel)", y_title: str = "row (pixel)", text=None, wrap: int = 44):
+    """A plotly heatmap of an H×W array with row 0 at the top, square cells, labelled axes and a title wrapped
+    at `wrap` characters (pick it for the column the chart sits in)."""
     import plotly.graph_objects as go
 
     z = z.detach().cpu().numpy() if isinstance(z, torch.Tensor) else np.asarray(z)
@@ -253,7 +271,10 @@ def heatmap(z, title: str, *, colorscale="Greys_r", zmin=None, zmax=None, colorb
                                colorbar={"title": {"text": colorbar}} if colorbar else None,
                                showscale=bool(colorbar),
                                hovertemplate="row %{y}, column %{x}: %{z}<extra></extra>"))
-    fig.update_layout(title=title, height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    title = wrap_title(title, wrap)
+    lines = title.count("<br>") + 1
+    fig.update_layout(title={"text": title, "font": {"size": 14}}, height=height + 18 * (lines - 1),
+                      margin={"l": 10, "r": 10, "t": 22 + 18 * lines, "b": 10})
     fig.update_xaxes(title=x_title, constrain="domain")
     fig.update_yaxes(title=y_title, autorange="reversed", scaleanchor="x", constrain="domain")
     return fig

@@ -52,25 +52,21 @@ with _ui.readable_errors("Cannot draw the picture"):
 
 st.subheader("The model zoo")
 with _ui.readable_errors("Cannot list the zoo"):
-    rows = []
-    for row in list_zoo(explore.zoo_root()):
-        rows.append({"model": row["name"], "notation": row["notation"], "data set": row["dataset"],
-                     "status": ("trained" if row["current"] else f"trained ({row['epochs']} epochs: older "
-                                "recipe, to be retrained)") if row["trained"] else "not trained yet",
-                     "clean accuracy (%)": None if row["clean_accuracy"] is None else 100 * row["clean_accuracy"],
-                     "used for": row["role"]})
-    for entry in _ui.catalog().entries:
-        if entry.source == "user":
-            rows.append({"model": f"yours: {Path(entry.folder or '').name}", "notation": entry.notation,
-                         "data set": entry.dataset, "status": "trained (Train page)",
-                         "clean accuracy (%)": None if entry.clean_accuracy is None else 100 * entry.clean_accuracy,
-                         "used for": ""})
-    trained = sum(r["status"].startswith("trained") for r in rows)
-    if trained == 0:
+    rows = explore.zoo_overview(list_zoo(explore.zoo_root()), _ui.catalog().entries)
+    if all(r["status"] == "not trained yet" for r in rows):
         st.info("No model is trained yet (the quick zoo trains in the background and lands in assets/zoo). "
                 "Until then the pages fall back to untrained models, clearly marked UNTRAINED.")
-    st.dataframe(rows, hide_index=True, column_config={
-        "clean accuracy (%)": st.column_config.NumberColumn(format="%.1f")})
+    st.dataframe(rows, hide_index=True, height="content", column_config={
+        "model": st.column_config.TextColumn(width=_ui.text_width(r["model"] for r in rows)),
+        "status": st.column_config.TextColumn(width=_ui.text_width(r["status"] for r in rows),
+                                              help="'older recipe': trained before the zoo's current plan; "
+                                                   "`python -m randmask zoo train` retrains it. 'yours': trained "
+                                                   "on the Train page, in that folder"),
+        "accuracy (%)": st.column_config.TextColumn(alignment="right", help="Clean test accuracy on the full "
+                                                                           "test set, as shipped"),
+        "used for": st.column_config.TextColumn(width=_ui.text_width(r["used for"] for r in rows))})
+    st.caption(f"{sum(r['status'] != 'not trained yet' for r in rows)} trained models over all data sets; the "
+               "README's zoo table lists the shipped ones with their recipes and training times.")
 
 st.subheader("Where to start")
 _ui.link("masks", "Mask patterns: see the masks, layer by layer, and what one filter can still see")

@@ -15,6 +15,8 @@ from pages import _ui  # noqa: E402
 from randmask import explore  # noqa: E402
 from randmask.notation import canonical  # noqa: E402
 
+BLOCK_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e"]  # blocks 0-4, all dark enough on white
+
 _ui.ensure_app()
 st.title("Mask patterns")
 dataset = _ui.current_dataset()
@@ -79,10 +81,10 @@ if view == "Heatmaps":
         left, right = st.columns(2)
         with left:
             st.plotly_chart(_ui.heatmap(keep[channel].int(), f"{layer}, channel {channel}: white kept, black dropped",
-                                        colorscale=_ui.KEEP_COLORS, zmin=0, zmax=1), key="map_channel")
+                                        colorscale=_ui.KEEP_COLORS, zmin=0, zmax=1, wrap=40), key="map_channel")
         with right:
             st.plotly_chart(_ui.heatmap(explore.drop_frequency(keep), "share of the layer's channels dropping each "
-                                        "position", colorscale="Viridis", zmin=0, zmax=1, colorbar="share"),
+                                        "position", colorscale="Viridis", zmin=0, zmax=1, colorbar="share", wrap=40),
                             key="map_frequency")
         st.caption(f"Nominal drop ratio {row['ratio']:g}, measured {row['measured_drop_ratio']:.4f} "
                    f"({row['dropped']:,} of {row['neurons']:,} neurons); per channel between "
@@ -99,23 +101,28 @@ if view == "Drop statistics":
         table = [{"layer": r["layer"], "block": r["block"], "kind": r["kind"], "shape": r["shape"],
                   "ratio": r["ratio"], "measured": r["measured_drop_ratio"], "dropped": r["dropped"],
                   "neurons": r["neurons"], "dead channels": r["dead_channels"],
-                  "positions no channel keeps": r["positions_dropped_in_all_channels"]} for r in stats]
+                  "kept by no channel": r["positions_dropped_in_all_channels"]} for r in stats]
         st.dataframe(table, hide_index=True, column_config={
             "measured": st.column_config.NumberColumn(format="%.4f"),
-            "positions no channel keeps": st.column_config.NumberColumn(format="%.3f")})
+            "kept by no channel": st.column_config.NumberColumn(
+                format="%.3f", help="Share of the layer's positions that no channel keeps")})
         fig = go.Figure()
-        fig.add_bar(x=[r["layer"] for r in stats], y=[r["measured_drop_ratio"] for r in stats],
-                    marker_color=[r["block"] for r in stats], name="measured",
-                    hovertemplate="%{x}: %{y:.4f}<extra></extra>")
+        for block in dict.fromkeys(r["block"] for r in stats):  # one trace per block: the legend names the colours
+            mine = [r for r in stats if r["block"] == block]
+            fig.add_bar(x=[r["layer"] for r in mine], y=[r["measured_drop_ratio"] for r in mine],
+                        marker_color=BLOCK_COLORS[int(block) % len(BLOCK_COLORS)], name=f"block {block}",
+                        hovertemplate="%{x}: %{y:.4f}<extra>block " + str(block) + "</extra>")
         fig.add_scatter(x=[r["layer"] for r in stats], y=[r["ratio"] for r in stats], mode="markers",
-                        marker={"symbol": "line-ew-open", "size": 18, "color": "red"}, name="nominal")
-        fig.update_layout(title="Drop ratio per masked layer", height=360, margin={"t": 40})
+                        marker={"symbol": "line-ew-open", "size": 18, "color": "red", "line": {"width": 2}},
+                        name="nominal ratio")
+        fig.update_layout(title="Measured drop ratio per masked layer (bars) and the nominal ratio (red)",
+                          height=380, margin={"t": 40}, legend={"title": {"text": "masked in"}})
         fig.update_xaxes(title="masked layer (in forward order)")
         fig.update_yaxes(title="share of neurons dropped", range=[0, 1])
         st.plotly_chart(fig, key="stats_bar")
-        st.caption("Random Mask drops exactly round(ratio·H·W) positions in every channel. 'Positions no "
-                   "channel keeps' is about ratio^C for independent per-channel masks and the ratio itself "
-                   "for SM, whose channels all share one pattern.")
+        st.caption("Random Mask drops exactly round(ratio·H·W) positions in every channel. 'Kept by no "
+                   "channel' (a share of the positions) is about ratio^C for independent per-channel masks and "
+                   "the ratio itself for SM, whose channels all share one pattern.")
 
 if view == "Random vs SM vs DC":
     shape = tuple(keep.shape) if keep is not None else (width, 32, 32)
@@ -132,10 +139,13 @@ if view == "Random vs SM vs DC":
     for col, (kind, mask) in zip(cols, kinds.items(), strict=True):
         with col:
             st.markdown(f"**{titles[kind]}**")
-            st.plotly_chart(_ui.heatmap(mask[ch].int(), f"channel {ch}", colorscale=_ui.KEEP_COLORS, zmin=0,
-                                        zmax=1, height=280), key=f"kind_{kind}_channel")
-            st.plotly_chart(_ui.heatmap(explore.drop_frequency(mask), "share of channels dropping",
-                                        colorscale="Viridis", zmin=0, zmax=1, height=280), key=f"kind_{kind}_freq")
+            st.plotly_chart(_ui.heatmap(mask[ch].int(), f"channel {ch}: white kept, black dropped",
+                                        colorscale=_ui.KEEP_COLORS, zmin=0, zmax=1, height=280, wrap=30),
+                            key=f"kind_{kind}_channel")
+            # a colour bar on each: DC's map is one flat colour, which means nothing without its scale
+            st.plotly_chart(_ui.heatmap(explore.drop_frequency(mask), "share of channels dropping each position",
+                                        colorscale="Viridis", zmin=0, zmax=1, colorbar="share", height=280, wrap=30),
+                            key=f"kind_{kind}_freq")
             if shape[1] == shape[2] and shape[1] >= 8:
                 cover = explore.coverage_summary(mask)
                 st.metric("input a 3×3 stem with this mask still sees", f"{100 * cover['layer_sees']:.1f}%",
@@ -182,18 +192,19 @@ if view == "What one 3×3 filter sees":
                        caption=f"pixels channel {f_channel}'s 3×3 filter still reads (the rest darkened)")
     with middle:
         st.plotly_chart(_ui.heatmap((coverage > 0).sum(0), "how many channels see each pixel", colorscale="Viridis",
-                                    zmin=0, zmax=c, colorbar="channels", height=300), key="filter_count")
+                                    zmin=0, zmax=c, colorbar="channels", height=300, wrap=30), key="filter_count")
     with right:
         field = explore.receptive_field(stem_keep, f_row, f_col)
         r0, r1, c0, c1_ = max(0, f_row - 4), min(h, f_row + 5), max(0, f_col - 4), min(w, f_col + 5)
         fig = _ui.heatmap(field[r0:r1, c0:c1_], f"input paths into a next-layer neuron at ({f_row}, {f_col})",
-                          colorscale="Blues", zmin=0, colorbar="paths", height=300, text=field[r0:r1, c0:c1_])
+                          colorscale="Blues", zmin=0, colorbar="paths", height=300, text=field[r0:r1, c0:c1_],
+                          wrap=30)
         fig.data[0].update(x=list(range(c0, c1_)), y=list(range(r0, r1)))
         st.plotly_chart(fig, key="filter_field")
     window = explore.filter_window(stem_keep, f_row, f_col)
     fig = _ui.heatmap(window.sum(0), f"3×3 window of that neuron: live channels (of {c}) at each offset",
                       colorscale="Greens", zmin=0, zmax=c, colorbar="channels", height=260,
-                      x_title="column offset", y_title="row offset", text=window.sum(0))
+                      x_title="column offset", y_title="row offset", text=window.sum(0), wrap=34)
     fig.data[0].update(x=[-1, 0, 1], y=[-1, 0, 1])
     with st.columns([1, 2])[0]:
         st.plotly_chart(fig, key="filter_window")

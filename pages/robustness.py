@@ -2,7 +2,6 @@
 Figure-7 trade-off between clean accuracy and defense rate, and a small new transfer evaluation run here."""
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from pages import _ui  # noqa: E402
 from randmask import explore  # noqa: E402
 from randmask.attacks import canonical_attack  # noqa: E402
 from randmask.protocols import transfer  # noqa: E402
+
+ERROR_BAR = {"color": "rgba(31, 119, 180, 0.45)", "thickness": 1.5, "width": 3}
 
 _ui.ensure_app()
 st.title("Robustness explorer")
@@ -37,26 +38,30 @@ with tab_tables:
         table = st.selectbox("Table", list(explore.PAPER_TABLES), format_func=explore.PAPER_TABLES.get,
                              index=list(explore.PAPER_TABLES).index(7), key="robust_table")
         with _ui.readable_errors("Cannot compare"):
-            comp = explore.compare_with_paper(paper, ours, table)
-            comp["column"] = [a if a else ("clean" if m == "clean_accuracy" else m)
-                              for a, m in zip(comp["attack"], comp["metric"], strict=True)]
+            trained = explore.trained_model_keys(_ui.catalog().for_dataset(explore.table_dataset(table)))
+            comp = explore.compare_with_paper(paper, ours, table, trained)
+            wide = explore.comparison_table(comp)
             have_ours = comp["ours"].notna().any()
-            wide = comp.pivot_table(index="target", columns="column", values="paper", sort=False)
-            wide.columns = [f"{c} · paper" for c in wide.columns]
-            if have_ours:
-                mine = comp.pivot_table(index="target", columns="column", values="ours", sort=False)
-                mine.columns = [f"{c} · ours" for c in mine.columns]
-                wide = wide.join(mine)
-                wide = wide[sorted(wide.columns, key=lambda c: (list(dict.fromkeys(comp["column"])).index(
-                    c.split(" · ")[0]), c.endswith("ours")))]
-            wide = wide.reindex(list(dict.fromkeys(comp["target"])))
-            metric = ", ".join(sorted(set(comp["metric"])))
+            metric = ", ".join(sorted(set(comp["metric"].str.replace("_", " "))))
             st.caption(f"Percent ({metric}). Defense rate = the target's accuracy on adversarial images that fool "
                        "the source. 'ours' = our reproduction, where results/ has the same source, target, "
-                       "attack and metric." + ("" if have_ours else " No matching rows of ours yet."))
-            st.dataframe(wide, height=min(36 * (len(wide) + 1) + 4, 900),
-                         column_config={c: st.column_config.NumberColumn(format="%.1f") for c in wide.columns})
-            attacks = [c for c in dict.fromkeys(comp["column"])]
+                       f"attack and metric; {explore.MISSING} = no number. 'here' says whether we measured the "
+                       "target." + ("" if have_ours else " No matching rows of ours yet."))
+            numbers = {c: st.column_config.TextColumn(alignment="right") for c in wide.columns[2:]}
+            st.dataframe(wide, hide_index=True, height="content", column_config={
+                **numbers, "target": st.column_config.TextColumn(width=_ui.text_width(wide["target"]), pinned=True),
+                "here": st.column_config.TextColumn(width=_ui.text_width(wide["here"]))})
+            missing = explore.untrained_targets(comp)
+            if missing:
+                with st.expander(f"Not trained here: {len(missing)} of this table's models. The commands that "
+                                 "train them"):
+                    st.caption("A model trained this way appears in the sidebar's picker, and the *Run a transfer "
+                               "evaluation* tab measures it.")
+                    st.code("\n".join(command for _, command in missing), language="bash")
+            attacks = list(dict.fromkeys(explore.comparison_column(a, m)
+                                         for a, m in zip(comp["attack"], comp["metric"], strict=True)))
+            comp["column"] = [explore.comparison_column(a, m)
+                              for a, m in zip(comp["attack"], comp["metric"], strict=True)]
             with_ours = [a for a in attacks if comp.loc[comp["column"] == a, "ours"].notna().any()]
             shown = st.selectbox("Chart column", attacks, key="robust_chart_attack",
                                  index=attacks.index(with_ours[0]) if with_ours else 0)
@@ -67,13 +72,13 @@ with tab_tables:
                 fig.add_bar(name="ours", x=part["target"], y=part["ours"], marker_color="#2c7fb8",
                             error_y={"type": "data", "symmetric": False, "array": part["ours_high"] - part["ours"],
                                      "arrayminus": part["ours"] - part["ours_low"]})
-            fig.update_layout(barmode="group", height=400, margin={"t": 40},
+            fig.update_layout(barmode="group", height=440, margin={"t": 40},
                               title=f"{explore.PAPER_TABLES[table]}: {shown}")
             fig.update_xaxes(title="target network")
             fig.update_yaxes(title="percent", range=[0, 100])
             st.plotly_chart(fig, key="robust_chart")
             with st.expander("Every number, with our 95% intervals"):
-                st.dataframe(comp.drop(columns=["column"]), hide_index=True)
+                st.dataframe(explore.comparison_details(comp), hide_index=True)
 
 with tab_tradeoff:
     if paper is not None:
@@ -90,17 +95,18 @@ with tab_tradeoff:
         mine = points[points["origin"] == "paper"]
         fig.add_scatter(x=mine["clean_accuracy"], y=mine["defense_rate"], mode="markers+text", name="paper",
                         marker={"symbol": "star", "size": 14, "color": "#d62728"},
-                        text=[f"{r:g}" for r in mine["ratio"]], textposition="top center",
+                        text=[f"{r:g}" for r in mine["ratio"]], textposition="top left",
                         hovertemplate="%{text}: clean %{x:.1f}%, defense %{y:.1f}%<extra>paper</extra>")
         mine = points[points["origin"] == "ours"]
         if not mine.empty:
             fig.add_scatter(x=mine["clean_accuracy"], y=mine["defense_rate"], mode="markers+text", name="ours",
                             marker={"size": 10, "color": "#1f77b4"}, text=[f"{r:g}" for r in mine["ratio"]],
-                            textposition="bottom center",
-                            error_x={"type": "data", "symmetric": False,
+                            # labels beside the point, off the cross its error bars draw through it
+                            textposition="bottom right", textfont={"color": "#1f77b4"},
+                            error_x={"type": "data", "symmetric": False, **ERROR_BAR,
                                      "array": mine["clean_high"] - mine["clean_accuracy"],
                                      "arrayminus": mine["clean_accuracy"] - mine["clean_low"]},
-                            error_y={"type": "data", "symmetric": False,
+                            error_y={"type": "data", "symmetric": False, **ERROR_BAR,
                                      "array": mine["defense_high"] - mine["defense_rate"],
                                      "arrayminus": mine["defense_rate"] - mine["defense_low"]},
                             hovertemplate="%{text}: clean %{x:.1f}%, defense %{y:.1f}%<extra>ours</extra>")
@@ -116,20 +122,25 @@ with tab_tradeoff:
 with tab_run:
     dataset = _ui.current_dataset()
     entries = _ui.catalog().for_dataset(dataset)
-    picked = _ui.picked()
     by_key = {e.key: e for e in entries}
+    default_source, default_targets = explore.default_transfer(entries, [e.key for e in _ui.picked()])
     c1, c2 = st.columns(2)
     with c1:
         normals = [e for e in entries if not e.is_masked]
-        src = _ui.entry_select("Source (attacked) network", normals or entries,
-                               next((e.key for e in picked if not e.is_masked), None), key="run_source")
+        src = _ui.entry_select("Source (attacked) network", normals or entries, default_source, key="run_source",
+                               help="The network the attack is crafted against; its adversarial images are then "
+                                    "shown to the targets (black-box transfer).")
     with c2:
         attack_text = st.text_input("Attack (paper notation)", "FGSM16", key="run_attack",
                                     help="e.g. FGSM8, FGSM16, PGD16, PGD2,16, CW40(search=5, steps=50)")
-    targets = st.multiselect("Target networks", list(by_key), default=[e.key for e in picked], key="run_targets",
+    targets = st.multiselect("Target networks", list(by_key), default=default_targets, key="run_targets",
                              format_func=lambda k: by_key[k].label)
-    n = int(st.number_input("Images to attack (the first the source classifies correctly)", 10, 1000, 50, step=10,
-                            key="run_n"))
+    if src is not None and src.key in targets:
+        st.caption(f"{src.name} is also a target: on images chosen because they fool it, its defense rate is 0 by "
+                   "construction.")
+    with st.columns([1, 2])[0]:
+        n = int(st.number_input("Images to attack", 10, 1000, 50, step=10, key="run_n",
+                                help="The first test images the source classifies correctly"))
     if st.button("Run", type="primary", key="run_go", disabled=src is None or not targets):
         with _ui.readable_errors("The transfer evaluation failed"):
             attack_text = canonical_attack(attack_text)
@@ -146,20 +157,12 @@ with tab_run:
     rows = st.session_state.get("run_result")
     if rows:
         attacked = [r for r in rows if r["metric"] == "defense_rate"]
-        clean = {r["target"]: r for r in rows if r["metric"] == "clean_accuracy"}
         if attacked:
             first_row = attacked[0]
             st.markdown(f"**{first_row['attack']}** from **{first_row['source']}**: {first_row['n_attacked']} images "
                         f"attacked, {first_row['n']} fooled the source and were passed on."
                         + (" With none to pass on, there is no defense rate to measure." if not first_row["n"] else ""))
-        table = []
-        for r in attacked:
-            c = clean.get(r["target"])
-            table.append({"target": r["target"],
-                          "defense rate (%)": 100 * r["accuracy"] if not math.isnan(r["accuracy"]) else None,
-                          "95% CI (%)": f"{100 * r['ci_low']:.1f}–{100 * r['ci_high']:.1f}" if r["n"] else "",
-                          "n": r["n"], "clean accuracy (%)": 100 * c["accuracy"] if c else None})
-        st.dataframe(table, hide_index=True, column_config={
-            "defense rate (%)": st.column_config.NumberColumn(format="%.1f"),
-            "clean accuracy (%)": st.column_config.NumberColumn(format="%.1f")})
+        st.dataframe(explore.transfer_table(rows), hide_index=True, column_config={
+            c: st.column_config.TextColumn(alignment="right")
+            for c in ("defense rate (%)", "95% CI (%)", "n", "clean accuracy (%)")})
         st.download_button("Download CSV", explore.rows_csv(rows), "transfer.csv", "text/csv", key="run_csv")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -27,36 +26,35 @@ from study import (  # noqa: E402
     set_status,
 )
 from study.admin import failing_catch, overview, set_excluded  # noqa: E402
-from study.auth import AdminNotConfigured, configured_password, password_matches  # noqa: E402
+from study.auth import AdminNotConfigured, check_password, configured_password, locked_for  # noqa: E402
+from study.display import readable  # noqa: E402
 from study.export import export_frames, participants_frame  # noqa: E402
+from study.serve import DEFAULT_BASE_URL  # noqa: E402
 from study.sets import SetError, load_cifar10h  # noqa: E402
-
-MAX_FAILURES = 5
-LOCKOUT_S = 60
+from study.validate import participant_link  # noqa: E402
 
 
-def sign_in(expected: str) -> bool:
+def sign_in(db, expected: str) -> bool:
+    """Failures and lockouts are counted in the database, so a reload or a new browser does not reset them."""
     state = st.session_state
     if state.get("admin_ok"):
         return True
-    locked_until = state.get("admin_locked_until", 0.0)
-    if time.time() < locked_until:
-        st.error(f"Too many wrong passwords. Try again in {int(locked_until - time.time()) + 1} s.")
+    wait = locked_for(db)
+    if wait > 0:
+        st.error(f"Too many wrong passwords. Try again in {int(wait) + 1} s.")
         return False
-    with st.form("sign-in"):
+    with st.form("sign-in", clear_on_submit=True):  # the typed password does not stay in the session
         given = st.text_input("Organiser password", type="password", key="admin_password")
         submitted = st.form_submit_button("Sign in")
     if submitted:
-        if password_matches(given or "", expected):
+        attempt = check_password(db, given or "", expected)
+        if attempt.ok:
             state["admin_ok"] = True
-            state.pop("admin_failures", None)
             st.rerun()
-        failures = state.get("admin_failures", 0) + 1
-        state["admin_failures"] = failures
-        if failures >= MAX_FAILURES:
-            state["admin_locked_until"] = time.time() + LOCKOUT_S
-            state["admin_failures"] = 0
-        st.error("Wrong password.")
+        if attempt.locked_for_s > 0:
+            st.error(f"Wrong password. Too many wrong passwords: try again in {int(attempt.locked_for_s) + 1} s.")
+        else:
+            st.error("Wrong password.")
     return False
 
 
@@ -74,7 +72,7 @@ def live_progress(slug: str) -> None:
         cols[1].metric("Consented", o.consented)
         cols[2].metric("Completed", o.completed)
         cols[3].metric("Excluded", o.excluded)
-        st.dataframe(o.per_condition, hide_index=True)
+        st.dataframe(readable(o.per_condition), hide_index=True)
     finally:
         db.close()
 
@@ -84,8 +82,14 @@ def studies_tab(db, study) -> None:
         live_progress(study.slug)
     else:
         static_progress(db, study)
-    st.write(f"Participant link: append `?study={study.slug}&pid=<participant id>` to this app's address "
-             f"(Prolific: `?study={study.slug}&PROLIFIC_PID={{{{%PROLIFIC_PID%}}}}&STUDY_ID={{{{%STUDY_ID%}}}}&SESSION_ID={{{{%SESSION_ID%}}}}`).")
+    base = st.text_input("Participant server address (as participants reach it)", DEFAULT_BASE_URL, key="base-url")
+    try:
+        st.write("Participant link for Prolific (it fills in the ids):")
+        st.code(participant_link(base, study.slug, study.link_key), language=None)
+        st.write("Without Prolific (replace the participant id):")
+        st.code(participant_link(base, study.slug, study.link_key, prolific=False), language=None)
+    except ValueError:
+        st.write(f"Link key: `{study.link_key}`; enter the server's address above (https://host) to see the full link.")
     st.write(f"Completion code: `{study.completion_code}`. Status: **{study.status}**.")
     if study.status == "open":
         if st.button("Close study (no more answers)", key="close-study"):
@@ -100,14 +104,14 @@ def static_progress(db, study) -> None:
     o = overview(db, study)
     st.progress(min(o.fraction_done, 1.0), text=f"{o.labels_done} of {o.labels_needed} labels")
     st.write(f"Participants {o.participants}, consented {o.consented}, completed {o.completed}, excluded {o.excluded}")
-    st.dataframe(o.per_condition, hide_index=True)
+    st.dataframe(readable(o.per_condition), hide_index=True)
 
 
 def participants_tab(db, study) -> None:
     frame = participants_frame(db, study)
     first = ["participant", "external_id", "n_answered", "n_items", "catch_accuracy", "excluded", "exclusion_reason",
              "completed_at"]
-    st.dataframe(frame[first + [c for c in frame.columns if c not in first]], hide_index=True)
+    st.dataframe(readable(frame[first + [c for c in frame.columns if c not in first]]), hide_index=True)
     if frame.empty:
         return
     threshold = st.slider("Minimum catch-trial accuracy", 0.0, 1.0, 0.5, 0.05, key="catch-threshold")
@@ -167,7 +171,7 @@ def export_tab(db, study) -> None:
         counts = None
         st.info(f"No CIFAR-10H comparison: {e}")
     frames = export_frames(db, study, cifar10h=counts, n_boot=int(n_boot))
-    st.dataframe(frames["summary.csv"], hide_index=True)
+    st.dataframe(readable(frames["summary.csv"]), hide_index=True)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, frame in frames.items():
@@ -204,14 +208,13 @@ try:
 except AdminNotConfigured as e:
     st.error(f"Organiser page disabled: {e}.")
     st.stop()
-if not sign_in(expected_password):
-    st.stop()
 try:
     db = open_db()
 except StudyDBError as e:
     st.error(f"Database problem: {e}")
     st.stop()
 try:
-    run_page(db)
+    if sign_in(db, expected_password):
+        run_page(db)
 finally:
     db.close()

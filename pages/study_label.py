@@ -1,12 +1,13 @@
 """Participant page of the human study: consent, instructions, practice with feedback, then labeling.
 
-Open with ?pid=<id>&study=<name> (or Prolific's ?PROLIFIC_PID=...&STUDY_ID=...&SESSION_ID=...).
-Everything the participant has done lives in the database, so a reload resumes at the next image.
-The database is $STUDY_DB (default study_data/study.db).
+Served by `python -m study serve` (the participant server; also reachable through app.py for the lab).
+Open with the study's link: ?study=<name>&key=<link key>&pid=<id> (or Prolific's PROLIFIC_PID, STUDY_ID,
+SESSION_ID). Everything the participant has done lives in the database, so a reload resumes at the next image.
+The trial widget holds the next images ahead and stores answers through a fragment, so an answer reruns only
+that fragment, on this session's own database connection. The database is $STUDY_DB.
 """
 from __future__ import annotations
 
-import base64
 import sys
 import time
 import types
@@ -23,33 +24,57 @@ from study import (  # noqa: E402
     FRONTEND_DIR,
     AnswerRejected,
     InvalidLink,
+    StudyBusy,
     StudyClosed,
     StudyDBError,
     StudyFull,
     StudyNotFound,
-    consent,
+    enrol,
     get_study,
-    join,
+    key_matches,
     next_trial,
     open_db,
     parse_link,
     progress,
     record_answer,
+    resume,
 )
-from study.participant import get_participant, touch  # noqa: E402
+from study.errors import configure_logging, report  # noqa: E402
+from study.participant import get_participant  # noqa: E402
+from study.session import apply_answers, widget_args  # noqa: E402
+from study.validate import READ_KEYS  # noqa: E402
 
 # declare_component names the component after the calling module, found through sys.modules by file.
-# Under app.py's st.navigation this page runs as an unregistered module, so register a stand-in for it.
+# Under app.py's st.navigation (or the participant server's exec) this page runs as an unregistered module,
+# so register a stand-in for it.
 _WIDGET_MODULE = "randmask_study_label"
 if _WIDGET_MODULE not in sys.modules:
     sys.modules[_WIDGET_MODULE] = types.ModuleType(_WIDGET_MODULE)
 sys.modules[_WIDGET_MODULE].__file__ = __file__
 trial_widget = components.declare_component("study_trial", path=str(FRONTEND_DIR))
+configure_logging()
+
+ASK_AGAIN = "Please use the exact link you were given."
 
 
 def stop_with(message: str, kind: str = "info") -> None:
     getattr(st, kind)(message)
     st.stop()
+
+
+def fail(message: str, detail: str) -> None:
+    """A participant-facing error: a short message and an error id; the detail goes to the server log only."""
+    eid = report(detail)
+    stop_with(f"{message} (error id {eid})", "error")
+
+
+def session_db():
+    """This session's own connection, opened once: reruns of one session run one after another."""
+    db = st.session_state.get("_db")
+    if db is None:
+        db = open_db(create=False, check_same_thread=False)
+        st.session_state["_db"] = db
+    return db
 
 
 def finish_page(study) -> None:
@@ -61,16 +86,54 @@ def finish_page(study) -> None:
     st.stop()
 
 
-def store(db, participant_id: int, trial, label: int, rt_ms, shown_ms, mode: str, input_kind: str) -> None:
+def timed_out_page(study) -> None:
+    stop_with(f"This session timed out: no answer came for {study.abandon_after_min:g} minutes, so your remaining "
+              "images went to other participants. The answers you gave are saved. Thank you for your time; please "
+              "contact the researcher through the recruitment site.", "warning")
+
+
+def enrol_or_stop(db, study, link) -> None:
     try:
-        result = record_answer(db, participant_id, trial.assignment_id, label, rt_ms=rt_ms, shown_ms=shown_ms,
-                               mode=mode, input=input_kind)
+        enrol(db, study, link.external_id, external_study_id=link.external_study_id,
+              external_session_id=link.external_session_id)
+    except StudyBusy:
+        stop_with("All places in this study are taken right now. Please try again in a few minutes.")
+    except StudyFull:
+        stop_with("This study has all the answers it needs. Thank you for your interest.")
+    except StudyClosed:
+        stop_with("This study is closed. Thank you for your interest.")
+
+
+# ------------------------------------------------------------------------------------------------ widget mode
+@st.fragment
+def trial_area(study, participant_id: int) -> None:
+    """Only this reruns when the widget sends answers: store them, then hand it the next window."""
+    try:
+        db = session_db()
+        handled: set[int] = st.session_state.setdefault("handled", set())
+        outcome = apply_answers(db, study, participant_id, st.session_state.get("trials"), handled)
+        args = widget_args(db, study, participant_id, outcome)
+    except Exception as e:  # a fragment rerun does not pass through the page's own safety net
+        eid = report(f"trial fragment failed: {type(e).__name__}: {e}", exc_info=True)
+        stop_with(f"Something went wrong on our side. Please reload the page in a minute. (error id {eid})", "error")
+    if outcome.completed or outcome.closed or outcome.timed_out:
+        st.rerun(scope="app")  # the page itself changes: completion code, closed or timed-out message
+    trial_widget(key="trials", default=None, **args)
+
+
+# ------------------------------------------------------------------------------------------------ simple mode
+def store(db, participant_id: int, trial, label: int, rt_ms, mode: str) -> None:
+    try:
+        result = record_answer(db, participant_id, trial.assignment_id, label, rt_ms=rt_ms, shown_ms=None, mode=mode,
+                               input="button")
     except StudyClosed:
         stop_with("This study has been closed. Thank you for your time.")
-    except AnswerRejected:
-        # Never rerun here: a malformed widget value would come back on every rerun.
-        st.warning("That answer could not be saved. Please answer with the buttons below.")
+    except AnswerRejected as e:
+        report(f"simple-mode answer rejected: {e}")
+        st.warning("That answer could not be saved. Please answer again.")
         return
+    if result.timed_out:
+        st.rerun()
     if trial.is_practice:
         st.session_state["feedback"] = {"assignment_id": trial.assignment_id, "label": result.label,
                                         "answer": result.practice_label,
@@ -79,39 +142,8 @@ def store(db, participant_id: int, trial, label: int, rt_ms, shown_ms, mode: str
     st.rerun()
 
 
-def run_page(db) -> None:
-    try:
-        study = get_study(db, link.study)
-    except StudyNotFound:
-        stop_with("This study link is not valid (unknown or missing study).", "error")
-
-    participant = get_participant(db, study, link.external_id)
-    if participant is None:
-        try:
-            participant = join(db, study, link.external_id, external_study_id=link.external_study_id,
-                               external_session_id=link.external_session_id)
-        except StudyClosed:
-            stop_with("This study is closed and takes no new participants. Thank you for your interest.")
-    else:
-        touch(db, participant.id)
-
-    if participant.completed_at:
-        finish_page(study)
-
-    if participant.consent_at is None:
-        st.subheader("Consent")
-        st.write(study.consent_text)
-        if st.button("I agree and want to take part", type="primary", key="consent"):
-            try:
-                consent(db, participant)
-            except StudyFull:
-                stop_with("This study has all the answers it needs. Thank you for your interest.")
-            except StudyClosed:
-                stop_with("This study is closed. Thank you for your interest.")
-            st.rerun()
-        st.stop()
-
-    answered, total, practice_total = progress(db, participant.id)
+def simple_trial(db, study, participant_id: int) -> None:
+    """Plain Streamlit image and buttons (no custom widget): slower, for browsers where the widget fails."""
     feedback = st.session_state.get("feedback")
     if feedback:
         st.subheader("Practice")
@@ -126,7 +158,64 @@ def run_page(db) -> None:
             del st.session_state["feedback"]
             st.rerun()
         st.stop()
+    trial = next_trial(db, participant_id)
+    if trial is None:
+        st.rerun()
+    if trial.is_practice:
+        st.caption(f"Practice {trial.number} of {trial.practice_total}")
+    else:
+        main_total = trial.total - trial.practice_total
+        st.caption(f"Image {trial.number - trial.practice_total} of {main_total}")
+    shown_at = st.session_state.setdefault("shown_at", {}).setdefault(trial.assignment_id, time.monotonic())
+    st.image(trial.png, width=192)
+    columns = st.columns(5)
+    for label, name in enumerate(study.classes):
+        if columns[label % 5].button(f"{label} {name}", key=f"fallback-{trial.assignment_id}-{label}", width="stretch"):
+            rt_ms = round((time.monotonic() - shown_at) * 1000, 1)
+            store(db, participant_id, trial, label, rt_ms, "timed" if study.presentation_ms else "unlimited")
 
+
+# ------------------------------------------------------------------------------------------------ page
+def run_page() -> None:
+    params = {k: st.query_params.get_all(k) for k in READ_KEYS}
+    try:
+        link = parse_link(params)
+    except InvalidLink as e:
+        fail(f"This link does not work: {e}. {ASK_AGAIN}", f"invalid link: {e}")
+    try:
+        db = session_db()
+    except StudyDBError as e:
+        fail("The study is not available right now. Please try again later.", f"database: {e}")
+    try:
+        study = get_study(db, link.study)
+    except StudyNotFound as e:
+        fail(f"This study link is not valid. {ASK_AGAIN}", f"study not found: {e}")
+    if not key_matches(link.key, study.link_key):  # nothing is stored for a link without the right key
+        fail(f"This study link is not valid (its key is missing or wrong). {ASK_AGAIN}",
+             f"link key {'missing' if link.key is None else 'wrong'} for study {study.slug}")
+
+    participant = get_participant(db, study, link.external_id)
+    if (participant is None or participant.consent_at is None) and study.status != "open":
+        stop_with("This study is closed and takes no new participants. Thank you for your interest.")
+    if participant is None or participant.consent_at is None:
+        st.subheader("Consent")
+        st.write(study.consent_text)
+        if st.button("I agree and want to take part", type="primary", key="consent"):
+            enrol_or_stop(db, study, link)
+            st.rerun()
+        st.stop()
+
+    participant = resume(db, study, participant)
+    if participant.completed_at:
+        finish_page(study)
+    if participant.timed_out_at:
+        timed_out_page(study)
+    if study.status != "open":
+        stop_with("This study has been closed. Thank you for your time.")
+
+    answered, total, _ = progress(db, participant.id)
+    if answered == total:  # completed in another tab a moment ago
+        finish_page(study)
     if answered == 0 and not st.session_state.get("instructions_read"):
         st.subheader("Instructions")
         st.write(study.instructions_text)
@@ -138,47 +227,18 @@ def run_page(db) -> None:
             st.rerun()
         st.stop()
 
-    trial = next_trial(db, participant.id)
-    if trial is None:  # the last answer also marks the participant completed, in the same transaction
-        finish_page(study)
-
-    if trial.is_practice:
-        st.caption(f"Practice {trial.number} of {trial.practice_total}")
-        st.progress((trial.number - 1) / max(trial.practice_total, 1))
+    if st.session_state.get("simple"):
+        simple_trial(db, study, participant.id)
     else:
-        main_total = trial.total - trial.practice_total
-        done = trial.number - 1 - trial.practice_total
-        st.caption(f"Image {done + 1} of {main_total}")
-        st.progress(done / max(main_total, 1))
-
-    mode = "timed" if study.presentation_ms else "unlimited"
-    shown_at = st.session_state.setdefault("shown_at", {}).setdefault(trial.assignment_id, time.monotonic())
-    value = trial_widget(png_b64=base64.b64encode(trial.png).decode("ascii"), classes=list(study.classes),
-                         presentation_ms=study.presentation_ms, assignment_id=trial.assignment_id,
-                         key=f"trial-{trial.assignment_id}", default=None)
-    if isinstance(value, dict) and value.get("assignment_id") == trial.assignment_id:
-        input_kind = value.get("input") if value.get("input") in ("keyboard", "click") else "click"
-        store(db, participant.id, trial, value.get("label"), value.get("rt_ms"), value.get("shown_ms"), mode, input_kind)
-
-    with st.expander("Buttons or keys not working? Answer here"):
-        columns = st.columns(5)
-        for label, name in enumerate(study.classes):
-            if columns[label % 5].button(f"{label} {name}", key=f"fallback-{trial.assignment_id}-{label}",
-                                         width="stretch"):
-                rt_ms = round((time.monotonic() - shown_at) * 1000, 1)
-                store(db, participant.id, trial, label, rt_ms, None, mode, "button")
+        trial_area(study, participant.id)
+        if st.button("Image or buttons not working? Use the simple version", key="simple-mode", type="tertiary"):
+            st.session_state["simple"] = True
+            st.rerun()
 
 
 st.title("Image labeling study")
 try:
-    link = parse_link(st.query_params.to_dict())
-except InvalidLink as e:
-    stop_with(f"This link does not work: {e}. Please use the exact link you were given.", "error")
-try:
-    db = open_db(create=False)
-except StudyDBError:
-    stop_with("The study is not available right now. Please try again later.", "error")
-try:
-    run_page(db)
-finally:
-    db.close()
+    run_page()
+except Exception as e:  # st.stop/st.rerun are BaseExceptions and pass; anything else is our fault
+    eid = report(f"participant page failed: {type(e).__name__}: {e}", exc_info=True)
+    st.error(f"Something went wrong on our side. Please reload the page in a minute. (error id {eid})")

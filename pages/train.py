@@ -41,8 +41,8 @@ with st.form("train_form"):
     with c6:
         train_n = int(st.number_input("Training images (0 = all)", 0, 100_000, 0, step=1000, key="train_n"))
     with c7:
-        eval_n = int(st.number_input("Test images for accuracy (0 = all)", 0, 10_000, 1000, step=500,
-                                     key="train_eval_n"))
+        eval_n = int(st.number_input("Test images (0 = all)", 0, 10_000, 1000, step=500, key="train_eval_n",
+                                     help="How many test images measure the accuracy after each epoch"))
     submitted = st.form_submit_button("Start training", type="primary")
 
 if submitted:
@@ -61,16 +61,15 @@ STATE_ICON = {"starting": ":material/hourglass_top:", "running": ":material/dire
 
 def show_job(status: jobs.JobStatus) -> None:
     s = status.settings
-    title = (f"{STATE_ICON[status.state]} **{status.name}** · {s['notation']} · {s['preset']} · "
+    title = (f"{STATE_ICON[status.state]} **{status.title}** · {s['preset']} preset · {s['dataset']} · "
              f"{status.state}" + (f" · {status.message}" if status.message else ""))
     with st.container(border=True):
         st.markdown(title)
         if not status.finished or status.state == "done":
-            epochs = status.epochs or "?"
-            text = f"epoch {status.epoch}/{epochs}" + (f" · {status.member}" if status.member else "")
-            if status.loss is not None and not status.finished:
-                text += f" · training loss {status.loss:.3f}"
-            st.progress(status.fraction, text=text)
+            st.progress(status.fraction, text=status.progress_text())
+        note = jobs.budget_note(status, zoo_accuracy.get((explore.model_key(s["notation"]), s["dataset"])))
+        if note:
+            st.caption(note)
         if status.history:
             fig = go.Figure()
             epochs_x = [h["epoch"] for h in status.history]
@@ -104,6 +103,8 @@ def show_job(status: jobs.JobStatus) -> None:
                 st.code("\n".join(jobs.job_output(status.folder)), language=None)
 
 
+zoo_accuracy = {(e.notation, e.dataset): e.clean_accuracy for e in _ui.catalog().entries
+                if e.source == "zoo" and e.seed == 0 and e.mask_seed == 0}
 all_jobs = jobs.list_jobs()
 any_running = any(not j.finished for j in all_jobs)
 

@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from randmask.errors import CheckpointError, NotationError, RandmaskError
 from randmask.masks import RandomMask, make_mask
 from randmask.models import build_model
 from randmask.notation import MASK_KINDS, canonical, parse_model
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Progress = Callable[[int, int], None]
 
@@ -240,6 +244,78 @@ def default_picks(entries: Sequence[ModelEntry], limit: int = 3) -> list[str]:
     if not picks:
         picks = [e.key for e in entries[:limit]]
     return picks[:limit]
+
+
+def default_transfer(entries: Sequence[ModelEntry], picked: Sequence[str] = ()) -> tuple[str | None, list[str]]:
+    """(source key, target keys) a new transfer evaluation starts from: the paper's main black-box source
+    (DenseNet-121, else another trained unmasked net) against Normal ResNet-18 and 0.7-Shallow, never the source
+    against itself (which only says that the images fool the source). Trained models first, then the picks."""
+    def first(notation: str) -> ModelEntry | None:
+        same = [e for e in entries if e.notation == notation and e.trained and e.seed == 0 and e.mask_seed == 0
+                and not e.role.startswith("control")]  # not an accuracy-matched control of the same notation
+        same.sort(key=lambda e: ("zoo", "user").index(e.source))
+        return same[0] if same else None
+
+    unmasked = [e for e in entries if not e.is_masked]
+    source = (first("DenseNet-121") or first("VGG-19") or first("Normal ResNet-18")
+              or next((e for e in unmasked if e.trained), None) or (unmasked or list(entries) or [None])[0])
+    if source is None:
+        return None, []
+    targets = [e.key for e in (first("Normal ResNet-18"), first("0.7-Shallow")) if e is not None]
+    targets += [k for k in picked if k not in targets]
+    return source.key, [k for k in targets if k != source.key][:3]
+
+
+DATASET_NAMES = {"cifar10": "CIFAR-10", "mnist": "MNIST", "tinyimagenet10": "Tiny ImageNet (10 classes)"}
+
+
+def dataset_name(dataset: str) -> str:
+    return DATASET_NAMES.get(dataset, dataset)
+
+
+def trained_summary(catalog: Catalog, dataset: str) -> str:
+    """The picker's count, saying which data set it counts and how that relates to every trained model (the
+    README's zoo table counts all data sets)."""
+    here = catalog.for_dataset(dataset)
+    n_here = sum(e.trained for e in here)
+    trained = [e for e in catalog.entries if e.trained]
+    text = f"{n_here} trained {dataset_name(dataset)} model{'s' if n_here != 1 else ''} to pick from"
+    if len(trained) != n_here:
+        where = " and ".join(dataset_name(d) for d in catalog.datasets if any(e.dataset == d for e in trained))
+        zoo, yours = sum(e.source == "zoo" for e in trained), sum(e.source == "user" for e in trained)
+        text += f"; {len(trained)} over {where}" + (f" ({zoo} in the zoo, {yours} yours)" if yours else
+                                                   " (the zoo, as in the README)")
+    stand_ins = len(here) - n_here
+    if stand_ins:
+        text += f". Plus {stand_ins} UNTRAINED stand-in{'s' if stand_ins != 1 else ''} for planned models not trained yet"
+    return text + "."
+
+
+def zoo_overview(zoo_rows: Sequence[Mapping], entries: Sequence[ModelEntry]) -> list[dict]:
+    """The Home page's zoo table: every planned zoo model (zoo.list_zoo) and the user's own, named by notation
+    and seeds, with status, clean accuracy as text (MISSING when not trained) and what the paper uses it for."""
+    from randmask.zoo import ZOO
+
+    labels = {e.name: e.label for e in ZOO}  # an accuracy-matched control: 'Normal ResNet-18 (4 epochs)'
+    rows = []
+    for row in zoo_rows:
+        if row["trained"]:
+            status = "trained" if row["current"] else f"trained (older recipe: {row['epochs']} epochs)"
+        else:
+            status = "not trained yet"
+        seeds = re.search(r"-s(\d+)m(\d+)", row["name"])  # the zoo folder's suffix for seeds other than 0
+        name = ModelEntry("", labels.get(row["name"], row["notation"]), row["dataset"], "zoo",
+                          seed=int(seeds[1]) if seeds else 0, mask_seed=int(seeds[2]) if seeds else 0).name
+        accuracy = None if row["clean_accuracy"] is None else 100 * row["clean_accuracy"]
+        rows.append({"data set": dataset_name(row["dataset"]), "model": name, "status": status,
+                     "accuracy (%)": number_text(accuracy), "used for": row["role"] or MISSING})
+    for entry in entries:
+        if entry.source == "user":
+            accuracy = None if entry.clean_accuracy is None else 100 * entry.clean_accuracy
+            rows.append({"data set": dataset_name(entry.dataset), "model": entry.name,
+                         "status": f"yours: {Path(entry.folder or '').name}", "accuracy (%)": number_text(accuracy),
+                         "used for": MISSING})
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------- images
@@ -674,9 +750,83 @@ def result_target_key(row) -> str:
     return target
 
 
-def compare_with_paper(paper, ours, table: int):
+TABLE_DATASET = {6: "mnist"}  # every other table of the paper is CIFAR-10
+NOT_MEASURED = "not measured here"
+NOT_TRAINED = "not trained here"
+NOT_A_NOTATION = "not trained here (no notation of ours names it)"
+
+
+def table_dataset(table: int) -> str:
+    return TABLE_DATASET.get(table, "cifar10")
+
+
+def trained_model_keys(entries: Sequence[ModelEntry]) -> set[str]:
+    """The trained entries as the paper's tables name models (model_key): the notation, plus '<notation> (other
+    init)' for a seed other than 0 and '<notation>DIF' for another mask seed (Table 5's names)."""
+    keys: set[str] = set()
+    for entry in entries:
+        if not entry.trained:
+            continue
+        keys.add(entry.notation)
+        if entry.seed and not entry.mask_seed:
+            keys.add(f"{entry.notation} (other init)")
+        if entry.mask_seed and not entry.seed:
+            keys.add(f"{entry.notation}DIF")
+    return keys
+
+
+def _runs_hint() -> str:
+    """Where the app looks for your models, as a command line would name it (relative inside the project)."""
+    root = user_runs_root()
+    try:
+        return str(root.resolve().relative_to(PROJECT_ROOT.resolve()))
+    except ValueError:
+        return str(root)
+
+
+def train_command(name: str, dataset: str = "cifar10") -> str | None:
+    """The command that trains the model a paper table names, into the folder the app reads your models from
+    (the zoo's command where the zoo plans it); None when no notation of ours names it."""
+    from randmask.notation import slug
+    from randmask.zoo import ENSEMBLES, ZOO
+
+    key, seed, mask_seed = model_key(name), 0, 0
+    if key.endswith(" (other init)"):
+        key, seed = key.removesuffix(" (other init)"), 1
+    elif key.endswith("DIF"):
+        key, mask_seed = key.removesuffix("DIF"), 1
+    try:
+        notation = canonical(key)
+    except NotationError:
+        return None
+    planned = [e.name for e in ZOO if (canonical(e.notation), e.dataset, e.seed, e.mask_seed)
+               == (notation, dataset, seed, mask_seed)]
+    planned += [n for n, (text, _) in ENSEMBLES.items()
+                if (canonical(text), n.split("/")[0], seed, mask_seed) == (notation, dataset, 0, 0)]
+    if planned:
+        return f"python -m randmask zoo train --only {planned[0]}"
+    folder = slug(notation) + (f"-{dataset}" if dataset != "cifar10" else "")
+    folder += f"-s{seed}m{mask_seed}" if seed or mask_seed else ""
+    return (f'python -m randmask train "{notation}" --preset quick'
+            + (f" --dataset {dataset}" if dataset != "cifar10" else "")
+            + (f" --seed {seed}" if seed else "") + (f" --mask-seed {mask_seed}" if mask_seed else "")
+            + f" --out {_runs_hint()}/{folder}")
+
+
+def missing_note(target: str, dataset: str = "cifar10", trained: set[str] | None = None) -> str:
+    """Why a paper row has no number of ours: the target is trained but not measured, or not trained here (with
+    the command that trains it). Without `trained` we cannot tell: 'not measured here'."""
+    if trained is None or model_key(target) in trained:
+        return NOT_MEASURED
+    command = train_command(target, dataset)
+    return f"{NOT_TRAINED}: {command}" if command else NOT_A_NOTATION
+
+
+def compare_with_paper(paper: pd.DataFrame, ours: pd.DataFrame | None, table: int,
+                       trained: set[str] | None = None) -> pd.DataFrame:
     """One row per (target, attack, metric) of a paper table: the paper's percent beside ours (percent, 95%
-    interval, n, difference) where our results have the same source, target, attack and metric."""
+    interval, n, difference) where our results have the same source, target, attack and metric. `note` says
+    why a row has none of ours (missing_note; `trained`: trained_model_keys of the table's data set)."""
     import pandas as pd
 
     part = paper[paper["table"] == table].copy()
@@ -686,11 +836,15 @@ def compare_with_paper(paper, ours, table: int):
     part["target_key"] = part["target"].map(model_key)
     part["attack_key"] = part["attack"].map(attack_key)
     columns = ["source", "target", "attack", "metric", "paper", "ours", "ours_low", "ours_high", "n", "difference",
-               "file"]
+               "file", "note"]
+    dataset = table_dataset(table)
     if ours is None or ours.empty:
         out = part.rename(columns={"percent": "paper"})
         for col in ("ours", "ours_low", "ours_high", "n", "difference", "file"):
             out[col] = math.nan if col != "file" else ""
+        out["source"] = out["source"].where(out["source"].map(lambda v: isinstance(v, str)), "")
+        out["attack"] = out["attack"].where(out["attack"].map(lambda v: isinstance(v, str)), "")
+        out["note"] = [missing_note(t, dataset, trained) for t in out["target"]]
         return out[columns].reset_index(drop=True)
     ours = ours.copy()
     if "protocol" in ours.columns:
@@ -714,13 +868,103 @@ def compare_with_paper(paper, ours, table: int):
         source = prow["source"] if isinstance(prow["source"], str) else ""
         row = {"source": source, "target": prow["target"], "attack": prow["attack"] if isinstance(prow["attack"], str) else "",
                "metric": prow["metric"], "paper": float(prow["percent"]), "ours": math.nan, "ours_low": math.nan,
-               "ours_high": math.nan, "n": math.nan, "difference": math.nan, "file": ""}
+               "ours_high": math.nan, "n": math.nan, "difference": math.nan, "file": "",
+               "note": missing_note(prow["target"], dataset, trained)}
         if mine is not None:
             row.update(ours=100 * float(mine["accuracy"]), ours_low=100 * float(mine["ci_low"]),
-                       ours_high=100 * float(mine["ci_high"]), n=float(mine["n"]), file=mine.get("file", ""))
+                       ours_high=100 * float(mine["ci_high"]), n=float(mine["n"]), file=mine.get("file", ""), note="")
             row["difference"] = row["ours"] - row["paper"]
+            if not row["n"] or row["ours"] != row["ours"]:  # n = 0: the attack fooled the source on no image
+                row["note"] = "no estimate here (n = 0: the attack fooled the source on none of its images)"
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
+
+
+MISSING = "–"  # what a table cell shows where there is no number (never 'None' or 'nan')
+
+
+def number_text(value: float | None, digits: int = 1) -> str:
+    """A number for a table cell, always with `digits` decimals; MISSING for None or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    return f"{float(value):.{digits}f}"
+
+
+def comparison_column(attack: str, metric: str) -> str:
+    return attack or ("clean" if metric == "clean_accuracy" else metric)
+
+
+def _status(notes: Sequence[str]) -> str:
+    """One word on a target's row: measured (all its numbers, or some of them) or why not (the note's head)."""
+    measured = [n == "" for n in notes]
+    if all(measured):
+        return "measured"
+    if any(measured):
+        return "partly measured"
+    return notes[0].split(":")[0]
+
+
+def comparison_table(comp: pd.DataFrame) -> pd.DataFrame:
+    """compare_with_paper's rows as the table the app shows: one row per target, its status ('here'), then
+    '<column> · paper' and, where we measured any target in that column, '<column> · ours' beside it; every
+    cell is text with one decimal, or MISSING."""
+    import pandas as pd
+
+    comp = comp.assign(column=[comparison_column(a, m) for a, m in zip(comp["attack"], comp["metric"], strict=True)])
+    columns = list(dict.fromkeys(comp["column"]))
+    measured = set(comp.loc[comp["ours"].notna(), "column"])  # an 'ours' column only where we have a number
+    rows = []
+    for target, part in comp.groupby("target", sort=False):
+        row = {"target": target, "here": _status(part["note"].tolist())}
+        for column in columns:
+            cells = part[part["column"] == column]
+            row[f"{column} · paper"] = number_text(cells["paper"].iloc[0] if len(cells) else None)
+            if column in measured:
+                row[f"{column} · ours"] = number_text(cells["ours"].iloc[0] if len(cells) else None)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def comparison_details(comp: pd.DataFrame) -> pd.DataFrame:
+    """compare_with_paper's rows for display: readable headers, numbers as text with MISSING for none."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        "source": comp["source"].replace("", MISSING), "target": comp["target"],
+        "attack": [comparison_column(a, m) for a, m in zip(comp["attack"], comp["metric"], strict=True)],
+        "metric": comp["metric"].str.replace("_", " "),
+        "paper %": comp["paper"].map(number_text), "ours %": comp["ours"].map(number_text),
+        "ours 95% CI": [MISSING if lo != lo else f"{lo:.1f}–{hi:.1f}"
+                        for lo, hi in zip(comp["ours_low"], comp["ours_high"], strict=True)],
+        "n": comp["n"].map(lambda v: number_text(v, 0)),
+        "ours − paper": comp["difference"].map(lambda v: MISSING if v != v else f"{v:+.1f}"),
+        "why no number of ours": comp["note"].replace("", MISSING),
+        "results file": comp["file"].replace("", MISSING)})
+
+
+def transfer_table(rows: Sequence[Mapping]) -> list[dict]:
+    """A transfer run's rows (protocols.transfer) as the app shows them: per target its defense rate with the
+    95% interval, n and clean accuracy, as text; MISSING where nothing was measured (n = 0)."""
+    clean = {r["target"]: r for r in rows if r["metric"] == "clean_accuracy"}
+    table = []
+    for r in rows:
+        if r["metric"] != "defense_rate":
+            continue
+        c = clean.get(r["target"])
+        table.append({"target": r["target"],
+                      "defense rate (%)": number_text(100 * r["accuracy"] if r["n"] else None),
+                      "95% CI (%)": f"{100 * r['ci_low']:.1f}–{100 * r['ci_high']:.1f}" if r["n"] else MISSING,
+                      "n": str(int(r["n"])),
+                      "clean accuracy (%)": number_text(100 * c["accuracy"] if c else None)})
+    return table
+
+
+def untrained_targets(comp: pd.DataFrame) -> list[tuple[str, str]]:
+    """[(target, the command that trains it)] for the table's targets not trained here, in table order."""
+    prefix = f"{NOT_TRAINED}: "
+    out = dict.fromkeys(t for t, n in zip(comp["target"], comp["note"], strict=True) if n.startswith(prefix))
+    notes = dict(zip(comp["target"], comp["note"], strict=True))
+    return [(t, notes[t].removeprefix(prefix)) for t in out]
 
 
 def results_without_paper(paper, ours, table: int) -> list[dict]:
@@ -735,6 +979,18 @@ def results_without_paper(paper, ours, table: int) -> list[dict]:
         frame = frame[frame["protocol"].fillna(TABLE_PROTOCOL[table]) == TABLE_PROTOCOL[table]]
     return [r for r in frame.to_dict("records") if r.get("metric", "defense_rate") == "defense_rate"
             and (model_key(r.get("source")), result_target_key(r), _our_attack(r)) not in known]
+
+
+def paper_shuffle_table(paper: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table 3 as printed: one row per model, a column per grid, percent with two decimals."""
+    import pandas as pd
+
+    part = paper[paper["table"] == 3]
+    rows = {}
+    for r in part.to_dict("records"):
+        grid = re.sub(r"(?i)shuffle\s*(\d+)x(\d+)", r"\1×\2", str(r["attack"]))
+        rows.setdefault(r["target"], {"model": r["target"]})[f"{grid} (%)"] = number_text(r["percent"], 2)
+    return pd.DataFrame(list(rows.values()))
 
 
 def shallow_ratio(name) -> float | None:

@@ -91,10 +91,46 @@ class JobStatus:
     clean_accuracy: float | None = None
     history: list[dict] = field(default_factory=list)  # one "epoch" record per finished epoch
     member: str = ""  # for EN jobs: which member is training, e.g. "member 2 of 5"
+    current_epoch: int | None = None  # the epoch in progress (1-based), from the latest step record
+    step: int | None = None  # steps done in that epoch, of `steps`
+    steps: int | None = None
+    steps_per_s: float | None = None  # measured over that epoch so far
+    images_per_s: float | None = None
 
     @property
     def name(self) -> str:
         return self.folder.name
+
+    @property
+    def title(self) -> str:
+        """The notation, plus the folder name where it is not just the notation's (a second run, '-2')."""
+        notation = str(self.settings.get("notation", ""))
+        try:
+            same = slug(notation) == self.name
+        except RandmaskError:
+            same = notation == self.name
+        return notation if same else f"{notation} ({self.name})"
+
+    def progress_text(self) -> str:
+        """Where the job is: epoch, step within it and rate (from the latest step record), and the loss."""
+        epochs = self.epochs or "?"
+        if self.state == "done":
+            text = f"{self.epoch} of {epochs} epochs"
+        elif self.step is not None and self.current_epoch is not None and self.current_epoch > self.epoch:
+            text = f"epoch {self.current_epoch} of {epochs} · step {self.step} of {self.steps}"
+            if self.step >= (self.steps or 0):  # the epoch's steps are done: the trainer tests the model now
+                text += " · measuring test accuracy"
+            elif self.steps_per_s:
+                left = (self.steps - self.step) / self.steps_per_s
+                text += (f" · {self.steps_per_s:.2f} steps/s ({self.images_per_s:.0f} images/s), "
+                         f"about {_duration(left)} left in this epoch")
+        else:
+            text = f"{self.epoch} of {epochs} epochs done" + ("" if self.finished else ", the next one starting")
+        if self.member:
+            text += f" · {self.member}"
+        if self.loss is not None and not self.finished:
+            text += f" · training loss {self.loss:.3f}"
+        return text
 
     @property
     def finished(self) -> bool:
@@ -316,9 +352,15 @@ def job_status(folder: Path) -> JobStatus:
         elif kind == "step":
             member_fraction = ((event["epoch"] - 1) + event["step"] / max(1, event["steps"])) / max(1, event["epochs"])
             status.loss = event.get("loss")
+            status.current_epoch, status.step, status.steps = event["epoch"], event["step"], event["steps"]
+            elapsed = event.get("elapsed_s")
+            if elapsed:  # older logs lack it
+                status.steps_per_s = event["step"] / elapsed
+                status.images_per_s = event.get("images", 0) / elapsed
         elif kind == "epoch":
             member_fraction = event["epoch"] / max(1, event["epochs"])
             status.loss = event.get("train_loss")
+            status.current_epoch = status.step = status.steps = status.steps_per_s = status.images_per_s = None
         elif kind == "done":
             member_fraction = 1.0
             status.clean_accuracy = event.get("clean_accuracy")
@@ -357,6 +399,29 @@ def job_status(folder: Path) -> JobStatus:
                           "the training process ended without finishing (killed, or out of memory?); "
                           f"see {OUTPUT_FILE}")
     return status
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def budget_note(status: JobStatus, reference: float | None = None) -> str:
+    """For a finished job trained on a small budget: why its accuracy is low (fewer epochs or images than the
+    preset's), against `reference`, the zoo's accuracy for the same notation where there is one."""
+    settings = status.settings
+    try:
+        full = make_config(settings["notation"], settings.get("preset", "quick"), dataset=settings.get("dataset",
+                                                                                                         "cifar10"))
+    except RandmaskError:
+        return ""
+    epochs, train_n = settings.get("epochs") or full.epochs, settings.get("train_n")
+    if status.state != "done" or (epochs >= full.epochs and not train_n):
+        return ""
+    images = f"{train_n:,} training images" if train_n else "all training images"
+    zoo = (f" (the zoo's {settings['notation']}: {100 * reference:.1f}%)" if reference is not None else "")
+    return (f"A {epochs}-epoch run on {images} cannot learn much more: the {settings.get('preset', 'quick')} "
+            f"preset trains {full.epochs} epochs on the whole training set{zoo}. Train longer, on more images, "
+            "for a model worth comparing.")
 
 
 def list_jobs(root: Path | None = None) -> list[JobStatus]:

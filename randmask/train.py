@@ -301,6 +301,8 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
         autocast=str(amp).removeprefix("torch.") if amp else "fp32", steps_per_epoch=steps_per_epoch,
         start_epoch=start_epoch)
 
+    # step records at least ~10 times an epoch, so a small job (a few steps an epoch) still shows movement
+    log_every = max(1, min(cfg.log_every, steps_per_epoch // 10))
     stop = {"now": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True)) if _main_thread() else None
     try:
@@ -317,9 +319,10 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
                 hits += step_hits
                 seen += len(yb)
                 bar.set_postfix(loss=f"{net_loss / seen:.3f}")
-                if (i + 1) % cfg.log_every == 0:
+                if (i + 1) % log_every == 0:
                     log("step", epoch=epoch + 1, epochs=cfg.epochs, step=i + 1, steps=steps_per_epoch,
-                        loss=net_loss / seen, lr=opt.param_groups[0]["lr"])
+                        loss=net_loss / seen, lr=opt.param_groups[0]["lr"], images=seen * world,
+                        elapsed_s=round(time.time() - began, 3))
                 if stop["now"]:
                     raise KeyboardInterrupt
             train_time += time.time() - began

@@ -18,22 +18,27 @@ from .design import (
 )
 from .participant import (
     AnswerRejected,
+    StudyBusy,
     StudyClosed,
     StudyFull,
     Trial,
     consent,
+    enrol,
     join,
     next_trial,
     progress,
     record_answer,
+    resume,
+    trial_window,
 )
-from .validate import InvalidLink, has_participant_link, parse_link
+from .validate import InvalidLink, has_participant_link, key_matches, parse_link, participant_link
 
 FRONTEND_DIR = Path(__file__).parent / "frontend"
 
 __all__ = [
     "FRONTEND_DIR", "SCHEMA_VERSION", "AnswerRejected", "DesignError", "InvalidLink", "Study", "StudyClosed",
-    "StudyConfig", "StudyDBError", "StudyFull", "StudyNotFound", "Trial", "consent", "create_study",
-    "default_db_path", "get_study", "has_participant_link", "join", "list_studies", "next_trial", "open_db",
-    "parse_link", "progress", "record_answer", "set_status",
+    "StudyBusy", "StudyConfig", "StudyDBError", "StudyFull", "StudyNotFound", "Trial", "consent", "create_study",
+    "default_db_path", "enrol", "get_study", "has_participant_link", "join", "key_matches", "list_studies",
+    "next_trial", "open_db", "parse_link", "participant_link", "progress", "record_answer", "resume", "set_status",
+    "trial_window",
 ]

@@ -13,9 +13,19 @@ import numpy as np
 
 from .admin import overview, set_excluded
 from .check import database_problems
-from .db import StudyDBError, default_db_path, open_db, open_db_readonly, schema_version
-from .design import DesignError, StudyConfig, StudyNotFound, create_study, get_study, list_studies, set_status
+from .db import StudyDBError, backup, default_db_path, open_db, open_db_readonly, schema_version
+from .design import (
+    DEFAULT_INACTIVE_MIN,
+    DesignError,
+    StudyConfig,
+    StudyNotFound,
+    create_study,
+    get_study,
+    list_studies,
+    set_status,
+)
 from .export import export_study
+from .serve import DEFAULT_ADDRESS, DEFAULT_BASE_URL, DEFAULT_PORT
 from .sets import (
     SetError,
     build_clean_set,
@@ -24,6 +34,7 @@ from .sets import (
     load_cifar10h,
     unambiguous_indices,
 )
+from .validate import participant_link
 
 EXPECTED_ERRORS = (StudyDBError, DesignError, StudyNotFound, SetError, LookupError, ValueError, sqlite3.Error, OSError)
 MAX_BOOTSTRAP = 100_000
@@ -50,13 +61,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items-per-condition", type=int, default=None, help="items drawn per condition (default: all of the smallest)")
     p.add_argument("--catch-per-participant", type=int, default=2)
     p.add_argument("--presentation-ms", type=int, default=None, help="show each image this long, then a mask (default: until answered)")
-    p.add_argument("--abandon-after-min", type=float, default=60.0)
+    p.add_argument("--inactive-after-min", "--abandon-after-min", dest="abandon_after_min", type=float,
+                   default=DEFAULT_INACTIVE_MIN, help="a participant's unanswered images go back to the pool after "
+                   "this many minutes without an answer (default %(default)s)")
     p.add_argument("--completion-code", default=None)
     p.add_argument("--redirect-url", default=None, help="https URL the participant is sent to at the end")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("list", help="list studies with their progress")
+    p.add_argument("--base-url", default=DEFAULT_BASE_URL, help="the participant server's public address, for the printed link")
+
+    p = sub.add_parser("list", help="list studies with their progress and participant links")
     _db_arg(p)
+    p.add_argument("--base-url", default=DEFAULT_BASE_URL)
+
+    p = sub.add_parser("link", help="print a study's participant link (Prolific placeholders, and a plain one)")
+    _db_arg(p)
+    p.add_argument("name", help="study name")
+    p.add_argument("--base-url", default=DEFAULT_BASE_URL, help="the participant server's public address "
+                   "(default %(default)s)")
+
+    p = sub.add_parser("serve", help="run the participant server (labeling flow only; put it behind an HTTPS proxy)")
+    _db_arg(p)
+    p.add_argument("--address", default=DEFAULT_ADDRESS, help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s)")
+
+    p = sub.add_parser("backup", help="copy the database while the study runs (SQLite online backup)")
+    _db_arg(p)
+    p.add_argument("--out", type=Path, required=True, help="new file for the copy (never overwritten)")
 
     for name, text in (("close", "stop accepting answers"), ("open", "accept answers again")):
         p = sub.add_parser(name, help=text)
@@ -125,7 +156,9 @@ def _demo(args) -> int:
     config = StudyConfig(slug=args.name, title="Demo study (noise stand-ins, not attacks)", labels_per_item=3,
                          items_per_participant=6, catch_per_participant=2)
     create_study(db, config, [out / "clean", out / "noise16", out / "noise32"], out / "catch", out / "practice")
-    print(f"created study {args.name!r} in {args.db or default_db_path()}; participants open ?pid=<id>&study={args.name}")
+    study = get_study(db, args.name)
+    print(f"created study {args.name!r} in {args.db or default_db_path()}; after `python -m study serve`, participants open "
+          f"{participant_link(DEFAULT_BASE_URL, study.slug, study.link_key, prolific=False)}")
     return 0
 
 
@@ -136,6 +169,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "demo":
         return _demo(args)
+    if args.command == "serve":
+        from .serve import serve
+
+        serve(args.db or default_db_path(), args.address, args.port)  # replaces this process
+        return 0
+    if args.command == "backup":
+        size = backup(args.db or default_db_path(), args.out)
+        print(f"backup written to {args.out} ({size / 1e6:.1f} MB)")
+        return 0
     if args.command in ("check", "export"):
         return _read_only(args)
     if args.command == "create":
@@ -146,7 +188,14 @@ def run(args: argparse.Namespace) -> int:
         for study in list_studies(db):
             o = overview(db, study)
             print(f"{study.slug}\t{study.status}\tparticipants {o.participants} (completed {o.completed}, excluded {o.excluded})"
-                  f"\tlabels {o.labels_done}/{o.labels_needed}")
+                  f"\tlabels {o.labels_done}/{o.labels_needed}"
+                  f"\tlink {participant_link(args.base_url, study.slug, study.link_key)}")
+        return 0
+    if args.command == "link":
+        study = get_study(db, args.name)
+        print(participant_link(args.base_url, study.slug, study.link_key))
+        print(f"without Prolific: {participant_link(args.base_url, study.slug, study.link_key, prolific=False)}",
+              file=sys.stderr)
         return 0
     if args.command in ("close", "open"):
         set_status(db, args.study, "closed" if args.command == "close" else "open")
@@ -172,6 +221,7 @@ def _create(args: argparse.Namespace, db) -> int:
     print(f"created study {study.slug!r}: conditions {', '.join(study.conditions)}; "
           f"{study.trials_per_condition} per condition + {study.catch_per_participant} catch per participant; "
           f"completion code {study.completion_code}")
+    print(f"participant link: {participant_link(args.base_url, study.slug, study.link_key)}")
     return 0
 
 

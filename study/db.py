@@ -126,6 +126,23 @@ MIGRATIONS: list[str] = [
         detail TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 3: keyed participant links, reservations counted from the last answer, organiser lockout kept in the file
+    """
+    ALTER TABLE studies ADD COLUMN link_key TEXT;
+    UPDATE studies SET link_key = lower(hex(randomblob(16))) WHERE link_key IS NULL;
+    CREATE UNIQUE INDEX idx_studies_link_key ON studies(link_key);
+    ALTER TABLE participants ADD COLUMN active_at TEXT;
+    UPDATE participants SET active_at = coalesce(
+        (SELECT max(r.created_at) FROM responses r WHERE r.participant_id = participants.id), consent_at, joined_at);
+    ALTER TABLE participants ADD COLUMN timed_out_at TEXT;
+    CREATE TABLE auth_failures (
+        scope TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
+        lockouts INTEGER NOT NULL DEFAULT 0 CHECK (lockouts >= 0),
+        locked_until REAL NOT NULL DEFAULT 0,
+        updated_at TEXT NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -167,17 +184,20 @@ def _read_header(path: Path) -> None:
         raise StudyDBError(f"{path} is not a SQLite database (wrong header); refusing to use or overwrite it")
 
 
-def _connect(path: Path, timeout_s: float) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None)
+def _connect(path: Path, timeout_s: float, check_same_thread: bool = True) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None, check_same_thread=check_same_thread)
     conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
 
-def open_db(path: str | Path | None = None, *, create: bool = True, timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> sqlite_utils.Database:
+def open_db(path: str | Path | None = None, *, create: bool = True, timeout_s: float = BUSY_TIMEOUT_MS / 1000,
+            check_same_thread: bool = True) -> sqlite_utils.Database:
     """Open (and if needed create or migrate) the study database at `path`.
 
     Raises StudyDBError for a file that is not ours; a missing file is created only if `create`.
+    `check_same_thread=False` is for a connection kept by one participant's session, whose reruns run
+    one after another but each on a new thread.
     """
     path = Path(path) if path is not None else default_db_path()
     if path.is_dir():
@@ -188,7 +208,7 @@ def open_db(path: str | Path | None = None, *, create: bool = True, timeout_s: f
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        conn = _connect(path, timeout_s)
+        conn = _connect(path, timeout_s, check_same_thread)
     except sqlite3.Error as e:
         raise StudyDBError(f"cannot open {path}: {e}") from e
     try:
@@ -286,6 +306,36 @@ def integrity_problems(db: sqlite_utils.Database) -> list[str]:
     problems = [r for r in rows if r != "ok"]
     problems += [f"foreign key violation in {r[0]} rowid {r[1]}" for r in db.execute("PRAGMA foreign_key_check").fetchall()]
     return problems
+
+
+def backup(source: str | Path, target: str | Path, *, pages_per_step: int = 256) -> int:
+    """Copy a live study database to `target` with SQLite's online backup API; returns the target's size in bytes.
+
+    Safe while participants write: the copy is a consistent snapshot, taken in small steps so writers
+    wait only for one step at a time. `target` must not exist yet (a backup never overwrites anything)."""
+    source, target = Path(source), Path(target)
+    if target.exists():
+        raise StudyDBError(f"{target} already exists; choose a new file name for the backup")
+    if not target.parent.is_dir():
+        raise StudyDBError(f"{target.parent} is not a folder")
+    db = open_db(source, create=False)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        out = sqlite3.connect(str(partial), isolation_level=None)
+        try:
+            db.conn.backup(out, pages=pages_per_step, sleep=0.005)
+            problems = [r[0] for r in out.execute("PRAGMA quick_check").fetchall() if r[0] != "ok"]
+            # A backup is a self-contained file: rollback journal, so it is one file to copy or archive.
+            out.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            out.close()
+        if problems:
+            raise StudyDBError(f"the backup failed its integrity check: {problems[0]}")
+        partial.rename(target)  # appears under its name only once complete
+    finally:
+        db.close()
+        partial.unlink(missing_ok=True)
+    return target.stat().st_size
 
 
 def open_db_readonly(path: str | Path | None = None, *, timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> sqlite_utils.Database:

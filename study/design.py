@@ -15,8 +15,11 @@ from .assign import AllocationError, Candidate, choose_items
 from .db import write_transaction
 from .sets import CIFAR10_CLASSES, CLEAN, SetItem, read_set, sha256
 
-SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-CODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+# Always used with fullmatch: `$` alone would accept a trailing newline.
+SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+CODE_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
+URL_RE = re.compile(r"https://[^\s<>\"'\\]{1,500}")
+DEFAULT_INACTIVE_MIN = 5.0
 
 DEFAULT_CONSENT = (
     "You are invited to take part in a research study on how people recognise small photos. "
@@ -50,7 +53,8 @@ class StudyConfig:
     items_per_condition: int | None = None  # items drawn per condition (default: the smallest condition's size)
     catch_per_participant: int = 2
     presentation_ms: int | None = None  # None: image stays until answered
-    abandon_after_min: float = 60.0  # pending items of a participant silent this long go to others
+    # unanswered items of a participant with no answer for this long go back to the pool
+    abandon_after_min: float = DEFAULT_INACTIVE_MIN
     completion_code: str | None = None
     redirect_url: str | None = None
     conditions: list[str] | None = None  # keep only these conditions (default: all in the sets)
@@ -60,7 +64,7 @@ class StudyConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        if not SLUG_RE.match(self.slug):
+        if not isinstance(self.slug, str) or not SLUG_RE.fullmatch(self.slug):
             raise DesignError(f"study name {self.slug!r}: use 1-40 lowercase letters, digits and '-', starting with a letter or digit")
         for name in ("labels_per_item", "items_per_participant"):
             if int(getattr(self, name)) < 1:
@@ -73,10 +77,10 @@ class StudyConfig:
             raise DesignError("presentation_ms must be between 10 and 10000 (or unset for unlimited)")
         if self.abandon_after_min <= 0:
             raise DesignError("abandon_after_min must be > 0")
-        if self.completion_code is not None and not CODE_RE.match(self.completion_code):
+        if self.completion_code is not None and not CODE_RE.fullmatch(self.completion_code):
             raise DesignError("completion code: 1-40 letters, digits, '_' or '-'")
-        if self.redirect_url is not None and not re.match(r"^https://[^\s<>\"']{1,500}$", self.redirect_url):
-            raise DesignError("redirect URL must start with https:// and contain no spaces or quotes")
+        if self.redirect_url is not None and not URL_RE.fullmatch(self.redirect_url):
+            raise DesignError("redirect URL must start with https:// and contain no spaces, quotes or line breaks")
 
 
 def _pick_per_condition(by_condition: dict[str, list[SetItem]], per_condition: int, rng: np.random.Generator) -> dict[str, list[SetItem]]:
@@ -163,6 +167,7 @@ def create_study(db: sqlite_utils.Database, config: StudyConfig, sets: list[str 
         raise DesignError(str(e)) from e
 
     code = config.completion_code or secrets.token_hex(4).upper()
+    link_key = new_link_key()
     design = {**asdict(config), "conditions": conditions, "trials_per_condition": trials_per_condition,
               "items_per_condition": per_condition, "sets": [str(p) for p in sets],
               "catch_set": str(catch_set) if catch_set else None, "practice_set": str(practice_set) if practice_set else None}
@@ -174,7 +179,7 @@ def create_study(db: sqlite_utils.Database, config: StudyConfig, sets: list[str 
             "seed": int(config.seed), "labels_per_item": int(config.labels_per_item),
             "trials_per_condition": trials_per_condition, "catch_per_participant": int(config.catch_per_participant),
             "presentation_ms": config.presentation_ms, "abandon_after_min": float(config.abandon_after_min),
-            "completion_code": code, "redirect_url": config.redirect_url,
+            "completion_code": code, "redirect_url": config.redirect_url, "link_key": link_key,
             "classes_json": json.dumps(list(CIFAR10_CLASSES)), "design_json": json.dumps(design),
         }).last_pk
         rows = [("trial", item, folder_of[(c, item.test_index)]) for c in conditions for item in picked[c]]
@@ -192,6 +197,11 @@ def create_study(db: sqlite_utils.Database, config: StudyConfig, sets: list[str 
                     [{"item_id": item_id, "model": m, "pred": p} for m, p in item.predictions.items()])
         log(db, study_id, "create", json.dumps({"items": len(rows), "conditions": conditions}))
     return study_id
+
+
+def new_link_key() -> str:
+    """The random key a participant link must carry (128 bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
 
 
 def log(db: sqlite_utils.Database, study_id: int | None, action: str, detail: str = "") -> None:
@@ -215,6 +225,7 @@ class Study:
     redirect_url: str | None
     classes: tuple[str, ...]
     design: dict
+    link_key: str
 
     @property
     def conditions(self) -> list[str]:
@@ -230,12 +241,12 @@ class Study:
 
 
 _STUDY_COLUMNS = ("id, slug, title, status, seed, labels_per_item, trials_per_condition, catch_per_participant, "
-                  "presentation_ms, abandon_after_min, completion_code, redirect_url, classes_json, design_json")
+                  "presentation_ms, abandon_after_min, completion_code, redirect_url, classes_json, design_json, link_key")
 
 
 def _study(row) -> Study:
-    *head, classes_json, design_json = row
-    return Study(*head, classes=tuple(json.loads(classes_json)), design=json.loads(design_json))
+    *head, classes_json, design_json, link_key = row
+    return Study(*head, classes=tuple(json.loads(classes_json)), design=json.loads(design_json), link_key=link_key)
 
 
 class StudyNotFound(LookupError):

@@ -6,6 +6,7 @@ assignment (or repeats of an answer already stored, which change nothing).
 """
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,10 @@ class StudyFull(RuntimeError):
     pass
 
 
+class StudyBusy(StudyFull):
+    """Every image still needing labels is reserved by someone active right now: try again later."""
+
+
 class AnswerRejected(ValueError):
     """An answer that does not fit: wrong participant, not the current item, bad label."""
 
@@ -42,6 +47,7 @@ class Participant:
     consent_at: str | None
     completed_at: str | None
     excluded: bool
+    timed_out_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,17 +63,23 @@ class Trial:
 
 @dataclass(frozen=True)
 class AnswerResult:
-    stored: bool  # False: this answer was already stored (double click, retry)
-    label: int  # the label on record
+    stored: bool  # False: this answer was already stored (double click, retry) or could not be (timed out)
+    label: int  # the label on record (-1 when timed out)
     practice_label: int | None
     completed: bool
+    timed_out: bool = False  # the participant's reservation lapsed and their next images went to others
 
 
-_PARTICIPANT_COLUMNS = "id, uid, study_id, external_id, consent_at, completed_at, excluded"
+_PARTICIPANT_COLUMNS = "id, uid, study_id, external_id, consent_at, completed_at, excluded, timed_out_at"
 
 
 def _participant(row) -> Participant:
-    return Participant(*row[:6], excluded=bool(row[6]))
+    return Participant(*row[:6], excluded=bool(row[6]), timed_out_at=row[7])
+
+
+def _cutoff(study: Study) -> str:
+    """Reservations of participants whose last answer (or consent) is older than this have lapsed."""
+    return (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min)).isoformat(timespec="milliseconds")
 
 
 def get_participant(db: sqlite_utils.Database, study: Study, external_id: str) -> Participant | None:
@@ -97,10 +109,10 @@ def join(db: sqlite_utils.Database, study: Study, external_id: str, *, external_
     return found
 
 
-def _loads(db: sqlite_utils.Database, study: Study) -> list[Candidate]:
+def _loads(db: sqlite_utils.Database, study: Study, *, without: int | None = None) -> list[Candidate]:
     """Trial and catch items with their labels so far: answers of included participants, plus
-    unanswered items of participants still active (not excluded, not silent too long)."""
-    cutoff = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min)).isoformat(timespec="milliseconds")
+    unanswered items of participants holding a reservation (consented, not excluded, not timed out,
+    answered within the inactivity window). `without`: leave out this participant's pending items."""
     rows = db.execute(
         """
         WITH answered AS (
@@ -108,8 +120,8 @@ def _loads(db: sqlite_utils.Database, study: Study) -> list[Candidate]:
             WHERE p.study_id = :study AND p.excluded = 0 GROUP BY r.item_id),
         pending AS (
             SELECT a.item_id, count(*) AS n FROM assignments a JOIN participants p ON p.id = a.participant_id
-            WHERE p.study_id = :study AND p.excluded = 0 AND p.last_seen_at >= :cutoff
-              AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)
+            WHERE p.study_id = :study AND p.excluded = 0 AND p.timed_out_at IS NULL AND p.active_at >= :cutoff
+              AND p.id IS NOT :without AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)
             GROUP BY a.item_id)
         SELECT i.id, i.role, i.condition, i.test_index, coalesce(answered.n, 0) + coalesce(pending.n, 0)
         FROM items i
@@ -117,7 +129,7 @@ def _loads(db: sqlite_utils.Database, study: Study) -> list[Candidate]:
         LEFT JOIN pending ON pending.item_id = i.id
         WHERE i.study_id = :study AND i.role IN ('trial', 'catch')
         ORDER BY i.id
-        """, {"study": study.id, "cutoff": cutoff}).fetchall()
+        """, {"study": study.id, "cutoff": _cutoff(study), "without": without}).fetchall()
     return [Candidate(*r) for r in rows]
 
 
@@ -128,8 +140,34 @@ def consent(db: sqlite_utils.Database, participant: Participant) -> Participant:
         if already is None:
             _allocate(db, participant)
             now = utc_now()
-            db.execute("UPDATE participants SET consent_at = ?, last_seen_at = ? WHERE id = ?", [now, now, participant.id])
+            db.execute("UPDATE participants SET consent_at = ?, last_seen_at = ?, active_at = ? WHERE id = ?",
+                       [now, now, now, participant.id])
     row = db.execute(f"SELECT {_PARTICIPANT_COLUMNS} FROM participants WHERE id = ?", [participant.id]).fetchone()
+    return _participant(row)
+
+
+def enrol(db: sqlite_utils.Database, study: Study, external_id: str, *, external_study_id: str | None = None,
+          external_session_id: str | None = None) -> Participant:
+    """Register, consent and allocate in one transaction: a refused visitor (study full, busy or closed)
+    leaves no row behind. Idempotent: an existing participant is returned as they are."""
+    with write_transaction(db):
+        row = db.execute(f"SELECT {_PARTICIPANT_COLUMNS} FROM participants WHERE study_id = ? AND external_id = ?",
+                         [study.id, external_id]).fetchone()
+        if row is None:
+            now = utc_now()
+            participant_id = db.execute(
+                "INSERT INTO participants (study_id, uid, external_id, external_study_id, external_session_id, joined_at, "
+                "last_seen_at, active_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [study.id, "P" + secrets.token_hex(6), external_id, external_study_id, external_session_id, now, now,
+                 now]).lastrowid
+            row = db.execute(f"SELECT {_PARTICIPANT_COLUMNS} FROM participants WHERE id = ?", [participant_id]).fetchone()
+        participant = _participant(row)
+        if participant.consent_at is None:
+            _allocate(db, participant)  # raises (and so rolls the insert back) when there is no place
+            now = utc_now()
+            db.execute("UPDATE participants SET consent_at = ?, last_seen_at = ?, active_at = ? WHERE id = ?",
+                       [now, now, now, participant.id])
+            row = db.execute(f"SELECT {_PARTICIPANT_COLUMNS} FROM participants WHERE id = ?", [participant.id]).fetchone()
     return _participant(row)
 
 
@@ -140,8 +178,7 @@ def _allocate(db: sqlite_utils.Database, participant: Participant) -> None:
     if study.status != "open":
         raise StudyClosed(f"study {study.slug} is closed")
     candidates = _loads(db, study)
-    if not any(c.role == "trial" and c.load < study.labels_per_item for c in candidates):
-        raise StudyFull(f"study {study.slug} has all the labels it needs")
+    _check_room(db, study, candidates)
     rng = participant_rng(study.seed, participant.external_id)
     try:
         chosen = choose_items(candidates, study.conditions, study.trials_per_condition,
@@ -153,6 +190,75 @@ def _allocate(db: sqlite_utils.Database, participant: Participant) -> None:
     ordered = practice + order_items(chosen, rng)
     db["assignments"].insert_all(
         [{"participant_id": participant.id, "item_id": item_id, "position": pos} for pos, item_id in enumerate(ordered)])
+
+
+def _check_room(db: sqlite_utils.Database, study: Study, candidates: list[Candidate]) -> None:
+    """Admit a new participant only while the study needs them.
+
+    `free` counts trial labels neither given nor reserved. A newcomer needs a list's worth of them;
+    with less, they are admitted only when nobody else holds a reservation (the last labels of a study),
+    so a crowd of visitors (or bots) can never hold more places than the study still needs, and
+    lists made mostly of already-covered images are not handed out while others are still working."""
+    k = study.labels_per_item
+    free = sum(max(0, k - c.load) for c in candidates if c.role == "trial")
+    answered = db.execute(
+        "SELECT count(*) FROM responses r JOIN participants p ON p.id = r.participant_id JOIN items i ON i.id = r.item_id "
+        "WHERE p.study_id = ? AND p.excluded = 0 AND i.role = 'trial'", [study.id]).fetchone()[0]
+    n_trial = sum(1 for c in candidates if c.role == "trial")
+    if answered >= n_trial * k or (free == 0 and not _holders(db, study)):
+        raise StudyFull(f"study {study.slug} has all the labels it needs")
+    per_participant = study.trials_per_condition * len(study.conditions)
+    if free == 0 or (free < per_participant and _holders(db, study)):
+        raise StudyBusy(f"study {study.slug}: all remaining images are reserved by active participants")
+
+
+def _holders(db: sqlite_utils.Database, study: Study) -> int:
+    """Participants holding a reservation now."""
+    return db.execute(
+        "SELECT count(*) FROM participants WHERE study_id = ? AND consent_at IS NOT NULL AND completed_at IS NULL "
+        "AND excluded = 0 AND timed_out_at IS NULL AND active_at >= ?", [study.id, _cutoff(study)]).fetchone()[0]
+
+
+def places_needed(db: sqlite_utils.Database, study: Study) -> int:
+    """How many more full participant lists the study's unlabelled trial items would fill (rounded up)."""
+    candidates = _loads(db, study)
+    free = sum(max(0, study.labels_per_item - c.load) for c in candidates if c.role == "trial")
+    return math.ceil(free / (study.trials_per_condition * len(study.conditions)))
+
+
+def _lapsed(db: sqlite_utils.Database, study: Study, participant_id: int) -> bool:
+    row = db.execute("SELECT active_at < ? AND completed_at IS NULL AND timed_out_at IS NULL FROM participants "
+                     "WHERE id = ?", [_cutoff(study), participant_id]).fetchone()
+    return bool(row and row[0])
+
+
+def _renew(db: sqlite_utils.Database, study: Study, participant_id: int) -> bool:
+    """Inside a write transaction: a lapsed participant keeps going if none of their unanswered trial items
+    was taken up by others meanwhile (so no item gets more than k labels); else they are timed out."""
+    loads = {c.item_id: c.load for c in _loads(db, study, without=participant_id)}
+    pending = db.execute(
+        "SELECT a.item_id FROM assignments a JOIN items i ON i.id = a.item_id WHERE a.participant_id = ? "
+        "AND i.role = 'trial' AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)",
+        [participant_id]).fetchall()
+    now = utc_now()
+    if all(loads.get(item_id, 0) < study.labels_per_item for (item_id,) in pending):
+        db.execute("UPDATE participants SET active_at = ? WHERE id = ?", [now, participant_id])
+        return True
+    db.execute("UPDATE participants SET timed_out_at = ? WHERE id = ?", [now, participant_id])
+    return False
+
+
+def resume(db: sqlite_utils.Database, study: Study, participant: Participant) -> Participant:
+    """Called when a participant comes back: renews a lapsed reservation if possible, else times them out."""
+    if participant.consent_at is None or participant.completed_at or participant.timed_out_at:
+        return participant
+    if _lapsed(db, study, participant.id):
+        with write_transaction(db):
+            if _lapsed(db, study, participant.id):
+                _renew(db, study, participant.id)
+        row = db.execute(f"SELECT {_PARTICIPANT_COLUMNS} FROM participants WHERE id = ?", [participant.id]).fetchone()
+        return _participant(row)
+    return participant
 
 
 def _next_assignment(db: sqlite_utils.Database, participant_id: int):
@@ -216,6 +322,14 @@ def record_answer(db: sqlite_utils.Database, participant_id: int, assignment_id:
             return AnswerResult(False, stored[0], practice_label, _all_answered(db, participant_id))
         if status != "open":
             raise StudyClosed("the study is closed")
+        timed_out, study_id = db.execute("SELECT timed_out_at, study_id FROM participants WHERE id = ?",
+                                         [participant_id]).fetchone()
+        if timed_out is None:
+            study = _study_by_id(db, study_id)
+            if _lapsed(db, study, participant_id) and not _renew(db, study, participant_id):
+                timed_out = "now"
+        if timed_out is not None:  # returned, not raised: the time-out just recorded must be committed
+            return AnswerResult(False, -1, practice_label, False, timed_out=True)
         current = _next_assignment(db, participant_id)
         if current is None or current[0] != assignment_id:
             raise AnswerRejected("answers must be given in order: this is not the current item")
@@ -225,8 +339,9 @@ def record_answer(db: sqlite_utils.Database, participant_id: int, assignment_id:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [assignment_id, participant_id, item_id, label, rt_ms, shown_ms, mode, input, now])
         completed = _all_answered(db, participant_id)
-        db.execute("UPDATE participants SET last_seen_at = ?, completed_at = CASE WHEN ? THEN ? ELSE completed_at END "
-                   "WHERE id = ?", [now, completed, now, participant_id])
+        db.execute("UPDATE participants SET last_seen_at = ?, active_at = ?, "
+                   "completed_at = CASE WHEN ? THEN ? ELSE completed_at END WHERE id = ?",
+                   [now, now, completed, now, participant_id])
     return AnswerResult(True, label, practice_label, completed)
 
 
@@ -235,6 +350,23 @@ def _all_answered(db: sqlite_utils.Database, participant_id: int) -> bool:
     return total > 0 and answered == total
 
 
-def touch(db: sqlite_utils.Database, participant_id: int) -> None:
-    """Mark the participant as active (keeps their pending items reserved)."""
-    db.execute("UPDATE participants SET last_seen_at = ? WHERE id = ?", [utc_now(), participant_id])
+def _study_by_id(db: sqlite_utils.Database, study_id: int) -> Study:
+    slug = db.execute("SELECT slug FROM studies WHERE id = ?", [study_id]).fetchone()[0]
+    return get_study(db, slug)
+
+
+def trial_window(db: sqlite_utils.Database, participant_id: int, size: int) -> list[Trial]:
+    """The participant's next `size` unanswered trials, in order: what the trial widget holds ahead."""
+    rows = db.execute(
+        """
+        SELECT a.id, a.position, i.role, i.png, i.true_label
+        FROM assignments a JOIN items i ON i.id = a.item_id
+        WHERE a.participant_id = ? AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)
+        ORDER BY a.position LIMIT ?
+        """, [participant_id, size]).fetchall()
+    if not rows:
+        return []
+    _, total, practice_total = progress(db, participant_id)
+    return [Trial(assignment_id=aid, number=pos + 1, total=total, practice_total=practice_total,
+                  is_practice=role == "practice", png=png, practice_label=label if role == "practice" else None)
+            for aid, pos, role, png, label in rows]

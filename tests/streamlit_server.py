@@ -21,12 +21,13 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def streamlit_server(script: Path, env: dict | None = None, log_path: Path | None = None,
-                     timeout: float = 90) -> Iterator[str]:
-    """`streamlit run script` headless on 127.0.0.1; yields its URL once healthy; always stops the server."""
+                     timeout: float = 90, address: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
+    """`streamlit run script` headless (on 127.0.0.1 unless told); yields its URL once healthy; always stops it."""
     log = log_path.open("w") if log_path else subprocess.DEVNULL
+    port = port or free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port := free_port()),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+         "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -52,3 +53,33 @@ def streamlit_server(script: Path, env: dict | None = None, log_path: Path | Non
             proc.wait(timeout=15)
         if log_path:
             log.close()
+
+
+@contextlib.contextmanager
+def participant_server(db_path: Path, log_path: Path, timeout: float = 90) -> Iterator[str]:
+    """`python -m study serve` on a free localhost port; yields its URL once healthy; always stops it."""
+    port = free_port()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "study", "serve", "--db", str(db_path), "--port", str(port)],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                        if response.read() == b"ok":
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"participant server did not start: {log_path.read_text()[-2000:]}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)

@@ -1,12 +1,15 @@
 """The app in a real browser: `streamlit run app.py` on the tiny zoo, driven by headless Debian Chromium through
-Playwright. Every page opens without a Streamlit exception and is screenshotted; the picker survives page
-switches; images reach the screen at their own size (no browser smoothing); participants see one page only.
+Playwright. Every page opens without a Streamlit exception and is screenshotted whole at 1280 and 1920 px (the
+organiser page signed in too, on a demo study); the picker survives page switches; images reach the screen at
+their own size (no browser smoothing); participants see one page only.
 
 Screenshots go to pytest's temporary folder, or to $RANDMASK_SCREENSHOTS when set (to look at them)."""
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,8 @@ WAIT_MS = 60_000
 PAGES = [("", "Random Mask, hands on"), ("masks", "Mask patterns"), ("shuffle", "Patch shuffle"),
          ("noise", "Noise curves"), ("gallery", "Adversarial gallery"), ("robustness", "Robustness explorer"),
          ("train", "Train a model")]
+WIDTHS = (1280, 1920)  # a laptop and a desktop screen
+ADMIN_PASSWORD = "browser-test-pw"
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
 if not CHROMIUM.exists():
@@ -34,11 +39,44 @@ def running_app(tmp: Path):
     support.make_results(tmp / "results")
     env = {**os.environ, "RANDMASK_ZOO": str(zoo), "RANDMASK_RUNS": str(tmp / "runs"),
            "RANDMASK_RESULTS": str(tmp / "results"), "STUDY_DB": str(tmp / "study.db"),
-           "STUDY_ADMIN_PASSWORD": "browser-test-pw", "OMP_NUM_THREADS": "1"}
+           "STUDY_ADMIN_PASSWORD": ADMIN_PASSWORD, "OMP_NUM_THREADS": "1"}
+    demo_study(tmp, env)
     with streamlit_server(ROOT / "app.py", env, tmp / "server.log") as url:
         shots = Path(os.environ.get("RANDMASK_SCREENSHOTS") or tmp / "screenshots")
         shots.mkdir(parents=True, exist_ok=True)
         yield url, shots
+
+
+def demo_study(tmp: Path, env: dict) -> None:
+    """The organiser page's tables filled: the demo study, two participants who finished, one who only joined."""
+    subprocess.run([sys.executable, "-m", "study", "demo", "--out", str(tmp / "demo-sets")], cwd=ROOT, env=env,
+                   check=True, capture_output=True)
+    from study import get_study, open_db
+    from study.participant import join
+    from study.simulate import simulate_participant
+
+    for pid in ("tester1", "tester2"):
+        simulate_participant(tmp / "study.db", "demo", pid)
+    db = open_db(tmp / "study.db")
+    join(db, get_study(db, "demo"), "joined-only")
+    db.close()
+
+
+def screenshot_whole(page, path: Path, width: int) -> None:
+    """Streamlit scrolls inside its main container, so a full-page screenshot would stop at the window: make the
+    window as tall as the content first."""
+    measure = ("() => Math.max(...[...document.querySelectorAll('[data-testid=stMain], "
+               "[data-testid=stMainBlockContainer], [data-testid=stSidebarContent]')].map(e => e.scrollHeight))")
+    height = 0
+    for _ in range(4):  # tables and charts may still grow after a resize: until the height holds
+        now = page.evaluate(measure)
+        if now == height:
+            break
+        height = now
+        page.set_viewport_size({"width": width, "height": min(max(900, height + 60), 8000)})
+        page.wait_for_timeout(700)
+    page.screenshot(path=str(path))
+    page.set_viewport_size({"width": width, "height": 1000})
 
 
 @pytest.fixture(scope="module")
@@ -70,25 +108,57 @@ def no_exception(page) -> None:
     assert page.get_by_text("This page hit an error").count() == 0
 
 
-def test_every_page_opens_without_an_exception(server, browser):
+@pytest.mark.parametrize("width", WIDTHS)
+def test_every_page_opens_without_an_exception(server, browser, width):
     url, shots = server
-    page = browser.new_page(viewport={"width": 1400, "height": 2200})
+    page = browser.new_page(viewport={"width": width, "height": 1000})
     page.set_default_timeout(WAIT_MS)
+    names = []
     for path, title in PAGES:
         page.goto(f"{url}/{path}")
         expect(page.get_by_role("heading", name=title, level=1)).to_be_visible(timeout=WAIT_MS)
         settle(page)
         no_exception(page)
         assert page.locator('[data-testid="stSidebarNav"]').count() == 1  # the navigation is there on every page
-        page.screenshot(path=str(shots / f"{path or 'home'}.png"))
+        names.append(f"{path or 'home'}-{width}.png")
+        screenshot_whole(page, shots / names[-1], width)
+        assert page.get_by_text("None", exact=True).count() == 0  # no literal None in any cell or text
+    page.goto(f"{url}/robustness")  # the other two tabs of the explorer
+    settle(page)
+    for tab, name in (("Figure 7: trade-off", "figure7"), ("Run a transfer evaluation", "run")):
+        page.get_by_role("tab", name=tab).click()
+        settle(page)
+        names.append(f"robustness-{name}-{width}.png")
+        screenshot_whole(page, shots / names[-1], width)
     page.goto(f"{url}/study_admin")  # the organiser page sits in the navigation behind its own password
     settle(page)
     no_exception(page)
     expect(page.get_by_label("Organiser password")).to_be_visible(timeout=WAIT_MS)
     assert page.get_by_label("Name (used in links)").count() == 0  # nothing behind the password shows yet
-    page.screenshot(path=str(shots / "study_admin.png"))
+    names.append(f"study_admin-{width}.png")
+    screenshot_whole(page, shots / names[-1], width)
+    page.get_by_label("Organiser password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    settle(page)
+    page.get_by_text("Live progress (refresh every 10 s)").click()  # off: a page that settles
+    settle(page)
+    names.append(f"study_admin-progress-{width}.png")
+    screenshot_whole(page, shots / names[-1], width)
+    page.get_by_role("tab", name="Participants").click()
+    settle(page)
+    no_exception(page)
+    names.append(f"study_admin-participants-{width}.png")
+    screenshot_whole(page, shots / names[-1], width)
     page.close()
-    for name in [f"{path or 'home'}.png" for path, _ in PAGES] + ["study_admin.png"]:
+    page = browser.new_page(viewport={"width": width, "height": 1000})  # a participant's link: a session of its own
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"{url}/?study=demo&pid=screenshot-{width}")
+    settle(page)
+    no_exception(page)
+    names.append(f"participant-{width}.png")
+    screenshot_whole(page, shots / names[-1], width)
+    page.close()
+    for name in names:
         assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 

@@ -213,3 +213,15 @@ def test_resume_state_records_the_precision(tmp_path, data_dir):
     state = torch.load(tmp_path / "run" / "resume.pt", weights_only=True)
     start = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()][0]
     assert state["autocast"] == start["autocast"] and state["autocast"] in ("fp32", "bfloat16")
+
+
+def test_a_short_epoch_still_logs_its_steps(tmp_path, data_dir):
+    """4 steps an epoch, fewer than log_every (20): the app must still see the epoch move (issue 18)."""
+    cfg = make_config("0.7-Shallow", "quick", epochs=2, **{**TINY, "log_every": 20})
+    train(cfg, tmp_path / "run", show_bar=False)
+    events = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    steps = [e for e in events if e["event"] == "step"]
+    assert [(e["epoch"], e["step"], e["steps"]) for e in steps] == [(1, 1, 4), (1, 2, 4), (1, 3, 4), (1, 4, 4),
+                                                                    (2, 1, 4), (2, 2, 4), (2, 3, 4), (2, 4, 4)]
+    assert [e["images"] for e in steps[:4]] == [64, 128, 192, 256]
+    assert all(e["elapsed_s"] > 0 for e in steps)

@@ -487,3 +487,102 @@ def test_results_without_paper_are_our_rows_that_no_paper_number_matches():
     assert [(r["target"], r["attack"]) for r in extra] == [("0.7-Shallow", "CW40(search=10)"),
                                                            ("0.9-Shallow", "FGSM16")]
     assert explore.results_without_paper(paper_frame(), None, 7) == []
+
+
+# ------------------------------------------------------------------------------- readable tables (issue 18)
+def test_rows_without_ours_say_why_with_the_command_that_trains_the_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANDMASK_RUNS", str(explore.PROJECT_ROOT / "runs" / "user"))
+    make_results(tmp_path)
+    ours, _ = explore.load_results(tmp_path)
+    trained = {"Normal ResNet-18", "0.7-Shallow", "0.5-ShallowDC"}
+    comp = explore.compare_with_paper(paper_frame(), ours, 7, trained).set_index(["target", "metric"])
+    assert comp.loc[("0.7-Shallow", "defense_rate"), "note"] == ""  # measured
+    assert comp.loc[("0.5-ShallowDC", "defense_rate"), "note"] == "not measured here"  # trained, no result row
+    assert comp.loc[("0.5-Shallow", "defense_rate"), "note"] == (
+        "not trained here: python -m randmask zoo train --only cifar10/0.5-Shallow")  # the zoo plans it
+    assert explore.compare_with_paper(paper_frame(), ours, 7)["note"].tolist()[2] == "not measured here"  # unknown
+    gray = explore.compare_with_paper(paper_frame(), None, 5, trained).set_index("target")["note"]
+    assert gray["0.5-Shallow (other init)"] == ('not trained here: python -m randmask train "0.5-Shallow" '
+                                               '--preset quick --seed 1 --out runs/user/0.5-Shallow-s1m0')
+    assert gray["0.5-ShallowDIF"].endswith("--mask-seed 1 --out runs/user/0.5-Shallow-s0m1")
+    assert explore.train_command("0.9-ShallowEN") == ('python -m randmask train "0.9-ShallowEN" --preset quick '
+                                                      '--out runs/user/0.9-ShallowEN')
+    assert explore.train_command("0.3-Deep", "mnist").endswith("--dataset mnist --out runs/user/0.3-Deep-mnist")
+    assert explore.train_command("0.85-ShallowEN") == "python -m randmask zoo train --only cifar10/0.85-ShallowEN"
+    assert explore.train_command("Madry adversarial training") is None
+    assert explore.missing_note("Madry adversarial training", "cifar10", trained) == explore.NOT_A_NOTATION
+    assert explore.trained_model_keys([
+        explore.ModelEntry("a", "0.7-Shallow", "cifar10", "zoo", seed=1),
+        explore.ModelEntry("b", "0.7-Shallow", "cifar10", "zoo", mask_seed=1),
+        explore.ModelEntry("c", "0.9-Shallow", "cifar10", "untrained")]) == {
+        "0.7-Shallow", "0.7-Shallow (other init)", "0.7-ShallowDIF"}
+
+
+def test_comparison_tables_are_text_with_a_dash_for_no_number(tmp_path):
+    make_results(tmp_path)
+    ours, _ = explore.load_results(tmp_path)
+    comp = explore.compare_with_paper(paper_frame(), ours, 7, {"Normal ResNet-18", "0.7-Shallow"})
+    wide = explore.comparison_table(comp).set_index("target")
+    assert list(wide.columns) == ["here", "FGSM16 · paper", "FGSM16 · ours", "clean · paper", "clean · ours"]
+    assert wide.loc["0.7-Shallow"].tolist() == ["measured", "48.6", "55.0", "93.0", "85.0"]
+    assert wide.loc["0.5-Shallow"].tolist() == ["not trained here", "30.9", "–", "94.0", "–"]
+    assert wide.loc["0.5-ShallowDC"].tolist() == ["not trained here", "20.0", "–", "–", "–"]  # no paper clean
+    details = explore.comparison_details(comp)
+    assert not details.isna().any().any() and "None" not in details.to_string()
+    assert details.set_index("target").loc["0.7-Shallow"].iloc[0]["ours 95% CI"] == "48.0–62.0"
+    assert explore.untrained_targets(comp) == [
+        ("0.5-Shallow", "python -m randmask zoo train --only cifar10/0.5-Shallow"),
+        ("0.5-ShallowDC", "python -m randmask zoo train --only cifar10/0.5-ShallowDC")]
+    no_ours = explore.comparison_table(explore.compare_with_paper(paper_frame(), None, 7))
+    assert not [c for c in no_ours.columns if c.endswith("ours")] and set(no_ours["here"]) == {"not measured here"}
+    assert explore.number_text(float("nan")) == explore.number_text(None) == "–"
+    assert explore.number_text(64.0, 2) == "64.00"
+
+
+def test_zero_n_rows_say_there_is_no_estimate(tmp_path):
+    rows = pd.DataFrame([{"protocol": "transfer", "source": "DenseNet-121", "target": "0.7-Shallow",
+                          "attack": "FGSM16", "metric": "defense_rate", "n": 0, "accuracy": math.nan,
+                          "ci_low": math.nan, "ci_high": math.nan}])
+    comp = explore.compare_with_paper(paper_frame(), rows, 7, {"0.7-Shallow"}).set_index(["target", "metric"])
+    assert comp.loc[("0.7-Shallow", "defense_rate"), "note"].startswith("no estimate here (n = 0")
+    table = explore.transfer_table([
+        {"target": "A", "metric": "defense_rate", "n": 0, "accuracy": math.nan, "ci_low": math.nan,
+         "ci_high": math.nan},
+        {"target": "A", "metric": "clean_accuracy", "n": 10, "accuracy": 0.9, "ci_low": 0.6, "ci_high": 0.98}])
+    assert table == [{"target": "A", "defense rate (%)": "–", "95% CI (%)": "–", "n": "0",
+                      "clean accuracy (%)": "90.0"}]
+
+
+def test_transfer_defaults_to_densenet_against_normal_and_the_masked_net():
+    def entry(notation, source="zoo", **kw):
+        return explore.ModelEntry(f"{source}:{notation}", notation, "cifar10", source, **kw)
+
+    entries = [entry("Normal ResNet-18"), entry("0.7-Shallow"), entry("0.9-Shallow"), entry("DenseNet-121")]
+    assert explore.default_transfer(entries, ["zoo:Normal ResNet-18", "zoo:0.9-Shallow"]) == (
+        "zoo:DenseNet-121", ["zoo:Normal ResNet-18", "zoo:0.7-Shallow", "zoo:0.9-Shallow"])
+    untrained_densenet = [*entries[:3], entry("DenseNet-121", "untrained")]
+    source, targets = explore.default_transfer(untrained_densenet, ["zoo:Normal ResNet-18"])
+    assert source == "zoo:Normal ResNet-18" and source not in targets and targets == ["zoo:0.7-Shallow"]
+    assert explore.default_transfer([], []) == (None, [])
+
+
+def test_trained_summary_names_the_data_set_and_the_whole_zoo():
+    def entry(i, dataset, source="zoo"):
+        return explore.ModelEntry(f"{source}:{dataset}/{i}", "0.7-Shallow", dataset, source)
+
+    cat = explore.Catalog([entry(i, "cifar10") for i in range(3)] + [entry(i, "mnist") for i in range(2)]
+                          + [entry(9, "cifar10", "untrained")])
+    assert explore.trained_summary(cat, "cifar10") == (
+        "3 trained CIFAR-10 models to pick from; 5 over CIFAR-10 and MNIST (the zoo, as in the README). "
+        "Plus 1 UNTRAINED stand-in for planned models not trained yet.")
+    cat.entries.append(entry(7, "mnist", "user"))
+    assert explore.trained_summary(cat, "mnist").startswith("3 trained MNIST models to pick from; 6 over CIFAR-10 "
+                                                            "and MNIST (5 in the zoo, 1 yours)")
+
+
+def test_paper_shuffle_table_prints_two_decimals():
+    paper = pd.DataFrame({"table": pd.array([3, 3], dtype="Int64"), "source": [None, None],
+                          "target": ["0.7-Shallow", "0.7-Shallow"], "attack": ["shuffle 2x2", "shuffle 4x4"],
+                          "metric": ["accuracy"] * 2, "percent": [97.36, 64.0]})
+    assert explore.paper_shuffle_table(paper).to_dict("records") == [
+        {"model": "0.7-Shallow", "2×2 (%)": "97.36", "4×4 (%)": "64.00"}]

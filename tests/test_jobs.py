@@ -143,3 +143,43 @@ def test_progress_fraction_from_step_and_epoch_events(tmp_path):
     # no live process and no ending event: it died
     assert status.state == "failed" and status.fraction == pytest.approx(1.5 / 4)
     assert status.epoch == 1 and status.loss == 1.5 and status.epochs == 4
+
+
+def test_status_reports_the_step_and_rate_inside_an_epoch(tmp_path):
+    folder = tmp_path / "0.7-Shallow-2"
+    folder.mkdir()
+    (folder / jobs.JOB_FILE).write_text(json.dumps({"settings": {"notation": "0.7-Shallow", "preset": "quick",
+                                                                  "epochs": 2}, "created": 100.0, "pid": None}))
+    events = [{"event": "start", "time": 101, "config": {"epochs": 2}},
+              {"event": "step", "time": 110, "epoch": 1, "epochs": 2, "step": 4, "steps": 8, "loss": 2.1,
+               "images": 512, "elapsed_s": 8.0}]
+    (folder / "progress.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    status = jobs.job_status(folder)
+    assert (status.current_epoch, status.step, status.steps) == (1, 4, 8)
+    assert status.steps_per_s == pytest.approx(0.5) and status.images_per_s == pytest.approx(64)
+    assert status.title == "0.7-Shallow (0.7-Shallow-2)"  # the folder name only where it adds something
+    with open(folder / "progress.jsonl", "a") as log:
+        log.write(json.dumps({"event": "epoch", "time": 120, "epoch": 1, "epochs": 2, "train_loss": 2.0,
+                              "train_acc": 0.2, "test_acc": 0.2}) + "\n")
+    status = jobs.job_status(folder)
+    assert status.step is None and status.progress_text().startswith("1 of 2 epochs done")
+
+
+def test_a_small_budget_says_why_its_accuracy_is_low(tmp_path):
+    settings = {"notation": "0.7-Shallow", "preset": "quick", "dataset": "cifar10", "epochs": 2, "train_n": 1000}
+    done = jobs.JobStatus(folder=tmp_path / "0.7-Shallow", state="done", settings=settings, clean_accuracy=0.08)
+    note = jobs.budget_note(done, reference=0.828)
+    assert "2-epoch run on 1,000 training images" in note and "40 epochs" in note and "82.8%" in note
+    assert done.title == "0.7-Shallow"
+    full = jobs.JobStatus(folder=tmp_path / "x", state="done", settings={**settings, "epochs": 40, "train_n": None})
+    assert jobs.budget_note(full) == ""  # the preset's whole budget: nothing to excuse
+    running = jobs.JobStatus(folder=tmp_path / "y", state="running", settings=settings)
+    assert jobs.budget_note(running) == ""
+
+
+def test_after_the_last_step_the_status_says_the_model_is_being_tested(tmp_path):
+    status = jobs.JobStatus(folder=tmp_path / "0.7-Shallow", state="running", settings={"notation": "0.7-Shallow"},
+                            epochs=2, loss=2.1, current_epoch=1, step=8, steps=8, steps_per_s=0.33, images_per_s=41)
+    assert status.progress_text() == "epoch 1 of 2 · step 8 of 8 · measuring test accuracy · training loss 2.100"
+    status.step = 5
+    assert "step 5 of 8 · 0.33 steps/s (41 images/s), about 9 s left in this epoch" in status.progress_text()

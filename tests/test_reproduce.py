@@ -25,7 +25,9 @@ def _fake_zoo(root, names):
         else:
             notation, seed, mask_seed = ENSEMBLES[name][0] if name in ENSEMBLES else folder, 0, 0
             notation, label = notation.replace("x", "×").replace("_", " "), ""
-        model = build_model(notation, dataset=dataset, width=4, seed=seed, mask_seed=mask_seed)
+        # width 4 is cheapest; 0.9-ShallowDC would drop all 4 channels of a layer there, so it needs 8
+        width = 8 if "DC" in notation else 4
+        model = build_model(notation, dataset=dataset, width=width, seed=seed, mask_seed=mask_seed)
         with torch.no_grad():  # a large output scale makes the untrained nets confident (patch shuffle needs it)
             for module in model.modules():
                 if isinstance(module, torch.nn.Linear):
@@ -299,6 +301,31 @@ def test_graybox_verdict_reads_table5_as_the_paper_does(tmp_path, dif_correct, e
     result, evidence = found[GRAYBOX_CLAIM]
     assert result == expected and f"({reading})" in evidence
     assert "Normal 10.0% (n=200), 0.7-Shallow 32.5% (n=200)" in evidence
+
+
+def test_report_names_the_paper_models_not_trained_here_with_their_commands(tmp_path, monkeypatch):
+    """REPRODUCTION.md says which of a table's models have only the paper's numbers, and how to train them;
+    a second table with the same missing models refers back instead of repeating the list (issue 18)."""
+    from randmask.evaluate import write_csv
+    from randmask.explore import load_paper_tables
+    from randmask.reproduce import Zoo, _side_by_side, zoo_trained_keys
+
+    monkeypatch.delenv("RANDMASK_RUNS", raising=False)
+    _fake_zoo(tmp_path / "zoo", ["cifar10/Normal_ResNet-18", "cifar10/0.7-Shallow", "cifar10/0.7-Shallow-s1m0"])
+    trained = zoo_trained_keys(Zoo(tmp_path / "zoo"))
+    assert trained == {"Normal ResNet-18", "0.7-Shallow", "0.7-Shallow (other init)"}
+    rows = [{"protocol": "transfer", "dataset": "cifar10", "source": "DenseNet-121", "target": t, "attack": "FGSM16",
+             "metric": "defense_rate", "n": 100, "correct": 50, "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6,
+             "paper_attack": "FGSM16"} for t in ("Normal ResNet-18", "0.7-Shallow")]
+    write_csv(rows, tmp_path / "results" / "table2_transfer.csv")
+    listed: set = set()
+    first = _side_by_side(tmp_path, "table2_transfer", 7, load_paper_tables(), trained, listed)
+    assert 'python -m randmask train "0.9-ShallowEN" --preset quick --out runs/user/0.9-ShallowEN' in first
+    assert "python -m randmask zoo train --only cifar10/0.75-Shallow" in first  # planned in the zoo, not trained
+    assert "`0.7-Shallow`" not in first.split("Not trained here")[1]  # trained models are not listed
+    second = _side_by_side(tmp_path, "table2_transfer", 7, load_paper_tables(), trained, listed)
+    assert "the same 31 models as above" in second and "0.75-Shallow" not in second.split("| --- |")[-1]
+    assert "Not trained here" not in _side_by_side(tmp_path, "table2_transfer", 7, load_paper_tables())
 
 
 def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):

@@ -1,18 +1,19 @@
-"""End to end in headless Chromium: two participants label a short study at the same time through a
-real `streamlit run` server (one with the keyboard, one with clicks in the trial widget), one more
-does a time-limited study, and the export must match what they did."""
+"""End to end in headless Chromium through the real participant server (`python -m study serve`): two
+participants label a short study at the same time (one with the keyboard, one with clicks in the trial
+widget), one more does a time-limited study, and the export must match what they did. The server shows
+nothing but the labeling flow, whatever the path; the prefetching widget stores each answer once even
+when round trips are dropped or doubled."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import test_study_support as support
-from streamlit_server import streamlit_server
+from streamlit_server import participant_server
 
-from study import open_db
+from study import get_study, open_db
 from study.export import export_study
 
 pytestmark = pytest.mark.browser
@@ -27,6 +28,14 @@ if not CHROMIUM.exists():
 expect = sync_api.expect
 
 
+def keys(db_path: Path) -> dict[str, str]:
+    db = open_db(db_path)
+    try:
+        return {s: get_study(db, s).link_key for (s,) in db.execute("SELECT slug FROM studies")}
+    finally:
+        db.close()
+
+
 @pytest.fixture()
 def server(tmp_path, study_sets):
     db_path = tmp_path / "s.db"
@@ -34,18 +43,30 @@ def server(tmp_path, study_sets):
                        catch_per_participant=1, labels_per_item=2)
     support.make_study(db_path, study_sets, slug="flash", completion_code="FLASH7", items_per_participant=3,
                        catch_per_participant=0, practice=False, presentation_ms=70)
-    env = {**os.environ, "STUDY_DB": str(db_path), "STUDY_ADMIN_PASSWORD": "browser-test-pw"}
-    with streamlit_server(ROOT / "pages" / "study_label.py", env, tmp_path / "server.log", timeout=60) as url:
-        yield url, db_path
+    with participant_server(db_path, tmp_path / "server.log") as url:
+        yield url, db_path, keys(db_path)
+
+
+@pytest.fixture()
+def browser():
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
 
 
 class Participant:
     """One browser session working through the study, one step at a time."""
 
-    def __init__(self, browser, url: str, pid: str, study: str, use_keyboard: bool):
+    def __init__(self, browser, url: str, pid: str, study: str, key: str, use_keyboard: bool, route=None):
         self.page = browser.new_context(viewport={"width": 1000, "height": 1100}).new_page()
         self.page.set_default_timeout(WAIT_MS)
-        self.page.goto(f"{url}/?pid={pid}&study={study}")
+        if route is not None:
+            self.page.route_web_socket(re.compile(".*/_stcore/stream"), route)
+        self.page.goto(f"{url}/?pid={pid}&study={study}&key={key}")
+        self.widget = self.page.frame_locator("iframe").first
         self.use_keyboard = use_keyboard
         self.answers: list[int] = []
 
@@ -55,9 +76,11 @@ class Participant:
     def wait_text(self, pattern: str) -> None:
         expect(self.page.get_by_text(re.compile(pattern)).first).to_be_visible(timeout=WAIT_MS)
 
+    def wait_widget_text(self, pattern: str) -> None:
+        expect(self.widget.get_by_text(re.compile(pattern)).first).to_be_visible(timeout=WAIT_MS)
+
     def answer(self, label: int, delay_ms: int = 0) -> None:
-        widget = self.page.frame_locator("iframe").first
-        button = widget.locator(f"button[data-label='{label}']")
+        button = self.widget.locator(f"button[data-label='{label}']")
         expect(button).to_be_enabled(timeout=WAIT_MS)  # enabled only once the image is on screen
         if delay_ms:
             self.page.wait_for_timeout(delay_ms)
@@ -67,6 +90,12 @@ class Participant:
             button.click()
         self.answers.append(label)
 
+    def continue_after_feedback(self) -> None:
+        if self.use_keyboard:
+            self.page.keyboard.press("Enter")
+        else:
+            self.widget.get_by_role("button", name="Continue").click()
+
 
 def run_in_step(participants, action) -> None:
     """Interleave: each participant does one step before anyone does the next."""
@@ -74,45 +103,52 @@ def run_in_step(participants, action) -> None:
         action(p)
 
 
-def test_two_participants_at_once_and_export_matches(server, tmp_path):
-    url, db_path = server
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        try:
-            keys = Participant(browser, url, "keyboard-kim", "duo", use_keyboard=True)
-            mouse = Participant(browser, url, "mouse-max", "duo", use_keyboard=False)
-            both = [keys, mouse]
-            run_in_step(both, lambda p: p.click_button("I agree and want to take part"))
-            run_in_step(both, lambda p: p.click_button("Start"))
-            for n in range(3):  # practice with feedback
-                run_in_step(both, lambda p, n=n: p.wait_text(f"Practice {n + 1} of 3"))
-                run_in_step(both, lambda p, n=n: p.answer((n + (3 if p.use_keyboard else 6)) % 10))
-                run_in_step(both, lambda p: p.wait_text("Correct|Not quite"))
-                run_in_step(both, lambda p: p.click_button("Continue"))
-            for n in range(4):  # 3 study images + 1 catch trial
-                run_in_step(both, lambda p, n=n: p.wait_text(f"Image {n + 1} of 4"))
-                run_in_step(both, lambda p, n=n: p.answer((2 * n + (1 if p.use_keyboard else 4)) % 10))
-            run_in_step(both, lambda p: p.wait_text("finished the study"))
-            for p in both:
-                expect(p.page.get_by_text("DUO42")).to_be_visible()
-            keys.page.screenshot(path=str(tmp_path / "done.png"))
+def stored_labels(db_path: Path, pid: str) -> list[int]:
+    db = open_db(db_path)
+    try:
+        return [r[0] for r in db.execute(
+            "SELECT r.label FROM responses r JOIN assignments a ON a.id = r.assignment_id "
+            "JOIN participants p ON p.id = r.participant_id WHERE p.external_id = ? ORDER BY a.position", [pid])]
+    finally:
+        db.close()
 
-            flash = Participant(browser, url, "flash-flo", "flash", use_keyboard=True)
-            flash.click_button("I agree and want to take part")
-            flash.wait_text("70 ms")
-            flash.click_button("Start")
-            for n in range(3):
-                flash.wait_text(f"Image {n + 1} of 3")
-                flash.answer(n, delay_ms=400)  # a person answers after the mask, not within 70 ms
-            flash.wait_text("finished the study")
-        finally:
-            browser.close()
+
+def test_two_participants_at_once_and_export_matches(server, browser, tmp_path):
+    url, db_path, key = server
+    keys_p = Participant(browser, url, "keyboard-kim", "duo", key["duo"], use_keyboard=True)
+    mouse = Participant(browser, url, "mouse-max", "duo", key["duo"], use_keyboard=False)
+    both = [keys_p, mouse]
+    run_in_step(both, lambda p: p.click_button("I agree and want to take part"))
+    run_in_step(both, lambda p: p.click_button("Start"))
+    for n in range(3):  # practice with feedback, inside the widget
+        run_in_step(both, lambda p, n=n: p.wait_widget_text(f"Practice {n + 1} of 3"))
+        run_in_step(both, lambda p, n=n: p.answer((n + (3 if p.use_keyboard else 6)) % 10))
+        run_in_step(both, lambda p: p.wait_widget_text("Correct|Not quite"))
+        if n == 2:
+            run_in_step(both, lambda p: p.wait_widget_text("last practice image"))
+        run_in_step(both, lambda p: p.continue_after_feedback())
+    for n in range(4):  # 3 study images + 1 catch trial
+        run_in_step(both, lambda p, n=n: p.wait_widget_text(f"Image {n + 1} of 4"))
+        run_in_step(both, lambda p, n=n: p.answer((2 * n + (1 if p.use_keyboard else 4)) % 10))
+    run_in_step(both, lambda p: p.wait_text("finished the study"))
+    for p in both:
+        expect(p.page.get_by_text("DUO42")).to_be_visible()
+    keys_p.page.screenshot(path=str(tmp_path / "done.png"))
+
+    flash = Participant(browser, url, "flash-flo", "flash", key["flash"], use_keyboard=True)
+    flash.click_button("I agree and want to take part")
+    flash.wait_text("70 ms")
+    flash.click_button("Start")
+    for n in range(3):
+        flash.wait_widget_text(f"Image {n + 1} of 3")
+        flash.answer(n, delay_ms=400)  # a person answers after the mask, not within 70 ms
+    flash.wait_text("finished the study")
 
     db = open_db(db_path)
     export_study(db, tmp_path / "out", "duo", n_boot=100)
     responses = pd.read_csv(tmp_path / "out" / "responses.csv")
     people = pd.read_csv(tmp_path / "out" / "participants.csv").set_index("external_id")["participant"]
-    for p, pid, input_kind in ((keys, "keyboard-kim", "keyboard"), (mouse, "mouse-max", "click")):
+    for p, pid, input_kind in ((keys_p, "keyboard-kim", "keyboard"), (mouse, "mouse-max", "click")):
         mine = responses[responses["participant"] == people[pid]].sort_values("position")
         assert mine["label"].tolist() == p.answers  # exactly what was pressed, in order, nothing else
         assert set(mine["input"]) == {input_kind} and set(mine["mode"]) == {"unlimited"}
@@ -125,3 +161,97 @@ def test_two_participants_at_once_and_export_matches(server, tmp_path):
     # the image stayed up for about 70 ms (whole frames), measured in the browser
     assert timed["shown_ms"].between(50, 150).all(), timed["shown_ms"].tolist()
     assert (timed["rt_ms"] >= 400).all()
+
+
+RESEARCHER_MARKERS = ("Study admin", "organiser", "Organiser", "Robustness", "Train", "Mask patterns", "Models",
+                      "password", "Deploy")
+
+
+@pytest.mark.parametrize("path", ["/", "/train", "/study_admin", "/robustness"])
+def test_participant_server_shows_only_the_labeling_flow(server, browser, path):
+    url, db_path, key = server
+    page = browser.new_page()
+    page.set_default_timeout(WAIT_MS)
+    for query in ("", "?study=duo", f"?study=duo&key={key['duo']}", "?pid=x&study=web",
+                  f"?study=duo&key={key['duo']}&pid=visitor-{path.strip('/') or 'root'}"):
+        page.goto(f"{url}{path}{query}")
+        expect(page.get_by_text("Image labeling study")).to_be_visible()
+        expect(page.get_by_text(re.compile("I agree|does not work|not valid"))).to_be_visible()
+        body = page.inner_text("body")
+        assert not any(marker in body for marker in RESEARCHER_MARKERS), (path, query, body[:500])
+        assert "Page not found" not in body and "Traceback" not in body
+        assert page.locator("[data-testid='stSidebar'], [data-testid='stSidebarNav']").count() == 0
+        assert page.locator("[data-testid='stAppDeployButton'], [data-testid='stMainMenu']").count() == 0
+        assert page.get_by_role("button", name=re.compile("Deploy")).count() == 0
+    assert stored_labels(db_path, f"visitor-{path.strip('/') or 'root'}") == []
+    db = open_db(db_path)
+    assert db.execute("SELECT count(*) FROM participants").fetchone()[0] == 0  # looking stores nothing
+    db.close()
+
+
+def test_dropped_and_doubled_round_trips_store_each_answer_once(server, browser):
+    """The widget sends an answer at once, without waiting: here the first message after one answer is
+    dropped (the widget sends it again) and the message after another is delivered twice."""
+    url, db_path, key = server
+    plan = {"drop": 0, "double": 0}
+    seen = {"dropped": 0, "doubled": 0}
+
+    def route(ws) -> None:
+        upstream = ws.connect_to_server()
+
+        def to_server(message) -> None:
+            if plan["drop"]:
+                plan["drop"] -= 1
+                seen["dropped"] += 1
+                return
+            upstream.send(message)
+            if plan["double"]:
+                plan["double"] -= 1
+                seen["doubled"] += 1
+                upstream.send(message)
+
+        ws.on_message(to_server)
+
+    p = Participant(browser, url, "flaky-net", "duo", key["duo"], use_keyboard=False, route=route)
+    p.click_button("I agree and want to take part")
+    p.click_button("Start")
+    for n in range(3):
+        p.wait_widget_text(f"Practice {n + 1} of 3")
+        p.answer(n)
+        p.wait_widget_text("Correct|Not quite")
+        p.continue_after_feedback()
+    for n in range(4):
+        p.wait_widget_text(f"Image {n + 1} of 4")
+        if n == 0:
+            plan["drop"] = 1
+        elif n == 2:
+            plan["double"] = 1
+        p.answer(n + 5)
+        if n == 0:  # the next image is there at once, though the answer has not reached the server yet
+            p.wait_widget_text("Image 2 of 4")
+    p.wait_text("finished the study")
+    assert seen == {"dropped": 1, "doubled": 1}
+    assert stored_labels(db_path, "flaky-net") == p.answers  # each once, in order, nothing lost
+
+
+def test_researcher_app_beyond_loopback_asks_for_the_lab_password(tmp_path, browser):
+    """`streamlit run app.py` on every interface: every page, even the first request of a fresh server for a
+    sub-page, stops at the lab password."""
+    import os
+
+    from streamlit_server import free_port, streamlit_server
+    env = {**os.environ, "RANDMASK_APP_PASSWORD": "a long lab password", "STUDY_DB": str(tmp_path / "none.db")}
+    port = free_port()
+    with streamlit_server(ROOT / "app.py", env, tmp_path / "app.log", timeout=120, address="0.0.0.0", port=port):
+        url = f"http://127.0.0.1:{port}"
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        for path in ("/train", "/", "/robustness", "/study_admin"):
+            page.goto(url + path)
+            expect(page.get_by_text("Lab password").or_(page.get_by_text("Organiser password")).first).to_be_visible(timeout=60_000)
+            body = page.inner_text("body")
+            assert "Start training" not in body and "Robustness explorer" not in body and "Compare these models" not in body
+        page.goto(url + "/")
+        page.get_by_label("Lab password").fill("a long lab password")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_text("Compare these models")).to_be_visible(timeout=60_000)  # the lab's sidebar, once signed in

@@ -278,7 +278,7 @@ def test_abandoned_and_excluded_participants_free_their_items(tmp_path, study_se
     with pytest.raises(StudyFull):
         consent(db, join(db, study, "second"))
     old = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min + 1)).isoformat()
-    db.execute("UPDATE participants SET last_seen_at = ? WHERE id = ?", [old, first.id])
+    db.execute("UPDATE participants SET active_at = ? WHERE id = ?", [old, first.id])
     third = consent(db, join(db, study, "third"))  # first went silent: their items are offered again
     assert {r[3] for r in item_rows(db, third.id) if r[0] == "trial"} == {r[3] for r in item_rows(db, first.id) if r[0] == "trial"}
     answer_all(db, third)
@@ -386,6 +386,11 @@ def test_link_parameters_accepted(params, expected):
     {}, {"pid": ""}, {"pid": "a" * 65}, {"pid": "a b"}, {"pid": "x'; DROP TABLE responses;--"}, {"pid": "é"},
     {"pid": "ok", "study": "Upper"}, {"pid": "ok", "study": "../x"}, {"pid": "ok", "SESSION_ID": "<b>"},
     {"pid": "a", "PROLIFIC_PID": "b"}, {"pid": ["a", "b"]},
+    # a trailing newline (`%0A`) is not part of an id: every parameter must match as a whole
+    {"pid": "abc\n"}, {"PROLIFIC_PID": "5f1c\n"}, {"pid": "ok", "STUDY_ID": "s9\n"}, {"pid": "ok", "SESSION_ID": "x\n"},
+    {"pid": "ok", "study": "demo\n"}, {"pid": "ok", "key": "k" * 22 + "\n"}, {"pid": "ok", "key": "short"},
+    # a parameter given twice is refused, whichever one
+    {"pid": "ok", "study": ["a", "b"]}, {"pid": "ok", "key": ["k" * 22, "k" * 22]}, {"PROLIFIC_PID": ["a", "a"]},
 ])
 def test_link_parameters_rejected(params):
     with pytest.raises(InvalidLink):
@@ -396,3 +401,198 @@ def test_password_comparison():
     assert password_matches("correct horse", "correct horse")
     assert not password_matches("correct hors", "correct horse")
     assert not password_matches("", "correct horse")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"slug": "demo\n"}, "study name"), ({"completion_code": "CODE\n"}, "completion code"),
+    ({"redirect_url": "https://app.prolific.com/x\n"}, "redirect URL"),
+    ({"redirect_url": "https://a.b/c\nhttps://evil"}, "redirect URL"), ({"abandon_after_min": 0}, "abandon_after_min"),
+])
+def test_study_options_must_match_whole(tmp_path, study_sets, overrides, message):
+    settings = {"slug": "s1", **overrides}
+    db = open_db(tmp_path / "s.db")
+    with pytest.raises(DesignError, match=message):
+        create_study(db, StudyConfig(**settings), study_sets["conditions"], study_sets["catch"])
+    assert db.execute("SELECT count(*) FROM studies").fetchone()[0] == 0
+
+
+def test_link_keys_are_random_and_checked(tmp_path, study_sets):
+    from study import key_matches, participant_link
+    make_study(tmp_path / "s.db", study_sets)
+    make_study(tmp_path / "s.db", study_sets, slug="s2")
+    db = open_db(tmp_path / "s.db")
+    k1, k2 = get_study(db, "s1").link_key, get_study(db, "s2").link_key
+    assert k1 != k2 and len(k1) >= 22
+    assert key_matches(k1, k1) and not key_matches(k2, k1) and not key_matches(None, k1) and not key_matches("", k1)
+    link = participant_link("https://study.example.org/", "s1", k1)
+    assert link == (f"https://study.example.org/?study=s1&key={k1}&PROLIFIC_PID={{{{%PROLIFIC_PID%}}}}"
+                    "&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}")
+    for bad in ("ftp://x", "https://x/?a=1", "https://x\n", "https://x y"):
+        with pytest.raises(ValueError):
+            participant_link(bad, "s1", k1)
+
+
+def test_version_2_file_gets_link_keys_and_activity(tmp_path, study_sets):
+    """A database made before keyed links migrates: every study gets its own key, and consented participants
+    get an activity time from their last answer."""
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for script in MIGRATIONS[:2]:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 2")
+    for slug in ("a", "b"):
+        conn.execute("INSERT INTO studies (slug, title, created_at, seed, labels_per_item, trials_per_condition, "
+                     "catch_per_participant, abandon_after_min, completion_code, classes_json, design_json) "
+                     f"VALUES ('{slug}', 'Old', 'now', 0, 1, 1, 0, 60, 'C', '[]', '{{\"conditions\": []}}')")
+    conn.execute("INSERT INTO participants (study_id, uid, external_id, joined_at, consent_at, last_seen_at) "
+                 "VALUES (1, 'P1', 'x', '2026-01-01T00:00:00', '2026-01-01T00:00:01', '2026-01-01T00:05:00')")
+    conn.close()
+    db = open_db(path)
+    keys = [r[0] for r in db.execute("SELECT link_key FROM studies ORDER BY id")]
+    assert all(keys) and keys[0] != keys[1]
+    assert db.execute("SELECT active_at, timed_out_at FROM participants").fetchone() == ("2026-01-01T00:00:01", None)
+    assert get_study(db, "a").link_key == keys[0]
+
+
+def test_refused_enrolment_stores_nothing(tmp_path, study_sets):
+    from study import StudyBusy, enrol
+    make_study(tmp_path / "s.db", study_sets, labels_per_item=1, items_per_condition=6, conditions=["clean"])
+    db = open_db(tmp_path / "s.db")
+    study = get_study(db, "s1")
+    enrol(db, study, "first")  # takes all 6 trial items (k = 1)
+    with pytest.raises(StudyBusy):  # reserved by someone active: not full, busy
+        enrol(db, study, "second", external_study_id="s", external_session_id="x")
+    assert [r[0] for r in db.execute("SELECT external_id FROM participants")] == ["first"]
+    set_status(db, "s1", "closed")
+    with pytest.raises(StudyClosed):
+        enrol(db, study, "third")
+    assert db.execute("SELECT count(*) FROM participants").fetchone()[0] == 1
+
+
+def test_bots_that_never_answer_do_not_keep_a_participant_out(tmp_path, study_sets):
+    """200 consents that never answer: at most as many hold places as the study needs, and once the
+    inactivity window (counted from the last answer) has passed, a real participant gets in."""
+    from study import StudyBusy, enrol
+    from study.participant import places_needed
+    make_study(tmp_path / "s.db", study_sets, labels_per_item=2, items_per_condition=12, items_per_participant=6)
+    db = open_db(tmp_path / "s.db")
+    study = get_study(db, "s1")
+    needed = places_needed(db, study)
+    assert needed == 12  # 3 conditions x 12 items x k=2 / 6 per participant
+    admitted = refused = 0
+    for i in range(200):
+        try:
+            enrol(db, study, f"bot{i:03d}")
+            admitted += 1
+        except StudyBusy:
+            refused += 1
+    assert admitted == needed and refused == 200 - needed
+    assert db.execute("SELECT count(*) FROM participants").fetchone()[0] == needed  # the refused left no row
+    with pytest.raises(StudyBusy):
+        enrol(db, study, "real")
+    # one bot answered a while ago; the window counts from that answer, not from page views
+    bot = db.execute("SELECT id FROM participants WHERE external_id = 'bot000'").fetchone()[0]
+    trial = next_trial(db, bot)
+    record_answer(db, bot, trial.assignment_id, 3, rt_ms=500.0, mode="unlimited", input="click")
+    past = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min + 0.5)).isoformat()
+    db.execute("UPDATE participants SET active_at = ?", [past])
+    real = enrol(db, study, "real")
+    assert len(item_rows(db, real.id)) == 3 + 6 + 2
+    answer_all(db, real)
+    late = 0
+    while late < 50:  # newcomers take the places the bots let go, until every image is reserved again
+        try:
+            enrol(db, study, f"late{late}")
+        except StudyBusy:
+            break
+        late += 1
+    assert late == needed - 1
+    # a bot coming back after the window finds its images taken: timed out, its answer kept, nothing more stored
+    from study.participant import get_participant, resume
+    again = resume(db, study, get_participant(db, study, "bot001"))
+    assert again.timed_out_at is not None
+    trial = next_trial(db, again.id)
+    result = record_answer(db, again.id, trial.assignment_id, 1, rt_ms=500.0, mode="unlimited", input="click")
+    assert result.timed_out and not result.stored
+    per_item = Counter(r[0] for r in db.execute(
+        "SELECT r.item_id FROM responses r JOIN items i ON i.id = r.item_id WHERE i.role = 'trial'"))
+    assert max(per_item.values()) <= 2  # never more than k labels
+
+
+def test_lapsed_participant_whose_images_are_still_free_continues(tmp_path, study_sets):
+    make_study(tmp_path / "s.db", study_sets)
+    db = open_db(tmp_path / "s.db")
+    study = get_study(db, "s1")
+    from study import enrol
+    p = enrol(db, study, "slow")
+    past = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min + 1)).isoformat()
+    db.execute("UPDATE participants SET active_at = ?", [past])
+    trial = next_trial(db, p.id)
+    assert record_answer(db, p.id, trial.assignment_id, 1, rt_ms=1.0, mode="unlimited", input="click").stored
+    assert db.execute("SELECT active_at > ?, timed_out_at FROM participants", [past]).fetchone() == (1, None)
+
+
+def test_lockout_is_kept_in_the_database(tmp_path, study_sets):
+    from study.auth import MAX_FAILURES, check_password, locked_for
+    make_study(tmp_path / "s.db", study_sets)
+    secret = "a long organiser secret"
+    for i in range(MAX_FAILURES):
+        attempt = check_password(open_db(tmp_path / "s.db"), "guess", secret)  # a new connection each time
+        assert not attempt.ok and (attempt.locked_for_s > 0) == (i == MAX_FAILURES - 1)
+    db = open_db(tmp_path / "s.db")
+    first = locked_for(db)
+    assert 55 < first <= 60
+    assert not check_password(db, secret, secret).ok  # while locked, even the right password fails
+    db.execute("UPDATE auth_failures SET locked_until = 0")  # the minute passes
+    for _ in range(MAX_FAILURES):
+        check_password(db, "guess", secret)
+    assert 115 < locked_for(db) <= 120  # backoff: the second lockout is twice as long
+    db.execute("UPDATE auth_failures SET locked_until = 0")
+    assert check_password(db, secret, secret).ok and locked_for(db) == 0
+    assert db.execute("SELECT count(*) FROM auth_failures").fetchone()[0] == 0
+    assert secret not in (tmp_path / "s.db").read_bytes().decode("latin-1")
+
+
+def test_passwords_need_real_length(monkeypatch):
+    from study.auth import AdminNotConfigured, app_password, configured_password, is_loopback
+    for bad in (" " * 8, " " * 20, "short", "  eleven-chr  "):
+        monkeypatch.setenv("STUDY_ADMIN_PASSWORD", bad)
+        with pytest.raises(AdminNotConfigured, match="at least 12"):
+            configured_password()
+    monkeypatch.setenv("STUDY_ADMIN_PASSWORD", "a long organiser secret")
+    assert configured_password() == app_password() == "a long organiser secret"
+    monkeypatch.setenv("RANDMASK_APP_PASSWORD", "another lab password")
+    assert app_password() == "another lab password"
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not any(is_loopback(a) for a in (None, "", "0.0.0.0", "192.168.1.5", "::"))
+
+
+def test_backup_of_a_live_database(tmp_path, study_sets):
+    from study.db import backup
+    from study.simulate import simulate_participant
+    make_study(tmp_path / "s.db", study_sets)
+    simulate_participant(tmp_path / "s.db", "s1", "before")
+    writer = open_db(tmp_path / "s.db")
+    writer.execute("BEGIN")  # a reader holding a snapshot does not block the backup
+    writer.execute("SELECT count(*) FROM responses").fetchone()
+    size = backup(tmp_path / "s.db", tmp_path / "copy.db")
+    writer.execute("COMMIT")
+    assert size > 0
+    copy = open_db(tmp_path / "copy.db", create=False)
+    assert integrity_problems(copy) == []
+    assert copy.execute("SELECT count(*) FROM responses").fetchone()[0] == 11
+    with pytest.raises(StudyDBError, match="already exists"):
+        backup(tmp_path / "s.db", tmp_path / "copy.db")
+
+
+@pytest.mark.parametrize("params,rule", [
+    ({"study": "demo", "key": "tooshort", "pid": "p1"}, "16 to 64 characters"),
+    ({"study": "Demo", "key": "k" * 20, "pid": "p1"}, "lower-case letters"),
+    ({"study": "demo", "key": "k" * 20, "pid": "p" * 65}, "1 to 64 characters"),
+])
+def test_an_invalid_link_part_names_its_own_rule(params, rule):
+    with pytest.raises(InvalidLink, match=rule):
+        parse_link(params)

@@ -29,11 +29,42 @@ def db_path(tmp_path, study_sets, monkeypatch):
     return path
 
 
+def link_key(db_path: Path, slug: str = "s1") -> str:
+    db = open_db(db_path)
+    try:
+        return get_study(db, slug).link_key
+    finally:
+        db.close()
+
+
 def label_page(**params) -> AppTest:
+    """The labeling page with these query parameters; `key` defaults to the right link key of $STUDY_DB's study."""
+    import os
+    path = Path(os.environ.get("STUDY_DB", "missing.db"))
+    if "key" not in params and isinstance(params.get("study"), str) and path.exists():
+        db = open_db(path)
+        row = db.execute("SELECT link_key FROM studies WHERE slug = ?", [params["study"]]).fetchone()
+        db.close()
+        if row:
+            params["key"] = row[0]
     at = AppTest.from_file(LABEL_PAGE, default_timeout=30)
     for key, value in params.items():
-        at.query_params[key] = value
+        if value is not None:
+            at.query_params[key] = value
     return at.run()
+
+
+def simple(at: AppTest) -> AppTest:
+    """Switch to the plain-button version (AppTest cannot click inside the custom trial widget)."""
+    return at.button(key="simple-mode").click().run()
+
+
+def n_participants(db_path: Path) -> int:
+    db = open_db(db_path)
+    try:
+        return db.execute("SELECT count(*) FROM participants").fetchone()[0]
+    finally:
+        db.close()
 
 
 def texts(at: AppTest) -> str:
@@ -56,6 +87,7 @@ def test_participant_flow_practice_resume_completion(db_path):
     at.button(key="consent").click().run()
     assert "Instructions" in texts(at) or any("Instructions" in s.value for s in at.subheader)
     at.button(key="start").click().run()
+    at = simple(at)
     clicks = {}
     # practice: one wrong answer, then right ones, each followed by feedback
     for n in range(3):
@@ -74,7 +106,7 @@ def test_participant_flow_practice_resume_completion(db_path):
         at.button(key=f"fallback-{trial.assignment_id}-{n}").click().run()
         clicks[trial.assignment_id] = n
     # reload: a brand-new session with the same link resumes at the fifth image, no consent asked
-    at = label_page(pid="alice", study="s1")
+    at = simple(label_page(pid="alice", study="s1"))
     assert "Image 5 of 8" in texts(at)
     assert "consent" not in [b.key for b in at.button]
     for n in range(4):
@@ -96,10 +128,10 @@ def test_participant_flow_practice_resume_completion(db_path):
 def test_double_click_is_stored_once(db_path):
     at = label_page(pid="bob", study="s1")
     at.button(key="consent").click().run()
-    at.button(key="start").click().run()
+    simple(at.button(key="start").click().run())
     trial = current(db_path, "bob")
     stale = label_page(pid="bob", study="s1")  # a second tab on the same item
-    stale.button(key="start").click().run()
+    simple(stale.button(key="start").click().run())
     at.button(key=f"fallback-{trial.assignment_id}-{trial.practice_label}").click().run()
     stale.button(key=f"fallback-{trial.assignment_id}-1").click().run()  # answered already: ignored
     db = open_db(db_path)
@@ -111,17 +143,54 @@ def test_double_click_is_stored_once(db_path):
     ({}, "no participant id"), ({"pid": "bad id!"}, "not a valid participant id"),
     ({"pid": "x" * 80}, "not a valid participant id"), ({"pid": "ok", "study": "nope"}, "not valid"),
     ({"pid": "ok", "study": "../../etc"}, "not a valid study name"),
+    ({"pid": "abc\n", "study": "s1"}, "not a valid participant id"),  # ?pid=abc%0A
+    ({"PROLIFIC_PID": "abc", "STUDY_ID": "x\n", "study": "s1"}, "not a valid study id"),
+    ({"pid": ["a", "b"], "study": "s1"}, "given 2 times"), ({"pid": "a", "study": ["s1", "s1"]}, "given 2 times"),
+    ({"pid": "ok", "study": "s1", "key": None}, "key is missing or wrong"),  # no key at all
+    ({"pid": "ok", "study": "s1", "key": "A" * 22}, "key is missing or wrong"),
 ])
 def test_bad_links_are_refused(db_path, params, message):
     at = label_page(**params)
-    assert message in texts(at) and not at.exception
-    db = open_db(db_path)
-    assert db.execute("SELECT count(*) FROM participants").fetchone()[0] == 0
+    shown = texts(at)
+    assert message in shown and "error id E-" in shown and not at.exception
+    assert not [b for b in at.button if b.key == "consent"]  # no way forward
+    assert n_participants(db_path) == 0  # nothing stored
+
+
+def test_wrong_key_of_another_study_is_refused(db_path, study_sets):
+    support.make_study(db_path, study_sets, slug="other")
+    at = label_page(pid="ok", study="s1", key=link_key(db_path, "other"))
+    assert "key is missing or wrong" in texts(at) and n_participants(db_path) == 0
+
+
+def test_visit_stores_nothing_until_consent(db_path):
+    at = label_page(pid="looker", study="s1")
+    assert "research study" in texts(at) and n_participants(db_path) == 0
+    label_page(pid="looker", study="s1")  # a reload: still nothing
+    assert n_participants(db_path) == 0
+    at.button(key="consent").click().run()
+    assert n_participants(db_path) == 1
+
+
+def test_damaged_database_shows_no_traceback(db_path):
+    at = label_page(pid="dora", study="s1")
+    raw = bytearray(db_path.read_bytes())
+    raw[4096:len(raw)] = b"\x13" * (len(raw) - 4096)  # every page after the first is garbage, header intact
+    db_path.write_bytes(bytes(raw))
+    for suffix in ("-wal", "-shm"):
+        Path(str(db_path) + suffix).unlink(missing_ok=True)
+    at.button(key="consent").click().run()
+    shown = texts(at)
+    assert not at.exception and "error id E-" in shown
+    assert "Traceback" not in shown and "DatabaseError" not in shown and str(db_path) not in shown
+    again = label_page(pid="dora", study="s1", key="k" * 22)  # a fresh visit on the damaged file
+    assert not again.exception and "error id E-" in texts(again) and "Traceback" not in texts(again)
 
 
 def test_prolific_parameters_are_recorded(db_path):
     at = label_page(PROLIFIC_PID="5f1c2d3e4b5a697887766554", STUDY_ID="abc123", SESSION_ID="sess9", study="s1")
     assert not at.exception
+    at.button(key="consent").click().run()
     db = open_db(db_path)
     assert db.execute("SELECT external_id, external_study_id, external_session_id FROM participants").fetchall() == [
         ("5f1c2d3e4b5a697887766554", "abc123", "sess9")]
@@ -131,11 +200,11 @@ def test_closed_and_missing_database(db_path, monkeypatch, tmp_path):
     assert cli(["close", "--db", str(db_path), "--study", "s1"]) == 0
     assert "closed" in texts(label_page(pid="newcomer", study="s1"))
     monkeypatch.setenv("STUDY_DB", str(tmp_path / "missing.db"))
-    assert "not available" in texts(label_page(pid="newcomer", study="s1"))
+    assert "not available" in texts(label_page(pid="newcomer", study="s1", key="k" * 22))
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"not sqlite at all" * 50)
     monkeypatch.setenv("STUDY_DB", str(bad))
-    assert "not available" in texts(label_page(pid="newcomer", study="s1"))
+    assert "not available" in texts(label_page(pid="newcomer", study="s1", key="k" * 22))
     assert bad.read_bytes() == b"not sqlite at all" * 50
 
 
@@ -163,8 +232,9 @@ def test_admin_needs_configured_password(db_path, monkeypatch):
     monkeypatch.delenv("STUDY_ADMIN_PASSWORD", raising=False)
     at = admin_page()
     assert "Organiser page disabled" in texts(at) and not at.tabs
-    monkeypatch.setenv("STUDY_ADMIN_PASSWORD", "short")
-    assert "at least 8" in texts(admin_page())
+    for weak in ("short", " " * 12):
+        monkeypatch.setenv("STUDY_ADMIN_PASSWORD", weak)
+        assert "at least 12" in texts(admin_page())
 
 
 def test_admin_wrong_password_and_lockout(db_path, monkeypatch):
@@ -176,6 +246,8 @@ def test_admin_wrong_password_and_lockout(db_path, monkeypatch):
     at.run()
     assert "Too many wrong passwords" in texts(at)
     assert not at.text_input  # no form while locked, even for the right password
+    fresh = admin_page()  # a reload or another browser: a new session, and still locked
+    assert "Too many wrong passwords" in texts(fresh) and not fresh.text_input and not fresh.tabs
 
 
 def test_admin_progress_close_exclude_export(db_path, monkeypatch):
@@ -262,10 +334,12 @@ def test_label_page_inside_app_navigation(db_path):
     at = AppTest.from_file(str(app), default_timeout=60)
     at.query_params["pid"] = "via-app"
     at.query_params["study"] = "s1"
+    at.query_params["key"] = link_key(db_path)
     at.run()
     assert not at.exception
     at.button(key="consent").click().run()
     at.button(key="start").click().run()
+    at = simple(at)
     trial = current(db_path, "via-app")
     at.button(key=f"fallback-{trial.assignment_id}-{trial.practice_label}").click().run()
     assert not at.exception and "Correct" in texts(at)

@@ -1,0 +1,68 @@
+"""Study tables as the organiser page shows them: readable headers, percentages, times in UTC, and a dash
+where a value is missing (never 'None' or 'nan'). The CSV exports keep the raw columns; this is display only."""
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+
+MISSING = "–"
+HEADERS = {
+    "participant": "participant", "external_id": "external id", "external_study_id": "Prolific study",
+    "external_session_id": "Prolific session", "joined_at": "joined", "consent_at": "consented",
+    "completed_at": "completed", "last_seen_at": "last seen", "excluded": "excluded",
+    "exclusion_reason": "exclusion reason", "n_items": "items", "n_answered": "answered",
+    "catch_total": "catch trials", "catch_correct": "catch correct", "catch_answered": "catch answered",
+    "practice_correct": "practice correct", "practice_total": "practice trials", "catch_accuracy": "catch accuracy",
+    "min_labels": "fewest labels", "max_labels": "most labels", "labels_done": "labels done",
+    "labels_needed": "labels needed", "n_items_labelled": "items labelled", "n_answers": "answers",
+    "n_participants": "participants", "human_accuracy": "human accuracy",
+    "share_source_pred": "share choosing the source's label", "majority_accuracy": "majority accuracy",
+    "fleiss_kappa": "Fleiss' kappa", "krippendorff_alpha": "Krippendorff's alpha", "median_rt_ms": "median RT (ms)",
+}
+PERCENT = re.compile(r"(accuracy|share)")  # fractions shown as percentages
+TIME = re.compile(r"_at$")
+ISO_TIME = re.compile(r"^(\d{4}-\d\d-\d\d)T(\d\d:\d\d)")
+
+
+def _missing(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def header(column: str) -> str:
+    """'catch_accuracy' -> 'catch accuracy'; known columns get their full name."""
+    return HEADERS.get(column, column.replace("_", " "))
+
+
+def cell(column: str, value: object) -> str:
+    """One value as text for the column it sits in."""
+    if _missing(value):
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if TIME.search(column):
+        match = ISO_TIME.match(str(value))
+        return f"{match[1]} {match[2]} UTC" if match else str(value)
+    if isinstance(value, float) and PERCENT.search(column):
+        return f"{100 * value:.1f}%"
+    if column == "median_rt_ms":
+        return f"{value:.0f}"
+    if isinstance(value, float):
+        return f"{value:.0f}" if value.is_integer() and column.startswith("n_") else f"{value:.2f}"
+    return str(value)
+
+
+def readable(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame as text with readable headers; a `<x>_lo`/`<x>_hi` pair becomes one '<x> 95% CI' column."""
+    columns: dict[str, list[str]] = {}
+    for column in frame.columns:
+        if column.endswith(("_lo", "_hi")) and column[:-3] in frame.columns:
+            if column.endswith("_lo") and f"{column[:-3]}_hi" in frame.columns:
+                base = column[:-3]
+                columns[f"{header(base)} 95% CI"] = [
+                    MISSING if _missing(lo) or _missing(hi) else f"{cell(base, lo)}–{cell(base, hi)}"
+                    for lo, hi in zip(frame[column], frame[f"{base}_hi"], strict=True)]
+            continue
+        columns[header(column)] = [cell(column, v) for v in frame[column].astype(object)]
+    return pd.DataFrame(columns, index=range(len(frame)))

@@ -1,0 +1,91 @@
+"""`python -m study serve`: the participant server, a Streamlit server that only ever shows the labeling flow.
+
+It runs `participant_app/app.py`, alone in its folder (a `pages/` folder beside a Streamlit script would
+put every page in it on the server), with its settings given on the command line, which overrides any
+config.toml: headless, no usage statistics, XSRF and CORS protection, tiny upload and message limits, no
+toolbar, menu or sidebar, no error details for visitors, no file watching, and no garbage collection after
+every rerun (a full `gc.collect(2)` was more than half the server's CPU time per answer).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .db import StudyDBError, open_db
+from .design import list_studies
+
+PARTICIPANT_APP = Path(__file__).resolve().parents[1] / "participant_app" / "app.py"
+LAUNCHER = PARTICIPANT_APP.parent / "run.py"  # `streamlit` without its config-file pollers
+DEFAULT_ADDRESS = "127.0.0.1"
+DEFAULT_PORT = 8502
+DEFAULT_BASE_URL = f"http://localhost:{DEFAULT_PORT}"  # for printed links; give the public https address
+
+HARDENED_OPTIONS: dict[str, str] = {
+    "server.headless": "true",
+    "browser.gatherUsageStats": "false",
+    "server.enableXsrfProtection": "true",
+    "server.enableCORS": "true",
+    "server.maxUploadSize": "1",  # MB; the participant page has no upload at all
+    "server.maxMessageSize": "5",  # MB; a message holds three 32x32 PNGs
+    "server.maxWidgetStateSize": "1",  # MB; the widget sends a few answers
+    "server.enableStaticServing": "false",
+    "server.enableAgentApi": "false",
+    "server.fileWatcherType": "none",
+    "server.runOnSave": "false",
+    "server.allowRunOnSave": "false",
+    "client.toolbarMode": "minimal",
+    "client.showSidebarNavigation": "false",
+    "client.showErrorDetails": "none",
+    "client.showErrorLinks": "false",
+    "client.disableDataExport": "true",
+    "ui.hideTopBar": "true",
+    "runner.magicEnabled": "false",
+    "runner.postScriptGC": "false",
+    "logger.hideWelcomeMessage": "true",
+}
+
+
+def check_address(address: str) -> str:
+    import ipaddress
+
+    if address == "localhost":
+        return address
+    try:
+        ipaddress.ip_address(address)
+    except ValueError as e:
+        raise ValueError(f"--address {address!r} is not an IP address (use e.g. 127.0.0.1 behind a proxy)") from e
+    return address
+
+
+def serve_argv(address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT) -> list[str]:
+    """The command line that starts the participant server."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port {port} is not a TCP port (1-65535)")
+    argv = [sys.executable, str(LAUNCHER), "run", str(PARTICIPANT_APP),
+            "--server.address", check_address(address), "--server.port", str(port)]
+    for option, value in HARDENED_OPTIONS.items():
+        argv += [f"--{option}", value]
+    return argv
+
+
+def prepare(db_path: str | Path) -> Path:
+    """Check the database before the server starts (so a wrong path fails here, in one line, not at the
+    first participant); returns its absolute path."""
+    path = Path(db_path).resolve()
+    db = open_db(path, create=False)
+    try:
+        if not list_studies(db):
+            raise StudyDBError(f"{path} holds no study yet: create one with `python -m study create`")
+    finally:
+        db.close()
+    return path
+
+
+def serve(db_path: str | Path, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT) -> None:
+    """Replace this process with the participant server (so its process id is the server's)."""
+    path = prepare(db_path)
+    argv = serve_argv(address, port)
+    env = {**os.environ, "STUDY_DB": str(path), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    os.chdir(PARTICIPANT_APP.parent)  # no config.toml or secrets.toml of the lab's checkout applies
+    os.execve(sys.executable, argv, env)
