@@ -147,6 +147,19 @@ def test_a_masked_model_predicts_then_attacks_through_one_cached_view():
     assert torch.equal(predict(model, x, exact=True), predict(model, x, exact=True))
 
 
+def test_a_model_that_cannot_be_copied_is_attacked_as_it_is():
+    from randmask.attacks import fast_view
+
+    model = toy_cnn()
+    model.scale = torch.ones(1, requires_grad=True) * 2  # a non-leaf tensor: deepcopy refuses the model
+    x, y = toy_images(4)
+    assert fast_view(model, x) is model
+    before = snapshot(model)
+    fast = make_attack("PGD2,4", model).run(x, y)
+    assert_unchanged(model, before)
+    assert torch.allclose(fast.adv, make_attack("PGD2,4", model, exact=True).run(x, y).adv, atol=1e-6)
+
+
 def test_exact_and_fast_crafted_sets_never_share_a_cache_entry():
     from randmask.evaluate import crafted_fingerprint
 

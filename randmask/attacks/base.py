@@ -107,7 +107,10 @@ def fast_view(model: nn.Module, probe: torch.Tensor) -> nn.Module:
     if hit is not None and hit[0] == key:
         return hit[1]
     probe = probe[:2].detach()
-    view = copy.deepcopy(model).eval()
+    try:
+        view = copy.deepcopy(model).eval()
+    except (RuntimeError, TypeError):  # e.g. a non-leaf tensor held as an attribute: attack the model itself
+        return model
     for p in view.parameters():
         p.requires_grad_(False)
     with frozen_eval(model), torch.no_grad():
