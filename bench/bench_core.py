@@ -1,9 +1,20 @@
-"""Model-core benchmark: masked vs unmasked step times, the quick preset's precision and memory-layout choices.
+"""Model-core benchmark: the quick preset's training epoch as `train` runs it, old path against new, and masked
+vs unmasked step times.
 
-    python bench/bench_core.py [--width 16] [--batch 128] [--rounds 7] [--threads 2]
+    python bench/bench_core.py [--model 0.7-Shallow] [--steps 50] [--chunk 10] [--eval-n 2000] [--threads 2]
+                               [--rounds 7] [--width 16] [--batch 128] [--only preset|masks]
 
-Variants run interleaved, round by round, so machine noise hits them alike; medians are compared.
-Targets: masked/unmasked training step <= 1.10, inference <= 1.05.
+preset: the quick preset for --model built and stepped by `randmask.train` itself (`model_and_optimizer`,
+`epoch_batches`, `train_step`, `lr_at`, `accuracy`) on the real CIFAR-10 training set, twice from the same
+seed: the new path (precision from `training_precision`, which measures bf16 against fp32 here; masks cast in
+the activation's layout; crop and flip on uint8 images) and the old path (precision from oneDNN's report
+alone; masks in their own layout; crop and flip on float images: `--old` parts below). The two run
+interleaved, --chunk steps at a time, for --steps steps each; printed: each part's median time per step
+(data, forward+backward+update), the end-of-epoch test pass per 10,000 images, the estimated epoch time of
+each path and their ratio (target new/old <= 0.67), and how far apart the two loss curves are (identical
+when both paths pick the same precision; else within bf16 tolerance, <= 2% relative).
+masks: masked vs unmasked fp32 step times, interleaved; targets masked/unmasked <= 1.10 training, <= 1.05
+inference.
 """
 
 from __future__ import annotations
@@ -19,80 +30,151 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from randmask.device import autocast_dtype, cpu_has_fast_bf16
-from randmask.models import build_model
+from randmask.data import load_uint8  # noqa: E402
+from randmask.device import autocast_dtype, cpu_has_fast_bf16  # noqa: E402
+from randmask.masks import RandomMask  # noqa: E402
+from randmask.models import build_model  # noqa: E402
+from randmask.train import (  # noqa: E402
+    accuracy,
+    epoch_batches,
+    lr_at,
+    make_config,
+    model_and_optimizer,
+    random_crop_flip,
+    train_step,
+    training_precision,
+)
 
 
-def train_step(model, opt, x, y, amp):
-    with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
-        loss = F.cross_entropy(model(x).float(), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+def old_epoch_batches(x, y, cfg, epoch):
+    """epoch_batches as it was before issue 17 (crop and flip on float images): the same batches, slower."""
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    order = torch.randperm(len(x), generator=gen)
+    flips = torch.rand(len(order), generator=gen) < 0.5
+    shifts = torch.randint(0, 9, (len(order), 2), generator=gen)
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start:start + cfg.batch_size]
+        xb = x[idx].float().div_(255)
+        if cfg.augment:
+            xb = random_crop_flip(xb, shifts[start:start + cfg.batch_size], flips[start:start + cfg.batch_size],
+                                  flip=cfg.dataset != "mnist")
+        yield xb, y[idx]
 
 
-def timed(fn) -> float:
+def compare_preset(args) -> None:
+    device = torch.device("cpu")
+    cfg = make_config(args.model, "quick")
+    x, y = load_uint8(cfg.dataset, "train")
+    x_test, y_test = load_uint8(cfg.dataset, "test")
+    x_test, y_test = x_test[:args.eval_n], y_test[:args.eval_n]
+    steps_per_epoch = -(-len(x) // cfg.batch_size)
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    new_amp = training_precision(cfg, device)
+    probe_s = time.perf_counter() - start
+    old_amp = autocast_dtype(device, cfg.precision)
+    paths = {}
+    for name, amp in (("old", old_amp), ("new", new_amp)):
+        model, opt = model_and_optimizer(cfg, device)
+        if name == "old":
+            for m in model.modules():
+                if isinstance(m, RandomMask):
+                    m.match_layout = False
+        batches = (old_epoch_batches if name == "old" else epoch_batches)(x, y, cfg, 0)
+        paths[name] = {"model": model, "opt": opt, "amp": amp, "batches": batches, "losses": [],
+                       "data": [], "step": [], "eval": []}
+    print(f"{cfg.notation}, quick preset (width {cfg.width}, batch {cfg.batch_size}, channels_last "
+          f"{cfg.channels_last}, {steps_per_epoch} steps per epoch), {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, oneDNN native bf16: {cpu_has_fast_bf16()}")
+    print(f"precision: old path {old_amp or 'fp32'} (oneDNN's report), new path {new_amp or 'fp32'} "
+          f"(measured probe, {probe_s:.1f}s once per process and model shape)")
+    done = 0
+    while done < args.steps:
+        chunk = min(args.chunk, args.steps - done)
+        for name in (("old", "new") if (done // args.chunk) % 2 == 0 else ("new", "old")):
+            p = paths[name]
+            p["model"].train()
+            for i in range(done, done + chunk):
+                t0 = time.perf_counter()
+                xb, yb = next(p["batches"])
+                t1 = time.perf_counter()
+                loss, _ = train_step(p["model"], p["opt"], xb, yb, cfg, p["amp"], lr_at(cfg, i, steps_per_epoch),
+                                     device)
+                t2 = time.perf_counter()
+                p["losses"].append(loss)
+                if i:  # the first step builds oneDNN's kernels
+                    p["data"].append(t1 - t0)
+                    p["step"].append(t2 - t1)
+            t0 = time.perf_counter()
+            accuracy(p["model"], x_test, y_test, device=device, channels_last=cfg.channels_last)
+            p["eval"].append((time.perf_counter() - t0) * 10000 / len(x_test))
+        done += chunk
+    epoch = {}
+    for name, p in paths.items():
+        data, step, ev = (statistics.median(p[k]) for k in ("data", "step", "eval"))
+        epoch[name] = steps_per_epoch * (data + step) + ev
+        print(f"  {name}: data {1000 * data:.1f} ms/step, forward+backward+update {1000 * step:.1f} ms/step, "
+              f"test pass {ev:.1f}s per 10,000 images; epoch ~ {epoch[name]:.1f}s")
+    ratio = epoch["new"] / epoch["old"]
+    print(f"quick preset epoch-time ratio new/old = {ratio:.3f} (target <= 0.67: {'met' if ratio <= 0.67 else 'MISSED'}),"
+          f" medians over {args.steps - 1} interleaved steps each")
+    old, new = torch.tensor(paths["old"]["losses"]), torch.tensor(paths["new"]["losses"])
+    rel = ((new - old).abs() / old.abs()).max().item()
+    same = "identical" if torch.equal(old, new) else f"max relative difference {rel:.4f}"
+    print(f"loss curves over the first {args.steps} steps (same seed): {same} "
+          f"(bf16 tolerance <= 0.02: {'met' if rel <= 0.02 else 'MISSED'}); "
+          f"first {old[0]:.4f}/{new[0]:.4f}, last {old[-1]:.4f}/{new[-1]:.4f} (old/new)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def compare_masks(args) -> None:
     x, y = torch.rand(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
-
     variants = {}
     for name in ("Normal ResNet-18", "0.7-Shallow", "0.5-Deep", "0.5-ShallowSM"):
         model = build_model(name, width=args.width)
         variants[name] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
-    nhwc = build_model("Normal ResNet-18", width=args.width).to(memory_format=torch.channels_last)
-    nhwc_opt, x_nhwc = torch.optim.SGD(nhwc.parameters(), lr=0.01, momentum=0.9), x.contiguous(
-        memory_format=torch.channels_last)
-    fast_bf16 = cpu_has_fast_bf16()
-    quick_amp = autocast_dtype(torch.device("cpu"), "auto")
-
     times: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds + 1):  # round 0 warms up
         for name, (model, opt) in variants.items():
             model.train()
-            t_train = timed(lambda m=model, o=opt: train_step(m, o, x, y, None))
+            start = time.perf_counter()
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            t_train = time.perf_counter() - start
             model.eval()
+            start = time.perf_counter()
             with torch.no_grad():
-                t_eval = timed(lambda m=model: m(x))
+                model(x)
+            t_eval = time.perf_counter() - start
             if r:
                 times.setdefault((name, "train"), []).append(t_train)
                 times.setdefault((name, "eval"), []).append(t_eval)
-        nhwc.train()
-        t_nhwc = timed(lambda: train_step(nhwc, nhwc_opt, x_nhwc, y, None))
-        if r:
-            times.setdefault(("Normal ResNet-18", "train-channels_last"), []).append(t_nhwc)
-        model, opt = variants["Normal ResNet-18"]
-        model.train()
-        t_bf16 = timed(lambda m=model, o=opt: train_step(m, o, x, y, torch.bfloat16)) if r < 3 else None
-        if r and t_bf16 is not None:
-            times.setdefault(("Normal ResNet-18", "train-bf16"), []).append(t_bf16)
-
     med = {k: statistics.median(v) for k, v in times.items()}
     base_train, base_eval = med[("Normal ResNet-18", "train")], med[("Normal ResNet-18", "eval")]
-    print(f"width {args.width}, batch {args.batch}, {args.threads} threads, {args.rounds} interleaved rounds, "
-          f"torch {torch.__version__}, native bf16: {fast_bf16}")
+    print(f"masked vs unmasked, fp32 NCHW, width {args.width}, batch {args.batch}, {args.rounds} interleaved rounds")
     print(f"{'model':<18}{'train step s':>14}{'ratio':>8}{'inference s':>14}{'ratio':>8}")
     for name in variants:
         tr, ev = med[(name, "train")], med[(name, "eval")]
         print(f"{name:<18}{tr:>14.4f}{tr / base_train:>8.3f}{ev:>14.4f}{ev / base_eval:>8.3f}")
-    bf16 = med[("Normal ResNet-18", "train-bf16")]
-    print(f"quick preset precision here: {quick_amp or 'fp32'}; its throughput vs plain fp32 eager: "
-          f"{base_train / (bf16 if quick_amp else base_train):.2f}x")
-    print(f"channels_last vs NCHW fp32 training step: {base_train / med[('Normal ResNet-18', 'train-channels_last')]:.2f}x"
-          " throughput (the quick preset trains channels_last)")
-    print(f"bf16 autocast vs fp32 training step: {base_train / bf16:.2f}x throughput "
-          f"({'native' if fast_bf16 else 'emulated'} bf16)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="0.7-Shallow")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--chunk", type=int, default=10)
+    parser.add_argument("--eval-n", type=int, default=2000, help="test images timed per chunk (scaled to 10,000)")
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=["preset", "masks"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.only in (None, "preset"):
+        compare_preset(args)
+    if args.only in (None, "masks"):
+        compare_masks(args)
 
 
 if __name__ == "__main__":

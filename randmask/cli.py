@@ -5,10 +5,12 @@ User errors print one line (`error: ...`) and exit 2; they never show a tracebac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from randmask.errors import RandmaskError
@@ -133,11 +135,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
+    import time
+
+    began = time.perf_counter()
     status = reproduce(args.preset, only=args.only, progress=None if args.no_bar else progress,
                        cache=False if args.no_cache else (args.cache or True))
     for bar in bars.values():
         bar.close()
     print_json(status, indent=2)
+    # cold (--no-cache) against warm (crafted sets reused) is the figure README's Performance section records
+    print(f"reproduce --preset {args.preset}: total wall time {time.perf_counter() - began:.1f} s "
+          f"({'no crafted-set cache' if args.no_cache else 'crafted-set cache on'})", file=sys.stderr)
     return 0
 
 
@@ -200,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, help="folder of crafted adversarial sets to reuse "
                    "(default: $RANDMASK_CACHE or runs/crafted)")
     p.add_argument("--no-cache", action="store_true", help="craft every adversarial set afresh")
+    p.add_argument("--exact", action="store_true",
+                   help="attacks and evaluations bit-identical to torchattacks (default: the fast path)")
     p.set_defaults(func=cmd_reproduce)
 
     if importlib.util.find_spec("randmask.cli_attacks"):  # attack/protocol commands live beside the core
@@ -214,11 +224,28 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+@contextlib.contextmanager
+def attack_mode(exact: bool) -> Iterator[None]:
+    """RANDMASK_EXACT=1 for the duration of a command run with --exact (every attack and prediction it makes),
+    restored afterwards so an in-process caller keeps its own setting."""
+    previous = os.environ.get("RANDMASK_EXACT")
+    if exact:
+        os.environ["RANDMASK_EXACT"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("RANDMASK_EXACT", None)
+        else:
+            os.environ["RANDMASK_EXACT"] = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with attack_mode(bool(getattr(args, "exact", False))):
+            return int(args.func(args) or 0)
     except (RandmaskError, ValueError, OSError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -1,8 +1,11 @@
-"""Device and precision choices: CUDA when present, else CPU; bf16 autocast only where the CPU has it."""
+"""Device and precision choices: CUDA when present, else CPU; bf16 autocast only where the CPU has it and a
+short measured probe shows it pays."""
 
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -20,8 +23,13 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The autocast dtype for a precision setting ('auto', 'fp32', 'bf16', 'fp16'), or None for fp32."""
+def autocast_dtype(device: torch.device, precision: str,
+                   probe: Callable[[torch.dtype | None], None] | None = None) -> torch.dtype | None:
+    """The autocast dtype for a precision setting ('auto', 'fp32', 'bf16', 'fp16'), or None for fp32.
+
+    On a CPU, 'auto' needs native bf16 (oneDNN's report) and, when a `probe` is given (one training step in
+    the given autocast dtype), bf16 to measure faster than fp32 (`bf16_pays`): oneDNN's report alone is not
+    enough, as some of its native bf16 kernels are far slower than fp32 (see README, Performance)."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -32,4 +40,22 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
+    if not cpu_has_fast_bf16():
+        return None
+    return torch.bfloat16 if probe is None or bf16_pays(probe) else None
+
+
+def bf16_pays(step: Callable[[torch.dtype | None], None], rounds: int = 3, margin: float = 0.85) -> bool:
+    """Whether `step(torch.bfloat16)` runs faster than `step(None)` (fp32) by at least 1 - margin: both warmed
+    up, then timed interleaved, best of `rounds`. A near tie keeps fp32, the more exact of the two."""
+    best: dict[torch.dtype | None, float] = {None: float("inf"), torch.bfloat16: float("inf")}
+    for dtype in best:
+        step(dtype)  # warm-up: oneDNN builds its kernels on first use
+    for r in range(rounds):
+        for dtype in (list(best) if r % 2 == 0 else list(best)[::-1]):
+            start = time.perf_counter()
+            step(dtype)
+            best[dtype] = min(best[dtype], time.perf_counter() - start)
+        if best[torch.bfloat16] > 2 * best[None]:  # clearly slower: more rounds cannot change the answer
+            break
+    return best[torch.bfloat16] < margin * best[None]

@@ -55,6 +55,15 @@ def draw_keep(shape: tuple[int, int, int], ratio: float, kind: str,
     return keep.view(c, h, w)
 
 
+def like_activation(keep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A C×H×W mask in the strides of x's channels: HWC for a channels_last activation, else as it is. Same
+    values, so the same products; a mask in the other layout sends the multiply down a slow strided path
+    (18% of a channels_last 0.7-Shallow training step, bench/bench_core.py)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return keep.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    return keep
+
+
 def apply_mask(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Zero the masked neurons of an N×C×H×W activation (the product also stops their gradient)."""
     return x * keep.to(dtype=x.dtype)
@@ -62,6 +71,8 @@ def apply_mask(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 class RandomMask(nn.Module):
     """A fixed mask on one conv output. `block` is the ResNet block (0..4) the layer belongs to."""
+
+    match_layout = True  # False only to time the old path (bench/bench_core.py --old): same values, slower
 
     def __init__(self, shape: tuple[int, int, int], ratio: float, kind: str = "random", seed: int = 0,
                  block: int = -1) -> None:
@@ -73,12 +84,14 @@ class RandomMask(nn.Module):
     def _keep_as(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():  # the compiler fuses the cast; the Python cache would force recompiles
             return self.mask.to(dtype=x.dtype)
-        # cast once per dtype/device: under bf16 autocast a float32 mask would promote the whole activation
+        # cast once per dtype/device/layout: under bf16 autocast a float32 mask would promote the whole activation
         # _version changes when load_state_dict copies new values into the buffer in place
-        key = (x.dtype, x.device, self.mask.data_ptr(), self.mask._version)
-        if self._cast is None or self._cast[:4] != key:
-            self._cast = (*key, self.mask.to(dtype=x.dtype))
-        return self._cast[4]
+        key = (x.dtype, x.device, self.mask.data_ptr(), self.mask._version,
+               x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
+        if self._cast is None or self._cast[:5] != key:
+            cast = self.mask.to(dtype=x.dtype)
+            self._cast = (*key, like_activation(cast, x) if self.match_layout else cast)
+        return self._cast[5]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1:] != self.mask.shape:
@@ -118,7 +131,7 @@ class ResampledMask(nn.Module):
         if not self.training:
             return x
         keep = draw_keep(self.shape, self.ratio, "random").to(device=x.device, dtype=x.dtype)
-        return x * (keep * self.scale)
+        return x * like_activation(keep * self.scale, x)
 
     def measured_drop_ratio(self) -> float:
         """The share of positions each training step drops (the same every step)."""

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from randmask.checkpoint import WEIGHTS_FILE, load_model, save_checkpoint
 from randmask.data import load_uint8, pixel_mean
-from randmask.device import autocast_dtype, default_device
+from randmask.device import autocast_dtype, cpu_has_fast_bf16, default_device
 from randmask.errors import RandmaskError
 from randmask.models import Ensemble, build_model
 from randmask.notation import format_model, parse_model
@@ -49,7 +49,7 @@ class TrainConfig:
     warmup: float = 0.2  # onecycle: share of steps spent rising
     label_smoothing: float = 0.0
     augment: bool = True  # pad-4 random crop + horizontal flip (crop only for MNIST)
-    precision: str = "auto"  # auto = bf16 autocast where the hardware runs it natively, else fp32
+    precision: str = "auto"  # auto = bf16 autocast where the hardware runs it natively and it measures faster
     channels_last: bool = False  # NHWC activations: 1.3-2.2x faster CPU training here (bench/bench_core.py)
     seed: int = 0  # initialisation and data order
     mask_seed: int = 0
@@ -94,6 +94,38 @@ def make_config(notation: str, preset: str = "quick", **overrides) -> TrainConfi
     return TrainConfig(notation=format_model(parse_model(notation)), preset=preset, **settings)
 
 
+_PRECISION_PROBES: dict[tuple, torch.dtype | None] = {}
+
+
+def training_precision(cfg: TrainConfig, device: torch.device, world: int = 1) -> torch.dtype | None:
+    """The autocast dtype `cfg.precision` resolves to for this model here. On a CPU 'auto' times one training
+    step of a throw-away copy of the model (same width, layout and per-process batch) in bf16 and in fp32 and
+    keeps bf16 only if it is clearly faster; the answer is remembered per process for each such shape."""
+    if cfg.precision != "auto" or device.type != "cpu" or not cpu_has_fast_bf16():
+        return autocast_dtype(device, cfg.precision)
+    batch = max(1, cfg.batch_size // world)
+    spec = parse_model(cfg.notation)
+    key = (format_model(spec.member()), cfg.dataset, cfg.width, batch, cfg.channels_last, torch.get_num_threads())
+    if key not in _PRECISION_PROBES:
+        with torch.random.fork_rng(devices=[]):  # the probe must not move the training's random streams
+            torch.manual_seed(0)
+            model = build_model(spec.member(), dataset=cfg.dataset, width=cfg.width).to(device).train()
+            x = torch.rand(batch, *model.pixel_mean.shape, device=device)
+            y = torch.randint(0, 10, (batch,), device=device)
+            if cfg.channels_last:
+                model.to(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
+
+            def step(dtype: torch.dtype | None) -> None:
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    loss = F.cross_entropy(model(x).float(), y)
+                model.zero_grad(set_to_none=True)
+                loss.backward()
+
+            _PRECISION_PROBES[key] = autocast_dtype(device, "auto", probe=step)
+    return _PRECISION_PROBES[key]
+
+
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Learning rate for a global step: a pure function of the step, so resuming needs no scheduler state."""
     if cfg.schedule == "step":
@@ -102,6 +134,39 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     total = cfg.epochs * steps_per_epoch
     peak = max(1, round(cfg.warmup * total))
     return cfg.lr * (step / peak if step < peak else max(0.0, (total - step) / (total - peak)))
+
+
+def model_and_optimizer(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The freshly initialised model (training-set mean inside, layout per cfg) and its SGD optimizer."""
+    model = build_model(parse_model(cfg.notation), dataset=cfg.dataset, width=cfg.width, mask_seed=cfg.mask_seed,
+                        seed=cfg.seed)
+    model.pixel_mean.copy_(pixel_mean(cfg.dataset))
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # BN and biases: no weight decay
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return model, opt
+
+
+def train_step(net: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig,
+               amp: torch.dtype | None, lr: float, device: torch.device) -> tuple[float, int]:
+    """One SGD step at learning rate lr on a batch: (mean loss, correct predictions)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+    if cfg.channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        logits = net(xb)
+        loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item(), int((logits.argmax(1) == yb).sum().item())
 
 
 def epoch_batches(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, epoch: int, rank: int = 0,
@@ -116,11 +181,11 @@ def epoch_batches(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, epoch: int
     local_batch = max(1, cfg.batch_size // world)
     for start in range(0, len(order), local_batch):
         idx = order[start:start + local_batch]
-        xb = x[idx].float().div_(255)
-        if cfg.augment:
+        xb = x[idx]
+        if cfg.augment:  # on the uint8 images (4x fewer bytes to move); crop and flip only move pixels
             xb = random_crop_flip(xb, shifts[start:start + local_batch], flips[start:start + local_batch],
                                   flip=cfg.dataset != "mnist")
-        yield xb, y[idx]
+        yield xb.float().div_(255), y[idx]
 
 
 def random_crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int = 4,
@@ -191,7 +256,6 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
         else default_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    amp = autocast_dtype(device, cfg.precision)
     out.mkdir(parents=True, exist_ok=True)
     log = _Log(out / LOG_FILE if rank == 0 else None, progress if rank == 0 else None)
 
@@ -202,25 +266,25 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
     if cfg.eval_n:
         x_test, y_test = x_test[:cfg.eval_n], y_test[:cfg.eval_n]
 
-    model = build_model(spec, dataset=cfg.dataset, width=cfg.width, mask_seed=cfg.mask_seed, seed=cfg.seed)
+    model, opt = model_and_optimizer(cfg, device)
     config = model.config
-    model.pixel_mean.copy_(pixel_mean(cfg.dataset))
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # BN and biases: no weight decay
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
     start_epoch, train_time, history = 0, 0.0, []
     resume_path = out / RESUME_FILE
-    if resume_path.exists():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if state["config"] != asdict_json(cfg):
-            raise RandmaskError(f"{resume_path} was written by a different training config; "
-                                f"use another --out or delete it")
+    state = torch.load(resume_path, map_location="cpu", weights_only=True) if resume_path.exists() else None
+    if state is not None and state["config"] != asdict_json(cfg):
+        raise RandmaskError(f"{resume_path} was written by a different training config; use another --out or delete it")
+    if state is not None and "autocast" in state:  # a resumed run keeps the precision it started with
+        amp = None if state["autocast"] == "fp32" else getattr(torch, state["autocast"])
+    elif state is not None:  # written before the probe existed: it trained under oneDNN's report alone
+        amp = autocast_dtype(device, cfg.precision)
+    else:
+        amp = training_precision(cfg, device, world)
+    if world > 1 and device.type == "cpu":  # every process must train in the precision rank 0 measured
+        choice = torch.tensor([{None: 0, torch.bfloat16: 1, torch.float16: 2}[amp]])
+        dist.broadcast(choice, 0)
+        amp = (None, torch.bfloat16, torch.float16)[int(choice)]
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_torch"])
@@ -249,20 +313,10 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
                        desc=f"{config.notation} epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=(rank != 0) if show_bar is None else not show_bar)
             for i, (xb, yb) in enumerate(bar):
-                step = epoch * steps_per_epoch + i
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(cfg, step, steps_per_epoch)
-                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-                if cfg.channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    logits = net(xb)
-                    loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                net_loss += loss.item() * len(yb)
-                hits += (logits.argmax(1) == yb).sum().item()
+                step_loss, step_hits = train_step(net, opt, xb, yb, cfg, amp, lr_at(cfg, epoch * steps_per_epoch + i,
+                                                                                  steps_per_epoch), device)
+                net_loss += step_loss * len(yb)
+                hits += step_hits
                 seen += len(yb)
                 bar.set_postfix(loss=f"{net_loss / seen:.3f}")
                 if (i + 1) % log_every == 0:
@@ -280,7 +334,8 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
             if rank == 0:  # saved before the record goes out, so a reader of the log can always resume
                 _atomic_save({"config": asdict_json(cfg), "epoch": epoch + 1, "model": model.state_dict(),
                               "optimizer": opt.state_dict(), "rng_torch": torch.get_rng_state(),
-                              "train_time_s": train_time, "history": history}, resume_path)
+                              "train_time_s": train_time, "history": history,
+                              "autocast": str(amp).removeprefix("torch.") if amp else "fp32"}, resume_path)
             log("epoch", **record)
     except KeyboardInterrupt:
         log("cancelled", epoch=len(history))

@@ -32,7 +32,7 @@ torchattacks = pytest.importorskip("torchattacks")
 def test_fgsm_matches_torchattacks(eps):
     model = toy_cnn()
     x, y = toy_images()
-    ours = FGSM(model, eps=eps)(x, y)
+    ours = FGSM(model, eps=eps, exact=True)(x, y)
     theirs = torchattacks.FGSM(model, eps=eps / 255)(x, y)
     assert (ours - theirs).abs().max() <= 1e-6
 
@@ -41,10 +41,141 @@ def test_fgsm_matches_torchattacks(eps):
 def test_pgd_without_random_start_matches_torchattacks_bim(step, steps, eps):
     model = toy_cnn()
     x, y = toy_images()
-    ours = PGD(model, eps=eps, step=step, steps=steps)(x, y)
+    ours = PGD(model, eps=eps, step=step, steps=steps, exact=True)(x, y)
     theirs = torchattacks.BIM(model, eps=eps / 255, alpha=step / 255, steps=steps)(x, y)
     assert (ours - theirs).abs().max() <= 1e-6
     assert (ours - x).abs().max() * 255 <= eps + 1e-4
+
+
+def toy_resnet(seed: int = 0) -> nn.Module:
+    """A width-8 Normal ResNet-18 with non-trivial BatchNorm statistics: the fast path folds all 20 of them."""
+    from randmask.models import build_model
+
+    model = build_model("Normal ResNet-18", width=8, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+            m.weight.data.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+    return model.eval()
+
+
+@pytest.mark.parametrize("notation, theirs", [
+    ("FGSM8", lambda m: torchattacks.FGSM(m, eps=8 / 255)),
+    ("PGD2,16", lambda m: torchattacks.BIM(m, eps=16 / 255, alpha=2 / 255, steps=10))])
+def test_exact_mode_matches_torchattacks_on_a_resnet_and_the_fast_path_stays_close(notation, theirs):
+    model = toy_resnet()
+    x, y = toy_images(24)
+    reference = theirs(model)(x, y)
+    exact = make_attack(notation, model, exact=True)(x, y)
+    assert (exact - reference).abs().max() <= 1e-6  # as strict as the reference tests above
+    fast = make_attack(notation, model)(x, y)  # the default
+    eps = 8 if notation == "FGSM8" else 16
+    assert fast.min() >= 0 and fast.max() <= 1
+    assert ((fast - x).abs().amax() * 255 <= eps + 1e-4)
+    # only gradient components within float noise of zero may flip sign: nearly every pixel agrees
+    agree = ((fast - reference).abs() <= 1e-6).float().mean().item()
+    assert agree >= 0.99, agree
+    with torch.no_grad():
+        fooled_fast = (model(fast).argmax(1) != y).float().mean().item()
+        fooled_ref = (model(reference).argmax(1) != y).float().mean().item()
+    assert abs(fooled_fast - fooled_ref) <= 2 / len(x)
+
+
+def test_fast_view_folds_batchnorm_and_leaves_the_model_alone():
+    from randmask.attacks import fast_view
+
+    model = toy_resnet().train()
+    ptrs = [(p.data_ptr(), p.stride()) for p in model.parameters()]
+    before = snapshot(model)
+    x, _ = toy_images(4)
+    view = fast_view(model, x)
+    assert view is not model
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in view.modules())
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in view.parameters() if p.dim() == 4)
+    assert not any(p.requires_grad for p in view.parameters())
+    assert_unchanged(model, before)
+    assert model.training and [(p.data_ptr(), p.stride()) for p in model.parameters()] == ptrs
+    with torch.no_grad():
+        want = model.eval()(x)
+        got = view(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert fast_view(model, x) is view  # cached while the weights stay as they are
+    with torch.no_grad():
+        model.body.linear.bias.add_(1.0)  # an in-place change (as an optimizer step makes) rebuilds the view
+    again = fast_view(model, x)
+    assert again is not view
+    with torch.no_grad():
+        assert torch.allclose(again(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_fast_view_refuses_a_fold_that_changes_the_outputs():
+    from randmask.attacks import fast_view
+
+    class Reuse(nn.Module):  # the conv output feeds the BatchNorm *and* the sum: folding would be wrong
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, 10)
+
+        def forward(self, x):
+            z = self.conv(x)
+            return self.head((self.bn(z) + z).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Reuse().eval()
+    model.bn.running_var.fill_(4.0)
+    x, _ = toy_images(3)
+    view = fast_view(model, x)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in view.modules())  # kept unfolded
+    with torch.no_grad():
+        assert torch.allclose(view(x), model(x), atol=1e-5)
+
+
+def test_a_masked_model_predicts_then_attacks_through_one_cached_view():
+    from randmask.evaluate import predict
+    from randmask.models import build_model
+
+    model = build_model("0.7-Shallow", width=8).eval()
+    x, y = toy_images(6)
+    logits = predict(model, x)  # builds and caches the view (and the mask it casts) without gradients
+    with torch.no_grad():
+        assert torch.allclose(logits, model(x), rtol=1e-4, atol=1e-4)
+    adv = make_attack("PGD2,4", model).run(x, y)  # then takes gradients through the same view
+    exact = make_attack("PGD2,4", model, exact=True).run(x, y)
+    assert ((adv.adv - exact.adv).abs() <= 1e-6).float().mean() >= 0.99
+    assert torch.equal(predict(model, x, exact=True), predict(model, x, exact=True))
+
+
+def test_a_model_that_cannot_be_copied_is_attacked_as_it_is():
+    from randmask.attacks import fast_view
+
+    model = toy_cnn()
+    model.scale = torch.ones(1, requires_grad=True) * 2  # a non-leaf tensor: deepcopy refuses the model
+    x, y = toy_images(4)
+    assert fast_view(model, x) is model
+    before = snapshot(model)
+    fast = make_attack("PGD2,4", model).run(x, y)
+    assert_unchanged(model, before)
+    assert torch.allclose(fast.adv, make_attack("PGD2,4", model, exact=True).run(x, y).adv, atol=1e-6)
+
+
+def test_exact_and_fast_crafted_sets_never_share_a_cache_entry():
+    from randmask.evaluate import crafted_fingerprint
+
+    model, (x, y) = toy_cnn(), toy_images(4)
+    fast = crafted_fingerprint(model, make_attack("FGSM8", model), x, y, True, 4)
+    exact = crafted_fingerprint(model, make_attack("FGSM8", model, exact=True), x, y, True, 4)
+    assert fast != exact
+    assert fast == crafted_fingerprint(model, make_attack("FGSM8", model), x, y, True, 4)
+
+
+def test_randmask_exact_sets_the_default(monkeypatch):
+    model = toy_cnn()
+    assert make_attack("FGSM8", model).exact is False
+    monkeypatch.setenv("RANDMASK_EXACT", "1")
+    assert make_attack("FGSM8", model).exact is True
+    assert make_attack("FGSM8", model, exact=False).exact is False
 
 
 # ------------------------------------------------------------------ closed form: a linear model

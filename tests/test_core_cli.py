@@ -88,3 +88,20 @@ def test_reproduce_cli_passes_the_crafted_set_cache_choice(monkeypatch, flags, e
     assert main(["reproduce", "--only", "table3_shuffle", "--no-bar", *flags]) == 0
     assert seen["preset"] == "quick" and seen["only"] == ["table3_shuffle"]
     assert seen["cache"] == (Path(expected) if isinstance(expected, str) else expected)
+
+
+def test_exact_flag_sets_the_attack_mode_for_one_command_only(monkeypatch):
+    from randmask.attacks import exact_default
+    from randmask.cli import attack_mode, build_parser
+
+    args = build_parser().parse_args(["transfer", "--source", "a", "--targets", "b", "--out", "x.csv", "--exact"])
+    assert args.exact
+    assert not build_parser().parse_args(["reproduce"]).exact
+    monkeypatch.delenv("RANDMASK_EXACT", raising=False)
+    with attack_mode(True):
+        assert exact_default()
+    assert not exact_default() and "RANDMASK_EXACT" not in os.environ
+    monkeypatch.setenv("RANDMASK_EXACT", "1")
+    with attack_mode(False):  # no flag: the caller's own setting stands
+        assert exact_default()
+    assert exact_default()

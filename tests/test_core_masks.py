@@ -205,3 +205,16 @@ def test_resampled_control_checkpoint_round_trip(tmp_path):
     assert config["notation"] == "0.7-ShallowDropout"
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_mask_on_a_channels_last_activation_gives_the_same_values(dtype):
+    mask = RandomMask((8, 6, 6), 0.5, seed=3)
+    x = torch.randn(4, 8, 6, 6).to(dtype)
+    plain = mask(x)
+    nhwc = mask(x.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(plain, nhwc)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last)
+    cast = mask._cast[-1]  # cast in the activation's layout (HWC strides), so the product is a plain loop
+    assert cast.permute(1, 2, 0).is_contiguous() and torch.equal(cast, mask.mask.to(dtype))
+    assert torch.equal(mask(x), plain)  # back to NCHW: recast

@@ -126,6 +126,95 @@ def test_torchrun_ddp_with_two_cpu_processes(tmp_path, data_dir):
     assert config["world_size"] == 2 and 0.0 <= config["clean_accuracy"] <= 1.0
 
 
+def test_crop_flip_on_uint8_gives_the_float_pipelines_batches():
+    # epoch_batches crops and flips the uint8 images, then scales: the same batches as scaling first
+    from randmask.train import epoch_batches
+
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randint(0, 256, (300, 3, 8, 8), generator=gen, dtype=torch.uint8), torch.arange(300)
+    cfg = make_config("0.7-Shallow", "quick", batch_size=64)
+    order_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + 2)
+    order = torch.randperm(300, generator=order_gen)
+    flips = torch.rand(300, generator=order_gen) < 0.5
+    shifts = torch.randint(0, 9, (300, 2), generator=order_gen)
+    batches = list(epoch_batches(x, y, cfg, 2))
+    assert len(batches) == 5
+    for i, (xb, yb) in enumerate(batches):
+        part = slice(64 * i, 64 * (i + 1))
+        want = random_crop_flip(x[order[part]].float().div_(255), shifts[part], flips[part])
+        assert xb.dtype == torch.float32 and torch.equal(xb, want) and torch.equal(yb, order[part])
+
+
+class FakeClock:
+    """perf_counter for bf16_pays: each step advances it by a set time per dtype (no real timing)."""
+
+    def __init__(self, seconds):
+        self.now, self.seconds, self.calls = 0.0, seconds, []
+
+    def step(self, dtype):
+        self.calls.append(dtype)
+        self.now += self.seconds[dtype]
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.mark.parametrize("fp32, bf16, pays", [(1.0, 0.6, True), (1.0, 0.9, False), (0.2, 5.0, False)])
+def test_bf16_is_chosen_only_where_it_measures_clearly_faster(monkeypatch, fp32, bf16, pays):
+    import randmask.device as device
+
+    clock = FakeClock({None: fp32, torch.bfloat16: bf16})
+    monkeypatch.setattr(device.time, "perf_counter", clock)
+    assert device.bf16_pays(clock.step) is pays
+    assert set(clock.calls) == {None, torch.bfloat16}
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    clock.calls.clear()
+    assert device.autocast_dtype(torch.device("cpu"), "auto", probe=clock.step) == (torch.bfloat16 if pays else None)
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)  # no native bf16: no probe at all
+    clock.calls.clear()
+    assert device.autocast_dtype(torch.device("cpu"), "auto", probe=clock.step) is None and not clock.calls
+    assert device.autocast_dtype(torch.device("cpu"), "bf16", probe=clock.step) == torch.bfloat16
+
+
+def test_the_precision_probe_leaves_the_random_streams_alone(monkeypatch):
+    import randmask.device as device
+    import randmask.train as training
+
+    monkeypatch.setattr(training, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(training, "_PRECISION_PROBES", {})
+    seen = []
+
+    def fp32_wins(step):  # runs the real step (draws from the RNG: the Dropout control resamples) in both dtypes
+        step(None)
+        step(torch.bfloat16)
+        seen.append(1)
+        return False
+
+    monkeypatch.setattr(device, "bf16_pays", fp32_wins)
+    cfg = make_config("0.7-ShallowDropout", "quick", width=8, batch_size=8)
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    assert training.training_precision(cfg, torch.device("cpu")) is None
+    assert torch.equal(torch.get_rng_state(), state) and seen == [1]
+    training.training_precision(cfg, torch.device("cpu"))  # remembered per process and shape: no second probe
+    assert seen == [1]
+
+
+def test_resume_state_records_the_precision(tmp_path, data_dir):
+    cfg = make_config("0.5-Shallow", "quick", epochs=2, **TINY)
+
+    def stop_after_first_epoch(record):
+        if record["event"] == "epoch":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", progress=stop_after_first_epoch, show_bar=False)
+    state = torch.load(tmp_path / "run" / "resume.pt", weights_only=True)
+    start = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()][0]
+    assert state["autocast"] == start["autocast"] and state["autocast"] in ("fp32", "bfloat16")
+
+
 def test_a_short_epoch_still_logs_its_steps(tmp_path, data_dir):
     """4 steps an epoch, fewer than log_every (20): the app must still see the epoch move (issue 18)."""
     cfg = make_config("0.7-Shallow", "quick", epochs=2, **{**TINY, "log_every": 20})

@@ -4,7 +4,8 @@
     x_adv = attack(x, y)                        # [0,1] images in, [0,1] images out
     result = attack.run(x, y, batch_size=256)   # images plus logits, per-image success, l-inf and l2 norms
 
-Budgets are in 0-255 units. The model runs in eval mode and leaves exactly as it came.
+Budgets are in 0-255 units. The model runs in eval mode and leaves exactly as it came. Attacks are fast by
+default (an eval copy with BatchNorm folded, channels_last); `exact=True` reproduces torchattacks bit for bit.
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from __future__ import annotations
 from torch import nn
 
 from randmask.attacks.apgd import APGD
-from randmask.attacks.base import Attack, AttackInputError, AttackResult, frozen_eval, margin, model_device
+from randmask.attacks.base import (
+    Attack,
+    AttackInputError,
+    AttackResult,
+    exact_default,
+    fast_view,
+    frozen_eval,
+    margin,
+    model_device,
+)
 from randmask.attacks.cw import CW
 from randmask.attacks.fgsm import FGSM
 from randmask.attacks.notation import (
@@ -29,13 +39,14 @@ from randmask.attacks.square import Square
 ATTACKS: dict[str, type[Attack]] = {"FGSM": FGSM, "PGD": PGD, "CW": CW, "APGD": APGD, "Square": Square}
 
 
-def make_attack(notation: str | AttackSpec, model: nn.Module, *, seed: int = 0) -> Attack:
-    """The attack named by `notation` (e.g. 'FGSM16', 'PGD2,16', 'CW40', 'Square8(queries=1000)') on `model`."""
-    return parse_attack(notation).build(model, seed=seed)
+def make_attack(notation: str | AttackSpec, model: nn.Module, *, seed: int = 0, exact: bool | None = None) -> Attack:
+    """The attack named by `notation` (e.g. 'FGSM16', 'PGD2,16', 'CW40', 'Square8(queries=1000)') on `model`.
+    Fast by default; exact=True is bit-identical to torchattacks (None: RANDMASK_EXACT decides)."""
+    return parse_attack(notation).build(model, seed=seed, exact=exact)
 
 
 __all__ = [
     "APGD", "ATTACKS", "CW", "FGSM", "PGD", "Attack", "AttackInputError", "AttackNotationError", "AttackResult",
-    "AttackSpec", "Square", "canonical_attack", "format_attack", "frozen_eval", "make_attack", "margin",
+    "AttackSpec", "Square", "canonical_attack", "exact_default", "fast_view", "format_attack", "frozen_eval", "make_attack", "margin",
     "model_device", "parse_attack", "pgd_default_steps",
 ]

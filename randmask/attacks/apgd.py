@@ -16,8 +16,9 @@ from randmask.attacks.base import Attack, project_linf
 
 class APGD(Attack):
     def __init__(self, model: nn.Module, eps: float = 8, steps: int = 100, restarts: int = 1,
-                 rho: float = 0.75, *, seed: int = 0) -> None:
-        super().__init__(model, seed=seed)
+                 rho: float = 0.75, *, seed: int = 0,
+                 exact: bool | None = None) -> None:
+        super().__init__(model, seed=seed, exact=exact)
         self._eps, self.steps, self.restarts, self.rho = float(eps), int(steps), int(restarts), float(rho)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,9 @@ class CW(Attack):
     norm = "l2"
 
     def __init__(self, model: nn.Module, kappa: float = 0, search: int = 30, steps: int = 100,
-                 lr: float = 0.01, c: float = 1e-3, *, seed: int = 0) -> None:
-        super().__init__(model, seed=seed)
+                 lr: float = 0.01, c: float = 1e-3, *, seed: int = 0,
+                 exact: bool | None = None) -> None:
+        super().__init__(model, seed=seed, exact=exact)
         self.kappa, self.search, self.steps, self.lr, self.c = float(kappa), int(search), int(steps), lr, c
 
     def is_success(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -46,7 +47,7 @@ class CW(Attack):
                 with torch.enable_grad():
                     adv = (torch.tanh(w) + 1) / 2
                     l2 = (adv - x).flatten(1).pow(2).sum(1)
-                    logits = self.model(adv).float()
+                    logits = self.net(adv).float()
                     m = margin(logits, y)
                     loss = l2 + const * torch.clamp(self.kappa - m, min=0)  # = max(-margin, -kappa) + kappa
                     total = loss.sum()

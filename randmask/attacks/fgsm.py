@@ -9,8 +9,9 @@ from randmask.attacks.base import Attack
 
 
 class FGSM(Attack):
-    def __init__(self, model: nn.Module, eps: float = 8, *, seed: int = 0) -> None:
-        super().__init__(model, seed=seed)
+    def __init__(self, model: nn.Module, eps: float = 8, *, seed: int = 0,
+                 exact: bool | None = None) -> None:
+        super().__init__(model, seed=seed, exact=exact)
         self._eps = float(eps)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -93,11 +93,12 @@ class AttackSpec:
     def norm(self) -> str:
         return "l2" if self.kind == "CW" else "linf"
 
-    def build(self, model, *, seed: int = 0):
-        """The attack object for `model` (see randmask.attacks)."""
+    def build(self, model, *, seed: int = 0, exact: bool | None = None):
+        """The attack object for `model` (see randmask.attacks); exact=None: the process default (fast unless
+        RANDMASK_EXACT=1)."""
         from randmask.attacks import ATTACKS
 
-        return ATTACKS[self.kind](model, **self.params, seed=seed)
+        return ATTACKS[self.kind](model, **self.params, seed=seed, exact=exact)
 
     def __str__(self) -> str:
         return format_attack(self)

@@ -12,8 +12,9 @@ from randmask.attacks.notation import pgd_steps_for
 
 class PGD(Attack):
     def __init__(self, model: nn.Module, eps: float = 16, step: float = 1, steps: int | None = None,
-                 random_start: bool = False, *, seed: int = 0) -> None:
-        super().__init__(model, seed=seed)
+                 random_start: bool = False, *, seed: int = 0,
+                 exact: bool | None = None) -> None:
+        super().__init__(model, seed=seed, exact=exact)
         self._eps, self.step = float(eps), float(step)
         self.steps = int(steps) if steps is not None else pgd_steps_for(self.step, self._eps)
         self.random_start = bool(random_start)

@@ -21,8 +21,9 @@ class Square(Attack):
     uses_gradients = False
 
     def __init__(self, model: nn.Module, eps: float = 8, queries: int = 5000, p_init: float = 0.8,
-                 restarts: int = 1, *, seed: int = 0) -> None:
-        super().__init__(model, seed=seed)
+                 restarts: int = 1, *, seed: int = 0,
+                 exact: bool | None = None) -> None:
+        super().__init__(model, seed=seed, exact=exact)
         self._eps, self.queries, self.p_init, self.restarts = float(eps), int(queries), float(p_init), int(restarts)
         self.last_queries: torch.Tensor | None = None
 
@@ -51,7 +52,7 @@ class Square(Attack):
         n, c, h, w = x.shape
         signs = 2 * (self.rand((n, c, 1, w)) < 0.5).float() - 1
         best = (x + eps * signs).clamp(0.0, 1.0)
-        best_margin = margin(self.model(best).float(), y)
+        best_margin = margin(self.net(best).float(), y)
         used = torch.ones(n, device=x.device)
         rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         for i in range(self.queries - 1):
@@ -67,7 +68,7 @@ class Square(Attack):
             new_signs = 2 * (self.rand((k, c, 1, 1)) < 0.5).float() - 1
             xa = x[active]
             candidate = torch.where(window, xa + eps * new_signs, best[active]).clamp(0.0, 1.0)
-            cand_margin = margin(self.model(candidate).float(), y[active])
+            cand_margin = margin(self.net(candidate).float(), y[active])
             used[active] += 1
             # the loss minimised is -margin: keep the candidate if it raised the margin
             better = cand_margin > best_margin[active]
