@@ -20,15 +20,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(script: Path, env: dict | None = None, log_path: Path | None = None,
-                     timeout: float = 90, address: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
-    """`streamlit run script` headless (on 127.0.0.1 unless told); yields its URL once healthy; always stops it."""
+def _serving(command: list[str], what: str, env: dict | None, log_path: Path | None, timeout: float,
+             port: int) -> Iterator[str]:
+    """Run `command` (a server on `port`); yield its URL once /_stcore/health answers ok; always stop it."""
     log = log_path.open("w") if log_path else subprocess.DEVNULL
-    port = port or free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
-         "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -41,7 +37,7 @@ def streamlit_server(script: Path, env: dict | None = None, log_path: Path | Non
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text()[-2000:] if log_path else ""
-                raise RuntimeError(f"streamlit did not start: {tail}")
+                raise RuntimeError(f"{what} did not start: {tail}")
             time.sleep(0.3)
         yield url
     finally:
@@ -56,30 +52,20 @@ def streamlit_server(script: Path, env: dict | None = None, log_path: Path | Non
 
 
 @contextlib.contextmanager
+def streamlit_server(script: Path, env: dict | None = None, log_path: Path | None = None,
+                     timeout: float = 90, address: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
+    """`streamlit run script` headless (on 127.0.0.1 unless told); yields its URL once healthy; always stops it."""
+    port = port or free_port()
+    with _serving([sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+                   "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                   "--server.fileWatcherType", "none"], "streamlit", env, log_path, timeout, port) as url:
+        yield url
+
+
+@contextlib.contextmanager
 def participant_server(db_path: Path, log_path: Path, timeout: float = 90) -> Iterator[str]:
     """`python -m study serve` on a free localhost port; yields its URL once healthy; always stops it."""
     port = free_port()
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "study", "serve", "--db", str(db_path), "--port", str(port)],
-                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                        if response.read() == b"ok":
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"participant server did not start: {log_path.read_text()[-2000:]}")
-                time.sleep(0.3)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+    with _serving([sys.executable, "-m", "study", "serve", "--db", str(db_path), "--port", str(port)],
+                  "participant server", None, log_path, timeout, port) as url:
+        yield url
