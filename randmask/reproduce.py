@@ -199,6 +199,7 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
     beyond_controls = [MATCHED["0.9-Shallow"].name]
     control_pairs = [n for masked in MATCHED for n in (zoo_name(masked), MATCHED[masked].name)]
     control_pairs += [zoo_name(n) for n in RESAMPLED.values()]
+    control_needs = [normal, zoo_name("0.7-Shallow"), MATCHED["0.7-Shallow"].name]  # the first pair decides it runs
     transfers = [Experiment(key, title, table, [source, normal],
                             [n for n in TRANSFER_TARGETS if n != source], transfer_from(source, name))
                  for key, title, source, name, table in TRANSFER_SOURCES]
@@ -223,7 +224,7 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
         Experiment("beyond_apgd_square", "Beyond the paper · APGD-CE and Square Attack (white-box / query)", None,
                    [normal, zoo_name("0.9-Shallow")], beyond_controls, beyond),
         Experiment("controls_logit_scale", "Clean accuracy and logit scale of the masked nets and their controls",
-                   None, [normal, *control_pairs[:2]], control_pairs[2:], controls, own_section=False),
+                   None, control_needs, [n for n in control_pairs if n not in control_needs], controls, own_section=False),
     ]
 
 
