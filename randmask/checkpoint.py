@@ -26,10 +26,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from randmask import __version__
+from randmask.architectures import ARCHITECTURES
+from randmask.datasets import DATASETS
 from randmask.errors import CheckpointError, RandmaskError
 from randmask.masks import RandomMask
-from randmask.models import DATASETS, MAX_SEED, MAX_WIDTH, ModelConfig, build_model, check_buildable
-from randmask.notation import ARCH_NAMES, ModelSpec, parse_model
+from randmask.models import MAX_SEED, MAX_WIDTH, ModelConfig, build_model, check_buildable
+from randmask.notation import ModelSpec, parse_model
 
 FORMAT = "randmask-checkpoint"
 FORMAT_VERSION = 1
@@ -180,8 +182,8 @@ def validate_config(config: object, where: str | Path) -> CheckpointConfig:
             raise bad(field, config[field], "text")
     if config["dataset"] not in DATASETS:
         raise bad("dataset", config["dataset"], f"one of {', '.join(DATASETS)}")
-    if config["arch"] not in ARCH_NAMES:
-        raise bad("arch", config["arch"], f"one of {', '.join(ARCH_NAMES)}")
+    if config["arch"] not in ARCHITECTURES:
+        raise bad("arch", config["arch"], f"one of {', '.join(ARCHITECTURES)}")
     if not _int_in(config["width"], 1, MAX_WIDTH):
         raise bad("width", config["width"], f"an integer from 1 to {MAX_WIDTH}")
     for field in ("mask_seed", "seed"):
@@ -200,7 +202,7 @@ def validate_config(config: object, where: str | Path) -> CheckpointConfig:
         spec = parse_model(config["notation"])
         if spec.arch != config["arch"]:
             raise CheckpointError(f"{where}: arch {config['arch']!r} does not match notation "
-                                  f"{config['notation']!r}, which is a {ARCH_NAMES[spec.arch]}")
+                                  f"{config['notation']!r}, which is a {ARCHITECTURES[spec.arch].name}")
         check_buildable(spec, config["dataset"], config["width"])
     except CheckpointError:
         raise

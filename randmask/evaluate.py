@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -261,21 +262,28 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def write_csv(rows: Iterable[Mapping], path: str | os.PathLike, columns: Sequence[str] | None = None) -> Path:
-    """Write rows as CSV (columns: the given order, then any others in first-seen order), atomically."""
+def csv_text(rows: Iterable[Mapping], columns: Sequence[str] | None = None) -> str:
+    """Rows as CSV text: columns in the given order, then any others in first-seen order; floats to 6
+    significant digits, NaN as an empty cell."""
     rows = list(rows)
     order = list(columns or [])
     for row in rows:
         order += [key for key in row if key not in order]
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=order, restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def write_csv(rows: Iterable[Mapping], path: str | os.PathLike, columns: Sequence[str] | None = None) -> Path:
+    """Write rows as CSV (csv_text), atomically."""
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=order, restval="")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(v) for k, v in row.items()})
+    tmp.write_text(csv_text(rows, columns), encoding="utf-8", newline="")
     os.replace(tmp, path)
     return path
 

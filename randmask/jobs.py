@@ -24,11 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config
-from randmask.data import PROJECT_ROOT
+from randmask.datasets import DATASETS
 from randmask.errors import RandmaskError
-from randmask.explore import user_runs_root
-from randmask.models import DATASETS
 from randmask.notation import parse_model, slug
+from randmask.settings import PROJECT_ROOT, user_runs_root
 from randmask.train import LOG_FILE, make_config
 
 JOB_FILE, OUTPUT_FILE = "job.json", "job.log"

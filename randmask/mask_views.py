@@ -1,0 +1,141 @@
+"""What the Masks page shows of a model's masks: per-layer statistics, channel montages, the three kinds side
+by side, and which input pixels the masked stem still lets through (coverage, receptive fields)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from randmask.errors import RandmaskError
+from randmask.images import upscale_nearest
+from randmask.masks import make_mask
+from randmask.models import mask_modules
+from randmask.notation import MASK_KINDS
+
+
+def get_mask(model: nn.Module, name: str) -> torch.Tensor:
+    """The bool keep-mask (C×H×W, True = kept) of the masked layer `name`."""
+    for layer, module in mask_modules(model, fixed_only=True):
+        if layer == name:
+            return module.mask.detach().cpu()
+    raise RandmaskError(f"the model has no masked layer {name!r}")
+
+
+def mask_statistics(model: nn.Module) -> list[dict]:
+    """One row per masked layer: where it is, its nominal and measured drop ratio, and how the drops spread."""
+    rows = []
+    for name, module in mask_modules(model, fixed_only=True):
+        keep = module.mask.detach().cpu()
+        c, h, w = keep.shape
+        dropped_per_channel = (~keep).flatten(1).float().mean(1)
+        dropped_everywhere = (~keep).all(0)
+        rows.append({
+            "layer": name, "block": module.block, "kind": module.kind, "shape": f"{c}×{h}×{w}",
+            "ratio": module.ratio, "measured_drop_ratio": module.measured_drop_ratio(),
+            "dropped": int((~keep).sum()), "neurons": keep.numel(),
+            "channel_drop_min": dropped_per_channel.min().item(), "channel_drop_max": dropped_per_channel.max().item(),
+            "dead_channels": int((dropped_per_channel == 1).sum()),
+            # share of positions no channel keeps: about ratio**C for Random Mask, the ratio itself for SM
+            "positions_dropped_in_all_channels": dropped_everywhere.float().mean().item(),
+        })
+    return rows
+
+
+def mask_montage(keep: torch.Tensor, first: int = 0, count: int = 16, columns: int = 8, factor: int = 3,
+                 gap: int = 2) -> np.ndarray:
+    """Channels first..first+count-1 of a C×H×W keep-mask as one grey image: a grid of `columns` tiles, each
+    channel nearest-neighbour upscaled by `factor` (kept light, dropped dark), tiles `gap` white pixels apart."""
+    c, h, w = keep.shape
+    chosen = list(range(first, min(first + count, c)))
+    if not chosen:
+        raise RandmaskError(f"no channels from {first} in a {c}-channel mask")
+    rows = math.ceil(len(chosen) / columns)
+    tile_h, tile_w = h * factor, w * factor
+    width = min(columns, len(chosen)) * (tile_w + gap) - gap
+    out = np.full((rows * (tile_h + gap) - gap, width), 255, dtype=np.uint8)
+    for i, ch in enumerate(chosen):
+        r, col = divmod(i, columns)
+        tile = upscale_nearest(np.where(keep[ch].numpy(), 235, 20).astype(np.uint8), factor)
+        out[r * (tile_h + gap):r * (tile_h + gap) + tile_h, col * (tile_w + gap):col * (tile_w + gap) + tile_w] = tile
+    return out
+
+
+def kind_comparison(shape: tuple[int, int, int], ratio: float, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Keep-masks of the three kinds (Random, SM, DC) for one layer shape and ratio, from one seed."""
+    return {kind: make_mask(tuple(shape), ratio, kind, seed) for kind in MASK_KINDS}
+
+
+def drop_frequency(keep: torch.Tensor) -> torch.Tensor:
+    """H×W: the share of channels that drop each position."""
+    return (~keep).float().mean(0)
+
+
+def _box(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Sum over the kernel×kernel neighbourhood of every position of a C×H×W tensor (zero padding)."""
+    weight = torch.ones(1, 1, kernel, kernel, dtype=torch.float32)
+    return F.conv2d(x.float()[:, None], weight, padding=kernel // 2)[:, 0]
+
+
+def input_coverage(keep: torch.Tensor, kernel: int = 3) -> torch.Tensor:
+    """For a stride-1 stem conv with a kernel×kernel filter followed by mask `keep` (C×H×W): C×H×W counts of
+    how many kept output neurons of each channel have each input pixel in their window. A channel's filter
+    sees a pixel only where the count is > 0."""
+    if keep.dim() != 3:
+        raise RandmaskError(f"expected a C×H×W mask, got shape {tuple(keep.shape)}")
+    if kernel < 1 or kernel % 2 == 0:
+        raise RandmaskError(f"kernel must be a positive odd size, got {kernel}")
+    return _box(keep.bool(), kernel).round().to(torch.int64)
+
+
+def coverage_summary(keep: torch.Tensor, kernel: int = 3) -> dict:
+    """How much of the input the masked stem still sees: per channel and for the layer as a whole. With one
+    spatial pattern shared by all channels (SM) the layer can see at most kernel² × (1 - ratio) of the image."""
+    seen = input_coverage(keep, kernel) > 0
+    per_channel = seen.flatten(1).float().mean(1)
+    kept = keep.float().mean().item()
+    return {"channel_sees_mean": per_channel.mean().item(), "channel_sees_min": per_channel.min().item(),
+            "layer_sees": seen.any(0).float().mean().item(), "kept_share": kept,
+            "shared_mask_bound": min(1.0, kernel * kernel * kept)}
+
+
+def receptive_field(keep: torch.Tensor, row: int, col: int, channel: int | None = None,
+                    kernel: int = 3) -> torch.Tensor:
+    """H×W counts of the paths by which each input pixel reaches the neuron at (row, col) of the next
+    kernel×kernel conv (stride 1) through the masked stem: the sum over the kept stem neurons in that neuron's
+    window (of one channel, or all) of their own input windows. Unmasked and away from the border, one channel
+    gives the 5×5 pyramid outer([1,2,3,2,1], [1,2,3,2,1])."""
+    c, h, w = keep.shape
+    if not (0 <= row < h and 0 <= col < w):
+        raise RandmaskError(f"position ({row}, {col}) is outside the {h}×{w} feature map")
+    channels = range(c) if channel is None else [channel]
+    if channel is not None and not 0 <= channel < c:
+        raise RandmaskError(f"channel {channel} is outside 0..{c - 1}")
+    r = kernel // 2
+    window = torch.zeros(h, w, dtype=torch.bool)
+    window[max(0, row - r):row + r + 1, max(0, col - r):col + r + 1] = True
+    reach = keep[list(channels)].bool() & window
+    return _box(reach, kernel).sum(0).round().to(torch.int64)
+
+
+def filter_window(keep: torch.Tensor, row: int, col: int, kernel: int = 3) -> torch.Tensor:
+    """C×k×k: which inputs of a next-layer k×k filter centred at (row, col) are live (kept and inside the map)."""
+    c, h, w = keep.shape
+    r = kernel // 2
+    padded = F.pad(keep.bool()[None].float(), (r, r, r, r))[0].bool()
+    if not (0 <= row < h and 0 <= col < w):
+        raise RandmaskError(f"position ({row}, {col}) is outside the {h}×{w} feature map")
+    return padded[:, row:row + kernel, col:col + kernel].clone()
+
+
+def stem_mask(model: nn.Module) -> tuple[str, torch.Tensor] | None:
+    """(name, keep-mask) of the mask right after the 3×3 stem conv (block 0), or None when it is unmasked."""
+    for name, module in mask_modules(model, fixed_only=True):
+        if module.block == 0:
+            return name, module.mask.detach().cpu()
+    return None
+
+
