@@ -8,6 +8,7 @@ crafted-set cache fingerprints, so an entry crafted before the change is still f
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from randmask.attacks import APGD, CW, FGSM, PGD, Square, parse_attack
+from randmask.attacks import APGD, CW, FGSM, PGD, Setting, Square, parse_attack
 
 GOLDEN = Path(__file__).parent / "data" / "attack_golden.json"
 
@@ -85,6 +86,72 @@ def test_every_notation_parses_prints_and_builds_as_before(golden):
 def test_constructors_keep_their_defaults(golden):
     # the constructor's own defaults (PGD(model) is PGD16), which notation leaves required
     assert observe()["constructed"] == golden["constructed"]
+
+
+def test_the_registry_lists_every_kind_in_the_papers_order():
+    from randmask.attacks import ATTACKS, attack_kind, list_attacks
+
+    assert list_attacks() == ["FGSM", "PGD", "CW", "APGD", "Square"]
+    for name, cls in zip(list_attacks(), (FGSM, PGD, CW, APGD, Square), strict=True):
+        assert attack_kind(name).cls is cls and cls.attack_kind is attack_kind(name) and ATTACKS[name] is cls
+    assert attack_kind("CW").defaults == {"kappa": None, "search": 30, "steps": 100, "lr": 0.01, "c": 1e-3}
+    assert attack_kind("PGD").types["random_start"] is bool
+    with pytest.raises(TypeError):
+        ATTACKS["BIM"] = PGD  # a read-only view: kinds are added with @register_attack
+    with pytest.raises(KeyError, match="registered: FGSM, PGD"):
+        attack_kind("fgsm")  # exact names only; the parser is the case-insensitive way in
+
+
+@pytest.mark.parametrize("cls", [FGSM, PGD, CW, APGD, Square])
+def test_constructors_write_no_default_of_their_own(cls):
+    # every setting is a constructor argument, in the registry's order, defaulting to None (= the registry's)
+    params = [p for name, p in inspect.signature(cls).parameters.items() if name not in ("model", "seed", "exact")]
+    assert [p.name for p in params] == list(cls.attack_kind.settings)
+    assert all(p.default is None for p in params)
+
+
+class Noise(FGSM):
+    """A toy kind for the test below: FGSM's step plus `draws` (unused)."""
+
+    def __init__(self, model: nn.Module, eps: float | None = None, draws: int | None = None, *, seed: int = 0,
+                 exact: bool | None = None) -> None:
+        super().__init__(model, eps, seed=seed, exact=exact)
+        self.draws = int(self.setting("draws", draws))
+
+
+def test_a_registered_kind_is_parsed_printed_and_built_from_the_registry(monkeypatch):
+    from randmask.attacks import make_attack, registry
+    from randmask.attacks.notation import AttackNotationError
+
+    monkeypatch.setattr(registry, "_KINDS", dict(registry._KINDS))  # registered for this test only
+    with pytest.raises(AttackNotationError, match="unknown attack 'noise'"):
+        parse_attack("noise4")
+    registry.register_attack("Noise", layouts={1: ("eps",)},
+                             settings={"eps": Setting(float, 8, required=True), "draws": Setting(int, 2)},
+                             usage="Noise<eps>", aliases={"Hiss": "Noise3(draws=5)"})(Noise)
+    assert str(parse_attack("noise4(draws=2)")) == "Noise4" and str(parse_attack("NOISE4(draws=3)")) == "Noise4(draws=3)"
+    attack = make_attack("hiss", nn.Linear(2, 2))
+    assert type(attack) is Noise and (attack.eps, attack.draws) == (3.0, 5)
+    assert Noise(nn.Linear(2, 2)).draws == 2
+    with pytest.raises(AttackNotationError, match="known: FGSM, PGD, CW, APGD, Square, Noise, MadryFGSM"):
+        parse_attack("BIM16")
+    with pytest.raises(AttackNotationError, match="Noise takes 1 number"):
+        parse_attack("Noise")
+    with pytest.raises(ValueError, match="already registered to Noise"):
+        registry.register_attack("noise", layouts={1: ("eps",)}, settings={"eps": Setting(float)}, usage="")(FGSM)
+    with pytest.raises(ValueError, match="unknown settings"):
+        registry.register_attack("Hum", layouts={1: ("amp",)}, settings={"eps": Setting(float)}, usage="")
+
+
+def test_notation_builds_without_importing_the_package_at_call_time():
+    # AttackSpec.build reads the class from the registry: no function-level import of randmask.attacks
+    from randmask.attacks import notation
+
+    source = inspect.getsource(notation)
+    assert "from randmask.attacks import" not in source and "import randmask.attacks\n" not in source
+    attack = parse_attack("Square2(queries=3)").build(nn.Linear(2, 2), seed=4, exact=True)
+    assert type(attack) is Square and (attack.queries, attack.seed, attack.exact) == (3, 4, True)
+    assert parse_attack("CW40").norm == "l2" and parse_attack("Square2").norm == "linf"
 
 
 if __name__ == "__main__":  # regenerate the golden file (only ever from the code it is meant to pin)
