@@ -178,10 +178,12 @@ def _fold_batchnorm(view: nn.Module, probe: torch.Tensor) -> nn.Module | None:
 
 @dataclass
 class AttackResult:
-    """Adversarial images and what the model makes of them, measured on these exact images.
+    """Adversarial images and what the attacked model makes of them, measured on these exact images.
 
-    `linf` and `l2` are the perturbation norms in 0-255 units; `success` is the attack's own criterion
-    (misclassified; for CW also a margin of at least kappa), so a failure is reported as a failure.
+    `Attack.run` returns one, and so does `evaluate.craft` for images as stored (uint8, then measured again,
+    so `logits` are the source model's on the stored images). `linf` and `l2` are the perturbation norms in
+    0-255 units; `success` is the attack's own criterion (misclassified; for CW also a margin of at least
+    kappa), so a failure is reported as a failure.
     """
 
     adv: torch.Tensor
