@@ -70,7 +70,7 @@ def save_adversarial_set(source: nn.Module, attack: str, x: torch.Tensor, y: tor
     spec = parse_attack(attack)
     crafted = craft(source, spec.build(source, seed=seed), x, y, quantize_images=True, batch_size=batch_size,
                     progress=progress)
-    probs = crafted.source_logits.softmax(1)
+    probs = crafted.logits.softmax(1)
     others = {name: predict(model, crafted.adv, batch_size=batch_size).argmax(1)
               for name, model in (predict_models or {}).items()}
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -80,10 +80,10 @@ def save_adversarial_set(source: nn.Module, attack: str, x: torch.Tensor, y: tor
     for i, index in enumerate(indices.tolist()):
         name = f"images/{index:06d}.png"
         write_png(crafted.adv[i], out / name)
-        pred = int(crafted.source_pred[i])
+        pred = int(crafted.pred[i])
         row = {"index": index, "file": name, "true_label": int(y[i]), "source": source_name, "attack": str(spec),
                "source_pred": pred, "source_confidence": float(probs[i, pred]),
-               "fooled": bool(crafted.fooled[i]), "attack_success": bool(crafted.attack_success[i]),
+               "fooled": bool(crafted.fooled[i]), "attack_success": bool(crafted.success[i]),
                "linf": float(crafted.linf[i]), "l2": float(crafted.l2[i]), "seed": seed}
         if save_clean:
             row["clean_file"] = f"images/clean/{index:06d}.png"

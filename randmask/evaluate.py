@@ -12,19 +12,17 @@ import hashlib
 import io
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from randmask.attacks import Attack, fast_view, frozen_eval, model_device, parse_attack
-from randmask.attacks.base import AttackInputError, channels_last, resolve_exact
+from randmask.attacks.base import AttackInputError, AttackResult, Progress, channels_last, resolve_exact
 from randmask.errors import RandmaskError
 from randmask.stats import wilson_interval
 
-Progress = Callable[[int, int], None]
 DEFAULT_BATCH = 256
 
 
@@ -134,35 +132,16 @@ def accuracy_fields(correct: int, n: int) -> dict:
             "ci_low": low, "ci_high": high}
 
 
-@dataclass
-class Crafted:
-    """Adversarial images as stored, and the source model's view of exactly these images."""
-
-    adv: torch.Tensor
-    labels: torch.Tensor
-    source_logits: torch.Tensor
-    attack_success: torch.Tensor  # the attack's own criterion (CW: margin >= kappa), on the stored images
-    linf: torch.Tensor
-    l2: torch.Tensor
-
-    @property
-    def source_pred(self) -> torch.Tensor:
-        if len(self.source_logits) == 0:
-            return torch.zeros(0, dtype=torch.long, device=self.labels.device)
-        return self.source_logits.argmax(1)
-
-    @property
-    def fooled(self) -> torch.Tensor:
-        return self.source_pred != self.labels
-
-
 CRAFTED_FORMAT = 1  # bump when the stored fields or their meaning change
-_CRAFTED_FIELDS = ("adv", "labels", "source_logits", "attack_success", "linf", "l2")
+# cache file key -> AttackResult field; the keys are those of the class this one replaced (Crafted), so
+# entries written before the merge are still read
+_STORED_FIELDS = {"adv": "adv", "labels": "labels", "source_logits": "logits", "attack_success": "success",
+                  "linf": "linf", "l2": "l2"}
 
 
 def craft(source: nn.Module, attack: str | Attack, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0,
           quantize_images: bool = True, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None,
-          cache: str | os.PathLike | None = None) -> Crafted:
+          cache: str | os.PathLike | None = None) -> AttackResult:
     """Attack `source`; with quantize_images the images are rounded to uint8 (budget kept) and every number
     returned is measured again on the rounded images, since rounding can undo an attack.
 
@@ -208,7 +187,7 @@ def crafted_fingerprint(source: nn.Module, runner: Attack, x: torch.Tensor, y: t
     return digest.hexdigest()
 
 
-def _read_crafted(path: Path, device: torch.device) -> Crafted | None:
+def _read_crafted(path: Path, device: torch.device) -> AttackResult | None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -216,27 +195,28 @@ def _read_crafted(path: Path, device: torch.device) -> Crafted | None:
         return None
     try:
         tensors = load_file(path)
-        return Crafted(*(tensors[name].to(device) for name in _CRAFTED_FIELDS))
+        return AttackResult(**{field: tensors[key].to(device) for key, field in _STORED_FIELDS.items()})
     except (SafetensorError, KeyError, OSError, RuntimeError, ValueError):  # corrupt or partial: recompute
         return None
 
 
-def _write_crafted(path: Path, crafted: Crafted) -> None:
+def _write_crafted(path: Path, crafted: AttackResult) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({name: getattr(crafted, name).detach().to("cpu").contiguous() for name in _CRAFTED_FIELDS}, str(tmp))
+    save_file({key: getattr(crafted, field).detach().to("cpu").contiguous() for key, field in _STORED_FIELDS.items()},
+              str(tmp))
     os.replace(tmp, path)  # atomic: a reader never sees half a file
 
 
 def _craft(source: nn.Module, runner: Attack, x: torch.Tensor, y: torch.Tensor, quantize_images: bool,
-           batch_size: int, progress: Progress | None) -> Crafted:
+           batch_size: int, progress: Progress | None) -> AttackResult:
     result = runner.run(x, y, batch_size=batch_size, progress=progress)
     adv = result.adv
     if len(adv) == 0:  # nothing to attack (e.g. the source classifies none of the images correctly)
         empty = torch.zeros(0, device=adv.device)
-        return Crafted(adv, y.to(adv.device), result.logits, result.success, empty, empty)
+        return AttackResult(adv, y.to(adv.device), result.logits, result.success, empty, empty)
     if quantize_images:
         adv = quantize(adv, x.to(adv.device), runner.eps)
         logits = predict(source, adv, batch_size=batch_size, exact=runner.exact)
@@ -244,7 +224,7 @@ def _craft(source: nn.Module, runner: Attack, x: torch.Tensor, y: torch.Tensor, 
     else:
         logits, success = result.logits, result.success
     linf, l2 = perturbation_norms(adv, x.to(adv.device), levels=quantize_images)
-    return Crafted(adv, y.to(adv.device), logits, success, linf, l2)
+    return AttackResult(adv, y.to(adv.device), logits, success, linf, l2)
 
 
 def mean_or_nan(values: torch.Tensor) -> float:
