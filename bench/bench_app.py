@@ -52,18 +52,18 @@ def pick(catalog, notation: str):
 def bench_gallery(repeats: int) -> None:
     import torch
 
-    from randmask import explore
+    from randmask import catalog, gallery
     from randmask.data import load_test_sample
 
-    catalog = explore.discover_models()
+    catalog = catalog.discover_models()
     normal, masked = pick(catalog, "Normal ResNet-18"), pick(catalog, "0.9-Shallow")
-    models = [explore.load_entry(e) for e in (normal, masked)]
+    models = [catalog.load_entry(e) for e in (normal, masked)]
     x, y = load_test_sample("cifar10", 8)
     x = x.float().div(255)
     times = []
     for _ in range(repeats):
         began = time.perf_counter()
-        explore.build_gallery(models[0], models[1], "PGD16", x, y, names=(normal.name, masked.name))
+        gallery.build_gallery(models[0], models[1], "PGD16", x, y, names=(normal.name, masked.name))
         times.append(time.perf_counter() - began)
     median = statistics.median(times)
     print(f"gallery  8 × PGD16 (20 steps) against {normal.label} and {masked.label}; torch threads "
@@ -118,14 +118,14 @@ def bench_memory() -> None:
     import plotly.graph_objects  # noqa: F401
     import streamlit  # noqa: F401
 
-    from randmask import explore
+    from randmask import catalog
     from randmask.data import load_test_sample
 
     before = rss_gib()
     load_test_sample("cifar10", 1000)
-    catalog = explore.discover_models()
+    catalog = catalog.discover_models()
     entries = [e for e in catalog.entries if e.trained] or catalog.entries
-    models = [explore.load_entry(e) for e in entries]
+    models = [catalog.load_entry(e) for e in entries]
     kind = "trained zoo/user models" if entries[0].trained else "untrained stand-ins (zoo not trained yet)"
     total = rss_gib()
     print(f"memory   {len(models)} {kind} + 1000 test images: RSS {total:.2f} GiB (imports alone {before:.2f} GiB)")

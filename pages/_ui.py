@@ -20,9 +20,18 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts only the entry script's fo
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from randmask import explore  # noqa: E402
+from randmask.catalog import (  # noqa: E402
+    Catalog,
+    ModelEntry,
+    default_picks,
+    discover_models,
+    load_entry,
+    trained_summary,
+    unique_names,
+)
 from randmask.data import CLASSES, load_test_sample  # noqa: E402
 from randmask.device import default_device  # noqa: E402
+from randmask.images import display_image  # noqa: E402
 
 PICK_KEY, DATASET_KEY = "picked_models", "picked_dataset"
 PICKS, DATASET = "picks", "dataset"  # plain copies of the picker's values: they survive runs without the sidebar
@@ -56,14 +65,14 @@ def ensure_app() -> None:
 
 # ------------------------------------------------------------------------------------------------ loading
 @st.cache_resource(max_entries=64, show_spinner=False)
-def _load(entry: explore.ModelEntry, stamp: float) -> torch.nn.Module:
-    model = explore.load_entry(entry, default_device())
+def _load(entry: ModelEntry, stamp: float) -> torch.nn.Module:
+    model = load_entry(entry, default_device())
     for param in model.parameters():
         param.requires_grad_(False)  # pages only read models; attacks need gradients w.r.t. inputs only
     return model
 
 
-def model_for(entry: explore.ModelEntry) -> torch.nn.Module:
+def model_for(entry: ModelEntry) -> torch.nn.Module:
     """The entry's model (cached per entry and checkpoint file time, so a retrained folder reloads)."""
     stamp = 0.0
     if entry.folder:
@@ -76,7 +85,7 @@ def model_for(entry: explore.ModelEntry) -> torch.nn.Module:
 @st.cache_resource(max_entries=32, show_spinner=False)
 def structure(notation: str, dataset: str, width: int, mask_seed: int) -> torch.nn.Module:
     """An untrained model of this notation: its masks are exactly the trained model's (they come from the seed)."""
-    return explore.load_entry(explore.ModelEntry(key=f"structure:{notation}", notation=notation, dataset=dataset,
+    return load_entry(ModelEntry(key=f"structure:{notation}", notation=notation, dataset=dataset,
                                                  source="untrained", width=width, mask_seed=mask_seed))
 
 
@@ -94,9 +103,9 @@ def images(dataset: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tens
     return torch.from_numpy(x).float().div(255), torch.from_numpy(y).long()
 
 
-def catalog() -> explore.Catalog:
+def catalog() -> Catalog:
     """Zoo, your trained models and untrained stand-ins; read from disk on every run (a few small JSON files)."""
-    return explore.discover_models()
+    return discover_models()
 
 
 # ------------------------------------------------------------------------------------------------ picker
@@ -112,12 +121,12 @@ def _stored_picks() -> list[str] | None:
     return None
 
 
-def picked() -> list[explore.ModelEntry]:
+def picked() -> list[ModelEntry]:
     """The models chosen in the sidebar (or the default choice when a page runs without the sidebar)."""
     entries = catalog().for_dataset(current_dataset())
     keys = _stored_picks()
     if keys is None:
-        keys = explore.default_picks(entries)
+        keys = default_picks(entries)
     known = {e.key: e for e in entries}
     return [known[k] for k in keys if k in known]
 
@@ -138,7 +147,7 @@ def sidebar() -> None:
         keys = [e.key for e in entries]
         labels = {e.key: e.label for e in entries}
         stored = _stored_picks()
-        chosen = explore.default_picks(entries) if stored is None else [k for k in stored if k in keys]
+        chosen = default_picks(entries) if stored is None else [k for k in stored if k in keys]
         st.session_state[PICK_KEY] = chosen  # drop models that vanished (a removed run, another data set)
         st.session_state[PICKS] = st.multiselect(
             "Compare these models", keys, key=PICK_KEY, format_func=lambda k: labels.get(k, k),
@@ -148,20 +157,20 @@ def sidebar() -> None:
             st.warning("No trained models yet: the zoo is empty (or still training). Pages use untrained "
                        "stand-ins, marked UNTRAINED; the mask pages need no weights at all.")
         else:
-            st.caption(explore.trained_summary(cat, current_dataset()))
+            st.caption(trained_summary(cat, current_dataset()))
         for problem in cat.problems:
             st.caption(f"⚠ skipped {problem}")
         device = default_device()
         st.caption(f"Device: {'CUDA · ' + torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}")
 
 
-def named_models(entries: list[explore.ModelEntry]) -> dict[str, torch.nn.Module]:
+def named_models(entries: list[ModelEntry]) -> dict[str, torch.nn.Module]:
     """{distinct display name: cached model} for the entries, in order."""
-    return {name: model_for(e) for name, e in zip(explore.unique_names(entries), entries, strict=True)}
+    return {name: model_for(e) for name, e in zip(unique_names(entries), entries, strict=True)}
 
 
-def entry_select(label: str, entries: list[explore.ModelEntry], default_key: str | None = None,
-                 key: str | None = None, help: str | None = None) -> explore.ModelEntry | None:
+def entry_select(label: str, entries: list[ModelEntry], default_key: str | None = None,
+                 key: str | None = None, help: str | None = None) -> ModelEntry | None:
     """A selectbox over entries showing their labels (with the UNTRAINED badge)."""
     if not entries:
         st.warning(f"{label}: no model available for this data set.")
@@ -173,7 +182,7 @@ def entry_select(label: str, entries: list[explore.ModelEntry], default_key: str
     return by_key[choice]
 
 
-def untrained_note(entries: list[explore.ModelEntry]) -> None:
+def untrained_note(entries: list[ModelEntry]) -> None:
     names = [e.name for e in entries if not e.trained]
     if names:
         st.info(f"UNTRAINED (random weights, built from notation): {', '.join(names)}. Their predictions show "
@@ -218,7 +227,7 @@ def pixelated() -> None:
 
 def show_image(image, caption: str | None = None, size: int = 224) -> None:
     """A C×H×W image, nearest-neighbour upscaled to about `size` pixels, shown at its own size."""
-    show_array(explore.display_image(image, size), caption)
+    show_array(display_image(image, size), caption)
 
 
 def show_array(array: np.ndarray, caption: str | None = None) -> None:

@@ -12,8 +12,9 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # a page run on its own (tests) still finds the project
     sys.path.insert(0, ROOT)
 from pages import _ui  # noqa: E402
-from randmask import explore  # noqa: E402
+from randmask import catalog, images  # noqa: E402
 from randmask.evaluate import select_correct  # noqa: E402
+from randmask.gallery import ATTACK_KINDS, attack_notation, build_gallery, gallery_png  # noqa: E402
 
 _ui.ensure_app()
 st.title("Adversarial gallery")
@@ -22,7 +23,7 @@ entries = _ui.catalog().for_dataset(dataset)
 picked = _ui.picked()
 normals = [e for e in entries if not e.is_masked]
 maskeds = [e for e in entries if e.is_masked]
-explore_defaults = explore.default_picks(entries, limit=4)
+explore_defaults = catalog.default_picks(entries, limit=4)
 
 
 def first(candidates, notation):
@@ -44,7 +45,7 @@ _ui.untrained_note([normal, masked])
 
 a1, a2, a3, a4 = st.columns([2, 2, 1, 1])
 with a1:
-    kind = st.segmented_control("Attack", list(explore.ATTACK_KINDS), default="PGD", key="gallery_attack") or "PGD"
+    kind = st.segmented_control("Attack", list(ATTACK_KINDS), default="PGD", key="gallery_attack") or "PGD"
 with a2:
     if kind == "CW":
         kappa = st.slider("confidence κ (logits)", 0, 60, 40, key="gallery_kappa")
@@ -67,7 +68,7 @@ elif kind == "Square":
     budget["queries"] = int(b1.number_input("queries per image", 50, 10_000, 300, step=50, key="gallery_queries"))
 both_trained = normal.trained and masked.trained
 only_correct = st.checkbox("Only images both networks classify correctly", value=both_trained, key="gallery_correct")
-attack = explore.attack_notation(kind, eps, kappa=kappa, **budget)
+attack = attack_notation(kind, eps, kappa=kappa, **budget)
 st.caption(f"Attack in the paper's notation: **{attack}**"
            + (" (step 1, the paper's step rule)" if kind == "PGD" else "")
            + (" (a small budget so a CPU answers in seconds; raise it for stronger attacks)"
@@ -85,7 +86,7 @@ if st.button("Build the gallery", type="primary", key="gallery_run"):
         else:
             chosen = np.arange(start, min(start + count, len(x)))
         report, bar = _ui.progress_callback(f"Attacking with {attack}…")
-        gallery = explore.build_gallery(models[names[0]], models[names[1]], attack, x[chosen], y[chosen],
+        gallery = build_gallery(models[names[0]], models[names[1]], attack, x[chosen], y[chosen],
                                         names=names, indices=[int(i) for i in chosen], dataset=dataset,
                                         progress=report)
         bar.empty()
@@ -99,7 +100,7 @@ if gallery is None:
 vmax = gallery.perturbation_scale()
 st.markdown(f"**{gallery.attack}** against **{gallery.names[0]}** and against **{gallery.names[1]}**. "
             "Under every image: each network's label and confidence.")
-legend = explore.diverging_rgb(np.tile(np.linspace(-vmax, vmax, 256), (14, 1)), vmax)
+legend = images.diverging_rgb(np.tile(np.linspace(-vmax, vmax, 256), (14, 1)), vmax)
 _ui.show_array(legend, f"perturbation colours (mean over RGB): −{vmax:g}/255 blue · 0 white · +{vmax:g}/255 red")
 titles = ["original", f"adversarial vs {gallery.names[0]}", f"adversarial vs {gallery.names[1]}",
           f"perturbation vs {gallery.names[0]}", f"perturbation vs {gallery.names[1]}"]
@@ -118,10 +119,10 @@ for i, index in enumerate(gallery.indices):
             st.caption("  \n".join(lines))
     for col, name in zip(cols[3:], gallery.names, strict=True):
         with col:
-            rgb, _ = explore.perturbation_image(gallery.adv[name][i], gallery.clean[i], vmax)
-            tile = explore.upscale_nearest(rgb, 5)
+            rgb, _ = images.perturbation_image(gallery.adv[name][i], gallery.clean[i], vmax)
+            tile = images.upscale_nearest(rgb, 5)
             _ui.show_array(tile)
             st.caption(f"l-inf {float(gallery.linf[name][i]):.0f}/255")
 
-st.download_button("Download the gallery as PNG", explore.gallery_png(gallery), "gallery.png", "image/png",
+st.download_button("Download the gallery as PNG", gallery_png(gallery), "gallery.png", "image/png",
                    key="gallery_png")

@@ -10,7 +10,7 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # a page run on its own (tests) still finds the project
     sys.path.insert(0, ROOT)
 from pages import _ui  # noqa: E402
-from randmask import explore  # noqa: E402
+from randmask import catalog, images, mask_views, settings  # noqa: E402
 from randmask.zoo import list_zoo  # noqa: E402
 
 _ui.ensure_app()
@@ -30,21 +30,21 @@ with _ui.readable_errors("Cannot draw the picture"):
     x, y = _ui.images("cifar10", 8)
     image = x[0]
     ratio = 0.7
-    stem = explore.kind_comparison((16, 32, 32), ratio, seed=0)
+    stem = mask_views.kind_comparison((16, 32, 32), ratio, seed=0)
     st.subheader(f"What the first layer passes on, drop ratio {ratio:g}")
     columns = st.columns(6)
     with columns[0]:
         _ui.show_image(image, f"input ({_ui.class_name('cifar10', int(y[0]))})", size=160)
     for i, col in enumerate(columns[1:4]):
         with col:
-            _ui.show_array(explore.upscale_nearest(explore.overlay_keep(image, stem["random"][i]), 5),
+            _ui.show_array(images.upscale_nearest(images.overlay_keep(image, stem["random"][i]), 5),
                            caption=f"Random Mask, channel {i + 1}")
     with columns[4]:
-        _ui.show_array(explore.upscale_nearest(explore.overlay_keep(image, stem["SM"][0]), 5),
+        _ui.show_array(images.upscale_nearest(images.overlay_keep(image, stem["SM"][0]), 5),
                        caption="SM: one pattern, every channel")
     with columns[5]:
         dead = int((~stem["DC"].flatten(1).any(1)).sum())
-        _ui.show_array(explore.upscale_nearest(explore.overlay_keep(image, stem["DC"].any(0)), 5),
+        _ui.show_array(images.upscale_nearest(images.overlay_keep(image, stem["DC"].any(0)), 5),
                        caption=f"DC: {dead} of 16 channels dropped whole, the rest see everything")
     st.caption("Dark positions are where a channel's output is zeroed. Random Mask gives every channel its own "
                "holes, so together the channels still see the whole image; SM repeats one pattern; DC drops "
@@ -52,7 +52,7 @@ with _ui.readable_errors("Cannot draw the picture"):
 
 st.subheader("The model zoo")
 with _ui.readable_errors("Cannot list the zoo"):
-    rows = explore.zoo_overview(list_zoo(explore.zoo_root()), _ui.catalog().entries)
+    rows = catalog.zoo_overview(list_zoo(settings.zoo_root()), _ui.catalog().entries)
     if all(r["status"] == "not trained yet" for r in rows):
         st.info("No model is trained yet (the quick zoo trains in the background and lands in assets/zoo). "
                 "Until then the pages fall back to untrained models, clearly marked UNTRAINED.")

@@ -12,7 +12,7 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # a page run on its own (tests) still finds the project
     sys.path.insert(0, ROOT)
 from pages import _ui  # noqa: E402
-from randmask import explore  # noqa: E402
+from randmask import images, mask_views  # noqa: E402
 from randmask.notation import canonical  # noqa: E402
 
 BLOCK_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e"]  # blocks 0-4, all dark enough on white
@@ -48,7 +48,7 @@ with _ui.readable_errors("Cannot build the masks"):
 if model is None:
     st.stop()
 
-stats = explore.mask_statistics(model)
+stats = mask_views.mask_statistics(model)
 st.caption(f"**{notation}** · width {width} · mask seed {mask_seed} · {len(stats)} masked layer(s). The masks are "
            "drawn from the mask seed, so an untrained model built from the notation has exactly the trained "
            "model's masks.")
@@ -61,7 +61,7 @@ if stats:
     with c1:
         layer = st.selectbox("Layer", names, key="masks_layer",
                              format_func=lambda n: f"block {by_name[n]['block']} · {n} · {by_name[n]['shape']}")
-    keep = explore.get_mask(model, layer)
+    keep = mask_views.get_mask(model, layer)
     with c2:
         channel = st.slider("Channel", 0, keep.shape[0] - 1, 0, key="masks_channel")
 else:
@@ -83,7 +83,7 @@ if view == "Heatmaps":
             st.plotly_chart(_ui.heatmap(keep[channel].int(), f"{layer}, channel {channel}: white kept, black dropped",
                                         colorscale=_ui.KEEP_COLORS, zmin=0, zmax=1, wrap=40), key="map_channel")
         with right:
-            st.plotly_chart(_ui.heatmap(explore.drop_frequency(keep), "share of the layer's channels dropping each "
+            st.plotly_chart(_ui.heatmap(mask_views.drop_frequency(keep), "share of the layer's channels dropping each "
                                         "position", colorscale="Viridis", zmin=0, zmax=1, colorbar="share", wrap=40),
                             key="map_frequency")
         st.caption(f"Nominal drop ratio {row['ratio']:g}, measured {row['measured_drop_ratio']:.4f} "
@@ -91,7 +91,7 @@ if view == "Heatmaps":
                    f"{row['channel_drop_min']:.3f} and {row['channel_drop_max']:.3f}; "
                    f"{row['dead_channels']} channel(s) dropped entirely.")
         last = min(channel + 16, keep.shape[0]) - 1
-        _ui.show_array(explore.mask_montage(keep, channel, 16, columns=8, factor=3),
+        _ui.show_array(mask_views.mask_montage(keep, channel, 16, columns=8, factor=3),
                        f"channels {channel}–{last}, left to right, top to bottom (light kept, dark dropped)")
 
 if view == "Drop statistics":
@@ -132,7 +132,7 @@ if view == "Random vs SM vs DC":
         ratio = st.slider("Drop ratio", 0.05, 0.95, default_ratio, 0.05, key="kinds_ratio")
     with c2:
         seed = int(st.number_input("Seed", 0, 10_000, 0, key="kinds_seed"))
-    kinds = explore.kind_comparison(shape, ratio, seed)
+    kinds = mask_views.kind_comparison(shape, ratio, seed)
     titles = {"random": "Random Mask", "SM": "SM (same mask, all channels)", "DC": "DC (drop whole channels)"}
     cols = st.columns(3)
     ch = min(channel, shape[0] - 1)
@@ -143,11 +143,11 @@ if view == "Random vs SM vs DC":
                                         colorscale=_ui.KEEP_COLORS, zmin=0, zmax=1, height=280, wrap=30),
                             key=f"kind_{kind}_channel")
             # a colour bar on each: DC's map is one flat colour, which means nothing without its scale
-            st.plotly_chart(_ui.heatmap(explore.drop_frequency(mask), "share of channels dropping each position",
+            st.plotly_chart(_ui.heatmap(mask_views.drop_frequency(mask), "share of channels dropping each position",
                                         colorscale="Viridis", zmin=0, zmax=1, colorbar="share", height=280, wrap=30),
                             key=f"kind_{kind}_freq")
             if shape[1] == shape[2] and shape[1] >= 8:
-                cover = explore.coverage_summary(mask)
+                cover = mask_views.coverage_summary(mask)
                 st.metric("input a 3×3 stem with this mask still sees", f"{100 * cover['layer_sees']:.1f}%",
                           help="Share of input pixels that reach at least one kept neuron of the layer, if this "
                                "mask followed a stride-1 3×3 conv.")
@@ -156,7 +156,7 @@ if view == "Random vs SM vs DC":
                "the image; independent patterns per channel cover it almost entirely.")
 
 if view == "What one 3×3 filter sees":
-    stem = explore.stem_mask(model)
+    stem = mask_views.stem_mask(model)
     if stem is not None:
         stem_name, stem_keep = stem
         source_text = f"the model's stem mask ({stem_name}, {tuple(stem_keep.shape)})"
@@ -166,7 +166,7 @@ if view == "What one 3×3 filter sees":
             kind = st.radio("Mask kind", ["random", "SM", "DC"], horizontal=True, key="filter_kind")
         with c2:
             f_ratio = st.slider("Drop ratio", 0.05, 0.95, 0.7, 0.05, key="filter_ratio")
-        stem_keep = explore.kind_comparison((width, 32, 32) if dataset != "mnist" else (width, 28, 28),
+        stem_keep = mask_views.kind_comparison((width, 32, 32) if dataset != "mnist" else (width, 28, 28),
                                             f_ratio, 0)[kind]
         source_text = f"a {kind} mask of ratio {f_ratio:g} on a {width}-channel stem (this model's stem is unmasked)"
     c, h, w = stem_keep.shape
@@ -178,8 +178,8 @@ if view == "What one 3×3 filter sees":
     with c3:
         f_col = st.slider("Neuron column", 0, w - 1, w // 2, key="filter_col")
     x, y = _ui.images(dataset, 1)
-    coverage = explore.input_coverage(stem_keep)
-    summary = explore.coverage_summary(stem_keep)
+    coverage = mask_views.input_coverage(stem_keep)
+    summary = mask_views.coverage_summary(stem_keep)
     m1, m2, m3 = st.columns(3)
     m1.metric(f"channel {f_channel} sees", f"{100 * float((coverage[f_channel] > 0).float().mean()):.1f}% of pixels")
     m2.metric("the layer sees", f"{100 * summary['layer_sees']:.1f}% of pixels")
@@ -187,21 +187,21 @@ if view == "What one 3×3 filter sees":
               help="9 × share of kept neurons: the most a 3×3 stem can see when every channel has the same mask")
     left, middle, right = st.columns(3)
     with left:
-        seen = explore.overlay_keep(x[0], coverage[f_channel] > 0, dim=0.12)
-        _ui.show_array(explore.upscale_nearest(seen, 8),
+        seen = images.overlay_keep(x[0], coverage[f_channel] > 0, dim=0.12)
+        _ui.show_array(images.upscale_nearest(seen, 8),
                        caption=f"pixels channel {f_channel}'s 3×3 filter still reads (the rest darkened)")
     with middle:
         st.plotly_chart(_ui.heatmap((coverage > 0).sum(0), "how many channels see each pixel", colorscale="Viridis",
                                     zmin=0, zmax=c, colorbar="channels", height=300, wrap=30), key="filter_count")
     with right:
-        field = explore.receptive_field(stem_keep, f_row, f_col)
+        field = mask_views.receptive_field(stem_keep, f_row, f_col)
         r0, r1, c0, c1_ = max(0, f_row - 4), min(h, f_row + 5), max(0, f_col - 4), min(w, f_col + 5)
         fig = _ui.heatmap(field[r0:r1, c0:c1_], f"input paths into a next-layer neuron at ({f_row}, {f_col})",
                           colorscale="Blues", zmin=0, colorbar="paths", height=300, text=field[r0:r1, c0:c1_],
                           wrap=30)
         fig.data[0].update(x=list(range(c0, c1_)), y=list(range(r0, r1)))
         st.plotly_chart(fig, key="filter_field")
-    window = explore.filter_window(stem_keep, f_row, f_col)
+    window = mask_views.filter_window(stem_keep, f_row, f_col)
     fig = _ui.heatmap(window.sum(0), f"3×3 window of that neuron: live channels (of {c}) at each offset",
                       colorscale="Greens", zmin=0, zmax=c, colorbar="channels", height=260,
                       x_title="column offset", y_title="row offset", text=window.sum(0), wrap=34)

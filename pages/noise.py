@@ -13,7 +13,7 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # a page run on its own (tests) still finds the project
     sys.path.insert(0, ROOT)
 from pages import _ui  # noqa: E402
-from randmask import explore  # noqa: E402
+from randmask import catalog  # noqa: E402
 from randmask.evaluate import quantize  # noqa: E402
 from randmask.protocols import PAPER_SIGMAS, gaussian_noise, noise  # noqa: E402
 
@@ -86,4 +86,4 @@ else:
                        "95% CI (%)": f"{100 * r['ci_low']:.1f}–{100 * r['ci_high']:.1f}", "n": r["n"]}
                       for r in rows], hide_index=True,
                      column_config={"accuracy (%)": st.column_config.NumberColumn(format="%.1f")})
-        st.download_button("Download CSV", explore.rows_csv(rows), "noise.csv", "text/csv", key="noise_csv")
+        st.download_button("Download CSV", catalog.rows_csv(rows), "noise.csv", "text/csv", key="noise_csv")

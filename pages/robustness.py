@@ -12,8 +12,17 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # a page run on its own (tests) still finds the project
     sys.path.insert(0, ROOT)
 from pages import _ui  # noqa: E402
-from randmask import explore  # noqa: E402
+from randmask import catalog, comparison, settings, tables  # noqa: E402
 from randmask.attacks import canonical_attack  # noqa: E402
+from randmask.paper import (  # noqa: E402
+    PAPER_TABLES,
+    load_paper_tables,
+    load_results,
+    paper_attacks,
+    paper_sources,
+    table_dataset,
+    trained_model_keys,
+)
 from randmask.protocols import transfer  # noqa: E402
 
 ERROR_BAR = {"color": "rgba(31, 119, 180, 0.45)", "thickness": 1.5, "width": 3}
@@ -22,12 +31,12 @@ _ui.ensure_app()
 st.title("Robustness explorer")
 paper = None
 with _ui.readable_errors("The paper's tables are missing"):
-    paper = explore.load_paper_tables()
-ours, problems = explore.load_results()
+    paper = load_paper_tables()
+ours, problems = load_results()
 for problem in problems:
     st.caption(f"⚠ results/{problem}")
 if ours.empty:
-    st.info(f"No reproduction results in {explore.results_root()} yet: the tables show the paper's numbers only. "
+    st.info(f"No reproduction results in {settings.results_root()} yet: the tables show the paper's numbers only. "
             "Our numbers appear beside them once the reproduction has written its CSVs there.")
 
 tab_tables, tab_tradeoff, tab_run = st.tabs(["Tables: ours beside the paper's", "Figure 7: trade-off",
@@ -35,32 +44,32 @@ tab_tables, tab_tradeoff, tab_run = st.tabs(["Tables: ours beside the paper's", 
 
 with tab_tables:
     if paper is not None:
-        table = st.selectbox("Table", list(explore.PAPER_TABLES), format_func=explore.PAPER_TABLES.get,
-                             index=list(explore.PAPER_TABLES).index(7), key="robust_table")
+        table = st.selectbox("Table", list(PAPER_TABLES), format_func=PAPER_TABLES.get,
+                             index=list(PAPER_TABLES).index(7), key="robust_table")
         with _ui.readable_errors("Cannot compare"):
-            trained = explore.trained_model_keys(_ui.catalog().for_dataset(explore.table_dataset(table)))
-            comp = explore.compare_with_paper(paper, ours, table, trained)
-            wide = explore.comparison_table(comp)
+            trained = trained_model_keys(_ui.catalog().for_dataset(table_dataset(table)))
+            comp = comparison.compare_with_paper(paper, ours, table, trained)
+            wide = tables.comparison_table(comp)
             have_ours = comp["ours"].notna().any()
             metric = ", ".join(sorted(set(comp["metric"].str.replace("_", " "))))
             st.caption(f"Percent ({metric}). Defense rate = the target's accuracy on adversarial images that fool "
                        "the source. 'ours' = our reproduction, where results/ has the same source, target, "
-                       f"attack and metric; {explore.MISSING} = no number. 'here' says whether we measured the "
+                       f"attack and metric; {tables.MISSING} = no number. 'here' says whether we measured the "
                        "target." + ("" if have_ours else " No matching rows of ours yet."))
             numbers = {c: st.column_config.TextColumn(alignment="right") for c in wide.columns[2:]}
             st.dataframe(wide, hide_index=True, height="content", column_config={
                 **numbers, "target": st.column_config.TextColumn(width=_ui.text_width(wide["target"]), pinned=True),
                 "here": st.column_config.TextColumn(width=_ui.text_width(wide["here"]))})
-            missing = explore.untrained_targets(comp)
+            missing = comparison.untrained_targets(comp)
             if missing:
                 with st.expander(f"Not trained here: {len(missing)} of this table's models. The commands that "
                                  "train them"):
                     st.caption("A model trained this way appears in the sidebar's picker, and the *Run a transfer "
                                "evaluation* tab measures it.")
                     st.code("\n".join(command for _, command in missing), language="bash")
-            attacks = list(dict.fromkeys(explore.comparison_column(a, m)
+            attacks = list(dict.fromkeys(tables.comparison_column(a, m)
                                          for a, m in zip(comp["attack"], comp["metric"], strict=True)))
-            comp["column"] = [explore.comparison_column(a, m)
+            comp["column"] = [tables.comparison_column(a, m)
                               for a, m in zip(comp["attack"], comp["metric"], strict=True)]
             with_ours = [a for a in attacks if comp.loc[comp["column"] == a, "ours"].notna().any()]
             shown = st.selectbox("Chart column", attacks, key="robust_chart_attack",
@@ -73,24 +82,24 @@ with tab_tables:
                             error_y={"type": "data", "symmetric": False, "array": part["ours_high"] - part["ours"],
                                      "arrayminus": part["ours"] - part["ours_low"]})
             fig.update_layout(barmode="group", height=440, margin={"t": 40},
-                              title=f"{explore.PAPER_TABLES[table]}: {shown}")
+                              title=f"{PAPER_TABLES[table]}: {shown}")
             fig.update_xaxes(title="target network")
             fig.update_yaxes(title="percent", range=[0, 100])
             st.plotly_chart(fig, key="robust_chart")
             with st.expander("Every number, with our 95% intervals"):
-                st.dataframe(explore.comparison_details(comp), hide_index=True)
+                st.dataframe(tables.comparison_details(comp), hide_index=True)
 
 with tab_tradeoff:
     if paper is not None:
-        sources = explore.paper_sources(paper)
+        sources = paper_sources(paper)
         c1, c2 = st.columns(2)
         with c1:
             source = st.selectbox("Source network", sources, key="tradeoff_source")
         with c2:
-            attacks = explore.paper_attacks(paper, source)
+            attacks = paper_attacks(paper, source)
             attack = st.selectbox("Attack", attacks, index=attacks.index("FGSM16") if "FGSM16" in attacks else 0,
                                   key="tradeoff_attack")
-        points = explore.tradeoff_points(paper, ours, source, attack)
+        points = comparison.tradeoff_points(paper, ours, source, attack)
         fig = go.Figure()
         mine = points[points["origin"] == "paper"]
         fig.add_scatter(x=mine["clean_accuracy"], y=mine["defense_rate"], mode="markers+text", name="paper",
@@ -123,7 +132,7 @@ with tab_run:
     dataset = _ui.current_dataset()
     entries = _ui.catalog().for_dataset(dataset)
     by_key = {e.key: e for e in entries}
-    default_source, default_targets = explore.default_transfer(entries, [e.key for e in _ui.picked()])
+    default_source, default_targets = catalog.default_transfer(entries, [e.key for e in _ui.picked()])
     c1, c2 = st.columns(2)
     with c1:
         normals = [e for e in entries if not e.is_masked]
@@ -162,7 +171,7 @@ with tab_run:
             st.markdown(f"**{first_row['attack']}** from **{first_row['source']}**: {first_row['n_attacked']} images "
                         f"attacked, {first_row['n']} fooled the source and were passed on."
                         + (" With none to pass on, there is no defense rate to measure." if not first_row["n"] else ""))
-        st.dataframe(explore.transfer_table(rows), hide_index=True, column_config={
+        st.dataframe(tables.transfer_table(rows), hide_index=True, column_config={
             c: st.column_config.TextColumn(alignment="right")
             for c in ("defense rate (%)", "95% CI (%)", "n", "clean accuracy (%)")})
-        st.download_button("Download CSV", explore.rows_csv(rows), "transfer.csv", "text/csv", key="run_csv")
+        st.download_button("Download CSV", catalog.rows_csv(rows), "transfer.csv", "text/csv", key="run_csv")

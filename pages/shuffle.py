@@ -13,9 +13,9 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # a page run on its own (tests) still finds the project
     sys.path.insert(0, ROOT)
 from pages import _ui  # noqa: E402
-from randmask import explore  # noqa: E402
+from randmask import catalog, paper, tables  # noqa: E402
+from randmask.plan import PRESETS  # noqa: E402
 from randmask.protocols import patch_shuffle, shuffle  # noqa: E402
-from randmask.reproduce import PRESETS  # noqa: E402
 
 # the paper keeps images its nets know with confidence >= 0.99; the reproduction's quick preset says why ours can't
 PAPER_CONFIDENCE, OUR_CONFIDENCE = PRESETS["paper"]["shuffle_confidence"], PRESETS["quick"]["shuffle_confidence"]
@@ -29,7 +29,7 @@ if not entries:
     st.stop()
 _ui.untrained_note(entries)
 x, y = _ui.images(dataset)
-grids = explore.shuffle_grids(x.shape[-1])
+grids = catalog.shuffle_grids(x.shape[-1])
 
 c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
@@ -50,7 +50,7 @@ with _ui.readable_errors("Cannot shuffle"):
         _ui.show_image(shuffled[0], f"{k}×{k} patches shuffled", size=192)
     with table:
         models = _ui.named_models(entries)
-        rows = explore.predictions(models, torch.cat([image, shuffled]), dataset)
+        rows = catalog.predictions(models, torch.cat([image, shuffled]), dataset)
         view = {}
         for row in rows:
             item = view.setdefault(row["model"], {"model": row["model"]})
@@ -113,7 +113,7 @@ if result:
 
 with st.expander("The paper's Table 3 (ImageNet, 5000 images)"):
     with _ui.readable_errors("The paper's table is not available"):
-        paper_rows = explore.paper_shuffle_table(explore.load_paper_tables())
+        paper_rows = tables.paper_shuffle_table(paper.load_paper_tables())
         st.dataframe(paper_rows, hide_index=True, column_config={
             c: st.column_config.TextColumn(alignment="right") for c in paper_rows.columns[1:]})
         st.caption("Accuracy (%) on shuffled images the model classified correctly with confidence ≥ "

@@ -13,13 +13,13 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # a page run on its own (tests) still finds the project
     sys.path.insert(0, ROOT)
 from pages import _ui  # noqa: E402
-from randmask import explore, jobs  # noqa: E402
+from randmask import jobs, paper, settings  # noqa: E402
 from randmask.models import DATASETS, describe  # noqa: E402
 from randmask.train import PRESETS  # noqa: E402
 
 _ui.ensure_app()
 st.title("Train a model")
-st.caption(f"Jobs run as separate processes and write to {explore.user_runs_root()}. On this machine's CPU the "
+st.caption(f"Jobs run as separate processes and write to {settings.user_runs_root()}. On this machine's CPU the "
            "quick preset takes hours for a full run; shrink epochs and training images for a first look.")
 
 with st.form("train_form"):
@@ -67,7 +67,7 @@ def show_job(status: jobs.JobStatus) -> None:
         st.markdown(title)
         if not status.finished or status.state == "done":
             st.progress(status.fraction, text=status.progress_text())
-        note = jobs.budget_note(status, zoo_accuracy.get((explore.model_key(s["notation"]), s["dataset"])))
+        note = jobs.budget_note(status, zoo_accuracy.get((paper.model_key(s["notation"]), s["dataset"])))
         if note:
             st.caption(note)
         if status.history:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from randmask.errors import NotationError, RandmaskError
-from randmask.notation import ModelRef, format_ref, parse_model
+from randmask.notation import ModelRef, format_ref, parse_model, parse_ref
 from randmask.settings import paper_tables_path, results_root
 
 OTHER_INIT = ModelRef("", seed=1)  # what the zoo trains for Table 5's "other init" (seeds only)
@@ -57,7 +57,10 @@ def model_key(name) -> str:
     elif text.endswith("DIF"):
         text, seeds = text.removesuffix("DIF"), OTHER_MASK
     try:
-        return format_ref(ModelRef(text, seeds.seed, seeds.mask_seed)) + suffix
+        ref = parse_ref(text)
+        if seeds != ModelRef(""):
+            ref = ModelRef(ref.notation, seeds.seed, seeds.mask_seed)
+        return format_ref(ref) + suffix
     except NotationError:
         return name.strip() if seeds != ModelRef("") else text + suffix
 

@@ -13,6 +13,7 @@ from badinput import assert_one_line_error, assert_one_line_exception, assert_un
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from randmask.architectures import list_models
 from randmask.attacks.notation import _DECIMAL, _SHAPE, AttackNotationError, format_attack, parse_attack
 from randmask.checkpoint import load_model, save_checkpoint
 from randmask.cli import main
@@ -22,7 +23,6 @@ from randmask.models import build_model, check_buildable
 from randmask.notation import (
     _ARCH,
     _TERM,
-    ARCH_NAMES,
     MAX_ENSEMBLE,
     MAX_MULTIPLIER,
     MAX_NOTATION_LENGTH,
@@ -183,7 +183,7 @@ ratios = st.floats(min_value=MIN_RATIO, max_value=1.0, exclude_max=True, allow_n
 def model_specs(draw) -> ModelSpec:
     ensemble = draw(st.integers(1, MAX_ENSEMBLE))
     if draw(st.booleans()):
-        return ModelSpec(draw(st.sampled_from(list(ARCH_NAMES))), (), ensemble)
+        return ModelSpec(draw(st.sampled_from(list_models())), (), ensemble)
     owner = draw(st.lists(st.sampled_from([None, 0, 1, 2]), min_size=5, max_size=5))
     if all(o is None for o in owner):
         owner[0] = 0
