@@ -1,16 +1,21 @@
-"""One adversarial-set format: the attack writer (randmask) and the study's reader agree on it, and the study
-imports nothing from randmask but the standard-library-only schema modules."""
+"""One adversarial-set format: the attack writer (randmask) and the study's reader agree on it, the study
+imports nothing from randmask but the standard-library-only schema modules, and a set written by
+`python -m randmask attack` becomes exactly those items in `python -m study create`'s database."""
 from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_attack_support import TinyCNN
 
 from randmask import set_schema
@@ -119,3 +124,41 @@ def test_every_column_a_writer_writes_is_known_to_the_reader(tmp_path):
     build_noise_set(tmp_path / "noise", indices.tolist(), x=images, y=labels, source="tiny", source_preds=[1] * 5)
     noise_header = list(read_meta(tmp_path / "noise")[0])
     assert all(set_schema.is_known_column(c) for c in noise_header) and len(noise_header) >= 8
+
+
+# --- round trip through both command lines ---------------------------------------------------------------
+
+
+def test_a_set_from_randmask_attack_becomes_exactly_those_study_items(tmp_path, data_dir):
+    folder, db_path = tmp_path / "set", tmp_path / "study.db"
+    run_python("-m", "randmask", "attack", "--model", "0.7-Shallow", "--untrained", "--attack", "FGSM8",
+               "--n", "6", "--all-images", "--pool", "6", "--predict", "0.9-Shallow@seed=1", "--save-clean",
+               "--out", str(folder), "--device", "cpu", "--quiet")
+    run_python("-m", "study", "create", "--db", str(db_path), "--name", "roundtrip", "--set", str(folder),
+               "--items-per-participant", "6", "--catch-per-participant", "0", "--labels-per-item", "1")
+    meta = read_meta(folder)
+    assert len(meta) == 6 and {r["pred:0.9-Shallow"] for r in meta} <= {str(c) for c in range(10)}
+
+    with sqlite3.connect(db_path) as db:
+        items = db.execute("SELECT id, role, condition, attack, source_model, test_index, true_label, source_pred, "
+                           "linf, l2, png, png_sha256, set_file FROM items ORDER BY test_index").fetchall()
+        predictions = {(item_id, model): pred for item_id, model, pred in
+                       db.execute("SELECT item_id, model, pred FROM item_predictions")}
+    assert len(items) == len(meta)
+    with np.load(data_dir / "cifar10" / "test.npz") as cifar:
+        x_test, y_test = cifar["x"], cifar["y"]
+    for row, item in zip(meta, items, strict=True):
+        item_id, role, condition, attack, source, index, label, source_pred, linf, l2, png, digest, file = item
+        assert (role, condition) == ("trial", "FGSM8-vs-0.7-Shallow")
+        assert (attack, source, file) == (row["attack"], row["source"], row["file"]) == (
+            "FGSM8", "0.7-Shallow", set_schema.image_file(index))
+        assert (index, label, source_pred) == (int(row["index"]), int(row["true_label"]), int(row["source_pred"]))
+        assert label == int(y_test[index])  # the test set's own label
+        assert (linf, l2) == (pytest.approx(float(row["linf"])), pytest.approx(float(row["l2"])))
+        assert predictions[(item_id, "0.9-Shallow")] == int(row["pred:0.9-Shallow"])
+        image_bytes = (folder / row["file"]).read_bytes()
+        assert png == image_bytes and digest == hashlib.sha256(image_bytes).hexdigest()  # the same image, byte for byte
+        with Image.open(folder / row["clean_file"]) as clean, Image.open(folder / row["file"]) as shown:
+            original, attacked = np.asarray(clean, np.int16), np.asarray(shown, np.int16)
+        assert np.array_equal(original, x_test[index])  # the writer's originals are the test images
+        assert np.abs(attacked - original).max() == linf == 8  # FGSM8: every saved image is 8 grey levels off
