@@ -2,21 +2,8 @@
 
 Everything in meta.csv is measured on the saved PNGs themselves: the images are rounded to uint8 (keeping
 the l-inf budget) before the source's prediction, the attack's success and the norms are computed, because
-rounding can undo an attack. Columns:
-
-    index          position of the image in the test set
-    file           PNG path relative to the folder, images/<index>.png
-    true_label     class index 0-9
-    source         the attacked model (notation, or checkpoint folder when notations repeat)
-    attack         canonical attack notation
-    source_pred    the source's prediction on the saved image
-    source_confidence  the source's softmax probability of source_pred
-    fooled         source_pred != true_label
-    attack_success the attack's own criterion on the saved image (CW: margin >= kappa)
-    linf, l2       norms of saved minus original image, 0-255 units
-    seed           attack seed
-    clean_file     images/clean/<index>.png when the originals are saved too
-    pred:<model>   other models' predictions on the saved image, when requested
+rounding can undo an attack. The folder layout and the columns are defined in randmask.set_schema, which
+the study's reader (study.sets) uses too.
 """
 
 from __future__ import annotations
@@ -33,9 +20,7 @@ from torch import nn
 from randmask.attacks import parse_attack
 from randmask.errors import RandmaskError
 from randmask.evaluate import DEFAULT_BATCH, Progress, craft, predict, to_uint8, write_csv
-
-META_COLUMNS = ("index", "file", "true_label", "source", "attack", "source_pred", "source_confidence", "fooled",
-                "attack_success", "linf", "l2", "seed")
+from randmask.set_schema import META_COLUMNS
 
 
 def write_png(image: torch.Tensor, path: Path) -> None:

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from randmask import __version__
+from randmask import __version__, safe_files
 from randmask.architectures import ARCHITECTURES
 from randmask.datasets import DATASETS
 from randmask.errors import CheckpointError, RandmaskError
@@ -89,21 +89,11 @@ def read_regular_file(path: Path, limit: int) -> bytes:
     """The bytes of `path`, which must be a regular file of at most `limit` bytes. Devices, FIFOs and sockets
     are refused without blocking (O_NONBLOCK) and the size is checked before anything is read."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        return safe_files.read_regular_file(path, limit, CheckpointError)
     except FileNotFoundError:
         raise CheckpointError(f"{path.parent} has no {path.name}") from None
     except OSError as exc:
         raise CheckpointError(f"cannot open {path}: {exc.strerror}") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-        os.close(fd)
-        raise CheckpointError(f"{path} is not a regular file" if not stat.S_ISREG(info.st_mode) else
-                              f"{path} is {info.st_size:,} bytes; the limit is {limit:,}")
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:  # it grew while we read it
-        raise CheckpointError(f"{path} is over {limit:,} bytes")
-    return data
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:

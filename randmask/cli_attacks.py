@@ -157,10 +157,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from randmask.adversarial_sets import save_adversarial_set
     from randmask.attacks import parse_attack
     from randmask.evaluate import select_correct
+    from randmask.set_schema import META_FILE
 
     spec = parse_attack(args.attack)
     _positive("--n", args.n)
-    meta = Path(args.out) / "meta.csv"
+    meta = Path(args.out) / META_FILE
     if meta.exists() and not args.overwrite:  # before any work: an existing set is never touched
         raise RandmaskError(f"{meta} already exists; choose another --out or pass --overwrite")
     (source,) = load_models([args.model], args)

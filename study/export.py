@@ -13,7 +13,7 @@ import pandas as pd
 import sqlite_utils
 
 from .design import Study, get_study, list_studies
-from .sets import CLEAN
+from .sets import CLEAN, PRED_PREFIX
 from .stats import fleiss_kappa, krippendorff_alpha_nominal, majority, proportion_ci
 
 N_CLASSES = 10
@@ -58,7 +58,7 @@ def _items_base(db: sqlite_utils.Database, study: Study) -> pd.DataFrame:
         "WHERE i.study_id = ?", [study.id]).fetchall()
     if preds:
         wide = pd.DataFrame(preds, columns=["item_id", "model", "pred"]).pivot(index="item_id", columns="model", values="pred")
-        wide.columns = [f"pred:{m}" for m in wide.columns]
+        wide.columns = [f"{PRED_PREFIX}{m}" for m in wide.columns]
         frame = frame.merge(wide.astype("Int64"), left_on="item_id", right_index=True, how="left")
     return frame
 
