@@ -151,8 +151,8 @@ def _transfer_row(target, attack, metric, correct, n, source="VGG-19", paper_att
 
 def test_figure7_pairs_each_ratio_with_its_clean_accuracy_and_the_papers_numbers(tmp_path):
     from randmask.evaluate import write_csv
-    from randmask.paper import load_paper_tables
     from randmask.figures import figure7
+    from randmask.paper import load_paper_tables
 
     rows = [_transfer_row("Normal ResNet-18", "PGD16", "defense_rate", 10, 100),
             _transfer_row("0.7-Shallow", "PGD16", "defense_rate", 60, 100),
