@@ -1,7 +1,7 @@
 """App benchmarks, printed as measured / target ratios (below 1 is within target).
 
-    python bench/bench_app.py                 # all three
-    python bench/bench_app.py --only gallery  # gallery | switch | memory
+    python -m bench.bench_app                 # all three (a module: it shares the browser tests' launcher)
+    python -m bench.bench_app --only gallery  # gallery | switch | memory
 
 - gallery: building the adversarial gallery of 8 PGD16 images (against Normal ResNet-18 and 0.9-Shallow, both
   attacked, as the page does) on the quick zoo; target 3 s on the 2-core lab machine (issue 17).
@@ -24,12 +24,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the browser tests' server launcher
 if not os.environ.get("RANDMASK_BENCH_NO_OMP_POLICY"):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as app.py sets it, before torch loads OpenMP
 
-from streamlit_server import streamlit_server  # noqa: E402
+from tests.streamlit_server import streamlit_server  # noqa: E402  (run as a module from the checkout)
 
 GALLERY_TARGET_S, SWITCH_TARGET_S, MEMORY_TARGET_GIB = 3.0, 2.0, 2.0
 

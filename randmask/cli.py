@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", help="experiment keys, e.g. table2_transfer figure3_noise")
     p.add_argument("--no-bar", action="store_true")
     p.add_argument("--cache", type=Path, help="folder of crafted adversarial sets to reuse "
-                   "(default: $RANDMASK_CACHE or runs/crafted)")
+                   "(default: $RANDMASK_CRAFTED or runs/crafted)")
     p.add_argument("--no-cache", action="store_true", help="craft every adversarial set afresh")
     p.add_argument("--exact", action="store_true",
                    help="attacks and evaluations bit-identical to torchattacks (default: the fast path)")

@@ -228,8 +228,7 @@ def _launch(folder: Path, job: dict) -> None:
     settings = JobSettings(**job["settings"])
     # OMP_WAIT_POLICY: OpenMP threads sleep when idle instead of spinning; beside other busy processes on a small
     # machine, spinning made torch's CPU kernels many times slower (see app.py)
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1"}
     if settings.threads:
         env.update(OMP_NUM_THREADS=str(settings.threads), MKL_NUM_THREADS=str(settings.threads))
     command = settings.command(folder)

@@ -314,7 +314,7 @@ def parse_ref(text: str | ModelRef, *, slug_form: bool = False) -> ModelRef:
     for item in seeds.split(","):
         key, eq, value = item.partition("=")
         if not eq or key.strip() not in values or not re.fullmatch(r"[0-9]{1,10}", value.strip(), re.ASCII):
-            raise NotationError(f"cannot read {text[:80]!r}: after '@' expected s<seed>m<mask seed> (e.g. '@s1m0') "
-                                "or seed=N and/or mask_seed=N")
+            raise NotationError(f"cannot read {text[:80]!r}: after '@' expected seed=N and/or mask_seed=N, or "
+                                "s<seed>m<mask seed> (e.g. '@s1m0')")
         values[key.strip()] = _ref_seed(value.strip(), key.strip(), text)
     return ModelRef(canonical(notation), values["seed"], values["mask_seed"])

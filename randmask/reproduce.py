@@ -27,7 +27,7 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
               progress: StageProgress | None = None, cache: Path | None | bool = True) -> dict:
     """Run every experiment whose models exist; write results/<key>.csv and REPRODUCTION.md under `out`.
 
-    Crafted adversarial sets are kept in `cache` (True: $RANDMASK_CACHE or runs/crafted; False/None: none) and
+    Crafted adversarial sets are kept in `cache` (True: $RANDMASK_CRAFTED or runs/crafted; False/None: none) and
     reused while source, attack and images are unchanged, so a rerun after a new zoo model only evaluates it.
     """
     if preset not in PRESETS:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import threading
 import weakref
 from abc import ABC, abstractmethod
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from randmask.errors import RandmaskError
+from randmask.settings import exact_attacks
 
 if TYPE_CHECKING:
     from randmask.attacks.registry import AttackKind
@@ -74,7 +74,7 @@ def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def exact_default() -> bool:
     """The process-wide mode when none is given: exact only if RANDMASK_EXACT is set to 1/true/yes."""
-    return os.environ.get("RANDMASK_EXACT", "").strip().lower() in ("1", "true", "yes")
+    return exact_attacks()
 
 
 def resolve_exact(exact: bool | None) -> bool:
