@@ -13,12 +13,14 @@ _LAZY = {
     "RandmaskError": "randmask.errors",
     "build_model": "randmask.models", "list_models": "randmask.models", "register_model": "randmask.models",
     "ModelSpec": "randmask.notation", "canonical": "randmask.notation", "format_model": "randmask.notation",
-    "parse_model": "randmask.notation",
+    "parse_model": "randmask.notation", "ModelRef": "randmask.notation", "format_ref": "randmask.notation",
+    "parse_ref": "randmask.notation",
 }
 
 __all__ = [
-    "CheckpointError", "DataError", "ModelSpec", "NotationError", "RandmaskError", "__version__", "build_model",
-    "canonical", "format_model", "list_models", "parse_model", "register_model",
+    "CheckpointError", "DataError", "ModelRef", "ModelSpec", "NotationError", "RandmaskError", "__version__",
+    "build_model", "canonical", "format_model", "format_ref", "list_models", "parse_model", "parse_ref",
+    "register_model",
 ]
 
 
@@ -38,4 +40,4 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ provides these
     from randmask.errors import CheckpointError, DataError, NotationError, RandmaskError
     from randmask.models import build_model, list_models, register_model
-    from randmask.notation import ModelSpec, canonical, format_model, parse_model
+    from randmask.notation import ModelRef, ModelSpec, canonical, format_model, format_ref, parse_model, parse_ref
