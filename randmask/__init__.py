@@ -40,4 +40,12 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ provides these
     from randmask.errors import CheckpointError, DataError, NotationError, RandmaskError
     from randmask.models import build_model, list_models, register_model
-    from randmask.notation import ModelRef, ModelSpec, canonical, format_model, format_ref, parse_model, parse_ref
+    from randmask.notation import (
+        ModelRef,
+        ModelSpec,
+        canonical,
+        format_model,
+        format_ref,
+        parse_model,
+        parse_ref,
+    )
