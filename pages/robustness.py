@@ -47,7 +47,7 @@ with tab_tables:
         table = st.selectbox("Table", list(PAPER_TABLES), format_func=PAPER_TABLES.get,
                              index=list(PAPER_TABLES).index(7), key="robust_table")
         with _ui.readable_errors("Cannot compare"):
-            trained = trained_model_keys(_ui.catalog().for_dataset(table_dataset(table)))
+            trained = trained_model_keys(_ui.catalog().trained_refs(table_dataset(table)))
             comp = comparison.compare_with_paper(paper, ours, table, trained)
             wide = tables.comparison_table(comp)
             have_ours = comp["ours"].notna().any()

@@ -86,6 +86,10 @@ class Catalog:
     def for_dataset(self, dataset: str) -> list[ModelEntry]:
         return [e for e in self.entries if e.dataset == dataset]
 
+    def trained_refs(self, dataset: str) -> list[ModelRef]:
+        """The references of the trained models of a data set (stand-ins excluded)."""
+        return [e.ref for e in self.for_dataset(dataset) if e.trained]
+
     @property
     def datasets(self) -> list[str]:
         return sorted({e.dataset for e in self.entries}, key=lambda d: (d != "cifar10", d))

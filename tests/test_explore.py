@@ -238,6 +238,9 @@ def test_discover_models_reads_zoo_user_runs_and_adds_stand_ins(tmp_path):
     assert "untrained:cifar10/0.9-Shallow" not in by_key
     stand_in = by_key["untrained:cifar10/0.5-Deep"]
     assert not stand_in.trained and "UNTRAINED" in stand_in.label
+    refs = cat.trained_refs("cifar10")  # what the robustness page counts as trained: never a stand-in
+    assert ModelRef("0.9-Shallow") in refs and ModelRef("0.5-ShallowDC", mask_seed=2) in refs
+    assert ModelRef("0.5-Deep") not in refs
     assert "untrained:mnist/0.5-Shallow" in by_key and "mnist" in cat.datasets and cat.datasets[0] == "cifar10"
     assert catalog.default_picks(cat.for_dataset("cifar10"))[:2] == ["zoo:cifar10/Normal_ResNet-18",
                                                                      "zoo:cifar10/0.9-Shallow"]
