@@ -93,7 +93,7 @@ def _tiny_from_npz(split: str, root: Path) -> tuple[np.ndarray, np.ndarray] | No
 
 
 def _from_torchvision(dataset: str, split: str, root: Path, download: bool) -> tuple[np.ndarray, np.ndarray] | None:
-    import torchvision
+    import torchvision  # only for torchvision's layout: the lab's .npz files need none of its ~0.5 s import
 
     cls = {"cifar10": torchvision.datasets.CIFAR10, "mnist": torchvision.datasets.MNIST}.get(dataset)
     if cls is None:

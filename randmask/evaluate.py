@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from randmask.attacks import Attack, fast_view, frozen_eval, model_device, parse_attack
@@ -188,9 +190,6 @@ def crafted_fingerprint(source: nn.Module, runner: Attack, x: torch.Tensor, y: t
 
 
 def _read_crafted(path: Path, device: torch.device) -> AttackResult | None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not path.exists():
         return None
     try:
@@ -201,8 +200,6 @@ def _read_crafted(path: Path, device: torch.device) -> AttackResult | None:
 
 
 def _write_crafted(path: Path, crafted: AttackResult) -> None:
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({key: getattr(crafted, field).detach().to("cpu").contiguous() for key, field in _STORED_FIELDS.items()},

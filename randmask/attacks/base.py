@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from randmask.errors import RandmaskError
 from randmask.settings import exact_attacks
@@ -136,8 +137,6 @@ def fast_view(model: nn.Module, probe: torch.Tensor) -> nn.Module:
 def _fold_batchnorm(view: nn.Module, probe: torch.Tensor) -> nn.Module | None:
     """`view` with every (Conv2d -> BatchNorm2d) pair, as one forward pass actually chains them, fused into one
     conv with a bias; None when nothing can be folded. Modules called more than once are left alone."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     produced: dict[int, nn.Module] = {}
     calls: dict[int, int] = {}
     pairs: list[tuple[nn.Module, nn.Module]] = []
