@@ -57,9 +57,10 @@ with tab_tables:
                        f"attack and metric; {tables.MISSING} = no number. 'here' says whether we measured the "
                        "target." + ("" if have_ours else " No matching rows of ours yet."))
             numbers = {c: st.column_config.TextColumn(alignment="right") for c in wide.columns[2:]}
+            widths = tables.column_widths(wide, ["target", "here"])
             st.dataframe(wide, hide_index=True, height="content", column_config={
-                **numbers, "target": st.column_config.TextColumn(width=_ui.text_width(wide["target"]), pinned=True),
-                "here": st.column_config.TextColumn(width=_ui.text_width(wide["here"]))})
+                **numbers, "target": st.column_config.TextColumn(width=widths["target"], pinned=True),
+                "here": st.column_config.TextColumn(width=widths["here"])})
             missing = comparison.untrained_targets(comp)
             if missing:
                 with st.expander(f"Not trained here: {len(missing)} of this table's models. The commands that "

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from randmask.errors import RandmaskError
-from randmask.images import upscale_nearest
+from randmask.images import overlay_keep, upscale_nearest
 from randmask.masks import make_mask
 from randmask.models import mask_modules
 from randmask.notation import MASK_KINDS
@@ -67,6 +67,22 @@ def mask_montage(keep: torch.Tensor, first: int = 0, count: int = 16, columns: i
 def kind_comparison(shape: tuple[int, int, int], ratio: float, seed: int = 0) -> dict[str, torch.Tensor]:
     """Keep-masks of the three kinds (Random, SM, DC) for one layer shape and ratio, from one seed."""
     return {kind: make_mask(tuple(shape), ratio, kind, seed) for kind in MASK_KINDS}
+
+
+def stem_tiles(image: torch.Tensor, ratio: float, seed: int = 0, channels: int = 16, shown: int = 3,
+               factor: int = 5) -> list[tuple[np.ndarray, str]]:
+    """(picture, caption) of what a masked stem of `channels` channels passes on of one C×H×W image, for each
+    kind at one drop ratio: `shown` Random Mask channels, SM's one pattern, and DC's channels together (the
+    image where any channel keeps it), darkened where dropped and upscaled by `factor`."""
+    kinds = kind_comparison((channels, *image.shape[-2:]), ratio, seed)
+
+    def tile(keep: torch.Tensor) -> np.ndarray:
+        return upscale_nearest(overlay_keep(image, keep), factor)
+
+    dead = int((~kinds["DC"].flatten(1).any(1)).sum())
+    return ([(tile(kinds["random"][i]), f"Random Mask, channel {i + 1}") for i in range(shown)]
+            + [(tile(kinds["SM"][0]), "SM: one pattern, every channel"),
+               (tile(kinds["DC"].any(0)), f"DC: {dead} of {channels} channels dropped whole, the rest see everything")])
 
 
 def drop_frequency(keep: torch.Tensor) -> torch.Tensor:

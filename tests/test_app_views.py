@@ -1,0 +1,214 @@
+"""What the pages used to compute themselves, now in randmask's app-facing modules: each function against a
+hand-computed value or a brute-force reference."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from randmask import catalog, device, images, mask_views, protocol_views, tables
+from randmask.catalog import ModelEntry
+from randmask.masks import make_mask
+from randmask.models import build_model
+from randmask.protocols import noise, patch_shuffle
+
+
+def entry(key: str, notation: str, source: str = "zoo", **fields) -> ModelEntry:
+    return ModelEntry(key=key, notation=notation, dataset="cifar10", source=source, **fields)
+
+
+NORMAL = entry("zoo:normal", "Normal ResNet-18", clean_accuracy=0.9)
+SHALLOW9 = entry("zoo:s9", "0.9-Shallow", clean_accuracy=0.8)
+SHALLOW7 = entry("zoo:s7", "0.7-Shallow")
+STAND_IN = entry("untrained:s9", "0.9-Shallow", source="untrained")
+DENSENET = entry("zoo:dense", "DenseNet-121")
+ENTRIES = [NORMAL, SHALLOW9, SHALLOW7, STAND_IN, DENSENET]
+
+
+def curve_row(target: str, accuracy: float, low: float, high: float, **fields) -> dict:
+    return {"target": target, "accuracy": accuracy, "ci_low": low, "ci_high": high, "n": 50, **fields}
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def test_column_width_is_seven_pixels_a_character_plus_padding():
+    assert tables.column_width(["ab", "abcdef", 123]) == 7 * 6 + 26
+    assert tables.column_width(["ab"], header="a longer header") == 7 * 15 + 26
+    assert tables.column_width([]) == 26
+    rows = [{"model": "0.7-Shallow", "status": "trained"}, {"model": "Normal ResNet-18", "status": "-"}]
+    widths = tables.column_widths(rows, ["model", "status"])
+    assert widths == {"model": 7 * 16 + 26, "status": 7 * 7 + 26}
+    assert tables.column_widths(pd.DataFrame(rows), ["model", "status"]) == widths  # a frame measures the same
+
+
+def test_ci_text_is_percent_with_one_decimal():
+    assert tables.ci_text(0.1234, 0.4567) == "12.3–45.7"
+    assert tables.ci_text(0.0, 1.0) == "0.0–100.0"
+
+
+# ------------------------------------------------------------------------------------------------ catalog
+def test_picks_resolve_to_known_keys_in_the_stored_order():
+    assert catalog.resolve_picks(ENTRIES, None) == catalog.default_picks(ENTRIES) == ["zoo:normal", "zoo:s9",
+                                                                                      "zoo:s7"]
+    assert catalog.resolve_picks(ENTRIES, ["zoo:s7", "user:gone", "zoo:normal"]) == ["zoo:s7", "zoo:normal"]
+    assert catalog.resolve_picks(ENTRIES, []) == []  # picked nothing on purpose: no defaults come back
+    assert catalog.select(ENTRIES, ["zoo:dense", "nope", "zoo:s9"]) == [DENSENET, SHALLOW9]
+    assert list(catalog.keyed(ENTRIES)) == [e.key for e in ENTRIES]
+    assert catalog.picker_labels([NORMAL, STAND_IN]) == {"zoo:normal": "Normal ResNet-18 · 90.0%",
+                                                         "untrained:s9": "0.9-Shallow (UNTRAINED)"}
+    assert catalog.untrained_names(ENTRIES) == ["0.9-Shallow"]
+
+
+def test_masked_and_unmasked_choices():
+    normals, maskeds = catalog.split_masked(ENTRIES)
+    assert normals == [NORMAL, DENSENET] and maskeds == [SHALLOW9, SHALLOW7, STAND_IN]
+    assert catalog.masked_choice(ENTRIES, [NORMAL, SHALLOW7, SHALLOW9]) == (maskeds, "zoo:s7")
+    assert catalog.masked_choice(ENTRIES, [NORMAL]) == (maskeds, None)
+
+
+def test_gallery_pair_prefers_picks_then_defaults_then_the_catalog():
+    assert catalog.gallery_pair(ENTRIES, []) == ("zoo:normal", "zoo:s9")  # the defaults: trained copies first
+    assert catalog.gallery_pair(ENTRIES, ["untrained:s9"]) == ("zoo:normal", "untrained:s9")
+    # a pick of another notation is not the gallery's pair: it keeps Normal ResNet-18 and 0.9-Shallow
+    assert catalog.gallery_pair(ENTRIES, ["zoo:dense", "zoo:s7"]) == ("zoo:normal", "zoo:s9")
+    assert catalog.gallery_pair([DENSENET, SHALLOW7], []) == (None, None)
+
+
+def test_zoo_trained_count_and_transfer_entries():
+    rows = [{"status": "trained"}, {"status": "not trained yet"}, {"status": "trained (older recipe: 15 epochs)"},
+            {"status": "yours: run-2"}]
+    assert catalog.zoo_trained_count(rows) == 3 and catalog.zoo_trained_count([]) == 0
+    assert catalog.transfer_entries(DENSENET, ["zoo:s9", "zoo:dense", "zoo:normal"], ENTRIES) == [
+        DENSENET, SHALLOW9, NORMAL]  # the source once, first
+
+
+# ------------------------------------------------------------------------------------------------ images, device
+def test_float_batch_divides_by_255_and_takes_the_first_n():
+    x = np.arange(2 * 3 * 2 * 2, dtype=np.uint8).reshape(2, 3, 2, 2) * 10
+    y = np.array([4, 7], dtype=np.uint8)
+    fx, fy = images.float_batch(x, y)
+    assert fx.dtype == torch.float32 and fy.dtype == torch.int64 and fy.tolist() == [4, 7]
+    assert fx[1, 2, 1, 1].item() == pytest.approx(230 / 255)
+    fx, fy = images.float_batch(x, y, 1)
+    assert fx.shape == (1, 3, 2, 2) and fy.tolist() == [4]
+
+
+def test_device_text():
+    assert device.device_text(torch.device("cpu")) == "CPU"
+
+
+# ------------------------------------------------------------------------------------------------ home
+def test_stem_tiles_darken_exactly_the_dropped_positions():
+    image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1))
+    tiles = mask_views.stem_tiles(image, 0.5, seed=3, channels=4, shown=2, factor=2)
+    masks = {kind: make_mask((4, 8, 8), 0.5, kind, 3) for kind in ("random", "SM", "DC")}
+    keeps = [masks["random"][0], masks["random"][1], masks["SM"][0], masks["DC"].any(0)]
+    dead = sum(not bool(masks["DC"][c].any()) for c in range(4))
+    assert [caption for _, caption in tiles] == ["Random Mask, channel 1", "Random Mask, channel 2",
+                                                 "SM: one pattern, every channel",
+                                                 f"DC: {dead} of 4 channels dropped whole, the rest see everything"]
+    assert dead == 2  # round(0.5 · 4)
+    pixels = np.round(image.numpy().transpose(1, 2, 0) * 255)
+    for (tile, _), keep in zip(tiles, keeps, strict=True):
+        assert tile.shape == (16, 16, 3)
+        for r, c in [(0, 0), (3, 5), (7, 7), (4, 1)]:
+            expected = pixels[r, c] if keep[r, c] else np.round(pixels[r, c] * 0.15)
+            assert tile[2 * r + 1, 2 * c].tolist() == expected.tolist()
+
+
+# ------------------------------------------------------------------------------------------------ noise
+def test_sigma_levels_of_a_range():
+    assert protocol_views.sigma_levels(0, 8) == [0, 1, 2, 4, 8]
+    assert protocol_views.sigma_levels(3, 8) == [3, 4, 8]  # both ends, even off the paper's levels
+    assert protocol_views.sigma_levels(30, 64) == [30, 32, 40, 48, 56, 64]
+    assert protocol_views.sigma_levels(5, 5) == [5]
+    assert protocol_views.levels_caption([0, 1.5, 8]).startswith("σ levels: 0, 1.5, 8 (the paper's")
+
+
+def test_shown_levels_spread_from_first_to_last():
+    assert protocol_views.shown_levels([0, 1, 2]) == [0, 1, 2]
+    levels = list(range(16))
+    assert protocol_views.shown_levels(levels) == [0, 3, 6, 9, 12, 15]  # round(i · 15 / 5)
+    assert protocol_views.shown_levels(list(range(11)), most=3) == [0, 5, 10]
+
+
+def test_noisy_versions_stay_within_two_sigma_and_follow_the_seed():
+    image = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    shown = protocol_views.noisy_versions(image, [0, 4, 16], seed=5)
+    assert [caption for caption, _ in shown] == ["σ = 0/255", "σ = 4/255", "σ = 16/255"]
+    stored = image[0].mul(255).round()
+    assert torch.equal(shown[0][1].mul(255).round(), stored)  # σ 0: the image as stored
+    for (_, noisy), sigma in zip(shown[1:], (4, 16), strict=True):
+        delta = (noisy.mul(255).round() - stored).abs()
+        assert noisy.shape == (3, 8, 8) and delta.max() <= 2 * sigma + 1 and delta.max() > 0
+        assert torch.allclose(noisy * 255, noisy.mul(255).round(), atol=1e-3)  # 8-bit levels
+    again = protocol_views.noisy_versions(image, [16], seed=5)[0][1]
+    other = protocol_views.noisy_versions(image, [16], seed=6)[0][1]
+    assert torch.equal(again, shown[2][1]) and not torch.equal(other, shown[2][1])
+
+
+def test_noise_curves_are_the_protocol_on_the_first_n_at_positive_sigmas():
+    model = build_model("Normal ResNet-18", width=4).eval()
+    x = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(12) % 10
+    rows = protocol_views.noise_curves({"m": model}, x, y, [0, 2, 8], n=5, seed=3, dataset="cifar10")
+    assert rows == noise({"m": model}, x[:5], y[:5], sigmas=[2, 8], seed=3, dataset="cifar10")
+    assert sorted(r["sigma"] for r in rows) == [0, 2, 8] and all(r["n"] == 5 for r in rows)
+
+
+def test_curve_series_sorts_by_sigma_and_measures_the_error_bars():
+    rows = [curve_row("a", 0.5, 0.4, 0.7, sigma=8), curve_row("b", 0.2, 0.1, 0.3, sigma=0),
+            curve_row("a", 0.9, 0.8, 0.95, sigma=0)]
+    series = protocol_views.curve_series(rows)
+    assert [s["name"] for s in series] == ["a", "b"]
+    assert series[0]["x"] == [0, 8] and series[0]["y"] == pytest.approx([90.0, 50.0])
+    assert series[0]["plus"] == pytest.approx([5.0, 20.0]) and series[0]["minus"] == pytest.approx([10.0, 10.0])
+    table = protocol_views.noise_table(rows)
+    assert table[0] == {"model": "a", "σ (/255)": 8, "accuracy (%)": 50.0, "95% CI (%)": "40.0–70.0", "n": 50}
+
+
+# ------------------------------------------------------------------------------------------------ shuffle
+def test_grid_defaults():
+    assert protocol_views.grid_defaults([2, 4, 8, 16]) == (4, [2, 4, 8])
+    assert protocol_views.grid_defaults([2, 4, 7, 14]) == (4, [2, 4])
+    assert protocol_views.grid_defaults([3, 9]) == (3, [])
+
+
+def test_shuffled_pair_is_the_seeded_patch_shuffle_of_one_image():
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    image, shuffled = protocol_views.shuffled_pair(x, 1, 4, seed=2)
+    assert torch.equal(image, x[1:2])
+    assert torch.equal(shuffled, patch_shuffle(x[1:2], 4, torch.Generator().manual_seed(2)))
+    assert not torch.equal(shuffled, image)
+    assert torch.equal(shuffled.flatten().sort().values, image.flatten().sort().values)  # same pixels, moved
+
+
+def test_prediction_table_puts_original_and_shuffled_side_by_side():
+    rows = [{"model": "a", "image": 0, "label": "cat", "confidence": 0.914},
+            {"model": "a", "image": 1, "label": "dog", "confidence": 0.5},
+            {"model": "b", "image": 0, "label": "ship", "confidence": 0.996},
+            {"model": "b", "image": 1, "label": "ship", "confidence": 0.004}]
+    assert protocol_views.prediction_table(rows, 8) == [
+        {"model": "a", "original": "cat (91%)", "shuffled 8×8": "dog (50%)"},
+        {"model": "b", "original": "ship (100%)", "shuffled 8×8": "ship (0%)"}]
+
+
+def test_shuffle_predictions_classify_both_images():
+    model = build_model("Normal ResNet-18", width=4).eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    image, shuffled = protocol_views.shuffled_pair(x, 0, 4, seed=0)
+    table = protocol_views.shuffle_predictions({"m": model}, image, shuffled, 4, "cifar10")
+    rows = catalog.predictions({"m": model}, torch.cat([image, shuffled]))
+    assert table == protocol_views.prediction_table(rows, 4) and len(table) == 1
+
+
+def test_shuffle_series_and_table():
+    rows = [curve_row("a", 1.0, 0.9, 1.0, k=2), curve_row("a", 0.5, 0.25, 0.75, k=8),
+            curve_row("b", 0.0, 0.0, 0.1, k=2)]
+    series = protocol_views.shuffle_series(rows)
+    assert [(s["name"], s["x"]) for s in series] == [("a", ["2×2", "8×8"]), ("b", ["2×2"])]
+    assert series[0]["y"] == pytest.approx([100.0, 50.0]) and series[0]["minus"] == pytest.approx([10.0, 25.0])
+    assert series[1]["plus"] == pytest.approx([10.0])
+    assert protocol_views.shuffle_table(rows)[1] == {"model": "a", "grid": "8×8", "accuracy (%)": 50.0,
+                                                     "95% CI (%)": "25.0–75.0", "n": 50}
+    assert protocol_views.kept_images(rows) == 50 and protocol_views.kept_images([]) == 0
