@@ -212,3 +212,101 @@ def test_shuffle_series_and_table():
     assert protocol_views.shuffle_table(rows)[1] == {"model": "a", "grid": "8×8", "accuracy (%)": 50.0,
                                                      "95% CI (%)": "25.0–75.0", "n": 50}
     assert protocol_views.kept_images(rows) == 50 and protocol_views.kept_images([]) == 0
+
+
+# ------------------------------------------------------------------------------------------------ masks page
+def _sees_brute_force(keep: torch.Tensor) -> torch.Tensor:
+    """H×W bools: a pixel is seen when a kept neuron of any channel has it in its 3×3 window (zero padding)."""
+    c, h, w = keep.shape
+    seen = torch.zeros(h, w, dtype=torch.bool)
+    for ch in range(c):
+        for r in range(h):
+            for col in range(w):
+                if keep[ch, r, col]:
+                    seen[max(0, r - 1):r + 2, max(0, col - 1):col + 2] = True
+    return seen
+
+
+def test_layer_picker_labels_and_rows_follow_the_statistics():
+    stats = mask_views.mask_statistics(build_model("0.9-Shallow", width=4))
+    labels = mask_views.layer_labels(stats)
+    assert list(labels) == [r["layer"] for r in stats] == list(mask_views.by_layer(stats))
+    assert labels["body.mask1"] == "block 0 · body.mask1 · 4×32×32"
+    assert mask_views.by_layer(stats)["body.layer2.0.mask1"]["shape"] == "8×16×16"
+
+
+def test_layer_caption_montage_caption_and_channel_map():
+    row = {"ratio": 0.9, "measured_drop_ratio": 0.900390625, "dropped": 3688, "neurons": 4096,
+           "channel_drop_min": 0.9, "channel_drop_max": 0.9004, "dead_channels": 0}
+    assert mask_views.layer_caption(row) == ("Nominal drop ratio 0.9, measured 0.9004 (3,688 of 4,096 neurons); "
+                                             "per channel between 0.900 and 0.900; 0 channel(s) dropped entirely.")
+    keep = make_mask((10, 4, 4), 0.5, "random", 0)
+    assert mask_views.montage_caption(keep, 5).startswith("channels 5–9, left to right")  # only 10 channels
+    assert mask_views.montage_caption(make_mask((20, 4, 4), 0.5, "random", 0), 0).startswith("channels 0–15,")
+    assert mask_views.channel_map(keep, 3).tolist() == [[int(v) for v in r] for r in keep[3].tolist()]
+
+
+def test_statistics_table_and_drop_ratio_bars():
+    stats = [{"layer": f"l{i}", "block": block, "kind": "random", "shape": "1×2×2", "ratio": 0.5,
+              "measured_drop_ratio": 0.1 * i, "dropped": i, "neurons": 4, "dead_channels": 0,
+              "positions_dropped_in_all_channels": 0.25} for i, block in enumerate([0, 1, 1, 6])]
+    table = mask_views.statistics_table(stats)
+    assert table[2] == {"layer": "l2", "block": 1, "kind": "random", "shape": "1×2×2", "ratio": 0.5,
+                        "measured": pytest.approx(0.2), "dropped": 2, "neurons": 4, "dead channels": 0,
+                        "kept by no channel": 0.25}
+    bars, nominal = mask_views.drop_ratio_bars(stats)
+    assert [(b["name"], b["x"]) for b in bars] == [("block 0", ["l0"]), ("block 1", ["l1", "l2"]),
+                                                    ("block 6", ["l3"])]
+    assert bars[1]["y"] == pytest.approx([0.1, 0.2])
+    assert bars[2]["color"] == mask_views.BLOCK_COLORS[1]  # colours cycle past block 4
+    assert nominal == {"x": ["l0", "l1", "l2", "l3"], "y": [0.5] * 4}
+
+
+def test_kind_defaults_panels_and_caption():
+    assert mask_views.kind_defaults(None, None, 8) == ((8, 32, 32), 0.7)
+    keep = make_mask((4, 16, 16), 0.3, "random", 0)
+    assert mask_views.kind_defaults(keep, {"ratio": 0.3}, 8) == ((4, 16, 16), 0.3)
+    shown, panels = mask_views.kind_panels((6, 8, 8), 0.5, 2, channel=10)
+    assert shown == 5 and [p["kind"] for p in panels] == ["random", "SM", "DC"]
+    assert panels[1]["title"] == "SM (same mask, all channels)"
+    for panel in panels:
+        mask = make_mask((6, 8, 8), 0.5, panel["kind"], 2)
+        assert torch.equal(panel["channel"], mask[5].int())
+        assert torch.allclose(panel["frequency"], (~mask).float().mean(0))
+        assert panel["sees"] == f"{100 * _sees_brute_force(mask).float().mean().item():.1f}%"
+    assert all(p["sees"] is None for p in mask_views.kind_panels((4, 8, 6), 0.5, 0, 0)[1])  # not square
+    assert all(p["sees"] is None for p in mask_views.kind_panels((4, 4, 4), 0.5, 0, 0)[1])  # too small
+    assert "9 × (1 − ratio) = 45% of the image" in mask_views.kinds_caption((4, 8, 8), 0.95)
+    assert "= 100% of" in mask_views.kinds_caption((4, 8, 8), 0.7)  # 9 × 0.3 > 1: capped
+    assert mask_views.kinds_caption((4, 8, 6), 0.5).startswith("Layer shape 4×8×6, drop ratio 0.5.")
+
+
+def test_model_stem_and_stand_in_stem():
+    model = build_model("0.7-Shallow", width=4)
+    keep, text = mask_views.model_stem(model)
+    assert torch.equal(keep, model.body.mask1.mask.cpu())
+    assert text == "the model's stem mask (body.mask1, (4, 32, 32))"
+    assert mask_views.model_stem(build_model("0.9-B12", width=4)) is None  # blocks 1-2 masked, not the stem
+    keep, text = mask_views.stand_in_stem("SM", 0.5, 6, "mnist")
+    assert torch.equal(keep, make_mask((6, 28, 28), 0.5, "SM", 0))
+    assert text == "a SM mask of ratio 0.5 on a 6-channel stem (this model's stem is unmasked)"
+    assert mask_views.stand_in_stem("DC", 0.5, 6, "cifar10")[0].shape == (6, 32, 32)
+
+
+def test_filter_view_matches_brute_force_coverage():
+    keep = make_mask((3, 6, 6), 0.7, "random", 4)
+    image = torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(0))
+    view = mask_views.filter_view(keep, image, channel=1, row=0, col=5)
+    per_channel = [_sees_brute_force(keep[c:c + 1]) for c in range(3)]
+    assert view["channel_sees"] == f"{100 * per_channel[1].float().mean().item():.1f}% of pixels"
+    assert view["layer_sees"] == f"{100 * _sees_brute_force(keep).float().mean().item():.1f}% of pixels"
+    assert view["bound"] == f"{100 * min(1.0, 9 * keep.float().mean().item()):.0f}%"
+    assert torch.equal(view["channels_seeing"], torch.stack(per_channel).sum(0))
+    assert view["field_rows"] == [0, 1, 2, 3, 4] and view["field_cols"] == [1, 2, 3, 4, 5]  # 9×9, cut at the border
+    assert torch.equal(view["field"], mask_views.receptive_field(keep, 0, 5)[0:5, 1:6])
+    assert torch.equal(view["window"], mask_views.filter_window(keep, 0, 5).sum(0))
+    assert view["seen"].shape == (48, 48, 3)
+    pixels = np.round(image.numpy().transpose(1, 2, 0) * 255)
+    for r, c in [(0, 0), (2, 3), (5, 5)]:
+        expected = pixels[r, c] if per_channel[1][r, c] else np.round(pixels[r, c] * 0.12)
+        assert view["seen"][8 * r, 8 * c].tolist() == expected.tolist()
