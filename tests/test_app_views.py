@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_app_support import CONFIDENT_CLASS, TINY_WIDTH, constant_model
 
-from randmask import catalog, device, images, mask_views, protocol_views, tables
+from randmask import catalog, device, gallery, images, mask_views, protocol_views, tables
 from randmask.catalog import ModelEntry
+from randmask.errors import RandmaskError
 from randmask.masks import make_mask
 from randmask.models import build_model
 from randmask.protocols import noise, patch_shuffle
@@ -310,3 +312,73 @@ def test_filter_view_matches_brute_force_coverage():
     for r, c in [(0, 0), (2, 3), (5, 5)]:
         expected = pixels[r, c] if per_channel[1][r, c] else np.round(pixels[r, c] * 0.12)
         assert view["seen"][8 * r, 8 * c].tolist() == expected.tolist()
+
+
+# ------------------------------------------------------------------------------------------------ gallery
+def test_choose_images_from_start_and_only_correct_ones():
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    c = CONFIDENT_CLASS
+    y = torch.tensor([c, 1, c, c, 0, c, 2, c])
+    models = [constant_model("0.9-Shallow"), constant_model("0.7-Shallow")]  # both always say CONFIDENT_CLASS
+    assert gallery.choose_images(models, x, y, 6, 4, only_correct=False) == [6, 7]  # stops at the end
+    assert gallery.choose_images(models, x, y, 1, 3, only_correct=True) == [2, 3, 5]
+    assert gallery.choose_images(models, x, y, 5, 8, only_correct=True) == [5, 7]
+    with pytest.raises(RandmaskError, match="untick the box"):
+        gallery.choose_images(models, x[:2], torch.tensor([c + 1, c + 2]), 0, 2, only_correct=True)
+
+
+def test_gallery_for_attacks_the_chosen_images_of_both_networks():
+    normal = build_model("Normal ResNet-18", width=TINY_WIDTH).eval()
+    masked = build_model("0.9-Shallow", width=TINY_WIDTH).eval()
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(5)).mul(255).round().div(255)
+    y = torch.arange(5)
+    built = gallery.gallery_for({"N": normal, "M": masked}, "FGSM8", x, y, [4, 1])
+    reference = gallery.build_gallery(normal, masked, "FGSM8", x[[4, 1]], y[[4, 1]], names=("N", "M"),
+                                      indices=[4, 1])
+    assert built.indices == [4, 1] and built.names == ("N", "M") and built.labels.tolist() == [4, 1]
+    assert torch.equal(built.clean, x[[4, 1]])
+    assert all(torch.equal(built.adv[k], reference.adv[k]) for k in ("N", "M"))
+    with pytest.raises(RandmaskError):
+        gallery.gallery_for({"N": normal}, "FGSM8", x, y, [0])
+
+
+def test_perturbation_legend_runs_from_blue_through_white_to_red():
+    legend = gallery.perturbation_legend(8.0)
+    assert legend.shape == (14, 256, 3) and legend.dtype == np.uint8
+    assert legend[0, 0].tolist() == [33, 102, 172] and legend[13, -1].tolist() == [178, 24, 43]
+    assert (legend[:, 127].astype(int) - 247).__abs__().max() <= 2  # the middle is near white
+    assert (legend == legend[0]).all()  # every row the same
+
+
+def _hand_gallery() -> gallery.Gallery:
+    clean = torch.zeros(2, 3, 2, 2)
+    adv_n, adv_m = clean.clone(), clean.clone()
+    adv_n[0, :, 0, 0] = 8 / 255
+    adv_m[1, :, 1, 1] = 4 / 255
+    probs = torch.tensor([[0.0, 0.0, 0.0, 0.9, 0.1, 0, 0, 0, 0, 0], [0.6, 0.4, 0, 0, 0, 0, 0, 0, 0, 0]])
+    preds = {column: {"N": probs, "M": probs.flip(0)} for column in ("clean", "N", "M")}
+    return gallery.Gallery("FGSM8", ("N", "M"), [7, 9], torch.tensor([3, 8]), clean, {"N": adv_n, "M": adv_m},
+                           preds, {"N": torch.tensor([8.0, 0.0]), "M": torch.tensor([0.0, 4.0])}, "cifar10", 8.0)
+
+
+def test_display_rows_caption_every_image_and_colour_both_perturbations():
+    built = _hand_gallery()
+    assert gallery.column_titles(built) == ["original", "adversarial vs N", "adversarial vs M",
+                                            "perturbation vs N", "perturbation vs M"]
+    rows = gallery.display_rows(built, factor=3)
+    assert len(rows) == 2
+    first = rows[0]
+    assert [caption for _, caption in first["images"]] == [
+        "#7, true: cat  \nN: cat 90%  \nM: airplane 60%", "N: cat 90%  \nM: airplane 60%",
+        "N: cat 90%  \nM: airplane 60%"]
+    assert rows[1]["images"][0][1].startswith("#9, true: ship  \nN: airplane 60%")
+    assert torch.equal(first["images"][0][0], built.clean[0])
+    assert torch.equal(first["images"][1][0], built.adv["N"][0]) and torch.equal(first["images"][2][0], built.adv["M"][0])
+    (tile_n, text_n), (tile_m, text_m) = first["perturbations"]
+    assert (text_n, text_m) == ("l-inf 8/255", "l-inf 0/255")
+    assert tile_n.shape == (6, 6, 3)
+    assert tile_n[0, 0].tolist() == [178, 24, 43]  # +8/255 on every channel is the top of the ±8 scale: red
+    assert tile_n[5, 5].tolist() == [247, 247, 247] == tile_m[0, 0].tolist()  # no change: white
+    # the second image against M: its own change, on the gallery's ±8 scale (not its own 4)
+    expected, _ = images.perturbation_image(built.adv["M"][1], built.clean[1], 8.0)
+    assert rows[1]["perturbations"][1][0][3, 3].tolist() == expected[1, 1].tolist() != [178, 24, 43]
