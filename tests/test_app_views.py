@@ -8,12 +8,12 @@ import pytest
 import torch
 from test_app_support import CONFIDENT_CLASS, TINY_WIDTH, constant_model
 
-from randmask import catalog, device, gallery, images, mask_views, protocol_views, tables
+from randmask import catalog, device, gallery, images, mask_views, protocol_views, robustness_view, tables
 from randmask.catalog import ModelEntry
 from randmask.errors import RandmaskError
 from randmask.masks import make_mask
 from randmask.models import build_model
-from randmask.protocols import noise, patch_shuffle
+from randmask.protocols import noise, patch_shuffle, transfer
 
 
 def entry(key: str, notation: str, source: str = "zoo", **fields) -> ModelEntry:
@@ -382,3 +382,86 @@ def test_display_rows_caption_every_image_and_colour_both_perturbations():
     # the second image against M: its own change, on the gallery's ±8 scale (not its own 4)
     expected, _ = images.perturbation_image(built.adv["M"][1], built.clean[1], 8.0)
     assert rows[1]["perturbations"][1][0][3, 3].tolist() == expected[1, 1].tolist() != [178, 24, 43]
+
+
+# ------------------------------------------------------------------------------------------------ robustness
+def _comparison(ours_in: str | None) -> pd.DataFrame:
+    """A compare_with_paper-like frame: two targets × clean / FGSM16 / PGD16, ours only in `ours_in`."""
+    rows = []
+    for target, base in (("Normal ResNet-18", 10.0), ("0.7-Shallow", 40.0)):
+        for attack, metric in (("", "clean_accuracy"), ("FGSM16", "defense_rate"), ("PGD16", "defense_rate")):
+            column = attack or "clean"
+            mine = base + 5 if column == ours_in else None
+            rows.append({"target": target, "attack": attack, "metric": metric, "paper": base,
+                         "ours": mine, "ours_low": None if mine is None else mine - 2,
+                         "ours_high": None if mine is None else mine + 3})
+    return pd.DataFrame(rows).astype({"ours": float, "ours_low": float, "ours_high": float})
+
+
+def test_comparison_words_columns_and_commands():
+    comp = _comparison("PGD16")
+    assert robustness_view.metric_names(comp) == "clean accuracy, defense rate"
+    assert robustness_view.has_ours(comp) and not robustness_view.has_ours(_comparison(None))
+    assert robustness_view.chart_columns(comp) == (["clean", "FGSM16", "PGD16"], 2)  # opens where ours are
+    assert robustness_view.chart_columns(_comparison("clean"))[1] == 0
+    assert robustness_view.chart_columns(_comparison(None)) == (["clean", "FGSM16", "PGD16"], 0)
+    assert robustness_view.train_commands([("a", "python -m randmask train a"), ("b", "train b")]) == (
+        "python -m randmask train a\ntrain b")
+    assert "column" not in comp.columns  # the page's frame is left as it was
+
+
+def test_chart_bars_carry_our_intervals_only_where_we_have_numbers():
+    comp = _comparison("PGD16")
+    bars = robustness_view.chart_bars(comp, "PGD16")
+    assert bars["target"].tolist() == ["Normal ResNet-18", "0.7-Shallow"] and bars["paper"].tolist() == [10.0, 40.0]
+    assert bars["ours"].tolist() == [15.0, 45.0]
+    assert bars["plus"].tolist() == [3.0, 3.0] and bars["minus"].tolist() == [2.0, 2.0]
+    fgsm = robustness_view.chart_bars(comp, "FGSM16")
+    assert fgsm["ours"] is None and fgsm["plus"] is None and fgsm["paper"].tolist() == [10.0, 40.0]
+
+
+def test_option_index_and_tradeoff_series():
+    assert robustness_view.option_index(["FGSM8", "FGSM16"], "FGSM16") == 1
+    assert robustness_view.option_index(["PGD16"], "FGSM16") == 0
+    points = pd.DataFrame([
+        {"origin": "paper", "ratio": 0.0, "clean_accuracy": 95.0, "defense_rate": 10.0},
+        {"origin": "paper", "ratio": 0.7, "clean_accuracy": 90.0, "defense_rate": 50.0},
+        {"origin": "ours", "ratio": 0.5, "clean_accuracy": 88.0, "defense_rate": 40.0, "clean_low": 87.0,
+         "clean_high": 88.5, "defense_low": 35.0, "defense_high": 46.0}])
+    series = robustness_view.tradeoff_series(points)
+    assert series["paper"]["text"] == ["0", "0.7"] and series["paper"]["x"].tolist() == [95.0, 90.0]
+    ours = series["ours"]
+    assert ours["text"] == ["0.5"] and ours["y"].tolist() == [40.0]
+    assert (ours["x_plus"].item(), ours["x_minus"].item(), ours["y_plus"].item(), ours["y_minus"].item()) == (
+        0.5, 1.0, 6.0, 5.0)
+    assert robustness_view.tradeoff_series(points[points["origin"] == "paper"])["ours"] is None
+
+
+def test_run_transfer_attacks_from_the_first_model_to_the_picked_targets():
+    source = build_model("Normal ResNet-18", width=TINY_WIDTH).eval()
+    masked = build_model("0.7-Shallow", width=TINY_WIDTH).eval()
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3)).mul(255).round().div(255)
+    with torch.no_grad():
+        y = source(x).argmax(1)  # every image is one the source classifies correctly
+    entries = [NORMAL, SHALLOW7]
+    models = {"Normal ResNet-18": source, "0.7-Shallow": masked}
+    rows = robustness_view.run_transfer(models, entries, ["zoo:s7"], "FGSM8", x, y, n=4, dataset="cifar10")
+    expected = transfer(source, {"0.7-Shallow": masked}, ["FGSM8"], x, y, source_name="Normal ResNet-18", n=4,
+                        n_cw=4, dataset="cifar10")
+    assert rows == expected
+    assert {r["target"] for r in rows if r["metric"] == "defense_rate"} == {"0.7-Shallow"}
+    both = robustness_view.run_transfer(models, entries, ["zoo:s7", "zoo:normal"], "FGSM8", x, y, n=4,
+                                        dataset="cifar10")
+    assert {r["target"] for r in both if r["metric"] == "defense_rate"} == {"Normal ResNet-18", "0.7-Shallow"}
+
+
+def test_transfer_summary():
+    clean = {"metric": "clean_accuracy", "attack": "", "source": "", "n_attacked": 0, "n": 100}
+    rows = [clean, {"metric": "defense_rate", "attack": "FGSM16", "source": "DenseNet-121", "n_attacked": 50,
+                    "n": 31}]
+    assert robustness_view.transfer_summary(rows) == ("**FGSM16** from **DenseNet-121**: 50 images attacked, 31 "
+                                                      "fooled the source and were passed on.")
+    rows[1]["n"] = 0
+    assert robustness_view.transfer_summary(rows).endswith(
+        "0 fooled the source and were passed on. With none to pass on, there is no defense rate to measure.")
+    assert robustness_view.transfer_summary([clean]) is None
