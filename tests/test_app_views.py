@@ -2,13 +2,26 @@
 hand-computed value or a brute-force reference."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from test_app_support import CONFIDENT_CLASS, TINY_WIDTH, constant_model
 
-from randmask import catalog, device, gallery, images, mask_views, protocol_views, robustness_view, tables
+from randmask import (
+    catalog,
+    device,
+    gallery,
+    images,
+    jobs,
+    mask_views,
+    protocol_views,
+    robustness_view,
+    tables,
+    train_view,
+)
 from randmask.catalog import ModelEntry
 from randmask.errors import RandmaskError
 from randmask.masks import make_mask
@@ -465,3 +478,59 @@ def test_transfer_summary():
     assert robustness_view.transfer_summary(rows).endswith(
         "0 fooled the source and were passed on. With none to pass on, there is no defense rate to measure.")
     assert robustness_view.transfer_summary([clean]) is None
+
+
+# ------------------------------------------------------------------------------------------------ train
+def job(name: str, state: str, notation: str = "0.7-Shallow", message: str = "", **settings) -> jobs.JobStatus:
+    return jobs.JobStatus(folder=Path("/runs") / name, state=state, message=message,
+                          settings={"notation": notation, "preset": "quick", "dataset": "cifar10", **settings})
+
+
+def test_job_settings_read_zero_as_the_presets_value():
+    assert train_view.job_settings("0.7-Shallow", "quick", "cifar10", 3) == jobs.JobSettings(
+        "0.7-Shallow", "quick", "cifar10", epochs=3)
+    settings = train_view.job_settings("0.5-Deep", "paper", "mnist", 2, width=8, train_n=1000, eval_n=500)
+    assert (settings.width, settings.train_n, settings.eval_n, settings.preset) == (8, 1000, 500, "paper")
+
+
+def test_start_message_and_a_bad_notation_starting_nothing(tmp_path, monkeypatch):
+    info = {"notation": "0.7-Shallow", "params": 1234567, "masked_layers": [{}, {}]}
+    assert train_view.start_message(info, "/runs/0.7-Shallow") == (
+        "Started 0.7-Shallow (1,234,567 parameters, 2 masked layers) in /runs/0.7-Shallow.")
+    monkeypatch.setenv("RANDMASK_RUNS", str(tmp_path / "runs"))
+    with pytest.raises(RandmaskError, match="0.7-Shalow"):
+        train_view.start_training("0.7-Shalow", "quick", "cifar10", 1)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_zoo_accuracies_and_the_budget_note_against_them():
+    entries = [entry("zoo:a", "0.7-Shallow", clean_accuracy=0.8), entry("zoo:b", "0.7-Shallow", seed=1,
+                                                                         clean_accuracy=0.1),
+               entry("user:c", "0.5-Shallow", source="user", clean_accuracy=0.2), STAND_IN,
+               entry("zoo:n", "Normal ResNet-18", clean_accuracy=0.9)]
+    accuracies = train_view.zoo_accuracies(entries)
+    assert accuracies == {("0.7-Shallow", "cifar10"): 0.8, ("Normal ResNet-18", "cifar10"): 0.9}
+    small = job("x", "done", "0.70-Shallow", epochs=2, train_n=512)  # spelled otherwise: still the zoo's model
+    assert "(the zoo's 0.70-Shallow: 80.0%)" in train_view.job_note(small, accuracies)
+    assert "the zoo's" not in train_view.job_note(job("y", "done", "0.5-Shallow", epochs=2), accuracies)
+    assert train_view.job_note(job("z", "running", epochs=2), accuracies) == ""  # only finished jobs
+
+
+def test_job_title_history_and_resumable():
+    assert train_view.job_title(job("0.7-Shallow", "done", message="clean accuracy 91.0%")) == (
+        "**0.7-Shallow** · quick preset · cifar10 · done · clean accuracy 91.0%")
+    assert train_view.job_title(job("0.7-Shallow-2", "running")) == (
+        "**0.7-Shallow (0.7-Shallow-2)** · quick preset · cifar10 · running")
+    assert [train_view.resumable(job("a", s)) for s in jobs.STATES] == [False, False, False, False, True, True]
+    history = [{"epoch": 1, "test_acc": 0.25, "train_acc": 0.3}, {"epoch": 2, "test_acc": 0.5, "train_acc": 0.625}]
+    assert train_view.history_series(history) == {"epoch": [1, 2], "test": [25.0, 50.0], "train": [30.0, 62.5]}
+
+
+def test_job_changes_toast_once_for_jobs_that_finished_since():
+    statuses = [job("a", "done"), job("b", "running"), job("c", "cancelled")]
+    assert train_view.any_running(statuses) and not train_view.any_running(statuses[::2])
+    assert train_view.job_changes({"a", "b"}, statuses) == (
+        {"b"}, "A training job has finished: its model is now in the picker.")
+    assert train_view.job_changes({"c"}, statuses) == ({"b"}, "A training job has finished.")
+    assert train_view.job_changes({"b"}, statuses) == ({"b"}, None)  # still running: nothing to say
+    assert train_view.job_changes(set(), statuses) == ({"b"}, None)
