@@ -8,7 +8,6 @@ import streamlit as st
 from pages import _ui
 from randmask import catalog, paper, protocol_views, tables
 from randmask.plan import PRESETS
-from randmask.protocols import shuffle
 
 # the paper keeps images its nets know with confidence >= 0.99; the reproduction's quick preset says why ours can't
 PAPER_CONFIDENCE, OUR_CONFIDENCE = PRESETS["paper"]["shuffle_confidence"], PRESETS["quick"]["shuffle_confidence"]
@@ -67,8 +66,8 @@ with b3:
 if st.button("Run the batch", type="primary", key="shuffle_run", disabled=not ks):
     with _ui.readable_errors("The batch run failed"):
         report, bar = _ui.progress_callback("Shuffling and classifying…")
-        rows = shuffle(_ui.named_models(entries), x[:pool], y[:pool], ks=sorted(ks), n=None,
-                       min_confidence=confidence, seed=seed, dataset=dataset, progress=report)
+        rows = protocol_views.shuffle_batch(_ui.named_models(entries), x, y, pool=pool, ks=ks,
+                                            min_confidence=confidence, seed=seed, dataset=dataset, progress=report)
         bar.empty()
         st.session_state["shuffle_result"] = {"rows": rows, "pool": pool, "confidence": confidence}
 

@@ -84,7 +84,7 @@ def show_job(status: jobs.JobStatus) -> None:
                     st.rerun()
         if status.state == "failed":
             with st.expander("Process output"):
-                st.code("\n".join(jobs.job_output(status.folder)), language=None)
+                st.code(train_view.output_text(status), language=None)
 
 
 zoo_accuracy = train_view.zoo_accuracies(_ui.catalog().entries)

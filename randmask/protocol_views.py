@@ -11,7 +11,7 @@ from torch import nn
 from randmask.attacks.base import Progress
 from randmask.catalog import predictions
 from randmask.evaluate import quantize
-from randmask.protocols import PAPER_SIGMAS, gaussian_noise, noise, patch_shuffle
+from randmask.protocols import PAPER_SIGMAS, gaussian_noise, noise, patch_shuffle, shuffle
 from randmask.tables import ci_text
 
 BEYOND_PAPER_SIGMAS = (40, 48, 56, 64)  # the page's range reaches 64; the paper stops at 32
@@ -108,6 +108,14 @@ def shuffle_predictions(models: Mapping[str, nn.Module], image: torch.Tensor, sh
                         dataset: str) -> list[dict]:
     """What each model makes of the image and of its shuffle, as the page's table (prediction_table)."""
     return prediction_table(predictions(models, torch.cat([image, shuffled]), dataset), k)
+
+
+def shuffle_batch(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *, pool: int,
+                  ks: Sequence[int], min_confidence: float, seed: int, dataset: str,
+                  progress: Progress | None = None) -> list[dict]:
+    """protocols.shuffle over every qualifying image among the first `pool`, grids ascending."""
+    return shuffle(models, x[:pool], y[:pool], ks=sorted(ks), n=None, min_confidence=min_confidence, seed=seed,
+                   dataset=dataset, progress=progress)
 
 
 def kept_images(rows: Sequence[Mapping]) -> int:

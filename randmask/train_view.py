@@ -63,6 +63,11 @@ def resumable(status: jobs.JobStatus) -> bool:
     return status.state in RESUMABLE
 
 
+def output_text(status: jobs.JobStatus, lines: int = 20) -> str:
+    """The last lines the job's process printed, as one block (for a failed job)."""
+    return "\n".join(jobs.job_output(status.folder, lines))
+
+
 def history_series(history: Sequence[Mapping]) -> dict[str, list]:
     """A job's epoch records as the chart's series: epochs, test and training accuracy in percent."""
     return {"epoch": [h["epoch"] for h in history], "test": [100 * h["test_acc"] for h in history],

@@ -26,7 +26,7 @@ from randmask.catalog import ModelEntry
 from randmask.errors import RandmaskError
 from randmask.masks import make_mask
 from randmask.models import build_model
-from randmask.protocols import noise, patch_shuffle, transfer
+from randmask.protocols import noise, patch_shuffle, shuffle, transfer
 
 
 def entry(key: str, notation: str, source: str = "zoo", **fields) -> ModelEntry:
@@ -215,6 +215,17 @@ def test_shuffle_predictions_classify_both_images():
     table = protocol_views.shuffle_predictions({"m": model}, image, shuffled, 4, "cifar10")
     rows = catalog.predictions({"m": model}, torch.cat([image, shuffled]))
     assert table == protocol_views.prediction_table(rows, 4) and len(table) == 1
+
+
+def test_shuffle_batch_scans_the_first_pool_images_with_grids_ascending():
+    model = constant_model("0.9-Shallow")  # always CONFIDENT_CLASS: exactly those images qualify
+    x = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([CONFIDENT_CLASS, 0, CONFIDENT_CLASS, 1, 2, CONFIDENT_CLASS, 3, 4, 5, CONFIDENT_CLASS])
+    rows = protocol_views.shuffle_batch({"m": model}, x, y, pool=6, ks=[8, 2], min_confidence=0.9, seed=1,
+                                        dataset="cifar10")
+    assert [r["k"] for r in rows] == [2, 8] and all(r["n"] == 3 for r in rows)  # image 9 lies beyond the pool
+    assert rows == shuffle({"m": model}, x[:6], y[:6], ks=[2, 8], n=None, min_confidence=0.9, seed=1,
+                           dataset="cifar10")
 
 
 def test_shuffle_series_and_table():
@@ -524,6 +535,15 @@ def test_job_title_history_and_resumable():
     assert [train_view.resumable(job("a", s)) for s in jobs.STATES] == [False, False, False, False, True, True]
     history = [{"epoch": 1, "test_acc": 0.25, "train_acc": 0.3}, {"epoch": 2, "test_acc": 0.5, "train_acc": 0.625}]
     assert train_view.history_series(history) == {"epoch": [1, 2], "test": [25.0, 50.0], "train": [30.0, 62.5]}
+
+
+def test_output_text_is_the_processes_last_lines(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / jobs.OUTPUT_FILE).write_text("".join(f"line {i}\n" for i in range(30)) + "\n  \nerror: boom\n")
+    status = jobs.JobStatus(folder=folder, state="failed", settings={})
+    assert train_view.output_text(status, lines=3) == "line 28\nline 29\nerror: boom"  # blank lines skipped
+    assert train_view.output_text(status).count("\n") == 19
 
 
 def test_job_changes_toast_once_for_jobs_that_finished_since():
