@@ -190,6 +190,64 @@ def default_picks(entries: Sequence[ModelEntry], limit: int = 3) -> list[str]:
     return picks[:limit]
 
 
+def resolve_picks(entries: Sequence[ModelEntry], stored: Sequence[str] | None) -> list[str]:
+    """The picked keys among `entries`: the stored picks that still name one of them (a removed run, another
+    data set drop out), or default_picks when nothing was ever picked."""
+    if stored is None:
+        return default_picks(entries)
+    known = {e.key for e in entries}
+    return [k for k in stored if k in known]
+
+
+def keyed(entries: Sequence[ModelEntry]) -> dict[str, ModelEntry]:
+    """{key: entry}, in the entries' order (what a picker offers and looks its choice up in)."""
+    return {e.key: e for e in entries}
+
+
+def picker_labels(entries: Sequence[ModelEntry]) -> dict[str, str]:
+    """{key: label} of the entries, in order: what the sidebar's picker offers and shows."""
+    return {e.key: e.label for e in entries}
+
+
+def untrained_names(entries: Sequence[ModelEntry]) -> list[str]:
+    """Names of the untrained stand-ins among the entries (a page warns that they only show how it works)."""
+    return [e.name for e in entries if not e.trained]
+
+
+def select(entries: Sequence[ModelEntry], keys: Sequence[str]) -> list[ModelEntry]:
+    """The entries with these keys, in the keys' order; keys of no entry are skipped."""
+    by_key = keyed(entries)
+    return [by_key[k] for k in keys if k in by_key]
+
+
+def split_masked(entries: Sequence[ModelEntry]) -> tuple[list[ModelEntry], list[ModelEntry]]:
+    """(unmasked entries, masked entries), each in the entries' order."""
+    return [e for e in entries if not e.is_masked], [e for e in entries if e.is_masked]
+
+
+def masked_choice(entries: Sequence[ModelEntry], picked: Sequence[ModelEntry]) -> tuple[list[ModelEntry], str | None]:
+    """(the masked entries, the key to preselect: the first masked model picked in the sidebar, or None)."""
+    masked = [e for e in picked if e.is_masked]
+    return split_masked(entries)[1], masked[0].key if masked else None
+
+
+def gallery_pair(entries: Sequence[ModelEntry], picked: Sequence[str]) -> tuple[str | None, str | None]:
+    """The (normal, masked) keys the gallery preselects: a Normal ResNet-18 and a 0.9-Shallow, the first such
+    among the sidebar's picks, then the default picks (trained copies first), then the catalog; None where the
+    catalog has none."""
+    normals, maskeds = split_masked(entries)
+    order = [*picked, *default_picks(entries, limit=4)]
+
+    def first(candidates: Sequence[ModelEntry], notation: str) -> str | None:
+        for key in order:
+            entry = next((e for e in candidates if e.key == key), None)
+            if entry and entry.notation == notation:
+                return entry.key
+        return next((e.key for e in candidates if e.notation == notation), None)
+
+    return first(normals, "Normal ResNet-18"), first(maskeds, "0.9-Shallow")
+
+
 def default_transfer(entries: Sequence[ModelEntry], picked: Sequence[str] = ()) -> tuple[str | None, list[str]]:
     """(source key, target keys) a new transfer evaluation starts from: the paper's main black-box source
     (DenseNet-121, else another trained unmasked net) against Normal ResNet-18 and 0.7-Shallow, never the source
@@ -255,6 +313,15 @@ def zoo_overview(zoo_rows: Sequence[Mapping], entries: Sequence[ModelEntry]) -> 
     return rows
 
 
+def zoo_trained_count(rows: Sequence[Mapping]) -> int:
+    """How many rows of zoo_overview are trained models (the zoo's, older recipes included, and the user's)."""
+    return sum(r["status"] != "not trained yet" for r in rows)
+
+
+def transfer_entries(source: ModelEntry, targets: Sequence[str], entries: Sequence[ModelEntry]) -> list[ModelEntry]:
+    """The models a transfer run loads: the source first, then the targets (by key, in order), the source only
+    once where it is a target too."""
+    return [source, *select(entries, [k for k in targets if k != source.key])]
 
 
 def predictions(models: Mapping[str, nn.Module], x: torch.Tensor, dataset: str = "cifar10") -> list[dict]:

@@ -4,9 +4,10 @@ make of every version, and one PNG of it all (original | adversarial vs each | b
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
@@ -15,8 +16,8 @@ from randmask.attacks import canonical_attack, parse_attack
 from randmask.attacks.base import Progress
 from randmask.datasets import CLASSES
 from randmask.errors import NotationError, RandmaskError
-from randmask.evaluate import Work, craft, predict
-from randmask.images import perturbation_image, to_hwc_uint8, upscale_nearest
+from randmask.evaluate import Work, craft, predict, select_correct
+from randmask.images import diverging_rgb, perturbation_image, to_hwc_uint8, upscale_nearest
 
 ATTACK_KINDS = ("FGSM", "PGD", "CW", "Square")
 
@@ -91,6 +92,64 @@ def build_gallery(normal: nn.Module, masked: nn.Module, attack: str, x: torch.Te
              for column, images in columns.items()}
     return Gallery(str(spec), names, list(indices) if indices is not None else list(range(len(x))), y.cpu(),
                    x.cpu(), adv, preds, linf, dataset, spec.eps)
+
+
+def choose_images(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, start: int, count: int,
+                  only_correct: bool) -> list[int]:
+    """Indices of the images to attack: the first `count` from `start` on, or, with only_correct, the first
+    `count` from there that every model classifies correctly (an error when there is none)."""
+    if not only_correct:
+        return list(range(start, min(start + count, len(x))))
+    chosen = [int(i) + start for i in select_correct(list(models), x[start:], y[start:], n=count)]
+    if not chosen:
+        raise RandmaskError("no image from there on is classified correctly by both networks; untick the box")
+    return chosen
+
+
+def gallery_for(models: Mapping[str, nn.Module], attack: str, x: torch.Tensor, y: torch.Tensor,
+                chosen: Sequence[int], *, dataset: str = "cifar10", progress: Progress | None = None) -> Gallery:
+    """build_gallery for {normal name: model, masked name: model} on the chosen images of x, y."""
+    names = tuple(models)
+    if len(names) != 2:
+        raise RandmaskError(f"a gallery compares two networks, got {len(names)}")
+    index = list(chosen)
+    return build_gallery(models[names[0]], models[names[1]], attack, x[index], y[index], names=names,
+                         indices=index, dataset=dataset, progress=progress)
+
+
+def perturbation_legend(vmax: float, width: int = 256, height: int = 14) -> np.ndarray:
+    """height×width×3 uint8: the perturbation colour scale from −vmax (left) through 0 to +vmax (right)."""
+    return diverging_rgb(np.tile(np.linspace(-vmax, vmax, width), (height, 1)), vmax)
+
+
+def column_titles(gallery: Gallery) -> list[str]:
+    """The page's five column headers: original, both adversarial images, both perturbations."""
+    a, b = gallery.names
+    return ["original", f"adversarial vs {a}", f"adversarial vs {b}", f"perturbation vs {a}",
+            f"perturbation vs {b}"]
+
+
+def display_rows(gallery: Gallery, factor: int = 5) -> list[dict]:
+    """One row per image as the page shows it: "images", (C×H×W image, caption) for the original and both
+    adversarial versions, each caption one line per model ('model: label conf%'), the original's led by its
+    index and true class; and "perturbations", (H×W×3 tile upscaled by `factor`, its l-inf) against each source,
+    all on the gallery's one colour scale."""
+    vmax = gallery.perturbation_scale()
+    rows = []
+    for i, index in enumerate(gallery.indices):
+        shown = []
+        for column in gallery.column_keys():
+            lines = gallery.caption(column, i).split(" · ")
+            if column == "clean":
+                lines.insert(0, f"#{index}, true: {CLASSES[gallery.dataset][int(gallery.labels[i])]}")
+            image = gallery.clean[i] if column == "clean" else gallery.adv[column][i]
+            shown.append((image, "  \n".join(lines)))
+        tiles = []
+        for name in gallery.names:
+            rgb, _ = perturbation_image(gallery.adv[name][i], gallery.clean[i], vmax)
+            tiles.append((upscale_nearest(rgb, factor), f"l-inf {float(gallery.linf[name][i]):.0f}/255"))
+        rows.append({"images": shown, "perturbations": tiles})
+    return rows
 
 
 def gallery_png(gallery: Gallery, scale: int = 6) -> bytes:

@@ -22,6 +22,13 @@ def to_hwc_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def float_batch(x: np.ndarray, y: np.ndarray, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n (all for None) uint8 N×C×H×W images as floats in [0,1] and their labels as int64 tensors."""
+    if n is not None:
+        x, y = x[:n], y[:n]
+    return torch.from_numpy(x).float().div(255), torch.from_numpy(y).long()
+
+
 def upscale_nearest(array: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour upscaling of an H×W or H×W×C array: each pixel becomes a factor×factor block."""
     if not isinstance(factor, int) or factor < 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -18,7 +18,26 @@ def number_text(value: float | None, digits: int = 1) -> str:
     return f"{float(value):.{digits}f}"
 
 
+def column_width(values: Iterable[object], header: str = "") -> int:
+    """Pixels a dataframe column needs to show its longest text whole (about 7 px a character, plus padding)."""
+    longest = max([len(str(v)) for v in values] + [len(header)], default=4)
+    return int(7 * longest) + 26
+
+
+def column_widths(table: Sequence[Mapping] | pd.DataFrame, columns: Sequence[str]) -> dict[str, int]:
+    """{column: column_width of its cells} for a table given as rows (dicts) or as a frame."""
+    if isinstance(table, pd.DataFrame):
+        return {c: column_width(table[c]) for c in columns}
+    return {c: column_width(row[c] for row in table) for c in columns}
+
+
+def ci_text(low: float, high: float) -> str:
+    """A 95% interval given as fractions, as a cell: '12.3–45.6' (percent, one decimal)."""
+    return f"{100 * low:.1f}–{100 * high:.1f}"
+
+
 def comparison_column(attack: str, metric: str) -> str:
+    """The column a comparison row goes in: its attack, or 'clean' for clean accuracy."""
     return attack or ("clean" if metric == "clean_accuracy" else metric)
 
 
@@ -77,7 +96,7 @@ def transfer_table(rows: Sequence[Mapping]) -> list[dict]:
         c = clean.get(r["target"])
         table.append({"target": r["target"],
                       "defense rate (%)": number_text(100 * r["accuracy"] if r["n"] else None),
-                      "95% CI (%)": f"{100 * r['ci_low']:.1f}–{100 * r['ci_high']:.1f}" if r["n"] else MISSING,
+                      "95% CI (%)": ci_text(r["ci_low"], r["ci_high"]) if r["n"] else MISSING,
                       "n": str(int(r["n"])),
                       "clean accuracy (%)": number_text(100 * c["accuracy"] if c else None)})
     return table
