@@ -6,16 +6,13 @@ path shows the labeling flow, not a "page not found" dialog), and nothing else.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import streamlit as st
 
 ROOT = Path(__file__).resolve().parents[1]
 LABEL_PAGE = ROOT / "pages" / "study_label.py"
-# Streamlit puts only this script's folder on sys.path; the labeling page imports the study package beside it
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# the labeling page imports the study package: installed with the project (pip install -e .), no path tricks
 
 
 @st.cache_resource(show_spinner=False)

@@ -53,3 +53,25 @@ def test_import_contracts_hold():
     result = subprocess.run([lint], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:]
     assert "0 broken" in result.stdout
+
+
+def test_every_module_has_a_layer():
+    """A new module cannot slip past the layer contract: each one of randmask is named in it."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    layered = next(c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers"
+                   and "containers" not in c)
+    named = {m.strip() for layer in layered["layers"] for m in layer.replace(":", "|").split("|")}
+    modules = {f"randmask.{p.stem}" for p in (ROOT / "randmask").glob("*.py") if p.stem != "__init__"}
+    modules |= {f"randmask.{p.name}" for p in (ROOT / "randmask").iterdir() if (p / "__init__.py").exists()}
+    assert modules - named == set()
+    assert "randmask.catalog" in named and "randmask.attacks" in named
+
+
+def test_nothing_patches_sys_path():
+    """The project is installed (pip install -e .); no module or script reaches around that."""
+    offenders = [str(path.relative_to(ROOT)) for folder in ("randmask", "study", "pages", "bench", "participant_app")
+                 for path in (ROOT / folder).rglob("*.py") if "sys.path.insert" in path.read_text()]
+    offenders += [name for name in ("app.py",) if "sys.path.insert" in (ROOT / name).read_text()]
+    assert offenders == []
