@@ -9,7 +9,6 @@ reach that page through the participant server, `python -m study serve`, not thr
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 # Before torch loads its OpenMP runtime: idle threads sleep instead of spinning. With a training job on the same
@@ -19,8 +18,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import streamlit as st  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 PAGES = ROOT / "pages"
 PARTICIPANT_KEYS = ("pid", "PROLIFIC_PID")

@@ -1,7 +1,7 @@
 """App benchmarks, printed as measured / target ratios (below 1 is within target).
 
-    python bench/bench_app.py                 # all three
-    python bench/bench_app.py --only gallery  # gallery | switch | memory
+    python -m bench.bench_app                 # all three (a module: it shares the browser tests' launcher)
+    python -m bench.bench_app --only gallery  # gallery | switch | memory
 
 - gallery: building the adversarial gallery of 8 PGD16 images (against Normal ResNet-18 and 0.9-Shallow, both
   attacked, as the page does) on the quick zoo; target 3 s on the 2-core lab machine (issue 17).
@@ -24,12 +24,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the browser tests' server launcher
 if not os.environ.get("RANDMASK_BENCH_NO_OMP_POLICY"):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as app.py sets it, before torch loads OpenMP
 
-from streamlit_server import streamlit_server  # noqa: E402
+from tests.streamlit_server import streamlit_server  # noqa: E402  (run as a module from the checkout)
 
 GALLERY_TARGET_S, SWITCH_TARGET_S, MEMORY_TARGET_GIB = 3.0, 2.0, 2.0
 
@@ -52,18 +50,18 @@ def pick(catalog, notation: str):
 def bench_gallery(repeats: int) -> None:
     import torch
 
-    from randmask import explore
+    from randmask import catalog, gallery
     from randmask.data import load_test_sample
 
-    catalog = explore.discover_models()
+    catalog = catalog.discover_models()
     normal, masked = pick(catalog, "Normal ResNet-18"), pick(catalog, "0.9-Shallow")
-    models = [explore.load_entry(e) for e in (normal, masked)]
+    models = [catalog.load_entry(e) for e in (normal, masked)]
     x, y = load_test_sample("cifar10", 8)
     x = x.float().div(255)
     times = []
     for _ in range(repeats):
         began = time.perf_counter()
-        explore.build_gallery(models[0], models[1], "PGD16", x, y, names=(normal.name, masked.name))
+        gallery.build_gallery(models[0], models[1], "PGD16", x, y, names=(normal.name, masked.name))
         times.append(time.perf_counter() - began)
     median = statistics.median(times)
     print(f"gallery  8 × PGD16 (20 steps) against {normal.label} and {masked.label}; torch threads "
@@ -118,14 +116,14 @@ def bench_memory() -> None:
     import plotly.graph_objects  # noqa: F401
     import streamlit  # noqa: F401
 
-    from randmask import explore
+    from randmask import catalog
     from randmask.data import load_test_sample
 
     before = rss_gib()
     load_test_sample("cifar10", 1000)
-    catalog = explore.discover_models()
+    catalog = catalog.discover_models()
     entries = [e for e in catalog.entries if e.trained] or catalog.entries
-    models = [explore.load_entry(e) for e in entries]
+    models = [catalog.load_entry(e) for e in entries]
     kind = "trained zoo/user models" if entries[0].trained else "untrained stand-ins (zoo not trained yet)"
     total = rss_gib()
     print(f"memory   {len(models)} {kind} + 1000 test images: RSS {total:.2f} GiB (imports alone {before:.2f} GiB)")

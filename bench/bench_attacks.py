@@ -34,9 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from randmask.attacks import CW, FGSM, PGD, margin  # noqa: E402
+from randmask.attacks import CW, FGSM, PGD, margin
 
 
 def small_cnn() -> nn.Module:

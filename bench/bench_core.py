@@ -21,20 +21,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from randmask.data import load_uint8  # noqa: E402
-from randmask.device import autocast_dtype, cpu_has_fast_bf16  # noqa: E402
-from randmask.masks import RandomMask  # noqa: E402
-from randmask.models import build_model  # noqa: E402
-from randmask.train import (  # noqa: E402
+from randmask.data import load_uint8
+from randmask.device import autocast_dtype, cpu_has_fast_bf16
+from randmask.masks import RandomMask
+from randmask.models import build_model
+from randmask.train import (
     accuracy,
     epoch_batches,
     lr_at,

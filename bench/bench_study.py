@@ -10,7 +10,6 @@ fills, plus answer throughput with 1 and 8 concurrent participants side by side.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import threading
 import time
@@ -18,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from study import StudyConfig, consent, create_study, get_study, join, next_trial, open_db, record_answer  # noqa: E402
-from study.sets import write_set  # noqa: E402
+from study import StudyConfig, consent, create_study, get_study, join, next_trial, open_db, record_answer
+from study.sets import write_set
 
 
 def build(root: Path, images: int, conditions: int) -> Path:

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from study import StudyConfig, create_study, get_study, open_db
+from study.sets import write_set
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from study import StudyConfig, create_study, get_study, open_db  # noqa: E402
-from study.sets import write_set  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -1,28 +1,36 @@
 """Streamlit glue shared by app.py and the pages: cached loaders, the model picker, error display, image helpers.
 
-No computation lives here (that is randmask/explore.py); this only connects it to Streamlit's caches and widgets.
+No computation lives here (that is randmask's catalog, images, mask_views, gallery, tables and the *_views
+modules); this only connects them to Streamlit's caches and widgets.
 Models come from st.cache_resource and are never mutated by a page (eval mode; attacks restore the model).
 """
 from __future__ import annotations
 
 import contextlib
-import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `streamlit run` puts only the entry script's folder on sys.path
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from randmask import explore  # noqa: E402
-from randmask.data import CLASSES, load_test_sample  # noqa: E402
-from randmask.device import default_device  # noqa: E402
+from randmask.catalog import (
+    Catalog,
+    ModelEntry,
+    discover_models,
+    keyed,
+    load_entry,
+    picker_labels,
+    resolve_picks,
+    select,
+    trained_summary,
+    unique_names,
+    untrained_names,
+)
+from randmask.data import CLASSES, load_test_sample
+from randmask.device import default_device, device_text
+from randmask.images import display_image, float_batch
 
 PICK_KEY, DATASET_KEY = "picked_models", "picked_dataset"
 PICKS, DATASET = "picks", "dataset"  # plain copies of the picker's values: they survive runs without the sidebar
@@ -56,14 +64,14 @@ def ensure_app() -> None:
 
 # ------------------------------------------------------------------------------------------------ loading
 @st.cache_resource(max_entries=64, show_spinner=False)
-def _load(entry: explore.ModelEntry, stamp: float) -> torch.nn.Module:
-    model = explore.load_entry(entry, default_device())
+def _load(entry: ModelEntry, stamp: float) -> torch.nn.Module:
+    model = load_entry(entry, default_device())
     for param in model.parameters():
         param.requires_grad_(False)  # pages only read models; attacks need gradients w.r.t. inputs only
     return model
 
 
-def model_for(entry: explore.ModelEntry) -> torch.nn.Module:
+def model_for(entry: ModelEntry) -> torch.nn.Module:
     """The entry's model (cached per entry and checkpoint file time, so a retrained folder reloads)."""
     stamp = 0.0
     if entry.folder:
@@ -76,7 +84,7 @@ def model_for(entry: explore.ModelEntry) -> torch.nn.Module:
 @st.cache_resource(max_entries=32, show_spinner=False)
 def structure(notation: str, dataset: str, width: int, mask_seed: int) -> torch.nn.Module:
     """An untrained model of this notation: its masks are exactly the trained model's (they come from the seed)."""
-    return explore.load_entry(explore.ModelEntry(key=f"structure:{notation}", notation=notation, dataset=dataset,
+    return load_entry(ModelEntry(key=f"structure:{notation}", notation=notation, dataset=dataset,
                                                  source="untrained", width=width, mask_seed=mask_seed))
 
 
@@ -88,15 +96,12 @@ def _sample(dataset: str) -> tuple[np.ndarray, np.ndarray]:
 
 def images(dataset: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first n test images as floats in [0,1] and their labels (CPU)."""
-    x, y = _sample(dataset)
-    if n is not None:
-        x, y = x[:n], y[:n]
-    return torch.from_numpy(x).float().div(255), torch.from_numpy(y).long()
+    return float_batch(*_sample(dataset), n)
 
 
-def catalog() -> explore.Catalog:
+def catalog() -> Catalog:
     """Zoo, your trained models and untrained stand-ins; read from disk on every run (a few small JSON files)."""
-    return explore.discover_models()
+    return discover_models()
 
 
 # ------------------------------------------------------------------------------------------------ picker
@@ -112,14 +117,14 @@ def _stored_picks() -> list[str] | None:
     return None
 
 
-def picked() -> list[explore.ModelEntry]:
+def picked_keys() -> list[str]:
+    """The keys of the models chosen in the sidebar (or of the default choice when a page runs without it)."""
+    return resolve_picks(catalog().for_dataset(current_dataset()), _stored_picks())
+
+
+def picked() -> list[ModelEntry]:
     """The models chosen in the sidebar (or the default choice when a page runs without the sidebar)."""
-    entries = catalog().for_dataset(current_dataset())
-    keys = _stored_picks()
-    if keys is None:
-        keys = explore.default_picks(entries)
-    known = {e.key: e for e in entries}
-    return [known[k] for k in keys if k in known]
+    return select(catalog().for_dataset(current_dataset()), picked_keys())
 
 
 def sidebar() -> None:
@@ -135,46 +140,43 @@ def sidebar() -> None:
         if len(datasets) > 1:
             st.session_state[DATASET] = st.selectbox("Data set", datasets, key=DATASET_KEY)
         entries = cat.for_dataset(current_dataset())
-        keys = [e.key for e in entries]
-        labels = {e.key: e.label for e in entries}
-        stored = _stored_picks()
-        chosen = explore.default_picks(entries) if stored is None else [k for k in stored if k in keys]
-        st.session_state[PICK_KEY] = chosen  # drop models that vanished (a removed run, another data set)
+        labels = picker_labels(entries)
+        # the stored picks less models that vanished (a removed run, another data set)
+        st.session_state[PICK_KEY] = resolve_picks(entries, _stored_picks())
         st.session_state[PICKS] = st.multiselect(
-            "Compare these models", keys, key=PICK_KEY, format_func=lambda k: labels.get(k, k),
+            "Compare these models", list(labels), key=PICK_KEY, format_func=lambda k: labels.get(k, k),
             help="Used by the patch-shuffle, noise and robustness pages. Trained models show their clean test "
                  "accuracy; UNTRAINED ones are built from the notation (random weights).")
         if not any(e.trained for e in entries):
             st.warning("No trained models yet: the zoo is empty (or still training). Pages use untrained "
                        "stand-ins, marked UNTRAINED; the mask pages need no weights at all.")
         else:
-            st.caption(explore.trained_summary(cat, current_dataset()))
+            st.caption(trained_summary(cat, current_dataset()))
         for problem in cat.problems:
             st.caption(f"⚠ skipped {problem}")
-        device = default_device()
-        st.caption(f"Device: {'CUDA · ' + torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}")
+        st.caption(f"Device: {device_text(default_device())}")
 
 
-def named_models(entries: list[explore.ModelEntry]) -> dict[str, torch.nn.Module]:
+def named_models(entries: list[ModelEntry]) -> dict[str, torch.nn.Module]:
     """{distinct display name: cached model} for the entries, in order."""
-    return {name: model_for(e) for name, e in zip(explore.unique_names(entries), entries, strict=True)}
+    return {name: model_for(e) for name, e in zip(unique_names(entries), entries, strict=True)}
 
 
-def entry_select(label: str, entries: list[explore.ModelEntry], default_key: str | None = None,
-                 key: str | None = None, help: str | None = None) -> explore.ModelEntry | None:
+def entry_select(label: str, entries: list[ModelEntry], default_key: str | None = None,
+                 key: str | None = None, help: str | None = None) -> ModelEntry | None:
     """A selectbox over entries showing their labels (with the UNTRAINED badge)."""
     if not entries:
         st.warning(f"{label}: no model available for this data set.")
         return None
-    keys = [e.key for e in entries]
-    index = keys.index(default_key) if default_key in keys else 0
-    by_key = {e.key: e for e in entries}
+    by_key = keyed(entries)
+    keys = list(by_key)
+    index = keys.index(default_key) if default_key in by_key else 0
     choice = st.selectbox(label, keys, index=index, key=key, format_func=lambda k: by_key[k].label, help=help)
     return by_key[choice]
 
 
-def untrained_note(entries: list[explore.ModelEntry]) -> None:
-    names = [e.name for e in entries if not e.trained]
+def untrained_note(entries: list[ModelEntry]) -> None:
+    names = untrained_names(entries)
     if names:
         st.info(f"UNTRAINED (random weights, built from notation): {', '.join(names)}. Their predictions show "
                 "how the page works, not what the paper reports; train them on the Train page or wait for the zoo.")
@@ -204,12 +206,6 @@ def progress_callback(text: str):
     return report, bar
 
 
-def text_width(values, header: str = "") -> int:
-    """Pixels a dataframe column needs to show its longest text whole (about 7 px a character, plus padding)."""
-    longest = max([len(str(v)) for v in values] + [len(header)], default=4)
-    return int(7 * longest) + 26
-
-
 # ------------------------------------------------------------------------------------------------ images
 def pixelated() -> None:
     """Ask the browser never to smooth images (they are already upscaled by integer factors)."""
@@ -218,7 +214,7 @@ def pixelated() -> None:
 
 def show_image(image, caption: str | None = None, size: int = 224) -> None:
     """A C×H×W image, nearest-neighbour upscaled to about `size` pixels, shown at its own size."""
-    show_array(explore.display_image(image, size), caption)
+    show_array(display_image(image, size), caption)
 
 
 def show_array(array: np.ndarray, caption: str | None = None) -> None:

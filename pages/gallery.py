@@ -2,49 +2,31 @@
 with the amplified perturbations (diverging colours centred on 0) and both networks' labels and confidences."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-import numpy as np
 import streamlit as st
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # a page run on its own (tests) still finds the project
-    sys.path.insert(0, ROOT)
-from pages import _ui  # noqa: E402
-from randmask import explore  # noqa: E402
-from randmask.evaluate import select_correct  # noqa: E402
+from pages import _ui
+from randmask import catalog, gallery
+from randmask.gallery import ATTACK_KINDS, attack_notation
 
 _ui.ensure_app()
 st.title("Adversarial gallery")
 dataset = _ui.current_dataset()
 entries = _ui.catalog().for_dataset(dataset)
-picked = _ui.picked()
-normals = [e for e in entries if not e.is_masked]
-maskeds = [e for e in entries if e.is_masked]
-explore_defaults = explore.default_picks(entries, limit=4)
-
-
-def first(candidates, notation):
-    for key in [e.key for e in picked] + explore_defaults:
-        entry = next((e for e in candidates if e.key == key), None)
-        if entry and (notation is None or entry.notation == notation):
-            return entry.key
-    return next((e.key for e in candidates if e.notation == notation), None)
-
+normals, maskeds = catalog.split_masked(entries)
+normal_key, masked_key = catalog.gallery_pair(entries, _ui.picked_keys())
 
 c1, c2 = st.columns(2)
 with c1:
-    normal = _ui.entry_select("Normal network", normals, first(normals, "Normal ResNet-18"), key="gallery_normal")
+    normal = _ui.entry_select("Normal network", normals, normal_key, key="gallery_normal")
 with c2:
-    masked = _ui.entry_select("Masked network (source)", maskeds, first(maskeds, "0.9-Shallow"), key="gallery_masked")
+    masked = _ui.entry_select("Masked network (source)", maskeds, masked_key, key="gallery_masked")
 if normal is None or masked is None:
     st.stop()
 _ui.untrained_note([normal, masked])
 
 a1, a2, a3, a4 = st.columns([2, 2, 1, 1])
 with a1:
-    kind = st.segmented_control("Attack", list(explore.ATTACK_KINDS), default="PGD", key="gallery_attack") or "PGD"
+    kind = st.segmented_control("Attack", list(ATTACK_KINDS), default="PGD", key="gallery_attack") or "PGD"
 with a2:
     if kind == "CW":
         kappa = st.slider("confidence κ (logits)", 0, 60, 40, key="gallery_kappa")
@@ -67,7 +49,7 @@ elif kind == "Square":
     budget["queries"] = int(b1.number_input("queries per image", 50, 10_000, 300, step=50, key="gallery_queries"))
 both_trained = normal.trained and masked.trained
 only_correct = st.checkbox("Only images both networks classify correctly", value=both_trained, key="gallery_correct")
-attack = explore.attack_notation(kind, eps, kappa=kappa, **budget)
+attack = attack_notation(kind, eps, kappa=kappa, **budget)
 st.caption(f"Attack in the paper's notation: **{attack}**"
            + (" (step 1, the paper's step rule)" if kind == "PGD" else "")
            + (" (a small budget so a CPU answers in seconds; raise it for stronger attacks)"
@@ -77,51 +59,34 @@ if st.button("Build the gallery", type="primary", key="gallery_run"):
     with _ui.readable_errors("The gallery could not be built"):
         x, y = _ui.images(dataset)
         models = _ui.named_models([normal, masked])
-        names = tuple(models)
-        if only_correct:
-            chosen = select_correct(list(models.values()), x[start:], y[start:], n=count) + start
-            if len(chosen) == 0:
-                raise ValueError("no image from there on is classified correctly by both networks; untick the box")
-        else:
-            chosen = np.arange(start, min(start + count, len(x)))
+        chosen = gallery.choose_images(list(models.values()), x, y, start, count, only_correct)
         report, bar = _ui.progress_callback(f"Attacking with {attack}…")
-        gallery = explore.build_gallery(models[names[0]], models[names[1]], attack, x[chosen], y[chosen],
-                                        names=names, indices=[int(i) for i in chosen], dataset=dataset,
-                                        progress=report)
+        built = gallery.gallery_for(models, attack, x, y, chosen, dataset=dataset, progress=report)
         bar.empty()
-        st.session_state["gallery"] = gallery
+        st.session_state["gallery"] = built
 
-gallery = st.session_state.get("gallery")
-if gallery is None:
+built = st.session_state.get("gallery")
+if built is None:
     st.info("Pick two networks and an attack, then build the gallery.")
     st.stop()
 
-vmax = gallery.perturbation_scale()
-st.markdown(f"**{gallery.attack}** against **{gallery.names[0]}** and against **{gallery.names[1]}**. "
+vmax = built.perturbation_scale()
+st.markdown(f"**{built.attack}** against **{built.names[0]}** and against **{built.names[1]}**. "
             "Under every image: each network's label and confidence.")
-legend = explore.diverging_rgb(np.tile(np.linspace(-vmax, vmax, 256), (14, 1)), vmax)
-_ui.show_array(legend, f"perturbation colours (mean over RGB): −{vmax:g}/255 blue · 0 white · +{vmax:g}/255 red")
-titles = ["original", f"adversarial vs {gallery.names[0]}", f"adversarial vs {gallery.names[1]}",
-          f"perturbation vs {gallery.names[0]}", f"perturbation vs {gallery.names[1]}"]
-header = st.columns(5)
-for col, title in zip(header, titles, strict=True):
+_ui.show_array(gallery.perturbation_legend(vmax),
+               f"perturbation colours (mean over RGB): −{vmax:g}/255 blue · 0 white · +{vmax:g}/255 red")
+for col, title in zip(st.columns(5), gallery.column_titles(built), strict=True):
     col.markdown(f"**{title}**")
-for i, index in enumerate(gallery.indices):
+for row in gallery.display_rows(built):
     cols = st.columns(5)
-    for col, column in zip(cols[:3], gallery.column_keys(), strict=True):
+    for col, (image, caption) in zip(cols[:3], row["images"], strict=True):
         with col:
-            image = gallery.clean[i] if column == "clean" else gallery.adv[column][i]
             _ui.show_image(image, size=160)
-            lines = gallery.caption(column, i).split(" · ")
-            if column == "clean":
-                lines.insert(0, f"#{index}, true: {_ui.class_name(dataset, int(gallery.labels[i]))}")
-            st.caption("  \n".join(lines))
-    for col, name in zip(cols[3:], gallery.names, strict=True):
+            st.caption(caption)
+    for col, (tile, caption) in zip(cols[3:], row["perturbations"], strict=True):
         with col:
-            rgb, _ = explore.perturbation_image(gallery.adv[name][i], gallery.clean[i], vmax)
-            tile = explore.upscale_nearest(rgb, 5)
             _ui.show_array(tile)
-            st.caption(f"l-inf {float(gallery.linf[name][i]):.0f}/255")
+            st.caption(caption)
 
-st.download_button("Download the gallery as PNG", explore.gallery_png(gallery), "gallery.png", "image/png",
+st.download_button("Download the gallery as PNG", gallery.gallery_png(built), "gallery.png", "image/png",
                    key="gallery_png")

@@ -1,17 +1,11 @@
 """Home: Random Mask in one picture and three sentences, the zoo with clean accuracies, where to start."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import streamlit as st
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # a page run on its own (tests) still finds the project
-    sys.path.insert(0, ROOT)
-from pages import _ui  # noqa: E402
-from randmask import explore  # noqa: E402
-from randmask.zoo import list_zoo  # noqa: E402
+from pages import _ui
+from randmask import catalog, mask_views, settings, tables
+from randmask.zoo import list_zoo
 
 _ui.ensure_app()
 st.title("Random Mask, hands on")
@@ -28,44 +22,36 @@ st.markdown(
 
 with _ui.readable_errors("Cannot draw the picture"):
     x, y = _ui.images("cifar10", 8)
-    image = x[0]
     ratio = 0.7
-    stem = explore.kind_comparison((16, 32, 32), ratio, seed=0)
     st.subheader(f"What the first layer passes on, drop ratio {ratio:g}")
     columns = st.columns(6)
     with columns[0]:
-        _ui.show_image(image, f"input ({_ui.class_name('cifar10', int(y[0]))})", size=160)
-    for i, col in enumerate(columns[1:4]):
+        _ui.show_image(x[0], f"input ({_ui.class_name('cifar10', int(y[0]))})", size=160)
+    for col, (tile, caption) in zip(columns[1:], mask_views.stem_tiles(x[0], ratio, seed=0), strict=True):
         with col:
-            _ui.show_array(explore.upscale_nearest(explore.overlay_keep(image, stem["random"][i]), 5),
-                           caption=f"Random Mask, channel {i + 1}")
-    with columns[4]:
-        _ui.show_array(explore.upscale_nearest(explore.overlay_keep(image, stem["SM"][0]), 5),
-                       caption="SM: one pattern, every channel")
-    with columns[5]:
-        dead = int((~stem["DC"].flatten(1).any(1)).sum())
-        _ui.show_array(explore.upscale_nearest(explore.overlay_keep(image, stem["DC"].any(0)), 5),
-                       caption=f"DC: {dead} of 16 channels dropped whole, the rest see everything")
+            _ui.show_array(tile, caption=caption)
     st.caption("Dark positions are where a channel's output is zeroed. Random Mask gives every channel its own "
                "holes, so together the channels still see the whole image; SM repeats one pattern; DC drops "
                "whole channels.")
 
 st.subheader("The model zoo")
 with _ui.readable_errors("Cannot list the zoo"):
-    rows = explore.zoo_overview(list_zoo(explore.zoo_root()), _ui.catalog().entries)
-    if all(r["status"] == "not trained yet" for r in rows):
+    rows = catalog.zoo_overview(list_zoo(settings.zoo_root()), _ui.catalog().entries)
+    trained = catalog.zoo_trained_count(rows)
+    widths = tables.column_widths(rows, ["model", "status", "used for"])
+    if not trained:
         st.info("No model is trained yet (the quick zoo trains in the background and lands in assets/zoo). "
                 "Until then the pages fall back to untrained models, clearly marked UNTRAINED.")
     st.dataframe(rows, hide_index=True, height="content", column_config={
-        "model": st.column_config.TextColumn(width=_ui.text_width(r["model"] for r in rows)),
-        "status": st.column_config.TextColumn(width=_ui.text_width(r["status"] for r in rows),
+        "model": st.column_config.TextColumn(width=widths["model"]),
+        "status": st.column_config.TextColumn(width=widths["status"],
                                               help="'older recipe': trained before the zoo's current plan; "
                                                    "`python -m randmask zoo train` retrains it. 'yours': trained "
                                                    "on the Train page, in that folder"),
         "accuracy (%)": st.column_config.TextColumn(alignment="right", help="Clean test accuracy on the full "
                                                                            "test set, as shipped"),
-        "used for": st.column_config.TextColumn(width=_ui.text_width(r["used for"] for r in rows))})
-    st.caption(f"{sum(r['status'] != 'not trained yet' for r in rows)} trained models over all data sets; the "
+        "used for": st.column_config.TextColumn(width=widths["used for"])})
+    st.caption(f"{trained} trained models over all data sets; the "
                "README's zoo table lists the shipped ones with their recipes and training times.")
 
 st.subheader("Where to start")

@@ -2,19 +2,21 @@
 Figure-7 trade-off between clean accuracy and defense rate, and a small new transfer evaluation run here."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import plotly.graph_objects as go
 import streamlit as st
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # a page run on its own (tests) still finds the project
-    sys.path.insert(0, ROOT)
-from pages import _ui  # noqa: E402
-from randmask import explore  # noqa: E402
-from randmask.attacks import canonical_attack  # noqa: E402
-from randmask.protocols import transfer  # noqa: E402
+from pages import _ui
+from randmask import catalog, comparison, robustness_view, settings, tables
+from randmask.attacks import canonical_attack
+from randmask.paper import (
+    PAPER_TABLES,
+    load_paper_tables,
+    load_results,
+    paper_attacks,
+    paper_sources,
+    table_dataset,
+    trained_model_keys,
+)
 
 ERROR_BAR = {"color": "rgba(31, 119, 180, 0.45)", "thickness": 1.5, "width": 3}
 
@@ -22,12 +24,12 @@ _ui.ensure_app()
 st.title("Robustness explorer")
 paper = None
 with _ui.readable_errors("The paper's tables are missing"):
-    paper = explore.load_paper_tables()
-ours, problems = explore.load_results()
+    paper = load_paper_tables()
+ours, problems = load_results()
 for problem in problems:
     st.caption(f"⚠ results/{problem}")
 if ours.empty:
-    st.info(f"No reproduction results in {explore.results_root()} yet: the tables show the paper's numbers only. "
+    st.info(f"No reproduction results in {settings.results_root()} yet: the tables show the paper's numbers only. "
             "Our numbers appear beside them once the reproduction has written its CSVs there.")
 
 tab_tables, tab_tradeoff, tab_run = st.tabs(["Tables: ours beside the paper's", "Figure 7: trade-off",
@@ -35,98 +37,92 @@ tab_tables, tab_tradeoff, tab_run = st.tabs(["Tables: ours beside the paper's", 
 
 with tab_tables:
     if paper is not None:
-        table = st.selectbox("Table", list(explore.PAPER_TABLES), format_func=explore.PAPER_TABLES.get,
-                             index=list(explore.PAPER_TABLES).index(7), key="robust_table")
+        table = st.selectbox("Table", list(PAPER_TABLES), format_func=PAPER_TABLES.get,
+                             index=list(PAPER_TABLES).index(7), key="robust_table")
         with _ui.readable_errors("Cannot compare"):
-            trained = explore.trained_model_keys(_ui.catalog().for_dataset(explore.table_dataset(table)))
-            comp = explore.compare_with_paper(paper, ours, table, trained)
-            wide = explore.comparison_table(comp)
-            have_ours = comp["ours"].notna().any()
-            metric = ", ".join(sorted(set(comp["metric"].str.replace("_", " "))))
+            trained = trained_model_keys(_ui.catalog().trained_refs(table_dataset(table)))
+            comp = comparison.compare_with_paper(paper, ours, table, trained)
+            wide = tables.comparison_table(comp)
+            have_ours = robustness_view.has_ours(comp)
+            metric = robustness_view.metric_names(comp)
             st.caption(f"Percent ({metric}). Defense rate = the target's accuracy on adversarial images that fool "
                        "the source. 'ours' = our reproduction, where results/ has the same source, target, "
-                       f"attack and metric; {explore.MISSING} = no number. 'here' says whether we measured the "
+                       f"attack and metric; {tables.MISSING} = no number. 'here' says whether we measured the "
                        "target." + ("" if have_ours else " No matching rows of ours yet."))
             numbers = {c: st.column_config.TextColumn(alignment="right") for c in wide.columns[2:]}
+            widths = tables.column_widths(wide, ["target", "here"])
             st.dataframe(wide, hide_index=True, height="content", column_config={
-                **numbers, "target": st.column_config.TextColumn(width=_ui.text_width(wide["target"]), pinned=True),
-                "here": st.column_config.TextColumn(width=_ui.text_width(wide["here"]))})
-            missing = explore.untrained_targets(comp)
+                **numbers, "target": st.column_config.TextColumn(width=widths["target"], pinned=True),
+                "here": st.column_config.TextColumn(width=widths["here"])})
+            missing = comparison.untrained_targets(comp)
             if missing:
                 with st.expander(f"Not trained here: {len(missing)} of this table's models. The commands that "
                                  "train them"):
                     st.caption("A model trained this way appears in the sidebar's picker, and the *Run a transfer "
                                "evaluation* tab measures it.")
-                    st.code("\n".join(command for _, command in missing), language="bash")
-            attacks = list(dict.fromkeys(explore.comparison_column(a, m)
-                                         for a, m in zip(comp["attack"], comp["metric"], strict=True)))
-            comp["column"] = [explore.comparison_column(a, m)
-                              for a, m in zip(comp["attack"], comp["metric"], strict=True)]
-            with_ours = [a for a in attacks if comp.loc[comp["column"] == a, "ours"].notna().any()]
-            shown = st.selectbox("Chart column", attacks, key="robust_chart_attack",
-                                 index=attacks.index(with_ours[0]) if with_ours else 0)
-            part = comp[comp["column"] == shown]
+                    st.code(robustness_view.train_commands(missing), language="bash")
+            attacks, opening = robustness_view.chart_columns(comp)
+            shown = st.selectbox("Chart column", attacks, key="robust_chart_attack", index=opening)
+            bars = robustness_view.chart_bars(comp, shown)
             fig = go.Figure()
-            fig.add_bar(name="paper", x=part["target"], y=part["paper"], marker_color="#c0392b")
-            if part["ours"].notna().any():
-                fig.add_bar(name="ours", x=part["target"], y=part["ours"], marker_color="#2c7fb8",
-                            error_y={"type": "data", "symmetric": False, "array": part["ours_high"] - part["ours"],
-                                     "arrayminus": part["ours"] - part["ours_low"]})
+            fig.add_bar(name="paper", x=bars["target"], y=bars["paper"], marker_color="#c0392b")
+            if bars["ours"] is not None:
+                fig.add_bar(name="ours", x=bars["target"], y=bars["ours"], marker_color="#2c7fb8",
+                            error_y={"type": "data", "symmetric": False, "array": bars["plus"],
+                                     "arrayminus": bars["minus"]})
             fig.update_layout(barmode="group", height=440, margin={"t": 40},
-                              title=f"{explore.PAPER_TABLES[table]}: {shown}")
+                              title=f"{PAPER_TABLES[table]}: {shown}")
             fig.update_xaxes(title="target network")
             fig.update_yaxes(title="percent", range=[0, 100])
             st.plotly_chart(fig, key="robust_chart")
             with st.expander("Every number, with our 95% intervals"):
-                st.dataframe(explore.comparison_details(comp), hide_index=True)
+                st.dataframe(tables.comparison_details(comp), hide_index=True)
 
 with tab_tradeoff:
     if paper is not None:
-        sources = explore.paper_sources(paper)
+        sources = paper_sources(paper)
         c1, c2 = st.columns(2)
         with c1:
             source = st.selectbox("Source network", sources, key="tradeoff_source")
         with c2:
-            attacks = explore.paper_attacks(paper, source)
-            attack = st.selectbox("Attack", attacks, index=attacks.index("FGSM16") if "FGSM16" in attacks else 0,
+            attacks = paper_attacks(paper, source)
+            attack = st.selectbox("Attack", attacks, index=robustness_view.option_index(attacks, "FGSM16"),
                                   key="tradeoff_attack")
-        points = explore.tradeoff_points(paper, ours, source, attack)
+        series = robustness_view.tradeoff_series(comparison.tradeoff_points(paper, ours, source, attack))
         fig = go.Figure()
-        mine = points[points["origin"] == "paper"]
-        fig.add_scatter(x=mine["clean_accuracy"], y=mine["defense_rate"], mode="markers+text", name="paper",
+        mine = series["paper"]
+        fig.add_scatter(x=mine["x"], y=mine["y"], mode="markers+text", name="paper",
                         marker={"symbol": "star", "size": 14, "color": "#d62728"},
-                        text=[f"{r:g}" for r in mine["ratio"]], textposition="top left",
+                        text=mine["text"], textposition="top left",
                         hovertemplate="%{text}: clean %{x:.1f}%, defense %{y:.1f}%<extra>paper</extra>")
-        mine = points[points["origin"] == "ours"]
-        if not mine.empty:
-            fig.add_scatter(x=mine["clean_accuracy"], y=mine["defense_rate"], mode="markers+text", name="ours",
-                            marker={"size": 10, "color": "#1f77b4"}, text=[f"{r:g}" for r in mine["ratio"]],
+        mine = series["ours"]
+        if mine is not None:
+            fig.add_scatter(x=mine["x"], y=mine["y"], mode="markers+text", name="ours",
+                            marker={"size": 10, "color": "#1f77b4"}, text=mine["text"],
                             # labels beside the point, off the cross its error bars draw through it
                             textposition="bottom right", textfont={"color": "#1f77b4"},
                             error_x={"type": "data", "symmetric": False, **ERROR_BAR,
-                                     "array": mine["clean_high"] - mine["clean_accuracy"],
-                                     "arrayminus": mine["clean_accuracy"] - mine["clean_low"]},
+                                     "array": mine["x_plus"], "arrayminus": mine["x_minus"]},
                             error_y={"type": "data", "symmetric": False, **ERROR_BAR,
-                                     "array": mine["defense_high"] - mine["defense_rate"],
-                                     "arrayminus": mine["defense_rate"] - mine["defense_low"]},
+                                     "array": mine["y_plus"], "arrayminus": mine["y_minus"]},
                             hovertemplate="%{text}: clean %{x:.1f}%, defense %{y:.1f}%<extra>ours</extra>")
         fig.update_layout(height=480, margin={"t": 40},
                           title=f"Drop ratio trade-off, {attack} from {source} (label = drop ratio, 0 = Normal)")
         fig.update_xaxes(title="clean test accuracy (%)")
         fig.update_yaxes(title="defense rate (%)")
         st.plotly_chart(fig, key="tradeoff_chart")
-        if mine.empty:
+        if mine is None:
             st.caption("Only the paper's points: our transfer results for this source and attack are not in "
                        "results/ yet.")
 
 with tab_run:
     dataset = _ui.current_dataset()
     entries = _ui.catalog().for_dataset(dataset)
-    by_key = {e.key: e for e in entries}
-    default_source, default_targets = explore.default_transfer(entries, [e.key for e in _ui.picked()])
+    by_key = catalog.keyed(entries)
+    default_source, default_targets = catalog.default_transfer(entries, _ui.picked_keys())
     c1, c2 = st.columns(2)
     with c1:
-        normals = [e for e in entries if not e.is_masked]
+        normals = catalog.split_masked(entries)[0]
         src = _ui.entry_select("Source (attacked) network", normals or entries, default_source, key="run_source",
                                help="The network the attack is crafted against; its adversarial images are then "
                                     "shown to the targets (black-box transfer).")
@@ -145,24 +141,19 @@ with tab_run:
         with _ui.readable_errors("The transfer evaluation failed"):
             attack_text = canonical_attack(attack_text)
             x, y = _ui.images(dataset)
-            chosen = [src] + [by_key[k] for k in targets if k != src.key]  # the source may be a target too
+            chosen = catalog.transfer_entries(src, targets, entries)  # the source may be a target too
             models = _ui.named_models(chosen)
-            names = list(models)
-            wanted = [name for name, e in zip(names, chosen, strict=True) if e.key in targets]
-            report, bar = _ui.progress_callback(f"Attacking {names[0]} with {attack_text}…")
-            rows = transfer(models[names[0]], {k: models[k] for k in wanted}, [attack_text], x, y,
-                            source_name=names[0], n=n, n_cw=n, dataset=dataset, progress=report)
+            report, bar = _ui.progress_callback(f"Attacking {next(iter(models))} with {attack_text}…")
+            rows = robustness_view.run_transfer(models, chosen, targets, attack_text, x, y, n=n, dataset=dataset,
+                                                progress=report)
             bar.empty()
             st.session_state["run_result"] = rows
     rows = st.session_state.get("run_result")
     if rows:
-        attacked = [r for r in rows if r["metric"] == "defense_rate"]
-        if attacked:
-            first_row = attacked[0]
-            st.markdown(f"**{first_row['attack']}** from **{first_row['source']}**: {first_row['n_attacked']} images "
-                        f"attacked, {first_row['n']} fooled the source and were passed on."
-                        + (" With none to pass on, there is no defense rate to measure." if not first_row["n"] else ""))
-        st.dataframe(explore.transfer_table(rows), hide_index=True, column_config={
+        summary = robustness_view.transfer_summary(rows)
+        if summary:
+            st.markdown(summary)
+        st.dataframe(tables.transfer_table(rows), hide_index=True, column_config={
             c: st.column_config.TextColumn(alignment="right")
             for c in ("defense rate (%)", "95% CI (%)", "n", "clean accuracy (%)")})
-        st.download_button("Download CSV", explore.rows_csv(rows), "transfer.csv", "text/csv", key="run_csv")
+        st.download_button("Download CSV", catalog.rows_csv(rows), "transfer.csv", "text/csv", key="run_csv")

@@ -2,20 +2,12 @@
 run over many images, the paper's Table 3 protocol at small n (images all models know with high confidence)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import plotly.graph_objects as go
 import streamlit as st
-import torch
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # a page run on its own (tests) still finds the project
-    sys.path.insert(0, ROOT)
-from pages import _ui  # noqa: E402
-from randmask import explore  # noqa: E402
-from randmask.protocols import patch_shuffle, shuffle  # noqa: E402
-from randmask.reproduce import PRESETS  # noqa: E402
+from pages import _ui
+from randmask import catalog, paper, protocol_views, tables
+from randmask.plan import PRESETS
 
 # the paper keeps images its nets know with confidence >= 0.99; the reproduction's quick preset says why ours can't
 PAPER_CONFIDENCE, OUR_CONFIDENCE = PRESETS["paper"]["shuffle_confidence"], PRESETS["quick"]["shuffle_confidence"]
@@ -29,35 +21,29 @@ if not entries:
     st.stop()
 _ui.untrained_note(entries)
 x, y = _ui.images(dataset)
-grids = explore.shuffle_grids(x.shape[-1])
+grids = catalog.shuffle_grids(x.shape[-1])
+default_k, default_ks = protocol_views.grid_defaults(grids)
 
 c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
     index = int(st.number_input(f"Test image (0–{len(x) - 1})", 0, len(x) - 1, 0, key="shuffle_index"))
 with c2:
-    k = st.segmented_control("Grid (k×k patches)", grids, default=4 if 4 in grids else grids[0], key="shuffle_k",
+    k = st.segmented_control("Grid (k×k patches)", grids, default=default_k, key="shuffle_k",
                              format_func=lambda g: f"{g}×{g}") or grids[0]
 with c3:
     seed = int(st.number_input("Shuffle seed", 0, 10_000, 0, key="shuffle_seed"))
 
 with _ui.readable_errors("Cannot shuffle"):
-    image = x[index:index + 1]
-    shuffled = patch_shuffle(image, k, torch.Generator().manual_seed(seed))
+    image, shuffled = protocol_views.shuffled_pair(x, index, k, seed)
     left, right, table = st.columns([1, 1, 2], gap="medium")
     with left:
         _ui.show_image(image[0], f"original: {_ui.class_name(dataset, int(y[index]))}", size=192)
     with right:
         _ui.show_image(shuffled[0], f"{k}×{k} patches shuffled", size=192)
     with table:
-        models = _ui.named_models(entries)
-        rows = explore.predictions(models, torch.cat([image, shuffled]), dataset)
-        view = {}
-        for row in rows:
-            item = view.setdefault(row["model"], {"model": row["model"]})
-            column = "original" if row["image"] == 0 else f"shuffled {k}×{k}"
-            item[column] = f"{row['label']} ({100 * row['confidence']:.0f}%)"
+        view = protocol_views.shuffle_predictions(_ui.named_models(entries), image, shuffled, k, dataset)
         st.markdown(f"**Predictions** (true class: {_ui.class_name(dataset, int(y[index]))})")
-        st.dataframe(list(view.values()), hide_index=True)
+        st.dataframe(view, hide_index=True)
 
 st.divider()
 st.subheader("Batch run: Table 3 at small n")
@@ -74,21 +60,21 @@ st.caption(f"Default {OUR_CONFIDENCE:.2f}, not the paper's {PAPER_CONFIDENCE:.2f
            "smoothing 0.1, which caps their softmax confidence near 0.91, so at 0.99 no image qualifies. "
            f"{OUR_CONFIDENCE:.2f} is what the reproduction uses too (REPRODUCTION.md, Table 3).")
 with b3:
-    ks = st.multiselect("Grids", grids, default=[g for g in (2, 4, 8) if g in grids], key="shuffle_ks",
+    ks = st.multiselect("Grids", grids, default=default_ks, key="shuffle_ks",
                         format_func=lambda g: f"{g}×{g}")
 
 if st.button("Run the batch", type="primary", key="shuffle_run", disabled=not ks):
     with _ui.readable_errors("The batch run failed"):
         report, bar = _ui.progress_callback("Shuffling and classifying…")
-        rows = shuffle(_ui.named_models(entries), x[:pool], y[:pool], ks=sorted(ks), n=None,
-                       min_confidence=confidence, seed=seed, dataset=dataset, progress=report)
+        rows = protocol_views.shuffle_batch(_ui.named_models(entries), x, y, pool=pool, ks=ks,
+                                            min_confidence=confidence, seed=seed, dataset=dataset, progress=report)
         bar.empty()
         st.session_state["shuffle_result"] = {"rows": rows, "pool": pool, "confidence": confidence}
 
 result = st.session_state.get("shuffle_result")
 if result:
     rows = result["rows"]
-    n_kept = rows[0]["n"] if rows else 0
+    n_kept = protocol_views.kept_images(rows)
     if n_kept == 0:
         st.warning(f"None of the first {result['pool']} images is classified correctly with confidence ≥ "
                    f"{result['confidence']:.2f} by every model. Lower the threshold or pick other models.")
@@ -96,24 +82,20 @@ if result:
         st.markdown(f"**{n_kept}** of the first {result['pool']} images qualify "
                     f"(confidence ≥ {result['confidence']:.2f} for every model).")
         fig = go.Figure()
-        for name in dict.fromkeys(r["target"] for r in rows):
-            mine = [r for r in rows if r["target"] == name]
-            fig.add_bar(name=name, x=[f"{r['k']}×{r['k']}" for r in mine], y=[100 * r["accuracy"] for r in mine],
-                        error_y={"type": "data", "symmetric": False,
-                                 "array": [100 * (r["ci_high"] - r["accuracy"]) for r in mine],
-                                 "arrayminus": [100 * (r["accuracy"] - r["ci_low"]) for r in mine]})
+        for bars in protocol_views.shuffle_series(rows):
+            fig.add_bar(name=bars["name"], x=bars["x"], y=bars["y"],
+                        error_y={"type": "data", "symmetric": False, "array": bars["plus"],
+                                 "arrayminus": bars["minus"]})
         fig.update_layout(barmode="group", height=380, title="Accuracy on shuffled images", margin={"t": 40})
         fig.update_xaxes(title="grid (k×k patches)")
         fig.update_yaxes(title="accuracy (%)", range=[0, 100])
         st.plotly_chart(fig, key="shuffle_chart")
-        st.dataframe([{"model": r["target"], "grid": f"{r['k']}×{r['k']}", "accuracy (%)": 100 * r["accuracy"],
-                       "95% CI (%)": f"{100 * r['ci_low']:.1f}–{100 * r['ci_high']:.1f}", "n": r["n"]}
-                      for r in rows], hide_index=True,
+        st.dataframe(protocol_views.shuffle_table(rows), hide_index=True,
                      column_config={"accuracy (%)": st.column_config.NumberColumn(format="%.1f")})
 
 with st.expander("The paper's Table 3 (ImageNet, 5000 images)"):
     with _ui.readable_errors("The paper's table is not available"):
-        paper_rows = explore.paper_shuffle_table(explore.load_paper_tables())
+        paper_rows = tables.paper_shuffle_table(paper.load_paper_tables())
         st.dataframe(paper_rows, hide_index=True, column_config={
             c: st.column_config.TextColumn(alignment="right") for c in paper_rows.columns[1:]})
         st.caption("Accuracy (%) on shuffled images the model classified correctly with confidence ≥ "

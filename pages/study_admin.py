@@ -5,33 +5,16 @@ The database is $STUDY_DB (default study_data/study.db).
 """
 from __future__ import annotations
 
-import io
-import sys
-import zipfile
-from pathlib import Path
-
 import streamlit as st
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # `streamlit run pages/study_admin.py` puts only pages/ on sys.path
-    sys.path.insert(0, ROOT)
-from study import (  # noqa: E402
-    DesignError,
-    StudyConfig,
-    StudyDBError,
-    create_study,
-    get_study,
-    list_studies,
-    open_db,
-    set_status,
-)
-from study.admin import failing_catch, overview, set_excluded  # noqa: E402
-from study.auth import AdminNotConfigured, check_password, configured_password, locked_for  # noqa: E402
-from study.display import readable  # noqa: E402
-from study.export import export_frames, participants_frame  # noqa: E402
-from study.serve import DEFAULT_BASE_URL  # noqa: E402
-from study.sets import SetError, load_cifar10h  # noqa: E402
-from study.validate import participant_link  # noqa: E402
+from study import DesignError, StudyDBError, get_study, list_studies, open_db, set_status
+from study.admin import create_from_form, exclude_failing, failing_catch, overview, set_excluded
+from study.auth import AdminNotConfigured, check_password, configured_password, locked_for
+from study.display import counts_text, failing_text, participants_table, progress_bar, readable, retry_text
+from study.export import csv_bytes, export_frames, export_zip, participants_frame
+from study.serve import DEFAULT_BASE_URL
+from study.sets import SetError, load_cifar10h
+from study.validate import participant_link
 
 
 def sign_in(db, expected: str) -> bool:
@@ -41,7 +24,7 @@ def sign_in(db, expected: str) -> bool:
         return True
     wait = locked_for(db)
     if wait > 0:
-        st.error(f"Too many wrong passwords. Try again in {int(wait) + 1} s.")
+        st.error(f"Too many wrong passwords. Try again in {retry_text(wait)}.")
         return False
     with st.form("sign-in", clear_on_submit=True):  # the typed password does not stay in the session
         given = st.text_input("Organiser password", type="password", key="admin_password")
@@ -52,7 +35,7 @@ def sign_in(db, expected: str) -> bool:
             state["admin_ok"] = True
             st.rerun()
         if attempt.locked_for_s > 0:
-            st.error(f"Wrong password. Too many wrong passwords: try again in {int(attempt.locked_for_s) + 1} s.")
+            st.error(f"Wrong password. Too many wrong passwords: try again in {retry_text(attempt.locked_for_s)}.")
         else:
             st.error("Wrong password.")
     return False
@@ -65,8 +48,8 @@ def live_progress(slug: str) -> None:
     try:
         study = get_study(db, slug)
         o = overview(db, study)
-        st.progress(min(o.fraction_done, 1.0), text=f"{o.labels_done} of {o.labels_needed} labels "
-                    f"({study.labels_per_item} per item)")
+        done, text = progress_bar(o, study.labels_per_item)
+        st.progress(done, text=text)
         cols = st.columns(4)
         cols[0].metric("Participants", o.participants)
         cols[1].metric("Consented", o.consented)
@@ -102,24 +85,22 @@ def studies_tab(db, study) -> None:
 
 def static_progress(db, study) -> None:
     o = overview(db, study)
-    st.progress(min(o.fraction_done, 1.0), text=f"{o.labels_done} of {o.labels_needed} labels")
-    st.write(f"Participants {o.participants}, consented {o.consented}, completed {o.completed}, excluded {o.excluded}")
+    done, text = progress_bar(o)
+    st.progress(done, text=text)
+    st.write(counts_text(o))
     st.dataframe(readable(o.per_condition), hide_index=True)
 
 
 def participants_tab(db, study) -> None:
     frame = participants_frame(db, study)
-    first = ["participant", "external_id", "n_answered", "n_items", "catch_accuracy", "excluded", "exclusion_reason",
-             "completed_at"]
-    st.dataframe(readable(frame[first + [c for c in frame.columns if c not in first]]), hide_index=True)
+    st.dataframe(participants_table(frame), hide_index=True)
     if frame.empty:
         return
     threshold = st.slider("Minimum catch-trial accuracy", 0.0, 1.0, 0.5, 0.05, key="catch-threshold")
     failing = failing_catch(db, study, threshold)
-    st.write(f"{len(failing)} participant(s) below {threshold:.0%} on catch trials: {', '.join(failing) or '-'}")
+    st.write(failing_text(failing, threshold))
     if failing and st.button(f"Exclude these {len(failing)}", key="exclude-failing"):
-        for uid in failing:
-            set_excluded(db, study.slug, uid, True, f"catch accuracy below {threshold:.2f}")
+        exclude_failing(db, study.slug, failing, threshold)
         st.rerun()
     uid = st.selectbox("Participant", frame["participant"].tolist(), key="one-participant")
     reason = st.text_input("Reason", key="exclusion-reason", max_chars=200)
@@ -148,12 +129,11 @@ def create_tab(db) -> None:
         redirect = st.text_input("Redirect URL at the end (https://..., optional)", key="new-redirect")
         submitted = st.form_submit_button("Create study")
     if submitted:
-        config = StudyConfig(slug=slug.strip(), title=title.strip(), labels_per_item=int(k), items_per_participant=int(n),
-                             catch_per_participant=int(n_catch), presentation_ms=int(ms) or None,
-                             completion_code=code.strip() or None, redirect_url=redirect.strip() or None)
-        folders = [line.strip() for line in sets.splitlines() if line.strip()]
         try:
-            create_study(db, config, folders, catch_set.strip() or None, practice_set.strip() or None)
+            config = create_from_form(db, slug=slug, title=title, sets=sets, catch_set=catch_set,
+                                      practice_set=practice_set, labels_per_item=k, items_per_participant=n,
+                                      catch_per_participant=n_catch, presentation_ms=ms, completion_code=code,
+                                      redirect_url=redirect)
         except (DesignError, SetError) as e:
             st.error(f"Not created: {e}")
         else:
@@ -172,13 +152,9 @@ def export_tab(db, study) -> None:
         st.info(f"No CIFAR-10H comparison: {e}")
     frames = export_frames(db, study, cifar10h=counts, n_boot=int(n_boot))
     st.dataframe(readable(frames["summary.csv"]), hide_index=True)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, frame in frames.items():
-            zf.writestr(name, frame.to_csv(index=False))
-    st.download_button("Download all (zip)", buffer.getvalue(), f"{study.slug}-export.zip", "application/zip", key="dl-zip")
+    st.download_button("Download all (zip)", export_zip(frames), f"{study.slug}-export.zip", "application/zip", key="dl-zip")
     for name, frame in frames.items():
-        st.download_button(f"Download {name}", frame.to_csv(index=False).encode("utf-8"), f"{study.slug}-{name}",
+        st.download_button(f"Download {name}", csv_bytes(frame), f"{study.slug}-{name}",
                            "text/csv", key=f"dl-{name}")
 
 

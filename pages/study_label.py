@@ -11,16 +11,11 @@ from __future__ import annotations
 import sys
 import time
 import types
-from pathlib import Path
 
 import streamlit as st
 import streamlit.components.v1 as components
 
-# `streamlit run pages/study_label.py` puts only pages/ on sys.path; the study package is one level up.
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-from study import (  # noqa: E402
+from study import (
     FRONTEND_DIR,
     AnswerRejected,
     InvalidLink,
@@ -39,10 +34,18 @@ from study import (  # noqa: E402
     record_answer,
     resume,
 )
-from study.errors import configure_logging, report  # noqa: E402
-from study.participant import get_participant  # noqa: E402
-from study.session import apply_answers, widget_args  # noqa: E402
-from study.validate import READ_KEYS  # noqa: E402
+from study.errors import configure_logging, report
+from study.participant import get_participant
+from study.session import (
+    answer_mode,
+    apply_answers,
+    elapsed_ms,
+    feedback_message,
+    practice_feedback,
+    trial_caption,
+    widget_args,
+)
+from study.validate import READ_KEYS
 
 # declare_component names the component after the calling module, found through sys.modules by file.
 # Under app.py's st.navigation (or the participant server's exec) this page runs as an unregistered module,
@@ -134,10 +137,9 @@ def store(db, participant_id: int, trial, label: int, rt_ms, mode: str) -> None:
         return
     if result.timed_out:
         st.rerun()
-    if trial.is_practice:
-        st.session_state["feedback"] = {"assignment_id": trial.assignment_id, "label": result.label,
-                                        "answer": result.practice_label,
-                                        "last": trial.number == trial.practice_total}
+    feedback = practice_feedback(trial, result.label, result.practice_label)
+    if feedback is not None:
+        st.session_state["feedback"] = feedback
     st.session_state.pop("shown_at", None)
     st.rerun()
 
@@ -147,11 +149,11 @@ def simple_trial(db, study, participant_id: int) -> None:
     feedback = st.session_state.get("feedback")
     if feedback:
         st.subheader("Practice")
-        names = study.classes
-        if feedback["label"] == feedback["answer"]:
-            st.success(f"Correct: this is a **{names[feedback['answer']]}**.")
+        correct, message = feedback_message(feedback, study.classes)
+        if correct:
+            st.success(message)
         else:
-            st.error(f"Not quite: you chose {names[feedback['label']]}, but this is a **{names[feedback['answer']]}**.")
+            st.error(message)
         if feedback["last"]:
             st.info("That was the last practice image. The study starts now: there is no more feedback.")
         if st.button("Continue", type="primary", key=f"continue-{feedback['assignment_id']}"):
@@ -161,18 +163,13 @@ def simple_trial(db, study, participant_id: int) -> None:
     trial = next_trial(db, participant_id)
     if trial is None:
         st.rerun()
-    if trial.is_practice:
-        st.caption(f"Practice {trial.number} of {trial.practice_total}")
-    else:
-        main_total = trial.total - trial.practice_total
-        st.caption(f"Image {trial.number - trial.practice_total} of {main_total}")
+    st.caption(trial_caption(trial))
     shown_at = st.session_state.setdefault("shown_at", {}).setdefault(trial.assignment_id, time.monotonic())
     st.image(trial.png, width=192)
     columns = st.columns(5)
     for label, name in enumerate(study.classes):
         if columns[label % 5].button(f"{label} {name}", key=f"fallback-{trial.assignment_id}-{label}", width="stretch"):
-            rt_ms = round((time.monotonic() - shown_at) * 1000, 1)
-            store(db, participant_id, trial, label, rt_ms, "timed" if study.presentation_ms else "unlimited")
+            store(db, participant_id, trial, label, elapsed_ms(shown_at, time.monotonic()), answer_mode(study))
 
 
 # ------------------------------------------------------------------------------------------------ page

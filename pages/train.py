@@ -3,23 +3,17 @@
 appear in the sidebar's picker."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import plotly.graph_objects as go
 import streamlit as st
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # a page run on its own (tests) still finds the project
-    sys.path.insert(0, ROOT)
-from pages import _ui  # noqa: E402
-from randmask import explore, jobs  # noqa: E402
-from randmask.models import DATASETS, describe  # noqa: E402
-from randmask.train import PRESETS  # noqa: E402
+from pages import _ui
+from randmask import jobs, settings, train_view
+from randmask.models import DATASETS
+from randmask.train import PRESETS
 
 _ui.ensure_app()
 st.title("Train a model")
-st.caption(f"Jobs run as separate processes and write to {explore.user_runs_root()}. On this machine's CPU the "
+st.caption(f"Jobs run as separate processes and write to {settings.user_runs_root()}. On this machine's CPU the "
            "quick preset takes hours for a full run; shrink epochs and training images for a first look.")
 
 with st.form("train_form"):
@@ -47,12 +41,7 @@ with st.form("train_form"):
 
 if submitted:
     with _ui.readable_errors("Cannot start"):
-        settings = jobs.JobSettings(notation=notation, preset=preset, dataset=dataset, epochs=epochs,
-                                    width=width or None, train_n=train_n or None, eval_n=eval_n or None)
-        info = describe(notation, dataset=dataset, width=width or PRESETS[preset].get("width", 16))
-        folder = jobs.start_job(settings)
-        st.success(f"Started {info['notation']} ({info['params']:,} parameters, {len(info['masked_layers'])} masked "
-                   f"layers) in {folder}.")
+        st.success(train_view.start_training(notation, preset, dataset, epochs, width, train_n, eval_n))
 
 STATE_ICON = {"starting": ":material/hourglass_top:", "running": ":material/directions_run:",
               "cancelling": ":material/pan_tool:", "done": ":green[:material/check_circle:]",
@@ -60,23 +49,18 @@ STATE_ICON = {"starting": ":material/hourglass_top:", "running": ":material/dire
 
 
 def show_job(status: jobs.JobStatus) -> None:
-    s = status.settings
-    title = (f"{STATE_ICON[status.state]} **{status.title}** · {s['preset']} preset · {s['dataset']} · "
-             f"{status.state}" + (f" · {status.message}" if status.message else ""))
     with st.container(border=True):
-        st.markdown(title)
+        st.markdown(f"{STATE_ICON[status.state]} {train_view.job_title(status)}")
         if not status.finished or status.state == "done":
             st.progress(status.fraction, text=status.progress_text())
-        note = jobs.budget_note(status, zoo_accuracy.get((explore.model_key(s["notation"]), s["dataset"])))
+        note = train_view.job_note(status, zoo_accuracy)
         if note:
             st.caption(note)
         if status.history:
+            history = train_view.history_series(status.history)
             fig = go.Figure()
-            epochs_x = [h["epoch"] for h in status.history]
-            fig.add_scatter(x=epochs_x, y=[100 * h["test_acc"] for h in status.history], name="test accuracy",
-                            mode="lines+markers")
-            fig.add_scatter(x=epochs_x, y=[100 * h["train_acc"] for h in status.history], name="training accuracy",
-                            mode="lines+markers")
+            fig.add_scatter(x=history["epoch"], y=history["test"], name="test accuracy", mode="lines+markers")
+            fig.add_scatter(x=history["epoch"], y=history["train"], name="training accuracy", mode="lines+markers")
             fig.update_layout(height=260, margin={"t": 10, "b": 10})
             fig.update_xaxes(title="epoch", dtick=1)
             fig.update_yaxes(title="accuracy (%)", range=[0, 100])
@@ -87,7 +71,7 @@ def show_job(status: jobs.JobStatus) -> None:
                 jobs.cancel_job(status.folder)
                 st.rerun()
         else:
-            resumable = status.state in ("cancelled", "failed")
+            resumable = train_view.resumable(status)
             if resumable and b1.button("Resume", key=f"resume_{status.name}"):
                 with _ui.readable_errors("Cannot resume"):
                     jobs.resume_job(status.folder)
@@ -100,13 +84,11 @@ def show_job(status: jobs.JobStatus) -> None:
                     st.rerun()
         if status.state == "failed":
             with st.expander("Process output"):
-                st.code("\n".join(jobs.job_output(status.folder)), language=None)
+                st.code(train_view.output_text(status), language=None)
 
 
-zoo_accuracy = {(e.notation, e.dataset): e.clean_accuracy for e in _ui.catalog().entries
-                if e.source == "zoo" and e.seed == 0 and e.mask_seed == 0}
-all_jobs = jobs.list_jobs()
-any_running = any(not j.finished for j in all_jobs)
+zoo_accuracy = train_view.zoo_accuracies(_ui.catalog().entries)
+any_running = train_view.any_running(jobs.list_jobs())
 
 
 @st.fragment(run_every=2 if any_running else None)
@@ -118,14 +100,12 @@ def job_list() -> None:
         return
     for status in statuses:
         show_job(status)
-    finished_now = {j.name for j in statuses if j.finished}
-    was_running = st.session_state.get("train_running_jobs", set())
-    st.session_state["train_running_jobs"] = {j.name for j in statuses if not j.finished}
-    if was_running & finished_now:
-        st.toast("A training job has finished" + (": its model is now in the picker." if any(
-            j.state == "done" and j.name in was_running for j in statuses) else "."))
+    running, toast = train_view.job_changes(st.session_state.get("train_running_jobs", set()), statuses)
+    st.session_state["train_running_jobs"] = running
+    if toast:
+        st.toast(toast)
         st.rerun()  # the whole app: the sidebar picker re-reads the finished models
-    if any(not j.finished for j in statuses) and not any_running:
+    if running and not any_running:
         st.rerun()  # a job started since the page loaded: restart with polling on
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import streamlit as st
 
-LABEL_PAGE = Path(__file__).resolve().parents[1] / "pages" / "study_label.py"
+ROOT = Path(__file__).resolve().parents[1]
+LABEL_PAGE = ROOT / "pages" / "study_label.py"
+# the labeling page imports the study package: installed with the project (pip install -e .), no path tricks
 
 
 @st.cache_resource(show_spinner=False)

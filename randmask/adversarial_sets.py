@@ -2,21 +2,8 @@
 
 Everything in meta.csv is measured on the saved PNGs themselves: the images are rounded to uint8 (keeping
 the l-inf budget) before the source's prediction, the attack's success and the norms are computed, because
-rounding can undo an attack. Columns:
-
-    index          position of the image in the test set
-    file           PNG path relative to the folder, images/<index>.png
-    true_label     class index 0-9
-    source         the attacked model (notation, or checkpoint folder when notations repeat)
-    attack         canonical attack notation
-    source_pred    the source's prediction on the saved image
-    source_confidence  the source's softmax probability of source_pred
-    fooled         source_pred != true_label
-    attack_success the attack's own criterion on the saved image (CW: margin >= kappa)
-    linf, l2       norms of saved minus original image, 0-255 units
-    seed           attack seed
-    clean_file     images/clean/<index>.png when the originals are saved too
-    pred:<model>   other models' predictions on the saved image, when requested
+rounding can undo an attack. The folder layout and the columns are defined in randmask.set_schema, which
+the study's reader (study.sets) uses too.
 """
 
 from __future__ import annotations
@@ -33,9 +20,7 @@ from torch import nn
 from randmask.attacks import parse_attack
 from randmask.errors import RandmaskError
 from randmask.evaluate import DEFAULT_BATCH, Progress, craft, predict, to_uint8, write_csv
-
-META_COLUMNS = ("index", "file", "true_label", "source", "attack", "source_pred", "source_confidence", "fooled",
-                "attack_success", "linf", "l2", "seed")
+from randmask.set_schema import META_COLUMNS
 
 
 def write_png(image: torch.Tensor, path: Path) -> None:
@@ -70,7 +55,7 @@ def save_adversarial_set(source: nn.Module, attack: str, x: torch.Tensor, y: tor
     spec = parse_attack(attack)
     crafted = craft(source, spec.build(source, seed=seed), x, y, quantize_images=True, batch_size=batch_size,
                     progress=progress)
-    probs = crafted.source_logits.softmax(1)
+    probs = crafted.logits.softmax(1)
     others = {name: predict(model, crafted.adv, batch_size=batch_size).argmax(1)
               for name, model in (predict_models or {}).items()}
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -80,10 +65,10 @@ def save_adversarial_set(source: nn.Module, attack: str, x: torch.Tensor, y: tor
     for i, index in enumerate(indices.tolist()):
         name = f"images/{index:06d}.png"
         write_png(crafted.adv[i], out / name)
-        pred = int(crafted.source_pred[i])
+        pred = int(crafted.pred[i])
         row = {"index": index, "file": name, "true_label": int(y[i]), "source": source_name, "attack": str(spec),
                "source_pred": pred, "source_confidence": float(probs[i, pred]),
-               "fooled": bool(crafted.fooled[i]), "attack_success": bool(crafted.attack_success[i]),
+               "fooled": bool(crafted.fooled[i]), "attack_success": bool(crafted.success[i]),
                "linf": float(crafted.linf[i]), "l2": float(crafted.l2[i]), "seed": seed}
         if save_clean:
             row["clean_file"] = f"images/clean/{index:06d}.png"

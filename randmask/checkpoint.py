@@ -25,11 +25,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from randmask import __version__
+from randmask import __version__, safe_files
+from randmask.architectures import ARCHITECTURES
+from randmask.datasets import DATASETS
 from randmask.errors import CheckpointError, RandmaskError
 from randmask.masks import RandomMask
-from randmask.models import DATASETS, MAX_SEED, MAX_WIDTH, ModelConfig, build_model, check_buildable
-from randmask.notation import ARCH_NAMES, ModelSpec, parse_model
+from randmask.models import MAX_SEED, MAX_WIDTH, ModelConfig, build_model, check_buildable
+from randmask.notation import ModelSpec, parse_model
 
 FORMAT = "randmask-checkpoint"
 FORMAT_VERSION = 1
@@ -87,21 +89,11 @@ def read_regular_file(path: Path, limit: int) -> bytes:
     """The bytes of `path`, which must be a regular file of at most `limit` bytes. Devices, FIFOs and sockets
     are refused without blocking (O_NONBLOCK) and the size is checked before anything is read."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        return safe_files.read_regular_file(path, limit, CheckpointError)
     except FileNotFoundError:
         raise CheckpointError(f"{path.parent} has no {path.name}") from None
     except OSError as exc:
         raise CheckpointError(f"cannot open {path}: {exc.strerror}") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-        os.close(fd)
-        raise CheckpointError(f"{path} is not a regular file" if not stat.S_ISREG(info.st_mode) else
-                              f"{path} is {info.st_size:,} bytes; the limit is {limit:,}")
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:  # it grew while we read it
-        raise CheckpointError(f"{path} is over {limit:,} bytes")
-    return data
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
@@ -180,8 +172,8 @@ def validate_config(config: object, where: str | Path) -> CheckpointConfig:
             raise bad(field, config[field], "text")
     if config["dataset"] not in DATASETS:
         raise bad("dataset", config["dataset"], f"one of {', '.join(DATASETS)}")
-    if config["arch"] not in ARCH_NAMES:
-        raise bad("arch", config["arch"], f"one of {', '.join(ARCH_NAMES)}")
+    if config["arch"] not in ARCHITECTURES:
+        raise bad("arch", config["arch"], f"one of {', '.join(ARCHITECTURES)}")
     if not _int_in(config["width"], 1, MAX_WIDTH):
         raise bad("width", config["width"], f"an integer from 1 to {MAX_WIDTH}")
     for field in ("mask_seed", "seed"):
@@ -200,7 +192,7 @@ def validate_config(config: object, where: str | Path) -> CheckpointConfig:
         spec = parse_model(config["notation"])
         if spec.arch != config["arch"]:
             raise CheckpointError(f"{where}: arch {config['arch']!r} does not match notation "
-                                  f"{config['notation']!r}, which is a {ARCH_NAMES[spec.arch]}")
+                                  f"{config['notation']!r}, which is a {ARCHITECTURES[spec.arch].name}")
         check_buildable(spec, config["dataset"], config["width"])
     except CheckpointError:
         raise

@@ -19,11 +19,11 @@ EXIT_USER_ERROR = 2
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from randmask.models import DATASETS, list_models
-    from randmask.notation import ARCH_NAMES
+    from randmask.architectures import ARCHITECTURES, list_models
+    from randmask.datasets import DATASETS
     from randmask.train import PRESETS
 
-    print_json({"architectures": {k: ARCH_NAMES[k] for k in list_models()},
+    print_json({"architectures": {k: ARCHITECTURES[k].name for k in list_models()},
                 "datasets": {k: list(v) for k, v in DATASETS.items()},
                 "presets": {k: {**v, "milestones": list(v.get("milestones", ()))} for k, v in PRESETS.items()}},
                indent=2)
@@ -107,7 +107,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     if args.action == "list":
         print_json(zoo.list_zoo(), indent=2)
     elif args.action == "table":
-        from randmask.explore import load_paper_tables
+        from randmask.paper import load_paper_tables
 
         text = "\n".join(zoo.zoo_markdown(paper=load_paper_tables()))
         if args.update_readme:
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", help="experiment keys, e.g. table2_transfer figure3_noise")
     p.add_argument("--no-bar", action="store_true")
     p.add_argument("--cache", type=Path, help="folder of crafted adversarial sets to reuse "
-                   "(default: $RANDMASK_CACHE or runs/crafted)")
+                   "(default: $RANDMASK_CRAFTED or runs/crafted)")
     p.add_argument("--no-cache", action="store_true", help="craft every adversarial set afresh")
     p.add_argument("--exact", action="store_true",
                    help="attacks and evaluations bit-identical to torchattacks (default: the fast path)")

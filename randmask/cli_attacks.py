@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from randmask.errors import RandmaskError
+from randmask.notation import ModelRef, parse_ref
 
 
 @dataclass
@@ -33,20 +33,13 @@ class LoadedModel:
     config: dict
 
 
-def _split_ref(ref: str) -> tuple[str, dict]:
-    """'0.5-Shallow@seed=1,mask_seed=2' -> ('0.5-Shallow', {'seed': 1, 'mask_seed': 2})."""
-    if "@" not in ref:
-        return ref, {}
-    notation, _, opts = ref.rpartition("@")
-    seeds = {}
-    for item in opts.split(","):
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        # ASCII digits only ('٣'.isdigit() is True too), and few of them: build_model bounds the value
-        if not eq or key not in ("seed", "mask_seed") or not re.fullmatch(r"[0-9]{1,10}", value.strip()):
-            raise RandmaskError(f"cannot read {ref[:80]!r}: after '@' expected seed=N and/or mask_seed=N")
-        seeds[key] = int(value)
-    return notation.strip(), seeds
+def split_ref(text: str) -> tuple[str, ModelRef]:
+    """A checkpoint folder or notation as given, or a model reference with seeds ('0.5-Shallow@s1m2', or
+    '0.5-Shallow@seed=1,mask_seed=2') split into its notation and seeds."""
+    if "@" not in text:
+        return text, ModelRef("")
+    ref = parse_ref(text)
+    return ref.notation, ref
 
 
 def load_models(refs: list[str], args: argparse.Namespace) -> list[LoadedModel]:
@@ -56,9 +49,8 @@ def load_models(refs: list[str], args: argparse.Namespace) -> list[LoadedModel]:
     device = _device(args)
     loaded = []
     for ref in refs:
-        target, seeds = _split_ref(ref)
-        build = {"width": args.width, "seed": seeds.get("seed", 0), "mask_seed": seeds.get("mask_seed", 0),
-                 "dataset": args.dataset or "cifar10"}
+        target, seeds = split_ref(ref)
+        build = {"width": args.width, "seed": seeds.seed, "mask_seed": seeds.mask_seed, "dataset": args.dataset or "cifar10"}
         model, config = load_any(target, device, untrained=args.untrained, **build)
         if config.get("trained") is False:
             print(f"warning: {ref!r} is a notation, not a checkpoint folder: using an UNTRAINED model",
@@ -157,10 +149,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from randmask.adversarial_sets import save_adversarial_set
     from randmask.attacks import parse_attack
     from randmask.evaluate import select_correct
+    from randmask.set_schema import META_FILE
 
     spec = parse_attack(args.attack)
     _positive("--n", args.n)
-    meta = Path(args.out) / "meta.csv"
+    meta = Path(args.out) / META_FILE
     if meta.exists() and not args.overwrite:  # before any work: an existing set is never touched
         raise RandmaskError(f"{meta} already exists; choose another --out or pass --overwrite")
     (source,) = load_models([args.model], args)

@@ -4,7 +4,8 @@
 2. torchvision's standard layout under `data_root()` (CIFAR-10 / MNIST; `download=True` fetches it);
 3. an image folder `data_root()/<dataset>/<split>/<class>/*.{png,jpg,jpeg}` (Tiny-ImageNet, ImageNet-style).
 
-`data_root()` is $RANDMASK_DATA, else `../shared/data` beside the project checkout, else ~/.randmask/data.
+`data_root()` is $RANDMASK_DATA, else `../shared/data` beside the project checkout, else ~/.randmask/data;
+decoded arrays are cached under $RANDMASK_DATA_CACHE (randmask.settings).
 """
 
 from __future__ import annotations
@@ -17,29 +18,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from randmask.datasets import CLASSES, DATASETS
 from randmask.errors import DataError
-from randmask.models import DATASETS
+from randmask.settings import data_cache_root, data_root, samples_root
 
-CLASSES: dict[str, list[str]] = {
-    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-    "mnist": [str(i) for i in range(10)],
-    "tinyimagenet10": ["goldfish", "black stork", "walking stick", "academic gown", "bucket", "dumbbell",
-                       "miniskirt", "refrigerator", "teapot", "ice lolly"],
-}
 SPLITS = ("train", "test")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-
-
-def data_root() -> Path:
-    if os.environ.get("RANDMASK_DATA"):
-        return Path(os.environ["RANDMASK_DATA"]).expanduser()
-    beside = PROJECT_ROOT.parent / "shared" / "data"
-    return beside if beside.is_dir() else Path.home() / ".randmask" / "data"
+__all__ = ["CLASSES", "DATASETS", "data_root", "load_arrays", "load_image_folder", "load_tensors", "load_test_sample",
+           "load_uint8", "pixel_mean", "sample_path", "write_sample"]
 
 
 def cache_root() -> Path:
-    root = Path(os.environ.get("RANDMASK_CACHE", Path.home() / ".cache" / "randmask")).expanduser()
+    """Where decoded arrays are kept ($RANDMASK_DATA_CACHE), created on first use."""
+    root = data_cache_root()
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -102,7 +93,7 @@ def _tiny_from_npz(split: str, root: Path) -> tuple[np.ndarray, np.ndarray] | No
 
 
 def _from_torchvision(dataset: str, split: str, root: Path, download: bool) -> tuple[np.ndarray, np.ndarray] | None:
-    import torchvision
+    import torchvision  # only for torchvision's layout: the lab's .npz files need none of its ~0.5 s import
 
     cls = {"cifar10": torchvision.datasets.CIFAR10, "mnist": torchvision.datasets.MNIST}.get(dataset)
     if cls is None:
@@ -197,18 +188,17 @@ def pixel_mean(dataset: str) -> torch.Tensor:
     return x.double().mean(0).div(255).float()
 
 
-SAMPLE_DIR = PROJECT_ROOT / "assets" / "samples"
 SAMPLE_SIZE = 1000
 
 
 def sample_path(dataset: str) -> Path:
-    return SAMPLE_DIR / f"{dataset}-test-{SAMPLE_SIZE}.npz"
+    return samples_root() / f"{dataset}-test-{SAMPLE_SIZE}.npz"
 
 
 def write_sample(dataset: str) -> Path:
     """Ship the first SAMPLE_SIZE test images losslessly (uint8, no pickle) so the app runs with no data."""
     x, y = load_arrays(dataset, "test")
-    SAMPLE_DIR.mkdir(parents=True, exist_ok=True)
+    samples_root().mkdir(parents=True, exist_ok=True)
     np.savez_compressed(sample_path(dataset), x=x[:SAMPLE_SIZE], y=y[:SAMPLE_SIZE])
     return sample_path(dataset)
 

@@ -14,6 +14,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def device_text(device: torch.device) -> str:
+    """'CUDA · <GPU name>' or 'CPU': which device the app computes on, for its sidebar."""
+    return f"CUDA · {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "CPU"
+
+
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
     """oneDNN reports native bf16 (AVX512-BF16 / AMX); without it bf16 is emulated and slower than fp32."""

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from randmask.attacks import Attack, fast_view, frozen_eval, model_device, parse_attack
-from randmask.attacks.base import AttackInputError, channels_last, resolve_exact
+from randmask.attacks.base import AttackInputError, AttackResult, Progress, channels_last, resolve_exact
 from randmask.errors import RandmaskError
 from randmask.stats import wilson_interval
 
-Progress = Callable[[int, int], None]
 DEFAULT_BATCH = 256
 
 
@@ -133,35 +134,16 @@ def accuracy_fields(correct: int, n: int) -> dict:
             "ci_low": low, "ci_high": high}
 
 
-@dataclass
-class Crafted:
-    """Adversarial images as stored, and the source model's view of exactly these images."""
-
-    adv: torch.Tensor
-    labels: torch.Tensor
-    source_logits: torch.Tensor
-    attack_success: torch.Tensor  # the attack's own criterion (CW: margin >= kappa), on the stored images
-    linf: torch.Tensor
-    l2: torch.Tensor
-
-    @property
-    def source_pred(self) -> torch.Tensor:
-        if len(self.source_logits) == 0:
-            return torch.zeros(0, dtype=torch.long, device=self.labels.device)
-        return self.source_logits.argmax(1)
-
-    @property
-    def fooled(self) -> torch.Tensor:
-        return self.source_pred != self.labels
-
-
 CRAFTED_FORMAT = 1  # bump when the stored fields or their meaning change
-_CRAFTED_FIELDS = ("adv", "labels", "source_logits", "attack_success", "linf", "l2")
+# cache file key -> AttackResult field; the keys are those of the class this one replaced (Crafted), so
+# entries written before the merge are still read
+_STORED_FIELDS = {"adv": "adv", "labels": "labels", "source_logits": "logits", "attack_success": "success",
+                  "linf": "linf", "l2": "l2"}
 
 
 def craft(source: nn.Module, attack: str | Attack, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0,
           quantize_images: bool = True, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None,
-          cache: str | os.PathLike | None = None) -> Crafted:
+          cache: str | os.PathLike | None = None) -> AttackResult:
     """Attack `source`; with quantize_images the images are rounded to uint8 (budget kept) and every number
     returned is measured again on the rounded images, since rounding can undo an attack.
 
@@ -207,35 +189,31 @@ def crafted_fingerprint(source: nn.Module, runner: Attack, x: torch.Tensor, y: t
     return digest.hexdigest()
 
 
-def _read_crafted(path: Path, device: torch.device) -> Crafted | None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def _read_crafted(path: Path, device: torch.device) -> AttackResult | None:
     if not path.exists():
         return None
     try:
         tensors = load_file(path)
-        return Crafted(*(tensors[name].to(device) for name in _CRAFTED_FIELDS))
+        return AttackResult(**{field: tensors[key].to(device) for key, field in _STORED_FIELDS.items()})
     except (SafetensorError, KeyError, OSError, RuntimeError, ValueError):  # corrupt or partial: recompute
         return None
 
 
-def _write_crafted(path: Path, crafted: Crafted) -> None:
-    from safetensors.torch import save_file
-
+def _write_crafted(path: Path, crafted: AttackResult) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({name: getattr(crafted, name).detach().to("cpu").contiguous() for name in _CRAFTED_FIELDS}, str(tmp))
+    save_file({key: getattr(crafted, field).detach().to("cpu").contiguous() for key, field in _STORED_FIELDS.items()},
+              str(tmp))
     os.replace(tmp, path)  # atomic: a reader never sees half a file
 
 
 def _craft(source: nn.Module, runner: Attack, x: torch.Tensor, y: torch.Tensor, quantize_images: bool,
-           batch_size: int, progress: Progress | None) -> Crafted:
+           batch_size: int, progress: Progress | None) -> AttackResult:
     result = runner.run(x, y, batch_size=batch_size, progress=progress)
     adv = result.adv
     if len(adv) == 0:  # nothing to attack (e.g. the source classifies none of the images correctly)
         empty = torch.zeros(0, device=adv.device)
-        return Crafted(adv, y.to(adv.device), result.logits, result.success, empty, empty)
+        return AttackResult(adv, y.to(adv.device), result.logits, result.success, empty, empty)
     if quantize_images:
         adv = quantize(adv, x.to(adv.device), runner.eps)
         logits = predict(source, adv, batch_size=batch_size, exact=runner.exact)
@@ -243,7 +221,7 @@ def _craft(source: nn.Module, runner: Attack, x: torch.Tensor, y: torch.Tensor, 
     else:
         logits, success = result.logits, result.success
     linf, l2 = perturbation_norms(adv, x.to(adv.device), levels=quantize_images)
-    return Crafted(adv, y.to(adv.device), logits, success, linf, l2)
+    return AttackResult(adv, y.to(adv.device), logits, success, linf, l2)
 
 
 def mean_or_nan(values: torch.Tensor) -> float:
@@ -261,21 +239,28 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def write_csv(rows: Iterable[Mapping], path: str | os.PathLike, columns: Sequence[str] | None = None) -> Path:
-    """Write rows as CSV (columns: the given order, then any others in first-seen order), atomically."""
+def csv_text(rows: Iterable[Mapping], columns: Sequence[str] | None = None) -> str:
+    """Rows as CSV text: columns in the given order, then any others in first-seen order; floats to 6
+    significant digits, NaN as an empty cell."""
     rows = list(rows)
     order = list(columns or [])
     for row in rows:
         order += [key for key in row if key not in order]
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=order, restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def write_csv(rows: Iterable[Mapping], path: str | os.PathLike, columns: Sequence[str] | None = None) -> Path:
+    """Write rows as CSV (csv_text), atomically."""
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=order, restval="")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(v) for k, v in row.items()})
+    tmp.write_text(csv_text(rows, columns), encoding="utf-8", newline="")
     os.replace(tmp, path)
     return path
 

@@ -24,11 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config
-from randmask.data import PROJECT_ROOT
+from randmask.datasets import DATASETS
 from randmask.errors import RandmaskError
-from randmask.explore import user_runs_root
-from randmask.models import DATASETS
 from randmask.notation import parse_model, slug
+from randmask.settings import PROJECT_ROOT, user_runs_root
 from randmask.train import LOG_FILE, make_config
 
 JOB_FILE, OUTPUT_FILE = "job.json", "job.log"
@@ -229,8 +228,7 @@ def _launch(folder: Path, job: dict) -> None:
     settings = JobSettings(**job["settings"])
     # OMP_WAIT_POLICY: OpenMP threads sleep when idle instead of spinning; beside other busy processes on a small
     # machine, spinning made torch's CPU kernels many times slower (see app.py)
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1"}
     if settings.threads:
         env.update(OMP_NUM_THREADS=str(settings.threads), MKL_NUM_THREADS=str(settings.threads))
     command = settings.command(folder)

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from randmask.architectures import ARCHITECTURES, arch_key
 from randmask.errors import NotationError
 
 SHALLOW = (0, 1, 2)
@@ -34,15 +35,11 @@ MIN_RATIO = 1e-6  # smaller ratios drop nothing in any layer, and would print lo
 MAX_MULTIPLIER = 8  # the paper goes up to ×4
 MAX_ENSEMBLE = 10  # the paper's EN has 5 members
 
-# registry key -> display name; only ResNet-18 carries masks (the paper's 5-block structure)
-ARCH_NAMES = {
-    "resnet18": "ResNet-18",
-    "resnet50": "ResNet-50",
-    "densenet121": "DenseNet-121",
-    "vgg19": "VGG-19",
-    "senet18": "SENet-18",
-}
-_ARCH_BY_NAME = {name.lower().replace("-", ""): key for key, name in ARCH_NAMES.items()}
+MASKED_ARCH = "resnet18"  # masked terms and 'Normal' name ResNet-18 (the registry marks it maskable)
+
+
+def _arch_name(key: str) -> str:
+    return ARCHITECTURES[key].name
 
 
 @dataclass(frozen=True)
@@ -89,15 +86,15 @@ class MaskTerm:
 class ModelSpec:
     """What a notation means: an architecture, its mask terms, and an ensemble size (1 = single model)."""
 
-    arch: str = "resnet18"
+    arch: str = MASKED_ARCH
     masks: tuple[MaskTerm, ...] = field(default_factory=tuple)
     ensemble: int = 1
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCH_NAMES:
-            raise NotationError(f"unknown architecture {self.arch!r}; known: {', '.join(ARCH_NAMES)}")
-        if self.masks and self.arch != "resnet18":
-            raise NotationError(f"Random Mask is defined on ResNet-18's blocks, not on {ARCH_NAMES[self.arch]}")
+        if self.arch not in ARCHITECTURES:
+            raise NotationError(f"unknown architecture {self.arch!r}; known: {', '.join(ARCHITECTURES)}")
+        if self.masks and not ARCHITECTURES[self.arch].maskable:
+            raise NotationError(f"Random Mask is defined on ResNet-18's blocks, not on {_arch_name(self.arch)}")
         seen: set[int] = set()
         for term in self.masks:
             overlap = seen & set(term.blocks)
@@ -126,7 +123,7 @@ class ModelSpec:
 def format_model(spec: ModelSpec) -> str:
     """Canonical notation, e.g. 'Normal ResNet-18', '0.5-Shallow×2,EN', '0.5-Shallow, 0.5-Deep'."""
     if spec.is_normal:
-        base = ("Normal " if spec.arch == "resnet18" else "") + ARCH_NAMES[spec.arch]
+        base = ("Normal " if ARCHITECTURES[spec.arch].maskable else "") + _arch_name(spec.arch)
     else:
         base = ", ".join(str(t) for t in spec.masks)
     if spec.ensemble == 1:
@@ -202,15 +199,15 @@ def parse_model(text: str | ModelSpec) -> ModelSpec:
     text = raw
     arch_match = _ARCH.fullmatch(raw)
     if arch_match:
-        key = arch_match["arch"].lower().replace("-", "")
-        if key not in _ARCH_BY_NAME:
+        key = arch_key(arch_match["arch"])
+        if key not in ARCHITECTURES:
             raise NotationError(f"unknown architecture {arch_match['arch']!r} in {text!r}; "
-                                f"known: {', '.join(ARCH_NAMES.values())}")
-        if arch_match["normal"] and _ARCH_BY_NAME[key] != "resnet18":
-            raise NotationError(f"'Normal' names the unmasked ResNet-18 only; write {ARCH_NAMES[_ARCH_BY_NAME[key]]!r} "
+                                f"known: {', '.join(a.name for a in ARCHITECTURES.values())}")
+        if arch_match["normal"] and not ARCHITECTURES[key].maskable:
+            raise NotationError(f"'Normal' names the unmasked ResNet-18 only; write {_arch_name(key)!r} "
                                 f"without it (in {text!r})")
         ensemble = _ensemble_size(arch_match["k"], text) if arch_match["en"] else 1
-        return ModelSpec(_ARCH_BY_NAME[key], (), ensemble)
+        return ModelSpec(key, (), ensemble)
 
     parts = [p.strip() for p in raw.split(",")]
     ensemble = 1
@@ -236,7 +233,7 @@ def parse_model(text: str | ModelSpec) -> ModelSpec:
         kind = _KIND_SUFFIX[m["kind"].lower()] if m["kind"] else "random"
         mult = bounded_int(m["mult"], f"channel multiplier (×n) in {text!r}", 1, MAX_MULTIPLIER) if m["mult"] else 1
         terms.append(MaskTerm(ratio, blocks, kind, mult))
-    return ModelSpec("resnet18", tuple(terms), ensemble)
+    return ModelSpec(MASKED_ARCH, tuple(terms), ensemble)
 
 
 def _explain_term(part: str, text: str) -> str:
@@ -258,3 +255,66 @@ def canonical(text: str | ModelSpec) -> str:
 def slug(text: str | ModelSpec) -> str:
     """A file-name-safe form of a notation: '0.9-Shallow×2,EN' -> '0.9-Shallowx2,EN', spaces -> '_'."""
     return canonical(text).replace("×", "x").replace(", ", "+").replace(" ", "_")
+
+
+# ----------------------------------------------------------------------------------- model references
+# One model of a notation is fixed by two seeds: the init seed and the mask seed. Its one name is the canonical
+# notation plus '@s<seed>m<mask_seed>' when either is not 0 ('0.85-Shallow@s1m1'); a file name replaces the '@'
+# with '-' (slug: '0.85-Shallow-s1m1'). The parser also reads the CLI's long form '@seed=1,mask_seed=1'.
+_REF_SHORT = re.compile(r"s(?P<seed>[0-9]{1,10})m(?P<mask_seed>[0-9]{1,10})", re.ASCII)
+_REF_SLUG = re.compile(r"(?P<notation>.+)-s(?P<seed>[0-9]{1,10})m(?P<mask_seed>[0-9]{1,10})", re.ASCII)
+MAX_REF_SEED = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One model: canonical notation and its seeds."""
+
+    notation: str
+    seed: int = 0
+    mask_seed: int = 0
+
+    def __str__(self) -> str:
+        return format_ref(self)
+
+    @property
+    def slug(self) -> str:
+        """The file-name form: '0.9-Shallowx2' or '0.85-Shallow-s1m1'."""
+        return slug(self.notation) + (f"-s{self.seed}m{self.mask_seed}" if (self.seed, self.mask_seed) != (0, 0) else "")
+
+
+def format_ref(ref: ModelRef) -> str:
+    """'0.7-Shallow', or '0.7-Shallow@s1m0' for a model with another init seed."""
+    seeds = (ref.seed, ref.mask_seed) != (0, 0)
+    return canonical(ref.notation) + (f"@s{ref.seed}m{ref.mask_seed}" if seeds else "")
+
+
+def _ref_seed(digits: str, what: str, text: str) -> int:
+    return bounded_int(digits, f"{what} in {text[:80]!r}", 0, MAX_REF_SEED)
+
+
+def parse_ref(text: str | ModelRef, *, slug_form: bool = False) -> ModelRef:
+    """'0.7-Shallow', '0.7-Shallow@s1m0' or '0.7-Shallow@seed=1,mask_seed=0' -> ModelRef. With slug_form, also a
+    file name such as '0.85-Shallow-s1m1' (a folder name of the zoo)."""
+    if isinstance(text, ModelRef):
+        return ModelRef(canonical(text.notation), text.seed, text.mask_seed)
+    if not isinstance(text, str):
+        raise NotationError(f"model reference must be text, not {type(text).__name__}")
+    notation, at, seeds = text.rpartition("@") if "@" in text else (text, "", "")
+    if not at and slug_form and (m := _REF_SLUG.fullmatch(text.strip())):
+        return ModelRef(canonical(m["notation"].replace("+", ", ").replace("_", " ")),
+                        _ref_seed(m["seed"], "seed", text), _ref_seed(m["mask_seed"], "mask seed", text))
+    if not at:
+        return ModelRef(canonical(text.replace("+", ", ").replace("_", " ") if slug_form else text))
+    short = _REF_SHORT.fullmatch(seeds.strip())
+    if short:
+        return ModelRef(canonical(notation), _ref_seed(short["seed"], "seed", text),
+                        _ref_seed(short["mask_seed"], "mask seed", text))
+    values = {"seed": 0, "mask_seed": 0}
+    for item in seeds.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or key.strip() not in values or not re.fullmatch(r"[0-9]{1,10}", value.strip(), re.ASCII):
+            raise NotationError(f"cannot read {text[:80]!r}: after '@' expected seed=N and/or mask_seed=N, or "
+                                "s<seed>m<mask seed> (e.g. '@s1m0')")
+        values[key.strip()] = _ref_seed(value.strip(), key.strip(), text)
+    return ModelRef(canonical(notation), values["seed"], values["mask_seed"])

@@ -36,6 +36,7 @@ from randmask.evaluate import (
     quantize,
     select_correct,
 )
+from randmask.models import Ensemble
 
 COLUMNS = ("protocol", "dataset", "source", "target", "attack", "metric", "n", "correct", "accuracy",
            "ci_low", "ci_high")
@@ -64,8 +65,6 @@ def _ensemble(models: Sequence[nn.Module]) -> nn.Module:
         raise RandmaskError("transfer needs at least one source model")
     if len(models) == 1:
         return models[0]
-    from randmask.models import Ensemble
-
     return Ensemble(list(models))
 
 

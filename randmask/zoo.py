@@ -18,22 +18,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model, save_checkpoint
-from randmask.data import PROJECT_ROOT, load_uint8
+from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model, read_config, save_checkpoint
+from randmask.data import load_uint8
 from randmask.errors import RandmaskError
 from randmask.evaluate import markdown_table, percent_text
-from randmask.notation import slug
+from randmask.notation import ModelRef, canonical, parse_ref
+from randmask.paper import model_key
+from randmask.settings import readme_path, zoo_root, zoo_runs_root
 from randmask.stats import wilson_interval
 from randmask.train import TrainConfig, accuracy, asdict_json, assemble_ensemble, make_config, train
 
-ZOO_ROOT = PROJECT_ROOT / "assets" / "zoo"
-RUNS_ROOT = PROJECT_ROOT / "runs" / "zoo"
+ZOO_ROOT = zoo_root()
+RUNS_ROOT = zoo_runs_root()
 CHECK_N = 1000  # the fixed test subset (shipped in assets/samples) on which tests re-check each model
 MNIST_EPOCHS = 4
 # Black-box sources only craft attacks and are not compared: 15 epochs suffice. They train without label smoothing,
 # like the paper's: smoothing keeps the gap between the top two logits near 4, out of CW40's reach (kappa = 40).
 SOURCE = dict(epochs=15, label_smoothing=0.0)
+
+
+def zoo_name(ref: str | ModelRef, dataset: str = "cifar10") -> str:
+    """The zoo folder of a model reference: '0.7-Shallow@s1m0' -> 'cifar10/0.7-Shallow-s1m0'."""
+    return f"{dataset}/{parse_ref(ref).slug}"
 
 
 @dataclass(frozen=True)
@@ -55,13 +63,15 @@ class Entry:
         return self.role.startswith("black-box source")
 
     @property
+    def ref(self) -> ModelRef:
+        return ModelRef(canonical(self.notation), self.seed, self.mask_seed)
+
+    @property
     def name(self) -> str:
-        """Folder name: '<dataset>/<slug>' plus '-s<seed>m<mask_seed>' when either seed is not 0, plus
-        '-e<epochs>[n<train_n>]' for an accuracy-matched control (its shorter recipe is what sets it apart)."""
-        suffix = f"-s{self.seed}m{self.mask_seed}" if (self.seed, self.mask_seed) != (0, 0) else ""
-        if self.matched_to:
-            suffix += f"-e{self.epochs}" + (f"n{self.train_n}" if self.train_n else "")
-        return f"{self.dataset}/{slug(self.notation)}{suffix}"
+        """Folder name: zoo_name of its reference ('cifar10/0.7-Shallow-s1m0'), plus '-e<epochs>[n<train_n>]' for an
+        accuracy-matched control (its shorter recipe is what sets it apart)."""
+        suffix = f"-e{self.epochs}" + (f"n{self.train_n}" if self.train_n else "") if self.matched_to else ""
+        return zoo_name(self.ref, self.dataset) + suffix
 
     @property
     def label(self) -> str:
@@ -127,7 +137,7 @@ def is_current(folder: Path, entry: Entry) -> bool:
     path = folder / CONFIG_FILE
     if not (folder / WEIGHTS_FILE).exists() or not path.exists():
         return False
-    return same_recipe(json.loads(path.read_text()).get("recipe"), asdict_json(planned_config(entry)))
+    return same_recipe(read_config(folder).get("recipe"), asdict_json(planned_config(entry)))
 
 
 NOT_RECIPE = {"log_every", "eval_n"}  # settings that leave the trained weights as they are
@@ -207,7 +217,7 @@ def train_zoo(runs: Path = RUNS_ROOT, zoo: Path = ZOO_ROOT, only: list[str] | No
 
 
 def _recipe_of(folder: Path) -> dict | None:
-    return json.loads((folder / CONFIG_FILE).read_text()).get("recipe")
+    return read_config(folder).get("recipe")
 
 
 def export(src: Path, dst: Path, role: str = "", dtype: torch.dtype = torch.float16, label: str = "") -> dict:
@@ -243,7 +253,7 @@ def list_zoo(zoo: Path = ZOO_ROOT) -> list[dict]:
     rows = []
     for name, notation, dataset, stage, role, entry in planned:
         path = zoo / name / CONFIG_FILE
-        meta = json.loads(path.read_text()) if path.exists() else {}
+        meta = read_config(zoo / name) if path.exists() else {}
         current = is_current(zoo / name, entry) if entry else bool(meta)
         rows.append({"name": name, "notation": notation, "dataset": dataset, "stage": stage, "role": role,
                      "trained": path.exists(), "current": current, "mask_seed": meta.get("mask_seed"),
@@ -254,14 +264,12 @@ def list_zoo(zoo: Path = ZOO_ROOT) -> list[dict]:
 
 def shipped_configs(zoo: Path = ZOO_ROOT) -> list[tuple[str, dict]]:
     """('<dataset>/<folder>', config) of every shipped model, in name order."""
-    return [(str(path.parent.relative_to(zoo)), json.loads(path.read_text()))
+    return [(str(path.parent.relative_to(zoo)), read_config(path.parent))
             for path in sorted(zoo.glob("*/*/config.json"))]
 
 
 def zoo_markdown(zoo: Path = ZOO_ROOT, paper=None) -> list[str]:
     """Every shipped model with its measured accuracy, its gap to Normal beside the paper's gap, time and size."""
-    from randmask.explore import model_key
-
     configs, subset = shipped_configs(zoo), f"clean_accuracy_first{CHECK_N}"
     paper_clean = {} if paper is None else {
         model_key(r["target"]): r["percent"]
@@ -320,8 +328,9 @@ README_MARKERS = ("<!-- zoo-table: generated by `python -m randmask zoo table --
                   "<!-- /zoo-table -->")
 
 
-def update_readme(table: str, readme: Path = PROJECT_ROOT / "README.md") -> Path:
+def update_readme(table: str, readme: Path | None = None) -> Path:
     """Replace the text between README's zoo-table markers with `table`."""
+    readme = readme or readme_path()
     text = readme.read_text()
     start, end = text.find(README_MARKERS[0]), text.find(README_MARKERS[1])
     if start < 0 or end < start:
@@ -329,3 +338,40 @@ def update_readme(table: str, readme: Path = PROJECT_ROOT / "README.md") -> Path
     head = text[:start + len(README_MARKERS[0])]
     readme.write_text(f"{head}\n{table.strip()}\n{text[end:]}")
     return readme
+
+
+class Zoo:
+    """A zoo folder's models, loaded lazily and kept: what `reproduce` runs its experiments on."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root, self._cache = Path(root or ZOO_ROOT), {}
+
+    def has(self, name: str) -> bool:
+        return (self.root / name / WEIGHTS_FILE).exists()
+
+    def __getitem__(self, name: str) -> tuple[nn.Module, dict]:
+        if name not in self._cache:
+            self._cache[name] = load_model(self.root / name)
+        return self._cache[name]
+
+    def config(self, name: str) -> dict:
+        """A model's config.json, read (and checked) without loading its weights."""
+        return read_config(self.root / name)
+
+    def model(self, name: str) -> nn.Module:
+        return self[name][0]
+
+    def label(self, name: str) -> str:
+        """The name reports use: the notation, or the zoo's label where that alone is ambiguous (a matched control)."""
+        config = self[name][1]
+        return config.get("label") or config["notation"]
+
+    def trained_refs(self, dataset: str = "cifar10") -> list[ModelRef]:
+        """The references of every trained model of a data set (accuracy-matched controls excluded: their label,
+        not a reference, names them)."""
+        refs = []
+        for _name, config in shipped_configs(self.root):
+            if config.get("dataset") == dataset and not config.get("label"):
+                refs.append(ModelRef(canonical(config["notation"]), int(config.get("seed", 0)),
+                                     int(config.get("mask_seed", 0))))
+        return refs

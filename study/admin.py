@@ -8,7 +8,7 @@ import pandas as pd
 import sqlite_utils
 
 from .db import write_transaction
-from .design import Study, get_study, log
+from .design import Study, StudyConfig, create_study, get_study, log
 from .export import participants_frame
 
 
@@ -69,3 +69,32 @@ def failing_catch(db: sqlite_utils.Database, study: Study, min_accuracy: float) 
     frame = participants_frame(db, study)
     failing = frame[(frame["catch_answered"] > 0) & (frame["catch_accuracy"] < min_accuracy) & ~frame["excluded"]]
     return failing["participant"].tolist()
+
+
+def exclude_failing(db: sqlite_utils.Database, slug: str, participant_uids: list[str], threshold: float) -> None:
+    """Exclude each of these participants, giving the catch-trial threshold they fell below as the reason."""
+    for uid in participant_uids:
+        set_excluded(db, slug, uid, True, f"catch accuracy below {threshold:.2f}")
+
+
+def study_from_form(*, slug: str, title: str, sets: str, catch_set: str, practice_set: str, labels_per_item: int,
+                    items_per_participant: int, catch_per_participant: int, presentation_ms: int, completion_code: str,
+                    redirect_url: str) -> tuple[StudyConfig, list[str], str | None, str | None]:
+    """The organiser's Create form as create_study's arguments: (config, set folders, catch set, practice set).
+    Text is stripped, an empty optional field is None, 0 ms means images stay until answered, and the set
+    folders are the text area's non-empty lines."""
+    config = StudyConfig(slug=slug.strip(), title=title.strip(), labels_per_item=int(labels_per_item),
+                         items_per_participant=int(items_per_participant),
+                         catch_per_participant=int(catch_per_participant),
+                         presentation_ms=int(presentation_ms) or None, completion_code=completion_code.strip() or None,
+                         redirect_url=redirect_url.strip() or None)
+    folders = [line.strip() for line in sets.splitlines() if line.strip()]
+    return config, folders, catch_set.strip() or None, practice_set.strip() or None
+
+
+def create_from_form(db: sqlite_utils.Database, **form) -> StudyConfig:
+    """Create the study the Create form describes (study_from_form's fields); returns its config. Raises
+    DesignError or SetError for a form create_study refuses."""
+    config, folders, catch_set, practice_set = study_from_form(**form)
+    create_study(db, config, folders, catch_set, practice_set)
+    return config

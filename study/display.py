@@ -7,6 +7,8 @@ import re
 
 import pandas as pd
 
+from .admin import Overview
+
 MISSING = "–"
 HEADERS = {
     "participant": "participant", "external_id": "external id", "external_study_id": "Prolific study",
@@ -21,6 +23,8 @@ HEADERS = {
     "share_source_pred": "share choosing the source's label", "majority_accuracy": "majority accuracy",
     "fleiss_kappa": "Fleiss' kappa", "krippendorff_alpha": "Krippendorff's alpha", "median_rt_ms": "median RT (ms)",
 }
+PARTICIPANT_COLUMNS = ["participant", "external_id", "n_answered", "n_items", "catch_accuracy", "excluded",
+                       "exclusion_reason", "completed_at"]  # the organiser's table opens with these
 PERCENT = re.compile(r"(accuracy|share)")  # fractions shown as percentages
 TIME = re.compile(r"_at$")
 ISO_TIME = re.compile(r"^(\d{4}-\d\d-\d\d)T(\d\d:\d\d)")
@@ -66,3 +70,33 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
             continue
         columns[header(column)] = [cell(column, v) for v in frame[column].astype(object)]
     return pd.DataFrame(columns, index=range(len(frame)))
+
+
+def participants_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """export.participants_frame as the organiser's table: PARTICIPANT_COLUMNS first, then the rest, readable."""
+    rest = [c for c in frame.columns if c not in PARTICIPANT_COLUMNS]
+    return readable(frame[PARTICIPANT_COLUMNS + rest])
+
+
+def progress_bar(overview: Overview, labels_per_item: int | None = None) -> tuple[float, str]:
+    """(share of labels done, capped at 1; 'n of m labels', with ' (k per item)' when given) for st.progress."""
+    text = f"{overview.labels_done} of {overview.labels_needed} labels"
+    if labels_per_item is not None:
+        text += f" ({labels_per_item} per item)"
+    return min(overview.fraction_done, 1.0), text
+
+
+def counts_text(overview: Overview) -> str:
+    """The participant counts in one line."""
+    return (f"Participants {overview.participants}, consented {overview.consented}, completed {overview.completed}, "
+            f"excluded {overview.excluded}")
+
+
+def retry_text(wait_s: float) -> str:
+    """How long a locked-out organiser waits, in whole seconds, never '0 s': '3 s'."""
+    return f"{int(wait_s) + 1} s"
+
+
+def failing_text(failing: list[str], threshold: float) -> str:
+    """'2 participant(s) below 50% on catch trials: a, b' ('-' for none)."""
+    return f"{len(failing)} participant(s) below {threshold:.0%} on catch trials: {', '.join(failing) or '-'}"

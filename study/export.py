@@ -6,6 +6,9 @@ attacked (source) model predicted on that image: the "humans fooled the same way
 """
 from __future__ import annotations
 
+import io
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,7 @@ import pandas as pd
 import sqlite_utils
 
 from .design import Study, get_study, list_studies
-from .sets import CLEAN
+from .sets import CLEAN, PRED_PREFIX
 from .stats import fleiss_kappa, krippendorff_alpha_nominal, majority, proportion_ci
 
 N_CLASSES = 10
@@ -58,7 +61,7 @@ def _items_base(db: sqlite_utils.Database, study: Study) -> pd.DataFrame:
         "WHERE i.study_id = ?", [study.id]).fetchall()
     if preds:
         wide = pd.DataFrame(preds, columns=["item_id", "model", "pred"]).pivot(index="item_id", columns="model", values="pred")
-        wide.columns = [f"pred:{m}" for m in wide.columns]
+        wide.columns = [f"{PRED_PREFIX}{m}" for m in wide.columns]
         frame = frame.merge(wide.astype("Int64"), left_on="item_id", right_index=True, how="left")
     return frame
 
@@ -236,3 +239,17 @@ def export_study(db: sqlite_utils.Database, out_dir: str | Path, slug: str | Non
             frame.to_csv(target / name, index=False)
             written.append(target / name)
     return written
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """One export table as the CSV a download button offers (UTF-8, no index column)."""
+    return frame.to_csv(index=False).encode("utf-8")
+
+
+def export_zip(frames: Mapping[str, pd.DataFrame]) -> bytes:
+    """Every export table as one zip, a CSV per table under its name (export_frames' keys)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, frame in frames.items():
+            zf.writestr(name, frame.to_csv(index=False))
+    return buffer.getvalue()

@@ -8,6 +8,7 @@ every rerun (a full `gc.collect(2)` was more than half the server's CPU time per
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -47,8 +48,6 @@ HARDENED_OPTIONS: dict[str, str] = {
 
 
 def check_address(address: str) -> str:
-    import ipaddress
-
     if address == "localhost":
         return address
     try:

@@ -6,6 +6,9 @@ acknowledged, as one list, each time it sends: `{"seq": n, "answers": [{assignme
 shown_ms, input}, ...]}`. The server stores them in order (`record_answer` is idempotent, so a resent
 answer is never counted twice), then renders the widget again with the ids it has handled and the next
 window. A lost round trip is simply resent by the widget.
+
+The simple mode (plain Streamlit image and buttons, for browsers where the widget fails) shares the answer
+mode and gets its captions, reaction times and practice feedback here too.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ def apply_answers(db: sqlite_utils.Database, study: Study, participant_id: int, 
     (skipped without a database round trip; the caller keeps it up to date from `handled`)."""
     out = Outcome()
     already = already if already is not None else set()
-    mode = "timed" if study.presentation_ms else "unlimited"
+    mode = answer_mode(study)
     for answer in _answers(value):
         assignment_id = answer.get("assignment_id")
         if not isinstance(assignment_id, int) or isinstance(assignment_id, bool):
@@ -73,6 +76,41 @@ def apply_answers(db: sqlite_utils.Database, study: Study, participant_id: int, 
         already.add(assignment_id)
         out.completed = out.completed or result.completed
     return out
+
+
+def answer_mode(study: Study) -> str:
+    """How answers are recorded: 'timed' when images show only briefly, else 'unlimited'."""
+    return "timed" if study.presentation_ms else "unlimited"
+
+
+# ------------------------------------------------------------------------------------------------ simple mode
+def trial_caption(trial: Trial) -> str:
+    """'Practice 1 of 3', or 'Image 4 of 12' counted over the main items only."""
+    if trial.is_practice:
+        return f"Practice {trial.number} of {trial.practice_total}"
+    return f"Image {trial.number - trial.practice_total} of {trial.total - trial.practice_total}"
+
+
+def elapsed_ms(shown_at: float, now: float) -> float:
+    """Reaction time in milliseconds (0.1 ms) between two time.monotonic() readings."""
+    return round((now - shown_at) * 1000, 1)
+
+
+def practice_feedback(trial: Trial, label: int, answer: int | None) -> dict | None:
+    """What the simple mode remembers to give feedback on a practice answer (None for a main item): the
+    assignment, the label on record, the right answer, and whether it was the last practice item."""
+    if not trial.is_practice:
+        return None
+    return {"assignment_id": trial.assignment_id, "label": label, "answer": answer,
+            "last": trial.number == trial.practice_total}
+
+
+def feedback_message(feedback: dict, classes: list[str]) -> tuple[bool, str]:
+    """(correct, the sentence that says so) for practice_feedback's record."""
+    right = classes[feedback["answer"]]
+    if feedback["label"] == feedback["answer"]:
+        return True, f"Correct: this is a **{right}**."
+    return False, f"Not quite: you chose {classes[feedback['label']]}, but this is a **{right}**."
 
 
 def trial_payload(trial: Trial) -> dict:

@@ -1,9 +1,8 @@
 """Adversarial sets on disk: read and validate them, and build clean / simply perturbed ones.
 
-Layout (written by the attack code, and by the helpers here):
-    DIR/meta.csv     index, true_label, source, attack, source_pred, linf, l2, file, [pred:<model> ...]
-    DIR/images/*.png lossless uint8 32x32 RGB
-`attack == "clean"` marks unperturbed CIFAR-10 test images.
+Layout and columns are defined in randmask.set_schema, which the attack code that writes sets uses too. It
+and randmask.safe_files are all the study imports from randmask: both are standard-library only (no torch).
+The study's images are lossless uint8 32x32 RGB PNGs; `attack == "clean"` marks unperturbed test images.
 
 `read_set` trusts nothing in the folder: meta.csv is a regular file under a size cap; indices are ASCII
 integers inside the CIFAR-10 test set; labels are 0-9; norms are finite and non-negative; every row has its
@@ -18,7 +17,6 @@ import io
 import math
 import os
 import re
-import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +25,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from randmask.safe_files import read_regular_file
+from randmask.set_schema import CLEAN, META_FILE, PRED_PREFIX, REQUIRED_COLUMNS, image_file
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-REQUIRED_COLUMNS = ("index", "true_label", "source", "attack", "source_pred", "linf", "l2", "file")
-PRED_PREFIX = "pred:"
-CLEAN = "clean"
 CIFAR10_TEST_SIZE = 10_000
 MAX_META_BYTES = 32 << 20  # ~100 bytes a row: room for 300k rows
 MAX_PNG_BYTES = 64 << 10  # a 32x32 RGB PNG is at most ~3.2 kB even uncompressed
@@ -92,21 +90,6 @@ def check_png_header(data: bytes, size: int) -> None:
         raise SetError(f"PNG has bit depth {depth} and colour type {colour}, expected 8-bit RGB (8, 2)")
 
 
-def read_small_file(path: Path, limit: int) -> bytes:
-    """A regular file's bytes, refused when it is a device, FIFO or larger than `limit` (checked first)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-        os.close(fd)
-        raise SetError(f"{path} is not a regular file" if not stat.S_ISREG(info.st_mode) else
-                       f"{path} is {info.st_size:,} bytes; the limit is {limit:,}")
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise SetError(f"{path} is over {limit:,} bytes")
-    return data
-
-
 def decode_png(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         if im.format != "PNG":
@@ -156,11 +139,11 @@ def _text(value: str, what: str) -> str:
 def read_set(directory: str | Path, *, image_size: int = 32, dataset_size: int = CIFAR10_TEST_SIZE) -> list[SetItem]:
     """Read and validate one set folder; every problem names the file and row."""
     directory = Path(directory)
-    meta_path = directory / "meta.csv"
+    meta_path = directory / META_FILE
     if not meta_path.is_file():
         raise SetError(f"{directory}: no meta.csv (is this an adversarial set folder?)")
     try:
-        raw = read_small_file(meta_path, MAX_META_BYTES)
+        raw = read_regular_file(meta_path, MAX_META_BYTES, SetError)
         meta = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, encoding="utf-8")
     except OSError as e:
         raise SetError(f"{meta_path}: cannot read ({e.strerror or e})") from e
@@ -202,7 +185,7 @@ def read_set(directory: str | Path, *, image_size: int = 32, dataset_size: int =
         if not image_path.exists():
             raise SetError(f"{where}: image {_shown(row['file'])} not found")
         try:
-            data = read_small_file(image_path, MAX_PNG_BYTES)
+            data = read_regular_file(image_path, MAX_PNG_BYTES, SetError)
             check_png_header(data, image_size)
             pixels = decode_png(data)
         except (SetError, OSError) as e:
@@ -238,11 +221,11 @@ def write_set(directory: str | Path, rows: list[dict], images: list[np.ndarray])
     (directory / "images").mkdir(parents=True, exist_ok=True)
     records = []
     for row, image in zip(rows, images, strict=True):
-        name = f"images/{int(row['index']):06d}.png"
+        name = image_file(int(row["index"]))
         (directory / name).write_bytes(png_bytes(image))
         records.append({**row, "file": name})
     columns = list(REQUIRED_COLUMNS) + sorted({k for r in rows for k in r if k.startswith(PRED_PREFIX)})
-    pd.DataFrame.from_records(records, columns=columns).to_csv(directory / "meta.csv", index=False)
+    pd.DataFrame.from_records(records, columns=columns).to_csv(directory / META_FILE, index=False)
     return directory
 
 

@@ -22,4 +22,4 @@ def data_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _crafted_cache_in_tmp(tmp_path_factory, monkeypatch) -> None:
     """Tests never fill the project's runs/crafted cache."""
-    monkeypatch.setenv("RANDMASK_CACHE", str(tmp_path_factory.getbasetemp() / "crafted"))
+    monkeypatch.setenv("RANDMASK_CRAFTED", str(tmp_path_factory.getbasetemp() / "crafted"))

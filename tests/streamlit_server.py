@@ -1,4 +1,5 @@
-"""One way to run a Streamlit script on a free localhost port for browser tests and benchmarks."""
+"""One way to run a Streamlit script on a free localhost port, and to drive it with Debian's chromium, for browser
+tests and benchmarks."""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +12,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@contextlib.contextmanager
+def chromium_browser() -> Iterator:
+    """Headless Debian chromium through Playwright (closed on exit)."""
+    from playwright import sync_api  # only the browser tests and benchmarks need it
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def free_port() -> int:

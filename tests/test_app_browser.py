@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import test_app_support as support
-from streamlit_server import streamlit_server
+from streamlit_server import CHROMIUM, chromium_browser, streamlit_server
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 60_000
 PAGES = [("", "Random Mask, hands on"), ("masks", "Mask patterns"), ("shuffle", "Patch shuffle"),
          ("noise", "Noise curves"), ("gallery", "Adversarial gallery"), ("robustness", "Robustness explorer"),
@@ -87,12 +86,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium_browser() as launched:
+        yield launched
 
 
 def settle(page) -> None:

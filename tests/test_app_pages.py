@@ -71,7 +71,7 @@ def test_home_shows_the_zoo_and_the_picker_defaults(app_env):
     stale = zoo[(zoo["model"] == "0.7-Shallow") & (zoo["data set"] == "CIFAR-10")]["status"].item()
     assert stale == "trained (older recipe: 15 epochs)"
     assert set(zoo[zoo["status"] == "trained"]["model"]) == {"Normal ResNet-18", "0.9-Shallow"}
-    assert "0.7-Shallow (mask seed 1)" in set(zoo["model"])  # seeds named, as in the picker
+    assert "0.7-Shallow@s0m1" in set(zoo["model"])  # seeds named by the model reference, as in the picker
     assert len(image_urls(at)) == 6 and all(url.endswith(".png") for url in image_urls(at))  # lossless images
     sidebar = "\n".join(c.value for c in at.sidebar.caption)
     assert "3 trained CIFAR-10 models to pick from" in sidebar and "UNTRAINED stand-in" in sidebar

@@ -13,6 +13,7 @@ from badinput import assert_one_line_error, assert_one_line_exception, assert_un
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from randmask.architectures import list_models
 from randmask.attacks.notation import _DECIMAL, _SHAPE, AttackNotationError, format_attack, parse_attack
 from randmask.checkpoint import load_model, save_checkpoint
 from randmask.cli import main
@@ -22,7 +23,6 @@ from randmask.models import build_model, check_buildable
 from randmask.notation import (
     _ARCH,
     _TERM,
-    ARCH_NAMES,
     MAX_ENSEMBLE,
     MAX_MULTIPLIER,
     MAX_NOTATION_LENGTH,
@@ -183,7 +183,7 @@ ratios = st.floats(min_value=MIN_RATIO, max_value=1.0, exclude_max=True, allow_n
 def model_specs(draw) -> ModelSpec:
     ensemble = draw(st.integers(1, MAX_ENSEMBLE))
     if draw(st.booleans()):
-        return ModelSpec(draw(st.sampled_from(list(ARCH_NAMES))), (), ensemble)
+        return ModelSpec(draw(st.sampled_from(list_models())), (), ensemble)
     owner = draw(st.lists(st.sampled_from([None, 0, 1, 2]), min_size=5, max_size=5))
     if all(o is None for o in owner):
         owner[0] = 0
@@ -304,7 +304,7 @@ def test_patterns_are_linear_even_without_the_length_limit(pattern, text):
 @pytest.mark.parametrize("ref, fragment", [
     ("VGG-19@seed=٣", "expected seed=N"), ("VGG-19@seed=" + "9" * 5000, "expected seed=N"),
     ("VGG-19@mask_seed=99999999999", "expected seed=N"), ("VGG-19@seed=-1", "expected seed=N"),
-    ("VGG-19@seed=4294967295", "seed must be an integer from 0 to 2147483647"), ("VGG-19@colour=3", "expected seed=N"),
+    ("VGG-19@seed=4294967295", "must be between 0 and 2147483647"), ("VGG-19@colour=3", "expected seed=N"),
 ], ids=["arabic-digit", "5000-digits", "11-digits", "negative", "above-limit", "unknown-key"])
 def test_bad_model_reference_seeds_are_refused_in_one_line(tmp_path, capsys, ref, fragment):
     before = tree_state(tmp_path)

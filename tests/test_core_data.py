@@ -1,4 +1,5 @@
 import gzip
+import math
 import struct
 
 import numpy as np
@@ -76,6 +77,22 @@ def test_wilson_interval_textbook_values():
     assert wilson_interval(10, 10)[1] == 1.0
     with pytest.raises(ValueError):
         wilson_interval(5, 3)
+
+
+def test_wilson_interval_agrees_with_the_closed_form():
+    # the score interval as a formula, the reference for the statsmodels-backed wilson_interval
+    rng = np.random.default_rng(4)
+    for _ in range(500):
+        n = int(rng.integers(1, 5000))
+        k, z = int(rng.integers(0, n + 1)), float(rng.choice([1.0, 1.6448536269514722, 1.959963984540054, 3.0]))
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        low, high = wilson_interval(k, n, z)
+        assert low == pytest.approx(max(0.0, centre - half), abs=1e-12)
+        assert high == pytest.approx(min(1.0, centre + half), abs=1e-12)
+        assert low <= p <= high and (low == 0.0) == (k == 0) and (high == 1.0) == (k == n)
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
 
 
 def test_shipped_sample_equals_the_first_test_images(tmp_path, monkeypatch, data_dir):

@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
+from randmask.architectures import BasicBlock
 from randmask.masks import RandomMask, make_mask, n_dropped
-from randmask.models import BasicBlock, build_model, masked_layers
+from randmask.models import build_model, masked_layers
 
 
 @pytest.mark.parametrize("shape,ratio", [((16, 32, 32), 0.7), ((32, 16, 16), 0.3), ((8, 4, 4), 0.9),

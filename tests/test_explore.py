@@ -5,6 +5,7 @@ import io
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,42 +14,54 @@ import torch
 from PIL import Image
 from test_app_support import CONFIDENT_CLASS, TINY_WIDTH, constant_model, make_results, make_zoo
 
-from randmask import explore
+from randmask import catalog, comparison, datasets, images, mask_views, models, settings, tables
 from randmask.checkpoint import save_checkpoint
 from randmask.errors import RandmaskError
+from randmask.gallery import Gallery, attack_notation, build_gallery, gallery_png
 from randmask.models import build_model, masked_layers
+from randmask.notation import ModelRef
+from randmask.paper import (
+    PAPER_TABLES,
+    attack_key,
+    load_paper_tables,
+    load_results,
+    model_key,
+    paper_attacks,
+    paper_sources,
+    trained_model_keys,
+)
 
 
 # ----------------------------------------------------------------------------------------------- images
 def test_upscale_nearest_repeats_every_pixel_as_a_block():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    big = explore.upscale_nearest(image, 4)
+    big = images.upscale_nearest(image, 4)
     assert big.shape == (20, 28, 3) and big.dtype == np.uint8
     for r, c in itertools.product(range(5), range(7)):
         block = big[4 * r:4 * r + 4, 4 * c:4 * c + 4]
         assert (block == image[r, c]).all()  # no interpolation: every block is one source pixel
-    assert explore.upscale_nearest(image[..., 0], 2).shape == (10, 14)
+    assert images.upscale_nearest(image[..., 0], 2).shape == (10, 14)
     for bad in (0, -1, 1.5):
         with pytest.raises(RandmaskError):
-            explore.upscale_nearest(image, bad)
+            images.upscale_nearest(image, bad)
 
 
 def test_to_hwc_uint8_rounds_floats_and_repeats_grey():
     x = torch.tensor([[[0.0, 0.5], [1.0, 0.2]]])  # 1×2×2 grey
-    out = explore.to_hwc_uint8(x)
+    out = images.to_hwc_uint8(x)
     assert out.shape == (2, 2, 3) and out.dtype == np.uint8
     assert out[0, 1].tolist() == [128, 128, 128] and out[1, 0].tolist() == [255] * 3 and out[1, 1, 0] == 51
     rgb = torch.arange(12, dtype=torch.uint8).view(3, 2, 2)
-    assert explore.to_hwc_uint8(rgb)[1, 0].tolist() == [2, 6, 10]  # channel-last, values untouched
+    assert images.to_hwc_uint8(rgb)[1, 0].tolist() == [2, 6, 10]  # channel-last, values untouched
     with pytest.raises(RandmaskError):
-        explore.to_hwc_uint8(torch.zeros(2, 2))
-    assert explore.display_image(torch.zeros(3, 32, 32), 224).shape == (224, 224, 3)  # factor 7
+        images.to_hwc_uint8(torch.zeros(2, 2))
+    assert images.display_image(torch.zeros(3, 32, 32), 224).shape == (224, 224, 3)  # factor 7
 
 
 def test_diverging_colours_are_centred_on_zero():
     values = np.array([[-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0]])
-    rgb = explore.diverging_rgb(values, vmax=1.0).astype(int)
+    rgb = images.diverging_rgb(values, vmax=1.0).astype(int)
     white, blue, red = [247, 247, 247], [33, 102, 172], [178, 24, 43]
     assert rgb[0, 3].tolist() == white
     assert rgb[0, 5].tolist() == red and rgb[0, 6].tolist() == red  # clipped beyond vmax
@@ -57,7 +70,7 @@ def test_diverging_colours_are_centred_on_zero():
     assert np.abs(rgb[0, 4] - (np.array(white) + np.array(red)) / 2).max() <= 0.5
     assert np.abs(rgb[0, 2] - (np.array(white) + np.array(blue)) / 2).max() <= 0.5
     with pytest.raises(RandmaskError):
-        explore.diverging_rgb(values, 0.0)
+        images.diverging_rgb(values, 0.0)
 
 
 def test_perturbation_image_uses_channel_mean_in_255_units():
@@ -65,26 +78,26 @@ def test_perturbation_image_uses_channel_mean_in_255_units():
     adv = clean.clone()
     adv[:, 0, 0] += 8 / 255  # +8 in every channel
     adv[0, 1, 1] -= 12 / 255  # -12 in one channel: mean -4
-    rgb, vmax = explore.perturbation_image(adv, clean, vmax=16)
+    rgb, vmax = images.perturbation_image(adv, clean, vmax=16)
     assert vmax == 16
-    expected = explore.diverging_rgb(np.array([[8.0, -4.0, 0.0]]), 16)[0]
+    expected = images.diverging_rgb(np.array([[8.0, -4.0, 0.0]]), 16)[0]
     # float32 images: the differences are 8 and -4 up to rounding, so colours agree within one level
     for (r, c), want in zip([(0, 0), (1, 1), (2, 2)], expected, strict=True):
         assert np.abs(rgb[r, c].astype(int) - want.astype(int)).max() <= 1
-    _, auto = explore.perturbation_image(adv, clean)
+    _, auto = images.perturbation_image(adv, clean)
     assert auto == pytest.approx(8.0, abs=1e-4)  # the largest |channel mean|
-    _, none = explore.perturbation_image(clean, clean)
+    _, none = images.perturbation_image(clean, clean)
     assert none == 1.0  # no change: a unit scale, not a division by zero
 
 
 def test_overlay_keep_dims_only_dropped_positions():
     image = torch.full((3, 2, 2), 200, dtype=torch.uint8)
     keep = torch.tensor([[True, False], [False, True]])
-    out = explore.overlay_keep(image, keep, dim=0.25)
+    out = images.overlay_keep(image, keep, dim=0.25)
     assert out[0, 0].tolist() == [200] * 3 and out[1, 1].tolist() == [200] * 3
     assert out[0, 1].tolist() == [50] * 3 and out[1, 0].tolist() == [50] * 3
     with pytest.raises(RandmaskError):
-        explore.overlay_keep(image, torch.ones(3, 3, dtype=torch.bool))
+        images.overlay_keep(image, torch.ones(3, 3, dtype=torch.bool))
 
 
 # ------------------------------------------------------------------------------------------------ masks
@@ -92,14 +105,14 @@ def test_overlay_keep_dims_only_dropped_positions():
                                            ("0.5-ShallowDC", "DC")])
 def test_mask_statistics_match_the_masks(notation, kind):
     model = build_model(notation, width=8)
-    rows = explore.mask_statistics(model)
+    rows = mask_views.mask_statistics(model)
     reference = masked_layers(model)
     assert [r["layer"] for r in rows] == [r["name"] for r in reference]
     for row, ref in zip(rows, reference, strict=True):
         assert row["kind"] == kind and row["block"] == ref["block"]
         assert row["measured_drop_ratio"] == pytest.approx(ref["drop_ratio"])
         c, h, w = ref["shape"]
-        keep = explore.get_mask(model, row["layer"])
+        keep = mask_views.get_mask(model, row["layer"])
         assert row["dropped"] == int((~keep).sum()) and row["neurons"] == c * h * w
         if kind == "random":  # exactly round(r·H·W) per channel, nobody dead
             per_channel = round(row["ratio"] * h * w) / (h * w)
@@ -110,12 +123,12 @@ def test_mask_statistics_match_the_masks(notation, kind):
         if kind == "DC":
             assert row["dead_channels"] == round(row["ratio"] * c)
     with pytest.raises(RandmaskError):
-        explore.get_mask(model, "no.such.layer")
-    assert explore.mask_statistics(build_model("Normal ResNet-18", width=4)) == []
+        mask_views.get_mask(model, "no.such.layer")
+    assert mask_views.mask_statistics(build_model("Normal ResNet-18", width=4)) == []
 
 
 def test_kind_comparison_shapes_the_three_kinds():
-    kinds = explore.kind_comparison((6, 8, 8), 0.5, seed=3)
+    kinds = mask_views.kind_comparison((6, 8, 8), 0.5, seed=3)
     random, same, dc = kinds["random"], kinds["SM"], kinds["DC"]
     assert all(m.shape == (6, 8, 8) and m.dtype == torch.bool for m in kinds.values())
     assert (~random).flatten(1).sum(1).tolist() == [32] * 6
@@ -123,7 +136,7 @@ def test_kind_comparison_shapes_the_three_kinds():
     assert all(torch.equal(same[i], same[0]) for i in range(6))
     per_channel = dc.flatten(1)
     assert all(row.all() or (~row).all() for row in per_channel) and int((~per_channel.any(1)).sum()) == 3
-    freq = explore.drop_frequency(same)
+    freq = mask_views.drop_frequency(same)
     assert set(freq.unique().tolist()) <= {0.0, 1.0}
 
 
@@ -149,58 +162,58 @@ def brute_receptive(keep: torch.Tensor, row: int, col: int, channels) -> torch.T
 
 def test_input_coverage_and_receptive_field_match_brute_force():
     keep = torch.rand(3, 7, 6, generator=torch.Generator().manual_seed(1)) > 0.6
-    assert torch.equal(explore.input_coverage(keep), brute_coverage(keep))
+    assert torch.equal(mask_views.input_coverage(keep), brute_coverage(keep))
     for row, col in [(0, 0), (3, 2), (6, 5), (2, 5)]:
-        assert torch.equal(explore.receptive_field(keep, row, col), brute_receptive(keep, row, col, range(3)))
-        assert torch.equal(explore.receptive_field(keep, row, col, channel=1), brute_receptive(keep, row, col, [1]))
+        assert torch.equal(mask_views.receptive_field(keep, row, col), brute_receptive(keep, row, col, range(3)))
+        assert torch.equal(mask_views.receptive_field(keep, row, col, channel=1), brute_receptive(keep, row, col, [1]))
     with pytest.raises(RandmaskError):
-        explore.receptive_field(keep, 7, 0)
+        mask_views.receptive_field(keep, 7, 0)
     with pytest.raises(RandmaskError):
-        explore.receptive_field(keep, 0, 0, channel=3)
+        mask_views.receptive_field(keep, 0, 0, channel=3)
     with pytest.raises(RandmaskError):
-        explore.input_coverage(keep, kernel=2)
+        mask_views.input_coverage(keep, kernel=2)
 
 
 def test_unmasked_receptive_field_is_the_5x5_pyramid():
     keep = torch.ones(4, 9, 9, dtype=torch.bool)
-    field = explore.receptive_field(keep, 4, 4)
+    field = mask_views.receptive_field(keep, 4, 4)
     pyramid = torch.tensor([1, 2, 3, 2, 1])
     expected = torch.zeros(9, 9, dtype=torch.int64)
     expected[2:7, 2:7] = 4 * torch.outer(pyramid, pyramid)
     assert torch.equal(field, expected)
-    corner = explore.receptive_field(keep[:1], 0, 0)  # window and patches clipped at the border
+    corner = mask_views.receptive_field(keep[:1], 0, 0)  # window and patches clipped at the border
     assert corner[:3, :3].tolist() == [[4, 4, 2], [4, 4, 2], [2, 2, 1]] and corner[3:].sum() == 0
 
 
 def test_coverage_summary_shared_mask_bound_and_random_masks():
     ratio = 0.9
-    kinds = explore.kind_comparison((16, 32, 32), ratio, seed=0)
-    sm, rnd = explore.coverage_summary(kinds["SM"]), explore.coverage_summary(kinds["random"])
+    kinds = mask_views.kind_comparison((16, 32, 32), ratio, seed=0)
+    sm, rnd = mask_views.coverage_summary(kinds["SM"]), mask_views.coverage_summary(kinds["random"])
     # one shared pattern: a 3×3 stem sees at most 9 × kept share of the pixels (the paper's argument)
     assert sm["layer_sees"] <= sm["shared_mask_bound"] + 1e-9
     assert sm["layer_sees"] == pytest.approx(sm["channel_sees_mean"])  # every channel sees the same
     assert rnd["layer_sees"] > sm["layer_sees"] and rnd["layer_sees"] > 0.99
-    full = explore.coverage_summary(torch.ones(2, 8, 8, dtype=torch.bool))
+    full = mask_views.coverage_summary(torch.ones(2, 8, 8, dtype=torch.bool))
     assert full["layer_sees"] == 1.0 == full["channel_sees_min"]
 
 
 def test_filter_window_marks_the_border_as_dead():
     keep = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(2)) > 0.5
-    assert torch.equal(explore.filter_window(keep, 2, 2), keep[:, 1:4, 1:4])
-    corner = explore.filter_window(keep, 0, 0)
+    assert torch.equal(mask_views.filter_window(keep, 2, 2), keep[:, 1:4, 1:4])
+    corner = mask_views.filter_window(keep, 0, 0)
     assert not corner[:, 0, :].any() and not corner[:, :, 0].any()
     assert torch.equal(corner[:, 1:, 1:], keep[:, :2, :2])
 
 
 def test_stem_mask_is_block_zero():
-    name, keep = explore.stem_mask(build_model("0.7-Shallow", width=4))
+    name, keep = mask_views.stem_mask(build_model("0.7-Shallow", width=4))
     assert name == "body.mask1" and keep.shape == (4, 32, 32)
-    assert explore.stem_mask(build_model("0.5-Deep", width=4)) is None
+    assert mask_views.stem_mask(build_model("0.5-Deep", width=4)) is None
 
 
 def test_shuffle_grids_divide_the_image():
-    assert explore.shuffle_grids(32) == [2, 4, 8, 16]
-    assert explore.shuffle_grids(28) == [2, 4, 7, 14]
+    assert catalog.shuffle_grids(32) == [2, 4, 8, 16]
+    assert catalog.shuffle_grids(28) == [2, 4, 7, 14]
 
 
 # ------------------------------------------------------------------------------------------ discovery
@@ -212,85 +225,91 @@ def test_discover_models_reads_zoo_user_runs_and_adds_stand_ins(tmp_path):
     runs = tmp_path / "runs"
     save_checkpoint(build_model("0.5-ShallowDC", width=4, mask_seed=2), runs / "mine", extra={"clean_accuracy": 0.42})
     (runs / "unfinished").mkdir()
-    cat = explore.discover_models(zoo, runs)
+    cat = catalog.discover_models(zoo, runs)
     by_key = {e.key: e for e in cat.entries}
     assert by_key["zoo:cifar10/0.9-Shallow"].source == "zoo" and by_key["zoo:cifar10/0.9-Shallow"].width == TINY_WIDTH
     assert by_key["zoo:cifar10/Normal_ResNet-18"].role == "baseline"
     mine = by_key["user:mine"]
     assert (mine.notation, mine.mask_seed, mine.clean_accuracy) == ("0.5-ShallowDC", 2, 0.42)
-    assert "yours" in mine.label and "42.0%" in mine.label and "mask seed 2" in mine.name
+    assert "yours" in mine.label and "42.0%" in mine.label and mine.name == "0.5-ShallowDC@s0m2"
     assert "user:unfinished" not in by_key
     assert len(cat.problems) == 1 and "broken" in cat.problems[0]
     # stand-ins for planned entries that are missing, never for trained ones
     assert "untrained:cifar10/0.9-Shallow" not in by_key
     stand_in = by_key["untrained:cifar10/0.5-Deep"]
     assert not stand_in.trained and "UNTRAINED" in stand_in.label
+    refs = cat.trained_refs("cifar10")  # what the robustness page counts as trained: never a stand-in
+    assert ModelRef("0.9-Shallow") in refs and ModelRef("0.5-ShallowDC", mask_seed=2) in refs
+    assert ModelRef("0.5-Deep") not in refs
     assert "untrained:mnist/0.5-Shallow" in by_key and "mnist" in cat.datasets and cat.datasets[0] == "cifar10"
-    assert explore.default_picks(cat.for_dataset("cifar10"))[:2] == ["zoo:cifar10/Normal_ResNet-18",
+    assert catalog.default_picks(cat.for_dataset("cifar10"))[:2] == ["zoo:cifar10/Normal_ResNet-18",
                                                                      "zoo:cifar10/0.9-Shallow"]
     with pytest.raises(RandmaskError):
         cat.get("zoo:nothing")
-    assert not explore.discover_models(zoo, runs, include_untrained=False).for_dataset("mnist")
+    assert not catalog.discover_models(zoo, runs, include_untrained=False).for_dataset("mnist")
 
 
 def test_discovery_follows_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("RANDMASK_ZOO", str(tmp_path / "z"))
     monkeypatch.setenv("RANDMASK_RUNS", str(tmp_path / "r"))
     monkeypatch.setenv("RANDMASK_RESULTS", str(tmp_path / "res"))
-    assert explore.zoo_root() == tmp_path / "z" and explore.user_runs_root() == tmp_path / "r"
-    assert explore.results_root() == tmp_path / "res"
-    monkeypatch.setenv("RANDMASK_CACHE", str(tmp_path / "sets"))
-    assert explore.crafted_cache_root() == tmp_path / "sets"
-    monkeypatch.delenv("RANDMASK_CACHE")
-    assert explore.crafted_cache_root() == explore.PROJECT_ROOT / "runs" / "crafted"
-    cat = explore.discover_models()  # folders missing: an all-stand-in catalog, no crash
+    assert settings.zoo_root() == tmp_path / "z" and settings.user_runs_root() == tmp_path / "r"
+    assert settings.results_root() == tmp_path / "res"
+    monkeypatch.setenv("RANDMASK_CRAFTED", str(tmp_path / "sets"))
+    monkeypatch.setenv("RANDMASK_DATA_CACHE", str(tmp_path / "arrays"))
+    assert settings.crafted_cache_root() == tmp_path / "sets" and settings.data_cache_root() == tmp_path / "arrays"
+    monkeypatch.delenv("RANDMASK_CRAFTED")
+    monkeypatch.delenv("RANDMASK_DATA_CACHE")
+    assert settings.crafted_cache_root() == settings.PROJECT_ROOT / "runs" / "crafted"
+    assert settings.data_cache_root() == Path.home() / ".cache" / "randmask"  # two caches, two settings
+    cat = catalog.discover_models()  # folders missing: an all-stand-in catalog, no crash
     assert cat.entries and not any(e.trained for e in cat.entries) and not cat.problems
 
 
 def test_load_entry_gives_checkpoint_weights_and_notation_masks(tmp_path):
     zoo = make_zoo(tmp_path / "zoo")
-    cat = explore.discover_models(zoo, tmp_path / "none")
-    model = explore.load_entry(cat.get("zoo:cifar10/0.9-Shallow"))
+    cat = catalog.discover_models(zoo, tmp_path / "none")
+    model = catalog.load_entry(cat.get("zoo:cifar10/0.9-Shallow"))
     assert not model.training
     x = torch.rand(2, 3, 32, 32)
     assert model(x).argmax(1).tolist() == [CONFIDENT_CLASS] * 2
-    stand_in = explore.load_entry(cat.get("untrained:cifar10/0.5-Deep"))
+    stand_in = catalog.load_entry(cat.get("untrained:cifar10/0.5-Deep"))
     reference = build_model("0.5-Deep", width=16)
-    for (name, a), (_, b) in zip(explore.mask_modules(stand_in), explore.mask_modules(reference), strict=True):
+    for (name, a), (_, b) in zip(models.mask_modules(stand_in), models.mask_modules(reference), strict=True):
         assert torch.equal(a.mask, b.mask), name
 
 
 def test_unique_names_disambiguate_clashes():
-    a = explore.ModelEntry("zoo:a", "0.7-Shallow", "cifar10", "zoo")
-    b = explore.ModelEntry("user:x", "0.7-Shallow", "cifar10", "user", folder="/r/x")
-    c = explore.ModelEntry("user:y", "0.7-Shallow", "cifar10", "user", folder="/s/x")
-    d = explore.ModelEntry("zoo:d", "0.7-Shallow", "cifar10", "zoo", seed=1)
-    names = explore.unique_names([a, b, c, d])
-    assert len(set(names)) == 4 and names[0] == "0.7-Shallow (zoo)" and names[3] == "0.7-Shallow (seed 1)"
+    a = catalog.ModelEntry("zoo:a", "0.7-Shallow", "cifar10", "zoo")
+    b = catalog.ModelEntry("user:x", "0.7-Shallow", "cifar10", "user", folder="/r/x")
+    c = catalog.ModelEntry("user:y", "0.7-Shallow", "cifar10", "user", folder="/s/x")
+    d = catalog.ModelEntry("zoo:d", "0.7-Shallow", "cifar10", "zoo", seed=1)
+    names = catalog.unique_names([a, b, c, d])
+    assert len(set(names)) == 4 and names[0] == "0.7-Shallow (zoo)" and names[3] == "0.7-Shallow@s1m0"
 
 
 # ----------------------------------------------------------------------------------------- predictions
 def test_predictions_are_argmax_and_softmax_confidence():
     model = build_model("Normal ResNet-18", width=4).eval()
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    rows = explore.predictions({"n": model}, x)
+    rows = catalog.predictions({"n": model}, x)
     with torch.no_grad():
         prob = model(x).softmax(1)
     assert [r["pred"] for r in rows] == prob.argmax(1).tolist()
     assert [r["confidence"] for r in rows] == pytest.approx(prob.max(1).values.tolist(), abs=1e-6)
-    assert rows[0]["label"] in explore.CLASSES["cifar10"]
+    assert rows[0]["label"] in datasets.CLASSES["cifar10"]
 
 
 # ----------------------------------------------------------------------------------------------- gallery
 def test_attack_notation_is_canonical():
-    assert explore.attack_notation("FGSM", 8) == "FGSM8"
-    assert explore.attack_notation("PGD", 16) == "PGD16"
-    assert explore.attack_notation("CW", kappa=20) == "CW20(search=5, steps=50)"
-    assert explore.attack_notation("Square", 4, queries=100) == "Square4(queries=100)"
+    assert attack_notation("FGSM", 8) == "FGSM8"
+    assert attack_notation("PGD", 16) == "PGD16"
+    assert attack_notation("CW", kappa=20) == "CW20(search=5, steps=50)"
+    assert attack_notation("Square", 4, queries=100) == "Square4(queries=100)"
     with pytest.raises(RandmaskError):
-        explore.attack_notation("Carlini", 8)
+        attack_notation("Carlini", 8)
     with pytest.raises(RandmaskError):
-        explore.attack_notation("FGSM", 0)
+        attack_notation("FGSM", 0)
 
 
 def test_build_gallery_attacks_both_sources_and_records_both_views():
@@ -300,7 +319,7 @@ def test_build_gallery_attacks_both_sources_and_records_both_views():
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)).mul(255).round().div(255)
     y = torch.tensor([0, 1, 2])
     seen = []
-    gallery = explore.build_gallery(normal, masked, "FGSM8", x, y, names=("N", "M"), indices=[10, 11, 12],
+    gallery = build_gallery(normal, masked, "FGSM8", x, y, names=("N", "M"), indices=[10, 11, 12],
                                     progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (6, 6)  # both sources' images counted
     assert gallery.attack == "FGSM8" and gallery.eps == 8 and gallery.indices == [10, 11, 12]
@@ -317,39 +336,41 @@ def test_build_gallery_attacks_both_sources_and_records_both_views():
     caption = gallery.caption("M", 0)
     assert caption.startswith("N: ") and " · M: " in caption and caption.endswith("%")
     assert gallery.perturbation_scale() == 8.0
-    png = explore.gallery_png(gallery, scale=4)
+    png = gallery_png(gallery, scale=4)
     with Image.open(io.BytesIO(png)) as img:
         assert img.format == "PNG" and img.width >= 5 * 128 and img.height >= 3 * 128
     with pytest.raises(RandmaskError):
-        explore.build_gallery(normal, masked, "FGSM8", x, y, names=("N", "N"))
+        build_gallery(normal, masked, "FGSM8", x, y, names=("N", "N"))
 
 
 def test_gallery_scale_without_eps_is_the_largest_change():
     clean = torch.zeros(1, 3, 4, 4)
     adv = clean.clone()
     adv[0, 0, 0, 0] = 20 / 255
-    gallery = explore.Gallery("CW40", ("N", "M"), [0], torch.tensor([0]), clean, {"N": adv, "M": clean},
+    gallery = Gallery("CW40", ("N", "M"), [0], torch.tensor([0]), clean, {"N": adv, "M": clean},
                               {}, {}, eps=None)
     assert gallery.perturbation_scale() == pytest.approx(20.0)
 
 
 def test_rows_csv_round_trips():
     rows = [{"a": 1, "b": 0.5}, {"a": 2, "c": "x"}]
-    frame = pd.read_csv(io.BytesIO(explore.rows_csv(rows)))
+    frame = pd.read_csv(io.BytesIO(catalog.rows_csv(rows)))
     assert list(frame.columns) == ["a", "b", "c"] and frame["a"].tolist() == [1, 2]
 
 
 # ---------------------------------------------------------------------------------------- paper vs ours
 def test_model_and_attack_keys():
-    assert explore.model_key("ResNet-18") == "Normal ResNet-18" == explore.model_key("normal resnet-18")
-    assert explore.model_key("0.85-Shallow (Random Mask)") == "0.85-Shallow"
-    assert explore.model_key("0.5-Shallow (other init)") == "0.5-Shallow (other init)"
-    assert explore.model_key("Normal ResNet-18 (4 epochs)") == "Normal ResNet-18 (4 epochs)"  # a matched control
-    assert explore.model_key("Normal ResNet-18 (3 epochs, 40,000 images)") == "Normal ResNet-18 (3 epochs, 40,000 images)"
-    assert explore.model_key("Madry adversarial training") == "Madry adversarial training"
-    assert explore.model_key(float("nan")) == "" == explore.model_key("  ")
-    assert explore.attack_key("PGD 7x2 eps8") == "pgd7x2eps8" == explore.attack_key("pgd 7x2  eps8")
-    assert explore.attack_key(float("nan")) == ""
+    assert model_key("ResNet-18") == "Normal ResNet-18" == model_key("normal resnet-18")
+    assert model_key("0.85-Shallow (Random Mask)") == "0.85-Shallow"
+    # Table 5's other-init and other-mask twins are the zoo's seed-1 and mask-seed-1 copies: one reference each
+    assert model_key("0.5-Shallow (other init)") == "0.5-Shallow@s1m0" == model_key("0.5-shallow@seed=1")
+    assert model_key("0.5-ShallowDIF") == "0.5-Shallow@s0m1"
+    assert model_key("Normal ResNet-18 (4 epochs)") == "Normal ResNet-18 (4 epochs)"  # a matched control
+    assert model_key("Normal ResNet-18 (3 epochs, 40,000 images)") == "Normal ResNet-18 (3 epochs, 40,000 images)"
+    assert model_key("Madry adversarial training") == "Madry adversarial training"
+    assert model_key(float("nan")) == "" == model_key("  ")
+    assert attack_key("PGD 7x2 eps8") == "pgd7x2eps8" == attack_key("pgd 7x2  eps8")
+    assert attack_key(float("nan")) == ""
 
 
 def paper_frame() -> pd.DataFrame:
@@ -371,7 +392,7 @@ def paper_frame() -> pd.DataFrame:
 
 def test_compare_with_paper_matches_by_canonical_names(tmp_path):
     make_results(tmp_path)
-    ours, problems = explore.load_results(tmp_path)
+    ours, problems = load_results(tmp_path)
     assert not problems and len(ours) == 4
     extra = pd.DataFrame([
         {"protocol": "madry", "source": "naturally trained net", "target": "0.85-shallow", "attack": "FGSM8",
@@ -379,7 +400,7 @@ def test_compare_with_paper_matches_by_canonical_names(tmp_path):
         {"protocol": "graybox", "source": "0.5-Shallow", "target": "0.5-Shallow (runs/b)", "attack": "FGSM16",
          "metric": "defense_rate", "n": 50, "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "relation": "DIF"}])
     ours = pd.concat([ours, extra], ignore_index=True)
-    comp = explore.compare_with_paper(paper_frame(), ours, 7).set_index(["target", "metric"])
+    comp = comparison.compare_with_paper(paper_frame(), ours, 7).set_index(["target", "metric"])
     row = comp.loc[("0.7-Shallow", "defense_rate")]
     values = [row["paper"], row["ours"], row["ours_low"], row["ours_high"], row["n"]]
     assert values == pytest.approx([48.6, 55, 48, 62, 200])
@@ -387,32 +408,32 @@ def test_compare_with_paper_matches_by_canonical_names(tmp_path):
     assert comp.loc[("Normal ResNet-18", "clean_accuracy"), "ours"] == pytest.approx(90.0)
     assert math.isnan(comp.loc[("0.5-Shallow", "defense_rate"), "ours"])  # not in our results
     # table 8 has another source: our DenseNet-121 rows must not leak into it
-    assert math.isnan(explore.compare_with_paper(paper_frame(), ours, 8)["ours"].iloc[0])
-    assert explore.compare_with_paper(paper_frame(), ours, 1)["ours"].iloc[0] == pytest.approx(80.0)
-    gray = explore.compare_with_paper(paper_frame(), ours, 5).set_index("target")
+    assert math.isnan(comparison.compare_with_paper(paper_frame(), ours, 8)["ours"].iloc[0])
+    assert comparison.compare_with_paper(paper_frame(), ours, 1)["ours"].iloc[0] == pytest.approx(80.0)
+    gray = comparison.compare_with_paper(paper_frame(), ours, 5).set_index("target")
     assert gray.loc["0.5-ShallowDIF", "ours"] == pytest.approx(50.0)
     assert math.isnan(gray.loc["0.5-Shallow (other init)", "ours"])
-    empty = explore.compare_with_paper(paper_frame(), None, 7)
+    empty = comparison.compare_with_paper(paper_frame(), None, 7)
     assert len(empty) == 7 and empty["ours"].isna().all()
     with pytest.raises(RandmaskError):
-        explore.compare_with_paper(paper_frame(), None, 2)
+        comparison.compare_with_paper(paper_frame(), None, 2)
 
 
 def test_compare_with_the_real_paper_file_keeps_every_number():
     try:
-        paper = explore.load_paper_tables()
+        paper = load_paper_tables()
     except RandmaskError:
         pytest.skip("paper_tables.csv not found (set RANDMASK_PAPER_TABLES)")
-    raw = pd.read_csv(explore.paper_tables_path())
-    for table in explore.PAPER_TABLES:
-        comp = explore.compare_with_paper(paper, None, table)
+    raw = pd.read_csv(settings.paper_tables_path())
+    for table in PAPER_TABLES:
+        comp = comparison.compare_with_paper(paper, None, table)
         assert comp["paper"].tolist() == raw[raw["table"] == table]["percent"].tolist()
 
 
 def test_tradeoff_points_pair_clean_accuracy_with_defense_rate(tmp_path):
     make_results(tmp_path)
-    ours, _ = explore.load_results(tmp_path)
-    points = explore.tradeoff_points(paper_frame(), ours, "DenseNet-121", "FGSM16")
+    ours, _ = load_results(tmp_path)
+    points = comparison.tradeoff_points(paper_frame(), ours, "DenseNet-121", "FGSM16")
     paper = points[points["origin"] == "paper"].set_index("target")
     # 0.5-ShallowDC is not an r-Shallow model; every other target pairs with its clean accuracy
     assert list(paper.index) == ["Normal ResNet-18", "0.5-Shallow", "0.7-Shallow"]
@@ -421,7 +442,7 @@ def test_tradeoff_points_pair_clean_accuracy_with_defense_rate(tmp_path):
     assert mine.loc["0.7-Shallow", "clean_accuracy"] == pytest.approx(85.0)
     assert mine.loc["0.7-Shallow", "defense_low"] == pytest.approx(48.0)
     assert mine.loc["Normal ResNet-18", "ratio"] == 0.0
-    assert explore.tradeoff_points(paper_frame(), ours, "DenseNet-121", "FGSM8").empty
+    assert comparison.tradeoff_points(paper_frame(), ours, "DenseNet-121", "FGSM8").empty
 
 
 def test_load_results_names_bad_files(tmp_path):
@@ -429,10 +450,10 @@ def test_load_results_names_bad_files(tmp_path):
     (tmp_path / "partial.csv").write_text("source,target\nA,B\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "more.csv").write_text("source,target,attack,n,accuracy,ci_low,ci_high\nA,B,FGSM8,10,0.5,0.2,0.8\n")
-    frame, problems = explore.load_results(tmp_path)
+    frame, problems = load_results(tmp_path)
     assert len(frame) == 5 and set(frame["file"]) == {"table7.csv", "sub/more.csv"}
     assert len(problems) == 1 and "partial.csv" in problems[0] and "accuracy" in problems[0]
-    empty, none = explore.load_results(tmp_path / "missing")
+    empty, none = load_results(tmp_path / "missing")
     assert empty.empty and not none
 
 
@@ -440,15 +461,15 @@ def test_paper_tables_lookup_honours_the_environment(tmp_path, monkeypatch):
     path = tmp_path / "p.csv"
     paper_frame().to_csv(path, index=False)
     monkeypatch.setenv("RANDMASK_PAPER_TABLES", str(path))
-    assert explore.paper_sources(explore.load_paper_tables()) == ["DenseNet-121", "ResNet-18"]
-    assert explore.paper_attacks(explore.load_paper_tables(), "DenseNet-121") == ["FGSM16"]
+    assert paper_sources(load_paper_tables()) == ["DenseNet-121", "ResNet-18"]
+    assert paper_attacks(load_paper_tables(), "DenseNet-121") == ["FGSM16"]
     monkeypatch.setenv("RANDMASK_PAPER_TABLES", str(tmp_path / "missing.csv"))
     with pytest.raises(RandmaskError):
-        explore.load_paper_tables()
+        load_paper_tables()
     path.write_text("a,b\n1,2\n")
     monkeypatch.setenv("RANDMASK_PAPER_TABLES", str(path))
     with pytest.raises(RandmaskError, match="lacks"):
-        explore.load_paper_tables()
+        load_paper_tables()
 
 
 def test_constant_model_helper_is_confident():
@@ -456,21 +477,21 @@ def test_constant_model_helper_is_confident():
     with torch.no_grad():
         prob = model(torch.rand(2, 3, 32, 32)).softmax(1)
     assert prob.argmax(1).tolist() == [CONFIDENT_CLASS] * 2 and prob.max() > 0.999
-    assert json.dumps(explore.ModelEntry("k", "0.7-Shallow", "cifar10", "zoo").label)
+    assert json.dumps(catalog.ModelEntry("k", "0.7-Shallow", "cifar10", "zoo").label)
 
 
 def test_mask_montage_places_each_channel_in_its_tile():
     keep = torch.rand(5, 4, 4, generator=torch.Generator().manual_seed(3)) > 0.5
-    out = explore.mask_montage(keep, first=1, count=4, columns=3, factor=2, gap=1)
+    out = mask_views.mask_montage(keep, first=1, count=4, columns=3, factor=2, gap=1)
     assert out.shape == (2 * 8 + 1, 3 * 8 + 2) and out.dtype == np.uint8
     for i, ch in enumerate(range(1, 5)):
         r, c = divmod(i, 3)
         tile = out[r * 9:r * 9 + 8, c * 9:c * 9 + 8]
-        expected = explore.upscale_nearest(np.where(keep[ch].numpy(), 235, 20), 2)
+        expected = images.upscale_nearest(np.where(keep[ch].numpy(), 235, 20), 2)
         assert (tile == expected).all()
     assert (out[8] == 255).all() and (out[9:, 9:] == 255).all()  # gaps and the empty slots stay white
     with pytest.raises(RandmaskError):
-        explore.mask_montage(keep, first=5)
+        mask_views.mask_montage(keep, first=5)
 
 
 def test_results_without_paper_are_our_rows_that_no_paper_number_matches():
@@ -483,69 +504,66 @@ def test_results_without_paper_are_our_rows_that_no_paper_number_matches():
                          row("DenseNet-121", "0.9-Shallow", "FGSM16"),  # target not in table 7
                          {**row("", "0.7-Shallow", ""), "metric": "clean_accuracy"},  # clean rows are not results
                          {**row("DenseNet-121", "0.7-Shallow", "FGSM16"), "protocol": "madry"}])  # other protocol
-    extra = explore.results_without_paper(paper_frame(), ours, 7)
+    extra = comparison.results_without_paper(paper_frame(), ours, 7)
     assert [(r["target"], r["attack"]) for r in extra] == [("0.7-Shallow", "CW40(search=10)"),
                                                            ("0.9-Shallow", "FGSM16")]
-    assert explore.results_without_paper(paper_frame(), None, 7) == []
+    assert comparison.results_without_paper(paper_frame(), None, 7) == []
 
 
 # ------------------------------------------------------------------------------- readable tables (issue 18)
 def test_rows_without_ours_say_why_with_the_command_that_trains_the_model(tmp_path, monkeypatch):
-    monkeypatch.setenv("RANDMASK_RUNS", str(explore.PROJECT_ROOT / "runs" / "user"))
+    monkeypatch.setenv("RANDMASK_RUNS", str(settings.PROJECT_ROOT / "runs" / "user"))
     make_results(tmp_path)
-    ours, _ = explore.load_results(tmp_path)
+    ours, _ = load_results(tmp_path)
     trained = {"Normal ResNet-18", "0.7-Shallow", "0.5-ShallowDC"}
-    comp = explore.compare_with_paper(paper_frame(), ours, 7, trained).set_index(["target", "metric"])
+    comp = comparison.compare_with_paper(paper_frame(), ours, 7, trained).set_index(["target", "metric"])
     assert comp.loc[("0.7-Shallow", "defense_rate"), "note"] == ""  # measured
     assert comp.loc[("0.5-ShallowDC", "defense_rate"), "note"] == "not measured here"  # trained, no result row
     assert comp.loc[("0.5-Shallow", "defense_rate"), "note"] == (
         "not trained here: python -m randmask zoo train --only cifar10/0.5-Shallow")  # the zoo plans it
-    assert explore.compare_with_paper(paper_frame(), ours, 7)["note"].tolist()[2] == "not measured here"  # unknown
-    gray = explore.compare_with_paper(paper_frame(), None, 5, trained).set_index("target")["note"]
+    assert comparison.compare_with_paper(paper_frame(), ours, 7)["note"].tolist()[2] == "not measured here"  # unknown
+    gray = comparison.compare_with_paper(paper_frame(), None, 5, trained).set_index("target")["note"]
     assert gray["0.5-Shallow (other init)"] == ('not trained here: python -m randmask train "0.5-Shallow" '
                                                '--preset quick --seed 1 --out runs/user/0.5-Shallow-s1m0')
     assert gray["0.5-ShallowDIF"].endswith("--mask-seed 1 --out runs/user/0.5-Shallow-s0m1")
-    assert explore.train_command("0.9-ShallowEN") == ('python -m randmask train "0.9-ShallowEN" --preset quick '
+    assert comparison.train_command("0.9-ShallowEN") == ('python -m randmask train "0.9-ShallowEN" --preset quick '
                                                       '--out runs/user/0.9-ShallowEN')
-    assert explore.train_command("0.3-Deep", "mnist").endswith("--dataset mnist --out runs/user/0.3-Deep-mnist")
-    assert explore.train_command("0.85-ShallowEN") == "python -m randmask zoo train --only cifar10/0.85-ShallowEN"
-    assert explore.train_command("Madry adversarial training") is None
-    assert explore.missing_note("Madry adversarial training", "cifar10", trained) == explore.NOT_A_NOTATION
-    assert explore.trained_model_keys([
-        explore.ModelEntry("a", "0.7-Shallow", "cifar10", "zoo", seed=1),
-        explore.ModelEntry("b", "0.7-Shallow", "cifar10", "zoo", mask_seed=1),
-        explore.ModelEntry("c", "0.9-Shallow", "cifar10", "untrained")]) == {
-        "0.7-Shallow", "0.7-Shallow (other init)", "0.7-ShallowDIF"}
+    assert comparison.train_command("0.3-Deep", "mnist").endswith("--dataset mnist --out runs/user/0.3-Deep-mnist")
+    assert comparison.train_command("0.85-ShallowEN") == "python -m randmask zoo train --only cifar10/0.85-ShallowEN"
+    assert comparison.train_command("Madry adversarial training") is None
+    assert comparison.missing_note("Madry adversarial training", "cifar10", trained) == comparison.NOT_A_NOTATION
+    assert trained_model_keys([ModelRef("0.7-Shallow", seed=1), ModelRef("0.7-Shallow", mask_seed=1)]) == {
+        "0.7-Shallow@s1m0", "0.7-Shallow@s0m1"}
 
 
 def test_comparison_tables_are_text_with_a_dash_for_no_number(tmp_path):
     make_results(tmp_path)
-    ours, _ = explore.load_results(tmp_path)
-    comp = explore.compare_with_paper(paper_frame(), ours, 7, {"Normal ResNet-18", "0.7-Shallow"})
-    wide = explore.comparison_table(comp).set_index("target")
+    ours, _ = load_results(tmp_path)
+    comp = comparison.compare_with_paper(paper_frame(), ours, 7, {"Normal ResNet-18", "0.7-Shallow"})
+    wide = tables.comparison_table(comp).set_index("target")
     assert list(wide.columns) == ["here", "FGSM16 · paper", "FGSM16 · ours", "clean · paper", "clean · ours"]
     assert wide.loc["0.7-Shallow"].tolist() == ["measured", "48.6", "55.0", "93.0", "85.0"]
     assert wide.loc["0.5-Shallow"].tolist() == ["not trained here", "30.9", "–", "94.0", "–"]
     assert wide.loc["0.5-ShallowDC"].tolist() == ["not trained here", "20.0", "–", "–", "–"]  # no paper clean
-    details = explore.comparison_details(comp)
+    details = tables.comparison_details(comp)
     assert not details.isna().any().any() and "None" not in details.to_string()
     assert details.set_index("target").loc["0.7-Shallow"].iloc[0]["ours 95% CI"] == "48.0–62.0"
-    assert explore.untrained_targets(comp) == [
+    assert comparison.untrained_targets(comp) == [
         ("0.5-Shallow", "python -m randmask zoo train --only cifar10/0.5-Shallow"),
         ("0.5-ShallowDC", "python -m randmask zoo train --only cifar10/0.5-ShallowDC")]
-    no_ours = explore.comparison_table(explore.compare_with_paper(paper_frame(), None, 7))
+    no_ours = tables.comparison_table(comparison.compare_with_paper(paper_frame(), None, 7))
     assert not [c for c in no_ours.columns if c.endswith("ours")] and set(no_ours["here"]) == {"not measured here"}
-    assert explore.number_text(float("nan")) == explore.number_text(None) == "–"
-    assert explore.number_text(64.0, 2) == "64.00"
+    assert tables.number_text(float("nan")) == tables.number_text(None) == "–"
+    assert tables.number_text(64.0, 2) == "64.00"
 
 
 def test_zero_n_rows_say_there_is_no_estimate(tmp_path):
     rows = pd.DataFrame([{"protocol": "transfer", "source": "DenseNet-121", "target": "0.7-Shallow",
                           "attack": "FGSM16", "metric": "defense_rate", "n": 0, "accuracy": math.nan,
                           "ci_low": math.nan, "ci_high": math.nan}])
-    comp = explore.compare_with_paper(paper_frame(), rows, 7, {"0.7-Shallow"}).set_index(["target", "metric"])
+    comp = comparison.compare_with_paper(paper_frame(), rows, 7, {"0.7-Shallow"}).set_index(["target", "metric"])
     assert comp.loc[("0.7-Shallow", "defense_rate"), "note"].startswith("no estimate here (n = 0")
-    table = explore.transfer_table([
+    table = tables.transfer_table([
         {"target": "A", "metric": "defense_rate", "n": 0, "accuracy": math.nan, "ci_low": math.nan,
          "ci_high": math.nan},
         {"target": "A", "metric": "clean_accuracy", "n": 10, "accuracy": 0.9, "ci_low": 0.6, "ci_high": 0.98}])
@@ -555,28 +573,28 @@ def test_zero_n_rows_say_there_is_no_estimate(tmp_path):
 
 def test_transfer_defaults_to_densenet_against_normal_and_the_masked_net():
     def entry(notation, source="zoo", **kw):
-        return explore.ModelEntry(f"{source}:{notation}", notation, "cifar10", source, **kw)
+        return catalog.ModelEntry(f"{source}:{notation}", notation, "cifar10", source, **kw)
 
     entries = [entry("Normal ResNet-18"), entry("0.7-Shallow"), entry("0.9-Shallow"), entry("DenseNet-121")]
-    assert explore.default_transfer(entries, ["zoo:Normal ResNet-18", "zoo:0.9-Shallow"]) == (
+    assert catalog.default_transfer(entries, ["zoo:Normal ResNet-18", "zoo:0.9-Shallow"]) == (
         "zoo:DenseNet-121", ["zoo:Normal ResNet-18", "zoo:0.7-Shallow", "zoo:0.9-Shallow"])
     untrained_densenet = [*entries[:3], entry("DenseNet-121", "untrained")]
-    source, targets = explore.default_transfer(untrained_densenet, ["zoo:Normal ResNet-18"])
+    source, targets = catalog.default_transfer(untrained_densenet, ["zoo:Normal ResNet-18"])
     assert source == "zoo:Normal ResNet-18" and source not in targets and targets == ["zoo:0.7-Shallow"]
-    assert explore.default_transfer([], []) == (None, [])
+    assert catalog.default_transfer([], []) == (None, [])
 
 
 def test_trained_summary_names_the_data_set_and_the_whole_zoo():
     def entry(i, dataset, source="zoo"):
-        return explore.ModelEntry(f"{source}:{dataset}/{i}", "0.7-Shallow", dataset, source)
+        return catalog.ModelEntry(f"{source}:{dataset}/{i}", "0.7-Shallow", dataset, source)
 
-    cat = explore.Catalog([entry(i, "cifar10") for i in range(3)] + [entry(i, "mnist") for i in range(2)]
+    cat = catalog.Catalog([entry(i, "cifar10") for i in range(3)] + [entry(i, "mnist") for i in range(2)]
                           + [entry(9, "cifar10", "untrained")])
-    assert explore.trained_summary(cat, "cifar10") == (
+    assert catalog.trained_summary(cat, "cifar10") == (
         "3 trained CIFAR-10 models to pick from; 5 over CIFAR-10 and MNIST (the zoo, as in the README). "
         "Plus 1 UNTRAINED stand-in for planned models not trained yet.")
     cat.entries.append(entry(7, "mnist", "user"))
-    assert explore.trained_summary(cat, "mnist").startswith("3 trained MNIST models to pick from; 6 over CIFAR-10 "
+    assert catalog.trained_summary(cat, "mnist").startswith("3 trained MNIST models to pick from; 6 over CIFAR-10 "
                                                             "and MNIST (5 in the zoo, 1 yours)")
 
 
@@ -584,5 +602,5 @@ def test_paper_shuffle_table_prints_two_decimals():
     paper = pd.DataFrame({"table": pd.array([3, 3], dtype="Int64"), "source": [None, None],
                           "target": ["0.7-Shallow", "0.7-Shallow"], "attack": ["shuffle 2x2", "shuffle 4x4"],
                           "metric": ["accuracy"] * 2, "percent": [97.36, 64.0]})
-    assert explore.paper_shuffle_table(paper).to_dict("records") == [
+    assert tables.paper_shuffle_table(paper).to_dict("records") == [
         {"model": "0.7-Shallow", "2×2 (%)": "97.36", "4×4 (%)": "64.00"}]

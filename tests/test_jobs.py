@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from randmask import explore, jobs
+from randmask import jobs
+from randmask.catalog import discover_models
 from randmask.errors import RandmaskError
 
 TINY = {"width": 4, "train_n": 256, "eval_n": 100, "threads": 1}
@@ -75,7 +76,7 @@ def test_a_job_trains_to_the_end_and_another_is_cancelled(root):
     assert "clean accuracy" in status.message
 
     # the finished model is in the picker's catalog; the cancelled one is not
-    catalog = explore.discover_models(root / "nozoo", root)
+    catalog = discover_models(root / "nozoo", root)
     mine = catalog.get("user:0.5-Shallow")
     assert mine.source == "user" and mine.width == 4 and mine.clean_accuracy == pytest.approx(config["clean_accuracy"])
     assert "user:0.5-Shallow-2" not in {e.key for e in catalog.entries}

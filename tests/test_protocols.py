@@ -305,7 +305,7 @@ def _untrained(seed: int = 0) -> TinyCNN:
 
 
 def _fields(crafted) -> list[torch.Tensor]:
-    return [crafted.adv, crafted.labels, crafted.source_logits, crafted.attack_success, crafted.linf, crafted.l2]
+    return [crafted.adv, crafted.labels, crafted.logits, crafted.success, crafted.linf, crafted.l2]
 
 
 def test_craft_cache_reuses_only_an_identical_set(tmp_path, monkeypatch):
@@ -318,13 +318,36 @@ def test_craft_cache_reuses_only_an_identical_set(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "_craft", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = craft(model, "PGD2,8", x, y, cache=tmp_path)
     assert calls == [] and all(torch.equal(a, b) for a, b in zip(_fields(first), _fields(again), strict=True))
-    assert again.attack_success.dtype == torch.bool and again.labels.dtype == torch.long
+    assert again.success.dtype == torch.bool and again.labels.dtype == torch.long
     craft(model, "PGD1,8", x, y, cache=tmp_path)            # another step size
     craft(model, "PGD2,8", x, y, cache=tmp_path, seed=1)    # another seed
     craft(model, "PGD2,8", x[:20], y[:20], cache=tmp_path)  # other images
     craft(model, "PGD2,8", x, y, cache=tmp_path, quantize_images=False)
     craft(_untrained(1), "PGD2,8", x, y, cache=tmp_path)    # other weights
     assert len(calls) == 5 and len(list(tmp_path.glob("*.safetensors"))) == 6
+
+
+def test_cache_entries_keep_the_key_names_of_earlier_versions(tmp_path, monkeypatch):
+    # entries crafted before Crafted merged into AttackResult store logits and success as source_logits and
+    # attack_success: both directions must keep those names, field by field
+    from safetensors.torch import load_file, save_file
+
+    import randmask.evaluate as evaluate
+
+    model, (x, y) = _untrained(), held_out(8)
+    first = craft(model, "FGSM8", x, y, cache=tmp_path)
+    (entry,) = tmp_path.glob("*.safetensors")
+    stored = load_file(entry)
+    assert set(stored) == {"adv", "labels", "source_logits", "attack_success", "linf", "l2"}
+    assert torch.equal(stored["source_logits"], first.logits) and torch.equal(stored["attack_success"], first.success)
+    marked = {**stored, "source_logits": stored["source_logits"] + 7, "attack_success": ~stored["attack_success"],
+              "l2": stored["l2"] + 1}
+    save_file(marked, str(entry))
+    monkeypatch.setattr(evaluate, "_craft", lambda *a, **k: pytest.fail("an old-style entry was not read"))
+    again = craft(model, "FGSM8", x, y, cache=tmp_path)
+    assert torch.equal(again.logits, first.logits + 7) and torch.equal(again.success, ~first.success)
+    assert torch.equal(again.l2, first.l2 + 1) and torch.equal(again.linf, first.linf)
+    assert torch.equal(again.pred, (first.logits + 7).argmax(1)) and torch.equal(again.fooled, first.fooled)
 
 
 def test_a_corrupt_cache_entry_is_recomputed_and_replaced(tmp_path):

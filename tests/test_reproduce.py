@@ -7,7 +7,9 @@ import torch
 
 from randmask.checkpoint import save_checkpoint
 from randmask.models import build_model
-from randmask.reproduce import MATCHED, PRESETS, compare, experiments, reproduce
+from randmask.plan import MATCHED, PRESETS, experiments
+from randmask.reproduce import reproduce
+from randmask.verdicts import compare
 
 TINY = dict(n_pool=200, n=12, n_cw=3, n_whitebox=12, n_noise=24, n_shuffle=12, n_beyond=6, cw="CW40(search=2, steps=5)",
             square="Square{eps}(queries=10)", apgd="APGD{eps}(steps=3)", beyond_eps=(8, 16))
@@ -106,7 +108,7 @@ def test_compare_uses_interval_overlap():
 
 
 def test_verdict_summaries():
-    from randmask.reproduce import verdict
+    from randmask.verdicts import verdict
 
     assert verdict(["higher", "higher"], "higher") == "supported"
     assert verdict(["higher", "no clear difference"], "higher") == "partly supported"
@@ -118,7 +120,7 @@ def test_verdict_summaries():
 
 
 def test_rising_with_the_ratio_is_judged_by_intervals():
-    from randmask.reproduce import rises_with_ratio
+    from randmask.verdicts import rises_with_ratio
 
     low, mid, high = ({"n": 500, "ci_low": c - 0.04, "ci_high": c + 0.04} for c in (0.3, 0.5, 0.7))
     near_mid = {"n": 500, "ci_low": 0.47, "ci_high": 0.55}
@@ -130,7 +132,7 @@ def test_rising_with_the_ratio_is_judged_by_intervals():
 
 
 def test_shallow_ratio_reads_the_notation():
-    from randmask.reproduce import shallow_ratio
+    from randmask.paper import shallow_ratio
 
     assert shallow_ratio("Normal ResNet-18") == 0.0 and shallow_ratio("0.85-Shallow") == 0.85
     assert shallow_ratio(".5-Shallow") == 0.5
@@ -149,8 +151,8 @@ def _transfer_row(target, attack, metric, correct, n, source="VGG-19", paper_att
 
 def test_figure7_pairs_each_ratio_with_its_clean_accuracy_and_the_papers_numbers(tmp_path):
     from randmask.evaluate import write_csv
-    from randmask.explore import load_paper_tables
-    from randmask.reproduce import figure7
+    from randmask.figures import figure7
+    from randmask.paper import load_paper_tables
 
     rows = [_transfer_row("Normal ResNet-18", "PGD16", "defense_rate", 10, 100),
             _transfer_row("0.7-Shallow", "PGD16", "defense_rate", 60, 100),
@@ -176,7 +178,7 @@ def test_figure7_pairs_each_ratio_with_its_clean_accuracy_and_the_papers_numbers
 
 def test_beyond_verdict_compares_the_masked_net_with_normal_under_each_attack(tmp_path):
     from randmask.evaluate import write_csv
-    from randmask.reproduce import verdicts
+    from randmask.verdicts import verdicts
 
     def row(target, attack, correct):
         return {**_transfer_row(target, attack, "accuracy", correct, 200, source=target), "protocol": "beyond"}
@@ -192,7 +194,7 @@ def test_beyond_verdict_compares_the_masked_net_with_normal_under_each_attack(tm
 
 def test_an_attack_that_fooled_nothing_is_explained(tmp_path):
     from randmask.evaluate import write_csv
-    from randmask.reproduce import _unfooled_note
+    from randmask.report import _unfooled_note
 
     dead = {**_transfer_row("0.9-Shallow", "CW40", "defense_rate", 0, 1), "n": 0, "accuracy": None,
             "ci_low": None, "ci_high": None, "n_attacked": 100, "source_logit_gap": 4.3512}
@@ -238,8 +240,8 @@ def test_an_experiment_mixing_training_budgets_says_so(tmp_path, data_dir):
 
 def test_graybox_columns_name_target_models_as_the_paper_does(tmp_path, data_dir):
     from randmask.evaluate import write_csv
-    from randmask.explore import load_paper_tables
-    from randmask.reproduce import _side_by_side
+    from randmask.paper import load_paper_tables
+    from randmask.report import _side_by_side
 
     _fake_zoo(tmp_path / "zoo", ["cifar10/Normal_ResNet-18", "cifar10/0.7-Shallow", "cifar10/Normal_ResNet-18-s1m0",
                                  "cifar10/VGG-19"])
@@ -284,7 +286,7 @@ def test_side_by_side_figure_names_the_source_only_when_a_table_has_several():
                                                           (None, "partly supported", "DIF twin not yet trained")])
 def test_graybox_verdict_reads_table5_as_the_paper_does(tmp_path, dif_correct, expected, reading):
     from randmask.evaluate import write_csv
-    from randmask.reproduce import GRAYBOX_CLAIM, verdicts
+    from randmask.verdicts import GRAYBOX_CLAIM, verdicts
 
     def row(source, target, relation, correct):
         return {**_transfer_row(target, "FGSM16", "defense_rate", correct, 200, source=source),
@@ -307,13 +309,14 @@ def test_report_names_the_paper_models_not_trained_here_with_their_commands(tmp_
     """REPRODUCTION.md says which of a table's models have only the paper's numbers, and how to train them;
     a second table with the same missing models refers back instead of repeating the list (issue 18)."""
     from randmask.evaluate import write_csv
-    from randmask.explore import load_paper_tables
-    from randmask.reproduce import Zoo, _side_by_side, zoo_trained_keys
+    from randmask.paper import load_paper_tables
+    from randmask.report import _side_by_side, zoo_trained_keys
+    from randmask.zoo import Zoo
 
     monkeypatch.delenv("RANDMASK_RUNS", raising=False)
     _fake_zoo(tmp_path / "zoo", ["cifar10/Normal_ResNet-18", "cifar10/0.7-Shallow", "cifar10/0.7-Shallow-s1m0"])
     trained = zoo_trained_keys(Zoo(tmp_path / "zoo"))
-    assert trained == {"Normal ResNet-18", "0.7-Shallow", "0.7-Shallow (other init)"}
+    assert trained == {"Normal ResNet-18", "0.7-Shallow", "0.7-Shallow@s1m0"}
     rows = [{"protocol": "transfer", "dataset": "cifar10", "source": "DenseNet-121", "target": t, "attack": "FGSM16",
              "metric": "defense_rate", "n": 100, "correct": 50, "accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6,
              "paper_attack": "FGSM16"} for t in ("Normal ResNet-18", "0.7-Shallow")]
@@ -330,7 +333,9 @@ def test_report_names_the_paper_models_not_trained_here_with_their_commands(tmp_
 
 def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):
     from randmask.evaluate import write_csv
-    from randmask.reproduce import ACCURACY_CLAIM, MATCHED, RESAMPLED_CLAIM, render_report, verdicts
+    from randmask.plan import MATCHED
+    from randmask.report import render_report
+    from randmask.verdicts import ACCURACY_CLAIM, RESAMPLED_CLAIM, verdicts
 
     matched7, matched9 = MATCHED["0.7-Shallow"].label, MATCHED["0.9-Shallow"].label
     assert matched7.startswith("Normal ResNet-18 (") and matched7 != matched9
@@ -368,7 +373,7 @@ def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):
 
 def test_control_verdicts_are_untested_without_the_controls(tmp_path):
     from randmask.evaluate import write_csv
-    from randmask.reproduce import ACCURACY_CLAIM, RESAMPLED_CLAIM, verdicts
+    from randmask.verdicts import ACCURACY_CLAIM, RESAMPLED_CLAIM, verdicts
 
     (tmp_path / "results").mkdir()
     write_csv([_transfer_row("0.7-Shallow", "PGD16", "defense_rate", 100, 200, source="DenseNet-121")],
@@ -383,3 +388,6 @@ class _EmptyZoo:
 
     def has(self, name):
         return False
+
+    def trained_refs(self, dataset="cifar10"):
+        return []

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import test_study_support as support
-from streamlit_server import participant_server
+from streamlit_server import CHROMIUM, chromium_browser, participant_server
 
 from study import get_study, open_db
 from study.export import export_study
@@ -19,7 +19,6 @@ from study.export import export_study
 pytestmark = pytest.mark.browser
 cifar, study_sets = support.cifar, support.study_sets
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 30_000
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
@@ -49,12 +48,8 @@ def server(tmp_path, study_sets):
 
 @pytest.fixture()
 def browser():
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium_browser() as launched:
+        yield launched
 
 
 class Participant:

@@ -21,6 +21,15 @@ from study.stats import (
 
 cifar, study_sets = support.cifar, support.study_sets
 
+# Fleiss (1971), "Measuring nominal scale agreement among many raters", Table 1: 30 patients, each diagnosed
+# by 6 psychiatrists into 5 categories (depression, personality disorder, schizophrenia, neurosis, other);
+# the paper's overall kappa is .430.
+FLEISS_1971 = [[0, 0, 0, 6, 0], [0, 3, 0, 0, 3], [0, 1, 4, 0, 1], [0, 0, 0, 0, 6], [0, 3, 0, 3, 0], [2, 0, 4, 0, 0],
+               [0, 0, 4, 0, 2], [2, 0, 3, 1, 0], [2, 0, 0, 4, 0], [0, 0, 0, 0, 6], [1, 0, 0, 5, 0], [1, 1, 0, 4, 0],
+               [0, 3, 3, 0, 0], [1, 0, 0, 5, 0], [0, 2, 0, 3, 1], [0, 0, 5, 0, 1], [3, 0, 0, 1, 2], [5, 1, 0, 0, 0],
+               [0, 2, 0, 4, 0], [1, 0, 2, 0, 3], [0, 0, 0, 0, 6], [0, 1, 0, 5, 0], [0, 2, 0, 1, 3], [2, 0, 0, 4, 0],
+               [1, 0, 0, 4, 1], [0, 5, 0, 1, 0], [4, 0, 0, 0, 2], [0, 2, 0, 4, 0], [1, 0, 5, 0, 0], [0, 0, 0, 0, 6]]
+
 # Fleiss' kappa worked example (10 subjects, 14 raters, 5 categories), as on Wikipedia's "Fleiss' kappa" page.
 FLEISS_TABLE = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
                 [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
@@ -42,6 +51,11 @@ def test_fleiss_kappa_textbook_example():
     p_bar = ((counts * (counts - 1)).sum(1) / (14 * 13)).mean()
     assert p_bar == pytest.approx(0.378, abs=5e-4)
     assert ((counts.sum(0) / counts.sum()) ** 2).sum() == pytest.approx(0.213, abs=5e-4)
+
+
+def test_fleiss_kappa_fleiss_1971():
+    assert np.array(FLEISS_1971).sum(axis=1).tolist() == [6] * 30
+    assert fleiss_kappa(FLEISS_1971) == pytest.approx(0.430, abs=5e-4)
 
 
 def test_krippendorff_alpha_textbook_example():
@@ -66,6 +80,86 @@ def test_agreement_edge_cases():
     assert majority([0, 2, 2, 1]) == (1, True)
     assert majority([0, 0, 3]) == (2, False)
     assert majority([0, 0, 0]) == (None, False)
+
+
+# --- the closed forms these functions had before they called statsmodels / krippendorff / scipy ---------
+
+
+def closed_form_kappa(counts: np.ndarray) -> float:
+    n = counts.sum(axis=1)[0]
+    p_bar = ((counts * (counts - 1)).sum(axis=1) / (n * (n - 1))).mean()
+    p_expected = ((counts.sum(axis=0) / counts.sum()) ** 2).sum()
+    return float("nan") if p_expected == 1 else (p_bar - p_expected) / (1 - p_expected)
+
+
+def closed_form_alpha(counts: np.ndarray) -> float:
+    m = counts.sum(axis=1)
+    counts, m = counts[m >= 2], m[m >= 2]
+    if len(counts) == 0:
+        return float("nan")
+    weighted = counts / (m - 1)[:, None]  # coincidences o_ck = sum_u n_uc (n_uk - [c == k]) / (m_u - 1)
+    o = weighted.T @ counts - np.diag(weighted.sum(axis=0))
+    n_c = o.sum(axis=1)
+    n = n_c.sum()
+    expected = (n ** 2 - (n_c ** 2).sum()) / (n - 1)
+    return float("nan") if expected == 0 else 1 - (o.sum() - np.trace(o)) / expected
+
+
+def closed_form_bootstrap(groups, statistic, n_boot, level, seed):
+    """Resample groups with numpy's generator, drop NaN values, take the percentile interval."""
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic([groups[i] for i in rng.integers(0, len(groups), size=len(groups))])
+                       for _ in range(n_boot)])
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    return float(np.quantile(values, (1 - level) / 2)), float(np.quantile(values, (1 + level) / 2))
+
+
+def test_library_statistics_agree_with_the_closed_forms_on_random_counts():
+    rng = np.random.default_rng(11)
+    nan_kappa = nan_alpha = 0
+    for _ in range(300):
+        items, categories, raters = rng.integers(1, 25), rng.integers(1, 6), rng.integers(2, 7)
+        # skewed category probabilities, so some matrices use a single category (kappa, alpha undefined)
+        counts = rng.multinomial(raters, rng.dirichlet(np.full(categories, 0.3)), size=items)
+        expected = closed_form_kappa(counts.astype(float))
+        nan_kappa += np.isnan(expected)
+        assert fleiss_kappa(counts) == pytest.approx(expected, abs=1e-12, nan_ok=True)
+        # unequal numbers of ratings, some items with 0 or 1 (not pairable): alpha only
+        ragged = counts * (rng.random((items, 1)) < 0.7) + (rng.random((items, categories)) < 0.2)
+        expected = closed_form_alpha(ragged.astype(float))
+        nan_alpha += np.isnan(expected)
+        assert krippendorff_alpha_nominal(ragged) == pytest.approx(expected, abs=1e-12, nan_ok=True)
+    assert 0 < nan_kappa < 300 and 0 < nan_alpha < 300  # the undefined cases were exercised, and not only them
+
+
+def test_bootstrap_agrees_with_the_closed_form_resampling():
+    rng = np.random.default_rng(12)
+    for seed in range(20):
+        groups = [rng.integers(0, 2, size=rng.integers(1, 5)).astype(float) for _ in range(rng.integers(2, 40))]
+        reference = closed_form_bootstrap(groups, pooled_mean, 300, 0.9, seed)
+        # same seed, same resamples: the exported intervals did not move when scipy took over
+        assert proportion_ci(groups, n_boot=300, level=0.9, seed=seed)[1:] == pytest.approx(reference, abs=1e-12)
+        assert bootstrap_ci(groups, pooled_mean, n_boot=300, level=0.9, seed=seed) == pytest.approx(reference, abs=1e-12)
+
+        def undefined_without_group_0(picked, first=groups[0]):  # NaN resamples (no group 0) are left out
+            return pooled_mean(picked) if any(g is first for g in picked) else float("nan")
+
+        reference = closed_form_bootstrap(groups, undefined_without_group_0, 200, 0.95, seed)
+        assert bootstrap_ci(groups, undefined_without_group_0, n_boot=200, seed=seed) == pytest.approx(
+            reference, abs=1e-12, nan_ok=True)
+
+
+def test_bootstrap_edge_cases():
+    one = [np.array([1.0, 0.0, 1.0])]  # a single cluster: every resample is that cluster
+    assert proportion_ci(one, n_boot=50) == pytest.approx((2 / 3,) * 3)
+    assert bootstrap_ci(one, pooled_mean, n_boot=50) == pytest.approx((2 / 3,) * 2)
+    assert np.isnan(bootstrap_ci([], pooled_mean)).all() and np.isnan(proportion_ci([])).all()
+    assert np.isnan(bootstrap_ci(one * 3, pooled_mean, n_boot=0)).all()
+    assert np.isnan(bootstrap_ci(one * 3, lambda picked: float("nan"), n_boot=20)).all()
+    with pytest.raises(ValueError, match="n_boot"):
+        proportion_ci(one * 3, n_boot=0)
 
 
 def test_bootstrap_is_seeded_and_matches_generic_version():

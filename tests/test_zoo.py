@@ -94,8 +94,8 @@ def test_shipped_checkpoint_matches_its_config(folder):
 
 def test_zoo_table_lists_every_shipped_model_with_the_papers_gap(tmp_path):
     from randmask.checkpoint import save_checkpoint
-    from randmask.explore import load_paper_tables
     from randmask.models import build_model
+    from randmask.paper import load_paper_tables
     from randmask.zoo import zoo_markdown
 
     for notation, acc, label in (("Normal ResNet-18", 0.9, ""), ("0.7-Shallow", 0.75, ""),
@@ -120,8 +120,8 @@ def test_zoo_table_lists_every_shipped_model_with_the_papers_gap(tmp_path):
 
 
 def test_readme_shows_the_shipped_zoo_as_it_is():
-    from randmask.data import PROJECT_ROOT
-    from randmask.explore import load_paper_tables
+    from randmask.paper import load_paper_tables
+    from randmask.settings import PROJECT_ROOT
     from randmask.zoo import zoo_markdown
 
     table = "\n".join(zoo_markdown(paper=load_paper_tables())[2:]).strip()

@@ -6,13 +6,17 @@
 
 Budgets are in 0-255 units. The model runs in eval mode and leaves exactly as it came. Attacks are fast by
 default (an eval copy with BatchNorm folded, channels_last); `exact=True` reproduces torchattacks bit for bit.
+Each attack class registers its kind, notation and defaults with `@register_attack` (see registry.py);
+`list_attacks()` names them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from torch import nn
 
-from randmask.attacks.apgd import APGD
 from randmask.attacks.base import (
     Attack,
     AttackInputError,
@@ -23,8 +27,6 @@ from randmask.attacks.base import (
     margin,
     model_device,
 )
-from randmask.attacks.cw import CW
-from randmask.attacks.fgsm import FGSM
 from randmask.attacks.notation import (
     AttackNotationError,
     AttackSpec,
@@ -33,10 +35,20 @@ from randmask.attacks.notation import (
     parse_attack,
     pgd_default_steps,
 )
-from randmask.attacks.pgd import PGD
-from randmask.attacks.square import Square
+from randmask.attacks.registry import AttackKind, Setting, attack_kind, list_attacks, register_attack
 
-ATTACKS: dict[str, type[Attack]] = {"FGSM": FGSM, "PGD": PGD, "CW": CW, "APGD": APGD, "Square": Square}
+# importing each attack registers it, and this order is the order kinds are listed in (list_attacks, error
+# messages): the paper's attacks first
+# isort: off
+from randmask.attacks.fgsm import FGSM
+from randmask.attacks.pgd import PGD
+from randmask.attacks.cw import CW
+from randmask.attacks.apgd import APGD
+from randmask.attacks.square import Square
+# isort: on
+
+# read-only: register a new kind with @register_attack
+ATTACKS: Mapping[str, type[Attack]] = MappingProxyType({name: attack_kind(name).cls for name in list_attacks()})
 
 
 def make_attack(notation: str | AttackSpec, model: nn.Module, *, seed: int = 0, exact: bool | None = None) -> Attack:
@@ -46,7 +58,8 @@ def make_attack(notation: str | AttackSpec, model: nn.Module, *, seed: int = 0, 
 
 
 __all__ = [
-    "APGD", "ATTACKS", "CW", "FGSM", "PGD", "Attack", "AttackInputError", "AttackNotationError", "AttackResult",
-    "AttackSpec", "Square", "canonical_attack", "exact_default", "fast_view", "format_attack", "frozen_eval", "make_attack", "margin",
-    "model_device", "parse_attack", "pgd_default_steps",
+    "APGD", "ATTACKS", "CW", "FGSM", "PGD", "Attack", "AttackInputError", "AttackKind", "AttackNotationError",
+    "AttackResult", "AttackSpec", "Setting", "Square", "attack_kind", "canonical_attack", "exact_default",
+    "fast_view", "format_attack", "frozen_eval", "list_attacks", "make_attack", "margin", "model_device",
+    "parse_attack", "pgd_default_steps", "register_attack",
 ]

@@ -12,14 +12,20 @@ import torch
 from torch import nn
 
 from randmask.attacks.base import Attack, project_linf
+from randmask.attacks.registry import Setting, register_attack
 
 
+@register_attack("APGD", layouts={1: ("eps",)},
+                 settings={"eps": Setting(float, 8, required=True), "steps": Setting(int, 100),
+                           "restarts": Setting(int, 1), "rho": Setting(float, 0.75)},
+                 usage="APGD<eps>, e.g. APGD16")
 class APGD(Attack):
-    def __init__(self, model: nn.Module, eps: float = 8, steps: int = 100, restarts: int = 1,
-                 rho: float = 0.75, *, seed: int = 0,
+    def __init__(self, model: nn.Module, eps: float | None = None, steps: int | None = None,
+                 restarts: int | None = None, rho: float | None = None, *, seed: int = 0,
                  exact: bool | None = None) -> None:
         super().__init__(model, seed=seed, exact=exact)
-        self._eps, self.steps, self.restarts, self.rho = float(eps), int(steps), int(restarts), float(rho)
+        self._eps, self.steps = float(self.setting("eps", eps)), int(self.setting("steps", steps))
+        self.restarts, self.rho = int(self.setting("restarts", restarts)), float(self.setting("rho", rho))
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         adv = x.clone()

@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from randmask.errors import RandmaskError
+from randmask.settings import exact_attacks
+
+if TYPE_CHECKING:
+    from randmask.attacks.registry import AttackKind
 
 Progress = Callable[[int, int], None]
 FAST_CHUNK = 64  # images per forward/backward pass in the fast path (bench/bench_attacks.py)
@@ -71,7 +75,7 @@ def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def exact_default() -> bool:
     """The process-wide mode when none is given: exact only if RANDMASK_EXACT is set to 1/true/yes."""
-    return os.environ.get("RANDMASK_EXACT", "").strip().lower() in ("1", "true", "yes")
+    return exact_attacks()
 
 
 def resolve_exact(exact: bool | None) -> bool:
@@ -133,8 +137,6 @@ def fast_view(model: nn.Module, probe: torch.Tensor) -> nn.Module:
 def _fold_batchnorm(view: nn.Module, probe: torch.Tensor) -> nn.Module | None:
     """`view` with every (Conv2d -> BatchNorm2d) pair, as one forward pass actually chains them, fused into one
     conv with a bias; None when nothing can be folded. Modules called more than once are left alone."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     produced: dict[int, nn.Module] = {}
     calls: dict[int, int] = {}
     pairs: list[tuple[nn.Module, nn.Module]] = []
@@ -175,10 +177,12 @@ def _fold_batchnorm(view: nn.Module, probe: torch.Tensor) -> nn.Module | None:
 
 @dataclass
 class AttackResult:
-    """Adversarial images and what the model makes of them, measured on these exact images.
+    """Adversarial images and what the attacked model makes of them, measured on these exact images.
 
-    `linf` and `l2` are the perturbation norms in 0-255 units; `success` is the attack's own criterion
-    (misclassified; for CW also a margin of at least kappa), so a failure is reported as a failure.
+    `Attack.run` returns one, and so does `evaluate.craft` for images as stored (uint8, then measured again,
+    so `logits` are the source model's on the stored images). `linf` and `l2` are the perturbation norms in
+    0-255 units; `success` is the attack's own criterion (misclassified; for CW also a margin of at least
+    kappa), so a failure is reported as a failure.
     """
 
     adv: torch.Tensor
@@ -207,8 +211,9 @@ class AttackResult:
 class Attack(ABC):
     """Base class: `attack(x, y)` returns adversarial images, `attack.run(x, y)` an `AttackResult`.
 
-    Subclasses set `norm` ("linf" or "l2"), take their settings as constructor arguments (budgets in 0-255
-    units) and override `perturb(x, y)`, which sees one batch on the model's device with the model frozen in
+    Subclasses set `norm` ("linf" or "l2"), register with `@register_attack` (randmask.attacks.registry),
+    take their settings as constructor arguments that default to None, meaning the registered default
+    (`self.setting`; budgets in 0-255 units), and override `perturb(x, y)`, which sees one batch on the model's device with the model frozen in
     eval mode and returns images in [0, 1]; it calls the network as `self.net` (the fast view, or the model
     itself with exact=True). Randomness comes from `self.rand`/`self.randint`, seeded by `seed` at the start
     of every `run`, so the same call gives the same images on any device.
@@ -216,6 +221,7 @@ class Attack(ABC):
 
     norm: ClassVar[str] = "linf"
     uses_gradients: ClassVar[bool] = True
+    attack_kind: ClassVar[AttackKind]  # set by @register_attack: notation layouts, settings and defaults
 
     def __init__(self, model: nn.Module, *, seed: int = 0, exact: bool | None = None) -> None:
         if not isinstance(model, nn.Module):
@@ -225,6 +231,10 @@ class Attack(ABC):
         self.exact = resolve_exact(exact)  # an attribute, so crafted-set fingerprints tell the modes apart
         self._generator = torch.Generator().manual_seed(self.seed)
         self._net: nn.Module | None = None
+
+    def setting(self, name: str, value: Any) -> Any:
+        """`value`, or the registered default when it is None: constructors write no default of their own."""
+        return type(self).attack_kind.settings[name].default if value is None else value
 
     # ---------------------------------------------------------------- to override
     @abstractmethod

@@ -12,18 +12,26 @@ import torch
 from torch import nn
 
 from randmask.attacks.base import Attack, margin
+from randmask.attacks.registry import Setting, register_attack
 
 _NO_UPPER = 1e10
 
 
+@register_attack("CW", layouts={1: ("kappa",)},
+                 settings={"kappa": Setting(float, 0, required=True), "search": Setting(int, 30),
+                           "steps": Setting(int, 100), "lr": Setting(float, 0.01), "c": Setting(float, 1e-3)},
+                 usage="CW<kappa>, e.g. CW40")
 class CW(Attack):
     norm = "l2"
 
-    def __init__(self, model: nn.Module, kappa: float = 0, search: int = 30, steps: int = 100,
-                 lr: float = 0.01, c: float = 1e-3, *, seed: int = 0,
+    def __init__(self, model: nn.Module, kappa: float | None = None, search: int | None = None,
+                 steps: int | None = None, lr: float | None = None, c: float | None = None, *, seed: int = 0,
                  exact: bool | None = None) -> None:
         super().__init__(model, seed=seed, exact=exact)
-        self.kappa, self.search, self.steps, self.lr, self.c = float(kappa), int(search), int(steps), lr, c
+        self.kappa, self.search = float(self.setting("kappa", kappa)), int(self.setting("search", search))
+        self.steps = int(self.setting("steps", steps))
+        # lr and c as given (no float()): the crafted-set cache fingerprints their repr
+        self.lr, self.c = self.setting("lr", lr), self.setting("c", c)
 
     def is_success(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         m = margin(logits.float(), y)

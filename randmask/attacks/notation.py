@@ -19,6 +19,9 @@ parentheses as key=value and print only when they differ from the default:
 Names are case-insensitive; str(parse_attack(text)) is the canonical spelling, exact: numbers print as the
 shortest decimal that reads back as the same float, so parse(print(spec)) == spec. Input is at most
 MAX_ATTACK_LENGTH characters of printable ASCII; every count has an upper bound (LIMITS).
+
+Which kinds exist, their layouts, settings, defaults and aliases come from the registry
+(randmask.attacks.registry), where each attack class registers itself.
 """
 
 from __future__ import annotations
@@ -26,31 +29,22 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from randmask.attacks.registry import attack_aliases, attack_kind, find_attack, list_attacks
 from randmask.errors import NotationError
 from randmask.notation import check_ascii, format_number
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from randmask.attacks.base import Attack
 
 
 class AttackNotationError(NotationError):
     """An attack name that does not parse."""
 
 
-# kind -> (positional layouts by count, keyword defaults, keyword types); None marks a required setting
-_KINDS: dict[str, tuple[dict[int, tuple[str, ...]], dict[str, Any], dict[str, type]]] = {
-    "FGSM": ({1: ("eps",)}, {"eps": None}, {"eps": float}),
-    "PGD": ({1: ("eps",), 2: ("step", "eps"), 3: ("step", "steps", "eps")},
-            {"eps": None, "step": 1.0, "steps": None, "random_start": False},
-            {"eps": float, "step": float, "steps": int, "random_start": bool}),
-    "CW": ({1: ("kappa",)}, {"kappa": None, "search": 30, "steps": 100, "lr": 0.01, "c": 1e-3},
-           {"kappa": float, "search": int, "steps": int, "lr": float, "c": float}),
-    "APGD": ({1: ("eps",)}, {"eps": None, "steps": 100, "restarts": 1, "rho": 0.75},
-             {"eps": float, "steps": int, "restarts": int, "rho": float}),
-    "Square": ({1: ("eps",)}, {"eps": None, "queries": 5000, "p_init": 0.8, "restarts": 1},
-               {"eps": float, "queries": int, "p_init": float, "restarts": int}),
-}
-_ALIASES = {"madryfgsm": "FGSM8", "madrypgd": "PGD2,7,8"}
-_BY_LOWER = {kind.lower(): kind for kind in _KINDS}
 MAX_ATTACK_LENGTH = 200
 # upper bounds keep a typo from asking for a run of years: the paper's largest values are CW's 1000 steps and
 # Square's 5000 queries
@@ -91,14 +85,12 @@ class AttackSpec:
 
     @property
     def norm(self) -> str:
-        return "l2" if self.kind == "CW" else "linf"
+        return attack_kind(self.kind).cls.norm
 
-    def build(self, model, *, seed: int = 0, exact: bool | None = None):
+    def build(self, model: nn.Module, *, seed: int = 0, exact: bool | None = None) -> Attack:
         """The attack object for `model` (see randmask.attacks); exact=None: the process default (fast unless
         RANDMASK_EXACT=1)."""
-        from randmask.attacks import ATTACKS
-
-        return ATTACKS[self.kind](model, **self.params, seed=seed, exact=exact)
+        return attack_kind(self.kind).cls(model, **self.params, seed=seed, exact=exact)
 
     def __str__(self) -> str:
         return format_attack(self)
@@ -168,18 +160,19 @@ def parse_attack(text: str | AttackSpec) -> AttackSpec:
         raise AttackNotationError(str(exc)) from None
     if not source:
         raise AttackNotationError("empty attack notation; try 'FGSM16', 'PGD2,16' or 'CW40'")
-    alias = _ALIASES.get(source.lower())
+    aliases = attack_aliases()
+    alias = next((text for name, text in aliases.items() if name.lower() == source.lower()), None)
     if alias:
         return parse_attack(alias)
     match = _SHAPE.fullmatch(source)
     if not match:
         raise AttackNotationError(f"cannot read attack {source!r}: expected NAME, numbers and optional "
                                   f"(key=value, ...), e.g. 'PGD2,16' or 'CW40(steps=200)'")
-    kind = _BY_LOWER.get(match["name"].lower())
-    if kind is None:
-        known = ", ".join([*_KINDS, "MadryFGSM", "MadryPGD"])
+    registered = find_attack(match["name"])
+    if registered is None:
+        known = ", ".join([*list_attacks(), *aliases])
         raise AttackNotationError(f"unknown attack {match['name']!r} in {source!r}; known: {known}")
-    layouts, defaults, types = _KINDS[kind]
+    kind, layouts, defaults, types = registered.name, registered.layouts, registered.defaults, registered.types
     numbers = [n.strip() for n in match["nums"].split(",")] if match["nums"].strip() else []
     keywords: dict[str, str] = {}
     for item in (match["args"] or "").split(","):
@@ -204,7 +197,7 @@ def parse_attack(text: str | AttackSpec) -> AttackSpec:
         counts = sorted(layouts)
         allowed = str(counts[0]) if len(counts) == 1 else f"{', '.join(map(str, counts[:-1]))} or {counts[-1]}"
         raise AttackNotationError(f"{kind} takes {allowed} number(s), got {len(numbers)} in {source!r}: "
-                                  + _usage(kind))
+                                  + registered.usage)
     settings = dict(defaults)
     for key, value in zip(layouts[len(numbers)], numbers, strict=True):
         settings[key] = _convert(key, value, types[key], source)
@@ -214,7 +207,7 @@ def parse_attack(text: str | AttackSpec) -> AttackSpec:
         settings[key] = _convert(key, value, types[key], source)
     missing = [key for key, value in settings.items() if value is None and key != "steps"]
     if missing:
-        raise AttackNotationError(f"{kind} needs {', '.join(missing)} in {source!r}: {_usage(kind)}")
+        raise AttackNotationError(f"{kind} needs {', '.join(missing)} in {source!r}: {registered.usage}")
     if kind == "PGD" and settings["steps"] is None:
         _validate(kind, {**settings, "steps": 1}, source)  # a bad step size would break the step rule
         settings["steps"] = pgd_steps_for(settings["step"], settings["eps"])
@@ -222,16 +215,11 @@ def parse_attack(text: str | AttackSpec) -> AttackSpec:
     return AttackSpec(kind, tuple(sorted(settings.items())))
 
 
-def _usage(kind: str) -> str:
-    return {"FGSM": "FGSM<eps>, e.g. FGSM16", "PGD": "PGD<eps>, PGD<step>,<eps> or PGD<step>,<steps>,<eps>",
-            "CW": "CW<kappa>, e.g. CW40", "APGD": "APGD<eps>, e.g. APGD16",
-            "Square": "Square<eps>, e.g. Square16"}[kind]
-
-
 def format_attack(spec: AttackSpec) -> str:
     """Canonical notation: the shortest numeric form, then non-default settings in parentheses."""
     s = spec.params
-    _, defaults, _ = _KINDS[spec.kind]
+    registered = attack_kind(spec.kind)
+    defaults = registered.defaults
     if spec.kind == "PGD":
         shown = {"eps", "step", "steps"}
         if s["steps"] != pgd_steps_for(s["step"], s["eps"]):
@@ -240,8 +228,8 @@ def format_attack(spec: AttackSpec) -> str:
             head = f"PGD{format_number(s['eps'])}"
         else:
             head = f"PGD{format_number(s['step'])},{format_number(s['eps'])}"
-    else:
-        key = "kappa" if spec.kind == "CW" else "eps"
+    else:  # every other kind takes one number, its budget (eps; CW's kappa)
+        (key,) = registered.layouts[1]
         shown = {key}
         head = f"{spec.kind}{format_number(s[key])}"
     extra = [f"{k}={_show(v)}" for k, v in sorted(s.items()) if k not in shown and v != defaults[k]]

@@ -8,16 +8,23 @@ from torch import nn
 
 from randmask.attacks.base import Attack, linf_box
 from randmask.attacks.notation import pgd_steps_for
+from randmask.attacks.registry import Setting, register_attack
 
 
+# steps None: the paper's rule for (step, eps) (randmask.attacks.notation), so PGD2,16 takes 10 steps
+@register_attack("PGD", layouts={1: ("eps",), 2: ("step", "eps"), 3: ("step", "steps", "eps")},
+                 settings={"eps": Setting(float, 16, required=True), "step": Setting(float, 1.0),
+                           "steps": Setting(int, None), "random_start": Setting(bool, False)},
+                 usage="PGD<eps>, PGD<step>,<eps> or PGD<step>,<steps>,<eps>", aliases={"MadryPGD": "PGD2,7,8"})
 class PGD(Attack):
-    def __init__(self, model: nn.Module, eps: float = 16, step: float = 1, steps: int | None = None,
-                 random_start: bool = False, *, seed: int = 0,
+    def __init__(self, model: nn.Module, eps: float | None = None, step: float | None = None,
+                 steps: int | None = None, random_start: bool | None = None, *, seed: int = 0,
                  exact: bool | None = None) -> None:
         super().__init__(model, seed=seed, exact=exact)
-        self._eps, self.step = float(eps), float(step)
+        self._eps, self.step = float(self.setting("eps", eps)), float(self.setting("step", step))
+        steps = self.setting("steps", steps)
         self.steps = int(steps) if steps is not None else pgd_steps_for(self.step, self._eps)
-        self.random_start = bool(random_start)
+        self.random_start = bool(self.setting("random_start", random_start))
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         eps, step = self._eps / 255, self.step / 255

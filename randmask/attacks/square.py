@@ -11,20 +11,26 @@ import torch
 from torch import nn
 
 from randmask.attacks.base import Attack, margin
+from randmask.attacks.registry import Setting, register_attack
 
 # the paper's schedule: (up to iteration i of 10000, fraction of p_init)
 _SCHEDULE = ((10, 1), (50, 1 / 2), (200, 1 / 4), (500, 1 / 8), (1000, 1 / 16), (2000, 1 / 32),
              (4000, 1 / 64), (6000, 1 / 128), (8000, 1 / 256))
 
 
+@register_attack("Square", layouts={1: ("eps",)},
+                 settings={"eps": Setting(float, 8, required=True), "queries": Setting(int, 5000),
+                           "p_init": Setting(float, 0.8), "restarts": Setting(int, 1)},
+                 usage="Square<eps>, e.g. Square16")
 class Square(Attack):
     uses_gradients = False
 
-    def __init__(self, model: nn.Module, eps: float = 8, queries: int = 5000, p_init: float = 0.8,
-                 restarts: int = 1, *, seed: int = 0,
+    def __init__(self, model: nn.Module, eps: float | None = None, queries: int | None = None,
+                 p_init: float | None = None, restarts: int | None = None, *, seed: int = 0,
                  exact: bool | None = None) -> None:
         super().__init__(model, seed=seed, exact=exact)
-        self._eps, self.queries, self.p_init, self.restarts = float(eps), int(queries), float(p_init), int(restarts)
+        self._eps, self.queries = float(self.setting("eps", eps)), int(self.setting("queries", queries))
+        self.p_init, self.restarts = float(self.setting("p_init", p_init)), int(self.setting("restarts", restarts))
         self.last_queries: torch.Tensor | None = None
 
     def p_at(self, i: int) -> float:

@@ -1,0 +1,106 @@
+"""What the Robustness explorer computes for display: the comparison's metric words and chart (columns, bars
+with our intervals), the commands that train a table's missing models, Figure 7's two series, and a transfer
+run with its one-line summary. Inputs are comparison.compare_with_paper / tradeoff_points frames and
+protocols.transfer rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from randmask.attacks.base import Progress
+from randmask.catalog import ModelEntry
+from randmask.protocols import transfer
+from randmask.tables import comparison_column
+
+
+# ------------------------------------------------------------------------------------------------ tables tab
+def metric_names(comp: pd.DataFrame) -> str:
+    """The metrics a comparison holds, in words and sorted: 'clean accuracy, defense rate'."""
+    return ", ".join(sorted(set(comp["metric"].str.replace("_", " "))))
+
+
+def has_ours(comp: pd.DataFrame) -> bool:
+    """Whether any row of the comparison has a number of ours."""
+    return bool(comp["ours"].notna().any())
+
+
+def train_commands(missing: Sequence[tuple[str, str]]) -> str:
+    """comparison.untrained_targets' (model, command) pairs as one shell script, a command a line."""
+    return "\n".join(command for _, command in missing)
+
+
+def _columns(comp: pd.DataFrame) -> pd.Series:
+    return pd.Series([comparison_column(a, m) for a, m in zip(comp["attack"], comp["metric"], strict=True)],
+                     index=comp.index, dtype=object)
+
+
+def chart_columns(comp: pd.DataFrame) -> tuple[list[str], int]:
+    """(the comparison's columns in table order, the one the chart opens on: the first with a number of ours,
+    else the first)."""
+    columns = _columns(comp)
+    names = list(dict.fromkeys(columns))
+    with_ours = [c for c in names if comp.loc[columns == c, "ours"].notna().any()]
+    return names, names.index(with_ours[0]) if with_ours else 0
+
+
+def chart_bars(comp: pd.DataFrame, column: str) -> dict:
+    """One column of the comparison as the chart's bars: per target the paper's percent and, where any target
+    has one, ours with the lengths of its 95% interval's error bars ("ours" None otherwise)."""
+    part = comp[_columns(comp) == column]
+    bars = {"target": part["target"], "paper": part["paper"], "ours": None, "plus": None, "minus": None}
+    if part["ours"].notna().any():
+        bars.update(ours=part["ours"], plus=part["ours_high"] - part["ours"], minus=part["ours"] - part["ours_low"])
+    return bars
+
+
+# ------------------------------------------------------------------------------------------------ Figure 7
+def option_index(options: Sequence[str], preferred: str) -> int:
+    """Where a selectbox opens: at `preferred` when it is offered, else at the first option."""
+    return list(options).index(preferred) if preferred in options else 0
+
+
+def tradeoff_series(points: pd.DataFrame) -> dict[str, dict | None]:
+    """tradeoff_points as Figure 7's two series, "paper" and "ours" (None without points of ours): clean
+    accuracy (x), defense rate (y), the drop ratio as each point's label, and for ours the lengths of both
+    intervals' error bars."""
+    paper, ours = points[points["origin"] == "paper"], points[points["origin"] == "ours"]
+    result: dict[str, dict | None] = {
+        "paper": {"x": paper["clean_accuracy"], "y": paper["defense_rate"], "text": [f"{r:g}" for r in paper["ratio"]]},
+        "ours": None}
+    if not ours.empty:
+        result["ours"] = {"x": ours["clean_accuracy"], "y": ours["defense_rate"],
+                          "text": [f"{r:g}" for r in ours["ratio"]],
+                          "x_plus": ours["clean_high"] - ours["clean_accuracy"],
+                          "x_minus": ours["clean_accuracy"] - ours["clean_low"],
+                          "y_plus": ours["defense_high"] - ours["defense_rate"],
+                          "y_minus": ours["defense_rate"] - ours["defense_low"]}
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ run tab
+def run_transfer(models: Mapping[str, nn.Module], entries: Sequence[ModelEntry], targets: Sequence[str],
+                 attack: str, x: torch.Tensor, y: torch.Tensor, *, n: int, dataset: str,
+                 progress: Progress | None = None) -> list[dict]:
+    """protocols.transfer from the first model (catalog.transfer_entries' order; `models` holds the entries'
+    models by display name, in the same order) to those whose keys are in `targets`, the source included only
+    when it is a target too; n images for every attack, CW included."""
+    names = list(models)
+    wanted = [name for name, e in zip(names, entries, strict=True) if e.key in targets]
+    return transfer(models[names[0]], {k: models[k] for k in wanted}, [attack], x, y, source_name=names[0], n=n,
+                    n_cw=n, dataset=dataset, progress=progress)
+
+
+def transfer_summary(rows: Sequence[Mapping]) -> str | None:
+    """A transfer run's first line: the attack, its source, how many images were attacked and how many fooled
+    the source (and so were shown to the targets); None for rows without a defense rate."""
+    attacked = [r for r in rows if r["metric"] == "defense_rate"]
+    if not attacked:
+        return None
+    first = attacked[0]
+    return (f"**{first['attack']}** from **{first['source']}**: {first['n_attacked']} images attacked, "
+            f"{first['n']} fooled the source and were passed on."
+            + (" With none to pass on, there is no defense rate to measure." if not first["n"] else ""))
