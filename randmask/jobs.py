@@ -403,25 +403,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
-def budget_note(status: JobStatus, reference: float | None = None) -> str:
-    """For a finished job trained on a small budget: why its accuracy is low (fewer epochs or images than the
-    preset's), against `reference`, the zoo's accuracy for the same notation where there is one."""
-    settings = status.settings
-    try:
-        full = make_config(settings["notation"], settings.get("preset", "quick"), dataset=settings.get("dataset",
-                                                                                                         "cifar10"))
-    except RandmaskError:
-        return ""
-    epochs, train_n = settings.get("epochs") or full.epochs, settings.get("train_n")
-    if status.state != "done" or (epochs >= full.epochs and not train_n):
-        return ""
-    images = f"{train_n:,} training images" if train_n else "all training images"
-    zoo = (f" (the zoo's {settings['notation']}: {100 * reference:.1f}%)" if reference is not None else "")
-    return (f"A {epochs}-epoch run on {images} cannot learn much more: the {settings.get('preset', 'quick')} "
-            f"preset trains {full.epochs} epochs on the whole training set{zoo}. Train longer, on more images, "
-            "for a model worth comparing.")
-
-
 def list_jobs(root: Path | None = None) -> list[JobStatus]:
     """Every job under the jobs folder, newest first; unreadable folders are skipped."""
     root = Path(root) if root else user_runs_root()

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from randmask import jobs
 from randmask.catalog import ModelEntry
+from randmask.errors import RandmaskError
 from randmask.models import describe
 from randmask.paper import model_key
-from randmask.train import PRESETS
+from randmask.train import PRESETS, make_config
 
 RESUMABLE = ("cancelled", "failed")
 
@@ -44,10 +45,29 @@ def zoo_accuracies(entries: Iterable[ModelEntry]) -> dict[tuple[str, str], float
             if e.source == "zoo" and e.seed == 0 and e.mask_seed == 0}
 
 
-def job_note(status: jobs.JobStatus, accuracies: Mapping[tuple[str, str], float | None]) -> str:
-    """jobs.budget_note against the zoo's model of the same notation (as the zoo spells it) and data set."""
+def budget_note(status: jobs.JobStatus, reference: float | None = None) -> str:
+    """For a finished job trained on a small budget: why its accuracy is low (fewer epochs or images than the
+    preset's), against `reference`, the zoo's accuracy for the same notation where there is one."""
     settings = status.settings
-    return jobs.budget_note(status, accuracies.get((model_key(settings["notation"]), settings["dataset"])))
+    try:
+        full = make_config(settings["notation"], settings.get("preset", "quick"), dataset=settings.get("dataset",
+                                                                                                         "cifar10"))
+    except RandmaskError:
+        return ""
+    epochs, train_n = settings.get("epochs") or full.epochs, settings.get("train_n")
+    if status.state != "done" or (epochs >= full.epochs and not train_n):
+        return ""
+    images = f"{train_n:,} training images" if train_n else "all training images"
+    zoo = (f" (the zoo's {settings['notation']}: {100 * reference:.1f}%)" if reference is not None else "")
+    return (f"A {epochs}-epoch run on {images} cannot learn much more: the {settings.get('preset', 'quick')} "
+            f"preset trains {full.epochs} epochs on the whole training set{zoo}. Train longer, on more images, "
+            "for a model worth comparing.")
+
+
+def job_note(status: jobs.JobStatus, accuracies: Mapping[tuple[str, str], float | None]) -> str:
+    """budget_note against the zoo's model of the same notation (as the zoo spells it) and data set."""
+    settings = status.settings
+    return budget_note(status, accuracies.get((model_key(settings["notation"]), settings["dataset"])))
 
 
 def job_title(status: jobs.JobStatus) -> str:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from randmask import jobs
+from randmask import jobs, train_view
 from randmask.catalog import discover_models
 from randmask.errors import RandmaskError
 
@@ -169,13 +169,13 @@ def test_status_reports_the_step_and_rate_inside_an_epoch(tmp_path):
 def test_a_small_budget_says_why_its_accuracy_is_low(tmp_path):
     settings = {"notation": "0.7-Shallow", "preset": "quick", "dataset": "cifar10", "epochs": 2, "train_n": 1000}
     done = jobs.JobStatus(folder=tmp_path / "0.7-Shallow", state="done", settings=settings, clean_accuracy=0.08)
-    note = jobs.budget_note(done, reference=0.828)
+    note = train_view.budget_note(done, reference=0.828)
     assert "2-epoch run on 1,000 training images" in note and "40 epochs" in note and "82.8%" in note
     assert done.title == "0.7-Shallow"
     full = jobs.JobStatus(folder=tmp_path / "x", state="done", settings={**settings, "epochs": 40, "train_n": None})
-    assert jobs.budget_note(full) == ""  # the preset's whole budget: nothing to excuse
+    assert train_view.budget_note(full) == ""  # the preset's whole budget: nothing to excuse
     running = jobs.JobStatus(folder=tmp_path / "y", state="running", settings=settings)
-    assert jobs.budget_note(running) == ""
+    assert train_view.budget_note(running) == ""
 
 
 def test_after_the_last_step_the_status_says_the_model_is_being_tested(tmp_path):
