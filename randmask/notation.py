@@ -262,8 +262,7 @@ def slug(text: str | ModelSpec) -> str:
 # notation plus '@s<seed>m<mask_seed>' when either is not 0 ('0.85-Shallow@s1m1'); a file name replaces the '@'
 # with '-' (slug: '0.85-Shallow-s1m1'). The parser also reads the CLI's long form '@seed=1,mask_seed=1'.
 _REF_SHORT = re.compile(r"s(?P<seed>[0-9]{1,10})m(?P<mask_seed>[0-9]{1,10})", re.ASCII)
-_REF_SLUG = re.compile(r"(?P<notation>.+)-s(?P<seed>[0-9]{1,10})m(?P<mask_seed>[0-9]{1,10})", re.ASCII)
-MAX_REF_SEED = 2**31 - 1
+MAX_SEED = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -290,22 +289,18 @@ def format_ref(ref: ModelRef) -> str:
 
 
 def _ref_seed(digits: str, what: str, text: str) -> int:
-    return bounded_int(digits, f"{what} in {text[:80]!r}", 0, MAX_REF_SEED)
+    return bounded_int(digits, f"{what} in {text[:80]!r}", 0, MAX_SEED)
 
 
-def parse_ref(text: str | ModelRef, *, slug_form: bool = False) -> ModelRef:
-    """'0.7-Shallow', '0.7-Shallow@s1m0' or '0.7-Shallow@seed=1,mask_seed=0' -> ModelRef. With slug_form, also a
-    file name such as '0.85-Shallow-s1m1' (a folder name of the zoo)."""
+def parse_ref(text: str | ModelRef) -> ModelRef:
+    """'0.7-Shallow', '0.7-Shallow@s1m0' or '0.7-Shallow@seed=1,mask_seed=0' -> ModelRef."""
     if isinstance(text, ModelRef):
         return ModelRef(canonical(text.notation), text.seed, text.mask_seed)
     if not isinstance(text, str):
         raise NotationError(f"model reference must be text, not {type(text).__name__}")
     notation, at, seeds = text.rpartition("@") if "@" in text else (text, "", "")
-    if not at and slug_form and (m := _REF_SLUG.fullmatch(text.strip())):
-        return ModelRef(canonical(m["notation"].replace("+", ", ").replace("_", " ")),
-                        _ref_seed(m["seed"], "seed", text), _ref_seed(m["mask_seed"], "mask seed", text))
     if not at:
-        return ModelRef(canonical(text.replace("+", ", ").replace("_", " ") if slug_form else text))
+        return ModelRef(canonical(text))
     short = _REF_SHORT.fullmatch(seeds.strip())
     if short:
         return ModelRef(canonical(notation), _ref_seed(short["seed"], "seed", text),

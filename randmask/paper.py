@@ -18,8 +18,8 @@ from randmask.errors import NotationError, RandmaskError
 from randmask.notation import ModelRef, format_ref, parse_model, parse_ref
 from randmask.settings import paper_tables_path, results_root
 
-OTHER_INIT = ModelRef("", seed=1)  # what the zoo trains for Table 5's "other init" (seeds only)
-OTHER_MASK = ModelRef("", mask_seed=1)  # and for its "DIF" (another mask)
+# Table 5's twins of a net: the zoo trains its "other init" as seed 1 and its "DIF" (other mask) as mask seed 1
+RELATION_SEEDS = {"other init": (1, 0), "DIF": (0, 1)}
 _CONTROL_REMARK = re.compile(r"\d+ epochs(, [\d,]+ images)?")
 
 
@@ -46,23 +46,27 @@ def model_key(name) -> str:
     model: Table 5's '(other init)' and 'DIF' become seeds, an accuracy-matched control keeps '(4 epochs)'."""
     if not isinstance(name, str) or not name.strip():
         return ""
-    text, suffix, seeds = name.strip(), "", ModelRef("")
+    text, suffix, relation = name.strip(), "", None
     if text.endswith(")") and " (" in text:
         text, _, remark = text.partition(" (")
         remark = remark[:-1]
         if remark == "other init":
-            seeds = OTHER_INIT
+            relation = remark
         elif _CONTROL_REMARK.fullmatch(remark):
             suffix = f" ({remark})"
     elif text.endswith("DIF"):
-        text, seeds = text.removesuffix("DIF"), OTHER_MASK
+        text, relation = text.removesuffix("DIF"), "DIF"
     try:
-        ref = parse_ref(text)
-        if seeds != ModelRef(""):
-            ref = ModelRef(ref.notation, seeds.seed, seeds.mask_seed)
-        return format_ref(ref) + suffix
+        return twin_key(text, relation) + suffix
     except NotationError:
-        return name.strip() if seeds != ModelRef("") else text + suffix
+        return name.strip() if relation else text + suffix
+
+
+def twin_key(name: str, relation: str | None = None) -> str:
+    """The reference of a net, or of its Table 5 twin: ('0.5-Shallow', 'other init') -> '0.5-Shallow@s1m0',
+    ('0.5-Shallow', 'DIF') -> '0.5-Shallow@s0m1'. Raises NotationError for a name no notation of ours reads."""
+    ref = parse_ref(name)
+    return format_ref(ModelRef(ref.notation, *RELATION_SEEDS[relation]) if relation else ref)
 
 
 def attack_key(name) -> str:
@@ -116,11 +120,8 @@ def result_target_key(row) -> str:
     target they attacked ('other init', 'DIF'); the target itself is named by notation or a control's label."""
     target = model_key(str(row.get("target", "")))
     relation = row.get("relation")
-    seeds = OTHER_INIT if relation == "other init" else OTHER_MASK if relation == "DIF" else None
-    if seeds is None:
-        return target
     try:
-        return format_ref(ModelRef(target, seeds.seed, seeds.mask_seed))
+        return twin_key(target, relation) if relation in RELATION_SEEDS else target
     except NotationError:
         return target
 

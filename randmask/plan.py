@@ -16,6 +16,7 @@ import pandas as pd
 from randmask import protocols
 from randmask.data import load_tensors
 from randmask.notation import parse_ref
+from randmask.paper import RELATION_SEEDS, twin_key
 from randmask.zoo import ZOO, Zoo, zoo_name
 
 StageProgress = Callable[[str, int, int], None]  # (experiment key, done, total)
@@ -112,16 +113,17 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
     def table5(zoo: Zoo, x, y, progress):
         sources = {zoo.label(n): zoo.model(n) for n in (normal, zoo_name("0.5-Shallow"), zoo_name("0.7-Shallow"))
                    if zoo.has(n)}
-        twins = [zoo_name(n) for n in ("Normal ResNet-18@s1m0", "0.7-Shallow@s1m0", "0.7-Shallow@s0m1")]
-        plan = {**{str(parse_ref(n.split("/")[1], slug_form=True)): n for n in twins},
-                "DenseNet-121": densenet, "VGG-19": zoo_name("VGG-19")}
+        twins = [twin_key(n, r) for n, r in (("Normal ResNet-18", "other init"), ("0.7-Shallow", "other init"),
+                                             ("0.7-Shallow", "DIF"))]
+        plan = {**{ref: zoo_name(ref) for ref in twins}, "DenseNet-121": densenet, "VGG-19": zoo_name("VGG-19")}
+        relation_of = {seeds: relation for relation, seeds in RELATION_SEEDS.items()}
         targets = {label: zoo.model(n) for label, n in plan.items() if zoo.has(n)}
         rows = protocols.graybox(sources, targets, x, y, n=s["n"], dataset="cifar10", progress=progress,
                                  cache=cache)
         for row in rows:  # the paper's columns name a target by its notation plus what sets it apart (relation)
             ref = parse_ref(row["target"])
-            if (ref.seed, ref.mask_seed) != (0, 0):
-                row["relation"] = "other init" if ref.seed else "DIF"
+            if (ref.seed, ref.mask_seed) in relation_of:
+                row["relation"] = relation_of[(ref.seed, ref.mask_seed)]
             elif row["metric"] != "clean_accuracy":
                 row["relation"] = protocols.relation(zoo[zoo_name(row["source"])][1], zoo[plan[row["target"]]][1])
             row["target"] = ref.notation

@@ -28,7 +28,9 @@ from randmask.paper import (
     model_key,
     paper_attacks,
     paper_sources,
+    result_target_key,
     trained_model_keys,
+    twin_key,
 )
 
 
@@ -364,7 +366,10 @@ def test_model_and_attack_keys():
     assert model_key("0.85-Shallow (Random Mask)") == "0.85-Shallow"
     # Table 5's other-init and other-mask twins are the zoo's seed-1 and mask-seed-1 copies: one reference each
     assert model_key("0.5-Shallow (other init)") == "0.5-Shallow@s1m0" == model_key("0.5-shallow@seed=1")
-    assert model_key("0.5-ShallowDIF") == "0.5-Shallow@s0m1"
+    assert model_key("0.5-ShallowDIF") == "0.5-Shallow@s0m1" == twin_key("0.5-shallow", "DIF")
+    assert twin_key("Normal ResNet-18", "other init") == "Normal ResNet-18@s1m0" == result_target_key(
+        {"target": "Normal ResNet-18", "relation": "other init"})
+    assert result_target_key({"target": "Normal ResNet-18 (4 epochs)"}) == "Normal ResNet-18 (4 epochs)"
     assert model_key("Normal ResNet-18 (4 epochs)") == "Normal ResNet-18 (4 epochs)"  # a matched control
     assert model_key("Normal ResNet-18 (3 epochs, 40,000 images)") == "Normal ResNet-18 (3 epochs, 40,000 images)"
     assert model_key("Madry adversarial training") == "Madry adversarial training"
