@@ -52,7 +52,10 @@ def build(root: Path, answers: int, capacity: int) -> tuple[Path, str]:
         rows = [{"index": i, "true_label": int(labels[i]), "source": f"model{c}", "attack": "PGD16",
                  "source_pred": int((labels[i] + 1) % 10), "linf": 0.06, "l2": 1.0} for i in range(images)]
         folders.append(write_set(root / f"c{c}", rows, list(pixels)))
-    catch = [{"index": 100_000 + i, "true_label": 0, "source": "", "attack": "clean", "source_pred": "", "linf": 0,
+    # catch images: the last 20 test-set positions (sets must name real CIFAR-10 test images), none shared
+    if images > 10_000 - 20:
+        raise SystemExit(f"{images} images per condition leave no room for the catch set; use fewer participants")
+    catch = [{"index": 9_999 - i, "true_label": 0, "source": "", "attack": "clean", "source_pred": "", "linf": 0,
               "l2": 0} for i in range(20)]
     write_set(root / "catch", catch, list(rng.integers(0, 256, size=(20, 32, 32, 3), dtype=np.uint8)))
     db_path = root / "bench.db"
