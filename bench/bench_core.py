@@ -7,8 +7,9 @@ vs unmasked step times.
 preset: the quick preset for --model built and stepped by `randmask.train` itself (`model_and_optimizer`,
 `epoch_batches`, `train_step`, `lr_at`, `accuracy`) on the real CIFAR-10 training set, twice from the same
 seed: the new path (precision from `training_precision`, which measures bf16 against fp32 here; masks cast in
-the activation's layout; crop and flip on uint8 images) and the old path (precision from oneDNN's report
-alone; masks in their own layout; crop and flip on float images: `--old` parts below). The two run
+the activation's layout; crop and flip on uint8 images; the end-of-epoch test pass in the training precision)
+and the old path (precision from oneDNN's report alone; masks in their own layout; crop and flip on float
+images; the test pass in fp32: `--old` parts below). The two run
 interleaved, --chunk steps at a time, for --steps steps each; printed: each part's median time per step
 (data, forward+backward+update), the end-of-epoch test pass per 10,000 images, the estimated epoch time of
 each path and their ratio (target new/old <= 0.67), and how far apart the two loss curves are (identical
@@ -76,7 +77,8 @@ def compare_preset(args) -> None:
                 if isinstance(m, RandomMask):
                     m.match_layout = False
         batches = (old_epoch_batches if name == "old" else epoch_batches)(x, y, cfg, 0)
-        paths[name] = {"model": model, "opt": opt, "amp": amp, "batches": batches, "losses": [],
+        eval_amp = amp if name == "new" else None  # the old path checked each epoch in fp32
+        paths[name] = {"model": model, "opt": opt, "amp": amp, "eval_amp": eval_amp, "batches": batches, "losses": [],
                        "data": [], "step": [], "eval": []}
     print(f"{cfg.notation}, quick preset (width {cfg.width}, batch {cfg.batch_size}, channels_last "
           f"{cfg.channels_last}, {steps_per_epoch} steps per epoch), {torch.get_num_threads()} threads, "
@@ -101,7 +103,7 @@ def compare_preset(args) -> None:
                     p["data"].append(t1 - t0)
                     p["step"].append(t2 - t1)
             t0 = time.perf_counter()
-            accuracy(p["model"], x_test, y_test, device=device, channels_last=cfg.channels_last)
+            accuracy(p["model"], x_test, y_test, device=device, channels_last=cfg.channels_last, amp=p["eval_amp"])
             p["eval"].append((time.perf_counter() - t0) * 10000 / len(x_test))
         done += chunk
     epoch = {}

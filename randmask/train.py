@@ -203,8 +203,11 @@ def random_crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor,
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
-             device: torch.device | None = None, channels_last: bool = False) -> tuple[int, int]:
-    """(correct, n) of a model on uint8 or [0,1] float images, in eval mode; the training flag is restored."""
+             device: torch.device | None = None, channels_last: bool = False,
+             amp: torch.dtype | None = None) -> tuple[int, int]:
+    """(correct, n) of a model on uint8 or [0,1] float images, in eval mode; the training flag is restored.
+    `amp`: autocast dtype (None = fp32). Training's per-epoch check runs in the training precision, 2.1x
+    faster in bf16 here (bench/bench_core.py); every accuracy a checkpoint states is measured in fp32."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -215,7 +218,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
             xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            correct += (model(xb).argmax(1).cpu() == y[start:start + batch_size]).sum().item()
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                logits = model(xb)
+            correct += (logits.argmax(1).cpu() == y[start:start + batch_size]).sum().item()
     finally:
         model.train(was_training)
     return correct, len(x)
@@ -327,7 +332,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
                 if stop["now"]:
                     raise KeyboardInterrupt
             train_time += time.time() - began
-            correct, n = accuracy(model, x_test, y_test, device=device, channels_last=cfg.channels_last)
+            correct, n = accuracy(model, x_test, y_test, device=device, channels_last=cfg.channels_last, amp=amp)
             record = {"epoch": epoch + 1, "epochs": cfg.epochs, "train_loss": net_loss / seen,
                       "train_acc": hits / seen, "test_acc": correct / n, "test_n": n,
                       "lr": opt.param_groups[0]["lr"], "train_time_s": round(train_time, 1)}

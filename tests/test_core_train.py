@@ -225,3 +225,24 @@ def test_a_short_epoch_still_logs_its_steps(tmp_path, data_dir):
                                                                     (2, 1, 4), (2, 2, 4), (2, 3, 4), (2, 4, 4)]
     assert [e["images"] for e in steps[:4]] == [64, 128, 192, 256]
     assert all(e["elapsed_s"] > 0 for e in steps)
+
+
+def test_the_epoch_check_runs_in_the_training_precision_and_the_stated_accuracy_in_fp32(tmp_path, data_dir,
+                                                                                        monkeypatch):
+    import randmask.train as training
+
+    calls = []
+    real_accuracy = training.accuracy
+
+    def spy(*args, amp=None, **kwargs):
+        calls.append(amp)
+        return real_accuracy(*args, amp=amp, **kwargs)
+
+    monkeypatch.setattr(training, "accuracy", spy)
+    cfg = make_config("0.5-Shallow", "quick", epochs=2, precision="bf16", **TINY)
+    result = train(cfg, tmp_path / "run", show_bar=False)
+    assert calls == [torch.bfloat16, torch.bfloat16, None]  # two epoch checks, then the checkpoint's own number
+    model, config = load_model(tmp_path / "run")
+    x, y = training.load_uint8("cifar10", "test")
+    correct, n = real_accuracy(model, x[:TINY["eval_n"]], y[:TINY["eval_n"]])
+    assert config["clean_accuracy"] == result["clean_accuracy"] == correct / n
