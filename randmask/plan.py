@@ -7,6 +7,7 @@ report instead of failing the run.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,8 +142,7 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
         return protocols.noise(models, x[:s["n_noise"]], y[:s["n_noise"]], dataset="cifar10", progress=progress)
 
     def beyond(zoo: Zoo, x, y, progress):
-        models = {zoo.label(n): zoo.model(n) for n in (normal, zoo_name("0.9-Shallow"), *beyond_controls)
-                  if zoo.has(n)}
+        models = {zoo.label(n): zoo.model(n) for n in (normal, *beyond_masked, *beyond_controls) if zoo.has(n)}
         attacks = list(dict.fromkeys(t.format(eps=e) for t in (s["apgd"], s["square"]) for e in s.get("beyond_eps", (16,))))
         rows = protocols.whitebox(models, attacks, x[:s["n_beyond"]], y[:s["n_beyond"]],
                                   dataset="cifar10", progress=progress, cache=cache)
@@ -155,7 +155,9 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
         return protocols.logit_scale(models, x[:s["n"]], y[:s["n"]], dataset="cifar10")
 
     table4_controls = [MATCHED["0.7-Shallow"].name, zoo_name(RESAMPLED["0.7-Shallow"])]
-    beyond_controls = [MATCHED["0.9-Shallow"].name]
+    # 0.9-Shallow carries the claim; 0.7-Shallow has both controls (accuracy-matched Normal, resampled mask)
+    beyond_masked = [zoo_name("0.9-Shallow"), zoo_name("0.7-Shallow")]
+    beyond_controls = [MATCHED["0.9-Shallow"].name, MATCHED["0.7-Shallow"].name, zoo_name(RESAMPLED["0.7-Shallow"])]
     control_pairs = [n for masked in MATCHED for n in (zoo_name(masked), MATCHED[masked].name)]
     control_pairs += [zoo_name(n) for n in RESAMPLED.values()]
     control_needs = [normal, zoo_name("0.7-Shallow"), MATCHED["0.7-Shallow"].name]  # the first pair decides it runs
@@ -181,7 +183,7 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
         Experiment("figure3_noise", "Figure 3 · Gaussian noise", None, [normal],
                    [zoo_name(n) for n in NOISE_MODELS], figure3),
         Experiment("beyond_apgd_square", "Beyond the paper · APGD-CE and Square Attack (white-box / query)", None,
-                   [normal, zoo_name("0.9-Shallow")], beyond_controls, beyond),
+                   [normal, zoo_name("0.9-Shallow")], [zoo_name("0.7-Shallow"), *beyond_controls], beyond),
         Experiment("controls_logit_scale", "Clean accuracy and logit scale of the masked nets and their controls",
                    None, control_needs, [n for n in control_pairs if n not in control_needs], controls, own_section=False),
     ]
@@ -192,3 +194,20 @@ def load_result(out: Path, key: str) -> pd.DataFrame | None:
     """results/<key>.csv under `out`, or None when that experiment has not run."""
     path = out / "results" / f"{key}.csv"
     return pd.read_csv(path) if path.exists() else None
+
+
+RUNS_FILE = "runs.json"  # results/runs.json: how each results/<key>.csv was made (attack path, preset, time)
+
+
+def record_run(out: Path, key: str, info: dict) -> None:
+    """Note in results/runs.json how experiment `key`'s CSV was just made; other keys' records stay."""
+    path = out / "results" / RUNS_FILE
+    runs = json.loads(path.read_text()) if path.exists() else {}
+    runs[key] = info
+    path.write_text(json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
+
+
+def recorded_runs(out: Path) -> dict[str, dict]:
+    """results/runs.json as a dict (empty when no run recorded itself yet)."""
+    path = out / "results" / RUNS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -13,7 +13,7 @@ from randmask.comparison import compare_with_paper, results_without_paper, untra
 from randmask.evaluate import markdown_table, percent_text
 from randmask.figures import write_figures
 from randmask.paper import load_paper_tables, model_key, result_target_key, table_dataset, trained_model_keys
-from randmask.plan import Experiment, experiments, load_result
+from randmask.plan import Experiment, experiments, load_result, recorded_runs
 from randmask.verdicts import control_pairs_compared, verdicts
 from randmask.zoo import ZOO, Zoo, zoo_markdown
 
@@ -28,7 +28,8 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
              "do not edit by hand. Our nets are narrow (width 16) and trained briefly on a 2-core CPU, so "
              "compare each robustness number with the clean accuracy beside it. Accuracies are percentages with "
              "Wilson 95% intervals.", "",
-             "Sample sizes: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".", ""]
+             "Sample sizes: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".", "",
+             _attack_path_line(out, [e.key for e in experiments(settings)]), ""]
     lines += ["## Verdicts", "", markdown_table(["claim", "verdict", "evidence"],
                                         [list(v) for v in verdicts(out, settings)]), ""]
     for exp in [e for e in experiments(settings) if e.own_section]:
@@ -45,7 +46,8 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
         lines += [body or _ours_only(out, exp.key), ""] + _unfooled_note(out, exp.key)
         if exp.key in figures:
             lines += [f"![{exp.title}]({figures[exp.key]})", ""]
-        lines += [f"Data: `results/{exp.key}.csv`.", ""]
+        mode = recorded_runs(out).get(exp.key, {}).get("attacks")
+        lines += [f"Data: `results/{exp.key}.csv`" + (f" ({mode} attack path)." if mode else "."), ""]
         lines += _budget_note(zoo, exp)
         if state.get("absent"):
             lines += ["Not yet in the zoo: " + ", ".join(f"`{m}`" for m in state["absent"]) + ".", ""]
@@ -53,6 +55,21 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
     lines += _figure7_section(out, figures)
     lines += ["## Zoo", "", *zoo_markdown(zoo.root, paper)]
     return "\n".join(lines)
+
+
+def _attack_path_line(out: Path, keys: list[str]) -> str:
+    """Which attack path (exact: bit-identical to torchattacks; fast: the default) made the results, from
+    results/runs.json; rerunning a table in the other path changes a few crafted pixels and so its numbers."""
+    runs = recorded_runs(out)
+    modes = {key: runs.get(key, {}).get("attacks", "not recorded") for key in sorted(keys)
+             if (out / "results" / f"{key}.csv").exists()}
+    paths = sorted(set(modes.values()))
+    if paths == ["exact"]:
+        return ("Attack path: every table ran with `--exact` (attacks and evaluations bit-identical to "
+                "torchattacks); rerun with `--exact` to add rows to these tables.")
+    if paths == ["fast"]:
+        return "Attack path: every table ran on the fast default path (no `--exact`)."
+    return "Attack path per table: " + ", ".join(f"`{k}` {m}" for k, m in modes.items()) + "."
 
 
 def zoo_trained_keys(zoo: Zoo, dataset: str = "cifar10") -> set[str]:

@@ -16,9 +16,9 @@ import torch
 from randmask.data import load_tensors
 from randmask.errors import RandmaskError
 from randmask.evaluate import write_csv
-from randmask.plan import PRESETS, StageProgress, experiments
+from randmask.plan import PRESETS, StageProgress, experiments, record_run
 from randmask.report import render_report
-from randmask.settings import PROJECT_ROOT, crafted_cache_root
+from randmask.settings import PROJECT_ROOT, crafted_cache_root, exact_attacks
 from randmask.zoo import ZOO_ROOT, Zoo
 
 
@@ -53,8 +53,11 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
         write_csv(rows, out / "results" / f"{exp.key}.csv")
         status[exp.key] = {"ran": True, "rows": len(rows), "seconds": round(time.time() - began, 1),
                            "absent": [n for n in exp.wants if not zoo.has(n)]}
+        record_run(out, exp.key, {"attacks": "exact" if exact_attacks() else "fast", "preset": preset,
+                                  "seconds": status[exp.key]["seconds"], "threads": torch.get_num_threads()})
     report = render_report(out, settings, preset, status, zoo)
     (out / "REPRODUCTION.md").write_text(report)
     return status
+
 
 

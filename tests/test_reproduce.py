@@ -66,7 +66,10 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     for key in ("table11_transfer", "table8_transfer"):  # every available source gets its own table
         frame = pd.read_csv(results / f"{key}.csv")
         assert set(frame["source"].dropna()) - {""} == {"VGG-19" if key == "table11_transfer" else "ResNet-18"}
-    beyond = set(pd.read_csv(results / "beyond_apgd_square.csv")["attack"].dropna())
+    beyond_rows = pd.read_csv(results / "beyond_apgd_square.csv")
+    beyond = set(beyond_rows["attack"].dropna())
+    # both 0.7-Shallow controls face APGD and Square beside it, as 0.9-Shallow's matched Normal does
+    assert {"0.7-Shallow", "0.7-ShallowDropout", *(e.label for e in MATCHED.values())} <= set(beyond_rows["target"])
     assert beyond == {"APGD8(steps=3)", "APGD16(steps=3)", "Square8(queries=10)", "Square16(queries=10)"}
     fig7 = pd.read_csv(results / "figure7_ratio.csv")
     ladder = fig7[fig7["ratio"].notna()]
@@ -83,6 +86,8 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     assert fig7.loc[(fig7["ratio"] == 0.5) & (fig7["attack"] == "PGD16"), "paper_defense_rate"].notna().all()
     report = (tmp_path / "out" / "REPRODUCTION.md").read_text()
     assert "## Verdicts" in report and "Table 2" in report and "paper %" in report and "our clean %" in report
+    assert "Attack path: every table ran on the fast default path" in report
+    assert "Data: `results/table2_transfer.csv` (fast attack path)." in report
     assert "Not yet in the zoo: `cifar10/0.85-ShallowEN`" in report
     assert "| Beyond the paper: 0.9-Shallow stays more robust" in report
     assert "| Controls: transfer robustness is not explained by lower clean accuracy |" in report
@@ -391,3 +396,22 @@ class _EmptyZoo:
 
     def trained_refs(self, dataset="cifar10"):
         return []
+
+
+def test_the_report_says_which_attack_path_made_each_table(tmp_path, monkeypatch):
+    from randmask.plan import record_run, recorded_runs
+    from randmask.report import _attack_path_line
+
+    results = tmp_path / "results"
+    results.mkdir()
+    for key in ("table2_transfer", "table4_whitebox", "figure7_ratio"):  # the last is drawn from table 2's
+        (results / f"{key}.csv").write_text("source,target\n")
+    keys = ["table2_transfer", "table4_whitebox", "table9_transfer"]
+    assert "`table2_transfer` not recorded" in _attack_path_line(tmp_path, keys)
+    record_run(tmp_path, "table2_transfer", {"attacks": "exact", "seconds": 1.0})
+    record_run(tmp_path, "table4_whitebox", {"attacks": "exact", "seconds": 2.0})
+    assert _attack_path_line(tmp_path, keys).startswith("Attack path: every table ran with `--exact`")
+    record_run(tmp_path, "table4_whitebox", {"attacks": "fast", "seconds": 3.0})
+    assert recorded_runs(tmp_path)["table2_transfer"]["seconds"] == 1.0  # other records stay
+    assert _attack_path_line(tmp_path, keys) == ("Attack path per table: `table2_transfer` exact, "
+                                           "`table4_whitebox` fast.")
