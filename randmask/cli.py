@@ -149,8 +149,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prog() -> str:
+    """How the user ran us, for usage lines: `python -m randmask` or the installed `randmask` script."""
+    name = Path(sys.argv[0]).name
+    return "python -m randmask" if name in ("__main__.py", "-m", "") else name
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m randmask", description=__doc__)
+    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list architectures, data sets and training presets")

@@ -44,8 +44,14 @@ def _db_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, default=None, help="study database (default: $STUDY_DB or study_data/study.db)")
 
 
+def _prog() -> str:
+    """How the user ran us, for usage lines: `python -m study` or the installed `randmask-study` script."""
+    name = Path(sys.argv[0]).name
+    return "python -m study" if name in ("__main__.py", "-m", "") else name
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m study", description="Human study: crowd labels for adversarial images.")
+    parser = argparse.ArgumentParser(prog=_prog(), description="Human study: crowd labels for adversarial images.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("create", help="create a study from adversarial set folders")

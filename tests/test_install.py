@@ -75,3 +75,14 @@ def test_nothing_patches_sys_path():
                  for path in (ROOT / folder).rglob("*.py") if "sys.path.insert" in path.read_text()]
     offenders += [name for name in ("app.py",) if "sys.path.insert" in (ROOT / name).read_text()]
     assert offenders == []
+
+
+@pytest.mark.parametrize("script, module", [("randmask", "randmask"), ("randmask-study", "study")])
+def test_usage_lines_name_the_command_the_user_typed(tmp_path, script, module):
+    path = shutil.which(script)
+    if path is None:
+        pytest.skip("the project is not installed (pip install -e .)")
+    installed = subprocess.run([path, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
+    dash_m = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120).stdout
+    assert installed.startswith(f"usage: {script} ") and dash_m.startswith(f"usage: python -m {module} ")
