@@ -18,7 +18,7 @@ from randmask import protocols
 from randmask.data import load_tensors
 from randmask.notation import parse_ref
 from randmask.paper import RELATION_SEEDS, twin_key
-from randmask.zoo import ZOO, Zoo, zoo_name
+from randmask.zoo import ENSEMBLES, ZOO, Zoo, zoo_name
 
 StageProgress = Callable[[str, int, int], None]  # (experiment key, done, total)
 
@@ -41,8 +41,11 @@ NOISE_MODELS = ["Normal ResNet-18", "0.5-Shallow", "0.7-Shallow", "0.9-Shallow"]
 FIGURE7_ATTACKS = ["FGSM16", "PGD16", "CW40"]
 
 
-# every transfer table also gets the controls and the rest of Table 7 (zoo stages 5 and 6) as they land
-TRANSFER_TARGETS = [*(zoo_name(n) for n in TABLE2_TARGETS), *(e.name for e in ZOO if e.stage >= 5)]
+# every transfer table also gets the controls and the rest of Table 7 (zoo stages 5-7) as they land; an EN's
+# members stay out (a Normal member's label would collide with the baseline's), the EN itself is a target
+TRANSFER_TARGETS = list(dict.fromkeys([*(zoo_name(n) for n in TABLE2_TARGETS),
+                                       *(e.name for e in ZOO if e.stage >= 5 and not e.role.startswith("EN member")),
+                                       *ENSEMBLES]))
 # the accuracy-matched Normal of each masked net, and the resampled (dropout) twin of the fixed mask
 MATCHED = {e.matched_to: e for e in ZOO if e.matched_to}
 RESAMPLED = {"0.7-Shallow": "0.7-ShallowDropout"}

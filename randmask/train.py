@@ -387,16 +387,18 @@ def _train_ensemble(cfg: TrainConfig, out: Path, progress, show_bar) -> dict:
 
 
 def assemble_ensemble(folders: list[str | Path], out: str | Path, eval_n: int | None = None) -> dict:
-    """Join trained members (same notation, width and data set; consecutive seeds) into one EN checkpoint."""
+    """Join trained members (same notation, width and data set; consecutive seeds, and mask seeds when masked)
+    into one EN checkpoint."""
     members = [load_model(f) for f in folders]
     first = members[0][1]
     for _, conf in members:
         if (conf["notation"], conf["width"], conf["dataset"]) != (first["notation"], first["width"], first["dataset"]):
             raise RandmaskError("ensemble members must share notation, width and data set")
-    for i, (_, conf) in enumerate(members):
-        if (conf["mask_seed"], conf["seed"]) != (first["mask_seed"] + i, first["seed"] + i):
-            raise RandmaskError("ensemble members must have consecutive mask seeds and seeds, in order")
     spec = parse_model(first["notation"])
+    masked = bool(spec.masks)  # an unmasked member's mask seed means nothing: only its seed must follow
+    for i, (_, conf) in enumerate(members):
+        if conf["seed"] != first["seed"] + i or (masked and conf["mask_seed"] != first["mask_seed"] + i):
+            raise RandmaskError("ensemble members must have consecutive seeds (and, when masked, mask seeds), in order")
     notation = format_model(type(spec)(spec.arch, spec.masks, len(members)))
     model = build_model(notation, dataset=first["dataset"], width=first["width"], mask_seed=first["mask_seed"],
                         seed=first["seed"])

@@ -121,9 +121,22 @@ ZOO: list[Entry] = [
         "0.7-Shallow, 0.3-Deep")],
     *[Entry(n, stage=6, role="wider masked blocks (Table 7)") for n in ("0.5-Shallow×2", "0.7-Shallow×2",
                                                                          "0.9-Shallow×4")],
+    # stage 7: Table 7's EN rows; Normal ResNet-18EN joins the baseline (seed 0), seed 1 and these three
+    *[Entry("Normal ResNet-18", seed=i, stage=7, role=f"EN member {i}") for i in range(2, 5)],
 ]
-# name -> (notation, members in seed order): member i has seed i and mask seed i
-ENSEMBLES = {"cifar10/0.85-ShallowEN": ("0.85-ShallowEN", [e for e in ZOO if e.notation == "0.85-Shallow"])}
+
+
+def _members(notation: str) -> list[Entry]:
+    """The five CIFAR-10 members of `notation`'s EN in seed order (accuracy-matched controls are not members)."""
+    members = sorted((e for e in ZOO if e.notation == notation and e.dataset == "cifar10" and not e.matched_to),
+                     key=lambda e: e.seed)
+    assert [e.seed for e in members] == list(range(5)), f"{notation}: EN members need seeds 0-4"
+    return members
+
+
+# name -> (notation, members in seed order): member i has seed i (and, when masked, mask seed i)
+ENSEMBLES = {zoo_name(en): (en, _members(member)) for en, member in (("0.85-ShallowEN", "0.85-Shallow"),
+                                                                    ("Normal ResNet-18EN", "Normal ResNet-18"))}
 
 
 def planned_config(entry: Entry) -> TrainConfig:
@@ -193,10 +206,13 @@ def train_zoo(runs: Path = RUNS_ROOT, zoo: Path = ZOO_ROOT, only: list[str] | No
     """Train every entry that is missing or was trained with another recipe (resuming a partial run), exporting
     each as soon as it is done. A shipped model of an older recipe stays in place until its successor is done."""
     by_name = {e.name: e for e in ZOO}
-    unknown = [name for name in only or [] if name not in by_name]
+    unknown = [name for name in only or [] if name not in by_name and name not in ENSEMBLES]
     if unknown:
         raise RandmaskError(f"not in the zoo plan: {', '.join(unknown)} (see python -m randmask zoo list)")
-    for entry in [by_name[name] for name in only] if only else ZOO:  # `only` in the order given
+    # `only` in the order given; an EN name stands for its members (the EN is assembled once all are done)
+    chosen = [e for name in only for e in (ENSEMBLES[name][1] if name in ENSEMBLES else [by_name[name]])] \
+        if only else ZOO
+    for entry in chosen:
         if is_current(zoo / entry.name, entry):
             continue
         out = runs / entry.name
@@ -213,7 +229,7 @@ def train_zoo(runs: Path = RUNS_ROOT, zoo: Path = ZOO_ROOT, only: list[str] | No
         done = (zoo / name / WEIGHTS_FILE).exists() and same_recipe(_recipe_of(zoo / name), _recipe_of(folders[0]))
         if all(is_current(f, e) for f, e in zip(folders, members, strict=True)) and not done:
             assemble_ensemble(folders, runs / name)
-            export(runs / name, zoo / name, role="EN of the five 0.85-Shallow members")
+            export(runs / name, zoo / name, role=f"EN of the five {members[0].notation} members")
 
 
 def _recipe_of(folder: Path) -> dict | None:
@@ -249,7 +265,8 @@ def list_zoo(zoo: Path = ZOO_ROOT) -> list[dict]:
     """Every planned entry with its status and, when shipped, its measured accuracy and recipe. `current` is False
     for a model trained with another recipe than the plan's (it is retrained by `zoo train`)."""
     planned = [(e.name, e.notation, e.dataset, e.stage, e.role, e) for e in ZOO]
-    planned += [(name, notation, "cifar10", 3, "ensemble", None) for name, (notation, _) in ENSEMBLES.items()]
+    planned += [(name, notation, "cifar10", max(e.stage for e in members), "ensemble", None)
+                for name, (notation, members) in ENSEMBLES.items()]
     rows = []
     for name, notation, dataset, stage, role, entry in planned:
         path = zoo / name / CONFIG_FILE

@@ -8,7 +8,9 @@ from randmask.checkpoint import load_model
 from randmask.data import load_test_sample
 from randmask.masks import RandomMask, layer_seed, make_mask
 from randmask.train import accuracy
-from randmask.zoo import CHECK_N, ZOO, ZOO_ROOT, list_zoo
+from randmask.zoo import CHECK_N, ENSEMBLES, ZOO, ZOO_ROOT, list_zoo
+
+ZOO_LABELS = {e.name: e.label for e in ZOO}
 
 SHIPPED = sorted(p.parent for p in ZOO_ROOT.glob("*/*/config.json"))
 
@@ -21,13 +23,26 @@ def test_zoo_plan_names_are_unique_and_cover_the_issue():
             "0.5-Deep", "0.7-Deep", "0.5-ShallowDC", "0.5-ShallowSM", "0.9-Shallow×2", "DenseNet-121",
             "VGG-19"} <= notations
     assert sum(e.notation == "0.85-Shallow" for e in ZOO) == 5
-    assert len(list_zoo()) == len(ZOO) + 1
+    assert len(list_zoo()) == len(ZOO) + len(ENSEMBLES) == len(ZOO) + 2
+
+
+def test_each_en_has_five_members_with_consecutive_seeds_and_stays_out_of_the_transfer_targets():
+    from randmask.plan import TRANSFER_TARGETS
+
+    assert set(ENSEMBLES) == {"cifar10/0.85-ShallowEN", "cifar10/Normal_ResNet-18EN"}
+    for name, (notation, members) in ENSEMBLES.items():
+        assert [e.seed for e in members] == [0, 1, 2, 3, 4] and name in TRANSFER_TARGETS
+        assert {e.notation for e in members} == {notation.removesuffix("EN")} and not any(e.matched_to for e in members)
+        masked = notation.startswith("0.")
+        assert [e.mask_seed for e in members] == ([0, 1, 2, 3, 4] if masked else [0] * 5)
+    labels = [ZOO_LABELS[n] for n in TRANSFER_TARGETS if n in ZOO_LABELS]
+    assert len(labels) == len(set(labels))  # no two targets a table would name alike (Normal members stay out)
     assert all(row["current"] is False for row in list_zoo() if not row["trained"])
 
 
 def test_zoo_plan_trains_in_the_issues_stage_order():
     stages = [e.stage for e in ZOO]
-    assert stages == sorted(stages) and set(stages) == {1, 2, 3, 4, 5, 6}
+    assert stages == sorted(stages) and set(stages) == {1, 2, 3, 4, 5, 6, 7}
     by_stage = {s: {e.notation for e in ZOO if e.stage == s and e.dataset == "cifar10"} for s in range(1, 7)}
     assert {"Normal ResNet-18", "0.5-ShallowDC", "0.5-ShallowSM", "DenseNet-121", "VGG-19"} <= by_stage[1]
     assert {"0.3-Shallow", "0.85-Shallow", "0.7-Deep", "0.9-Shallow×2"} <= by_stage[2]
@@ -39,6 +54,7 @@ def test_zoo_plan_trains_in_the_issues_stage_order():
     assert rest[:4] == ["0.75-Shallow", "0.8-Shallow", "0.95-Shallow", "0.3-Deep"]
     assert set(rest[4:8]) == {"0.7-ShallowDC", "0.9-ShallowDC", "0.7-ShallowSM", "0.9-ShallowSM"}
     assert rest[-3:] == ["0.5-Shallow×2", "0.7-Shallow×2", "0.9-Shallow×4"] and len(rest) == 16
+    assert [(e.notation, e.seed) for e in ZOO if e.stage == 7] == [("Normal ResNet-18", i) for i in (2, 3, 4)]
 
 
 def test_accuracy_matched_controls_keep_the_recipe_but_its_length():
@@ -227,3 +243,46 @@ def test_a_recipe_is_the_same_when_only_logging_differs_or_a_later_setting_sits_
     assert not same_recipe(older, planned)  # channels_last is True in the plan, False by default
     assert same_recipe(older, {**planned, "channels_last": False})
     assert not same_recipe({**planned, "epochs": 15}, planned) and not same_recipe(None, planned)
+
+
+def test_zoo_train_only_an_en_trains_its_members_then_assembles_it(tmp_path, monkeypatch, data_dir):
+    """An unmasked EN (Normal ResNet-18EN): members differ in seed only, all with mask seed 0."""
+    from randmask import zoo
+    from randmask.checkpoint import save_checkpoint
+    from randmask.models import build_model
+    from randmask.train import asdict_json
+
+    members = [zoo.Entry("Normal ResNet-18", seed=i, role=f"EN member {i}") for i in range(5)]
+    other = zoo.Entry("0.5-Shallow", role="not asked for")
+    monkeypatch.setattr(zoo, "ZOO", [other, *members])
+    monkeypatch.setattr(zoo, "ENSEMBLES", {"cifar10/Normal_ResNet-18EN": ("Normal ResNet-18EN", members)})
+    trained = []
+
+    def fake_train(cfg, out, show_bar=None):  # width-4 nets stand in for hours of training
+        trained.append((cfg.notation, cfg.seed, cfg.mask_seed))
+        model = build_model(cfg.notation, dataset=cfg.dataset, width=4, seed=cfg.seed)
+        save_checkpoint(model, out, extra={"recipe": asdict_json(cfg), "clean_accuracy": 0.1, "train_time_s": 1.0})
+
+    monkeypatch.setattr(zoo, "train", fake_train)
+    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/Normal_ResNet-18EN"])
+    assert trained == [("Normal ResNet-18", i, 0) for i in range(5)]
+    model, config = load_model(tmp_path / "zoo" / "cifar10" / "Normal_ResNet-18EN")
+    assert config["notation"] == "Normal ResNet-18EN" and len(model.members) == 5
+    assert config["role"] == "EN of the five Normal ResNet-18 members"
+    with pytest.raises(Exception, match="not in the zoo plan: cifar10/Nope"):
+        zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/Nope"])
+
+
+def test_assembling_masked_members_still_needs_consecutive_mask_seeds(tmp_path):
+    from randmask.checkpoint import save_checkpoint
+    from randmask.errors import RandmaskError
+    from randmask.models import build_model
+    from randmask.train import assemble_ensemble
+
+    folders = []
+    for i in range(2):
+        model = build_model("0.5-Shallow", width=4, seed=i, mask_seed=0)  # the same mask twice: not an EN
+        save_checkpoint(model, tmp_path / str(i), extra={"clean_accuracy": 0.1})
+        folders.append(tmp_path / str(i))
+    with pytest.raises(RandmaskError, match="consecutive seeds"):
+        assemble_ensemble(folders, tmp_path / "en", eval_n=10)
