@@ -129,7 +129,11 @@ def _side_by_side(out: Path, key: str, table: int, paper, trained: set[str] | No
         text += ("\n\nAlso measured, with no number in the paper's table:\n\n"
                  + markdown_table(["source", "target", "attack", "ours % [95% CI]", "n", "our clean %"], extra))
     lines = untrained_lines(full, listed) if trained is not None else []
-    return text + ("\n\n" + "\n".join(lines).rstrip() if text and lines else "")
+    targets = full.loc[full["metric"] != "clean_accuracy", ["target", "ours"]]
+    measured = targets.loc[targets["ours"].notna(), "target"].nunique()
+    coverage = (f"The paper's Table {table} names {targets['target'].nunique()} attacked models; {measured} of them "
+                f"have numbers of ours here.\n\n" if text else "")
+    return coverage + text + ("\n\n" + "\n".join(lines).rstrip() if text and lines else "")
 
 
 def _interval_text(row: dict) -> str:
