@@ -181,12 +181,57 @@ def crafted_fingerprint(source: nn.Module, runner: Attack, x: torch.Tensor, y: t
     header = (CRAFTED_FORMAT, type(runner).__module__, type(runner).__qualname__, settings, bool(quantize_images),
               int(batch_size), model_device(source).type, torch.__version__, repr(source))
     digest.update(repr(header).encode())
-    named = [*source.named_parameters(), *source.named_buffers(), ("x", x), ("y", y)]
+    _digest_tensors(digest, [*source.named_parameters(), *source.named_buffers(), ("x", x), ("y", y)])
+    return digest.hexdigest()
+
+
+def _digest_tensors(digest, named: Iterable[tuple[str, torch.Tensor]]) -> None:
     for name, tensor in named:
         data = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+
+
+def tensor_fingerprint(*tensors: torch.Tensor) -> str:
+    """sha256 of tensors' dtypes, shapes and bytes: the key of an image set in the prediction cache."""
+    digest = hashlib.sha256()
+    _digest_tensors(digest, [(str(i), t) for i, t in enumerate(tensors)])
     return digest.hexdigest()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 of a model's structure (its repr: masks' ratios and seeds included), parameters and buffers."""
+    digest = hashlib.sha256(repr(model).encode())
+    _digest_tensors(digest, [*model.named_parameters(), *model.named_buffers()])
+    return digest.hexdigest()
+
+
+PREDICTIONS_FORMAT = 1
+
+
+def predicted_labels(model: nn.Module, x: torch.Tensor, *, batch_size: int = DEFAULT_BATCH,
+                     cache: str | os.PathLike | None = None, model_key: str | None = None,
+                     images_key: str | None = None) -> torch.Tensor:
+    """The class each image gets (argmax of `predict`), on x's device. With `cache` (a folder), kept under
+    cache/predictions/ keyed on the model's and the images' fingerprints (pass `model_key` / `images_key` when
+    already computed), the fast/exact mode, batch size, device and torch version: a protocol rerun after a new
+    zoo model then evaluates only the new one. An unreadable entry is recomputed and replaced."""
+    if cache is None:
+        return predict(model, x, batch_size=batch_size).argmax(1)
+    header = (PREDICTIONS_FORMAT, model_key or model_fingerprint(model), images_key or tensor_fingerprint(x),
+              resolve_exact(None), int(batch_size), model_device(model).type, torch.__version__)
+    entry = Path(cache) / "predictions" / f"{hashlib.sha256(repr(header).encode()).hexdigest()}.safetensors"
+    try:
+        labels = load_file(entry)["labels"] if entry.exists() else None
+    except (SafetensorError, KeyError, OSError, RuntimeError, ValueError):  # corrupt or partial: recompute
+        labels = None
+    if labels is None or labels.shape != (len(x),):
+        labels = predict(model, x, batch_size=batch_size).argmax(1).to("cpu")
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+        save_file({"labels": labels.contiguous()}, str(tmp))
+        os.replace(tmp, entry)
+    return labels.to(x.device)
 
 
 def _read_crafted(path: Path, device: torch.device) -> AttackResult | None:

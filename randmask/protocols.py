@@ -32,9 +32,12 @@ from randmask.evaluate import (
     accuracy_fields,
     craft,
     mean_or_nan,
+    model_fingerprint,
     predict,
+    predicted_labels,
     quantize,
     select_correct,
+    tensor_fingerprint,
 )
 from randmask.models import Ensemble
 
@@ -74,10 +77,15 @@ def _row(protocol: str, dataset: str, source: str, target: str, attack: str, met
             "metric": metric, **accuracy_fields(correct, n), **extra}
 
 
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> int:
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             cache: str | os.PathLike | None = None, model_key: str | None = None,
+             images_key: str | None = None) -> int:
+    """How many of x the model labels y; with `cache`, predictions are reused (evaluate.predicted_labels)."""
     if len(x) == 0:
         return 0
-    return int((predict(model, x, batch_size=batch_size).argmax(1) == y.to(x.device)).sum())
+    labels = predicted_labels(model, x, batch_size=batch_size, cache=cache, model_key=model_key,
+                              images_key=images_key)
+    return int((labels == y.to(labels.device)).sum())
 
 
 def median_logit_gap(model: nn.Module, x: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> float:
@@ -137,6 +145,8 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
     sizes = [min(len(candidates), n_cw if spec.norm == "l2" else n) for spec in specs]
     work = Work(sum(sizes), progress)
     rows: list[dict] = []
+    # with a cache, each target's predictions on each image set are kept: a rerun evaluates only new targets
+    model_keys = {name: model_fingerprint(m) for name, m in targets.items()} if cache is not None else {}
     for spec, size in zip(specs, sizes, strict=True):
         idx = candidates[:size]
         crafted = craft(source_model, spec.build(source_model, seed=seed), x[idx], y[idx], seed=seed,
@@ -148,16 +158,20 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
                  "mean_linf": mean_or_nan(crafted.linf[keep]), "mean_l2": mean_or_nan(crafted.l2[keep]),
                  "paper_attack": paper_names.get(str(spec), str(spec)), "quantized": quantize_images,
                  "seed": seed, "source_logit_gap": median_logit_gap(source_model, x[idx], batch_size)}
+        adv_key = tensor_fingerprint(adv) if cache is not None else None
         for name, target in targets.items():
             rows.append(_row(protocol, dataset, source_name, name, str(spec), "defense_rate",
-                             _correct(target, adv, labels, batch_size), len(labels), **extra))
+                             _correct(target, adv, labels, batch_size, cache, model_keys.get(name), adv_key),
+                             len(labels), **extra))
     if clean:
         models = dict(targets)
         if not any(model is source_model for model in targets.values()):
             models = {source_name: source_model, **models}
+        pool_key = tensor_fingerprint(x) if cache is not None else None
         for name, model in models.items():
             rows.append(_row(protocol, dataset, "", name, "", "clean_accuracy",
-                             _correct(model, x, y, batch_size), len(x), seed=seed))
+                             _correct(model, x, y, batch_size, cache, model_keys.get(name), pool_key), len(x),
+                             seed=seed))
     return rows
 
 

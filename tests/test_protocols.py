@@ -371,3 +371,41 @@ def test_transfer_with_a_cache_gives_the_same_rows_and_a_new_target_costs_no_cra
                     n_cw=5, cache=tmp_path)
     assert [r for r in more if r["target"] != "b"] == rows
     assert {r["target"] for r in more} == {"s", "a", "b"}
+
+
+def test_a_rerun_with_a_cache_evaluates_only_new_or_changed_targets(tmp_path, monkeypatch):
+    import randmask.evaluate as evaluate
+
+    source, (x, y) = _untrained(), held_out(120)
+    a, b = _untrained(1), _untrained(2)
+    attacks = ["FGSM32", "PGD4,32"]  # large budgets: the untrained source is fooled, so each set has images
+    rows = transfer(source, {"a": a}, attacks, x, y, source_name="s", n=20, n_cw=5, cache=tmp_path)
+    assert all(r["n"] > 0 for r in rows if r["metric"] == "defense_rate")
+    assert rows == transfer(source, {"a": a}, attacks, x, y, source_name="s", n=20, n_cw=5)  # same as uncached
+    entries = sorted((tmp_path / "predictions").glob("*.safetensors"))
+    assert len(entries) == 2 + 2  # a on each attack's set and on the pool; s on the pool
+    real, seen = evaluate.predict, []
+    monkeypatch.setattr(evaluate, "predict", lambda model, *args, **kw: seen.append(model) or real(model, *args, **kw))
+    more = transfer(source, {"a": a, "b": b}, attacks, x, y, source_name="s", n=20, n_cw=5, cache=tmp_path)
+    assert [r for r in more if r["target"] != "b"] == rows
+    assert not any(m is a for m in seen) and sum(m is b for m in seen) == 3  # b: two attack sets and the pool
+    seen.clear()
+    with torch.no_grad():
+        a.body[-1].weight.add_(0.5)  # other weights: another key, evaluated afresh
+    transfer(source, {"a": a}, attacks, x, y, source_name="s", n=20, n_cw=5, cache=tmp_path)
+    assert sum(m is a for m in seen) == 3
+    monkeypatch.setenv("RANDMASK_EXACT", "1")  # the exact path never reads the fast path's predictions
+    seen.clear()
+    transfer(source, {"a": a}, attacks, x, y, source_name="s", n=20, n_cw=5, cache=tmp_path)
+    assert sum(m is a for m in seen) == 3
+
+
+def test_a_corrupt_prediction_entry_is_recomputed_and_replaced(tmp_path):
+    from randmask.evaluate import predicted_labels
+
+    model, (x, _) = _untrained(), held_out(16)
+    first = predicted_labels(model, x, cache=tmp_path)
+    (entry,) = (tmp_path / "predictions").glob("*.safetensors")
+    entry.write_bytes(b"not a safetensors file")
+    assert torch.equal(predicted_labels(model, x, cache=tmp_path), first)
+    assert entry.stat().st_size > 50 and torch.equal(first, model(x).argmax(1))
