@@ -198,13 +198,14 @@ def _paper_rate(frame, target: str, attack: str) -> dict | None:
     return part.iloc[0].to_dict() if len(part) else None
 
 
-def control_pairs_compared(out: Path) -> list[dict]:
-    """Each masked net beside its control, per source and attack of the controls: rows with the two rates and
-    their comparison ('higher' = the masked net defends more, by non-overlapping Wilson intervals)."""
+def control_pairs_compared(out: Path, sources: list[str] | None = None) -> list[dict]:
+    """Each masked net beside its control, per source (transfer table keys; default: the verdicts' two, from
+    CONTROL_SOURCES) and attack of the controls: rows with the two rates and their comparison ('higher' = the
+    masked net defends more, by non-overlapping Wilson intervals)."""
     pairs = [(m, MATCHED[m].label, "accuracy-matched Normal") for m in MATCHED]
     pairs += [(m, r, "resampled mask") for m, r in RESAMPLED.items()]
     rows = []
-    for key in CONTROL_SOURCES:
+    for key in sources or CONTROL_SOURCES:
         frame = load_result(out, key)
         source = next(name for k, _, _, name, _ in TRANSFER_SOURCES if k == key)
         for masked, control, kind in pairs:

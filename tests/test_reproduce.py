@@ -362,6 +362,7 @@ def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):
     (tmp_path / "results").mkdir()
     write_csv(rows("DenseNet-121", 140, 40, 130), tmp_path / "results" / "table2_transfer.csv")
     write_csv(rows("VGG-19", 150, 30, 60), tmp_path / "results" / "table11_transfer.csv")
+    write_csv(rows("SENet-18", 40, 150, 60), tmp_path / "results" / "table10_transfer.csv")  # the section's only
     found = {claim: (result, evidence) for claim, result, evidence in verdicts(tmp_path, PRESETS["quick"])}
     result, evidence = found[ACCURACY_CLAIM]
     assert result == "supported"  # 70% / 75% vs 20% / 15% everywhere it was measured
@@ -376,6 +377,10 @@ def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):
     assert "Accuracy-matched Normal" in controls and "0.7-ShallowDropout" in controls
     assert f"| DenseNet-121 | PGD16 | 0.9-Shallow | 70.0 [63.3, 75.9] | {matched9} | 20.0 [15.0, 26.1] | higher |" \
         in controls
+    # every transfer source is shown; SENet-18's reversed pattern (lower) stays out of the verdicts
+    assert f"| SENet-18 | PGD16 | 0.9-Shallow | 20.0 [15.0, 26.1] | {matched9} | 75.0 [68.6, 80.5] | lower |" \
+        in controls
+    assert "SENet-18" not in found[ACCURACY_CLAIM][1] and "SENet-18" not in found[RESAMPLED_CLAIM][1]
 
 
 def test_control_verdicts_are_untested_without_the_controls(tmp_path):
