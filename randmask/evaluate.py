@@ -192,10 +192,10 @@ def _digest_tensors(digest, named: Iterable[tuple[str, torch.Tensor]]) -> None:
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
 
 
-def tensor_fingerprint(*tensors: torch.Tensor) -> str:
-    """sha256 of tensors' dtypes, shapes and bytes: the key of an image set in the prediction cache."""
+def tensor_fingerprint(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes: the key of an image set in the prediction cache."""
     digest = hashlib.sha256()
-    _digest_tensors(digest, [(str(i), t) for i, t in enumerate(tensors)])
+    _digest_tensors(digest, [("0", tensor)])
     return digest.hexdigest()
 
 
@@ -221,35 +221,40 @@ def predicted_labels(model: nn.Module, x: torch.Tensor, *, batch_size: int = DEF
     header = (PREDICTIONS_FORMAT, model_key or model_fingerprint(model), images_key or tensor_fingerprint(x),
               resolve_exact(None), int(batch_size), model_device(model).type, torch.__version__)
     entry = Path(cache) / "predictions" / f"{hashlib.sha256(repr(header).encode()).hexdigest()}.safetensors"
-    try:
-        labels = load_file(entry)["labels"] if entry.exists() else None
-    except (SafetensorError, KeyError, OSError, RuntimeError, ValueError):  # corrupt or partial: recompute
-        labels = None
+    stored = _load_entry(entry)
+    labels = stored.get("labels") if stored else None
     if labels is None or labels.shape != (len(x),):
         labels = predict(model, x, batch_size=batch_size).argmax(1).to("cpu")
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
-        save_file({"labels": labels.contiguous()}, str(tmp))
-        os.replace(tmp, entry)
+        _save_entry(entry, {"labels": labels})
     return labels.to(x.device)
 
 
-def _read_crafted(path: Path, device: torch.device) -> AttackResult | None:
+def _load_entry(path: Path) -> dict[str, torch.Tensor] | None:
+    """A cache entry's tensors, or None when it is absent, corrupt or partial (the caller recomputes)."""
     if not path.exists():
         return None
     try:
-        tensors = load_file(path)
-        return AttackResult(**{field: tensors[key].to(device) for key, field in _STORED_FIELDS.items()})
-    except (SafetensorError, KeyError, OSError, RuntimeError, ValueError):  # corrupt or partial: recompute
+        return load_file(path)
+    except (SafetensorError, OSError, RuntimeError, ValueError):
         return None
 
 
-def _write_crafted(path: Path, crafted: AttackResult) -> None:
+def _save_entry(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({key: getattr(crafted, field).detach().to("cpu").contiguous() for key, field in _STORED_FIELDS.items()},
-              str(tmp))
+    save_file({key: t.detach().to("cpu").contiguous() for key, t in tensors.items()}, str(tmp))
     os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def _read_crafted(path: Path, device: torch.device) -> AttackResult | None:
+    tensors = _load_entry(path)
+    if tensors is None or not set(_STORED_FIELDS) <= set(tensors):
+        return None
+    return AttackResult(**{field: tensors[key].to(device) for key, field in _STORED_FIELDS.items()})
+
+
+def _write_crafted(path: Path, crafted: AttackResult) -> None:
+    _save_entry(path, {key: getattr(crafted, field) for key, field in _STORED_FIELDS.items()})
 
 
 def _craft(source: nn.Module, runner: Attack, x: torch.Tensor, y: torch.Tensor, quantize_images: bool,

@@ -8,6 +8,7 @@ report instead of failing the run.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,10 +205,12 @@ RUNS_FILE = "runs.json"  # results/runs.json: how each results/<key>.csv was mad
 
 def record_run(out: Path, key: str, info: dict) -> None:
     """Note in results/runs.json how experiment `key`'s CSV was just made; other keys' records stay."""
+    runs = recorded_runs(out) | {key: info}
     path = out / "results" / RUNS_FILE
-    runs = json.loads(path.read_text()) if path.exists() else {}
-    runs[key] = info
-    path.write_text(json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{RUNS_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def recorded_runs(out: Path) -> dict[str, dict]:

@@ -414,11 +414,11 @@ def test_the_report_says_which_attack_path_made_each_table(tmp_path, monkeypatch
     for key in ("table2_transfer", "table4_whitebox", "figure7_ratio"):  # the last is drawn from table 2's
         (results / f"{key}.csv").write_text("source,target\n")
     keys = ["table2_transfer", "table4_whitebox", "table9_transfer"]
-    assert "`table2_transfer` not recorded" in _attack_path_line(tmp_path, keys)
+    assert "`table2_transfer` not recorded" in _attack_path_line(tmp_path, recorded_runs(tmp_path), keys)
     record_run(tmp_path, "table2_transfer", {"attacks": "exact", "seconds": 1.0})
     record_run(tmp_path, "table4_whitebox", {"attacks": "exact", "seconds": 2.0})
-    assert _attack_path_line(tmp_path, keys).startswith("Attack path: every table ran with `--exact`")
+    assert _attack_path_line(tmp_path, recorded_runs(tmp_path), keys).startswith("Attack path: every table ran with `--exact`")
     record_run(tmp_path, "table4_whitebox", {"attacks": "fast", "seconds": 3.0})
     assert recorded_runs(tmp_path)["table2_transfer"]["seconds"] == 1.0  # other records stay
-    assert _attack_path_line(tmp_path, keys) == ("Attack path per table: `table2_transfer` exact, "
-                                           "`table4_whitebox` fast.")
+    assert _attack_path_line(tmp_path, recorded_runs(tmp_path), keys) == (
+        "Attack path per table: `table2_transfer` exact, `table4_whitebox` fast.")
