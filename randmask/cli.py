@@ -139,7 +139,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     began = time.perf_counter()
     status = reproduce(args.preset, only=args.only, progress=None if args.no_bar else progress,
-                       cache=False if args.no_cache else (args.cache or True))
+                       cache=False if args.no_cache else (args.cache or True), jobs=args.jobs)
     for bar in bars.values():
         bar.close()
     print_json(status, indent=2)
@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, help="folder of crafted adversarial sets to reuse "
                    "(default: $RANDMASK_CRAFTED or runs/crafted)")
     p.add_argument("--no-cache", action="store_true", help="craft every adversarial set afresh")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="experiments run at once in worker processes, sharing the torch threads (default 1)")
     p.add_argument("--exact", action="store_true",
                    help="attacks and evaluations bit-identical to torchattacks (default: the fast path)")
     p.set_defaults(func=cmd_reproduce)

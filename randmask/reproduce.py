@@ -8,7 +8,11 @@ n and a Wilson 95% interval.
 
 from __future__ import annotations
 
+import math
+import multiprocessing
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -16,7 +20,7 @@ import torch
 from randmask.data import load_tensors
 from randmask.errors import RandmaskError
 from randmask.evaluate import write_csv
-from randmask.plan import PRESETS, StageProgress, experiments, record_run
+from randmask.plan import PRESETS, Experiment, StageProgress, experiments, record_run, recorded_runs
 from randmask.report import render_report
 from randmask.settings import PROJECT_ROOT, crafted_cache_root, exact_attacks
 from randmask.zoo import ZOO_ROOT, Zoo
@@ -24,40 +28,89 @@ from randmask.zoo import ZOO_ROOT, Zoo
 
 def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | None = None,
               only: list[str] | None = None, overrides: dict | None = None,
-              progress: StageProgress | None = None, cache: Path | None | bool = True) -> dict:
+              progress: StageProgress | None = None, cache: Path | None | bool = True, jobs: int = 1) -> dict:
     """Run every experiment whose models exist; write results/<key>.csv and REPRODUCTION.md under `out`.
 
     Crafted adversarial sets are kept in `cache` (True: $RANDMASK_CRAFTED or runs/crafted; False/None: none) and
     reused while source, attack and images are unchanged, so a rerun after a new zoo model only evaluates it.
+    `jobs` > 1 runs that many experiments at once in worker processes, sharing this process's torch threads
+    (at least one each), longest first by the times results/runs.json recorded; every experiment seeds itself,
+    so the results do not depend on `jobs`.
     """
     if preset not in PRESETS:
         raise RandmaskError(f"unknown reproduce preset {preset!r}; known: {', '.join(PRESETS)}")
+    if jobs < 1:
+        raise RandmaskError(f"jobs must be at least 1, not {jobs}")
     settings = {**PRESETS[preset], **(overrides or {})}
-    zoo = Zoo(Path(zoo_root or ZOO_ROOT))
+    zoo_root = Path(zoo_root or ZOO_ROOT)
+    zoo = Zoo(zoo_root)
     out = Path(out or PROJECT_ROOT)
     (out / "results").mkdir(parents=True, exist_ok=True)
-    x, y = load_tensors("cifar10", "test", n=settings.get("n_pool"))
     status: dict[str, dict] = {}
     if cache is True:
         cache = crafted_cache_root()
+    ready = []
     for exp in experiments(settings, cache or None):
         if only and exp.key not in only:
             continue
         missing = [n for n in exp.needs if not zoo.has(n)]
         if missing:
             status[exp.key] = {"ran": False, "missing": missing}
-            continue
-        began = time.time()
-        torch.manual_seed(0)
-        rows = exp.run(zoo, x, y, (lambda d, t, k=exp.key: progress(k, d, t)) if progress else None)
-        write_csv(rows, out / "results" / f"{exp.key}.csv")
-        status[exp.key] = {"ran": True, "rows": len(rows), "seconds": round(time.time() - began, 1),
-                           "absent": [n for n in exp.wants if not zoo.has(n)]}
-        record_run(out, exp.key, {"attacks": "exact" if exact_attacks() else "fast", "preset": preset,
-                                  "seconds": status[exp.key]["seconds"], "threads": torch.get_num_threads()})
+        else:
+            ready.append(exp)
+    if jobs > 1 and len(ready) > 1:
+        threads = max(1, torch.get_num_threads() // jobs)
+        done = _run_in_workers([e.key for e in ready], dict(settings), zoo_root, cache or None, jobs, threads,
+                               recorded_runs(out), progress)
+    else:
+        x, y = load_tensors("cifar10", "test", n=settings.get("n_pool"))
+        threads = torch.get_num_threads()
+        done = (_run_experiment(exp, zoo, x, y, (lambda d, t, k=exp.key: progress(k, d, t)) if progress else None)
+                for exp in ready)
+    for key, rows, seconds in done:
+        write_csv(rows, out / "results" / f"{key}.csv")
+        wants = next(e.wants for e in ready if e.key == key)
+        status[key] = {"ran": True, "rows": len(rows), "seconds": seconds,
+                       "absent": [n for n in wants if not zoo.has(n)]}
+        record_run(out, key, {"attacks": "exact" if exact_attacks() else "fast", "preset": preset,
+                              "seconds": seconds, "threads": threads, **({"jobs": jobs} if jobs > 1 else {})})
+    status = {exp.key: status[exp.key] for exp in experiments(settings) if exp.key in status}  # plan order
     report = render_report(out, settings, preset, status, zoo)
     (out / "REPRODUCTION.md").write_text(report)
     return status
 
 
+def _run_experiment(exp: Experiment, zoo: Zoo, x: torch.Tensor, y: torch.Tensor,
+                    progress: Callable[[int, int], None] | None) -> tuple[str, list[dict], float]:
+    began = time.time()
+    torch.manual_seed(0)
+    rows = exp.run(zoo, x, y, progress)
+    return exp.key, rows, round(time.time() - began, 1)
 
+
+def _worker_run(key: str, settings: dict, zoo_root: Path, cache: Path | None,
+                threads: int) -> tuple[str, list[dict], float]:
+    """One experiment in a worker process (spawned: it inherits the environment, RANDMASK_EXACT included)."""
+    torch.set_num_threads(threads)
+    x, y = load_tensors("cifar10", "test", n=settings.get("n_pool"))
+    exp = next(e for e in experiments(settings, cache) if e.key == key)
+    return _run_experiment(exp, Zoo(zoo_root), x, y, None)
+
+
+def _run_in_workers(keys: list[str], settings: dict, zoo_root: Path, cache: Path | None, jobs: int, threads: int,
+                    runs: dict[str, dict], progress: StageProgress | None) -> Iterator[tuple[str, list[dict], float]]:
+    # longest first (by the last recorded time; unknown ones first) keeps the workers busy to the end
+    keys = sorted(keys, key=lambda k: -(runs.get(k, {}).get("seconds") or math.inf))
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending = [pool.submit(_worker_run, key, settings, zoo_root, cache, threads) for key in keys]
+        for key in keys:
+            if progress:
+                progress(key, 0, 1)
+        for future in as_completed(pending):
+            key, rows, seconds = future.result()
+            if progress:
+                progress(key, 1, 1)
+            yield key, rows, seconds
+    finally:  # on an error (or Ctrl-C) the experiments not started yet are dropped, not waited for
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -88,6 +88,19 @@ def test_reproduce_cli_passes_the_crafted_set_cache_choice(monkeypatch, flags, e
     assert main(["reproduce", "--only", "table3_shuffle", "--no-bar", *flags]) == 0
     assert seen["preset"] == "quick" and seen["only"] == ["table3_shuffle"]
     assert seen["cache"] == (Path(expected) if isinstance(expected, str) else expected)
+    assert seen["jobs"] == 1
+
+
+def test_reproduce_jobs_flag_reaches_the_pipeline_and_a_bad_count_is_one_line(monkeypatch, capsys):
+    import randmask.reproduce
+
+    seen = {}
+    monkeypatch.setattr(randmask.reproduce, "reproduce", lambda preset, **kw: seen.update(kw) or {})
+    assert main(["reproduce", "--no-bar", "--jobs", "2"]) == 0 and seen["jobs"] == 2
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["reproduce", "--no-bar", "--jobs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: jobs must be at least 1, not 0"
 
 
 def test_exact_flag_sets_the_attack_mode_for_one_command_only(monkeypatch):

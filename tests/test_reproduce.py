@@ -7,7 +7,7 @@ import torch
 
 from randmask.checkpoint import save_checkpoint
 from randmask.models import build_model
-from randmask.plan import MATCHED, PRESETS, experiments
+from randmask.plan import MATCHED, PRESETS, experiments, recorded_runs
 from randmask.reproduce import reproduce
 from randmask.verdicts import compare
 
@@ -101,9 +101,15 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     assert {"figure3_noise.png", "figure7_ratio.png", "table2_transfer.png", "table4_whitebox.png"} <= pngs
     assert all((results / "plots" / name).read_bytes()[:4] == b"\x89PNG" for name in pngs)
     first, first_png = report, (results / "plots" / "figure7_ratio.png").read_bytes()
-    reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", overrides=TINY, cache=False)
-    assert (tmp_path / "out" / "REPRODUCTION.md").read_text() == first  # seeded, and the cache changed nothing
+    first_csvs = {p.name: p.read_bytes() for p in results.glob("*.csv")}
+    again = reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", overrides=TINY, cache=False, jobs=2)
+    assert list(again) == list(status)  # plan order, whichever worker finished first
+    # seeded: neither the cache nor two worker processes change a number
+    assert {p.name: p.read_bytes() for p in results.glob("*.csv")} == first_csvs
+    assert (tmp_path / "out" / "REPRODUCTION.md").read_text() == first
     assert (results / "plots" / "figure7_ratio.png").read_bytes() == first_png
+    assert recorded_runs(tmp_path / "out")["table2_transfer"] | {"seconds": 0} == {
+        "attacks": "fast", "preset": "quick", "seconds": 0, "threads": 1, "jobs": 2}
 
 
 def test_compare_uses_interval_overlap():
