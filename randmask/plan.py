@@ -143,7 +143,8 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
 
     def figure3(zoo: Zoo, x, y, progress):
         models = {zoo.label(n): zoo.model(n) for n in map(zoo_name, NOISE_MODELS) if zoo.has(n)}
-        return protocols.noise(models, x[:s["n_noise"]], y[:s["n_noise"]], dataset="cifar10", progress=progress)
+        return protocols.noise(models, x[:s["n_noise"]], y[:s["n_noise"]], dataset="cifar10", progress=progress,
+                               cache=cache)
 
     def beyond(zoo: Zoo, x, y, progress):
         models = {zoo.label(n): zoo.model(n) for n in (normal, *beyond_masked, *beyond_controls) if zoo.has(n)}

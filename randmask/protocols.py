@@ -222,9 +222,11 @@ def graybox(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.Module], 
         rows += part
         report(1, 1)
     if clean:
+        cache = kwargs.get("cache")
+        pool_key = tensor_fingerprint(x) if cache is not None else None
         for name, model in {**sources, **targets}.items():
             rows.append(_row("graybox", dataset, "", name, "", "clean_accuracy",
-                             _correct(model, x, y, batch_size), len(x), seed=seed))
+                             _correct(model, x, y, batch_size, cache, images_key=pool_key), len(x), seed=seed))
     return rows
 
 
@@ -236,9 +238,10 @@ def whitebox(models: Mapping[str, nn.Module], attacks: Sequence[str], x: torch.T
     specs = [parse_attack(a) for a in attacks]
     work = Work(len(models) * len(specs) * len(x), progress)
     rows = []
+    pool_key = tensor_fingerprint(x) if cache is not None else None
     for name, model in models.items():
         rows.append(_row("whitebox", dataset, name, name, "", "clean_accuracy",
-                         _correct(model, x, y, batch_size), len(x), seed=seed))
+                         _correct(model, x, y, batch_size, cache, images_key=pool_key), len(x), seed=seed))
         for spec in specs:
             crafted = craft(model, spec.build(model, seed=seed), x, y, quantize_images=quantize_images,
                             batch_size=batch_size, progress=work.phase(len(x)), cache=cache)
@@ -257,9 +260,11 @@ def gaussian_noise(images: torch.Tensor, sigma: float, generator: torch.Generato
 
 def noise(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *,
           sigmas: Sequence[float] = PAPER_SIGMAS, seed: int = 0, quantize_images: bool = True, dataset: str = "",
-          batch_size: int = DEFAULT_BATCH, progress: Progress | None = None) -> list[dict]:
+          batch_size: int = DEFAULT_BATCH, progress: Progress | None = None,
+          cache: str | os.PathLike | None = None) -> list[dict]:
     """Figure 3: accuracy under clipped Gaussian noise, one row per model and sigma (sigma 0 = clean).
-    Every model sees the same noisy images; each sigma scales the same standard-normal draw."""
+    Every model sees the same noisy images; each sigma scales the same standard-normal draw. With `cache`,
+    each model's predictions on each noisy set are kept (evaluate.predicted_labels)."""
     _check_pool(x, y)
     if any(s < 0 for s in sigmas):
         raise RandmaskError(f"noise sigmas must be >= 0, got {list(sigmas)}")
@@ -270,9 +275,10 @@ def noise(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *,
         noisy = gaussian_noise(x, sigma, torch.Generator().manual_seed(seed))
         if quantize_images:
             noisy = quantize(noisy, x)
+        noisy_key = tensor_fingerprint(noisy) if cache is not None else None
         for name, model in models.items():
             rows.append(_row("noise", dataset, "", name, f"noise{sigma:g}", "accuracy",
-                             _correct(model, noisy, y, batch_size), len(x), sigma=sigma,
+                             _correct(model, noisy, y, batch_size, cache, images_key=noisy_key), len(x), sigma=sigma,
                              quantized=quantize_images, seed=seed))
             work.phase(1)(1, 1)
     return rows

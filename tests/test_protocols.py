@@ -409,3 +409,21 @@ def test_a_corrupt_prediction_entry_is_recomputed_and_replaced(tmp_path):
     entry.write_bytes(b"not a safetensors file")
     assert torch.equal(predicted_labels(model, x, cache=tmp_path), first)
     assert entry.stat().st_size > 50 and torch.equal(first, model(x).argmax(1))
+
+
+def test_noise_graybox_and_whitebox_reruns_reuse_every_prediction(tmp_path, monkeypatch):
+    import randmask.evaluate as evaluate
+    from randmask.protocols import graybox, noise, whitebox
+
+    (x, y), a, b = held_out(40), _untrained(1), _untrained(2)
+    first = [noise({"a": a, "b": b}, x, y, sigmas=(0.05, 0.1), cache=tmp_path),
+             graybox({"a": a}, {"b": b}, x, y, attack="FGSM8", n=20, n_cw=5, cache=tmp_path),
+             whitebox({"a": a}, ["FGSM8"], x, y, cache=tmp_path)]
+    assert first[0] == noise({"a": a, "b": b}, x, y, sigmas=(0.05, 0.1))  # the same rows as uncached
+    real, seen = evaluate.predict, []
+    monkeypatch.setattr(evaluate, "predict", lambda model, *args, **kw: seen.append(model) or real(model, *args, **kw))
+    assert first[0] == noise({"a": a, "b": b}, x, y, sigmas=(0.05, 0.1), cache=tmp_path)
+    assert first[2] == whitebox({"a": a}, ["FGSM8"], x, y, cache=tmp_path)
+    assert seen == []  # no noisy, clean or adversarial pass is repeated
+    assert first[1] == graybox({"a": a}, {"b": b}, x, y, attack="FGSM8", n=20, n_cw=5, cache=tmp_path)
+    assert seen and all(model is a for model in seen)  # only the source, choosing the images it attacks
