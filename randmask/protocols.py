@@ -207,7 +207,7 @@ def relation(source_config: Mapping, target_config: Mapping) -> str:
 def graybox(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
             *, attack: str = GRAYBOX_ATTACK, relations: Mapping[tuple[str, str], str] | None = None,
             clean: bool = True, batch_size: int = DEFAULT_BATCH, dataset: str = "", seed: int = 0,
-            progress: Progress | None = None, **kwargs) -> list[dict]:
+            progress: Progress | None = None, cache: str | os.PathLike | None = None, **kwargs) -> list[dict]:
     """Table 5: transfer from each source to each target with a `relation` column (see `relation`), plus
     every model's clean accuracy on the pool."""
     relations = relations or {}
@@ -216,13 +216,12 @@ def graybox(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.Module], 
     for name, model in sources.items():
         report = work.phase(1)
         part = transfer(model, targets, [attack], x, y, source_name=name, protocol="graybox", clean=False,
-                        batch_size=batch_size, dataset=dataset, seed=seed, **kwargs)
+                        batch_size=batch_size, dataset=dataset, seed=seed, cache=cache, **kwargs)
         for row in part:
             row["relation"] = relations.get((name, row["target"]), "")
         rows += part
         report(1, 1)
     if clean:
-        cache = kwargs.get("cache")
         pool_key = tensor_fingerprint(x) if cache is not None else None
         for name, model in {**sources, **targets}.items():
             rows.append(_row("graybox", dataset, "", name, "", "clean_accuracy",

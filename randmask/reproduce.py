@@ -49,32 +49,30 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
     status: dict[str, dict] = {}
     if cache is True:
         cache = crafted_cache_root()
-    ready = []
-    for exp in experiments(settings, cache or None):
-        if only and exp.key not in only:
-            continue
+    plan = [exp for exp in experiments(settings, cache or None) if not only or exp.key in only]
+    ready: dict[str, Experiment] = {}
+    for exp in plan:
         missing = [n for n in exp.needs if not zoo.has(n)]
         if missing:
             status[exp.key] = {"ran": False, "missing": missing}
         else:
-            ready.append(exp)
+            ready[exp.key] = exp
     if jobs > 1 and len(ready) > 1:
         threads = max(1, torch.get_num_threads() // jobs)
-        done = _run_in_workers([e.key for e in ready], dict(settings), zoo_root, cache or None, jobs, threads,
+        done = _run_in_workers(list(ready), dict(settings), zoo_root, cache or None, jobs, threads,
                                recorded_runs(out), progress)
     else:
         x, y = load_tensors("cifar10", "test", n=settings.get("n_pool"))
         threads = torch.get_num_threads()
         done = (_run_experiment(exp, zoo, x, y, (lambda d, t, k=exp.key: progress(k, d, t)) if progress else None)
-                for exp in ready)
+                for exp in ready.values())
     for key, rows, seconds in done:
         write_csv(rows, out / "results" / f"{key}.csv")
-        wants = next(e.wants for e in ready if e.key == key)
         status[key] = {"ran": True, "rows": len(rows), "seconds": seconds,
-                       "absent": [n for n in wants if not zoo.has(n)]}
+                       "absent": [n for n in ready[key].wants if not zoo.has(n)]}
         record_run(out, key, {"attacks": "exact" if exact_attacks() else "fast", "preset": preset,
                               "seconds": seconds, "threads": threads, **({"jobs": jobs} if jobs > 1 else {})})
-    status = {exp.key: status[exp.key] for exp in experiments(settings) if exp.key in status}  # plan order
+    status = {exp.key: status[exp.key] for exp in plan}  # plan order, whichever worker finished first
     report = render_report(out, settings, preset, status, zoo)
     (out / "REPRODUCTION.md").write_text(report)
     return status
