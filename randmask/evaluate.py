@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -158,18 +159,22 @@ def craft(source: nn.Module, attack: str | Attack, x: torch.Tensor, y: torch.Ten
         runner = attack
     else:
         runner = parse_attack(attack).build(source, seed=seed)
-    entry = None
-    if cache is not None:
-        entry = Path(cache) / f"{crafted_fingerprint(source, runner, x, y, quantize_images, batch_size)}.safetensors"
-        hit = _read_crafted(entry, x.device)
-        if hit is not None:
-            if progress:
-                progress(len(x), len(x))
-            return hit
-    crafted = _craft(source, runner, x, y, quantize_images, batch_size, progress)
-    if entry is not None:
-        _write_crafted(entry, crafted)
-    return crafted
+    if cache is None:
+        return _craft(source, runner, x, y, quantize_images, batch_size, progress)
+    entry = Path(cache) / f"{crafted_fingerprint(source, runner, x, y, quantize_images, batch_size)}.safetensors"
+    hit = _read_crafted(entry, x.device)
+    if hit is None:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        # one crafter per entry: a second process (reproduce --jobs, two CLI runs) waits, then reads the first's set
+        with FileLock(entry.with_name(f".{entry.name}.lock")):
+            hit = _read_crafted(entry, x.device)
+            if hit is None:
+                crafted = _craft(source, runner, x, y, quantize_images, batch_size, progress)
+                _write_crafted(entry, crafted)
+                return crafted
+    if progress:
+        progress(len(x), len(x))
+    return hit
 
 
 def crafted_fingerprint(source: nn.Module, runner: Attack, x: torch.Tensor, y: torch.Tensor,

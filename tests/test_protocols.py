@@ -350,6 +350,32 @@ def test_cache_entries_keep_the_key_names_of_earlier_versions(tmp_path, monkeypa
     assert torch.equal(again.pred, (first.logits + 7).argmax(1)) and torch.equal(again.fooled, first.fooled)
 
 
+def test_a_second_crafter_of_one_entry_waits_for_the_first_and_reads_its_set(tmp_path, monkeypatch):
+    # reproduce --jobs runs experiments that share a crafted set in separate processes; flock locks conflict
+    # between file descriptors, so a thread of this process stands in for the other process
+    import threading
+
+    from filelock import FileLock
+
+    import randmask.evaluate as evaluate
+
+    model, (x, y) = _untrained(), held_out(16)
+    reference = craft(model, "FGSM8", x, y)  # no cache: what the first crafter would store
+    runner = evaluate.parse_attack("FGSM8").build(model, seed=0)  # as craft builds it
+    entry = tmp_path / f"{evaluate.crafted_fingerprint(model, runner, x, y, True, evaluate.DEFAULT_BATCH)}.safetensors"
+    calls, result = [], {}
+    monkeypatch.setattr(evaluate, "_craft", lambda *a, **k: calls.append(1) or reference)
+    with FileLock(entry.with_name(f".{entry.name}.lock")):  # the first crafter is at work
+        waiting = threading.Thread(target=lambda: result.setdefault("set", craft(model, "FGSM8", x, y, cache=tmp_path)))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not calls  # it waits instead of crafting the same set again
+        evaluate._write_crafted(entry, reference)
+    waiting.join(timeout=30)
+    assert not waiting.is_alive() and not calls
+    assert all(torch.equal(a, b) for a, b in zip(_fields(reference), _fields(result["set"]), strict=True))
+
+
 def test_a_corrupt_cache_entry_is_recomputed_and_replaced(tmp_path):
     model, (x, y) = _untrained(), held_out(16)
     first = craft(model, "FGSM8", x, y, cache=tmp_path)
