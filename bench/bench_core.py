@@ -2,7 +2,11 @@
 vs unmasked step times.
 
     python bench/bench_core.py [--model 0.7-Shallow] [--steps 50] [--chunk 10] [--eval-n 2000] [--threads 2]
-                               [--rounds 7] [--width 16] [--batch 128] [--only preset|masks]
+                               [--rounds 7] [--width 16] [--batch 128] [--only preset|masks] [--device auto]
+
+--device: cpu, cuda, or auto (CUDA when present). On CUDA every timing waits for the GPU to finish; both paths
+pick the same precision there (the changes of issue 17 are CPU ones), so the figures that matter are the
+absolute step and epoch times.
 
 preset: the quick preset for --model built and stepped by `randmask.train` itself (`model_and_optimizer`,
 `epoch_batches`, `train_step`, `lr_at`, `accuracy`) on the real CIFAR-10 training set, twice from the same
@@ -28,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from randmask.data import load_uint8
-from randmask.device import autocast_dtype, cpu_has_fast_bf16
+from randmask.device import autocast_dtype, cpu_has_fast_bf16, default_device
 from randmask.masks import RandomMask
 from randmask.models import build_model
 from randmask.train import (
@@ -58,8 +62,15 @@ def old_epoch_batches(x, y, cfg, epoch):
         yield xb, y[idx]
 
 
+def clock(device: torch.device) -> float:
+    """perf_counter once the device has finished its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def compare_preset(args) -> None:
-    device = torch.device("cpu")
+    device = args.device
     cfg = make_config(args.model, "quick")
     x, y = load_uint8(cfg.dataset, "train")
     x_test, y_test = load_uint8(cfg.dataset, "test")
@@ -80,9 +91,11 @@ def compare_preset(args) -> None:
         eval_amp = amp if name == "new" else None  # the old path checked each epoch in fp32
         paths[name] = {"model": model, "opt": opt, "amp": amp, "eval_amp": eval_amp, "batches": batches, "losses": [],
                        "data": [], "step": [], "eval": []}
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{torch.get_num_threads()} threads, oneDNN native bf16: {cpu_has_fast_bf16()}")
     print(f"{cfg.notation}, quick preset (width {cfg.width}, batch {cfg.batch_size}, channels_last "
-          f"{cfg.channels_last}, {steps_per_epoch} steps per epoch), {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, oneDNN native bf16: {cpu_has_fast_bf16()}")
+          f"{cfg.channels_last}, {steps_per_epoch} steps per epoch) on {device.type}: {where}, "
+          f"torch {torch.__version__}")
     print(f"precision: old path {old_amp or 'fp32'} (oneDNN's report), new path {new_amp or 'fp32'} "
           f"(measured probe, {probe_s:.1f}s once per process and model shape)")
     done = 0
@@ -92,19 +105,19 @@ def compare_preset(args) -> None:
             p = paths[name]
             p["model"].train()
             for i in range(done, done + chunk):
-                t0 = time.perf_counter()
+                t0 = clock(device)
                 xb, yb = next(p["batches"])
-                t1 = time.perf_counter()
+                t1 = clock(device)
                 loss, _ = train_step(p["model"], p["opt"], xb, yb, cfg, p["amp"], lr_at(cfg, i, steps_per_epoch),
                                      device)
-                t2 = time.perf_counter()
+                t2 = clock(device)
                 p["losses"].append(loss)
                 if i:  # the first step builds oneDNN's kernels
                     p["data"].append(t1 - t0)
                     p["step"].append(t2 - t1)
-            t0 = time.perf_counter()
+            t0 = clock(device)
             accuracy(p["model"], x_test, y_test, device=device, channels_last=cfg.channels_last, amp=p["eval_amp"])
-            p["eval"].append((time.perf_counter() - t0) * 10000 / len(x_test))
+            p["eval"].append((clock(device) - t0) * 10000 / len(x_test))
         done += chunk
     epoch = {}
     for name, p in paths.items():
@@ -124,32 +137,34 @@ def compare_preset(args) -> None:
 
 
 def compare_masks(args) -> None:
-    x, y = torch.rand(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
+    device = args.device
+    x, y = torch.rand(args.batch, 3, 32, 32, device=device), torch.randint(0, 10, (args.batch,), device=device)
     variants = {}
     for name in ("Normal ResNet-18", "0.7-Shallow", "0.5-Deep", "0.5-ShallowSM"):
-        model = build_model(name, width=args.width)
+        model = build_model(name, width=args.width).to(device)
         variants[name] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
     times: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds + 1):  # round 0 warms up
         for name, (model, opt) in variants.items():
             model.train()
-            start = time.perf_counter()
+            start = clock(device)
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            t_train = time.perf_counter() - start
+            t_train = clock(device) - start
             model.eval()
-            start = time.perf_counter()
+            start = clock(device)
             with torch.no_grad():
                 model(x)
-            t_eval = time.perf_counter() - start
+            t_eval = clock(device) - start
             if r:
                 times.setdefault((name, "train"), []).append(t_train)
                 times.setdefault((name, "eval"), []).append(t_eval)
     med = {k: statistics.median(v) for k, v in times.items()}
     base_train, base_eval = med[("Normal ResNet-18", "train")], med[("Normal ResNet-18", "eval")]
-    print(f"masked vs unmasked, fp32 NCHW, width {args.width}, batch {args.batch}, {args.rounds} interleaved rounds")
+    print(f"masked vs unmasked, fp32 NCHW on {device.type}, width {args.width}, batch {args.batch}, "
+          f"{args.rounds} interleaved rounds")
     print(f"{'model':<18}{'train step s':>14}{'ratio':>8}{'inference s':>14}{'ratio':>8}")
     for name in variants:
         tr, ev = med[(name, "train")], med[(name, "eval")]
@@ -167,7 +182,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["preset", "masks"])
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when present)")
     args = parser.parse_args()
+    args.device = default_device() if args.device == "auto" else torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     torch.set_num_threads(args.threads)
     if args.only in (None, "preset"):
         compare_preset(args)

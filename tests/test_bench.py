@@ -1,0 +1,39 @@
+"""The benchmarks stay runnable: bench_core trains the quick preset both ways and the two loss curves agree.
+(Times themselves are never asserted: speed targets live in the benchmarks' own output.)"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bench_core_times_both_paths_of_the_preset_and_their_loss_curves_agree(data_dir):
+    run = subprocess.run([sys.executable, "bench/bench_core.py", "--steps", "4", "--chunk", "2", "--eval-n", "100",
+                          "--threads", "1", "--rounds", "1", "--width", "4", "--batch", "16", "--device", "cpu"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    epochs = dict(re.findall(r"^  (old|new): .*epoch ~ ([\d.]+)s$", run.stdout, re.M))
+    assert set(epochs) == {"old", "new"} and all(float(v) > 0 for v in epochs.values())
+    ratio = float(re.search(r"epoch-time ratio new/old = ([\d.]+)", run.stdout).group(1))
+    assert ratio == pytest.approx(float(epochs["new"]) / float(epochs["old"]), abs=2e-3)
+    assert "(bf16 tolerance <= 0.02: met)" in run.stdout  # both paths train the same net from the same seed
+    masked = re.findall(r"^(Normal ResNet-18|0\.7-Shallow|0\.5-Deep|0\.5-ShallowSM) +[\d.]+ +([\d.]+)", run.stdout,
+                        re.M)
+    assert [name for name, _ in masked] == ["Normal ResNet-18", "0.7-Shallow", "0.5-Deep", "0.5-ShallowSM"]
+    assert masked[0][1] == "1.000"
+
+
+def test_bench_core_refuses_a_missing_cuda_device_in_one_line():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here")
+    run = subprocess.run([sys.executable, "bench/bench_core.py", "--device", "cuda"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].endswith("--device cuda: no CUDA device here")
