@@ -115,6 +115,8 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         else:
             print(text)
     elif args.action == "train":
+        if args.threads is not None and args.threads < 1:
+            raise RandmaskError(f"--threads must be at least 1, not {args.threads}")
         if args.threads:
             import torch
 

@@ -49,7 +49,12 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
     status: dict[str, dict] = {}
     if cache is True:
         cache = crafted_cache_root()
-    plan = [exp for exp in experiments(settings, cache or None) if not only or exp.key in only]
+    every = experiments(settings, cache or None)
+    unknown = [key for key in only or [] if key not in {exp.key for exp in every}]
+    if unknown:
+        raise RandmaskError(f"unknown experiment {', '.join(map(repr, unknown))}; known: "
+                            f"{', '.join(exp.key for exp in every)}")
+    plan = [exp for exp in every if not only or exp.key in only]
     ready: dict[str, Experiment] = {}
     for exp in plan:
         missing = [n for n in exp.needs if not zoo.has(n)]

@@ -11,8 +11,9 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,16 @@ from randmask.notation import ModelRef, canonical, parse_ref
 from randmask.paper import model_key
 from randmask.settings import readme_path, zoo_root, zoo_runs_root
 from randmask.stats import wilson_interval
-from randmask.train import TrainConfig, accuracy, asdict_json, assemble_ensemble, make_config, train
+from randmask.train import (
+    LOG_FILE,
+    RESUME_FILE,
+    TrainConfig,
+    accuracy,
+    asdict_json,
+    assemble_ensemble,
+    make_config,
+    train,
+)
 
 ZOO_ROOT = zoo_root()
 RUNS_ROOT = zoo_runs_root()
@@ -202,7 +212,8 @@ def _alive(lock: Path) -> bool:
     return True
 
 
-def train_zoo(runs: Path = RUNS_ROOT, zoo: Path = ZOO_ROOT, only: list[str] | None = None) -> None:
+def train_zoo(runs: Path = RUNS_ROOT, zoo: Path = ZOO_ROOT, only: list[str] | None = None,
+              say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> None:
     """Train every entry that is missing or was trained with another recipe (resuming a partial run), exporting
     each as soon as it is done. A shipped model of an older recipe stays in place until its successor is done."""
     by_name = {e.name: e for e in ZOO}
@@ -214,22 +225,31 @@ def train_zoo(runs: Path = RUNS_ROOT, zoo: Path = ZOO_ROOT, only: list[str] | No
         if only else ZOO
     for entry in chosen:
         if is_current(zoo / entry.name, entry):
+            say(f"{entry.name}: already in the zoo ({zoo / entry.name})")
             continue
         out = runs / entry.name
         with claim(out) as mine:
-            if not mine or is_current(zoo / entry.name, entry):  # another lane has it, or finished it meanwhile
+            if not mine:
+                say(f"{entry.name}: another process is training it ({out}.lock); skipped")
+                continue
+            if is_current(zoo / entry.name, entry):  # another lane finished it meanwhile
+                say(f"{entry.name}: already in the zoo ({zoo / entry.name})")
                 continue
             if (out / WEIGHTS_FILE).exists() and not is_current(out, entry):
                 out.rename(out.with_name(f"{out.name}.old-recipe-{int(time.time())}"))  # keep it, never overwrite
             if not (out / WEIGHTS_FILE).exists():
+                resumed = (out / RESUME_FILE).exists()
+                say(f"{entry.name}: training{' (resuming)' if resumed else ''}; progress in {out / LOG_FILE}")
                 train(planned_config(entry), out, show_bar=False)
-            export(out, zoo / entry.name, role=entry.role, label=entry.label)
+            shipped = export(out, zoo / entry.name, role=entry.role, label=entry.label)
+            say(f"{entry.name}: in the zoo, {100 * shipped['clean_accuracy']:.1f}% clean ({zoo / entry.name})")
     for name, (_, members) in ENSEMBLES.items():
         folders = [zoo / e.name for e in members]
         done = (zoo / name / WEIGHTS_FILE).exists() and same_recipe(_recipe_of(zoo / name), _recipe_of(folders[0]))
         if all(is_current(f, e) for f, e in zip(folders, members, strict=True)) and not done:
             assemble_ensemble(folders, runs / name)
-            export(runs / name, zoo / name, role=f"EN of the five {members[0].notation} members")
+            shipped = export(runs / name, zoo / name, role=f"EN of the five {members[0].notation} members")
+            say(f"{name}: assembled from its five members, {100 * shipped['clean_accuracy']:.1f}% clean")
 
 
 def _recipe_of(folder: Path) -> dict | None:

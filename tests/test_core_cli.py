@@ -46,6 +46,8 @@ def test_models_lists_architectures_and_presets(capsys):
     (["info", "0.5-Sideways"], "cannot read"),
     (["evaluate", "--model", "/no/such/folder"], "not a checkpoint folder"),
     (["train", "0.5-Shallow", "--out", "x", "--preset", "fast"], "unknown preset"),
+    (["reproduce", "--only", "table2_transfer", "tabel11_transfer"], "unknown experiment 'tabel11_transfer'; known: "),
+    (["zoo", "train", "--threads", "0", "--only", "cifar10/0.7-Shallow"], "--threads must be at least 1, not 0"),
 ])
 def test_errors_are_one_line_and_nonzero(args, fragment):
     proc = run_cli(*args)

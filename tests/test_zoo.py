@@ -1,5 +1,6 @@
 """Every shipped zoo checkpoint loads, keeps its recorded masks, and still has its stated accuracy."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -186,8 +187,11 @@ def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_pa
     old_config = json.loads((tmp_path / "zoo" / entry.name / "config.json").read_text())
     assert zoo.recipe_status(entry.name, {**old_config, "autocast": "fp32"}) == "older: epochs=15 (fp32)"
 
-    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo")
+    said = []
+    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)
     assert [c.epochs for c in trained] == [40]
+    assert said[0] == f"{entry.name}: training; progress in {tmp_path / 'runs' / entry.name / 'progress.jsonl'}"
+    assert said[1].startswith(f"{entry.name}: in the zoo, ") and said[1].endswith(f"% clean ({tmp_path / 'zoo' / entry.name})")
     assert zoo.is_current(tmp_path / "zoo" / entry.name, entry)
     assert [(r["trained"], r["current"], r["epochs"]) for r in zoo.list_zoo(tmp_path / "zoo")] == [(True, True, 40)]
     shipped = json.loads((tmp_path / "zoo" / entry.name / "config.json").read_text())
@@ -196,8 +200,15 @@ def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_pa
     kept = list((tmp_path / "runs" / "cifar10").glob("0.5-Shallow.old-recipe-*"))
     assert len(kept) == 1 and json.loads((kept[0] / "config.json").read_text())["recipe"]["epochs"] == 15
 
-    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo")  # now current: nothing to do
-    assert len(trained) == 1
+    said.clear()
+    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)  # now current: nothing to do
+    assert len(trained) == 1 and said == [f"{entry.name}: already in the zoo ({tmp_path / 'zoo' / entry.name})"]
+    with zoo.claim(tmp_path / "runs" / entry.name):  # a lane holds it while a retrain is due: said, and skipped
+        shutil.rmtree(tmp_path / "zoo" / entry.name)
+        said.clear()
+        zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)
+    assert len(trained) == 1 and said == [f"{entry.name}: another process is training it "
+                                          f"({tmp_path / 'runs' / entry.name}.lock); skipped"]
 
 
 def test_train_zoo_trains_only_the_named_models_in_the_order_given(tmp_path, monkeypatch):
