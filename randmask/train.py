@@ -28,7 +28,7 @@ from randmask.data import load_uint8, pixel_mean
 from randmask.device import autocast_dtype, cpu_has_fast_bf16, default_device
 from randmask.errors import RandmaskError
 from randmask.models import Ensemble, build_model
-from randmask.notation import format_model, parse_model
+from randmask.notation import MAX_ENSEMBLE, format_model, parse_model
 from randmask.stats import wilson_interval
 
 RESUME_FILE, LOG_FILE = "resume.pt", "progress.jsonl"
@@ -65,8 +65,17 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "width"):
             if getattr(self, name) < 1:
                 raise RandmaskError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise RandmaskError(f"lr must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise RandmaskError(f"lr must be a positive finite number, got {self.lr}")
+        for name, low, high in (("momentum", 0.0, 1.0), ("label_smoothing", 0.0, 1.0), ("warmup", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and low <= value < high):
+                raise RandmaskError(f"{name} must be in [{low:g}, {high:g}), got {value}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise RandmaskError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        for name in ("train_n", "eval_n"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise RandmaskError(f"{name} must be at least 1 (or unset for all images), got {getattr(self, name)}")
         if self.channels_last and self.width < MIN_CHANNELS_LAST_WIDTH:
             raise RandmaskError(f"channels_last needs width >= {MIN_CHANNELS_LAST_WIDTH}, got {self.width}: torch "
                                 "2.14's CPU kernels hang or corrupt the heap on ResNet-18 at width 4 with it")
@@ -389,6 +398,8 @@ def _train_ensemble(cfg: TrainConfig, out: Path, progress, show_bar) -> dict:
 def assemble_ensemble(folders: list[str | Path], out: str | Path, eval_n: int | None = None) -> dict:
     """Join trained members (same notation, width and data set; consecutive seeds, and mask seeds when masked)
     into one EN checkpoint."""
+    if not 2 <= len(folders) <= MAX_ENSEMBLE:
+        raise RandmaskError(f"an EN joins 2 to {MAX_ENSEMBLE} members, not {len(folders)}")
     members = [load_model(f) for f in folders]
     first = members[0][1]
     for _, conf in members:

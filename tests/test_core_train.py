@@ -37,6 +37,16 @@ def test_bad_settings():
         make_config("0.5-Shallow", "quick", epoch=3)
     with pytest.raises(RandmaskError, match="epochs"):
         make_config("0.5-Shallow", "quick", epochs=0)
+    for setting, value, message in [("lr", float("inf"), "lr must be a positive finite number"),
+                                    ("lr", -0.1, "lr must be a positive finite number"),
+                                    ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
+                                    ("label_smoothing", float("nan"), "label_smoothing must be in"),
+                                    ("warmup", -0.1, "warmup must be in"),
+                                    ("weight_decay", -1e-4, "weight_decay must be a finite number >= 0"),
+                                    ("eval_n", 0, "eval_n must be at least 1")]:
+        with pytest.raises(RandmaskError, match=message):
+            make_config("0.5-Shallow", "quick", **{setting: value})
+    assert make_config("0.5-Shallow", "quick", momentum=0.0, label_smoothing=0.0, weight_decay=0.0, train_n=1)
 
 
 def test_quick_preset_is_channels_last_except_where_torch_cannot():
