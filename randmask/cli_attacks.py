@@ -153,6 +153,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     spec = parse_attack(args.attack)
     _positive("--n", args.n)
+    _positive("--batch-size", args.batch_size)
     meta = Path(args.out) / META_FILE
     if meta.exists() and not args.overwrite:  # before any work: an existing set is never touched
         raise RandmaskError(f"{meta} already exists; choose another --out or pass --overwrite")

@@ -86,6 +86,8 @@ def select_correct(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor
     probability >= min_confidence; scanning stops as soon as n are found."""
     if n is not None and n < 1:
         raise RandmaskError(f"n must be positive, got {n}")
+    if batch_size < 1:
+        raise RandmaskError(f"batch size must be positive, got {batch_size}")
     chosen: list[torch.Tensor] = []
     found = 0
     for start in range(0, len(x), batch_size):

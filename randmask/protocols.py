@@ -17,6 +17,7 @@ the paper's table file: defense_rate, accuracy, clean_accuracy.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 
@@ -265,8 +266,8 @@ def noise(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *,
     Every model sees the same noisy images; each sigma scales the same standard-normal draw. With `cache`,
     each model's predictions on each noisy set are kept (evaluate.predicted_labels)."""
     _check_pool(x, y)
-    if any(s < 0 for s in sigmas):
-        raise RandmaskError(f"noise sigmas must be >= 0, got {list(sigmas)}")
+    if not all(math.isfinite(s) and s >= 0 for s in sigmas):
+        raise RandmaskError(f"noise sigmas must be finite and >= 0, got {list(sigmas)}")
     levels = [0.0, *[float(s) for s in sigmas if s != 0]]
     work = Work(len(levels) * len(models), progress)
     rows = []

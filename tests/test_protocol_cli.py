@@ -110,11 +110,20 @@ def test_protocol_commands_write_tidy_csv(tmp_path, capsys, argv, protocol, atta
     (["shuffle", "--models", "VGG-19", "--k", "5", "--min-confidence", "0", "--out", "{tmp}/s.csv"],
      "does not divide"),
     (["noise", "--models", "VGG-19", "--sigmas", "-2", "--out", "{tmp}/n.csv"], "sigmas must be"),
+    (["noise", "--models", "VGG-19", "--sigmas", "8", "nan", "--out", "{tmp}/n.csv"], "sigmas must be finite"),
 ])
 def test_user_errors_are_one_line(tmp_path, capsys, argv, fragment):
     code, _, stderr = run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv], *SMALL)
     lines = [line for line in stderr.splitlines() if not line.startswith("warning:")]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], stderr
+
+
+def test_a_zero_batch_size_is_refused_by_name_before_any_work(tmp_path, capsys):
+    small = [a if a != "16" else "0" for a in SMALL]  # SMALL's --batch-size 16 becomes 0
+    code, _, stderr = run(capsys, "attack", "--model", "Normal ResNet-18", "--attack", "FGSM8", "--out",
+                          str(tmp_path / "x"), *small)
+    lines = [line for line in stderr.splitlines() if not line.startswith("warning:")]
+    assert code == 2 and lines == ["error: --batch-size must be positive, got 0"] and not (tmp_path / "x").exists()
 
 
 def test_a_bare_notation_needs_the_untrained_flag(tmp_path, capsys):
