@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _clean_set(out: Path, count: int, seed: int, unambiguous: float | None, avoid: list[Path]) -> Path:
     from .sets import read_set
 
+    if count < 1:
+        raise SetError(f"--count must be at least 1, got {count}")
+    if unambiguous is not None and not 0 <= unambiguous <= 1:  # also refuses NaN
+        raise SetError(f"--unambiguous is a share of CIFAR-10H annotators, from 0 to 1, got {unambiguous}")
     x, y = load_cifar10_test()
     pool = unambiguous_indices(y, load_cifar10h() if unambiguous is not None else None, min_share=unambiguous or 0.0)
     taken = {i.test_index for folder in avoid for i in read_set(folder)}

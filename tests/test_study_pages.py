@@ -323,6 +323,15 @@ def test_cli_errors_are_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "study", "create", "--db", str(tmp_path / "n.db"), "--name", "x",
                              "--set", str(tmp_path / "no-such-set")], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 2 and "no meta.csv" in result.stderr and "Traceback" not in result.stderr
+    for args, message in [(["--count", "0"], "error: --count must be at least 1, got 0"),
+                          (["--count", "-3"], "error: --count must be at least 1, got -3"),
+                          (["--unambiguous", "1.5"], "error: --unambiguous is a share of CIFAR-10H annotators, "
+                                                     "from 0 to 1, got 1.5"),
+                          (["--unambiguous", "nan"], "error: --unambiguous is a share of CIFAR-10H annotators, "
+                                                     "from 0 to 1, got nan")]:
+        result = subprocess.run([sys.executable, "-m", "study", "clean-set", "--out", str(tmp_path / "cs"), *args],
+                                capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert result.returncode == 2 and result.stderr.strip() == message and not (tmp_path / "cs").exists()
 
 
 def test_label_page_inside_app_navigation(db_path):
