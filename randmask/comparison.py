@@ -129,8 +129,9 @@ def untrained_targets(comp: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def results_without_paper(paper, ours, table: int) -> list[dict]:
-    """Our defense-rate rows of a table's protocol that no number of the paper's table matches (same source,
-    target, attack): measured beyond the paper, so a side-by-side table would otherwise drop them."""
+    """Our attacked rows (defense rates; accuracies under attack for the white-box table) of a table's protocol
+    that no number of the paper's table matches (same source, target, attack): measured beyond the paper, such as
+    the controls, so a side-by-side table would otherwise drop them."""
     part = paper[(paper["table"] == table) & (paper["metric"] != "clean_accuracy")]
     known = {(model_key(r["source"]), model_key(r["target"]), attack_key(r["attack"])) for r in part.to_dict("records")}
     if ours is None or ours.empty:
@@ -138,7 +139,7 @@ def results_without_paper(paper, ours, table: int) -> list[dict]:
     frame = ours
     if "protocol" in frame.columns:
         frame = frame[frame["protocol"].fillna(TABLE_PROTOCOL[table]) == TABLE_PROTOCOL[table]]
-    return [r for r in frame.to_dict("records") if r.get("metric", "defense_rate") == "defense_rate"
+    return [r for r in frame.to_dict("records") if r.get("metric", "defense_rate") != "clean_accuracy"
             and (model_key(r.get("source")), result_target_key(r), _our_attack(r)) not in known]
 
 

@@ -515,6 +515,23 @@ def test_results_without_paper_are_our_rows_that_no_paper_number_matches():
     assert comparison.results_without_paper(paper_frame(), None, 7) == []
 
 
+def test_white_box_rows_of_a_control_are_results_without_paper():
+    # Table 4 reports accuracy under attack, not a defense rate: a control's rows must not vanish from the report
+    paper = pd.DataFrame([(4, "Normal ResNet-18", "Normal ResNet-18", "FGSM1", "accuracy", 81.2),
+                          (4, "Normal ResNet-18", "Normal ResNet-18", None, "clean_accuracy", 95.3)],
+                         columns=["table", "source", "target", "attack", "metric", "percent"])
+    paper["table"] = paper["table"].astype("Int64")
+
+    def row(model, attack, metric="accuracy"):
+        return {"protocol": "whitebox", "source": model, "target": model, "attack": attack, "metric": metric,
+                "n": 10, "accuracy": 0.5, "ci_low": 0.2, "ci_high": 0.8}
+
+    ours = pd.DataFrame([row("Normal ResNet-18", "FGSM1"), row("0.7-ShallowDropout", "FGSM1"),
+                         row("0.7-ShallowDropout", "", "clean_accuracy")])
+    extra = comparison.results_without_paper(paper, ours, 4)
+    assert [(r["target"], r["attack"]) for r in extra] == [("0.7-ShallowDropout", "FGSM1")]
+
+
 # ------------------------------------------------------------------------------- readable tables (issue 18)
 def test_rows_without_ours_say_why_with_the_command_that_trains_the_model(tmp_path, monkeypatch):
     monkeypatch.setenv("RANDMASK_RUNS", str(settings.PROJECT_ROOT / "runs" / "user"))
