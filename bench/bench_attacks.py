@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from randmask.attacks import CW, FGSM, PGD, margin
+from randmask.device import synchronize
 
 
 def small_cnn() -> nn.Module:
@@ -80,17 +81,12 @@ class _Shift(nn.Module):
         return self.body(x - 0.45)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(fn, device) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process): on a shared CPU the second ignores other jobs' load."""
-    sync(device)
+    synchronize(device)
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    sync(device)
+    synchronize(device)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from randmask.data import load_uint8
-from randmask.device import autocast_dtype, cpu_has_fast_bf16, default_device
+from randmask.device import autocast_dtype, cpu_has_fast_bf16, default_device, synchronize
 from randmask.masks import RandomMask
 from randmask.models import build_model
 from randmask.train import (
@@ -63,9 +63,8 @@ def old_epoch_batches(x, y, cfg, epoch):
 
 
 def clock(device: torch.device) -> float:
-    """perf_counter once the device has finished its queued work (CUDA runs asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    """perf_counter once the device has finished its queued work."""
+    synchronize(device)
     return time.perf_counter()
 
 

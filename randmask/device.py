@@ -14,6 +14,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait until the device has finished its queued work (CUDA runs asynchronously): for timing; a no-op on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def device_text(device: torch.device) -> str:
     """'CUDA · <GPU name>' or 'CPU': which device the app computes on, for its sidebar."""
     return f"CUDA · {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "CPU"
