@@ -78,6 +78,11 @@ def _row(protocol: str, dataset: str, source: str, target: str, attack: str, met
             "metric": metric, **accuracy_fields(correct, n), **extra}
 
 
+def _images_key(images: torch.Tensor, cache: str | os.PathLike | None) -> str | None:
+    """An image set's prediction-cache key, hashed once for all the models that see it (None: no cache)."""
+    return tensor_fingerprint(images) if cache is not None else None
+
+
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
              cache: str | os.PathLike | None = None, model_key: str | None = None,
              images_key: str | None = None) -> int:
@@ -159,7 +164,7 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
                  "mean_linf": mean_or_nan(crafted.linf[keep]), "mean_l2": mean_or_nan(crafted.l2[keep]),
                  "paper_attack": paper_names.get(str(spec), str(spec)), "quantized": quantize_images,
                  "seed": seed, "source_logit_gap": median_logit_gap(source_model, x[idx], batch_size)}
-        adv_key = tensor_fingerprint(adv) if cache is not None else None
+        adv_key = _images_key(adv, cache)
         for name, target in targets.items():
             rows.append(_row(protocol, dataset, source_name, name, str(spec), "defense_rate",
                              _correct(target, adv, labels, batch_size, cache, model_keys.get(name), adv_key),
@@ -168,7 +173,7 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
         models = dict(targets)
         if not any(model is source_model for model in targets.values()):
             models = {source_name: source_model, **models}
-        pool_key = tensor_fingerprint(x) if cache is not None else None
+        pool_key = _images_key(x, cache)
         for name, model in models.items():
             rows.append(_row(protocol, dataset, "", name, "", "clean_accuracy",
                              _correct(model, x, y, batch_size, cache, model_keys.get(name), pool_key), len(x),
@@ -223,7 +228,7 @@ def graybox(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.Module], 
         rows += part
         report(1, 1)
     if clean:
-        pool_key = tensor_fingerprint(x) if cache is not None else None
+        pool_key = _images_key(x, cache)
         for name, model in {**sources, **targets}.items():
             rows.append(_row("graybox", dataset, "", name, "", "clean_accuracy",
                              _correct(model, x, y, batch_size, cache, images_key=pool_key), len(x), seed=seed))
@@ -238,7 +243,7 @@ def whitebox(models: Mapping[str, nn.Module], attacks: Sequence[str], x: torch.T
     specs = [parse_attack(a) for a in attacks]
     work = Work(len(models) * len(specs) * len(x), progress)
     rows = []
-    pool_key = tensor_fingerprint(x) if cache is not None else None
+    pool_key = _images_key(x, cache)
     for name, model in models.items():
         rows.append(_row("whitebox", dataset, name, name, "", "clean_accuracy",
                          _correct(model, x, y, batch_size, cache, images_key=pool_key), len(x), seed=seed))
@@ -275,7 +280,7 @@ def noise(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *,
         noisy = gaussian_noise(x, sigma, torch.Generator().manual_seed(seed))
         if quantize_images:
             noisy = quantize(noisy, x)
-        noisy_key = tensor_fingerprint(noisy) if cache is not None else None
+        noisy_key = _images_key(noisy, cache)
         for name, model in models.items():
             rows.append(_row("noise", dataset, "", name, f"noise{sigma:g}", "accuracy",
                              _correct(model, noisy, y, batch_size, cache, images_key=noisy_key), len(x), sigma=sigma,
