@@ -16,6 +16,7 @@ compared by their best round (wall time on CUDA; on a CPU the process's CPU time
 Target: ours/torchattacks time ratio <= 0.67 for `attack(x, y)` (images only, as torchattacks returns) with
 success rates (measured by the model itself on each attack's images) within 1 point and every image inside
 its eps-ball on [0, 1]; `attack.run` also measures logits, success and norms (one more forward pass).
+On CUDA, ours also runs without its CUDA graphs (the eager fast path), to show what the graphs add.
 Transfer: the evaluation of --targets zoo models on one crafted PGD set, `predict` fast (cached fast views)
 against exact (each model itself, NCHW, no_grad), with the accuracies each gives.
 CW (kappa 0): torchattacks.CW runs --cw-budget Adam steps at c=1 with no search over c and returns the clean
@@ -197,6 +198,8 @@ def compare_gradient_attack(title, ours, exact, theirs, eps, model, x, y, args, 
                 "torchattacks": batched(theirs, images["torchattacks"]),
                 # images plus logits, success and norms: one more forward pass per batch
                 "ours.run": lambda: ours.run(x, y, batch_size=args.batch)}
+    if device.type == "cuda":  # what the CUDA graphs add: the same fast path, eager
+        variants["ours eager"] = without_cuda_graphs(batched(ours))
     wall, used, kind = interleaved(variants, args.rounds, device)
     print(f"{title}, {len(x)} images, best of {args.rounds}: "
           + ", ".join(f"{name} {wall[name]:.3f}s wall / {used[name]:.3f}s {kind}" for name in variants))
@@ -217,6 +220,20 @@ def compare_gradient_attack(title, ours, exact, theirs, eps, model, x, y, args, 
     print(f"  wall-time ratio {wall['ours'] / wall['torchattacks']:.3f}; ours.run/torchattacks "
           f"{used['ours.run'] / used['torchattacks']:.3f}; exact/torchattacks "
           f"{used['ours exact'] / used['torchattacks']:.3f}, exact images identical to torchattacks': {identical}")
+    if "ours eager" in used:
+        print(f"  without CUDA graphs (eager fast path)/torchattacks {used['ours eager'] / used['torchattacks']:.3f}")
+
+
+def without_cuda_graphs(fn):
+    from randmask.attacks import cuda_graphs
+
+    def go():
+        cuda_graphs.ENABLED = False
+        try:
+            fn()
+        finally:
+            cuda_graphs.ENABLED = True
+    return go
 
 
 def compare_transfer(model, x, y, args, device) -> None:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU rows of README's Performance section in one run (about 10 minutes on a recent GPU):
+# The GPU rows of README's Performance section in one run (about 1.5 minutes on an H200, 10 at most):
 #   RANDMASK_DATA=<data folder> bash bench/gpu_check.sh [output folder, default runs/gpu_check]
 # 1. bench_core: the quick preset's training steps and test pass on CUDA, and masked vs unmasked steps;
-# 2. bench_attacks: FGSM and PGD, ours (fast and exact) against torchattacks, and the transfer evaluation;
+# 2. bench_attacks: FGSM and PGD, ours (fast, fast without CUDA graphs, exact) against torchattacks, the transfer
+#    evaluation, and PGD again on 512 images a batch;
 # 3. one epoch of the paper preset (width 64, fp32, batch 128) of 0.7-Shallow, timed by `train` itself.
 # TRAIN_N=<n> trains that epoch on the first n training images only (for a machine that holds a subset).
 # Everything printed also lands in <output folder>/gpu_check.log; each step has its own time limit, so a
@@ -29,10 +30,12 @@ step() {  # step <seconds> <title> <command...>
     step 30 "machine" bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \
         $python -c 'import torch; print(\"torch\", torch.__version__, \"CUDA\", torch.version.cuda, \
         torch.cuda.get_device_name() if torch.cuda.is_available() else \"no CUDA device\")'"
-    step 180 "bench_core" "$python" bench/bench_core.py --device cuda --steps 100 --chunk 20 --eval-n 10000
-    step 240 "bench_attacks" "$python" bench/bench_attacks.py --rounds 3
+    step 150 "bench_core" "$python" bench/bench_core.py --device cuda --steps 100 --chunk 20 --eval-n 10000
+    step 200 "bench_attacks" "$python" bench/bench_attacks.py --rounds 3
+    step 90 "bench_attacks, PGD on 512 images a batch" "$python" bench/bench_attacks.py --rounds 3 --n 512 \
+        --batch 512 --only pgd
     rm -rf "$out/paper-epoch"
-    step 240 "paper preset, one epoch" "$python" -m randmask train "0.7-Shallow" --preset paper --epochs 1 \
+    step 180 "paper preset, one epoch" "$python" -m randmask train "0.7-Shallow" --preset paper --epochs 1 \
         "${train_n[@]}" --out "$out/paper-epoch" --no-bar
     step 10 "paper preset epoch log" bash -c "grep '\"event\": \"epoch\"' '$out/paper-epoch/progress.jsonl'"
 } 2>&1 | tee "$out/gpu_check.log"

@@ -363,3 +363,43 @@ def test_attacks_run_on_cuda_and_return_to_the_callers_device():
         result = make_attack(notation, model).run(x, y)
         assert result.adv.device == x.device
         assert torch.allclose(result.adv.cuda(), make_attack(notation, model).run(x.cuda(), y.cuda()).adv)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_replayed_cuda_graph_gives_the_eager_gradient_and_a_random_model_stays_eager():
+    from randmask.attacks import cuda_graphs, fast_view
+
+    model = toy_resnet().cuda().eval()
+    x, y = (t.cuda() for t in toy_images(16))
+    view = fast_view(model, x)
+    for seed in (1, 2):  # the second batch replays the graph captured on the first
+        xb, yb = (t.cuda() for t in toy_images(16, seed=seed))
+        got = cuda_graphs.graphed_gradient(view, xb, yb)
+        want = cuda_graphs.cross_entropy_gradient(view, xb, yb)
+        assert got is not None
+        for g, w in zip(got, want, strict=True):
+            assert torch.allclose(g, w, rtol=1e-4, atol=1e-6)
+
+    class Noisy(nn.Module):  # draws random numbers in eval mode: its graph cannot match the eager pass
+        def __init__(self):
+            super().__init__()
+            self.body = toy_cnn().cuda()
+
+        def forward(self, images):
+            return self.body(images + 0.1 * torch.randn_like(images))
+
+    assert cuda_graphs.graphed_gradient(Noisy().eval(), x, y) is None
+    model.cpu()
+    assert cuda_graphs.graphed_gradient(fast_view(model, x.cpu()), x.cpu(), y.cpu()) is None  # CPU: eager
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_cuda_fast_path_fools_as_often_as_torchattacks():
+    model = toy_resnet().cuda().eval()
+    x, y = (t.cuda() for t in toy_images(64))
+    ours = PGD(model, eps=8, step=2, steps=10)(x, y)
+    theirs = torchattacks.BIM(model, eps=8 / 255, alpha=2 / 255, steps=10)(x, y)
+    assert (ours - x).abs().max() * 255 <= 8 + 1e-4 and 0 <= ours.min() and ours.max() <= 1
+    with torch.no_grad():
+        fooled = [(model(a).argmax(1) != y).float().mean().item() for a in (ours, theirs)]
+    assert abs(fooled[0] - fooled[1]) <= 2 / len(x)

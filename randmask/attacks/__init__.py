@@ -5,7 +5,8 @@
     result = attack.run(x, y, batch_size=256)   # images plus logits, per-image success, l-inf and l2 norms
 
 Budgets are in 0-255 units. The model runs in eval mode and leaves exactly as it came. Attacks are fast by
-default (an eval copy with BatchNorm folded, channels_last); `exact=True` reproduces torchattacks bit for bit.
+default (an eval copy with BatchNorm folded, channels_last, on a GPU replayed as CUDA graphs); `exact=True`
+reproduces torchattacks bit for bit.
 Each attack class registers its kind, notation and defaults with `@register_attack` (see registry.py);
 `list_attacks()` names them.
 """
