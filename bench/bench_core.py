@@ -44,6 +44,7 @@ from randmask.train import (
     random_crop_flip,
     train_step,
     training_precision,
+    where_batches_are_drawn,
 )
 
 
@@ -86,7 +87,10 @@ def compare_preset(args) -> None:
             for m in model.modules():
                 if isinstance(m, RandomMask):
                     m.match_layout = False
-        batches = (old_epoch_batches if name == "old" else epoch_batches)(x, y, cfg, 0)
+        if name == "old":
+            batches = old_epoch_batches(x, y, cfg, 0)
+        else:  # as train draws them: on a GPU from the training set held on the GPU
+            batches = epoch_batches(*where_batches_are_drawn(x, y, device), cfg, 0)
         eval_amp = amp if name == "new" else None  # the old path checked each epoch in fp32
         paths[name] = {"model": model, "opt": opt, "amp": amp, "eval_amp": eval_amp, "batches": batches, "losses": [],
                        "data": [], "step": [], "eval": []}

@@ -155,6 +155,32 @@ def test_crop_flip_on_uint8_gives_the_float_pipelines_batches():
         assert xb.dtype == torch.float32 and torch.equal(xb, want) and torch.equal(yb, order[part])
 
 
+def test_training_batches_stay_where_they_are_on_a_cpu():
+    from randmask.train import where_batches_are_drawn
+
+    x, y = torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(4)
+    got_x, got_y = where_batches_are_drawn(x, y, torch.device("cpu"))
+    assert got_x is x and got_y is y
+    from randmask.train import _UNIT, to_unit_floats
+
+    every = torch.arange(256, dtype=torch.uint8)  # the table a GPU reads gives the CPU's division
+    assert torch.equal(to_unit_floats(every), _UNIT[every.long()]) and _UNIT[255] == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batches_drawn_on_the_gpu_are_the_cpus_bit_for_bit():
+    from randmask.train import epoch_batches, where_batches_are_drawn
+
+    gen = torch.Generator().manual_seed(6)
+    x, y = torch.randint(0, 256, (300, 3, 8, 8), generator=gen, dtype=torch.uint8), torch.arange(300)
+    cfg = make_config("0.7-Shallow", "quick", batch_size=64)
+    on_gpu = list(epoch_batches(*where_batches_are_drawn(x, y, torch.device("cuda")), cfg, 3))
+    on_cpu = list(epoch_batches(x, y, cfg, 3))
+    assert len(on_gpu) == len(on_cpu) == 5
+    for (xg, yg), (xc, yc) in zip(on_gpu, on_cpu, strict=True):
+        assert xg.is_cuda and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
+
+
 class FakeClock:
     """perf_counter for bf16_pays: each step advances it by a set time per dtype (no real timing)."""
 
