@@ -365,6 +365,21 @@ def test_attacks_run_on_cuda_and_return_to_the_callers_device():
         assert torch.allclose(result.adv.cuda(), make_attack(notation, model).run(x.cuda(), y.cuda()).adv)
 
 
+def test_cuda_graphs_stay_out_of_the_cpu_path_which_gives_the_eager_gradient():
+    from randmask.attacks import cuda_graphs, fast_view
+
+    model = toy_resnet().eval()
+    x, y = toy_images(8)
+    view = fast_view(model, x)
+    assert cuda_graphs.graphed_gradient(view, x, y) is None and not cuda_graphs._GRAPHS
+    attack = FGSM(model, eps=8)
+    with torch.no_grad():
+        attack._net = view
+    grad, loss, logits = attack.input_gradient(x.contiguous(memory_format=torch.channels_last), y)
+    want = cuda_graphs.cross_entropy_gradient(view, x.contiguous(memory_format=torch.channels_last), y)
+    assert torch.allclose(grad, want[0], atol=1e-7) and torch.allclose(loss, want[1]) and torch.allclose(logits, want[2])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_replayed_cuda_graph_gives_the_eager_gradient_and_a_random_model_stays_eager():
     from randmask.attacks import cuda_graphs, fast_view
