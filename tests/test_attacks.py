@@ -380,6 +380,20 @@ def test_cuda_graphs_stay_out_of_the_cpu_path_which_gives_the_eager_gradient():
     assert torch.allclose(grad, want[0], atol=1e-7) and torch.allclose(loss, want[1]) and torch.allclose(logits, want[2])
 
 
+def test_a_capture_that_runs_out_of_gpu_memory_stays_eager_and_frees_the_other_graphs(monkeypatch):
+    from randmask.attacks import cuda_graphs
+
+    def no_memory(*_args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(cuda_graphs._Graph, "__init__", no_memory)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setitem(cuda_graphs._GRAPHS, ("an earlier graph",), None)
+    x, y = toy_images(2)
+    assert cuda_graphs._Graph.capture(toy_cnn(), x, y) is None
+    assert not cuda_graphs._GRAPHS
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_replayed_cuda_graph_gives_the_eager_gradient_and_a_random_model_stays_eager():
     from randmask.attacks import cuda_graphs, fast_view

@@ -83,6 +83,10 @@ class _Graph:
     def capture(cls, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> _Graph | None:
         try:
             graph = cls(net, x, y)
+        except torch.cuda.OutOfMemoryError:  # the graphs held so far are the likeliest culprits: let them go
+            clear()
+            torch.cuda.empty_cache()
+            return None
         except RuntimeError:  # an op that cannot be captured: stay eager for this net and shape
             return None
         want = cross_entropy_gradient(net, x, y)
