@@ -218,8 +218,47 @@ def control_pairs_compared(out: Path, sources: list[str] | None = None) -> list[
     return rows
 
 
+RESAMPLED_ATTACKED_CLAIM = "Controls: under white-box and query attacks too, a fixed mask beats a resampled one"
+ATTACKED_TABLES = {"table4_whitebox": "Table 4", "beyond_apgd_square": "APGD-CE / Square"}
+
+
+def _attacked_accuracy(frame, model: str) -> dict[str, dict]:
+    """A model's accuracy under each attack aimed at itself (rows with source == target), by attack."""
+    if frame is None:
+        return {}
+    part = frame[(frame["source"] == model) & (frame["metric"] == "accuracy")]
+    if "target" in part.columns:
+        part = part[part["target"] == model]
+    return {row["attack"]: row for row in part.to_dict("records")}
+
+
+def resampled_under_attack(out: Path) -> tuple[str, str, str]:
+    """The fixed-versus-resampled control read off the attacks aimed at each net itself (Table 4 and the
+    APGD-CE / Square check): does the fixed mask keep more images correct than the resampled one?"""
+    masked, control = next(iter(RESAMPLED.items()))
+    outcomes, parts = [], []
+    for key, label in ATTACKED_TABLES.items():
+        frame = load_result(out, key)
+        mine, theirs = _attacked_accuracy(frame, masked), _attacked_accuracy(frame, control)
+        shown = []
+        for attack in [a for a in mine if a in theirs]:
+            outcome = compare(mine[attack], theirs[attack])
+            outcomes.append(outcome)
+            note = "" if outcome == "no clear difference" else f" ({outcome})"
+            shown.append(f"{attack} {100 * mine[attack]['accuracy']:.1f} vs {100 * theirs[attack]['accuracy']:.1f}"
+                         + note)
+        if shown:
+            n = int(max(row["n"] for row in mine.values()))
+            parts.append(f"{label} (n = {n}): " + ", ".join(shown))
+    if not outcomes:
+        return RESAMPLED_ATTACKED_CLAIM, "untested", f"needs {masked} and {control} in Table 4 or the APGD/Square check"
+    return RESAMPLED_ATTACKED_CLAIM, verdict(outcomes, "higher"), (
+        f"accuracy % under attack, {masked} vs {control}: " + "; ".join(parts))
+
+
 def control_verdicts(out: Path) -> list[tuple[str, str, str]]:
-    """The two claims the controls test, from the DenseNet-121 and VGG-19 transfer tables."""
+    """The claims the controls test: two from the DenseNet-121 and VGG-19 transfer tables, one from the attacks
+    aimed at each net itself."""
     rows = control_pairs_compared(out)
     found = []
     for claim, kind, needs in ((ACCURACY_CLAIM, "accuracy-matched Normal",
@@ -236,6 +275,7 @@ def control_verdicts(out: Path) -> list[tuple[str, str, str]]:
         if skipped:
             evidence += f" ({skipped} comparison(s) with n = 0 left out)"
         found.append((claim, verdict([r["outcome"] for r in tested], "higher"), evidence))
+    found.append(resampled_under_attack(out))
     return found
 
 

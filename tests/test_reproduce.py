@@ -389,15 +389,40 @@ def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):
     assert "SENet-18" not in found[ACCURACY_CLAIM][1] and "SENet-18" not in found[RESAMPLED_CLAIM][1]
 
 
+def test_the_resampled_control_is_also_judged_under_attacks_aimed_at_each_net(tmp_path):
+    from randmask.evaluate import write_csv
+    from randmask.report import render_report
+    from randmask.verdicts import RESAMPLED_ATTACKED_CLAIM, verdicts
+
+    def attacked(model, attack, correct, n):  # accuracy of a net under an attack aimed at itself
+        return {**_transfer_row(model, attack, "accuracy", correct, n, source=model), "protocol": "whitebox"}
+
+    (tmp_path / "results").mkdir()
+    write_csv([attacked("0.7-Shallow", "FGSM2", 200, 500), attacked("0.7-ShallowDropout", "FGSM2", 250, 500),
+               attacked("0.7-Shallow", "PGD1,4,2", 140, 500), attacked("0.7-ShallowDropout", "PGD1,4,2", 230, 500),
+               attacked("Normal ResNet-18", "FGSM2", 400, 500)],  # no partner: not compared
+              tmp_path / "results" / "table4_whitebox.csv")
+    write_csv([attacked("0.7-Shallow", "Square8(queries=1000)", 5, 200),
+               attacked("0.7-ShallowDropout", "Square8(queries=1000)", 6, 200)],
+              tmp_path / "results" / "beyond_apgd_square.csv")
+    found = {claim: (result, evidence) for claim, result, evidence in verdicts(tmp_path, PRESETS["quick"])}
+    result, evidence = found[RESAMPLED_ATTACKED_CLAIM]
+    assert result == "contradicted"  # the resampled mask keeps clearly more images twice, and no less once
+    assert "Table 4 (n = 500): FGSM2 40.0 vs 50.0 (lower), PGD1,4,2 28.0 vs 46.0 (lower)" in evidence
+    assert "APGD-CE / Square (n = 200): Square8(queries=1000) 2.5 vs 3.0" in evidence and "Normal" not in evidence
+    report = render_report(tmp_path, PRESETS["quick"], "quick", {}, _EmptyZoo(tmp_path / "zoo"))
+    assert RESAMPLED_ATTACKED_CLAIM in report
+
+
 def test_control_verdicts_are_untested_without_the_controls(tmp_path):
     from randmask.evaluate import write_csv
-    from randmask.verdicts import ACCURACY_CLAIM, RESAMPLED_CLAIM, verdicts
+    from randmask.verdicts import ACCURACY_CLAIM, RESAMPLED_ATTACKED_CLAIM, RESAMPLED_CLAIM, verdicts
 
     (tmp_path / "results").mkdir()
     write_csv([_transfer_row("0.7-Shallow", "PGD16", "defense_rate", 100, 200, source="DenseNet-121")],
               tmp_path / "results" / "table2_transfer.csv")
     found = {claim: result for claim, result, _ in verdicts(tmp_path, PRESETS["quick"])}
-    assert found[ACCURACY_CLAIM] == found[RESAMPLED_CLAIM] == "untested"
+    assert found[ACCURACY_CLAIM] == found[RESAMPLED_CLAIM] == found[RESAMPLED_ATTACKED_CLAIM] == "untested"
 
 
 class _EmptyZoo:
