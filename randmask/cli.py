@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from randmask.errors import RandmaskError
+from randmask.errors import RandmaskError, at_least_one
 
 EXIT_USER_ERROR = 2
 
@@ -57,8 +57,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from randmask.evaluate import predict, top2_logit_gaps
     from randmask.stats import wilson_interval
 
-    if args.n is not None and args.n < 1:
-        raise RandmaskError(f"--n must be positive, got {args.n}")
+    at_least_one("--n", args.n)
     model, config = load_any(args.model, default_device(), untrained=args.untrained)
     trained = config.get("trained", True)
     if not trained:
@@ -115,8 +114,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         else:
             print(text)
     elif args.action == "train":
-        if args.threads is not None and args.threads < 1:
-            raise RandmaskError(f"--threads must be at least 1, not {args.threads}")
+        at_least_one("--threads", args.threads)
         if args.threads:
             import torch
 

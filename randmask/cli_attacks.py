@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from randmask.errors import RandmaskError
+from randmask.errors import RandmaskError, at_least_one
 from randmask.notation import ModelRef, parse_ref
 
 
@@ -89,14 +89,8 @@ def _dataset(args: argparse.Namespace, models: list[LoadedModel]) -> str:
 def _pool(args: argparse.Namespace, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
     from randmask.data import load_tensors
 
-    if args.pool is not None and args.pool < 1:
-        raise RandmaskError(f"--pool must be positive, got {args.pool}")
+    at_least_one("--pool", args.pool)
     return load_tensors(dataset, "test", n=args.pool)
-
-
-def _positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise RandmaskError(f"{name} must be positive, got {value}")
 
 
 class _Bar:
@@ -140,7 +134,7 @@ def _run(args: argparse.Namespace, desc: str, work: Callable[[Callable], list[di
 
 
 def _common(args: argparse.Namespace) -> dict:
-    _positive("--batch-size", args.batch_size)
+    at_least_one("--batch-size", args.batch_size)
     return {"seed": args.seed, "batch_size": args.batch_size}
 
 
@@ -152,8 +146,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from randmask.set_schema import META_FILE
 
     spec = parse_attack(args.attack)
-    _positive("--n", args.n)
-    _positive("--batch-size", args.batch_size)
+    at_least_one("--n", args.n)
+    at_least_one("--batch-size", args.batch_size)
     meta = Path(args.out) / META_FILE
     if meta.exists() and not args.overwrite:  # before any work: an existing set is never touched
         raise RandmaskError(f"{meta} already exists; choose another --out or pass --overwrite")
@@ -182,8 +176,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
 def cmd_transfer(args: argparse.Namespace) -> int:
     from randmask.protocols import paper_transfer_attacks, transfer
 
-    _positive("--n", args.n)
-    _positive("--n-cw", args.n_cw)
+    at_least_one("--n", args.n)
+    at_least_one("--n-cw", args.n_cw)
     sources = load_models(args.source, args)
     targets = load_models(args.targets, args)
     dataset = _dataset(args, sources + targets)
@@ -199,7 +193,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 def cmd_madry(args: argparse.Namespace) -> int:
     from randmask.protocols import madry
 
-    _positive("--n", args.n)
+    at_least_one("--n", args.n)
     sources = load_models(args.source, args)
     targets = load_models(args.targets, args)
     dataset = _dataset(args, sources + targets)
@@ -216,7 +210,7 @@ def cmd_mnist(args: argparse.Namespace) -> int:
     if args.dataset not in (None, "mnist"):
         raise RandmaskError("the MNIST protocol runs on mnist; drop --dataset")
     args.dataset = "mnist"
-    _positive("--n", args.n)
+    at_least_one("--n", args.n)
     sources = load_models(args.source, args)
     targets = load_models(args.targets, args)
     x, y = _pool(args, "mnist")
@@ -240,7 +234,7 @@ def cmd_whitebox(args: argparse.Namespace) -> int:
 def cmd_graybox(args: argparse.Namespace) -> int:
     from randmask.protocols import graybox, relation
 
-    _positive("--n", args.n)
+    at_least_one("--n", args.n)
     sources = load_models(args.sources, args)
     targets = load_models(args.targets, args)
     dataset = _dataset(args, sources + targets)
@@ -266,7 +260,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
 def cmd_shuffle(args: argparse.Namespace) -> int:
     from randmask.protocols import shuffle
 
-    _positive("--n", args.n)
+    at_least_one("--n", args.n)
     if not 0 <= args.min_confidence <= 1:
         raise RandmaskError(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
     models = load_models(args.models, args)

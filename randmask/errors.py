@@ -15,3 +15,9 @@ class CheckpointError(RandmaskError):
 
 class DataError(RandmaskError):
     """A data set that cannot be found or read."""
+
+
+def at_least_one(option: str, value: int | None) -> None:
+    """A count option (`--n`, `--threads`, ...) below 1 is the user's error: one line, before any work."""
+    if value is not None and value < 1:
+        raise RandmaskError(f"{option} must be at least 1, got {value}")

@@ -47,7 +47,7 @@ def test_models_lists_architectures_and_presets(capsys):
     (["evaluate", "--model", "/no/such/folder"], "not a checkpoint folder"),
     (["train", "0.5-Shallow", "--out", "x", "--preset", "fast"], "unknown preset"),
     (["reproduce", "--only", "table2_transfer", "tabel11_transfer"], "unknown experiment 'tabel11_transfer'; known: "),
-    (["zoo", "train", "--threads", "0", "--only", "cifar10/0.7-Shallow"], "--threads must be at least 1, not 0"),
+    (["zoo", "train", "--threads", "0", "--only", "cifar10/0.7-Shallow"], "--threads must be at least 1, got 0"),
     (["train", "0.5-Shallow", "--out", "x", "--lr", "nan"], "lr must be a positive finite number, got nan"),
     (["train", "0.5-Shallow", "--out", "x", "--train-n", "0"], "train_n must be at least 1"),
     (["ensemble", "assets/zoo/cifar10/0.7-Shallow", "--out", "x"], "an EN joins 2 to 10 members, not 1"),

@@ -123,7 +123,7 @@ def test_a_zero_batch_size_is_refused_by_name_before_any_work(tmp_path, capsys):
     code, _, stderr = run(capsys, "attack", "--model", "Normal ResNet-18", "--attack", "FGSM8", "--out",
                           str(tmp_path / "x"), *small)
     lines = [line for line in stderr.splitlines() if not line.startswith("warning:")]
-    assert code == 2 and lines == ["error: --batch-size must be positive, got 0"] and not (tmp_path / "x").exists()
+    assert code == 2 and lines == ["error: --batch-size must be at least 1, got 0"] and not (tmp_path / "x").exists()
 
 
 def test_a_bare_notation_needs_the_untrained_flag(tmp_path, capsys):
