@@ -221,7 +221,8 @@ def compare_gradient_attack(title, ours, exact, theirs, eps, model, x, y, args, 
           f"{used['ours.run'] / used['torchattacks']:.3f}; exact/torchattacks "
           f"{used['ours exact'] / used['torchattacks']:.3f}, exact images identical to torchattacks': {identical}")
     if "ours eager" in used:
-        print(f"  without CUDA graphs (eager fast path)/torchattacks {used['ours eager'] / used['torchattacks']:.3f}")
+        eager = used["ours eager"] / used["torchattacks"]
+        print(f"  without CUDA graphs (eager fast path)/torchattacks {eager:.3f}")
 
 
 def without_cuda_graphs(fn):

@@ -226,9 +226,9 @@ def random_crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor,
 
 def where_batches_are_drawn(x: torch.Tensor, y: torch.Tensor,
                             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The uint8 training set where `epoch_batches` gathers and augments it: on a GPU the GPU itself (host-side
-    batches took a quarter of a quick-preset step on an H200; the draws stay on the CPU generator, so the
-    batches are the same bit for bit), else where it is."""
+    """The uint8 training set where `epoch_batches` gathers and augments it: on a GPU the GPU itself
+    (host-side batches took a quarter of a quick-preset step on an H200; the draws stay on the CPU
+    generator, so the batches are the same bit for bit), else where it is."""
     return (x.to(device), y.to(device)) if device.type == "cuda" else (x, y)
 
 

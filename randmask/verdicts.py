@@ -218,7 +218,8 @@ def control_pairs_compared(out: Path, sources: list[str] | None = None) -> list[
     return rows
 
 
-RESAMPLED_ATTACKED_CLAIM = "Controls: under white-box and query attacks too, a fixed mask beats a resampled one"
+RESAMPLED_ATTACKED_CLAIM = ("Controls: under white-box and query attacks too, a fixed mask beats a "
+                            "resampled one")
 ATTACKED_TABLES = {"table4_whitebox": "Table 4", "beyond_apgd_square": "APGD-CE / Square"}
 
 
@@ -245,20 +246,21 @@ def resampled_under_attack(out: Path) -> tuple[str, str, str]:
             outcome = compare(mine[attack], theirs[attack])
             outcomes.append(outcome)
             note = "" if outcome == "no clear difference" else f" ({outcome})"
-            shown.append(f"{attack} {100 * mine[attack]['accuracy']:.1f} vs {100 * theirs[attack]['accuracy']:.1f}"
-                         + note)
+            ours, theirs_rate = 100 * mine[attack]["accuracy"], 100 * theirs[attack]["accuracy"]
+            shown.append(f"{attack} {ours:.1f} vs {theirs_rate:.1f}{note}")
         if shown:
             n = int(max(row["n"] for row in mine.values()))
             parts.append(f"{label} (n = {n}): " + ", ".join(shown))
     if not outcomes:
-        return RESAMPLED_ATTACKED_CLAIM, "untested", f"needs {masked} and {control} in Table 4 or the APGD/Square check"
+        needs = f"needs {masked} and {control} in Table 4 or the APGD/Square check"
+        return RESAMPLED_ATTACKED_CLAIM, "untested", needs
     return RESAMPLED_ATTACKED_CLAIM, verdict(outcomes, "higher"), (
         f"accuracy % under attack, {masked} vs {control}: " + "; ".join(parts))
 
 
 def control_verdicts(out: Path) -> list[tuple[str, str, str]]:
-    """The claims the controls test: two from the DenseNet-121 and VGG-19 transfer tables, one from the attacks
-    aimed at each net itself."""
+    """The claims the controls test: two from the DenseNet-121 and VGG-19 transfer tables, one from the
+    attacks aimed at each net itself."""
     rows = control_pairs_compared(out)
     found = []
     for claim, kind, needs in ((ACCURACY_CLAIM, "accuracy-matched Normal",

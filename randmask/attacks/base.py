@@ -6,12 +6,12 @@ respect to the input only, so parameters, buffers and .grad are never touched), 
 and measures the outcome on the images it returns. A subclass overrides `perturb` (and, for CW,
 `is_success`). Budgets are in the paper's 0-255 units; images are floats in [0, 1].
 
-Two modes. The default (fast) attacks an eval-mode copy of the model (`fast_view`): BatchNorm folded into the
-convolution before it, parameters frozen, weights, inputs and C×H×W buffers channels_last; on a CPU gradients
-64 images at a time, on a GPU whole batches through replayed CUDA graphs (`cuda_graphs`). About 1.6x faster
-than torchattacks on a CPU and 1.7-4.4x on a GPU (README, Performance), but the float summation order changes, so
-a gradient component within rounding of zero can flip sign. `exact=True` runs the model itself in
-NCHW and is bit-identical to torchattacks. The caller's model is never modified in either mode.
+Two modes. The default (fast) attacks an eval-mode copy of the model (`fast_view`): BatchNorm folded into
+the convolution before it, parameters frozen, weights, inputs and C×H×W buffers channels_last; on a CPU
+gradients 64 images at a time, on a GPU whole batches through replayed CUDA graphs (`cuda_graphs`). About
+1.6x faster than torchattacks on a CPU and 1.7-4.4x on a GPU (README, Performance), but the float summation
+order changes, so a gradient component within rounding of zero can flip sign. `exact=True` runs the model
+itself in NCHW and is bit-identical to torchattacks. The caller's model is never modified in either mode.
 RANDMASK_EXACT=1 makes exact the process-wide default (CLI, protocols, app).
 """
 
@@ -273,8 +273,8 @@ class Attack(ABC):
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(gradient of the summed per-sample loss w.r.t. x, per-sample loss, logits); CE by default.
 
-        On a CPU the fast path takes the gradient FAST_CHUNK images at a time (each image's loss depends on that
-        image alone, so this is the same sum): their activations stay in cache, 10-15% faster here on 128
+        On a CPU the fast path takes the gradient FAST_CHUNK images at a time (each image's loss depends on
+        that image alone, so this is the same sum): their activations stay in cache, 10-15% faster here on 128
         images. On a GPU it replays a CUDA graph of the whole batch for the default loss (`cuda_graphs`)."""
         fast = not self.exact and self._net is not None and self._net is not self.model
         if fast and loss is None and x.is_cuda:

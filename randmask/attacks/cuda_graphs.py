@@ -91,7 +91,8 @@ class _Graph:
             return None
         want = cross_entropy_gradient(net, x, y)
         got = graph(x, y)
-        same = all(torch.allclose(g.float(), w.float(), rtol=1e-4, atol=1e-6) for g, w in zip(got, want, strict=True))
+        same = all(torch.allclose(g.float(), w.float(), rtol=1e-4, atol=1e-6)
+                   for g, w in zip(got, want, strict=True))
         return graph if same else None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Gradient:
