@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU rows of README's Performance section in one run (about 1.5 minutes on an H200, 10 at most):
+# The GPU rows of README's Performance section in one run (about 2.5 minutes on an H200, 15 at most):
 #   RANDMASK_DATA=<data folder> bash bench/gpu_check.sh [output folder, default runs/gpu_check]
 # 1. bench_core: the quick preset's training steps and test pass on CUDA, and masked vs unmasked steps;
 # 2. bench_attacks: FGSM and PGD, ours (fast, fast without CUDA graphs, exact) against torchattacks, the transfer
 #    evaluation, and PGD again on 512 images a batch;
-# 3. one epoch of the paper preset (width 64, fp32, batch 128) of 0.7-Shallow, timed by `train` itself.
+# 3. one epoch of the paper preset (width 64, fp32, batch 128) of 0.7-Shallow, timed by `train` itself;
+# 4. Tables 3, 4 and 6 of the report computed here, compared row by row with the committed ones.
 # TRAIN_N=<n> trains that epoch on the first n training images only (for a machine that holds a subset).
 # Everything printed also lands in <output folder>/gpu_check.log; each step has its own time limit, so a
 # slow or failing one cannot take the others down with it.
@@ -38,4 +39,9 @@ step() {  # step <seconds> <title> <command...>
     step 180 "paper preset, one epoch" "$python" -m randmask train "0.7-Shallow" --preset paper --epochs 1 \
         "${train_n[@]}" --out "$out/paper-epoch" --no-bar
     step 10 "paper preset epoch log" bash -c "grep '\"event\": \"epoch\"' '$out/paper-epoch/progress.jsonl'"
+    rm -rf "$out/report" "$out/crafted"
+    step 240 "report tables on this device (Tables 3, 4, 6; cold)" "$python" -c "from pathlib import Path; \
+from randmask.reproduce import reproduce; reproduce('quick', out=Path('$out/report'), cache=Path('$out/crafted'), \
+only=['table3_shuffle', 'table4_whitebox', 'table6_mnist'])"
+    step 30 "against the committed tables" "$python" bench/compare_results.py results "$out/report/results"
 } 2>&1 | tee "$out/gpu_check.log"

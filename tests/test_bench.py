@@ -37,3 +37,27 @@ def test_bench_core_refuses_a_missing_cuda_device_in_one_line():
     run = subprocess.run([sys.executable, "bench/bench_core.py", "--device", "cuda"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].endswith("--device cuda: no CUDA device here")
+
+
+def test_compare_results_matches_rows_by_name_and_reports_each_gap(tmp_path):
+    import pandas as pd
+
+    def table(correct: list[int]) -> pd.DataFrame:
+        return pd.DataFrame({"protocol": "transfer", "dataset": "cifar10", "source": "DenseNet-121",
+                             "target": ["0.7-Shallow", "Normal ResNet-18", "0.5-Shallow, 0.5-Deep"][:len(correct)],
+                             "attack": "PGD16", "metric": "defense_rate", "n": 100, "correct": correct,
+                             "accuracy": [c / 100 for c in correct], "seed": 0})
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    table([60, 10, 40]).to_csv(old / "table2_transfer.csv", index=False)
+    table([60, 13]).to_csv(new / "table2_transfer.csv", index=False)  # one row changed, one gone
+    pd.DataFrame({"x": [1]}).to_csv(new / "notes.csv", index=False)  # only in one folder: ignored
+    run = subprocess.run([sys.executable, "bench/compare_results.py", str(old), str(new), "--gap", "2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == ("table2_transfer: 2 rows matched, 1 only in the old, 0 only in the new; same n and correct: 1;"
+                        " largest gap 3.0 points (DenseNet-121 -> Normal ResNet-18: PGD16 defense_rate)")
+    assert lines[1] == "    DenseNet-121 -> Normal ResNet-18: PGD16 defense_rate: 3.0 points (n 100 / 100)"
+    assert lines[-1] == "1 tables, 2 rows matched, 1 with the same n and correct"
