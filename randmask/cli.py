@@ -137,16 +137,30 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     import time
 
+    from randmask.settings import crafted_cache_root
+
+    folder = None if args.no_cache else Path(args.cache) if args.cache else crafted_cache_root()
+    before = _crafted_sets(folder)
     began = time.perf_counter()
     status = reproduce(args.preset, only=args.only, progress=None if args.no_bar else progress,
                        cache=False if args.no_cache else (args.cache or True), jobs=args.jobs)
     for bar in bars.values():
         bar.close()
     print_json(status, indent=2)
-    # cold (--no-cache) against warm (crafted sets reused) is the figure README's Performance section records
-    print(f"reproduce --preset {args.preset}: total wall time {time.perf_counter() - began:.1f} s "
-          f"({'no crafted-set cache' if args.no_cache else 'crafted-set cache on'})", file=sys.stderr)
+    # cold (nothing cached) against warm (every set reused) is the figure README's Performance section records
+    if folder is None:
+        cached = "no crafted-set cache"
+    else:
+        made = len(_crafted_sets(folder) - before)
+        kind = "cold" if not before else "warm" if not made else "partly cached"
+        cached = f"{kind}: {len(before)} crafted set(s) in {folder} before, {made} crafted this run"
+    print(f"reproduce --preset {args.preset}: total wall time {time.perf_counter() - began:.1f} s ({cached})",
+          file=sys.stderr)
     return 0
+
+
+def _crafted_sets(folder: Path | None) -> set[str]:
+    return {p.name for p in folder.glob("*.safetensors")} if folder is not None and folder.is_dir() else set()
 
 
 def _prog() -> str:

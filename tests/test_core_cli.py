@@ -96,6 +96,27 @@ def test_reproduce_cli_passes_the_crafted_set_cache_choice(monkeypatch, flags, e
     assert seen["jobs"] == 1
 
 
+def test_reproduce_says_whether_its_run_was_cold_or_warm(monkeypatch, capsys, tmp_path):
+    import randmask.reproduce
+
+    def crafts(names):
+        def fake(preset, **kw):
+            for name in names:
+                (tmp_path / f"{name}.safetensors").write_bytes(b"")
+            return {}
+        return fake
+
+    for names, kind in [(["a", "b"], "cold: 0 crafted set(s) in"), ([], "warm: 2 crafted set(s) in"),
+                        (["c"], "partly cached: 2 crafted set(s) in")]:
+        monkeypatch.setattr(randmask.reproduce, "reproduce", crafts(names))
+        assert main(["reproduce", "--no-bar", "--cache", str(tmp_path)]) == 0
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith("reproduce --preset quick: total wall time ") and kind in line
+        assert line.endswith(f"before, {len(names)} crafted this run)")
+    assert main(["reproduce", "--no-bar", "--no-cache"]) == 0
+    assert capsys.readouterr().err.strip().endswith("(no crafted-set cache)")
+
+
 def test_reproduce_jobs_flag_reaches_the_pipeline_and_a_bad_count_is_one_line(monkeypatch, capsys):
     import randmask.reproduce
 
