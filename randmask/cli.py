@@ -152,7 +152,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         cached = "no crafted-set cache"
     else:
         made = len(_crafted_sets(folder) - before)
-        kind = "cold" if not before else "warm" if not made else "partly cached"
+        kind = ("warm" if before else "no attacks") if not made else "partly cached" if before else "cold"
         cached = f"{kind}: {len(before)} crafted set(s) in {folder} before, {made} crafted this run"
     print(f"reproduce --preset {args.preset}: total wall time {time.perf_counter() - began:.1f} s ({cached})",
           file=sys.stderr)

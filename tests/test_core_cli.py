@@ -106,8 +106,8 @@ def test_reproduce_says_whether_its_run_was_cold_or_warm(monkeypatch, capsys, tm
             return {}
         return fake
 
-    for names, kind in [(["a", "b"], "cold: 0 crafted set(s) in"), ([], "warm: 2 crafted set(s) in"),
-                        (["c"], "partly cached: 2 crafted set(s) in")]:
+    for names, kind in [([], "no attacks: 0 crafted set(s) in"), (["a", "b"], "cold: 0 crafted set(s) in"),
+                        ([], "warm: 2 crafted set(s) in"), (["c"], "partly cached: 2 crafted set(s) in")]:
         monkeypatch.setattr(randmask.reproduce, "reproduce", crafts(names))
         assert main(["reproduce", "--no-bar", "--cache", str(tmp_path)]) == 0
         line = capsys.readouterr().err.strip().splitlines()[-1]
