@@ -11,13 +11,14 @@ absolute step and epoch times.
 preset: the quick preset for --model built and stepped by `randmask.train` itself (`model_and_optimizer`,
 `epoch_batches`, `train_step`, `lr_at`, `accuracy`) on the real CIFAR-10 training set, twice from the same
 seed: the new path (precision from `training_precision`, which measures bf16 against fp32 here; masks cast in
-the activation's layout; crop and flip on uint8 images; the end-of-epoch test pass in the training precision)
-and the old path (precision from oneDNN's report alone; masks in their own layout; crop and flip on float
-images; the test pass in fp32: `--old` parts below). The two run
-interleaved, --chunk steps at a time, for --steps steps each; printed: each part's median time per step
+the activation's layout; BatchNorm, mask, residual addition and ReLU in the fused CPU kernels of
+`randmask.fused`; crop and flip on uint8 images; the end-of-epoch test pass in the training precision, in
+128-image batches on a CPU) and the old path (precision from oneDNN's report alone; masks in their own layout;
+eager BatchNorm, mask and ReLU; crop and flip on float images; the test pass in fp32, 500-image batches). The
+two run interleaved, --chunk steps at a time, for --steps steps each; printed: each part's median time per step
 (data, forward+backward+update), the end-of-epoch test pass per 10,000 images, the estimated epoch time of
-each path and their ratio (target new/old <= 0.67), and how far apart the two loss curves are (identical
-when both paths pick the same precision; else within bf16 tolerance, <= 2% relative).
+each path and their ratio (target new/old <= 0.67), and how far apart the two loss curves are (within bf16
+tolerance, <= 2% relative: the fused kernels sum in another order than eager PyTorch).
 masks: masked vs unmasked fp32 step times, interleaved; targets masked/unmasked <= 1.10 training, <= 1.05
 inference.
 """
@@ -25,6 +26,8 @@ inference.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import time
 
@@ -33,9 +36,12 @@ import torch.nn.functional as F
 
 from randmask.data import load_uint8
 from randmask.device import autocast_dtype, cpu_has_fast_bf16, default_device, synchronize
+from randmask.fused import library as fused_library
 from randmask.masks import RandomMask
 from randmask.models import build_model
+from randmask.settings import fused_kernels_enabled
 from randmask.train import (
+    EPOCH_CHECK_BATCH,
     accuracy,
     epoch_batches,
     lr_at,
@@ -61,6 +67,23 @@ def old_epoch_batches(x, y, cfg, epoch):
             xb = random_crop_flip(xb, shifts[start:start + cfg.batch_size], flips[start:start + cfg.batch_size],
                                   flip=cfg.dataset != "mnist")
         yield xb, y[idx]
+
+
+@contextlib.contextmanager
+def eager_batchnorm(on: bool):
+    """The old path ran BatchNorm, mask and ReLU eagerly: RANDMASK_FUSED=0 for its steps."""
+    if not on:
+        yield
+        return
+    before = os.environ.get("RANDMASK_FUSED")
+    os.environ["RANDMASK_FUSED"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["RANDMASK_FUSED"]
+        else:
+            os.environ["RANDMASK_FUSED"] = before
 
 
 def clock(device: torch.device) -> float:
@@ -101,6 +124,8 @@ def compare_preset(args) -> None:
           f"torch {torch.__version__}")
     print(f"precision: old path {old_amp or 'fp32'} (oneDNN's report), new path {new_amp or 'fp32'} "
           f"(measured probe, {probe_s:.1f}s once per process and model shape)")
+    kernels = "on" if fused_library() is not None and fused_kernels_enabled() else "off: eager in both paths"
+    print(f"fused BatchNorm + mask + ReLU kernels (new path, channels divisible by 16, CPU): {kernels}")
     done = 0
     while done < args.steps:
         chunk = min(args.chunk, args.steps - done)
@@ -111,15 +136,18 @@ def compare_preset(args) -> None:
                 t0 = clock(device)
                 xb, yb = next(p["batches"])
                 t1 = clock(device)
-                loss, _ = train_step(p["model"], p["opt"], xb, yb, cfg, p["amp"], lr_at(cfg, i, steps_per_epoch),
-                                     device)
+                with eager_batchnorm(name == "old"):
+                    loss, _ = train_step(p["model"], p["opt"], xb, yb, cfg, p["amp"],
+                                         lr_at(cfg, i, steps_per_epoch), device)
                 t2 = clock(device)
                 p["losses"].append(loss)
                 if i:  # the first step builds oneDNN's kernels
                     p["data"].append(t1 - t0)
                     p["step"].append(t2 - t1)
             t0 = clock(device)
-            accuracy(p["model"], x_test, y_test, device=device, channels_last=cfg.channels_last, amp=p["eval_amp"])
+            check_batch = EPOCH_CHECK_BATCH if name == "new" and device.type == "cpu" else 500  # as train checks
+            accuracy(p["model"], x_test, y_test, device=device, channels_last=cfg.channels_last, amp=p["eval_amp"],
+                     batch_size=check_batch)
             p["eval"].append((clock(device) - t0) * 10000 / len(x_test))
         done += chunk
     epoch = {}

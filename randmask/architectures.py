@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from randmask.fused import bn_mask_relu
+
 
 class Masks(Protocol):
     def __call__(self, block: int, shape: tuple[int, int, int]) -> nn.Module: ...
@@ -64,6 +66,9 @@ def conv_bn(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequential:
 
 
 # ----------------------------------------------------------------------------------------- ResNet-18 / 50
+_NO_MASK = nn.Identity()  # Bottleneck units carry no masks
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -80,9 +85,11 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(*conv_bn(cin, planes, 1, stride), masks(block, shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.mask1(self.bn1(self.conv1(x))))
-        out = self.mask2(self.bn2(self.conv2(out)))  # masked before the residual addition
-        return F.relu(out + self.shortcut(x))
+        out = bn_mask_relu(self.conv1(x), self.bn1, self.mask1)
+        shortcut = x
+        if len(self.shortcut):  # conv, BatchNorm, mask
+            shortcut = bn_mask_relu(self.shortcut[0](x), self.shortcut[1], self.shortcut[2], relu=False)
+        return bn_mask_relu(self.conv2(out), self.bn2, self.mask2, residual=shortcut)  # masked before the addition
 
 
 class Bottleneck(nn.Module):
@@ -100,9 +107,11 @@ class Bottleneck(nn.Module):
             self.shortcut = conv_bn(cin, out, 1, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
-        return F.relu(self.bn3(self.conv3(y)) + self.shortcut(x))
+        y = bn_mask_relu(self.conv1(x), self.bn1, _NO_MASK)
+        y = bn_mask_relu(self.conv2(y), self.bn2, _NO_MASK)
+        shortcut = bn_mask_relu(self.shortcut[0](x), self.shortcut[1], _NO_MASK, relu=False) if len(
+            self.shortcut) else x
+        return bn_mask_relu(self.conv3(y), self.bn3, _NO_MASK, residual=shortcut)
 
 
 class ResNet(nn.Module):
@@ -130,7 +139,7 @@ class ResNet(nn.Module):
         self.linear = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.mask1(self.bn1(self.conv1(x))))
+        out = bn_mask_relu(self.conv1(x), self.bn1, self.mask1)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 

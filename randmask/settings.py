@@ -9,6 +9,7 @@
     RANDMASK_RESULTS       reproduction CSVs; default results/
     RANDMASK_PAPER_TABLES  the paper's numbers; default assets/paper_tables.csv, else ../shared/paper/
     RANDMASK_EXACT         1: attacks bit-identical to torchattacks instead of the fast path
+    RANDMASK_FUSED         0: train with eager BatchNorm, mask and ReLU instead of the fused CPU kernels
 
 Each is read when asked for, so tests (and a running app) can change it.
 """
@@ -91,3 +92,8 @@ def paper_tables_path() -> Path | None:
 def exact_attacks() -> bool:
     """$RANDMASK_EXACT=1: attacks default to the exact (torchattacks-identical) path."""
     return os.environ.get("RANDMASK_EXACT", "").strip().lower() in ("1", "true", "yes")
+
+
+def fused_kernels_enabled() -> bool:
+    """$RANDMASK_FUSED=0 turns off the fused BatchNorm + mask + ReLU training kernels (randmask.fused)."""
+    return os.environ.get("RANDMASK_FUSED", "").strip().lower() not in ("0", "false", "no")

@@ -232,6 +232,9 @@ def where_batches_are_drawn(x: torch.Tensor, y: torch.Tensor,
     return (x.to(device), y.to(device)) if device.type == "cuda" else (x, y)
 
 
+EPOCH_CHECK_BATCH = 128  # on a CPU the per-epoch check is faster in cache-sized batches (bench/bench_core.py)
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
              device: torch.device | None = None, channels_last: bool = False,
@@ -364,7 +367,8 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
                 if stop["now"]:
                     raise KeyboardInterrupt
             train_time += time.time() - began
-            correct, n = accuracy(model, x_test, y_test, device=device, channels_last=cfg.channels_last, amp=amp)
+            correct, n = accuracy(model, x_test, y_test, device=device, channels_last=cfg.channels_last, amp=amp,
+                                  batch_size=EPOCH_CHECK_BATCH if device.type == "cpu" else 500)
             record = {"epoch": epoch + 1, "epochs": cfg.epochs, "train_loss": net_loss / seen,
                       "train_acc": hits / seen, "test_acc": correct / n, "test_n": n,
                       "lr": opt.param_groups[0]["lr"], "train_time_s": round(train_time, 1)}

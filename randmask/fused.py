@@ -1,0 +1,198 @@
+"""Training-mode BatchNorm fused with the Random Mask, residual addition and ReLU that follow it, on the CPU.
+
+`bn_mask_relu(x, bn, mask, residual=..., relu=...)` is what a ResNet unit calls in place of
+`relu(mask(bn(x)) + residual)`. On a CPU, in training mode, for a channels_last float32 or bfloat16 activation, it
+runs `fused_bn.cpp` (statistics, normalisation, mask, addition and ReLU in one pass forward; the BatchNorm backward
+with ReLU's gate and the mask in two passes backward). Eager PyTorch runs each of those as its own pass over the
+activation: about a quarter of a quick-preset training step on a 2-core CPU (bench/bench_core.py). Everywhere
+else (eval mode, GPUs, NCHW, hooks on the modules, a resampled mask, no C++ compiler, `RANDMASK_FUSED=0`) it runs
+the modules themselves, unchanged.
+
+The library is built at first use with the system's g++ (about a second; no torch headers) into
+`<data cache>/kernels/`, named by a hash of its source, flags, compiler and CPU, and is used only after it
+reproduces the eager computation on a small case. Same statistics as `nn.BatchNorm2d` (biased variance to
+normalise, unbiased in the running estimate), summed over fixed blocks of pixels in a fixed order, so a run
+gives the same numbers at any thread count; they differ from eager PyTorch's within float rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as module_registry
+
+from randmask.settings import data_cache_root, fused_kernels_enabled
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("fused_bn.cpp")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC", "-std=c++20")
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_I64, _PTR, _INT, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
+_SIGNATURES = {
+    "rm_bn_forward": [_INT, _PTR, _PTR, _PTR, _INT, _I64, _I64, _I64, _PTR, _PTR, _PTR, _F64, _F64, _PTR, _PTR, _PTR],
+    "rm_bn_backward": [_INT, _PTR, _PTR, _PTR, _PTR, _PTR, _INT, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR],
+}
+
+
+def _cpu_text() -> str:
+    try:
+        return "".join(line for line in Path("/proc/cpuinfo").read_text().splitlines(keepends=True)
+                       if line.startswith(("model name", "flags")))[:4000]
+    except OSError:
+        return platform.processor()
+
+
+def _build(compiler: str) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_text()]).encode()).hexdigest()[:16]
+    target = data_cache_root() / "kernels" / f"fused_bn-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # several processes may build at once
+        built = Path(tmp) / target.name
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode:
+            raise OSError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+        os.replace(built, target)
+    return target
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The built kernels, or None (logged once) when they cannot be built or do not match eager PyTorch."""
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        log.info("fused BatchNorm kernels off: no C++ compiler (g++ or $CXX) on PATH")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+        for name, args in _SIGNATURES.items():
+            getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("fused BatchNorm kernels off: %s", exc)
+        return None
+    if not _agrees_with_eager(lib):
+        log.warning("fused BatchNorm kernels off: they do not reproduce eager PyTorch on this machine")
+        return None
+    return lib
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class _BatchNormMaskReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, keep, relu, bn, lib):  # noqa: ANN001 (autograd's signature)
+        n, c, h, w = x.shape
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        saved = torch.empty(4, c)  # per channel: mean, 1/std, and the scale and shift they make with the affine
+        running = bn.running_mean is not None
+        lib.rm_bn_forward(_DTYPES[x.dtype], x.data_ptr(), out.data_ptr(), _ptr(residual), int(relu), n * h * w, c,
+                          h * w, _ptr(keep), weight.data_ptr(), bias.data_ptr(), bn.eps, bn.momentum,
+                          _ptr(bn.running_mean), _ptr(bn.running_var), saved.data_ptr())
+        if running:
+            bn.num_batches_tracked.add_(1)
+        gate_from_out = relu and residual is not None  # without a residual the kernel recomputes ReLU's gate
+        ctx.save_for_backward(x, out if gate_from_out else None, keep, weight, saved)
+        ctx.relu, ctx.has_residual, ctx.lib = relu, residual is not None, lib
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001
+        x, out, keep, weight, saved = ctx.saved_tensors
+        n, c, h, w = x.shape
+        grad = grad_out.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        grad_x = torch.empty_like(x, memory_format=torch.channels_last)
+        grad_residual = torch.empty_like(x, memory_format=torch.channels_last) if ctx.has_residual else None
+        grad_weight, grad_bias = torch.empty(c), torch.empty(c)
+        ctx.lib.rm_bn_backward(_DTYPES[x.dtype], grad.data_ptr(), _ptr(out), x.data_ptr(), grad_x.data_ptr(),
+                               _ptr(grad_residual), int(ctx.relu), n * h * w, c, h * w, _ptr(keep),
+                               weight.data_ptr(), saved.data_ptr(), grad_weight.data_ptr(), grad_bias.data_ptr())
+        return grad_x, grad_weight, grad_bias, grad_residual, None, None, None, None
+
+
+def _eager(x: torch.Tensor, bn: nn.Module, mask: nn.Module, residual: torch.Tensor | None,
+           relu: bool) -> torch.Tensor:
+    y = mask(bn(x))
+    if residual is not None:
+        y = y + residual
+    return F.relu(y) if relu else y
+
+
+def _keep_bytes(mask: nn.Module) -> torch.Tensor | None | bool:
+    """The mask as H×W×C float32 of 0 and 1; None for no mask; False for a mask the kernel cannot apply."""
+    if type(mask) is nn.Identity:
+        return None
+    fused_keep = getattr(mask, "fused_keep", None)
+    return False if fused_keep is None else fused_keep()
+
+
+def _has_hooks(*modules: nn.Module) -> bool:
+    """A forward hook (on these modules or global) must see the modules run, so it turns fusion off."""
+    return bool(module_registry._global_forward_hooks or module_registry._global_forward_pre_hooks) or any(
+        m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def fusable(x: torch.Tensor, bn: nn.Module, mask: nn.Module, residual: torch.Tensor | None = None) -> bool:
+    """Whether `bn_mask_relu` runs the fused kernels for these inputs (else the modules themselves)."""
+    return (type(bn) is nn.BatchNorm2d and bn.training and bn.num_features % 16 == 0 and bn.affine and bn.momentum is not None
+            and x.device.type == "cpu" and x.dim() == 4 and x.dtype in _DTYPES and x.numel() > 0
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and bn.weight.dtype == torch.float32 and x.shape[1] == bn.num_features
+            and (bn.running_mean is None or bn.running_mean.dtype == torch.float32)
+            and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype
+                                      and residual.is_contiguous(memory_format=torch.channels_last)))
+            and _keep_bytes(mask) is not False and not _has_hooks(bn, mask)
+            and not torch.compiler.is_compiling() and fused_kernels_enabled() and library() is not None)
+
+
+def bn_mask_relu(x: torch.Tensor, bn: nn.Module, mask: nn.Module, *, residual: torch.Tensor | None = None,
+                 relu: bool = True) -> torch.Tensor:
+    """`relu(mask(bn(x)) + residual)` (residual and ReLU optional), fused on a CPU in training mode."""
+    if not fusable(x, bn, mask, residual):
+        return _eager(x, bn, mask, residual, relu)
+    keep = _keep_bytes(mask)
+    if keep is not None and tuple(keep.shape) != (x.shape[2], x.shape[3], x.shape[1]):
+        return _eager(x, bn, mask, residual, relu)  # the mask module raises its own clear error
+    return _BatchNormMaskReLU.apply(x, bn.weight, bn.bias, residual, keep, relu, bn, library())
+
+
+def _agrees_with_eager(lib: ctypes.CDLL) -> bool:
+    """The kernels against nn.BatchNorm2d + mask (+ residual) + ReLU on small float32 cases."""
+    gen = torch.Generator().manual_seed(0)
+    for with_residual in (True, False):
+        x = torch.randn(4, 16, 5, 3, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_()
+        res = torch.randn(4, 16, 5, 3, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_()
+        keep = (torch.rand(5, 3, 16, generator=gen) < 0.5).float()
+        grad = torch.randn(4, 16, 5, 3, generator=gen)
+        bn_ref, bn = nn.BatchNorm2d(16), nn.BatchNorm2d(16)
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5, generator=gen)
+            bn.bias.uniform_(-0.5, 0.5, generator=gen)
+        bn_ref.load_state_dict(bn.state_dict())
+        inputs = (x, res) if with_residual else (x,)
+        ref = F.relu(bn_ref(x) * keep.permute(2, 0, 1) + (res if with_residual else 0))
+        ref_grads = torch.autograd.grad(ref, (*inputs, bn_ref.weight, bn_ref.bias), grad)
+        out = _BatchNormMaskReLU.apply(x, bn.weight, bn.bias, res if with_residual else None, keep, True, bn, lib)
+        grads = torch.autograd.grad(out, (*inputs, bn.weight, bn.bias), grad)
+        if not (torch.allclose(out, ref, atol=1e-5) and torch.allclose(bn.running_var, bn_ref.running_var, atol=1e-6)
+                and torch.allclose(bn.running_mean, bn_ref.running_mean, atol=1e-6)
+                and all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads, ref_grads, strict=True))):
+            return False
+    return True

@@ -1,0 +1,274 @@
+// Training-mode BatchNorm fused with what follows it in a ResNet unit: the fixed Random Mask, the residual
+// addition and ReLU, forward and backward, on channels_last CPU tensors (float32 or bfloat16).
+// Eager PyTorch runs these as five to eight separate passes over each activation; here the forward pass reads
+// the activation three times and writes it once, the backward pass reads it twice.
+// Built at first use by randmask/fused.py (g++ -O3 -march=native -fopenmp); no torch headers, so it compiles in
+// about a second. Sums go through fixed blocks of pixels in a fixed order, so results do not depend on the
+// number of threads. Tensors: P = N*H*W pixels of C channels each; the mask is H*W*C floats, each 0 or 1.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kBlock = 256;  // pixels per partial sum
+constexpr int64_t kLanes = 16;   // channels are taken 16 at a time (the caller ensures C % 16 == 0)
+
+// 16 lanes as GCC/Clang vector types: one AVX-512 register of floats, two AVX2 ones, plain code elsewhere.
+typedef float vf __attribute__((vector_size(64)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));
+
+inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline vf load(const uint16_t* p) {  // bfloat16: the top half of a float
+  vh h;
+  std::memcpy(&h, p, sizeof h);
+  const vu u = __builtin_convertvector(h, vu) << 16;
+  vf v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vu bf16_bits(vf v) {  // round to nearest even in the top 16 bits, NaN to 0x7fc0, as c10::BFloat16 does
+  vu u;
+  std::memcpy(&u, &v, sizeof u);
+  const vu r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return (u & 0x7fffffffu) > 0x7f800000u ? vu{} + 0x7fc0u : r;
+}
+inline void store(uint16_t* p, vf v) {
+  const vh h = __builtin_convertvector(bf16_bits(v), vh);
+  std::memcpy(p, &h, sizeof h);
+}
+template <typename T>
+inline vf round_to(vf v) {  // the value a store to T and a load back give, without the round trip
+  if constexpr (sizeof(T) == sizeof(float)) {
+    return v;
+  } else {
+    const vu u = bf16_bits(v) << 16;
+    std::memcpy(&v, &u, sizeof v);
+    return v;
+  }
+}
+inline vf relu(vf v) { return v < 0.0f ? vf{} : v; }  // NaN stays NaN, as torch.relu
+
+inline int64_t block_end(int64_t b, int64_t P) { return std::min(P, (b + 1) * kBlock); }
+
+// Sum the blocks' partial sums (nb x width floats, `at` floats into each row) in a fixed order.
+inline void total(const std::vector<float>& part, int64_t nb, int64_t width, int64_t at, int64_t C, double* out) {
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0.0;
+    for (int64_t b = 0; b < nb; ++b) s += part[b * width + at + c];
+    out[c] = s;
+  }
+}
+
+template <typename T>
+void stats(const T* x, int64_t P, int64_t C, double* mean, double* var) {
+  const int64_t nb = (P + kBlock - 1) / kBlock;
+  std::vector<float> part(nb * C);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+      vf acc = {};
+      for (int64_t p = b * kBlock; p < block_end(b, P); ++p) acc += load(x + p * C + c0);
+      store(part.data() + b * C + c0, acc);
+    }
+  total(part, nb, C, 0, C, mean);
+  std::vector<float> meanf(C);
+  for (int64_t c = 0; c < C; ++c) meanf[c] = static_cast<float>(mean[c] /= static_cast<double>(P));
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+      const vf mu = load(meanf.data() + c0);
+      vf acc = {};
+      for (int64_t p = b * kBlock; p < block_end(b, P); ++p) {
+        const vf d = load(x + p * C + c0) - mu;
+        acc += d * d;
+      }
+      store(part.data() + b * C + c0, acc);
+    }
+  total(part, nb, C, 0, C, var);
+  for (int64_t c = 0; c < C; ++c) var[c] /= static_cast<double>(P);  // biased: what normalises
+}
+
+// What the forward pass keeps for the backward one: four rows of C floats.
+enum Saved { kMean, kInvstd, kScale, kShift };
+
+struct Layer {
+  int64_t P, C, HW;      // pixels (N*H*W), channels, pixels per image (the mask's period)
+  const float* mask;     // H*W*C of 0 and 1, or null
+  const float* weight;   // C
+  float* saved;          // 4*C, rows as in Saved
+};
+
+// The BatchNorm output before mask, residual and ReLU (rounded to T when a residual is added after it, as eager
+// PyTorch stores it in T first).
+template <typename T, bool RES>
+inline vf normalised(const T* x, int64_t i, vf scale, vf shift) {
+  const vf v = load(x + i) * scale + shift;
+  return RES ? round_to<T>(v) : v;
+}
+
+template <typename T, bool MASK, bool RES, bool RELU>
+void forward(const T* x, T* out, const T* res, const Layer& l) {
+  const int64_t nb = (l.P + kBlock - 1) / kBlock;
+  const float* scale = l.saved + kScale * l.C;
+  const float* shift = l.saved + kShift * l.C;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t c0 = 0; c0 < l.C; c0 += kLanes) {
+      const vf sc = load(scale + c0), sh = load(shift + c0);
+      int64_t hw = b * kBlock % l.HW;  // the pixel's place in the mask, counted up (a division per pixel costs)
+      for (int64_t p = b * kBlock; p < block_end(b, l.P); ++p, hw = hw + 1 == l.HW ? 0 : hw + 1) {
+        const int64_t i = p * l.C + c0;
+        vf v = normalised<T, RES>(x, i, sc, sh);
+        if (MASK) v *= load(l.mask + hw * l.C + c0);
+        if (RES) v += load(res + i);
+        if (RELU) v = relu(v);
+        store(out + i, v);
+      }
+    }
+}
+
+// The gradient that reaches the BatchNorm output: ReLU's gate, then the mask. Without a residual the gate
+// (out > 0) is recomputed from x, so `out` need not be read (or kept); `gated` is what a residual receives.
+template <typename T, bool MASK, bool RES, bool RELU>
+inline vf upstream(const T* g, const T* out, const T* x, int64_t i, const float* m, vf sc, vf sh, vf* gated) {
+  vf d = load(g + i);
+  if (RELU && RES) d = load(out + i) > 0.0f ? d : vf{};
+  if (RELU && !RES) {
+    vf v = round_to<T>(normalised<T, false>(x, i, sc, sh));
+    if (MASK) v *= load(m);
+    d = v > 0.0f ? d : vf{};
+  }
+  *gated = d;
+  if (MASK) d *= load(m);
+  return d;
+}
+
+// dx = (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean))) * weight * invstd
+template <typename T, bool MASK, bool RES, bool RELU>
+void backward(const T* g, const T* out, const T* x, T* dx, T* dres, float* grad_weight, float* grad_bias,
+              const Layer& l) {
+  const int64_t nb = (l.P + kBlock - 1) / kBlock, C = l.C;
+  const float *mean = l.saved + kMean * C, *invstd = l.saved + kInvstd * C;
+  const float *scale = l.saved + kScale * C, *shift = l.saved + kShift * C;
+  std::vector<float> part(nb * 2 * C);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+      const vf mu = load(mean + c0), sc = load(scale + c0), sh = load(shift + c0);
+      vf sum = {}, sum_xmu = {}, unused;
+      int64_t hw = b * kBlock % l.HW;
+      for (int64_t p = b * kBlock; p < block_end(b, l.P); ++p, hw = hw + 1 == l.HW ? 0 : hw + 1) {
+        const int64_t i = p * C + c0;
+        const vf dy = upstream<T, MASK, RES, RELU>(g, out, x, i, l.mask + hw * C + c0, sc, sh, &unused);
+        sum += dy;
+        sum_xmu += dy * (load(x + i) - mu);
+      }
+      store(part.data() + b * 2 * C + c0, sum);
+      store(part.data() + b * 2 * C + C + c0, sum_xmu);
+    }
+  std::vector<double> sum_dy(C), sum_dy_xmu(C);
+  total(part, nb, 2 * C, 0, C, sum_dy.data());
+  total(part, nb, 2 * C, C, C, sum_dy_xmu.data());
+  std::vector<float> a(C), mean_dy(C), k(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double is = invstd[c];
+    a[c] = static_cast<float>(l.weight[c] * is);
+    mean_dy[c] = static_cast<float>(sum_dy[c] / static_cast<double>(l.P));
+    k[c] = static_cast<float>(is * is * sum_dy_xmu[c] / static_cast<double>(l.P));
+    grad_weight[c] = static_cast<float>(sum_dy_xmu[c] * is);
+    grad_bias[c] = static_cast<float>(sum_dy[c]);
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+      const vf mu = load(mean + c0), sc = load(scale + c0), sh = load(shift + c0);
+      const vf va = load(a.data() + c0), vm = load(mean_dy.data() + c0), vk = load(k.data() + c0);
+      int64_t hw = b * kBlock % l.HW;
+      for (int64_t p = b * kBlock; p < block_end(b, l.P); ++p, hw = hw + 1 == l.HW ? 0 : hw + 1) {
+        const int64_t i = p * C + c0;
+        vf gated;
+        const vf dy = upstream<T, MASK, RES, RELU>(g, out, x, i, l.mask + hw * C + c0, sc, sh, &gated);
+        if (RES) store(dres + i, gated);
+        store(dx + i, (dy - vm - (load(x + i) - mu) * vk) * va);
+      }
+    }
+}
+
+// Calls f.template operator()<MASK, RES, RELU>() with the run-time flags as compile-time ones.
+template <typename F>
+void with_flags(bool mask, bool res, bool relu, F&& f) {
+  switch ((mask ? 4 : 0) | (res ? 2 : 0) | (relu ? 1 : 0)) {
+    case 0: f.template operator()<false, false, false>(); break;
+    case 1: f.template operator()<false, false, true>(); break;
+    case 2: f.template operator()<false, true, false>(); break;
+    case 3: f.template operator()<false, true, true>(); break;
+    case 4: f.template operator()<true, false, false>(); break;
+    case 5: f.template operator()<true, false, true>(); break;
+    case 6: f.template operator()<true, true, false>(); break;
+    default: f.template operator()<true, true, true>(); break;
+  }
+}
+
+template <typename T>
+void forward_as(const void* x, void* out, const void* res, int relu, const float* bias, double eps, double momentum,
+                float* running_mean, float* running_var, const Layer& l) {
+  std::vector<double> mean(l.C), var(l.C);
+  stats(static_cast<const T*>(x), l.P, l.C, mean.data(), var.data());
+  for (int64_t c = 0; c < l.C; ++c) {
+    const double invstd = 1.0 / std::sqrt(var[c] + eps), scale = l.weight[c] * invstd;
+    l.saved[kMean * l.C + c] = static_cast<float>(mean[c]);
+    l.saved[kInvstd * l.C + c] = static_cast<float>(invstd);
+    l.saved[kScale * l.C + c] = static_cast<float>(scale);
+    l.saved[kShift * l.C + c] = static_cast<float>(bias[c] - mean[c] * scale);
+    if (running_mean) {  // as nn.BatchNorm2d: the unbiased variance goes into the running estimate
+      const double unbiased = var[c] * static_cast<double>(l.P) / static_cast<double>(std::max<int64_t>(l.P - 1, 1));
+      running_mean[c] = static_cast<float>((1.0 - momentum) * running_mean[c] + momentum * mean[c]);
+      running_var[c] = static_cast<float>((1.0 - momentum) * running_var[c] + momentum * unbiased);
+    }
+  }
+  with_flags(l.mask, res, relu, [&]<bool M, bool R, bool U>() {
+    forward<T, M, R, U>(static_cast<const T*>(x), static_cast<T*>(out), static_cast<const T*>(res), l);
+  });
+}
+
+template <typename T>
+void backward_as(const void* g, const void* out, const void* x, void* dx, void* dres, int relu, float* grad_weight,
+                 float* grad_bias, const Layer& l) {
+  with_flags(l.mask, dres, relu, [&]<bool M, bool R, bool U>() {
+    backward<T, M, R, U>(static_cast<const T*>(g), static_cast<const T*>(out), static_cast<const T*>(x),
+                         static_cast<T*>(dx), static_cast<T*>(dres), grad_weight, grad_bias, l);
+  });
+}
+
+}  // namespace
+
+// dtype: 0 float32, 1 bfloat16 (bit patterns as uint16). Null pointers: no mask, no residual, no running stats.
+extern "C" {
+
+void rm_bn_forward(int dtype, const void* x, void* out, const void* res, int relu, int64_t P, int64_t C, int64_t HW,
+                   const float* mask, const float* weight, const float* bias, double eps, double momentum,
+                   float* running_mean, float* running_var, float* saved) {
+  const Layer l{P, C, HW, mask, weight, saved};
+  if (dtype) forward_as<uint16_t>(x, out, res, relu, bias, eps, momentum, running_mean, running_var, l);
+  else forward_as<float>(x, out, res, relu, bias, eps, momentum, running_mean, running_var, l);
+}
+
+// `out` is read only with both a residual and ReLU; `dres` (the residual's gradient) is written when not null.
+void rm_bn_backward(int dtype, const void* g, const void* out, const void* x, void* dx, void* dres, int relu,
+                    int64_t P, int64_t C, int64_t HW, const float* mask, const float* weight, float* saved,
+                    float* grad_weight, float* grad_bias) {
+  const Layer l{P, C, HW, mask, weight, saved};
+  if (dtype) backward_as<uint16_t>(g, out, x, dx, dres, relu, grad_weight, grad_bias, l);
+  else backward_as<float>(g, out, x, dx, dres, relu, grad_weight, grad_bias, l);
+}
+
+}  // extern "C"

@@ -1,0 +1,208 @@
+"""The fused BatchNorm + mask + residual + ReLU training kernels against the eager modules they replace."""
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from randmask import fused
+from randmask.masks import RandomMask, ResampledMask
+from randmask.models import build_model
+from randmask.notation import parse_model
+
+pytestmark = pytest.mark.skipif(fused.library() is None, reason="no C++ compiler: the eager path is all there is")
+
+NHWC = torch.channels_last
+
+
+def _case(dtype, n=6, c=32, h=9, w=7, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, c, h, w, generator=gen) * 2 + 0.5).to(dtype).contiguous(memory_format=NHWC)
+    res = torch.randn(n, c, h, w, generator=gen).to(dtype).contiguous(memory_format=NHWC)
+    grad = torch.randn(n, c, h, w, generator=gen).to(dtype).contiguous(memory_format=NHWC)
+    mask = RandomMask((c, h, w), 0.7, seed=seed)
+    bn = nn.BatchNorm2d(c)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5, generator=gen)
+        bn.bias.uniform_(-0.5, 0.5, generator=gen)
+        bn.running_mean.uniform_(-1, 1, generator=gen)
+    return x, res, grad, mask, bn
+
+
+def _run(x, res, grad, mask, bn, *, use_residual, relu, fuse):
+    x = x.clone().requires_grad_()
+    res = res.clone().requires_grad_() if use_residual else None
+    if fuse:
+        assert fused.fusable(x, bn, mask, res)
+        out = fused.bn_mask_relu(x, bn, mask, residual=res, relu=relu)
+    else:
+        out = mask(bn(x))
+        out = F.relu(out + res if use_residual else out) if relu else (out + res if use_residual else out)
+    out.backward(grad)
+    return {"out": out.detach(), "grad x": x.grad, "grad residual": None if res is None else res.grad,
+            "grad weight": bn.weight.grad, "grad bias": bn.bias.grad, "running mean": bn.running_mean,
+            "running var": bn.running_var, "batches": bn.num_batches_tracked}
+
+
+def _both(dtype, use_residual, relu, use_mask=True, **shape):
+    x, res, grad, mask, bn = _case(dtype, **shape)
+    if not use_mask:
+        mask = nn.Identity()
+    eager = _run(x, res, grad, mask, copy.deepcopy(bn), use_residual=use_residual, relu=relu, fuse=False)
+    fast = _run(x, res, grad, mask, copy.deepcopy(bn), use_residual=use_residual, relu=relu, fuse=True)
+    return eager, fast
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("use_mask,use_residual,relu", list(itertools.product([False, True], repeat=3)))
+def test_every_combination_matches_the_eager_modules(dtype, use_mask, use_residual, relu):
+    eager, fast = _both(dtype, use_residual, relu, use_mask)
+    for name, want in eager.items():
+        got = fast[name]
+        if want is None:
+            assert got is None, name
+            continue
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        if name in ("out", "grad x", "grad residual"):
+            assert got.is_contiguous(memory_format=NHWC), name
+        # float32 to rounding; bfloat16 to its one rounding step (torch.testing's bf16 tolerance)
+        tol = {"rtol": 1e-5, "atol": 2e-5} if dtype == torch.float32 or "running" in name or name == "batches" \
+            else {}
+        torch.testing.assert_close(got, want, **tol, msg=name)
+
+
+def test_zeroed_neurons_stay_zero_and_pass_no_gradient():
+    x, res, grad, mask, bn = _case(torch.bfloat16)
+    got = _run(x, res, grad, mask, bn, use_residual=False, relu=True, fuse=True)
+    dropped = ~mask.mask.bool()
+    assert (got["out"][:, dropped] == 0).all()
+    assert (got["out"] >= 0).all()
+    # the BatchNorm backward spreads the kept neurons' gradient over every input, but a masked neuron's own
+    # gradient (before the BatchNorm) is the same as if its output gradient had been zero
+    grad_masked = grad.clone()
+    grad_masked[:, dropped] = 5.0
+    again = _run(x, res, grad_masked, mask, copy.deepcopy(bn), use_residual=False, relu=True, fuse=True)
+    torch.testing.assert_close(again["grad x"], got["grad x"], rtol=0, atol=0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 5), c=st.sampled_from([16, 32, 48]), h=st.integers(1, 6), w=st.integers(1, 6),
+       use_residual=st.booleans(), relu=st.booleans(), seed=st.integers(0, 2**16))
+def test_any_shape_matches_eager_in_float32(n, c, h, w, use_residual, relu, seed):
+    if n * h * w < 2:
+        return  # nn.BatchNorm2d refuses a single value per channel in training
+    eager, fast = _both(torch.float32, use_residual, relu, n=n, c=c, h=h, w=w, seed=seed)
+    for name, want in eager.items():
+        if want is not None:
+            torch.testing.assert_close(fast[name], want, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            x, res, grad, mask, bn = _case(torch.bfloat16, n=16, c=16, h=32, w=32)
+            runs.append(_run(x, res, grad, mask, bn, use_residual=True, relu=True, fuse=True))
+    finally:
+        torch.set_num_threads(threads)
+    for name, value in runs[0].items():
+        assert torch.equal(value, runs[1][name]), name
+
+
+def _eager_only(x, bn, mask, res=None):
+    assert not fused.fusable(x, bn, mask, res)
+    torch.manual_seed(0)  # a resampled mask draws the same pattern both times
+    want = F.relu(mask(bn(x)) + (0 if res is None else res))
+    torch.manual_seed(0)
+    assert torch.equal(fused.bn_mask_relu(x, bn, mask, residual=res), want)
+
+
+def test_everything_else_runs_the_modules_themselves(monkeypatch):
+    x, res, _, mask, bn = _case(torch.float32, c=16)
+    _eager_only(x, bn.eval(), mask)  # eval mode: running statistics
+    bn.train()
+    _eager_only(x.contiguous(), bn, mask)  # NCHW
+    _eager_only(x.double(), bn.double(), mask.double())  # neither float32 nor bfloat16
+    bn.float()
+    _eager_only(x, bn, ResampledMask((16, 9, 7), 0.5))  # a fresh mask each step
+    _eager_only(x[:, :8].contiguous(memory_format=NHWC), nn.BatchNorm2d(8), nn.Identity())  # C % 16
+    _eager_only(x, nn.BatchNorm2d(16, momentum=None), mask)  # cumulative average
+    _eager_only(x, bn, mask, res.contiguous())  # an NCHW residual
+    monkeypatch.setenv("RANDMASK_FUSED", "0")
+    _eager_only(x, bn, mask)
+    monkeypatch.delenv("RANDMASK_FUSED")
+    assert fused.fusable(x, bn, mask)
+
+
+def test_a_hook_on_the_batchnorm_or_the_mask_still_sees_its_module_run():
+    x, _, _, mask, bn = _case(torch.float32, c=16)
+    seen = []
+    handle = bn.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    _eager_only(x, bn, mask)
+    handle.remove()
+    handle = mask.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    _eager_only(x, bn, mask)
+    handle.remove()
+    assert seen == [x.shape] * 4 and fused.fusable(x, bn, mask)  # each hook: the reference and the call
+
+
+def test_a_mask_that_is_not_zero_or_one_is_not_fused():
+    mask = RandomMask((16, 3, 3), 0.5, seed=1)
+    keep = mask.fused_keep()
+    assert keep.shape == (3, 3, 16) and torch.equal(keep, mask.mask.permute(1, 2, 0).float())
+    mask.mask = mask.mask.float() * 0.5  # a scaled mask (as dropout's): no longer a plain keep/drop pattern
+    assert mask.fused_keep() is False
+
+
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_a_training_step_of_0_7_shallow_matches_the_eager_one(monkeypatch, amp):
+    model = build_model(parse_model("0.7-Shallow"), dataset="cifar10", width=16, mask_seed=0, seed=0)
+    model.to(memory_format=NHWC).train()
+    gen = torch.Generator().manual_seed(0)
+    xb = torch.rand(8, 3, 32, 32, generator=gen).contiguous(memory_format=NHWC)
+    yb = torch.randint(0, 10, (8,), generator=gen)
+    grads = {}
+    for setting in ("0", "1"):
+        monkeypatch.setenv("RANDMASK_FUSED", setting)
+        net = copy.deepcopy(model)
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+            loss = F.cross_entropy(net(xb).float(), yb)
+        loss.backward()
+        grads[setting] = (loss.detach(), {n: p.grad for n, p in net.named_parameters()},
+                          {n: b.clone() for n, b in net.named_buffers()})
+    (loss0, g0, b0), (loss1, g1, b1) = grads["0"], grads["1"]
+    tol = {"rtol": 1e-4, "atol": 1e-5} if amp is None else {"rtol": 0.05, "atol": 0.05}
+    torch.testing.assert_close(loss1, loss0, **tol)
+    for name in g0:  # every parameter gets its gradient, close to eager's
+        torch.testing.assert_close(g1[name], g0[name], **tol, msg=name)
+    for name in b0:
+        torch.testing.assert_close(b1[name].float(), b0[name].float(), **tol, msg=name)
+
+
+def test_no_compiler_or_a_failing_check_leaves_the_eager_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("RANDMASK_DATA_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    assert fused.library.__wrapped__() is None
+    monkeypatch.setenv("CXX", "false")  # a compiler that fails
+    assert fused.library.__wrapped__() is None
+    monkeypatch.setenv("CXX", "g++")
+    monkeypatch.setattr(fused, "_agrees_with_eager", lambda lib: False)
+    assert fused.library.__wrapped__() is None
+
+
+def test_the_build_is_cached_by_source_flags_and_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("RANDMASK_DATA_CACHE", str(tmp_path))
+    first = fused._build("g++")
+    assert first.parent == tmp_path / "kernels" and first.exists()
+    stamp = first.stat().st_mtime_ns
+    assert fused._build("g++") == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    monkeypatch.setattr(fused, "FLAGS", (*fused.FLAGS, "-DANOTHER_BUILD"))
+    assert fused._build("g++") != first
