@@ -1,10 +1,11 @@
 // Training-mode BatchNorm fused with what follows it in a ResNet unit: the fixed Random Mask, the residual
 // addition and ReLU, forward and backward, on channels_last CPU tensors (float32 or bfloat16).
 // Eager PyTorch runs these as five to eight separate passes over each activation; here the forward pass reads
-// the activation three times and writes it once, the backward pass reads it twice.
+// the activation twice and writes it once, the backward pass reads it (and its gradient) twice, each in one
+// parallel region.
 // Built at first use by randmask/fused.py (g++ -O3 -march=native -fopenmp); no torch headers, so it compiles in
-// about a second. Sums go through fixed blocks of pixels in a fixed order, so results do not depend on the
-// number of threads. Tensors: P = N*H*W pixels of C channels each; the mask is H*W*C floats, each 0 or 1.
+// about a second. Sums go through fixed blocks of pixels, merged in a fixed order, so results do not depend on
+// the number of threads. Tensors: P = N*H*W pixels of C channels each; the mask is H*W*C floats, each 0 or 1.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -68,33 +69,42 @@ inline void total(const std::vector<float>& part, int64_t nb, int64_t width, int
   }
 }
 
+// One block's mean and sum of squared deviations per channel: the second sweep reads the block from cache
+// (256 pixels of C channels), so the activation is read from memory once.
 template <typename T>
-void stats(const T* x, int64_t P, int64_t C, double* mean, double* var) {
-  const int64_t nb = (P + kBlock - 1) / kBlock;
-  std::vector<float> part(nb * C);
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < nb; ++b)
-    for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
-      vf acc = {};
-      for (int64_t p = b * kBlock; p < block_end(b, P); ++p) acc += load(x + p * C + c0);
-      store(part.data() + b * C + c0, acc);
+void block_moments(const T* x, int64_t b, int64_t P, int64_t C, float* mean, float* m2) {
+  const int64_t begin = b * kBlock, end = block_end(b, P);
+  const float n = static_cast<float>(end - begin);
+  for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+    vf sum = {};
+    for (int64_t p = begin; p < end; ++p) sum += load(x + p * C + c0);
+    const vf mu = sum / n;
+    vf acc = {};
+    for (int64_t p = begin; p < end; ++p) {
+      const vf d = load(x + p * C + c0) - mu;
+      acc += d * d;
     }
-  total(part, nb, C, 0, C, mean);
-  std::vector<float> meanf(C);
-  for (int64_t c = 0; c < C; ++c) meanf[c] = static_cast<float>(mean[c] /= static_cast<double>(P));
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < nb; ++b)
-    for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
-      const vf mu = load(meanf.data() + c0);
-      vf acc = {};
-      for (int64_t p = b * kBlock; p < block_end(b, P); ++p) {
-        const vf d = load(x + p * C + c0) - mu;
-        acc += d * d;
-      }
-      store(part.data() + b * C + c0, acc);
+    store(mean + c0, mu);
+    store(m2 + c0, acc);
+  }
+}
+
+// The blocks' moments merged in a fixed order (Chan et al.'s pairwise update, in double): mean and biased
+// variance per channel.
+inline void merge_moments(const std::vector<float>& part, int64_t nb, int64_t P, int64_t C, double* mean,
+                          double* var) {
+  for (int64_t c = 0; c < C; ++c) {
+    double n = 0.0, mu = 0.0, m2 = 0.0;
+    for (int64_t b = 0; b < nb; ++b) {
+      const double nb_ = static_cast<double>(block_end(b, P) - b * kBlock);
+      const double mb = part[b * 2 * C + c], delta = mb - mu, total = n + nb_;
+      mu += delta * nb_ / total;
+      m2 += part[b * 2 * C + C + c] + delta * delta * n * nb_ / total;
+      n = total;
     }
-  total(part, nb, C, 0, C, var);
-  for (int64_t c = 0; c < C; ++c) var[c] /= static_cast<double>(P);  // biased: what normalises
+    mean[c] = mu;
+    var[c] = m2 / n;  // biased: what normalises
+  }
 }
 
 // What the forward pass keeps for the backward one: four rows of C floats.
@@ -115,25 +125,51 @@ inline vf normalised(const T* x, int64_t i, vf scale, vf shift) {
   return RES ? round_to<T>(v) : v;
 }
 
+// Statistics, then out = relu?(round(x*scale + shift) * mask + res), in one parallel region; without a residual
+// the BatchNorm value is rounded once, at the end.
 template <typename T, bool MASK, bool RES, bool RELU>
-void forward(const T* x, T* out, const T* res, const Layer& l) {
-  const int64_t nb = (l.P + kBlock - 1) / kBlock;
-  const float* scale = l.saved + kScale * l.C;
-  const float* shift = l.saved + kShift * l.C;
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < nb; ++b)
-    for (int64_t c0 = 0; c0 < l.C; c0 += kLanes) {
-      const vf sc = load(scale + c0), sh = load(shift + c0);
-      int64_t hw = b * kBlock % l.HW;  // the pixel's place in the mask, counted up (a division per pixel costs)
-      for (int64_t p = b * kBlock; p < block_end(b, l.P); ++p, hw = hw + 1 == l.HW ? 0 : hw + 1) {
-        const int64_t i = p * l.C + c0;
-        vf v = normalised<T, RES>(x, i, sc, sh);
-        if (MASK) v *= load(l.mask + hw * l.C + c0);
-        if (RES) v += load(res + i);
-        if (RELU) v = relu(v);
-        store(out + i, v);
+void forward(const T* x, T* out, const T* res, const float* bias, double eps, double momentum, float* running_mean,
+             float* running_var, const Layer& l) {
+  const int64_t nb = (l.P + kBlock - 1) / kBlock, C = l.C;
+  std::vector<float> part(nb * 2 * C);
+  const float* scale = l.saved + kScale * C;
+  const float* shift = l.saved + kShift * C;
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nb; ++b) block_moments(x, b, l.P, C, part.data() + b * 2 * C, part.data() + b * 2 * C + C);
+#pragma omp single
+    {
+      std::vector<double> mean(C), var(C);
+      merge_moments(part, nb, l.P, C, mean.data(), var.data());
+      for (int64_t c = 0; c < C; ++c) {
+        const double invstd = 1.0 / std::sqrt(var[c] + eps), sc = l.weight[c] * invstd;
+        l.saved[kMean * C + c] = static_cast<float>(mean[c]);
+        l.saved[kInvstd * C + c] = static_cast<float>(invstd);
+        l.saved[kScale * C + c] = static_cast<float>(sc);
+        l.saved[kShift * C + c] = static_cast<float>(bias[c] - mean[c] * sc);
+        if (running_mean) {  // as nn.BatchNorm2d: the unbiased variance goes into the running estimate
+          const double unbiased = var[c] * static_cast<double>(l.P) / static_cast<double>(std::max<int64_t>(l.P - 1, 1));
+          running_mean[c] = static_cast<float>((1.0 - momentum) * running_mean[c] + momentum * mean[c]);
+          running_var[c] = static_cast<float>((1.0 - momentum) * running_var[c] + momentum * unbiased);
+        }
       }
     }
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+        const vf sc = load(scale + c0), sh = load(shift + c0);
+        int64_t hw = b * kBlock % l.HW;  // the pixel's place in the mask, counted up (a division per pixel costs)
+        for (int64_t p = b * kBlock; p < block_end(b, l.P); ++p, hw = hw + 1 == l.HW ? 0 : hw + 1) {
+          const int64_t i = p * C + c0;
+          vf v = normalised<T, RES>(x, i, sc, sh);
+          if (MASK) v *= load(l.mask + hw * C + c0);
+          if (RES) v += load(res + i);
+          if (RELU) v = relu(v);
+          store(out + i, v);
+        }
+      }
+  }
 }
 
 // The gradient that reaches the BatchNorm output: ReLU's gate, then the mask. Without a residual the gate
@@ -159,48 +195,53 @@ void backward(const T* g, const T* out, const T* x, T* dx, T* dres, float* grad_
   const int64_t nb = (l.P + kBlock - 1) / kBlock, C = l.C;
   const float *mean = l.saved + kMean * C, *invstd = l.saved + kInvstd * C;
   const float *scale = l.saved + kScale * C, *shift = l.saved + kShift * C;
-  std::vector<float> part(nb * 2 * C);
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < nb; ++b)
-    for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
-      const vf mu = load(mean + c0), sc = load(scale + c0), sh = load(shift + c0);
-      vf sum = {}, sum_xmu = {}, unused;
-      int64_t hw = b * kBlock % l.HW;
-      for (int64_t p = b * kBlock; p < block_end(b, l.P); ++p, hw = hw + 1 == l.HW ? 0 : hw + 1) {
-        const int64_t i = p * C + c0;
-        const vf dy = upstream<T, MASK, RES, RELU>(g, out, x, i, l.mask + hw * C + c0, sc, sh, &unused);
-        sum += dy;
-        sum_xmu += dy * (load(x + i) - mu);
+  std::vector<float> part(nb * 2 * C), a(C), mean_dy(C), k(C);
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+        const vf mu = load(mean + c0), sc = load(scale + c0), sh = load(shift + c0);
+        vf sum = {}, sum_xmu = {}, unused;
+        int64_t hw = b * kBlock % l.HW;
+        for (int64_t p = b * kBlock; p < block_end(b, l.P); ++p, hw = hw + 1 == l.HW ? 0 : hw + 1) {
+          const int64_t i = p * C + c0;
+          const vf dy = upstream<T, MASK, RES, RELU>(g, out, x, i, l.mask + hw * C + c0, sc, sh, &unused);
+          sum += dy;
+          sum_xmu += dy * (load(x + i) - mu);
+        }
+        store(part.data() + b * 2 * C + c0, sum);
+        store(part.data() + b * 2 * C + C + c0, sum_xmu);
       }
-      store(part.data() + b * 2 * C + c0, sum);
-      store(part.data() + b * 2 * C + C + c0, sum_xmu);
+#pragma omp single
+    {
+      std::vector<double> sum_dy(C), sum_dy_xmu(C);
+      total(part, nb, 2 * C, 0, C, sum_dy.data());
+      total(part, nb, 2 * C, C, C, sum_dy_xmu.data());
+      for (int64_t c = 0; c < C; ++c) {
+        const double is = invstd[c];
+        a[c] = static_cast<float>(l.weight[c] * is);
+        mean_dy[c] = static_cast<float>(sum_dy[c] / static_cast<double>(l.P));
+        k[c] = static_cast<float>(is * is * sum_dy_xmu[c] / static_cast<double>(l.P));
+        grad_weight[c] = static_cast<float>(sum_dy_xmu[c] * is);
+        grad_bias[c] = static_cast<float>(sum_dy[c]);
+      }
     }
-  std::vector<double> sum_dy(C), sum_dy_xmu(C);
-  total(part, nb, 2 * C, 0, C, sum_dy.data());
-  total(part, nb, 2 * C, C, C, sum_dy_xmu.data());
-  std::vector<float> a(C), mean_dy(C), k(C);
-  for (int64_t c = 0; c < C; ++c) {
-    const double is = invstd[c];
-    a[c] = static_cast<float>(l.weight[c] * is);
-    mean_dy[c] = static_cast<float>(sum_dy[c] / static_cast<double>(l.P));
-    k[c] = static_cast<float>(is * is * sum_dy_xmu[c] / static_cast<double>(l.P));
-    grad_weight[c] = static_cast<float>(sum_dy_xmu[c] * is);
-    grad_bias[c] = static_cast<float>(sum_dy[c]);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+        const vf mu = load(mean + c0), sc = load(scale + c0), sh = load(shift + c0);
+        const vf va = load(a.data() + c0), vm = load(mean_dy.data() + c0), vk = load(k.data() + c0);
+        int64_t hw = b * kBlock % l.HW;
+        for (int64_t p = b * kBlock; p < block_end(b, l.P); ++p, hw = hw + 1 == l.HW ? 0 : hw + 1) {
+          const int64_t i = p * C + c0;
+          vf gated;
+          const vf dy = upstream<T, MASK, RES, RELU>(g, out, x, i, l.mask + hw * C + c0, sc, sh, &gated);
+          if (RES) store(dres + i, gated);
+          store(dx + i, (dy - vm - (load(x + i) - mu) * vk) * va);
+        }
+      }
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < nb; ++b)
-    for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
-      const vf mu = load(mean + c0), sc = load(scale + c0), sh = load(shift + c0);
-      const vf va = load(a.data() + c0), vm = load(mean_dy.data() + c0), vk = load(k.data() + c0);
-      int64_t hw = b * kBlock % l.HW;
-      for (int64_t p = b * kBlock; p < block_end(b, l.P); ++p, hw = hw + 1 == l.HW ? 0 : hw + 1) {
-        const int64_t i = p * C + c0;
-        vf gated;
-        const vf dy = upstream<T, MASK, RES, RELU>(g, out, x, i, l.mask + hw * C + c0, sc, sh, &gated);
-        if (RES) store(dres + i, gated);
-        store(dx + i, (dy - vm - (load(x + i) - mu) * vk) * va);
-      }
-    }
 }
 
 // Calls f.template operator()<MASK, RES, RELU>() with the run-time flags as compile-time ones.
@@ -221,22 +262,9 @@ void with_flags(bool mask, bool res, bool relu, F&& f) {
 template <typename T>
 void forward_as(const void* x, void* out, const void* res, int relu, const float* bias, double eps, double momentum,
                 float* running_mean, float* running_var, const Layer& l) {
-  std::vector<double> mean(l.C), var(l.C);
-  stats(static_cast<const T*>(x), l.P, l.C, mean.data(), var.data());
-  for (int64_t c = 0; c < l.C; ++c) {
-    const double invstd = 1.0 / std::sqrt(var[c] + eps), scale = l.weight[c] * invstd;
-    l.saved[kMean * l.C + c] = static_cast<float>(mean[c]);
-    l.saved[kInvstd * l.C + c] = static_cast<float>(invstd);
-    l.saved[kScale * l.C + c] = static_cast<float>(scale);
-    l.saved[kShift * l.C + c] = static_cast<float>(bias[c] - mean[c] * scale);
-    if (running_mean) {  // as nn.BatchNorm2d: the unbiased variance goes into the running estimate
-      const double unbiased = var[c] * static_cast<double>(l.P) / static_cast<double>(std::max<int64_t>(l.P - 1, 1));
-      running_mean[c] = static_cast<float>((1.0 - momentum) * running_mean[c] + momentum * mean[c]);
-      running_var[c] = static_cast<float>((1.0 - momentum) * running_var[c] + momentum * unbiased);
-    }
-  }
   with_flags(l.mask, res, relu, [&]<bool M, bool R, bool U>() {
-    forward<T, M, R, U>(static_cast<const T*>(x), static_cast<T*>(out), static_cast<const T*>(res), l);
+    forward<T, M, R, U>(static_cast<const T*>(x), static_cast<T*>(out), static_cast<const T*>(res), bias, eps,
+                        momentum, running_mean, running_var, l);
   });
 }
 
