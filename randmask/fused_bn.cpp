@@ -15,6 +15,12 @@
 namespace {
 
 constexpr int64_t kBlock = 256;  // pixels per partial sum
+// Smaller layers run on one thread: waking a sleeping OpenMP thread (OMP_WAIT_POLICY=PASSIVE) costs more than
+// it saves below about a million values (measured on a 2-core EPYC, bench/bench_core.py).
+#ifndef RM_PARALLEL_FROM
+#define RM_PARALLEL_FROM (1 << 20)
+#endif
+constexpr int64_t kParallelFrom = RM_PARALLEL_FROM;
 constexpr int64_t kLanes = 16;   // channels are taken 16 at a time (the caller ensures C % 16 == 0)
 
 // 16 lanes as GCC/Clang vector types: one AVX-512 register of floats, two AVX2 ones, plain code elsewhere.
@@ -134,7 +140,7 @@ void forward(const T* x, T* out, const T* res, const float* bias, double eps, do
   std::vector<float> part(nb * 2 * C);
   const float* scale = l.saved + kScale * C;
   const float* shift = l.saved + kShift * C;
-#pragma omp parallel
+#pragma omp parallel if (l.P * C >= kParallelFrom)
   {
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nb; ++b) block_moments(x, b, l.P, C, part.data() + b * 2 * C, part.data() + b * 2 * C + C);
@@ -196,7 +202,7 @@ void backward(const T* g, const T* out, const T* x, T* dx, T* dres, float* grad_
   const float *mean = l.saved + kMean * C, *invstd = l.saved + kInvstd * C;
   const float *scale = l.saved + kScale * C, *shift = l.saved + kShift * C;
   std::vector<float> part(nb * 2 * C), a(C), mean_dy(C), k(C);
-#pragma omp parallel
+#pragma omp parallel if (l.P * C >= kParallelFrom)
   {
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nb; ++b)
