@@ -109,7 +109,7 @@ def test_results_do_not_depend_on_the_thread_count():
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            x, res, grad, mask, bn = _case(torch.bfloat16, n=16, c=16, h=32, w=32)
+            x, res, grad, mask, bn = _case(torch.bfloat16, n=64, c=16, h=32, w=32)  # 2^20 values: both threads work
             runs.append(_run(x, res, grad, mask, bn, use_residual=True, relu=True, fuse=True))
     finally:
         torch.set_num_threads(threads)
