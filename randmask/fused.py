@@ -86,7 +86,10 @@ def library() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("fused BatchNorm kernels off: %s", exc)
         return None
-    if not _agrees_with_eager(lib):
+    # the first call may come from inside no_grad, inference_mode or autocast: the check needs plain autograd
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        agrees = _agrees_with_eager(lib)
+    if not agrees:
         log.warning("fused BatchNorm kernels off: they do not reproduce eager PyTorch on this machine")
         return None
     return lib

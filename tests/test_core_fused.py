@@ -198,6 +198,13 @@ def test_no_compiler_or_a_failing_check_leaves_the_eager_path(monkeypatch, tmp_p
     assert fused.library.__wrapped__() is None
 
 
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode,
+                                     lambda: torch.autocast("cpu", dtype=torch.bfloat16)])
+def test_the_first_use_may_come_from_inside_no_grad_inference_or_autocast(context):
+    with context():
+        assert fused.library.__wrapped__() is not None  # its self-check runs with plain autograd regardless
+
+
 def test_the_build_is_cached_by_source_flags_and_cpu(monkeypatch, tmp_path):
     monkeypatch.setenv("RANDMASK_DATA_CACHE", str(tmp_path))
     first = fused._build("g++")
