@@ -2,8 +2,8 @@
 
 `bn_mask_relu(x, bn, mask, residual=..., relu=...)` is what a ResNet unit calls in place of
 `relu(mask(bn(x)) + residual)`. On a CPU, in training mode, for a channels_last float32 or bfloat16 activation, it
-runs `fused_bn.cpp` (statistics, normalisation, mask, addition and ReLU in one pass forward; the BatchNorm backward
-with ReLU's gate and the mask in two passes backward). Eager PyTorch runs each of those as its own pass over the
+runs `fused_bn.cpp`: forward, one read of the activation for the statistics and one more for normalisation, mask,
+addition and ReLU; backward, the BatchNorm gradient with ReLU's gate and the mask in two passes. Eager PyTorch runs each of those as its own pass over the
 activation: about a quarter of a quick-preset training step on a 2-core CPU (bench/bench_core.py). Everywhere
 else (eval mode, GPUs, NCHW, hooks on the modules, a resampled mask, no C++ compiler, `RANDMASK_FUSED=0`) it runs
 the modules themselves, unchanged.
@@ -11,8 +11,8 @@ the modules themselves, unchanged.
 The library is built at first use with the system's g++ (about a second; no torch headers) into
 `<data cache>/kernels/`, named by a hash of its source, flags, compiler and CPU, and is used only after it
 reproduces the eager computation on a small case. Same statistics as `nn.BatchNorm2d` (biased variance to
-normalise, unbiased in the running estimate), summed over fixed blocks of pixels in a fixed order, so a run
-gives the same numbers at any thread count; they differ from eager PyTorch's within float rounding.
+normalise, unbiased in the running estimate), from block-wise moments merged in a fixed order, so a run gives
+the same numbers at any thread count; they differ from eager PyTorch's within float rounding.
 """
 
 from __future__ import annotations
