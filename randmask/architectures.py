@@ -109,8 +109,9 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = bn_mask_relu(self.conv1(x), self.bn1, _NO_MASK)
         y = bn_mask_relu(self.conv2(y), self.bn2, _NO_MASK)
-        shortcut = bn_mask_relu(self.shortcut[0](x), self.shortcut[1], _NO_MASK, relu=False) if len(
-            self.shortcut) else x
+        shortcut = x
+        if len(self.shortcut):  # conv, BatchNorm
+            shortcut = bn_mask_relu(self.shortcut[0](x), self.shortcut[1], _NO_MASK, relu=False)
         return bn_mask_relu(self.conv3(y), self.bn3, _NO_MASK, residual=shortcut)
 
 

@@ -138,7 +138,7 @@ def _eager(x: torch.Tensor, bn: nn.Module, mask: nn.Module, residual: torch.Tens
     return F.relu(y) if relu else y
 
 
-def _keep_bytes(mask: nn.Module) -> torch.Tensor | None | bool:
+def _keep_floats(mask: nn.Module) -> torch.Tensor | None | bool:
     """The mask as H×W×C float32 of 0 and 1; None for no mask; False for a mask the kernel cannot apply."""
     if type(mask) is nn.Identity:
         return None
@@ -161,7 +161,7 @@ def fusable(x: torch.Tensor, bn: nn.Module, mask: nn.Module, residual: torch.Ten
             and (bn.running_mean is None or bn.running_mean.dtype == torch.float32)
             and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype
                                       and residual.is_contiguous(memory_format=torch.channels_last)))
-            and _keep_bytes(mask) is not False and not _has_hooks(bn, mask)
+            and _keep_floats(mask) is not False and not _has_hooks(bn, mask)
             and not torch.compiler.is_compiling() and fused_kernels_enabled() and library() is not None)
 
 
@@ -170,7 +170,7 @@ def bn_mask_relu(x: torch.Tensor, bn: nn.Module, mask: nn.Module, *, residual: t
     """`relu(mask(bn(x)) + residual)` (residual and ReLU optional), fused on a CPU in training mode."""
     if not fusable(x, bn, mask, residual):
         return _eager(x, bn, mask, residual, relu)
-    keep = _keep_bytes(mask)
+    keep = _keep_floats(mask)
     if keep is not None and tuple(keep.shape) != (x.shape[2], x.shape[3], x.shape[1]):
         return _eager(x, bn, mask, residual, relu)  # the mask module raises its own clear error
     return _BatchNormMaskReLU.apply(x, bn.weight, bn.bias, residual, keep, relu, bn, library())

@@ -80,7 +80,7 @@ class RandomMask(nn.Module):
         self.shape, self.ratio, self.kind, self.seed, self.block = tuple(shape), ratio, kind, seed, block
         self.register_buffer("mask", make_mask(self.shape, ratio, kind, seed))
         self._cast: tuple | None = None
-        self._bytes: tuple = (None, False)  # (mask identity, H×W×C floats) for fused_keep
+        self._fused: tuple = (None, False)  # (mask identity, H×W×C floats) for fused_keep
 
     def _keep_as(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():  # the compiler fuses the cast; the Python cache would force recompiles
@@ -103,10 +103,10 @@ class RandomMask(nn.Module):
     def fused_keep(self) -> torch.Tensor | bool:
         """The mask as H×W×C float32 for randmask.fused (an NHWC activation's order); False unless all 0 or 1."""
         key = (self.mask.data_ptr(), self.mask._version, self.mask.device)
-        if self._bytes[0] != key:
+        if self._fused[0] != key:
             binary = bool(((self.mask == 0) | (self.mask == 1)).all())
-            self._bytes = (key, self.mask.permute(1, 2, 0).float().contiguous() if binary else False)
-        return self._bytes[1]
+            self._fused = (key, self.mask.permute(1, 2, 0).float().contiguous() if binary else False)
+        return self._fused[1]
 
     def measured_drop_ratio(self) -> float:
         return 1.0 - self.mask.float().mean().item()
