@@ -57,14 +57,18 @@ def test_quick_preset_is_channels_last_except_where_torch_cannot():
         make_config("0.7-Shallow", "quick", width=4, channels_last=True)
 
 
-def test_crop_flip_matches_a_plain_loop():
-    x = torch.rand(5, 3, 8, 8)
-    shifts, flips = torch.randint(0, 9, (5, 2)), torch.tensor([True, False, True, False, True])
-    out = random_crop_flip(x, shifts, flips)
+@pytest.mark.parametrize("shape,flip,dtype", [((5, 3, 8, 8), True, torch.float32), ((5, 3, 6, 10), True, torch.uint8),
+                                              ((5, 1, 7, 7), False, torch.uint8)])
+def test_crop_flip_matches_a_plain_loop(shape, flip, dtype):
+    x = (torch.rand(*shape) * 255).to(dtype)
+    n, _, h, w = shape
+    shifts, flips = torch.randint(0, 9, (n, 2)), torch.tensor([True, False, True, False, True])
+    out = random_crop_flip(x, shifts, flips, flip=flip)
+    assert out.shape == x.shape and out.dtype == dtype
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
-    for i in range(5):
-        crop = padded[i, :, shifts[i, 0]:shifts[i, 0] + 8, shifts[i, 1]:shifts[i, 1] + 8]
-        assert torch.equal(out[i], crop.flip(-1) if flips[i] else crop)
+    for i in range(n):
+        crop = padded[i, :, shifts[i, 0]:shifts[i, 0] + h, shifts[i, 1]:shifts[i, 1] + w]
+        assert torch.equal(out[i], crop.flip(-1) if flips[i] and flip else crop)
 
 
 def test_short_training_lowers_the_loss_and_writes_a_checkpoint(tmp_path, data_dir):
