@@ -87,8 +87,12 @@ def library() -> ctypes.CDLL | None:
         log.warning("fused BatchNorm kernels off: %s", exc)
         return None
     # the first call may come from inside no_grad, inference_mode or autocast: the check needs plain autograd
-    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
-        agrees = _agrees_with_eager(lib)
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+            agrees = _agrees_with_eager(lib)
+    except Exception as exc:  # whatever goes wrong here, training goes on with the eager modules
+        log.warning("fused BatchNorm kernels off: their check failed (%s)", exc)
+        return None
     if not agrees:
         log.warning("fused BatchNorm kernels off: they do not reproduce eager PyTorch on this machine")
         return None
@@ -154,11 +158,11 @@ def _has_hooks(*modules: nn.Module) -> bool:
 
 def fusable(x: torch.Tensor, bn: nn.Module, mask: nn.Module, residual: torch.Tensor | None = None) -> bool:
     """Whether `bn_mask_relu` runs the fused kernels for these inputs (else the modules themselves)."""
-    return (type(bn) is nn.BatchNorm2d and bn.training and bn.num_features % 16 == 0 and bn.affine and bn.momentum is not None
-            and x.device.type == "cpu" and x.dim() == 4 and x.dtype in _DTYPES and x.numel() > 0
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and bn.weight.dtype == torch.float32 and x.shape[1] == bn.num_features
+    return (type(bn) is nn.BatchNorm2d and bn.training and bn.affine and bn.momentum is not None
+            and bn.num_features % 16 == 0 and bn.weight.dtype == torch.float32
             and (bn.running_mean is None or bn.running_mean.dtype == torch.float32)
+            and x.device.type == "cpu" and x.dim() == 4 and x.dtype in _DTYPES and x.numel() > 0
+            and x.shape[1] == bn.num_features and x.is_contiguous(memory_format=torch.channels_last)
             and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype
                                       and residual.is_contiguous(memory_format=torch.channels_last)))
             and _keep_floats(mask) is not False and not _has_hooks(bn, mask)

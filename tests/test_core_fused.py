@@ -211,6 +211,12 @@ def test_no_compiler_or_a_failing_check_leaves_the_eager_path(monkeypatch, tmp_p
     monkeypatch.setattr(fused, "_agrees_with_eager", lambda lib: False)
     assert fused.library.__wrapped__() is None
 
+    def broken_check(lib):
+        raise RuntimeError("the check itself broke")
+
+    monkeypatch.setattr(fused, "_agrees_with_eager", broken_check)
+    assert fused.library.__wrapped__() is None
+
 
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode,
                                      lambda: torch.autocast("cpu", dtype=torch.bfloat16)])
