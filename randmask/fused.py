@@ -105,7 +105,7 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 class _BatchNormMaskReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, keep, relu, bn, lib):  # noqa: ANN001 (autograd's signature)
+    def forward(ctx, x, weight, bias, residual, keep, relu, bn, lib):
         n, c, h, w = x.shape
         out = torch.empty_like(x, memory_format=torch.channels_last)
         saved = torch.empty(4, c)  # per channel: mean, 1/std, and the scale and shift they make with the affine
@@ -121,7 +121,7 @@ class _BatchNormMaskReLU(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001
+    def backward(ctx, grad_out):
         x, out, keep, weight, saved = ctx.saved_tensors
         n, c, h, w = x.shape
         grad = grad_out.to(x.dtype).contiguous(memory_format=torch.channels_last)
