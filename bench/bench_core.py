@@ -12,9 +12,10 @@ preset: the quick preset for --model built and stepped by `randmask.train` itsel
 `epoch_batches`, `train_step`, `lr_at`, `accuracy`) on the real CIFAR-10 training set, twice from the same
 seed: the new path (precision from `training_precision`, which measures bf16 against fp32 here; masks cast in
 the activation's layout; BatchNorm, mask, residual addition and ReLU in the fused CPU kernels of
-`randmask.fused`; crop and flip on uint8 images; the end-of-epoch test pass in the training precision, in
-128-image batches on a CPU) and the old path (precision from oneDNN's report alone; masks in their own layout;
-eager BatchNorm, mask and ReLU; crop and flip on float images; the test pass in fp32, 500-image batches). The
+`randmask.fused`; crop and flip as one gather on uint8 images; the end-of-epoch test pass in the training
+precision, in 128-image batches on a CPU) and the old path (precision from oneDNN's report alone; masks in
+their own layout; eager BatchNorm, mask and ReLU; crop and flip by advanced indexing on float images; the test
+pass in fp32, 500-image batches). The
 two run interleaved, --chunk steps at a time, for --steps steps each; printed: each part's median time per step
 (data, forward+backward+update), the end-of-epoch test pass per 10,000 images, the estimated epoch time of
 each path and their ratio (target new/old <= 0.67), and how far apart the two loss curves are (within bf16
