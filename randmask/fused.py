@@ -122,6 +122,9 @@ class _BatchNormMaskReLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # create_graph=True: the kernels' gradient has no graph of its own
+            raise RuntimeError("randmask.fused: no second derivatives through the fused BatchNorm kernels; "
+                               "train with RANDMASK_FUSED=0 for gradient penalties and the like")
         x, out, keep, weight, saved = ctx.saved_tensors
         n, c, h, w = x.shape
         grad = grad_out.to(x.dtype).contiguous(memory_format=torch.channels_last)

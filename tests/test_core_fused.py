@@ -77,6 +77,14 @@ def test_every_combination_matches_the_eager_modules(dtype, use_mask, use_residu
         torch.testing.assert_close(got, want, **tol, msg=name)
 
 
+def test_a_second_derivative_is_refused_not_silently_wrong():
+    x, _, grad, mask, bn = _case(torch.float32, c=16)
+    x.requires_grad_()
+    out = fused.bn_mask_relu(x, bn, mask)
+    with pytest.raises(RuntimeError, match="no second derivatives .* RANDMASK_FUSED=0"):
+        torch.autograd.grad(out, x, grad, create_graph=True)  # e.g. a gradient penalty
+
+
 def test_zeroed_neurons_stay_zero_and_pass_no_gradient():
     x, res, grad, mask, bn = _case(torch.bfloat16)
     got = _run(x, res, grad, mask, bn, use_residual=False, relu=True, fuse=True)
