@@ -139,11 +139,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     from randmask.settings import crafted_cache_root
 
-    folder = None if args.no_cache else Path(args.cache) if args.cache else crafted_cache_root()
+    folder = None if args.no_cache else args.cache or crafted_cache_root()
     before = _crafted_sets(folder)
     began = time.perf_counter()
     status = reproduce(args.preset, only=args.only, progress=None if args.no_bar else progress,
-                       cache=False if args.no_cache else (args.cache or True), jobs=args.jobs)
+                       cache=folder or False, jobs=args.jobs)
     for bar in bars.values():
         bar.close()
     print_json(status, indent=2)
@@ -152,7 +152,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         cached = "no crafted-set cache"
     else:
         made = len(_crafted_sets(folder) - before)
-        kind = ("warm" if before else "no attacks") if not made else "partly cached" if before else "cold"
+        if not made:
+            kind = "warm" if before else "no attacks"
+        else:
+            kind = "partly cached" if before else "cold"
         cached = f"{kind}: {len(before)} crafted set(s) in {folder} before, {made} crafted this run"
     print(f"reproduce --preset {args.preset}: total wall time {time.perf_counter() - began:.1f} s ({cached})",
           file=sys.stderr)
