@@ -145,12 +145,16 @@ def _eager(x: torch.Tensor, bn: nn.Module, mask: nn.Module, residual: torch.Tens
     return F.relu(y) if relu else y
 
 
-def _keep_floats(mask: nn.Module) -> torch.Tensor | None | bool:
-    """The mask as H×W×C float32 of 0 and 1; None for no mask; False for a mask the kernel cannot apply."""
+def _keep(x: torch.Tensor, mask: nn.Module) -> torch.Tensor | None | bool:
+    """The mask as contiguous H×W×C values of x's dtype; None for no mask; False where the kernels cannot apply
+    it (a resampled or non-0/1 mask, another shape: the mask module then raises its own clear error)."""
     if type(mask) is nn.Identity:
         return None
     fused_keep = getattr(mask, "fused_keep", None)
-    return False if fused_keep is None else fused_keep()
+    keep = False if fused_keep is None else fused_keep(x)
+    if keep is False or tuple(keep.shape) != (x.shape[2], x.shape[3], x.shape[1]) or not keep.is_contiguous():
+        return False
+    return keep
 
 
 def _has_hooks(*modules: nn.Module) -> bool:
@@ -159,27 +163,34 @@ def _has_hooks(*modules: nn.Module) -> bool:
         m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
+def _plan(x: torch.Tensor, bn: nn.Module, mask: nn.Module,
+          residual: torch.Tensor | None) -> tuple[bool, torch.Tensor | None]:
+    """(whether the fused kernels run, the mask they apply)."""
+    usable = (type(bn) is nn.BatchNorm2d and bn.training and bn.affine and bn.momentum is not None
+              and bn.num_features % 16 == 0 and bn.weight.dtype == torch.float32
+              and (bn.running_mean is None or bn.running_mean.dtype == torch.float32)
+              and x.device.type == "cpu" and x.dim() == 4 and x.dtype in _DTYPES and x.numel() > 0
+              and x.shape[1] == bn.num_features and x.is_contiguous(memory_format=torch.channels_last)
+              and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype
+                                        and residual.is_contiguous(memory_format=torch.channels_last)))
+              and not _has_hooks(bn, mask) and not torch.compiler.is_compiling() and fused_kernels_enabled())
+    keep = _keep(x, mask) if usable else False
+    if keep is False or library() is None:
+        return False, None
+    return True, keep
+
+
 def fusable(x: torch.Tensor, bn: nn.Module, mask: nn.Module, residual: torch.Tensor | None = None) -> bool:
     """Whether `bn_mask_relu` runs the fused kernels for these inputs (else the modules themselves)."""
-    return (type(bn) is nn.BatchNorm2d and bn.training and bn.affine and bn.momentum is not None
-            and bn.num_features % 16 == 0 and bn.weight.dtype == torch.float32
-            and (bn.running_mean is None or bn.running_mean.dtype == torch.float32)
-            and x.device.type == "cpu" and x.dim() == 4 and x.dtype in _DTYPES and x.numel() > 0
-            and x.shape[1] == bn.num_features and x.is_contiguous(memory_format=torch.channels_last)
-            and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype
-                                      and residual.is_contiguous(memory_format=torch.channels_last)))
-            and _keep_floats(mask) is not False and not _has_hooks(bn, mask)
-            and not torch.compiler.is_compiling() and fused_kernels_enabled() and library() is not None)
+    return _plan(x, bn, mask, residual)[0]
 
 
 def bn_mask_relu(x: torch.Tensor, bn: nn.Module, mask: nn.Module, *, residual: torch.Tensor | None = None,
                  relu: bool = True) -> torch.Tensor:
     """`relu(mask(bn(x)) + residual)` (residual and ReLU optional), fused on a CPU in training mode."""
-    if not fusable(x, bn, mask, residual):
+    fuse, keep = _plan(x, bn, mask, residual)
+    if not fuse:
         return _eager(x, bn, mask, residual, relu)
-    keep = _keep_floats(mask)
-    if keep is not None and tuple(keep.shape) != (x.shape[2], x.shape[3], x.shape[1]):
-        return _eager(x, bn, mask, residual, relu)  # the mask module raises its own clear error
     return _BatchNormMaskReLU.apply(x, bn.weight, bn.bias, residual, keep, relu, bn, library())
 
 

@@ -5,7 +5,7 @@
 // parallel region.
 // Built at first use by randmask/fused.py (g++ -O3 -march=native -fopenmp); no torch headers, so it compiles in
 // about a second. Sums go through fixed blocks of pixels, merged in a fixed order, so results do not depend on
-// the number of threads. Tensors: P = N*H*W pixels of C channels each; the mask is H*W*C floats, each 0 or 1.
+// the number of threads. Tensors: P = N*H*W pixels of C channels each; the mask is H*W*C values of the activation's type, each 0 or 1.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -118,7 +118,7 @@ enum Saved { kMean, kInvstd, kScale, kShift };
 
 struct Layer {
   int64_t P, C, HW;      // pixels (N*H*W), channels, pixels per image (the mask's period)
-  const float* mask;     // H*W*C of 0 and 1, or null
+  const void* mask;      // H*W*C of 0 and 1 in the activation's type, or null
   const float* weight;   // C
   float* saved;          // 4*C, rows as in Saved
 };
@@ -169,7 +169,7 @@ void forward(const T* x, T* out, const T* res, const float* bias, double eps, do
         for (int64_t p = b * kBlock; p < block_end(b, l.P); ++p, hw = hw + 1 == l.HW ? 0 : hw + 1) {
           const int64_t i = p * C + c0;
           vf v = normalised<T, RES>(x, i, sc, sh);
-          if (MASK) v *= load(l.mask + hw * C + c0);
+          if (MASK) v *= load(static_cast<const T*>(l.mask) + hw * C + c0);
           if (RES) v += load(res + i);
           if (RELU) v = relu(v);
           store(out + i, v);
@@ -181,7 +181,7 @@ void forward(const T* x, T* out, const T* res, const float* bias, double eps, do
 // The gradient that reaches the BatchNorm output: ReLU's gate, then the mask. Without a residual the gate
 // (out > 0) is recomputed from x, so `out` need not be read (or kept); `gated` is what a residual receives.
 template <typename T, bool MASK, bool RES, bool RELU>
-inline vf upstream(const T* g, const T* out, const T* x, int64_t i, const float* m, vf sc, vf sh, vf* gated) {
+inline vf upstream(const T* g, const T* out, const T* x, int64_t i, const T* m, vf sc, vf sh, vf* gated) {
   vf d = load(g + i);
   if (RELU && RES) d = load(out + i) > 0.0f ? d : vf{};
   if (RELU && !RES) {
@@ -201,6 +201,7 @@ void backward(const T* g, const T* out, const T* x, T* dx, T* dres, float* grad_
   const int64_t nb = (l.P + kBlock - 1) / kBlock, C = l.C;
   const float *mean = l.saved + kMean * C, *invstd = l.saved + kInvstd * C;
   const float *scale = l.saved + kScale * C, *shift = l.saved + kShift * C;
+  const T* mask = static_cast<const T*>(l.mask);
   std::vector<float> part(nb * 2 * C), a(C), mean_dy(C), k(C);
 #pragma omp parallel if (l.P * C >= kParallelFrom)
   {
@@ -212,7 +213,7 @@ void backward(const T* g, const T* out, const T* x, T* dx, T* dres, float* grad_
         int64_t hw = b * kBlock % l.HW;
         for (int64_t p = b * kBlock; p < block_end(b, l.P); ++p, hw = hw + 1 == l.HW ? 0 : hw + 1) {
           const int64_t i = p * C + c0;
-          const vf dy = upstream<T, MASK, RES, RELU>(g, out, x, i, l.mask + hw * C + c0, sc, sh, &unused);
+          const vf dy = upstream<T, MASK, RES, RELU>(g, out, x, i, mask + hw * C + c0, sc, sh, &unused);
           sum += dy;
           sum_xmu += dy * (load(x + i) - mu);
         }
@@ -242,7 +243,7 @@ void backward(const T* g, const T* out, const T* x, T* dx, T* dres, float* grad_
         for (int64_t p = b * kBlock; p < block_end(b, l.P); ++p, hw = hw + 1 == l.HW ? 0 : hw + 1) {
           const int64_t i = p * C + c0;
           vf gated;
-          const vf dy = upstream<T, MASK, RES, RELU>(g, out, x, i, l.mask + hw * C + c0, sc, sh, &gated);
+          const vf dy = upstream<T, MASK, RES, RELU>(g, out, x, i, mask + hw * C + c0, sc, sh, &gated);
           if (RES) store(dres + i, gated);
           store(dx + i, (dy - vm - (load(x + i) - mu) * vk) * va);
         }
@@ -289,7 +290,7 @@ void backward_as(const void* g, const void* out, const void* x, void* dx, void* 
 extern "C" {
 
 void rm_bn_forward(int dtype, const void* x, void* out, const void* res, int relu, int64_t P, int64_t C, int64_t HW,
-                   const float* mask, const float* weight, const float* bias, double eps, double momentum,
+                   const void* mask, const float* weight, const float* bias, double eps, double momentum,
                    float* running_mean, float* running_var, float* saved) {
   const Layer l{P, C, HW, mask, weight, saved};
   if (dtype) forward_as<uint16_t>(x, out, res, relu, bias, eps, momentum, running_mean, running_var, l);
@@ -298,7 +299,7 @@ void rm_bn_forward(int dtype, const void* x, void* out, const void* res, int rel
 
 // `out` is read only with both a residual and ReLU; `dres` (the residual's gradient) is written when not null.
 void rm_bn_backward(int dtype, const void* g, const void* out, const void* x, void* dx, void* dres, int relu,
-                    int64_t P, int64_t C, int64_t HW, const float* mask, const float* weight, float* saved,
+                    int64_t P, int64_t C, int64_t HW, const void* mask, const float* weight, float* saved,
                     float* grad_weight, float* grad_bias) {
   const Layer l{P, C, HW, mask, weight, saved};
   if (dtype) backward_as<uint16_t>(g, out, x, dx, dres, relu, grad_weight, grad_bias, l);

@@ -80,7 +80,6 @@ class RandomMask(nn.Module):
         self.shape, self.ratio, self.kind, self.seed, self.block = tuple(shape), ratio, kind, seed, block
         self.register_buffer("mask", make_mask(self.shape, ratio, kind, seed))
         self._cast: tuple | None = None
-        self._fused: tuple = (None, False)  # (mask identity, H×W×C floats) for fused_keep
 
     def _keep_as(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():  # the compiler fuses the cast; the Python cache would force recompiles
@@ -100,13 +99,10 @@ class RandomMask(nn.Module):
                                 f"{tuple(x.shape[1:])}: the model was built for another input size")
         return x * self._keep_as(x)
 
-    def fused_keep(self) -> torch.Tensor | bool:
-        """The mask as H×W×C float32 for randmask.fused (an NHWC activation's order); False unless all 0 or 1."""
-        key = (self.mask.data_ptr(), self.mask._version, self.mask.device)
-        if self._fused[0] != key:
-            binary = bool(((self.mask == 0) | (self.mask == 1)).all())
-            self._fused = (key, self.mask.permute(1, 2, 0).float().contiguous() if binary else False)
-        return self._fused[1]
+    def fused_keep(self, x: torch.Tensor) -> torch.Tensor | bool:
+        """The mask as H×W×C values of x's dtype for randmask.fused (the cast `forward` uses, viewed in an NHWC
+        activation's order); False for a mask that is not a plain 0/1 pattern."""
+        return self._keep_as(x).permute(1, 2, 0) if self.mask.dtype == torch.bool else False
 
     def measured_drop_ratio(self) -> float:
         return 1.0 - self.mask.float().mean().item()

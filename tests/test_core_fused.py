@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from randmask import fused
+from randmask.errors import RandmaskError
 from randmask.masks import RandomMask, ResampledMask
 from randmask.models import build_model
 from randmask.notation import parse_model
@@ -41,9 +42,12 @@ def _run(x, res, grad, mask, bn, *, use_residual, relu, fuse):
     if fuse:
         assert fused.fusable(x, bn, mask, res)
         out = fused.bn_mask_relu(x, bn, mask, residual=res, relu=relu)
-    else:
+    else:  # the modules one after another, as the units ran them before
         out = mask(bn(x))
-        out = F.relu(out + res if use_residual else out) if relu else (out + res if use_residual else out)
+        if use_residual:
+            out = out + res
+        if relu:
+            out = F.relu(out)
     out.backward(grad)
     return {"out": out.detach(), "grad x": x.grad, "grad residual": None if res is None else res.grad,
             "grad weight": bn.weight.grad, "grad bias": bn.bias.grad, "running mean": bn.running_mean,
@@ -150,6 +154,12 @@ def test_everything_else_runs_the_modules_themselves(monkeypatch):
     assert fused.fusable(x, bn, mask)
 
 
+def test_a_mask_built_for_another_shape_raises_its_own_error():
+    x, _, _, _, bn = _case(torch.bfloat16, c=16)  # 9×7 activations
+    with pytest.raises(RandmaskError, match="mask of shape .* cannot apply to activations of shape"):
+        fused.bn_mask_relu(x, bn, RandomMask((16, 5, 3), 0.5, seed=0))
+
+
 def test_a_hook_on_the_batchnorm_or_the_mask_still_sees_its_module_run():
     x, _, _, mask, bn = _case(torch.float32, c=16)
     seen = []
@@ -164,10 +174,13 @@ def test_a_hook_on_the_batchnorm_or_the_mask_still_sees_its_module_run():
 
 def test_a_mask_that_is_not_zero_or_one_is_not_fused():
     mask = RandomMask((16, 3, 3), 0.5, seed=1)
-    keep = mask.fused_keep()
-    assert keep.shape == (3, 3, 16) and torch.equal(keep, mask.mask.permute(1, 2, 0).float())
+    x = torch.rand(2, 16, 3, 3).contiguous(memory_format=NHWC)
+    keep = mask.fused_keep(x)
+    assert keep.shape == (3, 3, 16) and keep.is_contiguous() and keep.dtype == x.dtype
+    assert torch.equal(keep, mask.mask.permute(1, 2, 0).float())
+    assert mask.fused_keep(x.bfloat16()).dtype == torch.bfloat16
     mask.mask = mask.mask.float() * 0.5  # a scaled mask (as dropout's): no longer a plain keep/drop pattern
-    assert mask.fused_keep() is False
+    assert mask.fused_keep(x) is False and not fused.fusable(x, nn.BatchNorm2d(16), mask)
 
 
 def _training_step(model, xb, yb, amp, dtype=torch.float32):
