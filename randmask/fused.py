@@ -72,6 +72,13 @@ def _build(compiler: str) -> Path:
     return target
 
 
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    for name, args in _SIGNATURES.items():
+        getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
+    return lib
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The built kernels, or None (logged once) when they cannot be built or do not match eager PyTorch."""
@@ -80,9 +87,7 @@ def library() -> ctypes.CDLL | None:
         log.info("fused BatchNorm kernels off: no C++ compiler (g++ or $CXX) on PATH")
         return None
     try:
-        lib = ctypes.CDLL(str(_build(compiler)))
-        for name, args in _SIGNATURES.items():
-            getattr(lib, name).argtypes, getattr(lib, name).restype = args, None
+        lib = _load(_build(compiler))
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("fused BatchNorm kernels off: %s", exc)
         return None
@@ -115,8 +120,8 @@ class _BatchNormMaskReLU(torch.autograd.Function):
                           _ptr(bn.running_mean), _ptr(bn.running_var), saved.data_ptr())
         if running:
             bn.num_batches_tracked.add_(1)
-        gate_from_out = relu and residual is not None  # without a residual the kernel recomputes ReLU's gate
-        ctx.save_for_backward(x, out if gate_from_out else None, keep, weight, saved)
+        # ReLU's gate is read back from `out`, which costs no memory in a ResNet: the next convolution keeps it
+        ctx.save_for_backward(x, out if relu else None, keep, weight, saved)
         ctx.relu, ctx.has_residual, ctx.lib = relu, residual is not None, lib
         return out
 

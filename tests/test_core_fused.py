@@ -254,3 +254,25 @@ def test_the_build_is_cached_by_source_flags_and_cpu(monkeypatch, tmp_path):
     assert fused._build("g++") == first and first.stat().st_mtime_ns == stamp  # not rebuilt
     monkeypatch.setattr(fused, "FLAGS", (*fused.FLAGS, "-DANOTHER_BUILD"))
     assert fused._build("g++") != first
+
+
+@pytest.mark.skipif("avx512_bf16" not in fused._cpu_text(), reason="no AVX-512 BF16: the generic code is all there is")
+@pytest.mark.parametrize("use_mask,use_residual,relu", list(itertools.product([False, True], repeat=3)))
+def test_the_bf16_instructions_round_as_the_generic_code_does(monkeypatch, tmp_path, use_mask, use_residual, relu):
+    """The AVX-512 conversions against the portable ones (c10's rounding): the same bits on normal numbers."""
+    monkeypatch.setenv("RANDMASK_DATA_CACHE", str(tmp_path))
+    monkeypatch.setattr(fused, "FLAGS", (*fused.FLAGS, "-U__AVX512F__", "-U__AVX512BF16__"))
+    generic = fused._load(fused._build("g++"))
+    x, res, grad, mask, bn = _case(torch.bfloat16, n=8, c=32, h=16, w=16)
+    keep = mask.fused_keep(x) if use_mask else None
+    runs = []
+    for lib in (fused.library(), generic):
+        xi = x.clone().requires_grad_()
+        ri = res.clone().requires_grad_() if use_residual else None
+        b = copy.deepcopy(bn)
+        out = fused._BatchNormMaskReLU.apply(xi, b.weight, b.bias, ri, keep, relu, b, lib)
+        out.backward(grad)
+        runs.append([out.detach(), xi.grad, b.weight.grad, b.bias.grad, b.running_var,
+                     *([] if ri is None else [ri.grad])])
+    for fast, portable in zip(*runs, strict=True):
+        assert torch.equal(fast, portable)
