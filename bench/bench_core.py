@@ -18,8 +18,10 @@ their own layout; eager BatchNorm, mask and ReLU; crop and flip by advanced inde
 pass in fp32, 500-image batches). The
 two run interleaved, --chunk steps at a time, for --steps steps each; printed: each part's median time per step
 (data, forward+backward+update), the end-of-epoch test pass per 10,000 images, the estimated epoch time of
-each path and their ratio (target new/old <= 0.67), and how far apart the two loss curves are (within bf16
-tolerance, <= 2% relative: the fused kernels sum in another order than eager PyTorch).
+each path and their ratio (target new/old <= 0.67), the same ratio chunk by chunk (median and range: the host's
+speed drifts from minute to minute, and a chunk is timed beside its neighbour of the other path), and how far
+apart the two loss curves are (within bf16 tolerance, <= 2% relative: the fused kernels sum in another order than
+eager PyTorch).
 masks: masked vs unmasked fp32 step times, interleaved; targets masked/unmasked <= 1.10 training, <= 1.05
 inference.
 """
@@ -127,7 +129,7 @@ def compare_preset(args) -> None:
             batches = epoch_batches(*where_batches_are_drawn(x, y, device), cfg, 0)
         eval_amp = amp if name == "new" else None  # the old path checked each epoch in fp32
         paths[name] = {"model": model, "opt": opt, "amp": amp, "eval_amp": eval_amp, "batches": batches, "losses": [],
-                       "data": [], "step": [], "eval": []}
+                       "data": [], "step": [], "eval": [], "chunk_epochs": []}
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"{torch.get_num_threads()} threads, oneDNN native bf16: {cpu_has_fast_bf16()}")
     print(f"{cfg.notation}, quick preset (width {cfg.width}, batch {cfg.batch_size}, channels_last "
@@ -160,6 +162,10 @@ def compare_preset(args) -> None:
             accuracy(p["model"], x_test, y_test, device=device, channels_last=cfg.channels_last, amp=p["eval_amp"],
                      batch_size=check_batch)
             p["eval"].append((clock(device) - t0) * 10000 / len(x_test))
+            timed = chunk - (done == 0)  # this chunk's timed steps (the very first step is not timed)
+            if timed:
+                data, step = statistics.median(p["data"][-timed:]), statistics.median(p["step"][-timed:])
+                p["chunk_epochs"].append(steps_per_epoch * (data + step) + p["eval"][-1])
         done += chunk
     epoch = {}
     for name, p in paths.items():
@@ -170,6 +176,11 @@ def compare_preset(args) -> None:
     ratio = epoch["new"] / epoch["old"]
     print(f"quick preset epoch-time ratio new/old = {ratio:.3f} (target <= 0.67: {'met' if ratio <= 0.67 else 'MISSED'}),"
           f" medians over {args.steps - 1} interleaved steps each")
+    # the host's speed drifts over minutes: each chunk beside its neighbour of the other path shows the spread
+    pairs = sorted(n / o for n, o in zip(paths["new"]["chunk_epochs"], paths["old"]["chunk_epochs"], strict=True))
+    if pairs:
+        print(f"  chunk by chunk (each path's {args.chunk} steps and test pass beside the other's): new/old median "
+              f"{statistics.median(pairs):.3f}, range {pairs[0]:.3f}-{pairs[-1]:.3f} over {len(pairs)} chunks")
     old, new = torch.tensor(paths["old"]["losses"]), torch.tensor(paths["new"]["losses"])
     rel = ((new - old).abs() / old.abs()).max().item()
     same = "identical" if torch.equal(old, new) else f"max relative difference {rel:.4f}"

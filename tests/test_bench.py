@@ -22,6 +22,8 @@ def test_bench_core_times_both_paths_of_the_preset_and_their_loss_curves_agree(d
     assert set(epochs) == {"old", "new"} and all(float(v) > 0 for v in epochs.values())
     ratio = float(re.search(r"epoch-time ratio new/old = ([\d.]+)", run.stdout).group(1))
     assert ratio == pytest.approx(float(epochs["new"]) / float(epochs["old"]), abs=2e-3)
+    low, high = map(float, re.search(r"new/old median [\d.]+, range ([\d.]+)-([\d.]+) over 2 chunks", run.stdout).groups())
+    assert 0 < low <= high
     assert "(bf16 tolerance <= 0.02: met)" in run.stdout  # both paths train the same net from the same seed
     masked = re.findall(r"^(Normal ResNet-18|0\.7-Shallow|0\.5-Deep|0\.5-ShallowSM) +[\d.]+ +([\d.]+)", run.stdout,
                         re.M)
