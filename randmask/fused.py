@@ -42,8 +42,8 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-shared", "-f
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _I64, _PTR, _INT, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
 _SIGNATURES = {
-    "rm_bn_forward": [_INT, _PTR, _PTR, _PTR, _INT, _I64, _I64, _I64, _PTR, _PTR, _PTR, _F64, _F64, _PTR, _PTR, _PTR],
-    "rm_bn_backward": [_INT, _PTR, _PTR, _PTR, _PTR, _PTR, _INT, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR],
+    "rm_bn_forward": [_INT, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _F64, _F64, _PTR, _PTR, _PTR],
+    "rm_bn_backward": [_INT, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR],
 }
 
 
@@ -114,15 +114,16 @@ class _BatchNormMaskReLU(torch.autograd.Function):
         n, c, h, w = x.shape
         out = torch.empty_like(x, memory_format=torch.channels_last)
         saved = torch.empty(4, c)  # per channel: mean, 1/std, and the scale and shift they make with the affine
+        # ReLU's gate, one bit a value: the backward pass reads it instead of the output (2 or 4 bytes a value)
+        gate = torch.empty(x.numel() // 16, dtype=torch.int16) if relu else None
         running = bn.running_mean is not None
-        lib.rm_bn_forward(_DTYPES[x.dtype], x.data_ptr(), out.data_ptr(), _ptr(residual), int(relu), n * h * w, c,
+        lib.rm_bn_forward(_DTYPES[x.dtype], x.data_ptr(), out.data_ptr(), _ptr(residual), _ptr(gate), n * h * w, c,
                           h * w, _ptr(keep), weight.data_ptr(), bias.data_ptr(), bn.eps, bn.momentum,
                           _ptr(bn.running_mean), _ptr(bn.running_var), saved.data_ptr())
         if running:
             bn.num_batches_tracked.add_(1)
-        # ReLU's gate is read back from `out`, which costs no memory in a ResNet: the next convolution keeps it
-        ctx.save_for_backward(x, out if relu else None, keep, weight, saved)
-        ctx.relu, ctx.has_residual, ctx.lib = relu, residual is not None, lib
+        ctx.save_for_backward(x, gate, keep, weight, saved)
+        ctx.has_residual, ctx.lib = residual is not None, lib
         return out
 
     @staticmethod
@@ -130,14 +131,14 @@ class _BatchNormMaskReLU(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: the kernels' gradient has no graph of its own
             raise RuntimeError("randmask.fused: no second derivatives through the fused BatchNorm kernels; "
                                "train with RANDMASK_FUSED=0 for gradient penalties and the like")
-        x, out, keep, weight, saved = ctx.saved_tensors
+        x, gate, keep, weight, saved = ctx.saved_tensors
         n, c, h, w = x.shape
         grad = grad_out.to(x.dtype).contiguous(memory_format=torch.channels_last)
         grad_x = torch.empty_like(x, memory_format=torch.channels_last)
         grad_residual = torch.empty_like(x, memory_format=torch.channels_last) if ctx.has_residual else None
         grad_weight, grad_bias = torch.empty(c), torch.empty(c)
-        ctx.lib.rm_bn_backward(_DTYPES[x.dtype], grad.data_ptr(), _ptr(out), x.data_ptr(), grad_x.data_ptr(),
-                               _ptr(grad_residual), int(ctx.relu), n * h * w, c, h * w, _ptr(keep),
+        ctx.lib.rm_bn_backward(_DTYPES[x.dtype], grad.data_ptr(), _ptr(gate), x.data_ptr(), grad_x.data_ptr(),
+                               _ptr(grad_residual), n * h * w, c, h * w, _ptr(keep),
                                weight.data_ptr(), saved.data_ptr(), grad_weight.data_ptr(), grad_bias.data_ptr())
         return grad_x, grad_weight, grad_bias, grad_residual, None, None, None, None
 

@@ -1,8 +1,8 @@
 // Training-mode BatchNorm fused with what follows it in a ResNet unit: the fixed Random Mask, the residual
 // addition and ReLU, forward and backward, on channels_last CPU tensors (float32 or bfloat16).
 // Eager PyTorch runs these as five to eight separate passes over each activation; here the forward pass reads
-// the activation twice and writes it once, the backward pass reads it, its gradient and the output (for ReLU's
-// gate) twice, each in one parallel region.
+// the activation twice and writes it once (and ReLU's gate, one bit a value), the backward pass reads it, its
+// gradient and the gate twice, each in one parallel region.
 // Built at first use by randmask/fused.py (g++ -O3 -march=native -fopenmp); no torch headers, so it compiles in
 // about a second. Sums go through fixed blocks of pixels, merged in a fixed order, so results do not depend on
 // the number of threads. Tensors: P = N*H*W pixels of C channels each; the mask is H*W*C values of the activation's type, each 0 or 1.
@@ -90,6 +90,32 @@ inline vf round_to(vf v) {  // the value a store to T and a load back give, with
 }
 inline vf relu(vf v) { return v < 0.0f ? vf{} : v; }  // NaN stays NaN, as torch.relu
 
+// ReLU's gate as 16 bits, one a lane: what the backward pass reads instead of the output (2 bytes a value)
+inline uint16_t positive_bits(vf v) {
+#ifdef __AVX512F__
+  __m512 f;
+  std::memcpy(&f, &v, sizeof f);
+  return _mm512_cmp_ps_mask(f, _mm512_setzero_ps(), _CMP_GT_OQ);
+#else
+  uint16_t bits = 0;
+  for (int j = 0; j < 16; ++j) bits |= static_cast<uint16_t>(v[j] > 0.0f) << j;
+  return bits;
+#endif
+}
+inline vf keep_where(uint16_t bits, vf v) {  // v where the lane's bit is set, else 0
+#ifdef __AVX512F__
+  __m512 f;
+  std::memcpy(&f, &v, sizeof f);
+  f = _mm512_maskz_mov_ps(bits, f);
+  std::memcpy(&v, &f, sizeof v);
+  return v;
+#else
+  const vu lane = {1u << 0, 1u << 1, 1u << 2, 1u << 3, 1u << 4, 1u << 5, 1u << 6, 1u << 7,
+                   1u << 8, 1u << 9, 1u << 10, 1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15};
+  return ((vu{} + bits) & lane) != 0u ? v : vf{};
+#endif
+}
+
 inline int64_t block_end(int64_t b, int64_t P) { return std::min(P, (b + 1) * kBlock); }
 
 // Sum the blocks' partial sums (nb x width floats, `at` floats into each row) in a fixed order.
@@ -175,10 +201,10 @@ inline vf normalised(const T* x, int64_t i, vf scale, vf shift) {
 }
 
 // Statistics, then out = relu?(round(x*scale + shift) * mask + res), in one parallel region; without a residual
-// the BatchNorm value is rounded once, at the end.
+// the BatchNorm value is rounded once, at the end. With ReLU, `gate` gets out > 0 as one bit a value.
 template <typename T, bool MASK, bool RES, bool RELU>
-void forward(const T* x, T* out, const T* res, const float* bias, double eps, double momentum, float* running_mean,
-             float* running_var, const Layer& l) {
+void forward(const T* x, T* out, uint16_t* gate, const T* res, const float* bias, double eps, double momentum,
+             float* running_mean, float* running_var, const Layer& l) {
   const int64_t nb = (l.P + kBlock - 1) / kBlock, C = l.C;
   std::vector<float> part(nb * 2 * C);
   const float* scale = l.saved + kScale * C;
@@ -214,8 +240,8 @@ void forward(const T* x, T* out, const T* res, const float* bias, double eps, do
           vf v = normalised<T, RES>(x, i, sc, sh);
           if (MASK) v *= load(static_cast<const T*>(l.mask) + hw * C + c0);
           if (RES) v += load(res + i);
-          if (RELU) v = relu(v);
-          store(out + i, v);
+          store(out + i, RELU ? relu(v) : v);
+          if (RELU) gate[i / kLanes] = positive_bits(round_to<T>(v));  // as the stored output reads back
         }
       }
   }
@@ -224,9 +250,9 @@ void forward(const T* x, T* out, const T* res, const float* bias, double eps, do
 // The gradient that reaches the BatchNorm output: ReLU's gate (out > 0), then the mask; `gated` is what a
 // residual receives.
 template <typename T, bool MASK, bool RELU>
-inline vf upstream(const T* g, const T* out, int64_t i, const T* m, vf* gated) {
+inline vf upstream(const T* g, const uint16_t* gate, int64_t i, const T* m, vf* gated) {
   vf d = load(g + i);
-  if (RELU) d = load(out + i) > 0.0f ? d : vf{};
+  if (RELU) d = keep_where(gate[i / kLanes], d);
   *gated = d;
   if (MASK) d *= load(m);
   return d;
@@ -234,7 +260,7 @@ inline vf upstream(const T* g, const T* out, int64_t i, const T* m, vf* gated) {
 
 // dx = (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean))) * weight * invstd
 template <typename T, bool MASK, bool RES, bool RELU>
-void backward(const T* g, const T* out, const T* x, T* dx, T* dres, float* grad_weight, float* grad_bias,
+void backward(const T* g, const uint16_t* gate, const T* x, T* dx, T* dres, float* grad_weight, float* grad_bias,
               const Layer& l) {
   const int64_t nb = (l.P + kBlock - 1) / kBlock, C = l.C;
   const float *mean = l.saved + kMean * C, *invstd = l.saved + kInvstd * C;
@@ -250,7 +276,7 @@ void backward(const T* g, const T* out, const T* x, T* dx, T* dres, float* grad_
         int64_t hw = b * kBlock % l.HW;
         for (int64_t p = b * kBlock; p < block_end(b, l.P); ++p, hw = hw + 1 == l.HW ? 0 : hw + 1) {
           const int64_t i = p * C + c0;
-          const vf dy = upstream<T, MASK, RELU>(g, out, i, mask + hw * C + c0, &unused);
+          const vf dy = upstream<T, MASK, RELU>(g, gate, i, mask + hw * C + c0, &unused);
           sum += dy;
           sum_xmu += dy * (load(x + i) - mu);
         }
@@ -280,7 +306,7 @@ void backward(const T* g, const T* out, const T* x, T* dx, T* dres, float* grad_
         for (int64_t p = b * kBlock; p < block_end(b, l.P); ++p, hw = hw + 1 == l.HW ? 0 : hw + 1) {
           const int64_t i = p * C + c0;
           vf gated;
-          const vf dy = upstream<T, MASK, RELU>(g, out, i, mask + hw * C + c0, &gated);
+          const vf dy = upstream<T, MASK, RELU>(g, gate, i, mask + hw * C + c0, &gated);
           if (RES) store(dres + i, gated);
           store(dx + i, (dy - vm - (load(x + i) - mu) * vk) * va);
         }
@@ -304,43 +330,44 @@ void with_flags(bool mask, bool res, bool relu, F&& f) {
 }
 
 template <typename T>
-void forward_as(const void* x, void* out, const void* res, int relu, const float* bias, double eps, double momentum,
-                float* running_mean, float* running_var, const Layer& l) {
-  with_flags(l.mask, res, relu, [&]<bool M, bool R, bool U>() {
-    forward<T, M, R, U>(static_cast<const T*>(x), static_cast<T*>(out), static_cast<const T*>(res), bias, eps,
+void forward_as(const void* x, void* out, uint16_t* gate, const void* res, const float* bias, double eps,
+                double momentum, float* running_mean, float* running_var, const Layer& l) {
+  with_flags(l.mask, res, gate, [&]<bool M, bool R, bool U>() {
+    forward<T, M, R, U>(static_cast<const T*>(x), static_cast<T*>(out), gate, static_cast<const T*>(res), bias, eps,
                         momentum, running_mean, running_var, l);
   });
 }
 
 template <typename T>
-void backward_as(const void* g, const void* out, const void* x, void* dx, void* dres, int relu, float* grad_weight,
+void backward_as(const void* g, const uint16_t* gate, const void* x, void* dx, void* dres, float* grad_weight,
                  float* grad_bias, const Layer& l) {
-  with_flags(l.mask, dres, relu, [&]<bool M, bool R, bool U>() {
-    backward<T, M, R, U>(static_cast<const T*>(g), static_cast<const T*>(out), static_cast<const T*>(x),
+  with_flags(l.mask, dres, gate, [&]<bool M, bool R, bool U>() {
+    backward<T, M, R, U>(static_cast<const T*>(g), gate, static_cast<const T*>(x),
                          static_cast<T*>(dx), static_cast<T*>(dres), grad_weight, grad_bias, l);
   });
 }
 
 }  // namespace
 
-// dtype: 0 float32, 1 bfloat16 (bit patterns as uint16). Null pointers: no mask, no residual, no running stats.
+// dtype: 0 float32, 1 bfloat16 (bit patterns as uint16). Null pointers: no mask, no residual, no running stats,
+// and for `gate` no ReLU; with ReLU the forward pass writes its gate there (P*C/16 words of 16 bits) and the
+// backward pass reads it. `dres` (the residual's gradient) is written when not null.
 extern "C" {
 
-void rm_bn_forward(int dtype, const void* x, void* out, const void* res, int relu, int64_t P, int64_t C, int64_t HW,
-                   const void* mask, const float* weight, const float* bias, double eps, double momentum,
+void rm_bn_forward(int dtype, const void* x, void* out, const void* res, uint16_t* gate, int64_t P, int64_t C,
+                   int64_t HW, const void* mask, const float* weight, const float* bias, double eps, double momentum,
                    float* running_mean, float* running_var, float* saved) {
   const Layer l{P, C, HW, mask, weight, saved};
-  if (dtype) forward_as<uint16_t>(x, out, res, relu, bias, eps, momentum, running_mean, running_var, l);
-  else forward_as<float>(x, out, res, relu, bias, eps, momentum, running_mean, running_var, l);
+  if (dtype) forward_as<uint16_t>(x, out, gate, res, bias, eps, momentum, running_mean, running_var, l);
+  else forward_as<float>(x, out, gate, res, bias, eps, momentum, running_mean, running_var, l);
 }
 
-// `out` is read only with ReLU (its gate is out > 0); `dres` (the residual's gradient) is written when not null.
-void rm_bn_backward(int dtype, const void* g, const void* out, const void* x, void* dx, void* dres, int relu,
-                    int64_t P, int64_t C, int64_t HW, const void* mask, const float* weight, float* saved,
-                    float* grad_weight, float* grad_bias) {
+void rm_bn_backward(int dtype, const void* g, const uint16_t* gate, const void* x, void* dx, void* dres, int64_t P,
+                    int64_t C, int64_t HW, const void* mask, const float* weight, float* saved, float* grad_weight,
+                    float* grad_bias) {
   const Layer l{P, C, HW, mask, weight, saved};
-  if (dtype) backward_as<uint16_t>(g, out, x, dx, dres, relu, grad_weight, grad_bias, l);
-  else backward_as<float>(g, out, x, dx, dres, relu, grad_weight, grad_bias, l);
+  if (dtype) backward_as<uint16_t>(g, gate, x, dx, dres, grad_weight, grad_bias, l);
+  else backward_as<float>(g, gate, x, dx, dres, grad_weight, grad_bias, l);
 }
 
 }  // extern "C"
