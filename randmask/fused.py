@@ -170,8 +170,8 @@ def _has_hooks(*modules: nn.Module) -> bool:
 
 
 def _plan(x: torch.Tensor, bn: nn.Module, mask: nn.Module,
-          residual: torch.Tensor | None) -> tuple[bool, torch.Tensor | None]:
-    """(whether the fused kernels run, the mask they apply)."""
+          residual: torch.Tensor | None) -> tuple[ctypes.CDLL | None, torch.Tensor | None]:
+    """(the kernels, or None where the modules run; the mask they apply)."""
     usable = (type(bn) is nn.BatchNorm2d and bn.training and bn.affine and bn.momentum is not None
               and bn.num_features % 16 == 0 and bn.weight.dtype == torch.float32
               and (bn.running_mean is None or bn.running_mean.dtype == torch.float32)
@@ -181,23 +181,22 @@ def _plan(x: torch.Tensor, bn: nn.Module, mask: nn.Module,
                                         and residual.is_contiguous(memory_format=torch.channels_last)))
               and not _has_hooks(bn, mask) and not torch.compiler.is_compiling() and fused_kernels_enabled())
     keep = _keep(x, mask) if usable else False
-    if keep is False or library() is None:
-        return False, None
-    return True, keep
+    lib = None if keep is False else library()
+    return lib, (keep if lib is not None else None)
 
 
 def fusable(x: torch.Tensor, bn: nn.Module, mask: nn.Module, residual: torch.Tensor | None = None) -> bool:
     """Whether `bn_mask_relu` runs the fused kernels for these inputs (else the modules themselves)."""
-    return _plan(x, bn, mask, residual)[0]
+    return _plan(x, bn, mask, residual)[0] is not None
 
 
 def bn_mask_relu(x: torch.Tensor, bn: nn.Module, mask: nn.Module, *, residual: torch.Tensor | None = None,
                  relu: bool = True) -> torch.Tensor:
     """`relu(mask(bn(x)) + residual)` (residual and ReLU optional), fused on a CPU in training mode."""
-    fuse, keep = _plan(x, bn, mask, residual)
-    if not fuse:
+    lib, keep = _plan(x, bn, mask, residual)
+    if lib is None:
         return _eager(x, bn, mask, residual, relu)
-    return _BatchNormMaskReLU.apply(x, bn.weight, bn.bias, residual, keep, relu, bn, library())
+    return _BatchNormMaskReLU.apply(x, bn.weight, bn.bias, residual, keep, relu, bn, lib)
 
 
 def _agrees_with_eager(lib: ctypes.CDLL) -> bool:

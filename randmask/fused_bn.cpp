@@ -80,6 +80,15 @@ inline void store(uint16_t* p, vf v) {
   const vh h = narrow(v);
   std::memcpy(p, &h, sizeof h);
 }
+inline vf stored(float* p, vf v) {  // store, and return the value as stored
+  store(p, v);
+  return v;
+}
+inline vf stored(uint16_t* p, vf v) {
+  const vh h = narrow(v);
+  std::memcpy(p, &h, sizeof h);
+  return widen(h);
+}
 template <typename T>
 inline vf round_to(vf v) {  // the value a store to T and a load back give, without the round trip
   if constexpr (sizeof(T) == sizeof(float)) {
@@ -240,8 +249,8 @@ void forward(const T* x, T* out, uint16_t* gate, const T* res, const float* bias
           vf v = normalised<T, RES>(x, i, sc, sh);
           if (MASK) v *= load(static_cast<const T*>(l.mask) + hw * C + c0);
           if (RES) v += load(res + i);
-          store(out + i, RELU ? relu(v) : v);
-          if (RELU) gate[i / kLanes] = positive_bits(round_to<T>(v));  // as the stored output reads back
+          if (RELU) gate[i / kLanes] = positive_bits(stored(out + i, relu(v)));  // out > 0, as stored
+          else store(out + i, v);
         }
       }
   }
