@@ -53,8 +53,8 @@ def bench_gallery(repeats: int) -> None:
     from randmask import catalog, gallery
     from randmask.data import load_test_sample
 
-    catalog = catalog.discover_models()
-    normal, masked = pick(catalog, "Normal ResNet-18"), pick(catalog, "0.9-Shallow")
+    found = catalog.discover_models()
+    normal, masked = pick(found, "Normal ResNet-18"), pick(found, "0.9-Shallow")
     models = [catalog.load_entry(e) for e in (normal, masked)]
     x, y = load_test_sample("cifar10", 8)
     x = x.float().div(255)
@@ -121,8 +121,8 @@ def bench_memory() -> None:
 
     before = rss_gib()
     load_test_sample("cifar10", 1000)
-    catalog = catalog.discover_models()
-    entries = [e for e in catalog.entries if e.trained] or catalog.entries
+    found = catalog.discover_models()
+    entries = [e for e in found.entries if e.trained] or found.entries
     models = [catalog.load_entry(e) for e in entries]
     kind = "trained zoo/user models" if entries[0].trained else "untrained stand-ins (zoo not trained yet)"
     total = rss_gib()

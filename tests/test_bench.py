@@ -31,6 +31,37 @@ def test_bench_core_times_both_paths_of_the_preset_and_their_loss_curves_agree(d
     assert masked[0][1] == "1.000"
 
 
+@pytest.mark.slow
+def test_bench_app_builds_the_gallery_and_loads_every_model(data_dir):
+    run = subprocess.run([sys.executable, "-m", "bench.bench_app", "--only", "gallery", "--repeats", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    median, ratio = map(float, re.search(r"^gallery  median ([\d.]+) s / target 3 s = ([\d.]+)$", run.stdout,
+                                         re.M).groups())
+    assert median > 0 and ratio == pytest.approx(median / 3, abs=0.01)
+    run = subprocess.run([sys.executable, "-m", "bench.bench_app", "--only", "memory"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    count, total, imports = re.search(r"^memory   (\d+) .* RSS ([\d.]+) GiB \(imports alone ([\d.]+) GiB\)$",
+                                      run.stdout, re.M).groups()
+    assert int(count) >= 2 and float(total) >= float(imports) > 0
+
+
+@pytest.mark.slow
+def test_bench_attacks_compares_each_attack_with_torchattacks(data_dir):
+    run = subprocess.run([sys.executable, "bench/bench_attacks.py", "--n", "16", "--batch", "16", "--pgd-steps", "2",
+                          "--rounds", "1", "--only", "pgd"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for attack in ("PGD", "PGD-rs"):
+        ratio, ours, theirs = re.search(rf"^{attack} time ratio ours/torchattacks = ([\d.]+) .*success ours ([\d.]+)% "
+                                        r"vs (?:torchattacks|ours exact) ([\d.]+)%", run.stdout, re.M).groups()
+        assert float(ratio) > 0 and abs(float(ours) - float(theirs)) <= 1  # same start: same images fooled
+    # without a random start the exact mode reproduces torchattacks.BIM image for image
+    assert re.search(r"^  wall-time ratio .*exact images identical to torchattacks': True$", run.stdout, re.M)
+    assert run.stdout.count("every image in its eps-ball on [0,1]: True") == 6
+
+
 def test_bench_core_refuses_a_missing_cuda_device_in_one_line():
     import torch
 
