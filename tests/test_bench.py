@@ -1,4 +1,5 @@
-"""The benchmarks stay runnable: bench_core trains the quick preset both ways and the two loss curves agree.
+"""The benchmarks stay runnable: bench_core trains the quick preset both ways and the two loss curves agree,
+bench_attacks compares with torchattacks, bench_app builds the gallery and loads the zoo.
 (Times themselves are never asserted: speed targets live in the benchmarks' own output.)"""
 from __future__ import annotations
 
