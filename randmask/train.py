@@ -451,12 +451,19 @@ def assemble_ensemble(folders: list[str | Path], out: str | Path, eval_n: int | 
     correct, n = accuracy(model, x_test, y_test)
     low, high = wilson_interval(correct, n)
     result = {"clean_accuracy": correct / n, "clean_accuracy_n": n, "clean_accuracy_ci95": [low, high],
-              "members": [str(Path(f)) for f in folders],
+              "members": [_shown(f) for f in folders],
               "member_accuracies": [c.get("clean_accuracy") for _, c in members],
               "train_time_s": round(sum(c.get("train_time_s", 0.0) for _, c in members), 1),
               "recipe": first.get("recipe")}
     save_checkpoint(model, out, extra=result)
     return result
+
+
+def _shown(folder: str | Path) -> str:
+    """A member's folder as recorded: relative to the working directory when under it (no machine paths in a
+    shipped config), else absolute."""
+    path = Path(folder).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def asdict_json(cfg: TrainConfig) -> dict:

@@ -9,7 +9,7 @@ import torch
 
 from randmask.checkpoint import load_model
 from randmask.errors import RandmaskError
-from randmask.train import PRESETS, lr_at, make_config, random_crop_flip, train
+from randmask.train import PRESETS, assemble_ensemble, lr_at, make_config, random_crop_flip, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(width=4, train_n=256, eval_n=128, batch_size=64, log_every=1)
@@ -121,6 +121,18 @@ def test_ensemble_training_assembles_members(tmp_path, data_dir):
     member, member_config = load_model(tmp_path / "en" / "members" / "1")
     assert member_config["mask_seed"] == 1
     assert torch.equal(member.body.mask1.mask, model.members[1].body.mask1.mask)
+    assert config["members"] == [str(tmp_path / "en" / "members" / str(i)) for i in range(2)]  # outside the cwd
+
+
+def test_an_assembled_ensemble_records_its_members_relative_to_the_working_directory(tmp_path, data_dir,
+                                                                                      monkeypatch):
+    for seed in range(2):
+        train(make_config("0.5-Shallow", "quick", epochs=1, seed=seed, mask_seed=seed, **TINY),
+              tmp_path / "runs" / f"m{seed}", show_bar=False)
+    monkeypatch.chdir(tmp_path)
+    result = assemble_ensemble([tmp_path / "runs" / "m0", "runs/m1"], tmp_path / "en", eval_n=64)
+    assert result["members"] == ["runs/m0", "runs/m1"]  # no machine paths in a shipped zoo config
+    assert load_model(tmp_path / "en")[1]["members"] == ["runs/m0", "runs/m1"]
 
 
 @pytest.mark.slow
