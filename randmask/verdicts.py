@@ -120,13 +120,17 @@ def verdicts(out: Path, settings: dict) -> list[tuple[str, str, str]]:
     else:
         found.append(("Random Mask beats channel drop (DC) and same mask (SM)", "untested", "needs models"))
 
-    # (4) ensembles improve accuracy and robustness
-    single, ens = _rate(t2, "0.85-Shallow", attack), _rate(t2, "0.85-ShallowEN", attack)
-    if single and ens:
-        c1, c2 = _rate(t2, "0.85-Shallow", None, "clean_accuracy"), _rate(t2, "0.85-ShallowEN", None, "clean_accuracy")
-        found.append(("Ensembles (EN) improve accuracy and robustness",
-                      verdict([compare(ens, single), compare(c2, c1)], "higher"),
-                      f"{attack} from {source}: 0.85-Shallow {_fmt(single)} vs EN {_fmt(ens)}; clean {_fmt(c1)} vs {_fmt(c2)}"))
+    # (4) ensembles improve accuracy and robustness: the masked EN, and the Normal EN (ensembling alone) beside it
+    outcomes, evidence = [], []
+    for single_name in ("0.85-Shallow", "Normal ResNet-18"):
+        single, ens = _rate(t2, single_name, attack), _rate(t2, f"{single_name}EN", attack)
+        if single and ens:
+            c1, c2 = (_rate(t2, name, None, "clean_accuracy") for name in (single_name, f"{single_name}EN"))
+            outcomes += [compare(ens, single), compare(c2, c1)]
+            evidence.append(f"{single_name} {_fmt(single)} vs EN {_fmt(ens)}, clean {_fmt(c1)} vs {_fmt(c2)}")
+    if outcomes:
+        found.append(("Ensembles (EN) improve accuracy and robustness", verdict(outcomes, "higher"),
+                      f"{attack} from {source}: " + "; ".join(evidence)))
     else:
         found.append(("Ensembles (EN) improve accuracy and robustness", "untested", "needs the five EN members"))
 

@@ -205,6 +205,33 @@ def test_beyond_verdict_compares_the_masked_net_with_normal_under_each_attack(tm
     assert result == "partly supported" and "APGD16: 0.9-Shallow 30.0% (n=200) vs Normal 0.0% (n=200)" in evidence
 
 
+def test_the_ensemble_verdict_weighs_the_masked_and_the_normal_ensemble(tmp_path):
+    from randmask.evaluate import write_csv
+    from randmask.verdicts import verdicts
+
+    def rows(target, attacked_correct, clean_correct):
+        return [_transfer_row(target, "PGD16", "defense_rate", attacked_correct, 200),
+                _transfer_row(target, None, "clean_accuracy", clean_correct, 10000)]
+
+    claim = "Ensembles (EN) improve accuracy and robustness"
+    (tmp_path / "results").mkdir()
+    path = tmp_path / "results" / "table2_transfer.csv"
+    write_csv([*rows("0.85-Shallow", 140, 7700), *rows("0.85-ShallowEN", 170, 8000)], path)
+    found = {c: (result, evidence) for c, result, evidence in verdicts(tmp_path, PRESETS["quick"])}
+    assert found[claim][0] == "supported"  # 85% vs 70% under PGD16, 80% vs 77% clean
+    # ensembling five Normal nets raises clean accuracy but not the defense rate: only partly
+    write_csv([*rows("0.85-Shallow", 140, 7700), *rows("0.85-ShallowEN", 170, 8000),
+               *rows("Normal ResNet-18", 1, 9100), *rows("Normal ResNet-18EN", 1, 9300)], path)
+    found = {c: (result, evidence) for c, result, evidence in verdicts(tmp_path, PRESETS["quick"])}
+    result, evidence = found[claim]
+    assert result == "partly supported"
+    assert evidence == ("PGD16 from DenseNet-121: 0.85-Shallow 70.0% (n=200) vs EN 85.0% (n=200), clean 77.0% "
+                        "(n=10000) vs 80.0% (n=10000); Normal ResNet-18 0.5% (n=200) vs EN 0.5% (n=200), clean "
+                        "91.0% (n=10000) vs 93.0% (n=10000)")
+    write_csv(rows("Normal ResNet-18", 1, 9100), path)
+    assert {c: r for c, r, _ in verdicts(tmp_path, PRESETS["quick"])}[claim] == "untested"
+
+
 def test_an_attack_that_fooled_nothing_is_explained(tmp_path):
     from randmask.evaluate import write_csv
     from randmask.report import _unfooled_note
