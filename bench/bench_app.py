@@ -159,7 +159,9 @@ def main() -> None:
     if args.compare_omp:
         compare_omp(args.repeats)
         return
-    print(f"machine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} (other jobs slow these numbers); "
+    from randmask.device import cpu_model
+
+    print(f"machine: {cpu_model()}; load average {os.getloadavg()[0]:.1f} (other jobs slow these numbers); "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     if args.only in (None, "memory"):
         bench_memory()

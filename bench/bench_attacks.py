@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from randmask.attacks import CW, FGSM, PGD, margin
-from randmask.device import synchronize
+from randmask.device import cpu_model, synchronize
 
 
 def small_cnn() -> nn.Module:
@@ -136,8 +136,9 @@ def main() -> None:
         ok = torch.cat([model(x[i:i + 512].to(device)).argmax(1).cpu() == y[i:i + 512]
                         for i in range(0, len(x), 512)])
     x, y = x[ok][:args.n].to(device), y[ok][:args.n].to(device)
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     print(f"device {device}, model {name}, {len(x)} correctly classified test images, batch {args.batch}, "
-          f"threads {torch.get_num_threads()}")
+          f"threads {torch.get_num_threads()}; {hardware}")
 
     if args.only in (None, "fgsm"):
         compare_gradient_attack("FGSM", FGSM(model, eps=8), FGSM(model, eps=8, exact=True),

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from randmask.data import load_uint8
-from randmask.device import autocast_dtype, cpu_has_fast_bf16, default_device, synchronize
+from randmask.device import autocast_dtype, cpu_has_fast_bf16, cpu_model, default_device, synchronize
 from randmask.fused import library as fused_library
 from randmask.masks import RandomMask
 from randmask.models import build_model
@@ -131,7 +131,7 @@ def compare_preset(args) -> None:
         paths[name] = {"model": model, "opt": opt, "amp": amp, "eval_amp": eval_amp, "batches": batches, "losses": [],
                        "data": [], "step": [], "eval": [], "chunk_epochs": []}
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"{torch.get_num_threads()} threads, oneDNN native bf16: {cpu_has_fast_bf16()}")
+             else f"{cpu_model()}; {torch.get_num_threads()} threads, oneDNN native bf16: {cpu_has_fast_bf16()}")
     print(f"{cfg.notation}, quick preset (width {cfg.width}, batch {cfg.batch_size}, channels_last "
           f"{cfg.channels_last}, {steps_per_epoch} steps per epoch) on {device.type}: {where}, "
           f"torch {torch.__version__}")

@@ -4,8 +4,11 @@ short measured probe shows it pays."""
 from __future__ import annotations
 
 import functools
+import os
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -23,6 +26,24 @@ def synchronize(device: torch.device) -> None:
 def device_text(device: torch.device) -> str:
     """'CUDA · <GPU name>' or 'CPU': which device the app computes on, for its sidebar."""
     return f"CUDA · {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "CPU"
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU as benchmarks name it beside their figures: 'AMD EPYC (family 26, model 2), 2 CPUs' on Linux
+    (family and model tell CPU generations apart that share a marketing name), else what `platform` knows."""
+    fields: dict[str, str] = {}
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if not line.strip():
+                break  # the first processor's block is enough
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    family = f" (family {fields['cpu family']}, model {fields['model']})" if {"cpu family", "model"} <= fields.keys() \
+        else ""
+    return f"{name}{family}, {os.cpu_count()} CPUs"
 
 
 @functools.cache

@@ -112,6 +112,18 @@ def test_device_text():
     assert device.device_text(torch.device("cpu")) == "CPU"
 
 
+def test_cpu_model_names_family_and_model_from_the_first_processor(tmp_path):
+    import os
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+                    "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\n")
+    assert device.cpu_model(info) == f"AMD EPYC (family 26, model 2), {os.cpu_count()} CPUs"
+    info.write_text("processor\t: 0\nmodel name\t: Some ARM core\n")  # no family/model lines
+    assert device.cpu_model(info) == f"Some ARM core, {os.cpu_count()} CPUs"
+    assert device.cpu_model(tmp_path / "missing").endswith(f", {os.cpu_count()} CPUs")  # not Linux: no crash
+
+
 # ------------------------------------------------------------------------------------------------ home
 def test_stem_tiles_darken_exactly_the_dropped_positions():
     image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from randmask.device import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,6 +28,7 @@ def test_bench_core_times_both_paths_of_the_preset_and_their_loss_curves_agree(d
     low, high = map(float, re.search(r"new/old median [\d.]+, range ([\d.]+)-([\d.]+) over 2 chunks", run.stdout).groups())
     assert 0 < low <= high
     assert "(bf16 tolerance <= 0.02: met)" in run.stdout  # both paths train the same net from the same seed
+    assert cpu_model() in run.stdout  # figures are named with the CPU they were measured on
     masked = re.findall(r"^(Normal ResNet-18|0\.7-Shallow|0\.5-Deep|0\.5-ShallowSM) +[\d.]+ +([\d.]+)", run.stdout,
                         re.M)
     assert [name for name, _ in masked] == ["Normal ResNet-18", "0.7-Shallow", "0.5-Deep", "0.5-ShallowSM"]
@@ -40,6 +43,7 @@ def test_bench_app_builds_the_gallery_and_loads_every_model(data_dir):
     median, ratio = map(float, re.search(r"^gallery  median ([\d.]+) s / target 3 s = ([\d.]+)$", run.stdout,
                                          re.M).groups())
     assert median > 0 and ratio == pytest.approx(median / 3, abs=0.01)
+    assert f"machine: {cpu_model()};" in run.stdout
     run = subprocess.run([sys.executable, "-m", "bench.bench_app", "--only", "memory"], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -61,6 +65,7 @@ def test_bench_attacks_compares_each_attack_with_torchattacks(data_dir):
     # without a random start the exact mode reproduces torchattacks.BIM image for image
     assert re.search(r"^  wall-time ratio .*exact images identical to torchattacks': True$", run.stdout, re.M)
     assert run.stdout.count("every image in its eps-ball on [0,1]: True") == 6
+    assert cpu_model() in run.stdout
 
 
 def test_bench_core_refuses_a_missing_cuda_device_in_one_line():
