@@ -42,11 +42,20 @@ def lab_gate() -> None:
     """Stop here unless the app listens on loopback only or this session gave the lab password."""
     from streamlit import config
 
-    from study.auth import AdminNotConfigured, app_password, is_loopback
+    from study.auth import is_loopback
 
     address = config.get_option("server.address")
     if is_loopback(address) or (address is None and config.get_option("global.appTest")) or st.session_state.get("lab_ok"):
         return  # (AppTest opens no socket at all unless a test sets an address)
+    # the sign-in as the only, hidden page: without st.navigation Streamlit stays in its pages/ mode, whose sidebar
+    # lists every page file to whoever opens the link
+    st.navigation([st.Page(_sign_in, title="randmask", default=True)], position="hidden").run()
+    st.stop()
+
+
+def _sign_in() -> None:
+    from study.auth import AdminNotConfigured, app_password
+
     st.title("randmask")
     try:
         expected = app_password(st.secrets)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from pages._ui import ensure_app
 from study import DesignError, StudyDBError, get_study, list_studies, open_db, set_status
 from study.admin import create_from_form, exclude_failing, failing_catch, overview, set_excluded
 from study.auth import AdminNotConfigured, check_password, configured_password, locked_for
@@ -178,6 +179,7 @@ def run_page(db) -> None:
         export_tab(db, study)
 
 
+ensure_app()  # a fresh server's first request for this page goes through app.py (and its lab password) too
 st.title("Human study: organiser")
 try:
     expected_password = configured_password(st.secrets)
