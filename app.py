@@ -1,8 +1,8 @@
 """randmask's Streamlit app: `streamlit run app.py`.
 
 Researchers get every page and the model picker in the sidebar. When the server listens on anything but
-loopback (Streamlit's default is every interface), the pages need the lab password first
-($RANDMASK_APP_PASSWORD, else $STUDY_ADMIN_PASSWORD). A participant of the human study (the link carries
+loopback (.streamlit/config.toml says 127.0.0.1; Streamlit's own default is every interface), the pages need
+the lab password first ($RANDMASK_APP_PASSWORD, else $STUDY_ADMIN_PASSWORD). A participant of the human study (the link carries
 ?pid= or ?PROLIFIC_PID=) gets the labeling page only: no navigation, no sidebar, nothing else; crowds should
 reach that page through the participant server, `python -m study serve`, not through this app.
 """

@@ -86,3 +86,16 @@ def test_usage_lines_name_the_command_the_user_typed(tmp_path, script, module):
     dash_m = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120).stdout
     assert installed.startswith(f"usage: {script} ") and dash_m.startswith(f"usage: python -m {module} ")
+
+
+def test_the_readme_app_command_serves_this_machine_only():
+    """`streamlit run app.py` from the checkout (the README's first command) listens on loopback, so it opens the
+    lab's pages at once; exposing it takes an explicit --server.address, and then app.py asks for the password."""
+    from study.auth import is_loopback
+
+    shown = subprocess.run([sys.executable, "-m", "streamlit", "config", "show"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120).stdout
+    server = shown.split("[server]", 1)[1].split("\n[", 1)[0]
+    address = next(line.split("=", 1)[1].strip().strip('"') for line in server.splitlines()
+                   if line.startswith("address ="))
+    assert is_loopback(address), address
