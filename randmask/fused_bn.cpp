@@ -75,13 +75,8 @@ inline vf load(const uint16_t* p) {  // bfloat16: the top half of a float
   std::memcpy(&h, p, sizeof h);
   return widen(h);
 }
-inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline void store(uint16_t* p, vf v) {
-  const vh h = narrow(v);
-  std::memcpy(p, &h, sizeof h);
-}
 inline vf stored(float* p, vf v) {  // store, and return the value as stored
-  store(p, v);
+  std::memcpy(p, &v, sizeof v);
   return v;
 }
 inline vf stored(uint16_t* p, vf v) {
@@ -89,6 +84,8 @@ inline vf stored(uint16_t* p, vf v) {
   std::memcpy(p, &h, sizeof h);
   return widen(h);
 }
+inline void store(float* p, vf v) { stored(p, v); }
+inline void store(uint16_t* p, vf v) { stored(p, v); }  // the unused widening is dead code
 template <typename T>
 inline vf round_to(vf v) {  // the value a store to T and a load back give, without the round trip
   if constexpr (sizeof(T) == sizeof(float)) {
