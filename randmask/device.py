@@ -28,18 +28,25 @@ def device_text(device: torch.device) -> str:
     return f"CUDA · {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "CPU"
 
 
-def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU as benchmarks name it beside their figures: 'AMD EPYC (family 26, model 2), 2 CPUs' on Linux
-    (family and model tell CPU generations apart that share a marketing name), else what `platform` knows."""
+def cpu_fields(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's block of /proc/cpuinfo ('model name', 'cpu family', 'model', 'flags', ...); empty
+    where there is none (not Linux)."""
     fields: dict[str, str] = {}
     try:
         for line in cpuinfo.read_text().splitlines():
             if not line.strip():
-                break  # the first processor's block is enough
+                break  # every core of a machine reports the same
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU as benchmarks name it beside their figures: 'AMD EPYC (family 26, model 2), 2 CPUs' on Linux
+    (family and model tell CPU generations apart that share a marketing name), else what `platform` knows."""
+    fields = cpu_fields(cpuinfo)
     name = fields.get("model name") or platform.processor() or "unknown CPU"
     family = f" (family {fields['cpu family']}, model {fields['model']})" if {"cpu family", "model"} <= fields.keys() \
         else ""

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as module_registry
 
+from randmask.device import cpu_fields
 from randmask.settings import data_cache_root, fused_kernels_enabled
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,10 @@ _SIGNATURES = {
 
 
 def _cpu_text() -> str:
-    try:
-        return "".join(line for line in Path("/proc/cpuinfo").read_text().splitlines(keepends=True)
-                       if line.startswith(("model name", "flags")))[:4000]
-    except OSError:
-        return platform.processor()
+    """What -march=native builds for (part of the cache key): the CPU's name, generation and instruction sets."""
+    fields = cpu_fields()
+    return " ".join(fields.get(k, "") for k in ("model name", "cpu family", "model", "flags")).strip() \
+        or platform.processor()
 
 
 def _build(compiler: str) -> Path:

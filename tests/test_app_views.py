@@ -122,6 +122,7 @@ def test_cpu_model_names_family_and_model_from_the_first_processor(tmp_path):
     info.write_text("processor\t: 0\nmodel name\t: Some ARM core\n")  # no family/model lines
     assert device.cpu_model(info) == f"Some ARM core, {os.cpu_count()} CPUs"
     assert device.cpu_model(tmp_path / "missing").endswith(f", {os.cpu_count()} CPUs")  # not Linux: no crash
+    assert device.cpu_fields(tmp_path / "missing") == {}
 
 
 # ------------------------------------------------------------------------------------------------ home
