@@ -93,9 +93,7 @@ def test_the_readme_app_command_serves_this_machine_only():
     lab's pages at once; exposing it takes an explicit --server.address, and then app.py asks for the password."""
     from study.auth import is_loopback
 
-    shown = subprocess.run([sys.executable, "-m", "streamlit", "config", "show"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=120).stdout
-    server = shown.split("[server]", 1)[1].split("\n[", 1)[0]
-    address = next(line.split("=", 1)[1].strip().strip('"') for line in server.splitlines()
-                   if line.startswith("address ="))
+    address = subprocess.run([sys.executable, "-c", "from streamlit import config; "
+                              "print(config.get_option('server.address'))"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120).stdout.strip()  # as `run` reads it
     assert is_loopback(address), address
