@@ -6,8 +6,10 @@ trained on CIFAR-10 test images 2000-9999 and evaluated on test images 0-1999, s
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +87,60 @@ def trained_cnn(seed: int = 0) -> TinyCNN:
 def held_out(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = cifar_test()
     return x[HELD_OUT][:n], y[HELD_OUT][:n]
+
+
+@dataclass
+class Gradients:
+    """The cross-entropy input gradient of one batch three ways: the fast view (BatchNorm folded, channels_last,
+    float32), the model itself in float32 (the exact path), and a float64 copy of the model (the reference)."""
+
+    fast: torch.Tensor
+    exact: torch.Tensor
+    reference: torch.Tensor
+
+    def error(self, which: str) -> torch.Tensor:
+        """Per image: the largest deviation of one float32 path from the float64 gradient."""
+        return (getattr(self, which).double() - self.reference).flatten(1).abs().amax(1)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """Per image: the largest float64 gradient component."""
+        return self.reference.flatten(1).abs().amax(1)
+
+    @property
+    def band(self) -> torch.Tensor:
+        """Per image, the float32 rounding band around zero: a gradient component whose true value lies within
+        it may come out with either sign in either path; outside it both paths must agree on the sign."""
+        return torch.maximum(self.error("fast"), self.error("exact"))
+
+
+def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Gradients:
+    from randmask.attacks.base import channels_last, fast_view, frozen_eval
+
+    def grad(net: nn.Module, xb: torch.Tensor) -> torch.Tensor:
+        xb = xb.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = nn.functional.cross_entropy(net(xb).to(xb.dtype), y, reduction="sum")
+            return torch.autograd.grad(loss, xb)[0]
+
+    with frozen_eval(model):
+        exact = grad(model, x)
+        fast = grad(fast_view(model, x), channels_last(x))
+        reference = grad(copy.deepcopy(model).double(), x.double())
+    return Gradients(fast, exact, reference)
+
+
+def assert_flips_only_within_rounding(gradients: Gradients, fast_adv: torch.Tensor, exact_adv: torch.Tensor) -> None:
+    """A single-step sign attack (FGSM) on the two paths may differ only in pixels whose float64 gradient lies
+    within float32 rounding of zero: a sign taken from noise. Any other difference (a layout, projection or
+    clamping slip) fails. The band is doubled because the attack takes its gradient in chunks of 64 images,
+    whose rounding differs from the whole-batch gradient measured here in the same, statistically, way."""
+    differs = (fast_adv - exact_adv).abs() > 1e-6
+    band = (2 * gradients.band).view(-1, 1, 1, 1).expand_as(differs)
+    outside = differs & (gradients.reference.abs() > band)
+    assert not outside.any(), (f"{int(outside.sum())} pixels differ although their gradient is far from zero: "
+                               f"|g| {gradients.reference.abs()[outside][:5].tolist()} vs band "
+                               f"{band[outside][:5].tolist()}")
 
 
 def snapshot(model: nn.Module) -> tuple[dict, list[bool], list[bool]]:

@@ -4,7 +4,14 @@ import math
 
 import pytest
 import torch
-from test_attack_support import Linear, TinyCNN, assert_unchanged, snapshot
+from test_attack_support import (
+    Linear,
+    TinyCNN,
+    assert_flips_only_within_rounding,
+    assert_unchanged,
+    input_gradients,
+    snapshot,
+)
 from torch import nn
 
 from randmask.attacks import APGD, CW, FGSM, PGD, AttackInputError, Square, make_attack
@@ -74,9 +81,9 @@ def test_exact_mode_matches_torchattacks_on_a_resnet_and_the_fast_path_stays_clo
     eps = 8 if notation == "FGSM8" else 16
     assert fast.min() >= 0 and fast.max() <= 1
     assert ((fast - x).abs().amax() * 255 <= eps + 1e-4)
-    # only gradient components within float noise of zero may flip sign: nearly every pixel agrees
-    agree = ((fast - reference).abs() <= 1e-6).float().mean().item()
-    assert agree >= 0.99, agree
+    if notation == "FGSM8":  # one step: only gradient components within float32 rounding of zero may flip sign
+        assert_flips_only_within_rounding(input_gradients(model, x, y), fast, reference)
+    # after several steps the paths may diverge from such a flip on (CPU-dependent): budget and outcome hold
     with torch.no_grad():
         fooled_fast = (model(fast).argmax(1) != y).float().mean().item()
         fooled_ref = (model(reference).argmax(1) != y).float().mean().item()

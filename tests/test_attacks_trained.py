@@ -2,7 +2,13 @@
 
 import pytest
 import torch
-from test_attack_support import cifar_test, held_out, trained_cnn
+from test_attack_support import (
+    assert_flips_only_within_rounding,
+    cifar_test,
+    held_out,
+    input_gradients,
+    trained_cnn,
+)
 
 from randmask.attacks import CW, PGD, Square, make_attack, margin
 
@@ -61,19 +67,44 @@ def test_fgsm_and_pgd_match_torchattacks_on_real_images(net, correct, eps):
     assert (ours - theirs).abs().max() <= 1e-6
 
 
+def test_the_fast_gradient_is_as_accurate_as_the_exact_one(net, correct):
+    """Against a float64 run of the same net: folding BatchNorm and reordering sums adds rounding error of the
+    float32 kind only. Per image the relative error spans decades (a confidently classified image has a
+    gradient made mostly of the rounding of 1 - p), so both paths are judged by the same measure: the median
+    image, and the worst component over the batch. Slack: 16 units of float32 rounding (2^-20)."""
+    x, y = correct
+    g = input_gradients(net, x, y)
+    fast, exact = g.error("fast") / g.scale, g.error("exact") / g.scale
+    assert fast.median() <= 2 * exact.median() + 2**-20, (fast.median(), exact.median())
+    batch_scale = g.scale.max()
+    assert g.error("fast").max() <= 3 * g.error("exact").max() + 2**-20 * batch_scale
+
+
+@pytest.mark.parametrize("notation", ["FGSM2", "FGSM8"])
+def test_fast_fgsm_differs_from_exact_only_where_the_gradient_is_rounding(net, correct, notation):
+    x, y = correct
+    fast = make_attack(notation, net).run(x, y, batch_size=64)
+    exact = make_attack(notation, net, exact=True).run(x, y, batch_size=64)
+    assert_flips_only_within_rounding(input_gradients(net, x, y), fast.adv, exact.adv)
+
+
 @pytest.mark.parametrize("notation", ["FGSM2", "FGSM8", "PGD1,4,2", "PGD2,16"])
-def test_the_fast_path_agrees_with_the_exact_one_on_real_images(net, correct, notation):
-    # fast (the default) reorders float sums, so a gradient component within rounding of zero may flip sign:
-    # the images may differ in a few pixels, never in budget or range, and success hardly moves
+def test_the_fast_path_keeps_the_exact_paths_promises_on_real_images(net, correct, notation):
+    """Budget, range and success; not pixel agreement after several steps: once one sign flips within
+    rounding (above), an iterative attack's path through the ball diverges, by a share of pixels that depends
+    on the CPU's summation order (0.9925 of PGD2,16's pixels agreed on a Xeon with AMX, 0.9936 on Zen 4)."""
     x, y = correct
     fast = make_attack(notation, net).run(x, y, batch_size=64)
     exact = make_attack(notation, net, exact=True).run(x, y, batch_size=64)
     eps = make_attack(notation, net).eps
     assert fast.adv.min() >= 0 and fast.adv.max() <= 1 and fast.linf.max() <= eps + 1e-4
-    assert ((fast.adv - exact.adv).abs() <= 1e-6).float().mean().item() >= 0.995
     assert abs(fast.success_rate - exact.success_rate) <= 0.02
     with torch.no_grad():  # success as the model itself sees the fast images
         assert torch.equal(net(fast.adv).argmax(1) != y, fast.success)
+    # where the two paths made the same image, they report the same outcome (unless within rounding of a tie)
+    same = ((fast.adv - exact.adv).abs() <= 1e-6).flatten(1).all(1)
+    tie = margin(exact.logits, y).abs() <= 1e-4 * exact.logits.abs().amax(1)
+    assert torch.equal(fast.success[same & ~tie], exact.success[same & ~tie])
 
 
 def test_cw_meets_the_margin_with_smaller_l2_than_pgd(net, correct):
