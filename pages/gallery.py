@@ -70,6 +70,8 @@ if built is None:
     st.info("Pick two networks and an attack, then build the gallery.")
     st.stop()
 
+for note in built.unchanged_notes():  # a blank perturbation tile must never pass for a result
+    st.warning(note, icon=":material/warning:")
 vmax = built.perturbation_scale()
 st.markdown(f"**{built.attack}** against **{built.names[0]}** and against **{built.names[1]}**. "
             "Under every image: each network's label and confidence.")

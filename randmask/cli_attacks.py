@@ -142,7 +142,7 @@ def _common(args: argparse.Namespace) -> dict:
 def cmd_attack(args: argparse.Namespace) -> int:
     from randmask.adversarial_sets import save_adversarial_set
     from randmask.attacks import parse_attack
-    from randmask.evaluate import select_correct
+    from randmask.evaluate import select_correct, unchanged_note
     from randmask.set_schema import META_FILE
 
     spec = parse_attack(args.attack)
@@ -168,8 +168,12 @@ def cmd_attack(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     fooled = sum(r["fooled"] for r in rows)
-    print(json.dumps({"out": args.out, "images": len(rows), "fooled": fooled, "attack": str(spec),
-                      "source": source.name}, allow_nan=False))
+    unchanged = sum(r["linf"] == 0 for r in rows)
+    note = unchanged_note(str(spec), unchanged, len(rows), source.name)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
+    print(json.dumps({"out": args.out, "images": len(rows), "fooled": fooled, "unchanged": unchanged,
+                      "attack": str(spec), "source": source.name}, allow_nan=False))
     return 0
 
 

@@ -179,6 +179,28 @@ def craft(source: nn.Module, attack: str | Attack, x: torch.Tensor, y: torch.Ten
     return hit
 
 
+_WHY_UNCHANGED = {
+    "CW": ("CW keeps a change only once the wrong class leads by the margin κ = {kappa:g} (logits); these networks' "
+           "logits are rarely that far apart, so the search found no such image within its budget. Lower κ (CW0 "
+           "asks only for a wrong label, CW10 for a small margin) or give it more search rounds and steps."),
+    "Square": "no query of the random search raised the loss within ε. Give it more queries or a larger ε.",
+}
+_WHY_GRADIENT = ("the loss gradient was exactly zero on these images (a saturated or non-differentiable model), so "
+                 "a gradient attack had no direction to move in. Try a gradient-free attack (Square) or check the model.")
+
+
+def unchanged_note(attack: str, unchanged: int, total: int, against: str) -> str | None:
+    """One sentence when an attack handed back images exactly as they were (it found nothing within its budget),
+    saying why and what to change; None when every image changed. A blank perturbation must never pass for a
+    result."""
+    if unchanged <= 0 or total <= 0:
+        return None
+    spec = parse_attack(attack)
+    why = _WHY_UNCHANGED.get(spec.kind, _WHY_GRADIENT).format(**spec.params)
+    count = "every image" if unchanged == total else f"{unchanged} of {total} images"
+    return f"{spec} left {count} unchanged against {against}: {why}"
+
+
 def crafted_fingerprint(source: nn.Module, runner: Attack, x: torch.Tensor, y: torch.Tensor,
                         quantize_images: bool, batch_size: int) -> str:
     """sha256 over what a crafted set depends on; the attack's settings are its attributes (the seed included)."""

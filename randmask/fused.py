@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.modules import module as module_registry
 
 from randmask.device import cpu_fields
-from randmask.settings import data_cache_root, fused_kernels_enabled
+from randmask.settings import data_cache_root, fused_kernels_enabled, fused_march
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,22 @@ def _cpu_text() -> str:
         or platform.processor()
 
 
+def _flags() -> tuple[str, ...]:
+    """FLAGS with $RANDMASK_FUSED_MARCH in place of -march=native."""
+    return tuple(f"-march={fused_march()}" if flag == "-march=native" else flag for flag in FLAGS)
+
+
 def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_text()]).encode()).hexdigest()[:16]
+    flags = _flags()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *flags, version, _cpu_text()]).encode()).hexdigest()[:16]
     target = data_cache_root() / "kernels" / f"fused_bn-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # several processes may build at once
         built = Path(tmp) / target.name
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True,
+        done = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built)], capture_output=True, text=True,
                               timeout=300)
         if done.returncode:
             raise OSError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
@@ -88,7 +94,7 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         lib = _load(_build(compiler))
-    except (OSError, subprocess.SubprocessError) as exc:
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
         log.warning("fused BatchNorm kernels off: %s", exc)
         return None
     # the first call may come from inside no_grad, inference_mode or autocast: the check needs plain autograd

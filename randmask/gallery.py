@@ -16,7 +16,7 @@ from randmask.attacks import canonical_attack, parse_attack
 from randmask.attacks.base import Progress
 from randmask.datasets import CLASSES
 from randmask.errors import NotationError, RandmaskError
-from randmask.evaluate import Work, craft, predict, select_correct
+from randmask.evaluate import Work, craft, predict, select_correct, unchanged_note
 from randmask.images import diverging_rgb, perturbation_image, to_hwc_uint8, upscale_nearest
 
 ATTACK_KINDS = ("FGSM", "PGD", "CW", "Square")
@@ -64,6 +64,12 @@ class Gallery:
             conf, pred = prob[i].max(0)
             parts.append(f"{model}: {CLASSES[self.dataset][int(pred)]} {100 * float(conf):.0f}%")
         return " · ".join(parts)
+
+    def unchanged_notes(self) -> list[str]:
+        """Per source whose attack handed back some images untouched: what happened and what to change."""
+        notes = (unchanged_note(self.attack, int((self.linf[name] == 0).sum()), len(self.linf[name]), name)
+                 for name in self.names)
+        return [note for note in notes if note]
 
     def perturbation_scale(self) -> float:
         """Common colour scale (0-255 units) for every perturbation shown: eps, or the largest change."""

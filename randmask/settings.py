@@ -10,6 +10,8 @@
     RANDMASK_PAPER_TABLES  the paper's numbers; default assets/paper_tables.csv, else ../shared/paper/
     RANDMASK_EXACT         1: attacks bit-identical to torchattacks instead of the fast path
     RANDMASK_FUSED         0: train with eager BatchNorm, mask and ReLU instead of the fused CPU kernels
+    RANDMASK_FUSED_MARCH   the fused kernels' -march (default native; x86-64-v3 builds the AVX2 path, x86-64 the
+                           portable one: how tests cover a CPU without AVX-512 on one that has it)
 
 Each is read when asked for, so tests (and a running app) can change it.
 """
@@ -97,3 +99,11 @@ def exact_attacks() -> bool:
 def fused_kernels_enabled() -> bool:
     """$RANDMASK_FUSED=0 turns off the fused BatchNorm + mask + ReLU training kernels (randmask.fused)."""
     return os.environ.get("RANDMASK_FUSED", "").strip().lower() not in ("0", "false", "no")
+
+
+def fused_march() -> str:
+    """$RANDMASK_FUSED_MARCH: the instruction set the fused kernels are compiled for (g++'s -march), default native."""
+    value = os.environ.get("RANDMASK_FUSED_MARCH", "").strip() or "native"
+    if not value.replace("-", "").replace("_", "").replace(".", "").isalnum() or len(value) > 40:
+        raise ValueError(f"RANDMASK_FUSED_MARCH={value!r} is not a -march name such as native, x86-64-v3 or x86-64")
+    return value

@@ -13,3 +13,15 @@ fi
 python3 -m ruff check .
 lint-imports   # the layer contracts in pyproject.toml
 python3 -m pytest -q "$@"
+# The numerical-agreement tests (fast vs exact attacks, fused vs eager kernels, torchattacks, training resume) once
+# more under each instruction set PyTorch and our kernels can be limited to on this machine, so that a tolerance
+# that holds on one CPU family only fails here, not on a user's. Skipped when arguments pick tests, or with
+# RANDMASK_ISA_MATRIX=0.
+if [ "$#" -eq 0 ] && [ "${RANDMASK_ISA_MATRIX:-1}" != 0 ] && [ "$(uname -m)" = x86_64 ]; then
+  for isa in "ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 RANDMASK_FUSED_MARCH=x86-64-v3" \
+             "ONEDNN_MAX_CPU_ISA=AVX512_CORE" \
+             "ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default RANDMASK_FUSED_MARCH=x86-64"; do
+    echo "== agreement tests under $isa"
+    env $isa python3 -m pytest -q -m agreement
+  done
+fi

@@ -208,6 +208,30 @@ def test_gallery_page_builds_and_offers_a_png(app_env):
     assert any(b.proto.label == "Download the gallery as PNG" for b in at.get("download_button"))
 
 
+def test_gallery_says_when_an_attack_left_the_images_unchanged(app_env):
+    at = open_app("gallery")
+    at.button_group(key="gallery_attack").set_value("CW").run()
+    at.number_input(key="gallery_cw_search").set_value(1).run()
+    at.number_input(key="gallery_cw_steps").set_value(10).run()
+    at.number_input(key="gallery_n").set_value(2).run()
+    at.checkbox(key="gallery_correct").uncheck().run()
+    at.button(key="gallery_run").click().run()
+    assert not at.exception
+    warnings = [w.value for w in at.warning]
+    assert float(at.session_state["gallery"].linf["Normal ResNet-18"].max()) == 0  # what the warning is about
+    assert any("CW40(search=1, steps=10) left every image unchanged against Normal ResNet-18" in w
+               and "Lower κ" in w for w in warnings), warnings
+    at.button_group(key="gallery_attack").set_value("FGSM").run()
+    at.button(key="gallery_run").click().run()
+    built = at.session_state["gallery"]
+    assert built.attack == "FGSM16" and float(built.linf["Normal ResNet-18"].min()) > 0
+    warnings = [w.value for w in at.warning if "unchanged" in w.value]
+    assert not any("against Normal ResNet-18" in w for w in warnings), warnings
+    # the test zoo's 0.9-Shallow is saturated (100% on every image): float32 gradients are exactly zero there
+    if float(built.linf["0.9-Shallow"].max()) == 0:
+        assert any("against 0.9-Shallow" in w and "gradient was exactly zero" in w for w in warnings), warnings
+
+
 def test_robustness_page_puts_ours_beside_the_paper(app_env):
     at = open_app("robustness")
     table = at.dataframe[0].value.set_index("target")

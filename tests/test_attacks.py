@@ -33,6 +33,7 @@ def toy_images(n: int = 16, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ------------------------------------------------------------------ agreement with torchattacks
 torchattacks = pytest.importorskip("torchattacks")
+pytestmark = pytest.mark.agreement  # scripts/test.sh runs these again under each instruction set
 
 
 @pytest.mark.parametrize("eps", [4, 16])

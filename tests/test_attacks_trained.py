@@ -12,7 +12,7 @@ from test_attack_support import (
 
 from randmask.attacks import CW, PGD, Square, make_attack, margin
 
-pytestmark = pytest.mark.usefixtures("data_dir")
+pytestmark = [pytest.mark.usefixtures("data_dir"), pytest.mark.agreement]
 
 
 @pytest.fixture(scope="module")

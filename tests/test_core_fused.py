@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import platform
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -17,7 +20,8 @@ from randmask.masks import RandomMask, ResampledMask
 from randmask.models import build_model
 from randmask.notation import parse_model
 
-pytestmark = pytest.mark.skipif(fused.library() is None, reason="no C++ compiler: the eager path is all there is")
+pytestmark = [pytest.mark.skipif(fused.library() is None, reason="no C++ compiler: the eager path is all there is"),
+              pytest.mark.agreement]
 
 NHWC = torch.channels_last
 
@@ -276,3 +280,32 @@ def test_the_bf16_instructions_round_as_the_generic_code_does(monkeypatch, tmp_p
                      *([] if ri is None else [ri.grad])])
     for fast, portable in zip(*runs, strict=True):
         assert torch.equal(fast, portable)
+
+
+@pytest.mark.parametrize("march", ["x86-64", "x86-64-v3", "native"])
+def test_the_kernels_build_for_an_older_instruction_set_on_request(monkeypatch, tmp_path, march):
+    """RANDMASK_FUSED_MARCH builds the path a CPU without AVX-512 runs (CI runs the fused tests so), and that
+    build reproduces eager PyTorch here too."""
+    if shutil.which("objdump") is None or platform.machine() != "x86_64":
+        pytest.skip("needs x86-64 and objdump")
+    monkeypatch.setenv("RANDMASK_DATA_CACHE", str(tmp_path))
+    monkeypatch.setenv("RANDMASK_FUSED_MARCH", march)
+    path = fused._build("g++")
+    assert f"-march={march}" in fused._flags()
+    code = subprocess.run(["objdump", "-d", str(path)], capture_output=True, text=True, check=True).stdout
+    wide = march == "native" and "avx512f" in fused._cpu_text().split()
+    assert ("%zmm" in code) == wide  # AVX-512 registers only where native has them
+    assert fused._agrees_with_eager(fused._load(path))
+
+
+def test_a_bad_march_setting_leaves_the_eager_path_and_says_why(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("RANDMASK_DATA_CACHE", str(tmp_path))
+    monkeypatch.setenv("RANDMASK_FUSED_MARCH", "native -fplugin=x")
+    fused.library.cache_clear()
+    try:
+        assert fused.library() is None
+        assert "RANDMASK_FUSED_MARCH='native -fplugin=x' is not a -march name" in caplog.text
+        assert not list(tmp_path.rglob("*.so"))  # nothing was compiled
+    finally:
+        monkeypatch.delenv("RANDMASK_FUSED_MARCH")
+        fused.library.cache_clear()

@@ -57,6 +57,7 @@ def test_quick_preset_is_channels_last_except_where_torch_cannot():
         make_config("0.7-Shallow", "quick", width=4, channels_last=True)
 
 
+@pytest.mark.agreement
 @pytest.mark.parametrize("shape,flip,dtype", [((5, 3, 8, 8), True, torch.float32), ((5, 3, 6, 10), True, torch.uint8),
                                               ((5, 1, 7, 7), False, torch.uint8)])
 def test_crop_flip_matches_a_plain_loop(shape, flip, dtype):
@@ -86,6 +87,7 @@ def test_short_training_lowers_the_loss_and_writes_a_checkpoint(tmp_path, data_d
         train(cfg, tmp_path / "run", show_bar=False)
 
 
+@pytest.mark.agreement
 @pytest.mark.parametrize("width", [4, 8], ids=["nchw", "channels_last"])
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, data_dir, width):
     cfg = make_config("0.7-Shallow", "quick", epochs=3, **{**TINY, "width": width})
@@ -152,6 +154,7 @@ def test_torchrun_ddp_with_two_cpu_processes(tmp_path, data_dir):
     assert config["world_size"] == 2 and 0.0 <= config["clean_accuracy"] <= 1.0
 
 
+@pytest.mark.agreement
 def test_crop_flip_on_uint8_gives_the_float_pipelines_batches():
     # epoch_batches crops and flips the uint8 images, then scales: the same batches as scaling first
     from randmask.train import epoch_batches

@@ -42,6 +42,22 @@ def test_attack_writes_a_set_and_warns_about_untrained_models(tmp_path, capsys):
     assert rows_of(out / "meta.csv")[0]["attack"] == "PGD2,4"
 
 
+def test_an_attack_that_changes_nothing_says_so_and_why(tmp_path, capsys):
+    """CW40 on an untrained net: no image reaches a margin of 40, so CW hands every image back untouched. The
+    summary counts them and a warning says why and what to change; an attack that moves every image stays quiet."""
+    code, stdout, stderr = run(capsys, "attack", "--model", "Normal ResNet-18", "--attack", "CW40(search=1, steps=3)",
+                               "--n", "3", "--out", str(tmp_path / "cw"), "--all-images", *SMALL)
+    assert code == 0, stderr
+    summary = json.loads(stdout.splitlines()[-1])
+    assert summary["unchanged"] == 3
+    warning = [line for line in stderr.splitlines() if line.startswith("warning: CW40")]
+    assert len(warning) == 1 and "every image unchanged" in warning[0] and "Lower κ" in warning[0]
+    code, stdout, stderr = run(capsys, "attack", "--model", "Normal ResNet-18", "--attack", "FGSM8", "--n", "3",
+                               "--out", str(tmp_path / "fgsm"), "--all-images", *SMALL)
+    assert code == 0 and json.loads(stdout.splitlines()[-1])["unchanged"] == 0
+    assert "unchanged" not in stderr
+
+
 def test_transfer_from_a_checkpoint_folder(tmp_path, capsys):
     from randmask.checkpoint import save_checkpoint
     from randmask.models import build_model
