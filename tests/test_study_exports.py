@@ -17,12 +17,14 @@ import pandas as pd
 import pytest
 import test_study_support as support
 from badinput import assert_one_line_error, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from study import consent, get_study, join, next_trial, open_db, record_answer
 from study.admin import set_excluded
 from study.cli import main
 from study.db import open_db_readonly
-from study.export import export_frames, export_study, export_zip
+from study.export import defuse, export_frames, export_study, export_zip
 from study.export_schema import MIN_PARTICIPANTS_FOR_INTERVAL, column
 from study.simulate import simulate_participant
 
@@ -266,3 +268,13 @@ def test_sqlite_left_readable(tmp_path, study_sets):
     writer.rollback()
     writer.close()
     ro.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=20) | st.from_regex(r"[=+\-@\t\r][0-9eE.+\-]{0,6}"))
+def test_defuse_leaves_no_formula_and_loses_nothing(text):
+    out = defuse(text)
+    assert out == text or out == "'" + text
+    assert not out.startswith(("=", "+", "-", "@", "\t", "\r")) or NUMBER.fullmatch(out)
+    if out != text:  # only what a spreadsheet would run is touched
+        assert text.startswith(("=", "+", "-", "@", "\t", "\r")) and not NUMBER.fullmatch(text)
