@@ -153,7 +153,7 @@ def export_tab(db, study) -> None:
         st.info(f"No CIFAR-10H comparison: {e}")
     frames = export_frames(db, study, cifar10h=counts, n_boot=int(n_boot))
     st.dataframe(readable(frames["summary.csv"]), hide_index=True)
-    st.download_button("Download all (zip)", export_zip(frames), f"{study.slug}-export.zip", "application/zip", key="dl-zip")
+    st.download_button("Download all (zip)", export_zip(frames, study), f"{study.slug}-export.zip", "application/zip", key="dl-zip")
     for name, frame in frames.items():
         st.download_button(f"Download {name}", csv_bytes(frame), f"{study.slug}-{name}",
                            "text/csv", key=f"dl-{name}")

@@ -14,7 +14,7 @@ import sqlite_utils
 
 from .db import _schema_of, expected_schema
 from .design import SLUG_RE
-from .sets import CIFAR10_TEST_SIZE, SetError, check_png_header, sha256
+from .sets import CIFAR10_TEST_SIZE, SetError, plain_png, png_chunks, sha256
 
 N_CLASSES = 10
 IMAGE_SIZE = 32
@@ -137,7 +137,10 @@ def _item_problems(conn: sqlite3.Connection) -> list[str]:
         problems.append(f"items: {outside[0]} test index(es) outside the CIFAR-10 test set (first: item {outside[1]})")
     for item_id, png, digest in conn.execute("SELECT id, png, png_sha256 FROM items ORDER BY id"):
         try:
-            check_png_header(png, IMAGE_SIZE)
+            plain_png(png, IMAGE_SIZE)
+            extra = sorted({kind.decode("latin-1") for kind, _ in png_chunks(png)} - {"IHDR", "IDAT", "IEND"})
+            if extra:  # `create` stores images re-encoded without them
+                raise SetError(f"PNG holds chunks {extra} besides IHDR, IDAT and IEND")
         except SetError as e:
             problems.append(f"item {item_id}: image: {e}")
             continue

@@ -287,6 +287,21 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Databa
         db.conn.execute("COMMIT")
 
 
+@contextlib.contextmanager
+def read_snapshot(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """One read transaction: every query inside sees the database as it was at the first one, whatever
+    writers commit meanwhile (WAL), so tables read one after another agree. Inside a transaction already: as is."""
+    if db.conn.in_transaction:
+        yield db
+        return
+    db.conn.execute("BEGIN")
+    try:
+        yield db
+    finally:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")  # nothing was written: ending the read is all
+
+
 def _begin_immediate(conn: sqlite3.Connection, attempts: int = 5) -> None:
     # The busy timeout covers ordinary lock waits; a few SQLite paths (WAL reset or recovery by
     # another connection) return SQLITE_BUSY at once. Nothing has happened yet, so retrying is safe.

@@ -13,7 +13,7 @@ import sqlite_utils
 
 from .assign import AllocationError, Candidate, choose_items
 from .db import write_transaction
-from .sets import CIFAR10_CLASSES, CLEAN, SetItem, read_set, sha256
+from .sets import CIFAR10_CLASSES, CLEAN, FORMULA_STARTS, SetItem, read_set, sha256
 
 # Always used with fullmatch: `$` alone would accept a trailing newline.
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
@@ -66,6 +66,9 @@ class StudyConfig:
     def validate(self) -> None:
         if not isinstance(self.slug, str) or not SLUG_RE.fullmatch(self.slug):
             raise DesignError(f"study name {self.slug!r}: use 1-40 lowercase letters, digits and '-', starting with a letter or digit")
+        if not isinstance(self.title, str) or self.title.startswith(FORMULA_STARTS):
+            raise DesignError(f"title {self.title!r:.40}: text not starting with = + - @, tab or CR "
+                              f"(a spreadsheet would run it as a formula)")
         for name in ("labels_per_item", "items_per_participant"):
             if int(getattr(self, name)) < 1:
                 raise DesignError(f"{name} must be >= 1")

@@ -3,10 +3,15 @@
 Statistics use only answers of participants who are not excluded; practice answers are listed in
 responses.csv but never counted. `share_source_pred` is the share of humans who chose the label the
 attacked (source) model predicted on that image: the "humans fooled the same way" measure.
+
+All tables of one export are read in one read transaction (they agree even while participants answer).
+The CSVs have fixed decimals, and every text cell a spreadsheet would run as a formula is defused;
+`datapackage.json` and `README.md` describe every file and column (export_schema).
 """
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,9 +20,14 @@ import numpy as np
 import pandas as pd
 import sqlite_utils
 
+from .db import read_snapshot
 from .design import Study, get_study, list_studies
-from .sets import CLEAN, PRED_PREFIX
+from .export_schema import MIN_PARTICIPANTS_FOR_INTERVAL, column, datapackage, readme
+from .sets import CLEAN, FORMULA_STARTS, PRED_PREFIX
 from .stats import fleiss_kappa, krippendorff_alpha_nominal, majority, proportion_ci
+
+PRED_CLASS_PREFIX = "pred_class:"
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
 N_CLASSES = 10
 
@@ -42,6 +52,7 @@ def responses_frame(db: sqlite_utils.Database, study: Study) -> pd.DataFrame:
     frame["source_pred"] = frame["source_pred"].astype("Int64")
     classes = list(study.classes)
     frame.insert(frame.columns.get_loc("true_label") + 1, "true_class", [classes[i] for i in frame["true_label"]])
+    frame.insert(frame.columns.get_loc("source_pred") + 1, "source_pred_class", _class_names(frame["source_pred"], classes))
     frame.insert(frame.columns.get_loc("label") + 1, "label_class", [classes[i] for i in frame["label"]])
     frame.insert(frame.columns.get_loc("label_class") + 1, "correct", frame["label"] == frame["true_label"])
     agrees = (frame["label"] == frame["source_pred"]).astype("boolean")
@@ -49,13 +60,19 @@ def responses_frame(db: sqlite_utils.Database, study: Study) -> pd.DataFrame:
     return frame
 
 
+def _class_names(labels: pd.Series, classes: list[str]) -> list[str]:
+    return ["" if pd.isna(i) else classes[int(i)] for i in labels]
+
+
 def _items_base(db: sqlite_utils.Database, study: Study) -> pd.DataFrame:
     rows = db.execute(
         "SELECT id, role, condition, attack, source_model, test_index, true_label, source_pred, linf, l2, png_sha256 "
         "FROM items WHERE study_id = ? AND role != 'practice' ORDER BY id", [study.id]).fetchall()
     frame = pd.DataFrame(rows, columns=["item_id", "role", "condition", "attack", "source_model", "test_index",
-                                        "true_label", "source_pred", "linf", "l2", "png_sha256"])
+                                        "true_label", "source_pred", "linf_255", "l2_255", "png_sha256"])
     frame["source_pred"] = frame["source_pred"].astype("Int64")
+    frame.insert(frame.columns.get_loc("source_pred") + 1, "source_pred_class",
+                 _class_names(frame["source_pred"], list(study.classes)))
     preds = db.execute(
         "SELECT ip.item_id, ip.model, ip.pred FROM item_predictions ip JOIN items i ON i.id = ip.item_id "
         "WHERE i.study_id = ?", [study.id]).fetchall()
@@ -63,6 +80,10 @@ def _items_base(db: sqlite_utils.Database, study: Study) -> pd.DataFrame:
         wide = pd.DataFrame(preds, columns=["item_id", "model", "pred"]).pivot(index="item_id", columns="model", values="pred")
         wide.columns = [f"{PRED_PREFIX}{m}" for m in wide.columns]
         frame = frame.merge(wide.astype("Int64"), left_on="item_id", right_index=True, how="left")
+        for name in wide.columns:
+            model = name[len(PRED_PREFIX):]
+            frame.insert(frame.columns.get_loc(name) + 1, f"{PRED_CLASS_PREFIX}{model}",
+                         _class_names(frame[name], list(study.classes)))
     return frame
 
 
@@ -112,6 +133,11 @@ def _agreement(counts: np.ndarray) -> tuple[float, float]:
     return kappa, alpha
 
 
+SUMMARY_COLUMNS = ["role", "condition", "n_items", "n_items_labelled", "n_answers", "n_participants", "human_accuracy",
+                   "human_accuracy_lo", "human_accuracy_hi", "share_source_pred", "share_source_pred_lo",
+                   "share_source_pred_hi", "majority_accuracy", "fleiss_kappa", "krippendorff_alpha", "median_rt_ms"]
+
+
 def summary_frame(db: sqlite_utils.Database, study: Study, responses: pd.DataFrame | None = None,
                   items: pd.DataFrame | None = None, *, cifar10h: np.ndarray | None = None, n_boot: int = 2000,
                   seed: int = 0) -> pd.DataFrame:
@@ -154,9 +180,12 @@ def summary_frame(db: sqlite_utils.Database, study: Study, responses: pd.DataFra
                 "majority_accuracy": float((ref.argmax(axis=1) == true).mean()), "fleiss_kappa": kappa_h,
                 "krippendorff_alpha": alpha_h, "median_rt_ms": np.nan,
             })
-    frame = pd.DataFrame(rows)
-    if not frame.empty:
-        frame["n_participants"] = frame["n_participants"].astype("Int64")
+    frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    frame["n_participants"] = frame["n_participants"].astype("Int64")
+    # an interval from one or a few people would read as certainty: none below the minimum (CIFAR-10H rows
+    # have no participant count here, each of their images has ~50 annotators)
+    few = (frame["n_participants"] < MIN_PARTICIPANTS_FOR_INTERVAL).fillna(False).to_numpy(dtype=bool)
+    frame.loc[few, [c for c in SUMMARY_COLUMNS if c.endswith(("_lo", "_hi"))]] = np.nan
     return frame
 
 
@@ -168,12 +197,15 @@ def cifar10h_frame(items: pd.DataFrame, cifar10h: np.ndarray, classes) -> pd.Dat
     true = clean["true_label"].to_numpy()
     ours_p = ours / ours.sum(axis=1, keepdims=True)
     ref_p = ref / ref.sum(axis=1, keepdims=True)
+    classes = list(classes)
+    ref_majority = ref.argmax(axis=1)
     return pd.DataFrame({
         "item_id": clean["item_id"].to_numpy(), "role": clean["role"].to_numpy(), "test_index": clean["test_index"].to_numpy(),
-        "true_label": true, "n_labels": ours.sum(axis=1).astype(int), "share_true": ours_p[np.arange(len(true)), true],
-        "human_majority": clean["human_majority"].to_numpy(),
+        "true_label": true, "true_class": [classes[t] for t in true], "n_labels": ours.sum(axis=1).astype(int),
+        "share_true": ours_p[np.arange(len(true)), true],
+        "human_majority": clean["human_majority"].to_numpy(), "human_majority_class": clean["human_majority_class"].to_numpy(),
         "cifar10h_n": ref.sum(axis=1).astype(int), "cifar10h_share_true": ref_p[np.arange(len(true)), true],
-        "cifar10h_majority": ref.argmax(axis=1),
+        "cifar10h_majority": ref_majority, "cifar10h_majority_class": [classes[m] for m in ref_majority],
         "total_variation": 0.5 * np.abs(ours_p - ref_p).sum(axis=1),
     })
 
@@ -210,46 +242,88 @@ def participants_frame(db: sqlite_utils.Database, study: Study) -> pd.DataFrame:
 
 def export_frames(db: sqlite_utils.Database, study: Study, *, cifar10h: np.ndarray | None = None, n_boot: int = 2000,
                   seed: int = 0) -> dict[str, pd.DataFrame]:
-    responses = responses_frame(db, study)
-    items = items_frame(db, study, responses)
-    frames = {
-        "responses.csv": responses,
-        "items.csv": items,
-        "summary.csv": summary_frame(db, study, responses, items, cifar10h=cifar10h, n_boot=n_boot, seed=seed),
-        "participants.csv": participants_frame(db, study),
-    }
+    """Every table of one study's export, all read in one snapshot of the database."""
+    with read_snapshot(db):
+        responses = responses_frame(db, study)
+        items = items_frame(db, study, responses)
+        frames = {
+            "responses.csv": responses,
+            "items.csv": items,
+            "summary.csv": summary_frame(db, study, responses, items, cifar10h=cifar10h, n_boot=n_boot, seed=seed),
+            "participants.csv": participants_frame(db, study),
+        }
     if cifar10h is not None:
         frames["cifar10h.csv"] = cifar10h_frame(items, cifar10h, study.classes)
     return frames
 
 
+def described_files(frames: Mapping[str, pd.DataFrame], study: Study | None = None) -> dict[str, bytes]:
+    """{file name: bytes} of one export: the CSVs, datapackage.json and README.md."""
+    name, title = (study.slug, study.title) if study is not None else ("study-export", "study")
+    files = {file: csv_bytes(frame) for file, frame in frames.items()}
+    files["datapackage.json"] = datapackage(frames, name, title).encode("utf-8")
+    files["README.md"] = readme(frames, title).encode("utf-8")
+    return files
+
+
 def export_study(db: sqlite_utils.Database, out_dir: str | Path, slug: str | None = None, *,
                  cifar10h: np.ndarray | None = None, n_boot: int = 2000, seed: int = 0) -> list[Path]:
-    """Write the CSVs of one study (or of every study, each in out_dir/<slug>/, when slug is None and
-    there are several). Returns the written paths."""
+    """Write the files of one study (or of every study, each in out_dir/<slug>/, when slug is None and
+    there are several). Every study is read in the same snapshot. Returns the written paths."""
     out_dir = Path(out_dir)
-    studies = [get_study(db, slug)] if slug else list_studies(db)
-    if not studies:
-        raise LookupError("the database holds no study")
+    with read_snapshot(db):
+        studies = [get_study(db, slug)] if slug else list_studies(db)
+        if not studies:
+            raise LookupError("the database holds no study")
+        exports = [(study, export_frames(db, study, cifar10h=cifar10h, n_boot=n_boot, seed=seed)) for study in studies]
     written = []
-    for study in studies:
+    for study, frames in exports:
         target = out_dir if len(studies) == 1 else out_dir / study.slug
         target.mkdir(parents=True, exist_ok=True)
-        for name, frame in export_frames(db, study, cifar10h=cifar10h, n_boot=n_boot, seed=seed).items():
-            frame.to_csv(target / name, index=False)
+        for name, data in described_files(frames, study).items():
+            (target / name).write_bytes(data)
             written.append(target / name)
     return written
 
 
+def defuse(text: str) -> str:
+    """A text cell a spreadsheet would run as a formula (starting with = + - @, tab or CR, and not a number)
+    gets a leading single quote, as OWASP's CSV injection guidance advises."""
+    if text.startswith(FORMULA_STARTS) and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """One export table as CSV text: described numbers with their fixed decimals, every text cell and column
+    name defused."""
+    out = frame.copy()
+    for col in out.columns:
+        try:
+            kind, decimals, _ = column(str(col))
+        except ValueError:
+            kind, decimals = "", None
+        if kind == "number" and decimals is not None:
+            values = pd.to_numeric(out[col], errors="coerce")
+            out[col] = ["" if pd.isna(v) else f"{v:.{decimals}f}" for v in values]
+        elif not (pd.api.types.is_numeric_dtype(out[col]) or pd.api.types.is_bool_dtype(out[col])):
+            out[col] = pd.Series([defuse(v) if isinstance(v, str) else v for v in out[col]], index=out.index,
+                                 dtype=object)
+    out.columns = [defuse(str(c)) for c in out.columns]
+    # RFC 4180 line ends: the writer then quotes any cell holding a CR too, not only one holding a LF
+    return out.to_csv(index=False, lineterminator="\r\n")
+
+
 def csv_bytes(frame: pd.DataFrame) -> bytes:
     """One export table as the CSV a download button offers (UTF-8, no index column)."""
-    return frame.to_csv(index=False).encode("utf-8")
+    return csv_text(frame).encode("utf-8")
 
 
-def export_zip(frames: Mapping[str, pd.DataFrame]) -> bytes:
-    """Every export table as one zip, a CSV per table under its name (export_frames' keys)."""
+def export_zip(frames: Mapping[str, pd.DataFrame], study: Study | None = None) -> bytes:
+    """Every export table as one zip, a CSV per table under its name (export_frames' keys), with
+    datapackage.json and README.md describing them."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, frame in frames.items():
-            zf.writestr(name, frame.to_csv(index=False))
+        for name, data in described_files(frames, study).items():
+            zf.writestr(name, data)
     return buffer.getvalue()

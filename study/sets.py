@@ -7,7 +7,8 @@ The study's images are lossless uint8 32x32 RGB PNGs; `attack == "clean"` marks 
 `read_set` trusts nothing in the folder: meta.csv is a regular file under a size cap; indices are ASCII
 integers inside the CIFAR-10 test set; labels are 0-9; norms are finite and non-negative; every row has its
 own image file; each image is an 8-bit RGB PNG of the expected size, checked from its header before any
-pixel is decoded (a small file can declare a gigapixel image).
+pixel is decoded (a small file can declare a gigapixel image), then decoded and kept re-encoded as a plain
+PNG (`plain_png`): a chunk that could make a browser draw other pixels is refused.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import math
 import os
 import re
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +35,15 @@ CIFAR10_TEST_SIZE = 10_000
 MAX_META_BYTES = 32 << 20  # ~100 bytes a row: room for 300k rows
 MAX_PNG_BYTES = 64 << 10  # a 32x32 RGB PNG is at most ~3.2 kB even uncompressed
 MAX_TEXT = 200  # attack, source and model names
-# linf/l2 are in 0-255 pixel units (attack sets) or in [0, 1] (clean and noise sets): bound by the larger
+# linf/l2 are in 0-255 pixel units (sets written before the noise sets used them may hold [0, 1] values)
 MAX_LINF, MAX_L2 = 255.0, 255.0 * math.sqrt(32 * 32 * 3)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Ancillary chunks that change nothing a browser draws; dropped on re-encoding. Any other ancillary chunk
+# (acTL animation, tRNS, gAMA/iCCP/sRGB/cHRM/cICP colour handling, eXIf, ...) could make a browser show other
+# pixels than the models were given, so the image is refused.
+INERT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt", b"tIME", b"pHYs"})
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV Injection")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _INDEX = re.compile(r"[0-9]{1,9}", re.ASCII)
 _CLASS = re.compile(r"[0-9](?:\.0+)?", re.ASCII)  # pandas may write an int column holding blanks as 3.0
 _DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?", re.ASCII)
@@ -90,6 +98,61 @@ def check_png_header(data: bytes, size: int) -> None:
         raise SetError(f"PNG has bit depth {depth} and colour type {colour}, expected 8-bit RGB (8, 2)")
 
 
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, payload) of every chunk, with lengths and CRCs checked; nothing may follow IEND."""
+    if data[:8] != PNG_SIGNATURE:
+        raise SetError("not a PNG file")
+    chunks, at = [], 8
+    while at < len(data):
+        if at + 12 > len(data):
+            raise SetError("PNG ends inside a chunk")
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        payload, crc = data[at + 8:at + 8 + length], data[at + 8 + length:at + 12 + length]
+        if len(crc) != 4 or zlib.crc32(kind + payload) != struct.unpack(">I", crc)[0]:
+            raise SetError(f"PNG chunk {kind!r} is cut short or fails its CRC")
+        chunks.append((kind, payload))
+        at += 12 + length
+        if kind == b"IEND":
+            break
+    if not chunks or chunks[-1][0] != b"IEND" or at != len(data):
+        raise SetError("PNG does not end with IEND (missing, or data after it)")
+    return chunks
+
+
+def plain_png(data: bytes, size: int) -> tuple[bytes, np.ndarray]:
+    """(re-encoded PNG, pixels) of an 8-bit RGB PNG of size x size whose chunks change nothing a browser draws.
+
+    The re-encoding holds only IHDR, IDAT and IEND, so what a participant's browser shows is exactly the array
+    the models were given. Anything that could be drawn otherwise is refused: animation (acTL), transparency
+    (tRNS), colour handling (gAMA, iCCP, sRGB, cHRM, ...), palette, grey, alpha or 16-bit images, a nonstandard
+    compression, filter or interlace byte, and any chunk this code does not know."""
+    check_png_header(data, size)
+    chunks = png_chunks(data)
+    compression, filtering, interlace = struct.unpack(">BBB", chunks[0][1][10:13])
+    if (compression, filtering) != (0, 0) or interlace not in (0, 1) or len(chunks[0][1]) != 13:
+        raise SetError(f"PNG header has compression {compression}, filter {filtering}, interlace {interlace} "
+                       f"(expected 0, 0, 0 or 1)")
+    kinds = [kind for kind, _ in chunks]
+    for kind in kinds:
+        if kind not in (b"IHDR", b"IDAT", b"IEND") and kind not in INERT_CHUNKS:
+            shown = kind.decode("latin-1")
+            what = "a critical" if kind[:1].isupper() else "an ancillary"
+            raise SetError(f"PNG has {what} {shown!r} chunk that could change what a browser shows; "
+                           f"save it as a plain 8-bit RGB PNG")
+    if kinds.count(b"IHDR") != 1:
+        raise SetError("PNG has more than one IHDR chunk")
+    idat = [n for n, kind in enumerate(kinds) if kind == b"IDAT"]
+    if not idat or idat != list(range(idat[0], idat[-1] + 1)):
+        raise SetError("PNG image data (IDAT) is missing or not in one run")
+    try:
+        pixels = decode_png(data)
+    except (OSError, ValueError, SyntaxError, zlib.error) as e:  # PIL reports damaged data in these
+        raise SetError(f"PNG image data cannot be decoded ({' '.join(str(e).split())})") from None
+    if pixels.shape != (size, size, 3):
+        raise SetError(f"PNG decodes to {pixels.shape}, expected ({size}, {size}, 3)")
+    return png_bytes(pixels), pixels
+
+
 def decode_png(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         if im.format != "PNG":
@@ -133,6 +196,8 @@ def _text(value: str, what: str) -> str:
     value = value.strip()
     if len(value) > MAX_TEXT or not value.isprintable():
         raise SetError(f"{what}: {_shown(value)} must be printable text of at most {MAX_TEXT} characters")
+    if value.startswith(FORMULA_STARTS):
+        raise SetError(f"{what}: {_shown(value)} starts with {value[0]!r}, which a spreadsheet would run as a formula")
     return value
 
 
@@ -158,6 +223,7 @@ def read_set(directory: str | Path, *, image_size: int = 32, dataset_size: int =
     pred_columns = [c for c in meta.columns if c.startswith(PRED_PREFIX)]
     for column in pred_columns:
         _text(column, f"{meta_path} column name")
+        _text(column[len(PRED_PREFIX):], f"{meta_path} model name in column {column!r}")
     items: list[SetItem] = []
     files: dict[Path, int] = {}
     for row_number, row in enumerate(meta.to_dict("records"), start=2):
@@ -185,13 +251,10 @@ def read_set(directory: str | Path, *, image_size: int = 32, dataset_size: int =
         if not image_path.exists():
             raise SetError(f"{where}: image {_shown(row['file'])} not found")
         try:
-            data = read_regular_file(image_path, MAX_PNG_BYTES, SetError)
-            check_png_header(data, image_size)
-            pixels = decode_png(data)
+            # the study stores and serves the re-encoded image, never the file's own bytes
+            data, _ = plain_png(read_regular_file(image_path, MAX_PNG_BYTES, SetError), image_size)
         except (SetError, OSError) as e:
             raise SetError(f"{where}: {row['file']}: {' '.join(str(e).split())}") from e
-        if pixels.shape != (image_size, image_size, 3):
-            raise SetError(f"{where}: {row['file']} is {pixels.shape}, expected ({image_size}, {image_size}, 3)")
         items.append(SetItem(
             test_index=test_index,
             true_label=true_label,
@@ -245,7 +308,13 @@ def load_cifar10h(path: str | Path | None = None) -> np.ndarray:
     path = Path(path) if path else Path(os.environ.get("RANDMASK_DATA", "../shared/data")) / "cifar10h" / "counts.npy"
     if not path.is_file():
         raise SetError(f"CIFAR-10H counts not found at {path}")
-    counts = np.load(path, allow_pickle=False)
+    try:
+        counts = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # empty, truncated, pickled or not a .npy at all
+        raise SetError(f"{path}: not a readable .npy file of CIFAR-10H counts ({' '.join(str(e).split())})") from None
+    if not isinstance(counts, np.ndarray):  # an .npz archive
+        counts.close()
+        raise SetError(f"{path}: an .npz archive; give the counts as one .npy array of shape (10000, 10)")
     if counts.shape != (10000, 10) or not np.issubdtype(counts.dtype, np.integer):
         raise SetError(f"{path}: expected integer counts of shape (10000, 10), got {counts.dtype} {counts.shape}")
     return counts
@@ -281,7 +350,8 @@ def build_noise_set(directory: str | Path, indices, *, x: np.ndarray, y: np.ndar
         rows.append({
             "index": i, "true_label": int(y[i]), "source": source, "attack": attack or f"Noise{eps}",
             "source_pred": "" if source_preds is None else int(source_preds[n]),
-            "linf": float(np.abs(diff).max() / 255), "l2": float(np.sqrt((diff ** 2).sum()) / 255),
+            # 0-255 pixel units, as in the attack code's sets
+            "linf": float(np.abs(diff).max()), "l2": float(np.sqrt((diff ** 2).sum())),
         })
         images.append(image)
     return write_set(directory, rows, images)

@@ -308,7 +308,8 @@ def test_cli_create_list_export(tmp_path, study_sets, capsys, data_dir):
     assert cli(["export", "--db", db, "--out", str(tmp_path / "out"), "--bootstrap", "100",
                 "--cifar10h", str(data_dir / "cifar10h" / "counts.npy")]) == 0
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["cifar10h.csv", "items.csv", "participants.csv", "responses.csv", "summary.csv"]
+    assert written == ["README.md", "cifar10h.csv", "datapackage.json", "items.csv", "participants.csv",
+                       "responses.csv", "summary.csv"]
     assert len(pd.read_csv(tmp_path / "out" / "responses.csv")) == 11
     assert cli(["check", "--db", db]) == 0
 

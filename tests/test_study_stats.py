@@ -227,7 +227,8 @@ def test_export_matches_hand_computed_shares(tmp_path, answered_study):
     # PGD answers: p1 right; p2, p3 chose the source model's label; p4 wrong
     assert pgd["n_answers"] == 4 and pgd["human_accuracy"] == pytest.approx(1 / 4)
     assert pgd["share_source_pred"] == pytest.approx(2 / 4)
-    assert pgd["human_accuracy_lo"] <= 0.25 <= pgd["human_accuracy_hi"]
+    # four participants: below the minimum for an interval, so the cells are empty
+    assert np.isnan(pgd["human_accuracy_lo"]) and np.isnan(pgd["share_source_pred_hi"])
     clean = s.loc[("trial", "clean")]
     assert clean["human_accuracy"] == pytest.approx(3 / 4) and np.isnan(clean["share_source_pred"])
     assert s.loc[("catch", "clean"), "human_accuracy"] == pytest.approx(3 / 4)
@@ -259,8 +260,9 @@ def test_exclusion_changes_statistics_not_raw_data(tmp_path, answered_study):
     export_study(db, tmp_path / "out", "hand", n_boot=200)
     t = read(tmp_path / "out")
     s = t["summary"].set_index(["role", "condition"])
-    assert s.loc[("trial", "PGD16-vs-Normal ResNet-18"), "human_accuracy"] == pytest.approx(1 / 3)
-    assert s.loc[("trial", "PGD16-vs-Normal ResNet-18"), "share_source_pred"] == pytest.approx(2 / 3)
+    # the CSVs hold 4 decimals
+    assert s.loc[("trial", "PGD16-vs-Normal ResNet-18"), "human_accuracy"] == pytest.approx(1 / 3, abs=5e-5)
+    assert s.loc[("trial", "PGD16-vs-Normal ResNet-18"), "share_source_pred"] == pytest.approx(2 / 3, abs=5e-5)
     assert s.loc[("trial", "clean"), "human_accuracy"] == pytest.approx(1.0)
     assert len(t["responses"]) == 24 and t["responses"]["excluded"].sum() == 6  # raw answers kept, flagged
 
@@ -276,9 +278,9 @@ def test_cifar10h_comparison(tmp_path, answered_study, data_dir):
     for _, row in c.iterrows():
         ref = counts[row["test_index"]]
         assert row["cifar10h_n"] == ref.sum()
-        assert row["cifar10h_share_true"] == pytest.approx(ref[row["true_label"]] / ref.sum())
+        assert row["cifar10h_share_true"] == pytest.approx(ref[row["true_label"]] / ref.sum(), abs=5e-5)
     summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index(["role", "condition"])
     ref_rows = counts[c.loc[c["role"] == "trial", "test_index"].to_numpy()]
     true = c.loc[c["role"] == "trial", "true_label"].to_numpy()
     assert summary.loc[("trial", "clean (CIFAR-10H)"), "human_accuracy"] == pytest.approx(
-        ref_rows[np.arange(len(true)), true].sum() / ref_rows.sum())
+        ref_rows[np.arange(len(true)), true].sum() / ref_rows.sum(), abs=5e-5)

@@ -83,12 +83,14 @@ def test_create_from_form_and_exclude_failing(tmp_path, study_sets):
 
 
 def test_export_zip_and_csv_hold_every_table():
-    frames = {"summary.csv": pd.DataFrame({"a": [1, 2], "b": ["x", "é"]}), "items.csv": pd.DataFrame({"c": [0.5]})}
-    assert csv_bytes(frames["summary.csv"]).decode("utf-8") == "a,b\n1,x\n2,é\n"
+    frames = {"summary.csv": pd.DataFrame({"role": ["trial", "catch"], "condition": ["x", "é"]}),
+              "items.csv": pd.DataFrame({"share_true": [0.5]})}
+    assert csv_bytes(frames["summary.csv"]).decode("utf-8") == "role,condition\r\ntrial,x\r\ncatch,é\r\n"
     with zipfile.ZipFile(io.BytesIO(export_zip(frames))) as zf:
-        assert zf.namelist() == ["summary.csv", "items.csv"]
+        assert zf.namelist() == ["summary.csv", "items.csv", "datapackage.json", "README.md"]
         for name, frame in frames.items():
             pd.testing.assert_frame_equal(pd.read_csv(zf.open(name)), frame)
+        assert zf.read("items.csv").decode() == "share_true\r\n0.5000\r\n"  # fixed decimals
 
 
 # ------------------------------------------------------------------------------------------------ simple mode
