@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the demo sets")
     p.add_argument("--name", default="demo")
     p.add_argument("--images", type=int, default=24)
+    _add_results_commands(sub)
     return parser
 
 
@@ -179,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "demo":
         return _demo(args)
+    if args.command in RESULTS_COMMANDS:
+        return RESULTS_COMMANDS[args.command](args)
     if args.command == "serve":
         from .serve import serve
 
@@ -300,6 +303,112 @@ def _read_only(args: argparse.Namespace) -> int:
         return 0
     finally:
         db.conn.close()
+
+# ------------------------------------------------------------------------------------------------ report, plan
+def _add_results_commands(sub) -> None:
+    p = sub.add_parser("report", help="write the study's results as one self-contained HTML file (and PNGs)")
+    _db_arg(p)
+    p.add_argument("--out", type=Path, required=True, help="new (or empty) folder for report.html and the PNGs")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
+    p.add_argument("--study", default=None, help="study name (default: the only study)")
+    p.add_argument("--cifar10h", type=Path, default=None, help="CIFAR-10H counts.npy (default: $RANDMASK_DATA/cifar10h/counts.npy if present)")
+    p.add_argument("--no-cifar10h", action="store_true")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the participant intervals")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _check_out_folder(out: Path, overwrite: bool, inputs: list[Path]) -> None:
+    """Refuse an --out that is a file, holds files (unless --overwrite), or holds one of the inputs."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    resolved = out.resolve()
+    for path in inputs:
+        if path.resolve() == resolved or resolved in path.resolve().parents:
+            raise ValueError(f"--out {out} holds the input {path}; choose another folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"--out {out} is not empty; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def _new_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out`, renamed into its place only when the body succeeds (an old `out` is
+    replaced then); on failure nothing is left behind and `out` is as it was."""
+    import shutil
+    import tempfile
+
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".new", dir=out.parent))
+    done = False
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.with_name(f"{tmp.name[:-4]}.old")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        done = True
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in [] if done else made:  # innermost first; only folders made here
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _only_study(db, slug: str | None):
+    if slug:
+        return get_study(db, slug)
+    studies = list_studies(db)
+    if len(studies) != 1:
+        names = ", ".join(s.slug for s in studies) or "none"
+        raise LookupError(f"the database holds {len(studies)} studies ({names}); name one with --study")
+    return studies[0]
+
+
+def _cifar10h_or_none(args: argparse.Namespace) -> np.ndarray | None:
+    if args.no_cifar10h:
+        return None
+    try:
+        return load_cifar10h(args.cifar10h)
+    except SetError:
+        if args.cifar10h is not None:
+            raise
+        print("note: CIFAR-10H counts not found, skipping that baseline", file=sys.stderr)
+        return None
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .results import compute_results, figures, report_html, write_pngs
+
+    path = Path(args.db or default_db_path())
+    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise ValueError(f"--bootstrap must be from 0 to {MAX_BOOTSTRAP}, got {args.bootstrap}")
+    _check_out_folder(args.out, args.overwrite, [path])
+    db = open_db_readonly(path)
+    try:
+        problems = database_problems(db)
+        if problems:
+            raise StudyDBError(f"{path} fails `python -m study check` ({len(problems)} problem(s)); first: {problems[0]}")
+        study = _only_study(db, args.study)
+        results = compute_results(db, study, cifar10h=_cifar10h_or_none(args), n_boot=args.bootstrap, seed=args.seed)
+    finally:
+        db.conn.close()
+    made = figures(results)
+    with _new_folder(args.out) as tmp:
+        (tmp / "report.html").write_text(report_html(results, made), encoding="utf-8")
+        pngs = write_pngs(made, tmp)
+    print(args.out / "report.html")
+    if pngs:
+        print(f"{len(pngs)} PNGs in {args.out}")
+    else:
+        print("note: no PNGs: kaleido is not installed (pip install kaleido to get them)", file=sys.stderr)
+    return 0
+
+
+RESULTS_COMMANDS = {"report": _report}
+
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
