@@ -13,6 +13,16 @@ from study.admin import create_from_form, exclude_failing, failing_catch, overvi
 from study.auth import AdminNotConfigured, check_password, configured_password, locked_for
 from study.display import counts_text, failing_text, participants_table, progress_bar, readable, retry_text
 from study.export import csv_bytes, export_frames, export_zip, participants_frame
+from study.results import (
+    IMAGES_HEADING,
+    compute_results,
+    enlarged,
+    figures,
+    headline,
+    model_labels,
+    report_html,
+    sections,
+)
 from study.serve import DEFAULT_BASE_URL
 from study.sets import SetError, load_cifar10h
 from study.validate import participant_link
@@ -159,9 +169,61 @@ def export_tab(db, study) -> None:
                            "text/csv", key=f"dl-{name}")
 
 
+def cifar10h_or_none():
+    try:
+        return load_cifar10h()
+    except SetError:
+        return None
+
+
+def show_results(db, study) -> None:
+    """study.results laid out: the same sections, tables and figures as `python -m study report`."""
+    results = compute_results(db, study, cifar10h=cifar10h_or_none(), n_boot=1000)
+    st.write(headline(results))
+    for note in results.notes:
+        st.caption(note)
+    if results.empty:
+        st.info("No answers to trial images yet.")
+        return
+    made = figures(results)
+    for heading, note, table, name in sections(results):
+        st.subheader(heading)
+        if note:
+            st.caption(note)
+        if table is not None:
+            st.dataframe(table, hide_index=True)
+        st.plotly_chart(made[name], key=f"results-{name}")
+    st.subheader(IMAGES_HEADING)
+    for n, (_, row) in enumerate(results.top.iterrows(), start=1):
+        left, right = st.columns([1, 2])
+        left.image(enlarged(row["png"]), caption=model_labels(results, row), output_format="PNG")  # already scaled by whole pixels
+        right.plotly_chart(made[f"top-{n}"], key=f"results-top-{n}")
+
+
+@st.fragment(run_every=30)
+def live_results(slug: str) -> None:
+    db = open_db(create=False)
+    try:
+        show_results(db, get_study(db, slug))
+    finally:
+        db.close()
+
+
+def results_tab(db, study) -> None:
+    if st.session_state.get("live", True):  # the Progress tab's live switch
+        live_results(study.slug)
+    else:
+        show_results(db, study)
+    if st.button("Prepare the report (one HTML file)", key="prepare-report"):
+        results = compute_results(db, study, cifar10h=cifar10h_or_none(), n_boot=1000)
+        st.download_button("Download report.html", report_html(results), f"{study.slug}-report.html", "text/html",
+                           key="dl-report")
+
+
 def run_page(db) -> None:
     studies = list_studies(db)
-    tab_studies, tab_participants, tab_create, tab_export = st.tabs(["Progress", "Participants", "Create", "Export"])
+    tab_studies, tab_results, tab_participants, tab_create, tab_export = st.tabs(
+        ["Progress", "Results", "Participants", "Create", "Export"])
     with tab_create:
         create_tab(db)
     if not studies:
@@ -173,6 +235,8 @@ def run_page(db) -> None:
     study = next(s for s in studies if s.slug == slug)
     with tab_studies:
         studies_tab(db, study)
+    with tab_results:
+        results_tab(db, study)
     with tab_participants:
         participants_tab(db, study)
     with tab_export:

@@ -188,9 +188,11 @@ def _top(items: pd.DataFrame, db: sqlite_utils.Database, count: int) -> pd.DataF
     share of wrong answers; with the PNG and label counts."""
     rated = items[(items["role"] == "trial") & (items["n_labels"] > 0)].copy()
     rated["share_wrong"] = 1 - rated["share_true"]
-    rated["share_source_pred"] = rated["share_source_pred"].fillna(0.0)
+    model_fooled = rated["source_pred"].notna() & (rated["source_pred"] != rated["true_label"])
+    # where the model was right, its label is the true one: choosing it is no sign of being fooled
+    rated["share_adversarial"] = rated["share_source_pred"].where(model_fooled.astype(bool), 0.0).fillna(0.0)
     fooling = rated[rated["share_wrong"] > 0].sort_values(
-        ["share_source_pred", "share_wrong", "n_labels", "item_id"], ascending=[False, False, False, True]).head(count)
+        ["share_adversarial", "share_wrong", "n_labels", "item_id"], ascending=[False, False, False, True]).head(count)
     pngs = {}
     for item_id in fooling["item_id"]:
         pngs[int(item_id)] = db.execute("SELECT png FROM items WHERE id = ?", [int(item_id)]).fetchone()[0]
@@ -412,6 +414,30 @@ def agreement_table(results: Results) -> pd.DataFrame:
     })
 
 
+IMAGES_HEADING = "Images that fooled people most"
+
+
+def headline(results: Results) -> str:
+    return (f"Study {results.study.slug}: {len(results.answers)} answers to trial images from "
+            f"{results.answers['participant'].nunique()} participants (excluded participants and practice left out).")
+
+
+def sections(results: Results) -> list[tuple[str, str, pd.DataFrame | None, str]]:
+    """(heading, note, table or None, figure name) in the order the report and the Results tab show them."""
+    return [
+        ("Human accuracy", "Wilson interval over answers; the participant bootstrap resamples whole participants.",
+         accuracy_table(results), "accuracy"),
+        ("Wrong answers and the attacked model's label",
+         "Images the attacked model got wrong: how many wrong human answers chose exactly its label; by chance "
+         f"1 in {len(results.study.classes) - 1}.", fooled_table(results), "fooled"),
+        ("Agreement with the models", "Human majority label per image (images with a tied majority left out) "
+         "against each model's label; asymptotic 95% interval from statsmodels.", agreement_table(results),
+         "agreement"),
+        ("Confusion", "", None, "confusion"),
+        ("Reaction times", "", None, "reaction-times"),
+    ]
+
+
 # ------------------------------------------------------------------------------------------------ HTML report
 def _png_data_uri(image: np.ndarray) -> str:
     from PIL import Image
@@ -449,20 +475,16 @@ def report_html(results: Results, made: dict[str, go.Figure] | None = None) -> s
         return made[name].to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{name}",
                                   config={"displaylogo": False, "responsive": True})
 
-    parts = [f"<h1>Results: {html.escape(study.title or study.slug)}</h1>",
-             f"<p>Study <code>{html.escape(study.slug)}</code>: {len(results.answers)} answers to trial images from "
-             f"{results.answers['participant'].nunique()} participants (excluded participants and practice left out)."
-             "</p>"]
+    parts = [f"<h1>Results: {html.escape(study.title or study.slug)}</h1>", f"<p>{html.escape(headline(results))}</p>"]
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in results.notes]
-    parts += ["<h2>Human accuracy</h2>", _table_html(accuracy_table(results)), figure("accuracy"),
-              "<h2>Wrong answers and the attacked model's label</h2>", _table_html(fooled_table(results)),
-              figure("fooled"),
-              "<h2>Agreement with the models</h2>",
-              '<p class="note">Human majority label per image (images with a tied majority left out) against each '
-              "model's label; asymptotic 95% interval from statsmodels.</p>",
-              _table_html(agreement_table(results)), figure("agreement"),
-              "<h2>Confusion</h2>", figure("confusion"), "<h2>Reaction times</h2>", figure("reaction-times"),
-              "<h2>Images that fooled people most</h2>"]
+    for heading, note, table, name in sections(results):
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if note:
+            parts.append(f'<p class="note">{html.escape(note)}</p>')
+        if table is not None:
+            parts.append(_table_html(table))
+        parts.append(figure(name))
+    parts.append(f"<h2>{IMAGES_HEADING}</h2>")
     if results.top.empty:
         parts.append("<p>No image was labelled wrongly yet.</p>")
     for n, (_, row) in enumerate(results.top.iterrows(), start=1):

@@ -128,6 +128,17 @@ def test_wilson_and_kappa_helpers():
     assert np.isnan(kappa_with_interval(np.array([4, 4]), np.array([4, 4]), 10)[0])
 
 
+def test_images_that_fooled_people_most(simulated):
+    db, study = simulated
+    top = compute_results(db, study, n_boot=10).top
+    assert len(top) == 6 and (top["share_true"] < 1).all()
+    # first the images people labelled with the fooled model's label; the robust model's true label never counts
+    first = top.iloc[0]
+    assert first["condition"] == FOOLED_C and first["share_adversarial"] == top["share_adversarial"].max() > 0
+    assert (top.loc[top["condition"] != FOOLED_C, "share_adversarial"] == 0).all()
+    assert top["share_adversarial"].is_monotonic_decreasing
+
+
 def test_enlarged_images_keep_their_pixels(simulated):
     db, study = simulated
     png = db.execute("SELECT png FROM items LIMIT 1").fetchone()[0]
@@ -195,3 +206,33 @@ def test_report_cli_refusals_leave_nothing(simulated, tmp_path, capsys):
         assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in db_file.parent.iterdir()) == before
     assert not list(tmp_path.iterdir())
+
+
+# --- the organiser page's Results tab --------------------------------------------------------------------
+
+def test_results_tab_shows_every_figure(simulated, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    db, study = simulated
+    monkeypatch.setenv("STUDY_DB", db.execute("PRAGMA database_list").fetchone()[2])
+    monkeypatch.setenv("STUDY_ADMIN_PASSWORD", "test-organiser-pw")
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "study_admin.py"), default_timeout=60).run()
+    at.text_input(key="admin_password").input("test-organiser-pw")
+    at = at.button[0].click().run()
+    assert not at.exception
+    assert [t.label for t in at.tabs][:2] == ["Progress", "Results"]
+    charts = at.get("plotly_chart")
+    expected = set(figures(compute_results(db, study, n_boot=10)))
+    assert len(charts) == len(expected) == 11
+    subheaders = [s.value for s in at.subheader]
+    assert {"Human accuracy", "Agreement with the models", "Images that fooled people most"} <= set(subheaders)
+    tables = [t.value for t in at.dataframe]
+    accuracy = next(t for t in tables if "Wilson 95% CI" in t.columns and "participant bootstrap 95% CI" in t.columns)
+    assert set(accuracy["condition"]) >= set(ACCURACY) and (accuracy["participants"] == "48").sum() == 3
+    images = at.get("image")  # lossless PNGs (Streamlit's default would be a smoothing JPEG)
+    assert len(images) == 6 and all(i.proto.imgs[0].url.endswith(".png") for i in images)
+    # the image that fooled people most is one the attacked model was fooled on, its label shown beside it
+    assert "Normal ResNet-18 (attacked)" in images[0].proto.imgs[0].caption
+    at.toggle(key="live").set_value(False).run()  # the live switch off: the same results, drawn once
+    assert not at.exception and len(at.get("plotly_chart")) == len(expected)
+    at.button(key="prepare-report").click().run()
+    assert any(b.proto.label == "Download report.html" for b in at.get("download_button"))
