@@ -15,6 +15,7 @@ from study.display import counts_text, failing_text, participants_table, progres
 from study.export import csv_bytes, export_frames, export_zip, participants_frame
 from study.results import (
     IMAGES_HEADING,
+    IMAGES_NOTE,
     compute_results,
     enlarged,
     figures,
@@ -194,9 +195,10 @@ def show_results(db, study) -> None:
             st.dataframe(table, hide_index=True)
         st.plotly_chart(made[name], key=f"results-{name}")
     st.subheader(IMAGES_HEADING)
+    st.caption(IMAGES_NOTE)
     for n, (_, row) in enumerate(results.top.iterrows(), start=1):
         left, right = st.columns([1, 2])
-        left.image(enlarged(row["png"]), caption=model_labels(results, row), output_format="PNG")  # already scaled by whole pixels
+        left.image(enlarged(row["png"]), caption=model_labels(results, row), output_format="PNG", width=192)  # already scaled by whole pixels
         right.plotly_chart(made[f"top-{n}"], key=f"results-top-{n}")
 
 

@@ -208,7 +208,9 @@ def compute_results(db: sqlite_utils.Database, study: Study, *, cifar10h: np.nda
     items = items_frame(db, study, responses)
     answers = responses[~responses["excluded"] & (responses["role"] == "trial")].copy()
     n_classes = len(study.classes)
-    conditions = list(study.conditions)
+    attacks = dict(zip(items["condition"], items["attack"], strict=True))
+    # clean first (the CIFAR-10H baseline beside it), then the attacked conditions in the study's order
+    conditions = sorted(study.conditions, key=lambda c: attacks.get(c) != CLEAN)
     confusion = {}
     for condition in conditions:
         mine = answers[answers["condition"] == condition]
@@ -235,6 +237,10 @@ def _pct(value: float) -> str:
     return "–" if not np.isfinite(value) else f"{100 * value:.1f}%"
 
 
+def _interval(low: float, high: float) -> str:
+    return f"{_pct(low)}–{_pct(high)}" if np.isfinite(low) and np.isfinite(high) else "–"
+
+
 def accuracy_figure(results: Results) -> go.Figure:
     frame = results.accuracy
     fig = go.Figure()
@@ -244,7 +250,7 @@ def accuracy_figure(results: Results) -> go.Figure:
     fig.add_bar(x=frame["condition"], y=frame["accuracy"], marker_color=colors, name="accuracy (Wilson 95% CI)",
                 error_y={"type": "data", "symmetric": False, "array": frame["wilson_hi"] - frame["accuracy"],
                          "arrayminus": frame["accuracy"] - frame["wilson_lo"]},
-                text=[_pct(v) for v in frame["accuracy"]], textposition="inside",
+                text=[_pct(v) for v in frame["accuracy"]], textposition="inside", insidetextanchor="start",
                 customdata=np.stack([frame["n_answers"], frame["n_participants"].astype("Float64").fillna(np.nan)],
                                     axis=1),
                 hovertemplate="%{x}: %{y:.1%} of %{customdata[0]} answers<extra></extra>")
@@ -269,9 +275,10 @@ def fooled_figure(results: Results) -> go.Figure:
                 error_y={"type": "data", "symmetric": False, "array": frame["wilson_hi"] - frame["share_of_wrong"],
                          "arrayminus": frame["share_of_wrong"] - frame["wilson_lo"]},
                 text=[f"{_pct(s)} of {n}" for s, n in zip(frame["share_of_wrong"], frame["n_wrong"], strict=True)],
-                textposition="inside")
-    fig.add_scatter(x=frame["condition"], y=frame["chance_share_of_wrong"], mode="markers+lines", name="chance",
-                    line={"dash": "dash", "color": "black"})
+                textposition="inside", insidetextanchor="start")
+    chance = float(frame["chance_share_of_wrong"].iloc[0])
+    fig.add_hline(y=chance, line_dash="dash", line_color="black", annotation_text=f"chance ({_pct(chance)})",
+                  annotation_position="top left")
     fig.update_layout(title="Did people pick the label the attacked model was fooled into?",
                       yaxis={"range": [0, 1.05], "tickformat": ".0%", "title": "share of wrong answers"},
                       height=420, legend={"orientation": "h", "y": -0.25})
@@ -376,8 +383,8 @@ def accuracy_table(results: Results) -> pd.DataFrame:
         "condition": frame["condition"], "answers": frame["n_answers"],
         "participants": [("–" if pd.isna(n) else str(n)) for n in frame["n_participants"]],
         "accuracy": [_pct(v) for v in frame["accuracy"]],
-        "Wilson 95% CI": [f"{_pct(lo)}–{_pct(hi)}" for lo, hi in zip(frame["wilson_lo"], frame["wilson_hi"], strict=True)],
-        "participant bootstrap 95% CI": [f"{_pct(lo)}–{_pct(hi)}" if np.isfinite(lo) else (note or "–")
+        "Wilson 95% CI": [_interval(lo, hi) for lo, hi in zip(frame["wilson_lo"], frame["wilson_hi"], strict=True)],
+        "participant bootstrap 95% CI": [_interval(lo, hi) if np.isfinite(lo) else (note or "–")
                                          for lo, hi, note in zip(frame["bootstrap_lo"], frame["bootstrap_hi"],
                                                                  frame["note"], strict=True)],
     }) if not frame.empty else pd.DataFrame()
@@ -391,7 +398,7 @@ def fooled_table(results: Results) -> pd.DataFrame:
         "condition": frame["condition"], "images the model got wrong": frame["n_items_fooled"],
         "answers": frame["n_answers"], "chose the model's label": [_pct(v) for v in frame["share_adversarial"]],
         "wrong answers": frame["n_wrong"], "of wrong, chose the model's label": [_pct(v) for v in frame["share_of_wrong"]],
-        "Wilson 95% CI": [f"{_pct(lo)}–{_pct(hi)}" for lo, hi in zip(frame["wilson_lo"], frame["wilson_hi"], strict=True)],
+        "Wilson 95% CI": [_interval(lo, hi) for lo, hi in zip(frame["wilson_lo"], frame["wilson_hi"], strict=True)],
         "chance": [_pct(v) for v in frame["chance_share_of_wrong"]],
         "note": frame["note"],
     })
@@ -415,6 +422,8 @@ def agreement_table(results: Results) -> pd.DataFrame:
 
 
 IMAGES_HEADING = "Images that fooled people most"
+IMAGES_NOTE = ("Each image as people saw it, 6x, unsmoothed; beside it how many people chose each label: green the "
+               "true class, orange the attacked model's label.")
 
 
 def headline(results: Results) -> str:
@@ -458,7 +467,7 @@ body { font-family: system-ui, sans-serif; max-width: 1240px; margin: 1em auto; 
 table.results { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 14px; }
 table.results th, table.results td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: left; }
 .image-row { display: flex; gap: 1.5em; align-items: center; margin-bottom: 1em; }
-.image-row img { image-rendering: pixelated; image-rendering: crisp-edges; width: 192px; height: 192px; }
+.image-row img { image-rendering: crisp-edges; image-rendering: pixelated; width: 192px; height: 192px; }
 .image-row .hist { flex: 1; min-width: 320px; }
 .note { color: #555; }
 """
@@ -484,7 +493,7 @@ def report_html(results: Results, made: dict[str, go.Figure] | None = None) -> s
         if table is not None:
             parts.append(_table_html(table))
         parts.append(figure(name))
-    parts.append(f"<h2>{IMAGES_HEADING}</h2>")
+    parts.append(f'<h2>{IMAGES_HEADING}</h2><p class="note">{IMAGES_NOTE}</p>')
     if results.top.empty:
         parts.append("<p>No image was labelled wrongly yet.</p>")
     for n, (_, row) in enumerate(results.top.iterrows(), start=1):
