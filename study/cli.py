@@ -316,6 +316,82 @@ def _add_results_commands(sub) -> None:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the participant intervals")
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("plan", help="participants, labels per item, duration and cost a study needs (simulated, "
+                       "with an analytic check)")
+    p.add_argument("--conditions", default=None, help="comma-separated; the first is the reference (clean)")
+    p.add_argument("--accuracy", default=None, help="expected human accuracy per condition, comma-separated shares")
+    p.add_argument("--pilot", type=Path, default=None, help="read the expected accuracies from this study database")
+    p.add_argument("--pilot-study", default=None, help="the pilot's study name (default: its only study)")
+    p.add_argument("--difference", type=float, default=0.10, help="smallest drop in accuracy worth detecting (share)")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--power", type=float, default=0.80)
+    p.add_argument("--items-per-condition", type=int, default=100, help="images each condition offers")
+    p.add_argument("--items-per-participant", type=int, default=30)
+    p.add_argument("--catch-per-participant", type=int, default=3)
+    p.add_argument("--practice", type=int, default=3, help="practice images per participant")
+    p.add_argument("--labels-per-item", type=int, default=1, help="at least this many labels per image")
+    p.add_argument("--seconds-per-item", type=float, default=4.0)
+    p.add_argument("--overhead-min", type=float, default=2.0, help="minutes for consent, instructions, end page")
+    p.add_argument("--pay-per-hour", type=float, default=12.0)
+    p.add_argument("--fee-share", type=float, default=0.0, help="platform fee as a share of the pay (e.g. 0.33)")
+    p.add_argument("--participant-sd", type=float, default=0.0, help="spread of participants' accuracy (logit scale)")
+    p.add_argument("--simulations", type=int, default=1000, help="simulated studies per size")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _shares(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what}: comma-separated numbers, got {text!r}") from None
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .plan import PlanInput, make_plan, plan_text
+
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()] if args.conditions else None
+    if args.pilot is not None:
+        if args.accuracy:
+            raise ValueError("give --accuracy or --pilot, not both")
+        conditions, accuracy = _pilot_accuracy(args.pilot, args.pilot_study, conditions)
+    elif args.accuracy and conditions:
+        accuracy = _shares(args.accuracy, "--accuracy")
+    else:
+        raise ValueError("give --conditions with --accuracy, or --pilot DB")
+    made = make_plan(PlanInput(
+        conditions=conditions, accuracy=accuracy, difference=args.difference, alpha=args.alpha, power=args.power,
+        items_per_condition=args.items_per_condition, items_per_participant=args.items_per_participant,
+        catch_per_participant=args.catch_per_participant, practice=args.practice,
+        min_labels_per_item=args.labels_per_item, seconds_per_item=args.seconds_per_item,
+        overhead_min=args.overhead_min, pay_per_hour=args.pay_per_hour, fee_share=args.fee_share,
+        participant_sd=args.participant_sd, simulations=args.simulations, seed=args.seed))
+    print(plan_text(made))
+    return 0
+
+
+def _pilot_accuracy(path: Path, slug: str | None, conditions: list[str] | None) -> tuple[list[str], list[float]]:
+    """Conditions (clean first) and their human accuracy in a pilot study; shares of 0 or 1 are moved half an
+    answer inwards (a pilot that saw no error does not mean people never err)."""
+    from .results import compute_results
+
+    db = open_db_readonly(path)
+    try:
+        problems = database_problems(db)
+        if problems:
+            raise StudyDBError(f"{path} fails `python -m study check` ({len(problems)} problem(s)); first: {problems[0]}")
+        # the accuracies only: no participant bootstrap
+        accuracy = compute_results(db, _only_study(db, slug), n_boot=1, min_participants=2**31).accuracy
+    finally:
+        db.conn.close()
+    ours = accuracy[(accuracy["source"] == "this study") & (accuracy["n_answers"] > 0)].set_index("condition")
+    conditions = conditions or list(ours.index)
+    missing = [c for c in conditions if c not in ours.index]
+    if missing:
+        raise LookupError(f"the pilot has no answers for {', '.join(missing)} (it has: {', '.join(ours.index)})")
+    half = 0.5 / ours["n_answers"]
+    shares = ours["accuracy"].clip(lower=half, upper=1 - half)
+    return conditions, [float(shares[c]) for c in conditions]
+
 
 def _check_out_folder(out: Path, overwrite: bool, inputs: list[Path]) -> None:
     """Refuse an --out that is a file, holds files (unless --overwrite), or holds one of the inputs."""
@@ -407,7 +483,7 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-RESULTS_COMMANDS = {"report": _report}
+RESULTS_COMMANDS = {"report": _report, "plan": _plan}
 
 
 def main(argv: list[str] | None = None) -> int:

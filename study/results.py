@@ -21,6 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import sqlite_utils
 from plotly.subplots import make_subplots
+from scipy.stats import norm
 from statsmodels.stats.inter_rater import cohens_kappa
 from statsmodels.stats.proportion import proportion_confint
 
@@ -57,6 +58,21 @@ def wilson(successes: int, n: int) -> tuple[float, float]:
         return float("nan"), float("nan")
     low, high = proportion_confint(successes, n, alpha=0.05, method="wilson")
     return float(low), float(high)
+
+
+def difference_test(right_a, n_a, right_b, n_b) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided pooled two-proportion z-test of share a vs share b, vectorised over arrays of counts (the same
+    test as statsmodels' proportions_ztest): (a - b, p-value). NaN where a share is undefined; p = 1 where both
+    shares are 0 or 1 (no variance, no evidence)."""
+    right_a, right_b = np.asarray(right_a, dtype=float), np.asarray(right_b, dtype=float)
+    n_a, n_b = np.asarray(n_a, dtype=float), np.asarray(n_b, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share_a, share_b = right_a / n_a, right_b / n_b
+        pooled = (right_a + right_b) / (n_a + n_b)
+        se = np.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+        z = (share_a - share_b) / se
+    p = np.where(se > 0, 2 * norm.sf(np.abs(z)), 1.0)
+    return share_a - share_b, np.where(np.isfinite(share_a) & np.isfinite(share_b), p, np.nan)
 
 
 def participant_bootstrap(answers: pd.DataFrame, outcome: pd.Series, *, min_participants: int, n_boot: int,
@@ -99,6 +115,14 @@ def _accuracy(answers: pd.DataFrame, items: pd.DataFrame, conditions: list[str],
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame["n_participants"] = frame["n_participants"].astype("Int64")
+        # each condition against the first (clean) one: the test the planner plans for
+        ours = frame[frame["source"] == "this study"]
+        ref = ours.iloc[0]
+        right = (ours["accuracy"] * ours["n_answers"]).round()
+        diff, p = difference_test(right, ours["n_answers"], round(ref["accuracy"] * ref["n_answers"]), ref["n_answers"])
+        frame["difference_vs_reference"] = pd.Series(diff, index=ours.index)
+        frame["p_vs_reference"] = pd.Series(p, index=ours.index)
+        frame.loc[ours.index[0], ["difference_vs_reference", "p_vs_reference"]] = np.nan
     return frame
 
 
@@ -387,6 +411,9 @@ def accuracy_table(results: Results) -> pd.DataFrame:
         "participant bootstrap 95% CI": [_interval(lo, hi) if np.isfinite(lo) else (note or "–")
                                          for lo, hi, note in zip(frame["bootstrap_lo"], frame["bootstrap_hi"],
                                                                  frame["note"], strict=True)],
+        f"vs {frame['condition'].iloc[0]}": ["–" if not np.isfinite(d) else f"{100 * d:+.1f} points, p = {p:.2g}"
+                                              for d, p in zip(frame["difference_vs_reference"],
+                                                              frame["p_vs_reference"], strict=True)],
     }) if not frame.empty else pd.DataFrame()
 
 
@@ -434,7 +461,8 @@ def headline(results: Results) -> str:
 def sections(results: Results) -> list[tuple[str, str, pd.DataFrame | None, str]]:
     """(heading, note, table or None, figure name) in the order the report and the Results tab show them."""
     return [
-        ("Human accuracy", "Wilson interval over answers; the participant bootstrap resamples whole participants.",
+        ("Human accuracy", "Wilson interval over answers; the participant bootstrap resamples whole participants; "
+         "each condition against the first by a two-sided two-proportion z-test over answers.",
          accuracy_table(results), "accuracy"),
         ("Wrong answers and the attacked model's label",
          "Images the attacked model got wrong: how many wrong human answers chose exactly its label; by chance "
