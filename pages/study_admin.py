@@ -13,6 +13,7 @@ from study.admin import create_from_form, exclude_failing, failing_catch, overvi
 from study.auth import AdminNotConfigured, check_password, configured_password, locked_for
 from study.display import counts_text, failing_text, participants_table, progress_bar, readable, retry_text
 from study.export import csv_bytes, export_frames, export_zip, participants_frame
+from study.plan import PlanInput, make_plan, plan_text, power_figure
 from study.results import (
     IMAGES_HEADING,
     IMAGES_NOTE,
@@ -152,6 +153,39 @@ def create_tab(db) -> None:
             st.success(f"Created study {config.slug}.")
 
 
+def plan_form() -> None:
+    """study.plan: how many participants a study needs, before creating it."""
+    with st.form("plan-study"):
+        c = st.columns(2)
+        conditions = c[0].text_input("Conditions, comma-separated (the first is the reference)",
+                                     "clean, PGD16-vs-Normal ResNet-18", key="plan-conditions")
+        accuracy = c[1].text_input("Expected human accuracy per condition", "0.9, 0.7", key="plan-accuracy")
+        c = st.columns(4)
+        difference = c[0].number_input("Smallest drop worth detecting", 0.01, 0.9, 0.10, 0.01, key="plan-difference")
+        alpha = c[1].number_input("α", 0.001, 0.2, 0.05, 0.01, key="plan-alpha")
+        power = c[2].number_input("Power", 0.5, 0.99, 0.80, 0.05, key="plan-power")
+        items = c[3].number_input("Images per condition", 1, 100_000, 100, key="plan-items")
+        c = st.columns(4)
+        per_participant = c[0].number_input("Images per participant", 1, 1000, 30, key="plan-n")
+        seconds = c[1].number_input("Seconds per image", 0.5, 60.0, 4.0, 0.5, key="plan-seconds")
+        pay = c[2].number_input("Pay per hour", 0.0, 1000.0, 12.0, 0.5, key="plan-pay")
+        fee = c[3].number_input("Platform fee (share of pay)", 0.0, 2.0, 0.0, 0.05, key="plan-fee")
+        submitted = st.form_submit_button("Plan")
+    if not submitted:
+        return
+    try:
+        made = make_plan(PlanInput(
+            conditions=[x.strip() for x in conditions.split(",") if x.strip()],
+            accuracy=[float(x) for x in accuracy.split(",") if x.strip()], difference=difference, alpha=alpha,
+            power=power, items_per_condition=int(items), items_per_participant=int(per_participant),
+            seconds_per_item=seconds, pay_per_hour=pay, fee_share=fee))
+    except ValueError as e:  # PlanError, or a number that does not parse
+        st.error(f"No plan: {e}")
+        return
+    st.text(plan_text(made))
+    st.plotly_chart(power_figure(made), key="plan-curve")
+
+
 def export_tab(db, study) -> None:
     n_boot = st.number_input("Bootstrap resamples", 100, 20_000, 2000, step=100, key="n-boot")
     cifar10h_path = st.text_input("CIFAR-10H counts.npy (empty: $RANDMASK_DATA/cifar10h/counts.npy)", key="c10h")
@@ -227,6 +261,8 @@ def run_page(db) -> None:
     tab_studies, tab_results, tab_participants, tab_create, tab_export = st.tabs(
         ["Progress", "Results", "Participants", "Create", "Export"])
     with tab_create:
+        with st.expander("Plan the study's size first"):
+            plan_form()
         create_tab(db)
     if not studies:
         with tab_studies:

@@ -51,7 +51,7 @@ def test_a_study_of_the_planned_size_has_the_planned_power():
     slots = allocation(check, made.participants)
     power = simulated_power(check, [0.9, 0.8, 0.8], slots, np.array([made.participants]), seed=12345).mean()
     assert abs(power - 0.8) <= 0.05, power
-    # one participant fewer than planned misses the target (the plan is the smallest that reaches it)
+    # a smaller study has less power (the plan is the smallest size that reaches the target)
     below = simulated_power(check, [0.9, 0.8, 0.8], slots, np.array([made.participants - 3]), seed=12345).mean()
     assert below < power
 
@@ -116,3 +116,22 @@ def test_plan_cli_typed_and_from_a_pilot(tmp_path, study_sets, capsys):
     for condition in ACCURACY:
         if condition != "clean":
             assert f"{condition}: expected accuracy {acc[condition]:.0%}" in out
+
+
+def test_create_tab_plans_a_study(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    from test_study_pages import ADMIN_PAGE, PASSWORD, sign_in
+    monkeypatch.setenv("STUDY_DB", str(tmp_path / "new.db"))
+    monkeypatch.setenv("STUDY_ADMIN_PASSWORD", PASSWORD)
+    at = sign_in(AppTest.from_file(ADMIN_PAGE, default_timeout=60).run(), PASSWORD)
+    at.text_input(key="plan-accuracy").input("0.9, 0.7, 0.8")
+    next(b for b in at.button if b.label == "Plan").click().run()
+    assert "No plan: 2 conditions but 3 accuracies" in [e.value for e in at.error][0]
+    at.text_input(key="plan-accuracy").input("0.9, 0.7")
+    at.number_input(key="plan-n").set_value(6)
+    next(b for b in at.button if b.label == "Plan").click().run()
+    assert not at.exception and not at.error
+    expected = make_plan(PlanInput(conditions=["clean", "PGD16-vs-Normal ResNet-18"], accuracy=[0.9, 0.7],
+                                   items_per_condition=100, items_per_participant=6))
+    shown = next(t.value for t in at.text if t.value.startswith("participants needed"))
+    assert shown.startswith(f"participants needed: {expected.participants} ") and len(at.get("plotly_chart")) == 1
