@@ -334,7 +334,6 @@ def _add_results_commands(sub) -> None:
     p.add_argument("--overhead-min", type=float, default=2.0, help="minutes for consent, instructions, end page")
     p.add_argument("--pay-per-hour", type=float, default=12.0)
     p.add_argument("--fee-share", type=float, default=0.0, help="platform fee as a share of the pay (e.g. 0.33)")
-    p.add_argument("--participant-sd", type=float, default=0.0, help="spread of participants' accuracy (logit scale)")
     p.add_argument("--simulations", type=int, default=1000, help="simulated studies per size")
     p.add_argument("--seed", type=int, default=0)
 
@@ -364,7 +363,7 @@ def _plan(args: argparse.Namespace) -> int:
         catch_per_participant=args.catch_per_participant, practice=args.practice,
         min_labels_per_item=args.labels_per_item, seconds_per_item=args.seconds_per_item,
         overhead_min=args.overhead_min, pay_per_hour=args.pay_per_hour, fee_share=args.fee_share,
-        participant_sd=args.participant_sd, simulations=args.simulations, seed=args.seed))
+        simulations=args.simulations, seed=args.seed))
     print(plan_text(made))
     return 0
 

@@ -5,9 +5,8 @@ power for two proportions.
 
 The question planned for: is human accuracy in each attacked condition lower than in the reference condition
 (the first one, normally `clean`) by at least `difference`? Two-sided two-proportion z-test at level `alpha`
-per comparison, over answers. Answers are simulated as independent draws with the expected accuracy; with
-`participant_sd` > 0 each participant's accuracy moves on the logit scale, and then the allocation decides who
-answers what and the answers are no longer independent (the analytic calculation does not see that).
+per comparison, over answers. Answers are simulated as independent draws with the expected accuracy (people
+who differ in skill are not modelled: each sees every condition, so that would mostly cancel in the comparison).
 No Streamlit import here.
 """
 from __future__ import annotations
@@ -18,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from scipy.special import expit, logit
 from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import proportion_effectsize
 
@@ -26,6 +24,7 @@ from .assign import Candidate, choose_items
 from .results import difference_test
 
 MAX_PARTICIPANTS = 20_000
+MAX_DRAWS = 50_000_000  # simulated (study, participant, condition) counts held at once: 200 MB
 
 
 class PlanError(ValueError):
@@ -48,7 +47,6 @@ class PlanInput:
     overhead_min: float = 2.0  # consent, instructions and the end page
     pay_per_hour: float = 12.0
     fee_share: float = 0.0  # the platform's fee on top of the pay (Prolific: about a third)
-    participant_sd: float = 0.0  # spread of participants' accuracy on the logit scale
     simulations: int = 1000
     seed: int = 0
 
@@ -69,7 +67,7 @@ class PlanInput:
         if self.items_per_condition < self.items_per_participant // len(self.conditions):
             raise PlanError("each condition needs at least as many images as a participant sees from it")
         for name in ("catch_per_participant", "practice", "seconds_per_item", "overhead_min", "pay_per_hour",
-                     "fee_share", "participant_sd"):
+                     "fee_share"):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise PlanError(f"{name.replace('_', '-')} must be 0 or more")
         if not 10 <= self.simulations <= 100_000 or self.min_labels_per_item < 1:
@@ -141,13 +139,11 @@ def simulated_power(plan: PlanInput, accuracy: list[float], slots: np.ndarray, s
     condition's difference from the reference (p < alpha). The design's comparisons all have the same
     difference, so make_plan takes their mean: the power of one comparison, estimated from all of them."""
     rng = np.random.default_rng(seed)
-    reps, people = plan.simulations, slots.shape[0]
-    logits = logit(np.asarray(accuracy))[slots]  # (people, items)
-    offsets = rng.normal(0.0, plan.participant_sd, size=(reps, people, 1)) if plan.participant_sd else 0.0
-    correct = rng.random((reps, *slots.shape)) < expit(logits + offsets)
-    per_condition = np.stack([(correct & (slots == c)).sum(axis=2) for c in range(len(accuracy))], axis=2)
+    shown = np.stack([(slots == c).sum(axis=1) for c in range(len(accuracy))], axis=1)  # (people, conditions)
+    # independent answers: each participant's correct answers per condition are binomial
+    per_condition = rng.binomial(shown, np.asarray(accuracy), size=(plan.simulations, *shown.shape)).astype(np.int32)
     cumulative = per_condition.cumsum(axis=1)  # (reps, people, conditions): correct answers of the first p people
-    answered = np.stack([(slots == c).sum(axis=1) for c in range(len(accuracy))], axis=1).cumsum(axis=0)
+    answered = shown.cumsum(axis=0)
     found = np.zeros((len(sizes), len(accuracy) - 1))
     for s, size in enumerate(sizes):
         right, n = cumulative[:, size - 1, :], answered[size - 1]
@@ -168,6 +164,9 @@ def make_plan(plan: PlanInput) -> Plan:
     if top > MAX_PARTICIPANTS:
         raise PlanError(f"this needs about {math.ceil(n_analytic / plan.per_condition)} participants, more than "
                         f"{MAX_PARTICIPANTS} planned here; detect a larger difference")
+    if top * plan.simulations * len(plan.conditions) > MAX_DRAWS:
+        raise PlanError(f"{plan.simulations} simulated studies of up to {top} participants are too many to hold; "
+                        f"use at most {MAX_DRAWS // (top * len(plan.conditions))} simulations")
     slots = allocation(plan, top)
     sizes = np.unique(np.linspace(max(2, top // 12), top, 24).astype(int))
     power = simulated_power(plan, design, slots, sizes, plan.seed).mean(axis=1)
