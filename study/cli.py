@@ -414,6 +414,9 @@ def _new_folder(out: Path) -> Iterator[Path]:
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".new", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's folder is private; the report folder is for sharing, like mkdir's
     done = False
     try:
         yield tmp

@@ -98,7 +98,8 @@ def _accuracy(answers: pd.DataFrame, items: pd.DataFrame, conditions: list[str],
         lo, hi = wilson(correct, n)
         b_lo, b_hi = participant_bootstrap(mine, mine["correct"], min_participants=min_participants, n_boot=n_boot,
                                            seed=seed)
-        rows.append({"condition": condition, "source": "this study", "n_answers": n, "n_participants": people,
+        rows.append({"condition": condition, "source": "this study", "n_answers": n, "n_correct": correct,
+                     "n_participants": people,
                      "accuracy": correct / n if n else np.nan, "wilson_lo": lo, "wilson_hi": hi,
                      "bootstrap_lo": b_lo, "bootstrap_hi": b_hi,
                      "note": "" if np.isfinite(b_lo) or n == 0 else _too_few(people, min_participants)})
@@ -109,6 +110,7 @@ def _accuracy(answers: pd.DataFrame, items: pd.DataFrame, conditions: list[str],
             total = int(ref.sum())
             lo, hi = wilson(right, total)
             rows.append({"condition": f"{condition} (CIFAR-10H)", "source": "CIFAR-10H", "n_answers": total,
+                         "n_correct": right,
                          "n_participants": pd.NA, "accuracy": right / total if total else np.nan, "wilson_lo": lo,
                          "wilson_hi": hi, "bootstrap_lo": np.nan, "bootstrap_hi": np.nan,
                          "note": "same images, CIFAR-10H annotators (Peterson et al. 2019)"})
@@ -118,8 +120,7 @@ def _accuracy(answers: pd.DataFrame, items: pd.DataFrame, conditions: list[str],
         # each condition against the first (clean) one: the test the planner plans for
         ours = frame[frame["source"] == "this study"]
         ref = ours.iloc[0]
-        right = (ours["accuracy"] * ours["n_answers"]).round()
-        diff, p = difference_test(right, ours["n_answers"], round(ref["accuracy"] * ref["n_answers"]), ref["n_answers"])
+        diff, p = difference_test(ours["n_correct"], ours["n_answers"], ref["n_correct"], ref["n_answers"])
         frame["difference_vs_reference"] = pd.Series(diff, index=ours.index)
         frame["p_vs_reference"] = pd.Series(p, index=ours.index)
         frame.loc[ours.index[0], ["difference_vs_reference", "p_vs_reference"]] = np.nan
@@ -312,7 +313,7 @@ def fooled_figure(results: Results) -> go.Figure:
 def agreement_figure(results: Results) -> go.Figure:
     frame = results.agreement
     fig = go.Figure()
-    for model, rows in frame.groupby("model", sort=True):
+    for model, rows in (frame.groupby("model", sort=True) if not frame.empty else []):
         fig.add_bar(x=rows["condition"], y=rows["kappa"], name=model,
                     error_y={"type": "data", "symmetric": False, "array": rows["kappa_hi"] - rows["kappa"],
                              "arrayminus": rows["kappa"] - rows["kappa_lo"]},

@@ -2,6 +2,7 @@
 with known behaviour, run through the real assignment and answer code, are recovered within the intervals."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -178,6 +179,9 @@ def test_report_cli_writes_one_html_file(simulated, tmp_path, capsys):
     assert captured.out.strip().splitlines()[0] == str(out / "report.html")
     assert "kaleido is not installed" in captured.err and len(captured.err.strip().splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == ["report.html"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir would make it, not private
     assert not [p for p in out.parent.iterdir() if p.name != "report"]  # no temporary folder left beside it
     page = (out / "report.html").read_text()
     assert 'id="figure-accuracy"' in page and 'id="figure-top-6"' in page
@@ -236,3 +240,21 @@ def test_results_tab_shows_every_figure(simulated, monkeypatch):
     assert not at.exception and len(at.get("plotly_chart")) == len(expected)
     at.button(key="prepare-report").click().run()
     assert any(b.proto.label == "Download report.html" for b in at.get("download_button"))
+
+
+@pytest.mark.parametrize("participants", [0, 3])
+def test_report_of_a_study_without_models_or_answers(tmp_path, study_sets, participants, capsys):
+    """Clean images only (no attacked model, no model labels), before and after the first answers."""
+    path = tmp_path / "plain.db"
+    support.make_study(path, {**study_sets, "conditions": [study_sets["conditions"][0]]}, items_per_participant=2)
+    for p in range(participants):
+        simulate_participant(path, "s1", f"p{p}")
+    db = open_db(path)
+    try:
+        results = compute_results(db, get_study(db, "s1"), n_boot=50)
+    finally:
+        db.close()
+    assert results.fooled.empty and results.agreement.empty and results.empty == (participants == 0)
+    assert report("--db", str(path), "--out", str(tmp_path / "r"), "--no-cifar10h") == 0, capsys.readouterr().err
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert 'id="figure-agreement"' in page and ("No image was labelled wrongly yet" in page) == (participants == 0)
