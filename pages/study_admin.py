@@ -5,13 +5,23 @@ The database is $STUDY_DB (default study_data/study.db).
 """
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 from pages._ui import ensure_app
 from study import DesignError, StudyDBError, get_study, list_studies, open_db, set_status
-from study.admin import create_from_form, exclude_failing, failing_catch, overview, set_excluded
+from study.admin import create_from_form, exclude_failing, failing_catch, find_sets, overview, set_excluded
 from study.auth import AdminNotConfigured, check_password, configured_password, locked_for
-from study.display import counts_text, failing_text, participants_table, progress_bar, readable, retry_text
+from study.display import (
+    counts_text,
+    exclude_label,
+    failing_text,
+    participants_table,
+    progress_bar,
+    readable,
+    retry_text,
+)
 from study.export import csv_bytes, export_frames, export_zip, participants_frame
 from study.plan import PlanInput, make_plan, plan_text, power_figure
 from study.results import (
@@ -112,7 +122,7 @@ def participants_tab(db, study) -> None:
     threshold = st.slider("Minimum catch-trial accuracy", 0.0, 1.0, 0.5, 0.05, key="catch-threshold")
     failing = failing_catch(db, study, threshold)
     st.write(failing_text(failing, threshold))
-    if failing and st.button(f"Exclude these {len(failing)}", key="exclude-failing"):
+    if failing and st.button(exclude_label(len(failing)), key="exclude-failing"):
         exclude_failing(db, study.slug, failing, threshold)
         st.rerun()
     uid = st.selectbox("Participant", frame["participant"].tolist(), key="one-participant")
@@ -127,10 +137,17 @@ def participants_tab(db, study) -> None:
 
 
 def create_tab(db) -> None:
+    root = st.text_input("Look for set folders under", os.environ.get("STUDY_SETS", "."), key="sets-root")
+    found = find_sets(root)
+    if found.empty:
+        st.caption(f"No set folders (with a meta.csv) found under {root!r}, three levels deep.")
+    else:
+        st.dataframe(found, hide_index=True)
     with st.form("create-study"):
         slug = st.text_input("Name (used in links)", key="new-slug", max_chars=40)
         title = st.text_input("Title", key="new-title", max_chars=200)
-        sets = st.text_area("Set folders, one per line", key="new-sets")
+        picked = st.multiselect("Sets for the study's conditions", found["folder"].tolist(), key="new-picked")
+        sets = st.text_area("Other set folders, one per line", key="new-sets")
         catch_set = st.text_input("Catch-trial set folder (clean, unambiguous images)", key="new-catch")
         practice_set = st.text_input("Practice set folder (optional)", key="new-practice")
         c = st.columns(4)
@@ -146,7 +163,7 @@ def create_tab(db) -> None:
             config = create_from_form(db, slug=slug, title=title, sets=sets, catch_set=catch_set,
                                       practice_set=practice_set, labels_per_item=k, items_per_participant=n,
                                       catch_per_participant=n_catch, presentation_ms=ms, completion_code=code,
-                                      redirect_url=redirect)
+                                      redirect_url=redirect, picked_sets=picked)
         except (DesignError, SetError) as e:
             st.error(f"Not created: {e}")
         else:
