@@ -258,3 +258,28 @@ def test_report_of_a_study_without_models_or_answers(tmp_path, study_sets, parti
     assert report("--db", str(path), "--out", str(tmp_path / "r"), "--no-cifar10h") == 0, capsys.readouterr().err
     page = (tmp_path / "r" / "report.html").read_text()
     assert 'id="figure-agreement"' in page and ("No image was labelled wrongly yet" in page) == (participants == 0)
+
+
+def test_report_cli_writes_a_png_per_figure_when_kaleido_is_there(simulated, tmp_path, capsys, monkeypatch):
+    """kaleido is not installed here: a stand-in module, and Figure.write_image writing what it was asked."""
+    import sys
+    import types
+
+    import plotly.graph_objects as go
+    asked = []
+
+    def write_image(fig, path, width, height):
+        asked.append((Path(path).name, width, height))
+        Path(path).write_bytes(b"\x89PNG\r\n\x1a\n")
+
+    monkeypatch.setitem(sys.modules, "kaleido", types.ModuleType("kaleido"))
+    monkeypatch.setattr(go.Figure, "write_image", write_image)
+    db, study = simulated
+    out = tmp_path / "with-pngs"
+    assert report("--db", db.execute("PRAGMA database_list").fetchone()[2], "--out", str(out), "--no-cifar10h",
+                  "--bootstrap", "50") == 0
+    names = set(figures(compute_results(db, study, n_boot=10)))
+    assert {a[0] for a in asked} == {f"{n}.png" for n in names} and all(w == 1200 and h > 0 for _, w, h in asked)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["report.html", *(f"{n}.png" for n in names)])
+    captured = capsys.readouterr()
+    assert f"{len(names)} PNGs in {out}" in captured.out and "kaleido" not in captured.err
