@@ -424,7 +424,12 @@ def _new_folder(out: Path) -> Iterator[Path]:
         if out.exists():
             old = out.with_name(f"{tmp.name[:-4]}.old")
             os.replace(out, old)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old is not None:
+                os.replace(old, out)  # the old folder goes back where it was
+            raise
         done = True
         if old is not None:
             shutil.rmtree(old)
@@ -463,7 +468,7 @@ def _report(args: argparse.Namespace) -> int:
     path = Path(args.db or default_db_path())
     if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
         raise ValueError(f"--bootstrap must be from 0 to {MAX_BOOTSTRAP}, got {args.bootstrap}")
-    _check_out_folder(args.out, args.overwrite, [path])
+    _check_out_folder(args.out, args.overwrite, [path, *([args.cifar10h] if args.cifar10h else [])])
     db = open_db_readonly(path)
     try:
         problems = database_problems(db)

@@ -200,6 +200,8 @@ def test_report_cli_refusals_leave_nothing(simulated, tmp_path, capsys):
     cases = [
         (["--db", str(db_file), "--out", str(db_file.parent), "--overwrite"], "holds the input"),
         (["--db", str(db_file), "--out", str(db_file)], "is a file"),
+        (["--db", str(db_file), "--out", str(tmp_path), "--overwrite", "--cifar10h", str(tmp_path / "c" / "counts.npy")],
+         "holds the input"),
         (["--db", str(tmp_path / "missing.db"), "--out", str(tmp_path / "r1")], "missing.db"),
         (["--db", str(db_file), "--out", str(tmp_path / "r2"), "--study", "nope"], "no study named 'nope'"),
         (["--db", str(db_file), "--out", str(tmp_path / "r3"), "--bootstrap", "-1"], "--bootstrap"),
@@ -283,3 +285,24 @@ def test_report_cli_writes_a_png_per_figure_when_kaleido_is_there(simulated, tmp
     assert sorted(p.name for p in out.iterdir()) == sorted(["report.html", *(f"{n}.png" for n in names)])
     captured = capsys.readouterr()
     assert f"{len(names)} PNGs in {out}" in captured.out and "kaleido" not in captured.err
+
+
+def test_report_cli_keeps_the_old_report_when_the_new_one_cannot_be_moved_in(simulated, tmp_path, capsys,
+                                                                             monkeypatch):
+    import study.cli as cli_module
+    db, _ = simulated
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "old.html").write_text("old report")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(src).endswith(".new"):
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(cli_module.os, "replace", failing_replace)
+    assert report("--db", db.execute("PRAGMA database_list").fetchone()[2], "--out", str(out), "--overwrite",
+                  "--no-cifar10h", "--bootstrap", "20") == 2
+    assert "disk full" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["report"] and (out / "old.html").read_text() == "old report"
