@@ -5,14 +5,36 @@ The database is $STUDY_DB (default study_data/study.db).
 """
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 from pages._ui import ensure_app
 from study import DesignError, StudyDBError, get_study, list_studies, open_db, set_status
-from study.admin import create_from_form, exclude_failing, failing_catch, overview, set_excluded
+from study.admin import create_from_form, exclude_failing, failing_catch, find_sets, overview, set_excluded
 from study.auth import AdminNotConfigured, check_password, configured_password, locked_for
-from study.display import counts_text, failing_text, participants_table, progress_bar, readable, retry_text
+from study.display import (
+    counts_text,
+    exclude_label,
+    failing_text,
+    participants_table,
+    progress_bar,
+    readable,
+    retry_text,
+)
 from study.export import csv_bytes, export_frames, export_zip, participants_frame
+from study.plan import PlanInput, make_plan, plan_text, power_figure
+from study.results import (
+    IMAGES_HEADING,
+    IMAGES_NOTE,
+    compute_results,
+    enlarged,
+    figures,
+    headline,
+    model_labels,
+    report_html,
+    sections,
+)
 from study.serve import DEFAULT_BASE_URL
 from study.sets import SetError, load_cifar10h
 from study.validate import participant_link
@@ -100,7 +122,7 @@ def participants_tab(db, study) -> None:
     threshold = st.slider("Minimum catch-trial accuracy", 0.0, 1.0, 0.5, 0.05, key="catch-threshold")
     failing = failing_catch(db, study, threshold)
     st.write(failing_text(failing, threshold))
-    if failing and st.button(f"Exclude these {len(failing)}", key="exclude-failing"):
+    if failing and st.button(exclude_label(len(failing)), key="exclude-failing"):
         exclude_failing(db, study.slug, failing, threshold)
         st.rerun()
     uid = st.selectbox("Participant", frame["participant"].tolist(), key="one-participant")
@@ -115,10 +137,17 @@ def participants_tab(db, study) -> None:
 
 
 def create_tab(db) -> None:
+    root = st.text_input("Look for set folders under", os.environ.get("STUDY_SETS", "."), key="sets-root")
+    found = find_sets(root)
+    if found.empty:
+        st.caption(f"No set folders (with a meta.csv) found under {root!r}, three levels deep.")
+    else:
+        st.dataframe(found, hide_index=True)
     with st.form("create-study"):
         slug = st.text_input("Name (used in links)", key="new-slug", max_chars=40)
         title = st.text_input("Title", key="new-title", max_chars=200)
-        sets = st.text_area("Set folders, one per line", key="new-sets")
+        picked = st.multiselect("Sets for the study's conditions", found["folder"].tolist(), key="new-picked")
+        sets = st.text_area("Other set folders, one per line", key="new-sets")
         catch_set = st.text_input("Catch-trial set folder (clean, unambiguous images)", key="new-catch")
         practice_set = st.text_input("Practice set folder (optional)", key="new-practice")
         c = st.columns(4)
@@ -134,11 +163,44 @@ def create_tab(db) -> None:
             config = create_from_form(db, slug=slug, title=title, sets=sets, catch_set=catch_set,
                                       practice_set=practice_set, labels_per_item=k, items_per_participant=n,
                                       catch_per_participant=n_catch, presentation_ms=ms, completion_code=code,
-                                      redirect_url=redirect)
+                                      redirect_url=redirect, picked_sets=picked)
         except (DesignError, SetError) as e:
             st.error(f"Not created: {e}")
         else:
             st.success(f"Created study {config.slug}.")
+
+
+def plan_form() -> None:
+    """study.plan: how many participants a study needs, before creating it."""
+    with st.form("plan-study"):
+        c = st.columns(2)
+        conditions = c[0].text_input("Conditions, comma-separated (the first is the reference)",
+                                     "clean, PGD16-vs-Normal ResNet-18", key="plan-conditions")
+        accuracy = c[1].text_input("Expected human accuracy per condition", "0.9, 0.7", key="plan-accuracy")
+        c = st.columns(4)
+        difference = c[0].number_input("Smallest drop worth detecting", 0.01, 0.9, 0.10, 0.01, key="plan-difference")
+        alpha = c[1].number_input("α", 0.001, 0.2, 0.05, 0.01, key="plan-alpha")
+        power = c[2].number_input("Power", 0.5, 0.99, 0.80, 0.05, key="plan-power")
+        items = c[3].number_input("Images per condition", 1, 100_000, 100, key="plan-items")
+        c = st.columns(4)
+        per_participant = c[0].number_input("Images per participant", 1, 1000, 30, key="plan-n")
+        seconds = c[1].number_input("Seconds per image", 0.5, 60.0, 4.0, 0.5, key="plan-seconds")
+        pay = c[2].number_input("Pay per hour", 0.0, 1000.0, 12.0, 0.5, key="plan-pay")
+        fee = c[3].number_input("Platform fee (share of pay)", 0.0, 2.0, 0.0, 0.05, key="plan-fee")
+        submitted = st.form_submit_button("Plan")
+    if not submitted:
+        return
+    try:
+        made = make_plan(PlanInput(
+            conditions=[x.strip() for x in conditions.split(",") if x.strip()],
+            accuracy=[float(x) for x in accuracy.split(",") if x.strip()], difference=difference, alpha=alpha,
+            power=power, items_per_condition=int(items), items_per_participant=int(per_participant),
+            seconds_per_item=seconds, pay_per_hour=pay, fee_share=fee))
+    except ValueError as e:  # PlanError, or a number that does not parse
+        st.error(f"No plan: {e}")
+        return
+    st.text(plan_text(made))
+    st.plotly_chart(power_figure(made), key="plan-curve")
 
 
 def export_tab(db, study) -> None:
@@ -159,10 +221,65 @@ def export_tab(db, study) -> None:
                            "text/csv", key=f"dl-{name}")
 
 
+def cifar10h_or_none():
+    try:
+        return load_cifar10h()
+    except SetError:
+        return None
+
+
+def show_results(db, study) -> None:
+    """study.results laid out: the same sections, tables and figures as `python -m study report`."""
+    results = compute_results(db, study, cifar10h=cifar10h_or_none(), n_boot=1000)
+    st.write(headline(results))
+    for note in results.notes:
+        st.caption(note)
+    if results.empty:
+        st.info("No answers to trial images yet.")
+        return
+    made = figures(results)
+    for heading, note, table, name in sections(results):
+        st.subheader(heading)
+        if note:
+            st.caption(note)
+        if table is not None:
+            st.dataframe(table, hide_index=True)
+        st.plotly_chart(made[name], key=f"results-{name}")
+    st.subheader(IMAGES_HEADING)
+    st.caption(IMAGES_NOTE)
+    for n, (_, row) in enumerate(results.top.iterrows(), start=1):
+        left, right = st.columns([1, 2])
+        left.image(enlarged(row["png"]), caption=model_labels(results, row), output_format="PNG", width=192)  # already scaled by whole pixels
+        right.plotly_chart(made[f"top-{n}"], key=f"results-top-{n}")
+
+
+@st.fragment(run_every=30)
+def live_results(slug: str) -> None:
+    db = open_db(create=False)
+    try:
+        show_results(db, get_study(db, slug))
+    finally:
+        db.close()
+
+
+def results_tab(db, study) -> None:
+    if st.session_state.get("live", True):  # the Progress tab's live switch
+        live_results(study.slug)
+    else:
+        show_results(db, study)
+    if st.button("Prepare the report (one HTML file)", key="prepare-report"):
+        results = compute_results(db, study, cifar10h=cifar10h_or_none(), n_boot=1000)
+        st.download_button("Download report.html", report_html(results), f"{study.slug}-report.html", "text/html",
+                           key="dl-report")
+
+
 def run_page(db) -> None:
     studies = list_studies(db)
-    tab_studies, tab_participants, tab_create, tab_export = st.tabs(["Progress", "Participants", "Create", "Export"])
+    tab_studies, tab_results, tab_participants, tab_create, tab_export = st.tabs(
+        ["Progress", "Results", "Participants", "Create", "Export"])
     with tab_create:
+        with st.expander("Plan the study's size first"):
+            plan_form()
         create_tab(db)
     if not studies:
         with tab_studies:
@@ -173,6 +290,8 @@ def run_page(db) -> None:
     study = next(s for s in studies if s.slug == slug)
     with tab_studies:
         studies_tab(db, study)
+    with tab_results:
+        results_tab(db, study)
     with tab_participants:
         participants_tab(db, study)
     with tab_export:

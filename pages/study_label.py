@@ -195,6 +195,7 @@ def run_page() -> None:
     if (participant is None or participant.consent_at is None) and study.status != "open":
         stop_with("This study is closed and takes no new participants. Thank you for your interest.")
     if participant is None or participant.consent_at is None:
+        st.header(study.title, anchor=False)  # the organiser's title (not during the trials: room for the image)
         st.subheader("Consent")
         st.write(study.consent_text)
         if st.button("I agree and want to take part", type="primary", key="consent"):
@@ -214,6 +215,7 @@ def run_page() -> None:
     if answered == total:  # completed in another tab a moment ago
         finish_page(study)
     if answered == 0 and not st.session_state.get("instructions_read"):
+        st.header(study.title, anchor=False)
         st.subheader("Instructions")
         st.write(study.instructions_text)
         if study.presentation_ms:

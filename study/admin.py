@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import sqlite_utils
@@ -10,6 +11,7 @@ import sqlite_utils
 from .db import write_transaction
 from .design import Study, StudyConfig, create_study, get_study, log
 from .export import participants_frame
+from .sets import META_FILE, condition_name
 
 
 @dataclass(frozen=True)
@@ -77,18 +79,41 @@ def exclude_failing(db: sqlite_utils.Database, slug: str, participant_uids: list
         set_excluded(db, slug, uid, True, f"catch accuracy below {threshold:.2f}")
 
 
+def find_sets(root: str | Path, depth: int = 3) -> pd.DataFrame:
+    """Set folders (a meta.csv inside) under root, at most `depth` levels down, for the Create form: folder,
+    conditions and image count, read from meta.csv alone (create_study checks each set fully). Folders whose
+    meta.csv cannot be read are listed with the reason instead of conditions."""
+    root = Path(root)
+    found = []
+    if root.is_dir():
+        for level in range(depth + 1):
+            for meta in sorted(root.glob("/".join(["*"] * level + [META_FILE]))):
+                found.append(_set_summary(meta.parent))
+    return pd.DataFrame(found, columns=["folder", "conditions", "images"])
+
+
+def _set_summary(folder: Path) -> dict:
+    try:
+        meta = pd.read_csv(folder / META_FILE, dtype=str, keep_default_na=False, nrows=100_000)
+        conditions = sorted({condition_name(a, s) for a, s in zip(meta["attack"], meta["source"], strict=True)})
+        return {"folder": str(folder), "conditions": ", ".join(conditions), "images": len(meta)}
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as e:
+        return {"folder": str(folder), "conditions": f"unreadable: {type(e).__name__}", "images": 0}
+
+
 def study_from_form(*, slug: str, title: str, sets: str, catch_set: str, practice_set: str, labels_per_item: int,
                     items_per_participant: int, catch_per_participant: int, presentation_ms: int, completion_code: str,
-                    redirect_url: str) -> tuple[StudyConfig, list[str], str | None, str | None]:
+                    redirect_url: str, picked_sets: list[str] = ()) -> tuple[StudyConfig, list[str], str | None, str | None]:
     """The organiser's Create form as create_study's arguments: (config, set folders, catch set, practice set).
     Text is stripped, an empty optional field is None, 0 ms means images stay until answered, and the set
-    folders are the text area's non-empty lines."""
+    folders are the text area's non-empty lines, then the sets picked from the list of found ones."""
     config = StudyConfig(slug=slug.strip(), title=title.strip(), labels_per_item=int(labels_per_item),
                          items_per_participant=int(items_per_participant),
                          catch_per_participant=int(catch_per_participant),
                          presentation_ms=int(presentation_ms) or None, completion_code=completion_code.strip() or None,
                          redirect_url=redirect_url.strip() or None)
     folders = [line.strip() for line in sets.splitlines() if line.strip()]
+    folders += [f for f in picked_sets if f not in folders]
     return config, folders, catch_set.strip() or None, practice_set.strip() or None
 
 

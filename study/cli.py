@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the demo sets")
     p.add_argument("--name", default="demo")
     p.add_argument("--images", type=int, default=24)
+    _add_results_commands(sub)
     return parser
 
 
@@ -179,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "demo":
         return _demo(args)
+    if args.command in RESULTS_COMMANDS:
+        return RESULTS_COMMANDS[args.command](args)
     if args.command == "serve":
         from .serve import serve
 
@@ -300,6 +303,195 @@ def _read_only(args: argparse.Namespace) -> int:
         return 0
     finally:
         db.conn.close()
+
+# ------------------------------------------------------------------------------------------------ report, plan
+def _add_results_commands(sub) -> None:
+    p = sub.add_parser("report", help="write the study's results as one self-contained HTML file (and PNGs)")
+    _db_arg(p)
+    p.add_argument("--out", type=Path, required=True, help="new (or empty) folder for report.html and the PNGs")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
+    p.add_argument("--study", default=None, help="study name (default: the only study)")
+    p.add_argument("--cifar10h", type=Path, default=None, help="CIFAR-10H counts.npy (default: $RANDMASK_DATA/cifar10h/counts.npy if present)")
+    p.add_argument("--no-cifar10h", action="store_true")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the participant intervals")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("plan", help="participants, labels per item, duration and cost a study needs (simulated, "
+                       "with an analytic check)")
+    p.add_argument("--conditions", default=None, help="comma-separated; the first is the reference (clean)")
+    p.add_argument("--accuracy", default=None, help="expected human accuracy per condition, comma-separated shares")
+    p.add_argument("--pilot", type=Path, default=None, help="read the expected accuracies from this study database")
+    p.add_argument("--pilot-study", default=None, help="the pilot's study name (default: its only study)")
+    p.add_argument("--difference", type=float, default=0.10, help="smallest drop in accuracy worth detecting (share)")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--power", type=float, default=0.80)
+    p.add_argument("--items-per-condition", type=int, default=100, help="images each condition offers")
+    p.add_argument("--items-per-participant", type=int, default=30)
+    p.add_argument("--catch-per-participant", type=int, default=3)
+    p.add_argument("--practice", type=int, default=3, help="practice images per participant")
+    p.add_argument("--labels-per-item", type=int, default=1, help="at least this many labels per image")
+    p.add_argument("--seconds-per-item", type=float, default=4.0)
+    p.add_argument("--overhead-min", type=float, default=2.0, help="minutes for consent, instructions, end page")
+    p.add_argument("--pay-per-hour", type=float, default=12.0)
+    p.add_argument("--fee-share", type=float, default=0.0, help="platform fee as a share of the pay (e.g. 0.33)")
+    p.add_argument("--simulations", type=int, default=1000, help="simulated studies per size")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _shares(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what}: comma-separated numbers, got {text!r}") from None
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .plan import PlanInput, make_plan, plan_text
+
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()] if args.conditions else None
+    if args.pilot is not None:
+        if args.accuracy:
+            raise ValueError("give --accuracy or --pilot, not both")
+        conditions, accuracy = _pilot_accuracy(args.pilot, args.pilot_study, conditions)
+    elif args.accuracy and conditions:
+        accuracy = _shares(args.accuracy, "--accuracy")
+    else:
+        raise ValueError("give --conditions with --accuracy, or --pilot DB")
+    made = make_plan(PlanInput(
+        conditions=conditions, accuracy=accuracy, difference=args.difference, alpha=args.alpha, power=args.power,
+        items_per_condition=args.items_per_condition, items_per_participant=args.items_per_participant,
+        catch_per_participant=args.catch_per_participant, practice=args.practice,
+        min_labels_per_item=args.labels_per_item, seconds_per_item=args.seconds_per_item,
+        overhead_min=args.overhead_min, pay_per_hour=args.pay_per_hour, fee_share=args.fee_share,
+        simulations=args.simulations, seed=args.seed))
+    print(plan_text(made))
+    return 0
+
+
+def _pilot_accuracy(path: Path, slug: str | None, conditions: list[str] | None) -> tuple[list[str], list[float]]:
+    """Conditions (clean first) and their human accuracy in a pilot study; shares of 0 or 1 are moved half an
+    answer inwards (a pilot that saw no error does not mean people never err)."""
+    from .results import compute_results
+
+    db = open_db_readonly(path)
+    try:
+        problems = database_problems(db)
+        if problems:
+            raise StudyDBError(f"{path} fails `python -m study check` ({len(problems)} problem(s)); first: {problems[0]}")
+        # the accuracies only: no participant bootstrap
+        accuracy = compute_results(db, _only_study(db, slug), n_boot=1, min_participants=2**31).accuracy
+    finally:
+        db.conn.close()
+    ours = accuracy[(accuracy["source"] == "this study") & (accuracy["n_answers"] > 0)].set_index("condition")
+    conditions = conditions or list(ours.index)
+    missing = [c for c in conditions if c not in ours.index]
+    if missing:
+        raise LookupError(f"the pilot has no answers for {', '.join(missing)} (it has: {', '.join(ours.index)})")
+    half = 0.5 / ours["n_answers"]
+    shares = ours["accuracy"].clip(lower=half, upper=1 - half)
+    return conditions, [float(shares[c]) for c in conditions]
+
+
+def _check_out_folder(out: Path, overwrite: bool, inputs: list[Path]) -> None:
+    """Refuse an --out that is a file, holds files (unless --overwrite), or holds one of the inputs."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    resolved = out.resolve()
+    for path in inputs:
+        if path.resolve() == resolved or resolved in path.resolve().parents:
+            raise ValueError(f"--out {out} holds the input {path}; choose another folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"--out {out} is not empty; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def _new_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out`, renamed into its place only when the body succeeds (an old `out` is
+    replaced then); on failure nothing is left behind and `out` is as it was."""
+    import shutil
+    import tempfile
+
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".new", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's folder is private; the report folder is for sharing, like mkdir's
+    done = False
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.with_name(f"{tmp.name[:-4]}.old")
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old is not None:
+                os.replace(old, out)  # the old folder goes back where it was
+            raise
+        done = True
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in [] if done else made:  # innermost first; only folders made here
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _only_study(db, slug: str | None):
+    if slug:
+        return get_study(db, slug)
+    studies = list_studies(db)
+    if len(studies) != 1:
+        names = ", ".join(s.slug for s in studies) or "none"
+        raise LookupError(f"the database holds {len(studies)} studies ({names}); name one with --study")
+    return studies[0]
+
+
+def _cifar10h_or_none(args: argparse.Namespace) -> np.ndarray | None:
+    if args.no_cifar10h:
+        return None
+    try:
+        return load_cifar10h(args.cifar10h)
+    except SetError:
+        if args.cifar10h is not None:
+            raise
+        print("note: CIFAR-10H counts not found, skipping that baseline", file=sys.stderr)
+        return None
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .results import compute_results, figures, report_html, write_pngs
+
+    path = Path(args.db or default_db_path())
+    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise ValueError(f"--bootstrap must be from 0 to {MAX_BOOTSTRAP}, got {args.bootstrap}")
+    _check_out_folder(args.out, args.overwrite, [path, *([args.cifar10h] if args.cifar10h else [])])
+    db = open_db_readonly(path)
+    try:
+        problems = database_problems(db)
+        if problems:
+            raise StudyDBError(f"{path} fails `python -m study check` ({len(problems)} problem(s)); first: {problems[0]}")
+        study = _only_study(db, args.study)
+        results = compute_results(db, study, cifar10h=_cifar10h_or_none(args), n_boot=args.bootstrap, seed=args.seed)
+    finally:
+        db.conn.close()
+    made = figures(results)
+    with _new_folder(args.out) as tmp:
+        (tmp / "report.html").write_text(report_html(results, made), encoding="utf-8")
+        pngs = write_pngs(made, tmp)
+    print(args.out / "report.html")
+    if pngs:
+        print(f"{len(pngs)} PNGs in {args.out}")
+    else:
+        print("note: no PNGs: kaleido is not installed (pip install kaleido to get them)", file=sys.stderr)
+    return 0
+
+
+RESULTS_COMMANDS = {"report": _report, "plan": _plan}
+
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 from dataclasses import asdict, dataclass, field
@@ -23,11 +24,14 @@ DEFAULT_INACTIVE_MIN = 5.0
 
 DEFAULT_CONSENT = (
     "You are invited to take part in a research study on how people recognise small photos. "
-    "You will see tiny (32x32 pixel) images and choose which of ten object classes each shows. "
-    "It takes about 10 minutes. Taking part is voluntary; you may stop at any time by closing the page. "
+    "You will see {images} tiny (32x32 pixel) images and choose which of ten object classes each shows. "
+    "It takes about {minutes} minutes. Taking part is voluntary; you may stop at any time by closing the page. "
     "We store your answers, your response times and the participant id from your link; nothing else. "
     "The anonymised answers may be published for research."
 )
+# what studies created before the length was filled in store: read as the default, with their own length
+LEGACY_CONSENT = DEFAULT_CONSENT.replace("{images} ", "").replace("{minutes}", "10")
+SECONDS_PER_IMAGE, SECONDS_AROUND = 5, 60  # a generous pace per image; consent, instructions and the end page
 DEFAULT_INSTRUCTIONS = (
     "Each image shows one of ten things: airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck. "
     "Pick the class you think it shows, using the buttons or the number keys 0-9. "
@@ -59,7 +63,7 @@ class StudyConfig:
     redirect_url: str | None = None
     conditions: list[str] | None = None  # keep only these conditions (default: all in the sets)
     seed: int = 0
-    consent_text: str = DEFAULT_CONSENT
+    consent_text: str = ""  # empty: DEFAULT_CONSENT with this study's number of images and minutes
     instructions_text: str = DEFAULT_INSTRUCTIONS
     extra: dict = field(default_factory=dict)
 
@@ -173,7 +177,8 @@ def create_study(db: sqlite_utils.Database, config: StudyConfig, sets: list[str 
     link_key = new_link_key()
     design = {**asdict(config), "conditions": conditions, "trials_per_condition": trials_per_condition,
               "items_per_condition": per_condition, "sets": [str(p) for p in sets],
-              "catch_set": str(catch_set) if catch_set else None, "practice_set": str(practice_set) if practice_set else None}
+              "catch_set": str(catch_set) if catch_set else None, "practice_set": str(practice_set) if practice_set else None,
+              "practice_images": len(practice_pairs)}
     with write_transaction(db):
         if db.execute("SELECT 1 FROM studies WHERE slug = ?", [config.slug]).fetchone():
             raise DesignError(f"a study named {config.slug!r} already exists")
@@ -235,8 +240,20 @@ class Study:
         return list(self.design["conditions"])
 
     @property
+    def images_per_participant(self) -> int:
+        """Practice, trial and catch images one participant sees (practice unknown for studies made before it
+        was stored: 0)."""
+        return (self.trials_per_condition * len(self.conditions) + self.catch_per_participant
+                + int(self.design.get("practice_images", 0)))
+
+    @property
     def consent_text(self) -> str:
-        return self.design.get("consent_text") or DEFAULT_CONSENT
+        text = self.design.get("consent_text")
+        if text and text != LEGACY_CONSENT:
+            return text
+        images = self.images_per_participant
+        minutes = max(2, math.ceil((images * SECONDS_PER_IMAGE + SECONDS_AROUND) / 60))
+        return DEFAULT_CONSENT.format(images=images, minutes=minutes)
 
     @property
     def instructions_text(self) -> str:

@@ -100,3 +100,9 @@ def retry_text(wait_s: float) -> str:
 def failing_text(failing: list[str], threshold: float) -> str:
     """'2 participant(s) below 50% on catch trials: a, b' ('-' for none)."""
     return f"{len(failing)} participant(s) below {threshold:.0%} on catch trials: {', '.join(failing) or '-'}"
+
+
+def exclude_label(count: int) -> str:
+    """The button that excludes the participants below the catch threshold: 'Exclude this participant',
+    'Exclude these 3 participants'."""
+    return "Exclude this participant" if count == 1 else f"Exclude these {count} participants"

@@ -17,14 +17,15 @@ import numpy as np
 
 from .db import open_db
 from .design import get_study
-from .participant import StudyFull, consent, join, next_trial, record_answer
+from .participant import StudyFull, Trial, consent, join, next_trial, record_answer
 
 
 def simulate_participant(db_path, slug: str, external_id: str, *, seed: int = 0, think_ms: float = 0.0,
-                         double_submit: bool = False,
-                         on_ack: Callable[[str, int, int], None] | None = None) -> list[tuple[int, int]]:
+                         double_submit: bool = False, on_ack: Callable[[str, int, int], None] | None = None,
+                         choose: Callable[[Trial, np.random.Generator], int] | None = None) -> list[tuple[int, int]]:
     """Label every item of one participant; returns [(assignment_id, label)] in answer order.
-    Answers are random but reproducible from (seed, external_id)."""
+    Answers are random but reproducible from (seed, external_id); `choose` picks the label instead of a
+    uniform draw (a participant with known behaviour)."""
     rng = np.random.default_rng([seed, *external_id.encode("utf-8")])
     db = open_db(db_path, create=False)
     answers = []
@@ -34,7 +35,7 @@ def simulate_participant(db_path, slug: str, external_id: str, *, seed: int = 0,
         while (trial := next_trial(db, participant.id)) is not None:
             if think_ms:
                 time.sleep(rng.uniform(0, think_ms) / 1000)
-            label = int(rng.integers(0, 10))
+            label = int(choose(trial, rng)) if choose else int(rng.integers(0, 10))
             result = record_answer(db, participant.id, trial.assignment_id, label, rt_ms=float(rng.uniform(300, 3000)),
                                    mode="unlimited", input="click")
             if not result.stored:

@@ -98,9 +98,10 @@ def test_organiser_tables_never_show_none(tmp_path, study_sets, monkeypatch):
     at.toggle(key="live").set_value(False).run()
     at.button(key="prepare-export").click().run()
     assert not at.exception
-    assert len(at.dataframe) == 3  # progress per condition, participants, export summary
+    # progress per condition; results: accuracy, wrong answers, agreement; participants; export summary
+    assert len(at.dataframe) == 6
     assert_readable(at)
-    participants = at.dataframe[1].value.set_index("external id")
+    participants = next(d.value for d in at.dataframe if "external id" in d.value.columns).set_index("external id")
     assert participants.loc["joined-only", "catch accuracy"] == "–"
     assert participants.loc["joined-only", "completed"] == "–" and participants.loc["done1", "excluded"] == "no"
 

@@ -256,7 +256,7 @@ def test_admin_progress_close_exclude_export(db_path, monkeypatch):
     for pid in ("a1", "a2"):
         simulate_participant(db_path, "s1", pid)
     at = sign_in(admin_page(), PASSWORD)
-    assert not at.exception and len(at.tabs) == 4
+    assert not at.exception and len(at.tabs) == 5
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Participants"] == "2" and metrics["Completed"] == "2"
     at.slider(key="catch-threshold").set_value(1.0).run()
