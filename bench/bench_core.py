@@ -113,7 +113,7 @@ def compare_preset(args) -> None:
     x_test, y_test = x_test[:args.eval_n], y_test[:args.eval_n]
     steps_per_epoch = -(-len(x) // cfg.batch_size)
     start = time.perf_counter()
-    new_amp = training_precision(cfg, device)
+    new_amp = training_precision(cfg, device).dtype
     probe_s = time.perf_counter() - start
     old_amp = autocast_dtype(device, cfg.precision)
     paths = {}

@@ -8,6 +8,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,39 +63,79 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def autocast_dtype(device: torch.device, precision: str,
-                   probe: Callable[[torch.dtype | None], None] | None = None) -> torch.dtype | None:
-    """The autocast dtype for a precision setting ('auto', 'fp32', 'bf16', 'fp16'), or None for fp32.
+def cpu_has_amx_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """The CPU reports AMX tiles for bf16 (Intel Sapphire Rapids on): bf16 matrix work there runs well ahead of
+    fp32 (2x at 1 thread, 1.5x at 2 on a 2-core Xeon, issue #33), so no probe is needed."""
+    return "amx_bf16" in cpu_fields(cpuinfo).get("flags", "").split()
 
-    On a CPU, 'auto' needs native bf16 (oneDNN's report) and, when a `probe` is given (one training step in
-    the given autocast dtype), bf16 to measure faster than fp32 (`bf16_pays`): oneDNN's report alone is not
-    enough, as some of its native bf16 kernels are far slower than fp32 (see README, Performance)."""
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """An autocast dtype (None: fp32) and why it was chosen, for the training log."""
+
+    dtype: torch.dtype | None
+    reason: str
+
+
+def choose_precision(device: torch.device, precision: str,
+                     probe: Callable[[torch.dtype | None], None] | None = None) -> PrecisionChoice:
+    """The autocast dtype for a precision setting ('auto', 'fp32', 'bf16', 'fp16') and the reason.
+
+    On a CPU, 'auto' decides from what the hardware reports where that settles it: no native bf16 (oneDNN's
+    report) means fp32, AMX means bf16. Between the two (AVX512-BF16 without AMX, e.g. AMD Zen 4 and 5) some
+    native bf16 kernels are far slower than fp32 (README, Performance), so `probe` (one training step in the
+    given autocast dtype) is timed in process CPU time, which another process's load does not stretch the way
+    it stretches wall time (`bf16_probe`)."""
     if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
+        return PrecisionChoice(None, "asked for fp32")
+    if precision in ("bf16", "fp16"):
+        return PrecisionChoice(torch.bfloat16 if precision == "bf16" else torch.float16, f"asked for {precision}")
     if precision != "auto":
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        bf16 = torch.cuda.is_bf16_supported()
+        return PrecisionChoice(torch.bfloat16 if bf16 else torch.float16,
+                               "GPU with bf16" if bf16 else "GPU without bf16: fp16")
     if not cpu_has_fast_bf16():
-        return None
-    return torch.bfloat16 if probe is None or bf16_pays(probe) else None
+        return PrecisionChoice(None, "CPU without native bf16 (oneDNN): fp32")
+    if cpu_has_amx_bf16():
+        return PrecisionChoice(torch.bfloat16, "CPU with AMX bf16 units: bf16")
+    if probe is None:
+        return PrecisionChoice(torch.bfloat16, "CPU with native bf16 (oneDNN), not probed: bf16")
+    fp32, bf16 = bf16_probe(probe)
+    pays = bf16 < BF16_MARGIN * fp32
+    return PrecisionChoice(torch.bfloat16 if pays else None,
+                           f"CPU with native bf16, no AMX; probe step {1e3 * bf16:.0f} ms bf16 vs {1e3 * fp32:.0f} ms "
+                           f"fp32 (CPU time, best of 3): {'bf16' if pays else 'fp32'}")
 
 
-def bf16_pays(step: Callable[[torch.dtype | None], None], rounds: int = 3, margin: float = 0.85) -> bool:
-    """Whether `step(torch.bfloat16)` runs faster than `step(None)` (fp32) by at least 1 - margin: both warmed
-    up, then timed interleaved, best of `rounds`. A near tie keeps fp32, the more exact of the two."""
+def autocast_dtype(device: torch.device, precision: str,
+                   probe: Callable[[torch.dtype | None], None] | None = None) -> torch.dtype | None:
+    """`choose_precision`'s dtype alone."""
+    return choose_precision(device, precision, probe).dtype
+
+
+BF16_MARGIN = 0.85  # bf16 must save 15% of a step: a near tie keeps fp32, the more exact of the two
+
+
+def bf16_probe(step: Callable[[torch.dtype | None], None], rounds: int = 3) -> tuple[float, float]:
+    """(fp32, bf16) seconds of `step` in each dtype: both warmed up, then timed interleaved, best of `rounds`.
+    Timed in process CPU time (all threads), not wall time: a load spike from other processes stretches wall
+    time by whatever share of the cores they take, which twice made a loaded probe keep fp32 for a whole run."""
     best: dict[torch.dtype | None, float] = {None: float("inf"), torch.bfloat16: float("inf")}
     for dtype in best:
         step(dtype)  # warm-up: oneDNN builds its kernels on first use
     for r in range(rounds):
         for dtype in (list(best) if r % 2 == 0 else list(best)[::-1]):
-            start = time.perf_counter()
+            start = time.process_time()
             step(dtype)
-            best[dtype] = min(best[dtype], time.perf_counter() - start)
+            best[dtype] = min(best[dtype], time.process_time() - start)
         if best[torch.bfloat16] > 2 * best[None]:  # clearly slower: more rounds cannot change the answer
             break
-    return best[torch.bfloat16] < margin * best[None]
+    return best[None], best[torch.bfloat16]
+
+
+def bf16_pays(step: Callable[[torch.dtype | None], None], rounds: int = 3, margin: float = BF16_MARGIN) -> bool:
+    """Whether `step(torch.bfloat16)` costs less CPU time than `step(None)` (fp32) by at least 1 - margin."""
+    fp32, bf16 = bf16_probe(step, rounds)
+    return bf16 < margin * fp32

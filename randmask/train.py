@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from randmask.checkpoint import WEIGHTS_FILE, load_model, save_checkpoint
 from randmask.data import load_uint8, pixel_mean
-from randmask.device import autocast_dtype, cpu_has_fast_bf16, default_device
+from randmask.device import PrecisionChoice, choose_precision, cpu_has_fast_bf16, default_device
 from randmask.errors import RandmaskError
 from randmask.models import Ensemble, build_model
 from randmask.notation import MAX_ENSEMBLE, format_model, parse_model
@@ -104,15 +104,16 @@ def make_config(notation: str, preset: str = "quick", **overrides) -> TrainConfi
     return TrainConfig(notation=format_model(parse_model(notation)), preset=preset, **settings)
 
 
-_PRECISION_PROBES: dict[tuple, torch.dtype | None] = {}
+_PRECISION_PROBES: dict[tuple, PrecisionChoice] = {}
 
 
-def training_precision(cfg: TrainConfig, device: torch.device, world: int = 1) -> torch.dtype | None:
-    """The autocast dtype `cfg.precision` resolves to for this model here. On a CPU 'auto' times one training
-    step of a throw-away copy of the model (same width, layout and per-process batch) in bf16 and in fp32 and
-    keeps bf16 only if it is clearly faster; the answer is remembered per process for each such shape."""
+def training_precision(cfg: TrainConfig, device: torch.device, world: int = 1) -> PrecisionChoice:
+    """The autocast dtype `cfg.precision` resolves to for this model here, and why (`choose_precision`). Where
+    the hardware does not settle it, 'auto' on a CPU times one training step of a throw-away copy of the model
+    (same width, layout and per-process batch) in bf16 and in fp32; the answer is remembered per process for
+    each such shape."""
     if cfg.precision != "auto" or device.type != "cpu" or not cpu_has_fast_bf16():
-        return autocast_dtype(device, cfg.precision)
+        return choose_precision(device, cfg.precision)
     batch = max(1, cfg.batch_size // world)
     spec = parse_model(cfg.notation)
     key = (format_model(spec.member()), cfg.dataset, cfg.width, batch, cfg.channels_last, torch.get_num_threads())
@@ -132,7 +133,7 @@ def training_precision(cfg: TrainConfig, device: torch.device, world: int = 1) -
                 model.zero_grad(set_to_none=True)
                 loss.backward()
 
-            _PRECISION_PROBES[key] = autocast_dtype(device, "auto", probe=step)
+            _PRECISION_PROBES[key] = choose_precision(device, "auto", probe=step)
     return _PRECISION_PROBES[key]
 
 
@@ -317,16 +318,19 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
     state = torch.load(resume_path, map_location="cpu", weights_only=True) if resume_path.exists() else None
     if state is not None and state["config"] != asdict_json(cfg):
         raise RandmaskError(f"{resume_path} was written by a different training config; use another --out or delete it")
-    if state is not None and "autocast" in state:  # a resumed run keeps the precision it started with
+    if state is not None and "autocast" in state:
         amp = None if state["autocast"] == "fp32" else getattr(torch, state["autocast"])
+        why = "a resumed run keeps the precision it started with"
     elif state is not None:  # written before the probe existed: it trained under oneDNN's report alone
-        amp = autocast_dtype(device, cfg.precision)
+        amp = choose_precision(device, cfg.precision).dtype
+        why = "a resumed run from before the precision probe: oneDNN's report alone"
     else:
-        amp = training_precision(cfg, device, world)
+        choice = training_precision(cfg, device, world)
+        amp, why = choice.dtype, choice.reason
     if world > 1 and device.type == "cpu":  # every process must train in the precision rank 0 measured
-        choice = torch.tensor([{None: 0, torch.bfloat16: 1, torch.float16: 2}[amp]])
-        dist.broadcast(choice, 0)
-        amp = (None, torch.bfloat16, torch.float16)[int(choice)]
+        chosen = torch.tensor([{None: 0, torch.bfloat16: 1, torch.float16: 2}[amp]])
+        dist.broadcast(chosen, 0)
+        amp = (None, torch.bfloat16, torch.float16)[int(chosen)]
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -341,7 +345,8 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     steps_per_epoch = math.ceil((len(x_train) - len(x_train) % world) / world / max(1, cfg.batch_size // world))
     log("start", config=asdict_json(cfg), world_size=world, device=str(device),
-        autocast=str(amp).removeprefix("torch.") if amp else "fp32", steps_per_epoch=steps_per_epoch,
+        autocast=str(amp).removeprefix("torch.") if amp else "fp32", precision_reason=why,
+        steps_per_epoch=steps_per_epoch,
         start_epoch=start_epoch)
 
     # step records at least ~10 times an epoch, so a small job (a few steps an epoch) still shows movement

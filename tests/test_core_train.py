@@ -201,7 +201,7 @@ def test_batches_drawn_on_the_gpu_are_the_cpus_bit_for_bit():
 
 
 class FakeClock:
-    """perf_counter for bf16_pays: each step advances it by a set time per dtype (no real timing)."""
+    """process_time for bf16_probe: each step advances it by a set CPU time per dtype (no real timing)."""
 
     def __init__(self, seconds):
         self.now, self.seconds, self.calls = 0.0, seconds, []
@@ -219,16 +219,53 @@ def test_bf16_is_chosen_only_where_it_measures_clearly_faster(monkeypatch, fp32,
     import randmask.device as device
 
     clock = FakeClock({None: fp32, torch.bfloat16: bf16})
-    monkeypatch.setattr(device.time, "perf_counter", clock)
+    monkeypatch.setattr(device.time, "process_time", clock)
     assert device.bf16_pays(clock.step) is pays
     assert set(clock.calls) == {None, torch.bfloat16}
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_amx_bf16", lambda: False)
     clock.calls.clear()
-    assert device.autocast_dtype(torch.device("cpu"), "auto", probe=clock.step) == (torch.bfloat16 if pays else None)
+    choice = device.choose_precision(torch.device("cpu"), "auto", probe=clock.step)
+    assert choice.dtype == (torch.bfloat16 if pays else None)
+    assert f"{1e3 * bf16:.0f} ms bf16 vs {1e3 * fp32:.0f} ms fp32" in choice.reason  # the log says why
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)  # no native bf16: no probe at all
     clock.calls.clear()
     assert device.autocast_dtype(torch.device("cpu"), "auto", probe=clock.step) is None and not clock.calls
     assert device.autocast_dtype(torch.device("cpu"), "bf16", probe=clock.step) == torch.bfloat16
+
+
+def test_a_load_spike_during_the_probe_does_not_decide_the_precision(monkeypatch):
+    """Other processes stretch the wall time of whichever step they overlap (here every fp32 step looks 2.5x
+    faster than bf16 by the wall clock); the probe times CPU time, which they do not stretch, and keeps bf16."""
+    import randmask.device as device
+
+    cpu = FakeClock({None: 1.0, torch.bfloat16: 0.6})
+    wall = {"now": 0.0}
+
+    def step(dtype):
+        cpu.step(dtype)
+        wall["now"] += 1.0 if dtype is None else 0.6 * 4  # a spike lands on every bf16 step
+
+    monkeypatch.setattr(device.time, "process_time", cpu)
+    monkeypatch.setattr(device.time, "perf_counter", lambda: wall["now"])
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_amx_bf16", lambda: False)
+    assert device.choose_precision(torch.device("cpu"), "auto", probe=step).dtype == torch.bfloat16
+
+
+def test_amx_decides_bf16_without_a_probe(monkeypatch, tmp_path):
+    import randmask.device as device
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel Xeon\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert device.cpu_has_amx_bf16(info)
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert not device.cpu_has_amx_bf16(info)
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_amx_bf16", lambda: True)
+    calls = []
+    choice = device.choose_precision(torch.device("cpu"), "auto", probe=calls.append)
+    assert choice.dtype == torch.bfloat16 and not calls and "AMX" in choice.reason
 
 
 def test_the_precision_probe_leaves_the_random_streams_alone(monkeypatch):
@@ -237,20 +274,21 @@ def test_the_precision_probe_leaves_the_random_streams_alone(monkeypatch):
 
     monkeypatch.setattr(training, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_amx_bf16", lambda: False)  # an AMX CPU decides without a probe
     monkeypatch.setattr(training, "_PRECISION_PROBES", {})
     seen = []
 
-    def fp32_wins(step):  # runs the real step (draws from the RNG: the Dropout control resamples) in both dtypes
+    def fp32_wins(step, rounds=3):  # runs the real step (draws from the RNG: the Dropout control resamples)
         step(None)
         step(torch.bfloat16)
         seen.append(1)
-        return False
+        return 1.0, 1.0
 
-    monkeypatch.setattr(device, "bf16_pays", fp32_wins)
+    monkeypatch.setattr(device, "bf16_probe", fp32_wins)
     cfg = make_config("0.7-ShallowDropout", "quick", width=8, batch_size=8)
     torch.manual_seed(3)
     state = torch.get_rng_state()
-    assert training.training_precision(cfg, torch.device("cpu")) is None
+    assert training.training_precision(cfg, torch.device("cpu")).dtype is None
     assert torch.equal(torch.get_rng_state(), state) and seen == [1]
     training.training_precision(cfg, torch.device("cpu"))  # remembered per process and shape: no second probe
     assert seen == [1]
@@ -268,6 +306,11 @@ def test_resume_state_records_the_precision(tmp_path, data_dir):
     state = torch.load(tmp_path / "run" / "resume.pt", weights_only=True)
     start = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()][0]
     assert state["autocast"] == start["autocast"] and state["autocast"] in ("fp32", "bfloat16")
+    assert start["precision_reason"]  # the log says which precision and why
+    train(cfg, tmp_path / "run", show_bar=False)  # resumed: keeps its precision, and says so
+    records = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    again = [r for r in records if r["event"] == "start"][-1]
+    assert again["autocast"] == start["autocast"] and "resumed run keeps" in again["precision_reason"]
 
 
 def test_a_short_epoch_still_logs_its_steps(tmp_path, data_dir):
