@@ -30,6 +30,8 @@ if not os.environ.get("RANDMASK_BENCH_NO_OMP_POLICY"):
 from tests.streamlit_server import streamlit_server  # noqa: E402  (run as a module from the checkout)
 
 GALLERY_TARGET_S, SWITCH_TARGET_S, MEMORY_TARGET_GIB = 3.0, 2.0, 2.0
+# a fresh process of this benchmark, run as a module from the checkout (as a script, `tests` would not import)
+BENCH_COMMAND = (sys.executable, "-m", "bench.bench_app")
 
 
 def rss_gib() -> float:
@@ -138,7 +140,7 @@ def compare_omp(repeats: int) -> None:
             env["OMP_WAIT_POLICY"] = policy
         else:
             env["RANDMASK_BENCH_NO_OMP_POLICY"] = "1"
-        out = subprocess.run([sys.executable, __file__, "--only", "gallery", "--repeats", str(repeats)],
+        out = subprocess.run([*BENCH_COMMAND, "--only", "gallery", "--repeats", str(repeats)],
                              env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT).stdout
         line = next(x for x in out.splitlines() if "median" in x)
         medians[policy] = float(line.split("median ")[1].split(" s")[0])

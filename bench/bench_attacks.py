@@ -61,15 +61,34 @@ def small_cnn() -> nn.Module:
     return _Shift(model).eval()
 
 
+class Tally:
+    """A count that every deep copy shares: the fast path attacks a deep copy of the model (fast_view), whose
+    calls a plain attribute would count in the copy and never report (the CW row read 0 model calls)."""
+
+    def __init__(self) -> None:
+        self.images = 0
+
+    def __deepcopy__(self, memo: dict) -> Tally:
+        return self
+
+
 class Counted(nn.Module):
-    """Counts images passed through the model (forward passes x batch size)."""
+    """Counts images passed through the model (forward passes x batch size), in it and in all its copies."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model, self.images = model, 0
+        self.model, self.tally = model, Tally()
+
+    @property
+    def images(self) -> int:
+        return self.tally.images
+
+    @images.setter
+    def images(self, value: int) -> None:
+        self.tally.images = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.images += len(x)
+        self.tally.images += len(x)
         return self.model(x)
 
 

@@ -100,3 +100,36 @@ def test_compare_results_matches_rows_by_name_and_reports_each_gap(tmp_path):
                         " largest gap 3.0 points (DenseNet-121 -> Normal ResNet-18: PGD16 defense_rate)")
     assert lines[1] == "    DenseNet-121 -> Normal ResNet-18: PGD16 defense_rate: 3.0 points (n 100 / 100)"
     assert lines[-1] == "1 tables, 2 rows matched, 1 with the same n and correct"
+
+
+def test_the_call_counter_sees_the_fast_paths_calls_through_its_model_copy():
+    """The fast path attacks a deep copy of the model: bench_attacks' counter must count there too (its CW row
+    read '0 model calls per image' for ours)."""
+    import torch
+    from test_attack_support import TinyCNN
+
+    from randmask.attacks import FGSM
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from bench_attacks import Counted
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    counted = Counted(TinyCNN(width=4).eval())
+    x, y = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    FGSM(counted, eps=4).run(x, y)  # fast: on the copy
+    fast = counted.images
+    counted.images = 0
+    FGSM(counted, eps=4, exact=True).run(x, y)
+    assert fast >= 6 and counted.images >= 6  # one gradient pass and one measuring pass at least, each path
+
+
+def test_bench_app_starts_its_fresh_processes_so_that_the_test_server_imports():
+    """--compare-omp runs the benchmark again in fresh processes; as a script (not a module) `tests` did not
+    import and it died with StopIteration."""
+    sys.path.insert(0, str(ROOT))
+    from bench.bench_app import BENCH_COMMAND
+
+    run = subprocess.run([*BENCH_COMMAND, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "--compare-omp" in run.stdout
