@@ -46,11 +46,12 @@ class ModelEntry:
 
     @property
     def ref(self) -> ModelRef:
-        return ModelRef(self.notation, self.seed, self.mask_seed)
+        return ModelRef(self.notation, self.seed, self.mask_seed, self.width)
 
     @property
     def name(self) -> str:
-        """The model's reference ('0.7-Shallow', '0.7-Shallow@s1m0'): what tables and legends call it."""
+        """The model's reference ('0.7-Shallow', '0.7-Shallow@s1m0', '0.7-Shallow@w32'): what tables and legends
+        call it."""
         return format_ref(self.ref)
 
     @property

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from randmask.errors import RandmaskError, at_least_one
-from randmask.notation import ModelRef, parse_ref
+from randmask.notation import DEFAULT_WIDTH, ModelRef, parse_ref
 
 
 @dataclass
@@ -34,8 +34,8 @@ class LoadedModel:
 
 
 def split_ref(text: str) -> tuple[str, ModelRef]:
-    """A checkpoint folder or notation as given, or a model reference with seeds ('0.5-Shallow@s1m2', or
-    '0.5-Shallow@seed=1,mask_seed=2') split into its notation and seeds."""
+    """A checkpoint folder or notation as given, or a model reference with seeds or width ('0.5-Shallow@s1m2',
+    '0.5-Shallow@w32', or '0.5-Shallow@seed=1,mask_seed=2,width=32') split into its notation and reference."""
     if "@" not in text:
         return text, ModelRef("")
     ref = parse_ref(text)
@@ -50,7 +50,8 @@ def load_models(refs: list[str], args: argparse.Namespace) -> list[LoadedModel]:
     loaded = []
     for ref in refs:
         target, seeds = split_ref(ref)
-        build = {"width": args.width, "seed": seeds.seed, "mask_seed": seeds.mask_seed, "dataset": args.dataset or "cifar10"}
+        width = seeds.width if seeds.width != DEFAULT_WIDTH else args.width  # '@w32' names the width itself
+        build = {"width": width, "seed": seeds.seed, "mask_seed": seeds.mask_seed, "dataset": args.dataset or "cifar10"}
         model, config = load_any(target, device, untrained=args.untrained, **build)
         if config.get("trained") is False:
             print(f"warning: {ref!r} is a notation, not a checkpoint folder: using an UNTRAINED model",

@@ -18,12 +18,19 @@ from randmask.architectures import ARCHITECTURES, list_models, register_model
 from randmask.datasets import DATASETS, NUM_CLASSES
 from randmask.errors import RandmaskError
 from randmask.masks import RandomMask, ResampledMask, layer_seed, n_dropped
-from randmask.notation import MAX_SEED, MaskTerm, ModelSpec, format_model, format_number, parse_model
+from randmask.notation import (
+    MAX_SEED,
+    MAX_WIDTH,
+    MaskTerm,
+    ModelSpec,
+    format_model,
+    format_number,
+    parse_model,
+)
 
 __all__ = ["DATASETS", "NUM_CLASSES", "Classifier", "Ensemble", "ModelConfig", "build_model", "check_buildable",
            "count_params", "describe", "list_models", "mask_modules", "masked_layers", "register_model"]
 
-MAX_WIDTH = 512  # the paper's base width is 64; the zoo's is 16
 MAX_PARAMETERS = 400_000_000  # all members together: 1.6 GB in float32 (the paper's largest, ×4 at width 64: 22M)
 
 

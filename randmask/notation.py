@@ -258,58 +258,71 @@ def slug(text: str | ModelSpec) -> str:
 
 
 # ----------------------------------------------------------------------------------- model references
-# One model of a notation is fixed by two seeds: the init seed and the mask seed. Its one name is the canonical
-# notation plus '@s<seed>m<mask_seed>' when either is not 0 ('0.85-Shallow@s1m1'); a file name replaces the '@'
-# with '-' (slug: '0.85-Shallow-s1m1'). The parser also reads the CLI's long form '@seed=1,mask_seed=1'.
-_REF_SHORT = re.compile(r"s(?P<seed>[0-9]{1,10})m(?P<mask_seed>[0-9]{1,10})", re.ASCII)
+# One model of a notation is fixed by two seeds (init and mask) and its width (base channel count). Its one name is
+# the canonical notation plus '@' and 's<seed>m<mask_seed>' when either seed is not 0 and 'w<width>' when the width
+# is not the zoo's 16: '0.85-Shallow@s1m1', '0.7-Shallow@w32', '0.7-Shallow@s1m0w32'. A file name replaces the '@'
+# with '-' (slug: '0.85-Shallow-s1m1'). The parser also reads the CLI's long form '@seed=1,mask_seed=1,width=32'.
+_REF_SHORT = re.compile(r"(?:s(?P<seed>[0-9]{1,10})m(?P<mask_seed>[0-9]{1,10}))?(?:w(?P<width>[0-9]{1,10}))?", re.ASCII)
 MAX_SEED = 2**31 - 1
+DEFAULT_WIDTH = 16  # the quick preset's and the shipped zoo's base width: a reference names any other
+MAX_WIDTH = 512  # the paper's base width is 64
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """One model: canonical notation and its seeds."""
+    """One model: canonical notation, its seeds and its width."""
 
     notation: str
     seed: int = 0
     mask_seed: int = 0
+    width: int = DEFAULT_WIDTH
 
     def __str__(self) -> str:
         return format_ref(self)
 
     @property
+    def suffix(self) -> str:
+        """What follows the '@' ('s1m0', 'w32', 's1m1w32'), or '' for seeds 0 at the default width."""
+        seeds = f"s{self.seed}m{self.mask_seed}" if (self.seed, self.mask_seed) != (0, 0) else ""
+        return seeds + (f"w{self.width}" if self.width != DEFAULT_WIDTH else "")
+
+    @property
     def slug(self) -> str:
-        """The file-name form: '0.9-Shallowx2' or '0.85-Shallow-s1m1'."""
-        return slug(self.notation) + (f"-s{self.seed}m{self.mask_seed}" if (self.seed, self.mask_seed) != (0, 0) else "")
+        """The file-name form: '0.9-Shallowx2', '0.85-Shallow-s1m1' or '0.7-Shallow-w32'."""
+        return slug(self.notation) + (f"-{self.suffix}" if self.suffix else "")
 
 
 def format_ref(ref: ModelRef) -> str:
-    """'0.7-Shallow', or '0.7-Shallow@s1m0' for a model with another init seed."""
-    seeds = (ref.seed, ref.mask_seed) != (0, 0)
-    return canonical(ref.notation) + (f"@s{ref.seed}m{ref.mask_seed}" if seeds else "")
+    """'0.7-Shallow', '0.7-Shallow@s1m0' for a model with another init seed, '0.7-Shallow@w32' at width 32."""
+    return canonical(ref.notation) + (f"@{ref.suffix}" if ref.suffix else "")
 
 
-def _ref_seed(digits: str, what: str, text: str) -> int:
-    return bounded_int(digits, f"{what} in {text[:80]!r}", 0, MAX_SEED)
+def _ref_number(digits: str, what: str, text: str) -> int:
+    low, high = (1, MAX_WIDTH) if what == "width" else (0, MAX_SEED)
+    return bounded_int(digits, f"{what} in {text[:80]!r}", low, high)
 
 
 def parse_ref(text: str | ModelRef) -> ModelRef:
-    """'0.7-Shallow', '0.7-Shallow@s1m0' or '0.7-Shallow@seed=1,mask_seed=0' -> ModelRef."""
+    """'0.7-Shallow', '0.7-Shallow@s1m0', '0.7-Shallow@w32' or '0.7-Shallow@seed=1,mask_seed=0,width=32' -> ModelRef."""
     if isinstance(text, ModelRef):
-        return ModelRef(canonical(text.notation), text.seed, text.mask_seed)
+        return ModelRef(canonical(text.notation), text.seed, text.mask_seed, text.width)
     if not isinstance(text, str):
         raise NotationError(f"model reference must be text, not {type(text).__name__}")
-    notation, at, seeds = text.rpartition("@") if "@" in text else (text, "", "")
+    notation, at, tail = text.rpartition("@") if "@" in text else (text, "", "")
     if not at:
         return ModelRef(canonical(text))
-    short = _REF_SHORT.fullmatch(seeds.strip())
-    if short:
-        return ModelRef(canonical(notation), _ref_seed(short["seed"], "seed", text),
-                        _ref_seed(short["mask_seed"], "mask seed", text))
-    values = {"seed": 0, "mask_seed": 0}
-    for item in seeds.split(","):
-        key, eq, value = item.partition("=")
-        if not eq or key.strip() not in values or not re.fullmatch(r"[0-9]{1,10}", value.strip(), re.ASCII):
-            raise NotationError(f"cannot read {text[:80]!r}: after '@' expected seed=N and/or mask_seed=N, or "
-                                "s<seed>m<mask seed> (e.g. '@s1m0')")
-        values[key.strip()] = _ref_seed(value.strip(), key.strip(), text)
-    return ModelRef(canonical(notation), values["seed"], values["mask_seed"])
+    short = _REF_SHORT.fullmatch(tail.strip())
+    values = {"seed": 0, "mask_seed": 0, "width": DEFAULT_WIDTH}
+    if short and tail.strip():
+        values.update({key: _ref_number(digits, key.replace("_", " "), text)
+                       for key, digits in short.groupdict().items() if digits is not None})
+        return ModelRef(canonical(notation), values["seed"], values["mask_seed"], values["width"])
+    seen: set[str] = set()
+    for item in tail.split(","):
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not eq or key not in values or key in seen or not re.fullmatch(r"[0-9]{1,10}", value, re.ASCII):
+            raise NotationError(f"cannot read {text[:80]!r}: after '@' expected seed=N, mask_seed=N and/or width=N "
+                                "(each once), or s<seed>m<mask seed> and/or w<width> (e.g. '@s1m0', '@w32')")
+        seen.add(key)
+        values[key] = _ref_number(value, key.replace("_", " "), text)
+    return ModelRef(canonical(notation), values["seed"], values["mask_seed"], values["width"])

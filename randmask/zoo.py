@@ -25,7 +25,7 @@ from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model, read_conf
 from randmask.data import load_uint8
 from randmask.errors import RandmaskError
 from randmask.evaluate import markdown_table, percent_text
-from randmask.notation import ModelRef, canonical, parse_ref
+from randmask.notation import DEFAULT_WIDTH, ModelRef, canonical, format_ref, parse_ref
 from randmask.paper import model_key
 from randmask.settings import readme_path, zoo_root, zoo_runs_root
 from randmask.stats import wilson_interval
@@ -66,6 +66,7 @@ class Entry:
     label_smoothing: float | None = None  # None: the quick preset's
     matched_to: str = ""  # a control trained for fewer steps to land near this model's clean accuracy
     train_n: int | None = None  # None: all training images; a matched control may pass over fewer
+    width: int = DEFAULT_WIDTH  # the base channel count; the reference names any other ('0.7-Shallow@w32')
 
     @property
     def is_source(self) -> bool:
@@ -74,7 +75,7 @@ class Entry:
 
     @property
     def ref(self) -> ModelRef:
-        return ModelRef(canonical(self.notation), self.seed, self.mask_seed)
+        return ModelRef(canonical(self.notation), self.seed, self.mask_seed, self.width)
 
     @property
     def name(self) -> str:
@@ -86,8 +87,9 @@ class Entry:
     @property
     def label(self) -> str:
         """How reports name it: the notation, plus the shorter recipe of an accuracy-matched control."""
-        if not self.matched_to:
-            return self.notation
+        if not self.matched_to:  # a wider net carries its width: tables must not name two models alike
+            return self.notation if self.width == DEFAULT_WIDTH else format_ref(ModelRef(canonical(self.notation),
+                                                                                            width=self.width))
         images = f", {self.train_n:,} images" if self.train_n else ""
         return f"{self.notation} ({self.epochs} epochs{images})"
 
@@ -133,12 +135,20 @@ ZOO: list[Entry] = [
                                                                          "0.9-Shallow×4")],
     # stage 7: Table 7's EN rows; Normal ResNet-18EN joins the baseline (seed 0), seed 1 and these three
     *[Entry("Normal ResNet-18", seed=i, stage=7, role=f"EN member {i}") for i in range(2, 5)],
+    # stage 8: the width ladder (issue #34), the quick recipe otherwise unchanged. A width-32 model is ~4x the work of
+    # a width-16 one: 0.38 s a step at 2 threads on a quiet Zen 4 (~100 min for the 40 epochs); width 64 ~4x again.
+    *[Entry(n, width=32, stage=8, role="width ladder") for n in (
+        "Normal ResNet-18", "0.7-Shallow", "0.9-Shallow", "0.5-Shallow", "0.7-Deep", "0.5-ShallowDC",
+        "0.7-ShallowDropout", "0.9-Shallow×2")],
+    *[Entry(n, width=64, stage=8, role="width ladder") for n in ("Normal ResNet-18", "0.7-Shallow")],
 ]
 
 
 def _members(notation: str) -> list[Entry]:
-    """The five CIFAR-10 members of `notation`'s EN in seed order (accuracy-matched controls are not members)."""
-    members = sorted((e for e in ZOO if e.notation == notation and e.dataset == "cifar10" and not e.matched_to),
+    """The five CIFAR-10 members of `notation`'s EN in seed order, at the zoo's width (accuracy-matched controls are
+    not members)."""
+    members = sorted((e for e in ZOO if e.notation == notation and e.dataset == "cifar10" and not e.matched_to
+                      and e.width == DEFAULT_WIDTH),
                      key=lambda e: e.seed)
     assert [e.seed for e in members] == list(range(5)), f"{notation}: EN members need seeds 0-4"
     return members
@@ -152,7 +162,8 @@ ENSEMBLES = {zoo_name(en): (en, _members(member)) for en, member in (("0.85-Shal
 def planned_config(entry: Entry) -> TrainConfig:
     """The quick-preset training config an entry is trained with."""
     return make_config(entry.notation, "quick", dataset=entry.dataset, seed=entry.seed, mask_seed=entry.mask_seed,
-                       epochs=entry.epochs, label_smoothing=entry.label_smoothing, train_n=entry.train_n)
+                       epochs=entry.epochs, label_smoothing=entry.label_smoothing, train_n=entry.train_n,
+                       width=entry.width)
 
 
 def is_current(folder: Path, entry: Entry) -> bool:
@@ -410,5 +421,5 @@ class Zoo:
         for _name, config in shipped_configs(self.root):
             if config.get("dataset") == dataset and not config.get("label"):
                 refs.append(ModelRef(canonical(config["notation"]), int(config.get("seed", 0)),
-                                     int(config.get("mask_seed", 0))))
+                                     int(config.get("mask_seed", 0)), int(config.get("width", DEFAULT_WIDTH))))
         return refs

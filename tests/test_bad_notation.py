@@ -34,7 +34,9 @@ from randmask.notation import (
     canonical,
     format_model,
     format_number,
+    format_ref,
     parse_model,
+    parse_ref,
 )
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -305,10 +307,33 @@ def test_patterns_are_linear_even_without_the_length_limit(pattern, text):
     ("VGG-19@seed=٣", "expected seed=N"), ("VGG-19@seed=" + "9" * 5000, "expected seed=N"),
     ("VGG-19@mask_seed=99999999999", "expected seed=N"), ("VGG-19@seed=-1", "expected seed=N"),
     ("VGG-19@seed=4294967295", "must be between 0 and 2147483647"), ("VGG-19@colour=3", "expected seed=N"),
-], ids=["arabic-digit", "5000-digits", "11-digits", "negative", "above-limit", "unknown-key"])
+    ("VGG-19@seed=1,seed=2", "each once"), ("VGG-19@w0", "width in 'VGG-19@w0' must be between 1 and 512"),
+    ("VGG-19@w513", "must be between 1 and 512"), ("VGG-19@width=32,width=8", "each once"), ("VGG-19@", "expected seed=N"),
+], ids=["arabic-digit", "5000-digits", "11-digits", "negative", "above-limit", "unknown-key", "seed-twice",
+        "width-0", "width-513", "width-twice", "empty"])
 def test_bad_model_reference_seeds_are_refused_in_one_line(tmp_path, capsys, ref, fragment):
     before = tree_state(tmp_path)
     code, out, err = run_main(main, ["noise", "--models", ref, "--untrained", "--width", "4",
                                      "--out", str(tmp_path / "n.csv")], capsys)
     assert_one_line_error(code, err, fragment)
     assert_unchanged(before, tree_state(tmp_path))
+
+
+@pytest.mark.parametrize("text, name, slug_text", [
+    ("0.7-Shallow", "0.7-Shallow", "0.7-Shallow"), ("0.7-Shallow@w32", "0.7-Shallow@w32", "0.7-Shallow-w32"),
+    ("0.7-shallow@w16", "0.7-Shallow", "0.7-Shallow"),  # the zoo's width is the default: not named
+    ("0.85-Shallow@s1m1w32", "0.85-Shallow@s1m1w32", "0.85-Shallow-s1m1w32"),
+    ("Normal ResNet-18@seed=1,width=64", "Normal ResNet-18@s1m0w64", "Normal_ResNet-18-s1m0w64"),
+    ("0.9-Shallowx2@width=32,mask_seed=3", "0.9-Shallow×2@s0m3w32", "0.9-Shallowx2-s0m3w32"),
+])
+def test_a_reference_names_the_width_and_reads_back_the_same(text, name, slug_text):
+    ref = parse_ref(text)
+    assert format_ref(ref) == name and ref.slug == slug_text
+    assert parse_ref(format_ref(ref)) == ref
+
+
+def test_the_width_of_a_reference_builds_the_model_at_that_width(capsys):
+    from randmask.cli_attacks import split_ref
+
+    notation, ref = split_ref("0.7-Shallow@w8")
+    assert notation == "0.7-Shallow" and ref.width == 8

@@ -43,7 +43,7 @@ def test_each_en_has_five_members_with_consecutive_seeds_and_stays_out_of_the_tr
 
 def test_zoo_plan_trains_in_the_issues_stage_order():
     stages = [e.stage for e in ZOO]
-    assert stages == sorted(stages) and set(stages) == {1, 2, 3, 4, 5, 6, 7}
+    assert stages == sorted(stages) and set(stages) == {1, 2, 3, 4, 5, 6, 7, 8}
     by_stage = {s: {e.notation for e in ZOO if e.stage == s and e.dataset == "cifar10"} for s in range(1, 7)}
     assert {"Normal ResNet-18", "0.5-ShallowDC", "0.5-ShallowSM", "DenseNet-121", "VGG-19"} <= by_stage[1]
     assert {"0.3-Shallow", "0.85-Shallow", "0.7-Deep", "0.9-Shallow×2"} <= by_stage[2]
@@ -150,8 +150,9 @@ def test_zoo_plan_gives_every_compared_cifar_model_one_recipe():
 
     compared = [e for e in ZOO if e.dataset == "cifar10" and not e.is_source and not e.matched_to]
     recipes = {json.dumps({k: v for k, v in vars(planned_config(e)).items()
-                           if k not in ("notation", "seed", "mask_seed")}, sort_keys=True) for e in compared}
-    assert len(recipes) == 1 and planned_config(compared[0]).epochs == 40
+                           if k not in ("notation", "seed", "mask_seed", "width")}, sort_keys=True) for e in compared}
+    assert len(recipes) == 1 and planned_config(compared[0]).epochs == 40  # the width ladder: only width differs
+    assert {planned_config(e).width for e in compared} == {16, 32, 64}
     assert planned_config(compared[0]).label_smoothing == 0.1
     sources = [e for e in ZOO if e.is_source]
     assert {e.dataset for e in sources} == {"cifar10", "mnist"}
