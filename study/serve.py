@@ -86,5 +86,8 @@ def serve(db_path: str | Path, address: str = DEFAULT_ADDRESS, port: int = DEFAU
     path = prepare(db_path)
     argv = serve_argv(address, port)
     env = {**os.environ, "STUDY_DB": str(path), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    # the server imports this very checkout's `study` (the launcher's folder comes first on its path otherwise,
+    # and an editable install elsewhere would win)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PARTICIPANT_APP.parents[1]), os.environ.get("PYTHONPATH")) if p)
     os.chdir(PARTICIPANT_APP.parent)  # no config.toml or secrets.toml of the lab's checkout applies
     os.execve(sys.executable, argv, env)
