@@ -269,23 +269,28 @@ def test_order_reproducible_from_seed_and_participant(tmp_path, study_sets):
     assert rng_a.random() == rng_b.random() and participant_rng(1, "ann").random() != participant_rng(0, "ann").random()
 
 
-def test_abandoned_and_excluded_participants_free_their_items(tmp_path, study_sets):
+def test_nothing_is_reserved_and_surplus_answers_do_not_count(tmp_path, study_sets):
+    """Old code: a consent reserved the whole list, so a second participant was refused (StudyFull) while the first
+    sat on all 6 items. Now both get in; the first k answers of included participants count, later ones are
+    surplus; excluding someone moves the next answers up."""
     from study.admin import set_excluded
+    from study.participant import places_needed, surplus_response_ids
     make_study(tmp_path / "s.db", study_sets, labels_per_item=1, items_per_condition=6, conditions=["clean"])
     db = open_db(tmp_path / "s.db")
     study = get_study(db, "s1")
-    first = consent(db, join(db, study, "first"))  # takes all 6 trial items (k=1)
+    first = consent(db, join(db, study, "first"))
+    second = consent(db, join(db, study, "second"))  # admitted although the first holds every image
+    assert {r[3] for r in item_rows(db, second.id) if r[0] == "trial"} == {r[3] for r in item_rows(db, first.id) if r[0] == "trial"}
+    answer_all(db, first)
+    assert places_needed(db, study) == 0
     with pytest.raises(StudyFull):
-        consent(db, join(db, study, "second"))
-    old = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min + 1)).isoformat()
-    db.execute("UPDATE participants SET active_at = ? WHERE id = ?", [old, first.id])
-    third = consent(db, join(db, study, "third"))  # first went silent: their items are offered again
-    assert {r[3] for r in item_rows(db, third.id) if r[0] == "trial"} == {r[3] for r in item_rows(db, first.id) if r[0] == "trial"}
-    answer_all(db, third)
-    with pytest.raises(StudyFull):
-        consent(db, join(db, study, "fourth"))
-    set_excluded(db, "s1", db.execute("SELECT uid FROM participants WHERE id = ?", [third.id]).fetchone()[0], True, "test")
-    assert len(item_rows(db, consent(db, join(db, study, "fifth")).id)) == 3 + 6 + 2
+        consent(db, join(db, study, "third"))
+    answer_all(db, second)  # a participant admitted earlier finishes; their answers are kept, as surplus
+    trial_answers = db.execute("SELECT r.id, r.participant_id FROM responses r JOIN items i ON i.id = r.item_id "
+                               "WHERE i.role = 'trial'").fetchall()
+    assert surplus_response_ids(db, study) == {rid for rid, pid in trial_answers if pid == second.id}
+    set_excluded(db, "s1", db.execute("SELECT uid FROM participants WHERE id = ?", [first.id]).fetchone()[0], True, "test")
+    assert surplus_response_ids(db, study) == set()  # the second participant's answers count now
 
 
 # --- participant flow, resume, security -------------------------------------------------------------
@@ -458,12 +463,12 @@ def test_version_2_file_gets_link_keys_and_activity(tmp_path, study_sets):
 
 
 def test_refused_enrolment_stores_nothing(tmp_path, study_sets):
-    from study import StudyBusy, enrol
+    from study import enrol
     make_study(tmp_path / "s.db", study_sets, labels_per_item=1, items_per_condition=6, conditions=["clean"])
     db = open_db(tmp_path / "s.db")
     study = get_study(db, "s1")
-    enrol(db, study, "first")  # takes all 6 trial items (k = 1)
-    with pytest.raises(StudyBusy):  # reserved by someone active: not full, busy
+    answer_all(db, enrol(db, study, "first"))  # gives all 6 labels (k = 1)
+    with pytest.raises(StudyFull):
         enrol(db, study, "second", external_study_id="s", external_session_id="x")
     assert [r[0] for r in db.execute("SELECT external_id FROM participants")] == ["first"]
     set_status(db, "s1", "closed")
@@ -473,56 +478,37 @@ def test_refused_enrolment_stores_nothing(tmp_path, study_sets):
 
 
 def test_bots_that_never_answer_do_not_keep_a_participant_out(tmp_path, study_sets):
-    """200 consents that never answer: at most as many hold places as the study needs, and once the
-    inactivity window (counted from the last answer) has passed, a real participant gets in."""
-    from study import StudyBusy, enrol
-    from study.participant import places_needed
+    """Old code: 12 consent-only bots filled the study and everyone else was told 'places taken' until the
+    inactivity window passed. Now 200 bots with fresh ids, consenting again and again, hold nothing: a real
+    participant is admitted at once, and every one of their answers counts."""
+    from study import enrol
+    from study.participant import places_needed, surplus_response_ids
     make_study(tmp_path / "s.db", study_sets, labels_per_item=2, items_per_condition=12, items_per_participant=6)
     db = open_db(tmp_path / "s.db")
     study = get_study(db, "s1")
-    needed = places_needed(db, study)
-    assert needed == 12  # 3 conditions x 12 items x k=2 / 6 per participant
-    admitted = refused = 0
-    for i in range(200):
-        try:
-            enrol(db, study, f"bot{i:03d}")
-            admitted += 1
-        except StudyBusy:
-            refused += 1
-    assert admitted == needed and refused == 200 - needed
-    assert db.execute("SELECT count(*) FROM participants").fetchone()[0] == needed  # the refused left no row
-    with pytest.raises(StudyBusy):
-        enrol(db, study, "real")
-    # one bot answered a while ago; the window counts from that answer, not from page views
-    bot = db.execute("SELECT id FROM participants WHERE external_id = 'bot000'").fetchone()[0]
-    trial = next_trial(db, bot)
-    record_answer(db, bot, trial.assignment_id, 3, rt_ms=500.0, mode="unlimited", input="click")
-    past = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min + 0.5)).isoformat()
-    db.execute("UPDATE participants SET active_at = ?", [past])
-    real = enrol(db, study, "real")
-    assert len(item_rows(db, real.id)) == 3 + 6 + 2
-    answer_all(db, real)
-    late = 0
-    while late < 50:  # newcomers take the places the bots let go, until every image is reserved again
-        try:
-            enrol(db, study, f"late{late}")
-        except StudyBusy:
-            break
-        late += 1
-    assert late == needed - 1
-    # a bot coming back after the window finds its images taken: timed out, its answer kept, nothing more stored
-    from study.participant import get_participant, resume
-    again = resume(db, study, get_participant(db, study, "bot001"))
-    assert again.timed_out_at is not None
-    trial = next_trial(db, again.id)
-    result = record_answer(db, again.id, trial.assignment_id, 1, rt_ms=500.0, mode="unlimited", input="click")
-    assert result.timed_out and not result.stored
-    per_item = Counter(r[0] for r in db.execute(
-        "SELECT r.item_id FROM responses r JOIN items i ON i.id = r.item_id WHERE i.role = 'trial'"))
-    assert max(per_item.values()) <= 2  # never more than k labels
+    assert places_needed(db, study) == 12  # 3 conditions x 12 items x k=2 / 6 per participant
+    for wave in range(2):
+        for i in range(100):
+            enrol(db, study, f"bot{wave}-{i:03d}")  # never refused, never answers
+        real = enrol(db, study, f"real{wave}")
+        rows = item_rows(db, real.id)
+        assert len(rows) == 3 + 6 + 2 and Counter(r[1] for r in rows if r[0] == "trial") == {c: 2 for c in study.conditions}
+        answer_all(db, real)
+        assert db.execute("SELECT completed_at IS NOT NULL FROM participants WHERE id = ?", [real.id]).fetchone()[0]
+    assert surplus_response_ids(db, study) == set() and places_needed(db, study) == 10
+    # a bot that does answer gives real labels, counted only while an item needs them, and excludable
+    bot = consent(db, join(db, study, "bot0-000"))  # already enrolled: the same row
+    answer_all(db, bot)
+    surplus = surplus_response_ids(db, study)
+    counted = Counter(item for rid, item in db.execute(
+        "SELECT r.id, r.item_id FROM responses r JOIN items i ON i.id = r.item_id WHERE i.role = 'trial'")
+        if rid not in surplus)
+    assert max(counted.values()) <= 2 and places_needed(db, study) == 9  # never more than k counted labels
 
 
-def test_lapsed_participant_whose_images_are_still_free_continues(tmp_path, study_sets):
+def test_lapsed_participant_simply_continues(tmp_path, study_sets):
+    """Old code timed out a participant whose images had been taken while they were away; nothing is taken away
+    now, so they go on (their later answers may be surplus)."""
     make_study(tmp_path / "s.db", study_sets)
     db = open_db(tmp_path / "s.db")
     study = get_study(db, "s1")
@@ -530,9 +516,13 @@ def test_lapsed_participant_whose_images_are_still_free_continues(tmp_path, stud
     p = enrol(db, study, "slow")
     past = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min + 1)).isoformat()
     db.execute("UPDATE participants SET active_at = ?", [past])
+    for other in range(12):
+        answer_all(db, enrol(db, study, f"quick{other}"))
     trial = next_trial(db, p.id)
     assert record_answer(db, p.id, trial.assignment_id, 1, rt_ms=1.0, mode="unlimited", input="click").stored
-    assert db.execute("SELECT active_at > ?, timed_out_at FROM participants", [past]).fetchone() == (1, None)
+    answer_all(db, p)
+    assert db.execute("SELECT completed_at IS NOT NULL, timed_out_at FROM participants WHERE id = ?",
+                      [p.id]).fetchone() == (1, None)
 
 
 def test_lockout_is_kept_in_the_database(tmp_path, study_sets):
