@@ -586,3 +586,34 @@ def test_backup_of_a_live_database(tmp_path, study_sets):
 def test_an_invalid_link_part_names_its_own_rule(params, rule):
     with pytest.raises(InvalidLink, match=rule):
         parse_link(params)
+
+
+def test_idle_participants_answered_items_are_not_handed_out_again(tmp_path, study_sets):
+    """The issue's case (k = 1): two finish, a third answers 2 items and goes idle past the window, a fourth
+    consents. Old code: only one image still needed a label, so the fourth's list was filled with the third's
+    answered images, which ended with 2 labels each. Now those answers of the fourth are surplus; the third comes back and finishes; no item has more than k
+    counted labels and every item has its k."""
+    from study import enrol
+    from study.participant import surplus_response_ids
+    make_study(tmp_path / "s.db", study_sets, labels_per_item=1, items_per_condition=3, items_per_participant=3,
+               catch_per_participant=0, practice=False)
+    db = open_db(tmp_path / "s.db")
+    study = get_study(db, "s1")
+    for pid in ("one", "two"):
+        answer_all(db, enrol(db, study, pid))
+    third = enrol(db, study, "third")
+    answered = []
+    while len(answered) < 2:
+        trial = next_trial(db, third.id)
+        record_answer(db, third.id, trial.assignment_id, 4, rt_ms=1.0, mode="unlimited", input="click")
+        answered.append(db.execute("SELECT item_id FROM assignments WHERE id = ?", [trial.assignment_id]).fetchone()[0])
+    past = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min + 1)).isoformat()
+    db.execute("UPDATE participants SET active_at = ? WHERE id = ?", [past, third.id])
+    fourth = enrol(db, study, "fourth")
+    answer_all(db, fourth)
+    while (trial := next_trial(db, third.id)) is not None:  # back after the break: goes on, nothing lost
+        assert record_answer(db, third.id, trial.assignment_id, 4, rt_ms=1.0, mode="unlimited", input="click").stored
+    surplus = surplus_response_ids(db, study)
+    counted = Counter(item for rid, item in db.execute(
+        "SELECT r.id, r.item_id FROM responses r JOIN items i ON i.id = r.item_id WHERE i.role = 'trial'") if rid not in surplus)
+    assert max(counted.values()) == 1 and len(counted) == 9
