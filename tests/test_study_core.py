@@ -546,6 +546,24 @@ def test_lockout_is_kept_in_the_database(tmp_path, study_sets):
     assert secret not in (tmp_path / "s.db").read_bytes().decode("latin-1")
 
 
+def test_lockout_is_per_client_address_and_session(tmp_path, study_sets):
+    from study.auth import MAX_FAILURES, ProcessLockout, check_password, client_keys, locked_for
+    make_study(tmp_path / "s.db", study_sets)
+    secret = "a long organiser secret"
+    stranger, organiser = client_keys("203.0.113.7", "s1"), client_keys("198.51.100.2", "s2")
+    for _ in range(MAX_FAILURES):
+        check_password(open_db(tmp_path / "s.db"), "guess", secret, keys=stranger)
+    db = open_db(tmp_path / "s.db")  # persistent: a new connection (or server) sees it
+    assert 55 < locked_for(db, keys=stranger) <= 60
+    assert locked_for(db, keys=client_keys("203.0.113.7", "another-tab")) > 55  # a new session: same address
+    assert locked_for(db, keys=organiser) == 0 and check_password(db, secret, secret, keys=organiser).ok
+    assert locked_for(db, keys=stranger) > 0  # the organiser's success clears only their own keys
+    gate = ProcessLockout()
+    for _ in range(MAX_FAILURES):
+        gate.check("guess", secret, stranger)
+    assert gate.locked_for(stranger) > 55 and gate.locked_for(organiser) == 0 and gate.check(secret, secret, organiser).ok
+
+
 def test_passwords_need_real_length(monkeypatch):
     from study.auth import AdminNotConfigured, app_password, configured_password, is_loopback
     for bad in (" " * 8, " " * 20, "short", "  eleven-chr  "):

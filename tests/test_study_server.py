@@ -151,3 +151,25 @@ def test_researcher_app_lockout_outlives_sessions(public_address, monkeypatch):
         at.button[0].click().run()
     fresh = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     assert "Too many wrong passwords" in " ".join(e.value for e in fresh.error) and not fresh.text_input
+
+
+def test_researcher_app_guesses_lock_only_their_address(public_address, monkeypatch):
+    """Old code: five wrong lab passwords from one stranger locked the gate for every visitor."""
+    monkeypatch.setenv("RANDMASK_APP_PASSWORD", PASSWORD)
+    import streamlit as st
+
+    import study.auth as auth
+    import study.guard
+    st.cache_resource.clear()
+    import study.auth
+    by_address = study.auth.client_keys  # AppTest gives every test session the same id: count by address only
+    monkeypatch.setattr(study.auth, "client_keys", lambda address, session_id=None: by_address(address))
+    monkeypatch.setattr(study.guard, "client_address", lambda remote, headers: "203.0.113.7")
+    for _ in range(auth.MAX_FAILURES):
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+        at.text_input(key="lab_password").input("guess")
+        at.button[0].click().run()
+    assert "Too many wrong passwords" in " ".join(e.value for e in AppTest.from_file(str(ROOT / "app.py")).run().error)
+    monkeypatch.setattr(study.guard, "client_address", lambda remote, headers: "198.51.100.2")
+    other = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    assert not other.error and other.text_input(key="lab_password")
