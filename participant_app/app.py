@@ -74,7 +74,19 @@ def _guard() -> tuple[SessionGuard, asyncio.AbstractEventLoop]:
     return guard, loop
 
 
-st.set_page_config(page_title="Image labeling study", page_icon=":material/image:", layout="centered",
+@st.cache_resource(show_spinner=False)
+def _icon() -> bytes:
+    """A plain favicon served by this server (a Material icon made the browser fetch a font from the internet)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (49, 51, 63)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+st.set_page_config(page_title="Image labeling study", page_icon=_icon(), layout="centered",
                    initial_sidebar_state="collapsed", menu_items={})
 ctx = get_script_run_ctx()
 guard, loop = _guard()

@@ -173,3 +173,31 @@ def test_researcher_app_guesses_lock_only_their_address(public_address, monkeypa
     monkeypatch.setattr(study.guard, "client_address", lambda remote, headers: "198.51.100.2")
     other = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     assert not other.error and other.text_input(key="lab_password")
+
+
+def test_participant_headers_middleware():
+    """Frame headers on every HTTP response (the widget's iframe may be framed by the page only), metrics hidden."""
+    import asyncio
+
+    from study.serve import ParticipantHeaders
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-frame-options", b"ALLOWALL")]})
+        await send({"type": "http.response.body", "body": b"page"})
+
+    def get(path: str) -> list[dict]:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(ParticipantHeaders(app)({"type": "http", "path": path}, None, send))
+        return sent
+
+    page = get("/")
+    assert page[0]["status"] == 200 and dict(page[0]["headers"]) == {
+        b"x-frame-options": b"DENY", b"content-security-policy": b"frame-ancestors 'none'"}
+    widget = dict(get("/component/randmask_study_label.study_trial/index.html")[0]["headers"])
+    assert widget[b"content-security-policy"] == b"frame-ancestors 'self'"
+    metrics = get("/_stcore/metrics")
+    assert metrics[0]["status"] == 404 and metrics[1]["body"] == b"not found"
