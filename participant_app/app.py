@@ -61,8 +61,10 @@ def _sweeper(guard: SessionGuard, loop: asyncio.AbstractEventLoop) -> None:
         time.sleep(min(5.0, guard.idle_before_consent_s / 2))
         try:
             asyncio.run_coroutine_threadsafe(_sweep(guard), loop).result(timeout=30)
-        except Exception:  # the server is stopping
-            return
+        except Exception as e:
+            if loop.is_closed() or not loop.is_running():  # the server is stopping
+                return
+            guard.refusals.refused("session sweeps that failed", f"{type(e).__name__}: {e}")  # try again next time
 
 
 @st.cache_resource(show_spinner=False)
