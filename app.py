@@ -35,7 +35,7 @@ def participant_view() -> None:
 def _lab_lockout():
     from study.auth import ProcessLockout
 
-    return ProcessLockout()  # one per server process: shared by every session, so a reload resets nothing
+    return ProcessLockout()  # one per server process, keyed by client: a reload or new session resets nothing
 
 
 def lab_gate() -> None:
@@ -63,8 +63,16 @@ def _sign_in() -> None:
         st.error(f"This app is reachable from other machines, so it needs a password, and none is usable: {e}. "
                  "Or run it for this machine only: `streamlit run app.py --server.address 127.0.0.1`.")
         st.stop()
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    from study.auth import client_keys
+    from study.guard import client_address
+
     lockout = _lab_lockout()
-    wait = lockout.locked_for()
+    ctx = get_script_run_ctx()  # failures count per address and session: a stranger locks out only themselves
+    keys = client_keys(client_address(st.context.ip_address or "127.0.0.1", st.context.headers),
+                       ctx.session_id if ctx else None)
+    wait = lockout.locked_for(keys)
     if wait > 0:
         st.error(f"Too many wrong passwords. Try again in {int(wait) + 1} s.")
         st.stop()
@@ -72,7 +80,7 @@ def _sign_in() -> None:
         given = st.text_input("Lab password", type="password", key="lab_password")
         submitted = st.form_submit_button("Sign in")
     if submitted:
-        attempt = lockout.check(given or "", expected)
+        attempt = lockout.check(given or "", expected, keys)
         if attempt.ok:
             st.session_state["lab_ok"] = True
             st.rerun()

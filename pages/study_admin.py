@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from pages._ui import ensure_app
 from study import DesignError, StudyDBError, get_study, list_studies, open_db, set_status
 from study.admin import create_from_form, exclude_failing, failing_catch, find_sets, overview, set_excluded
-from study.auth import AdminNotConfigured, check_password, configured_password, locked_for
+from study.auth import AdminNotConfigured, check_password, client_keys, configured_password, locked_for
 from study.display import (
     counts_text,
     exclude_label,
@@ -23,6 +24,7 @@ from study.display import (
     retry_text,
 )
 from study.export import csv_bytes, export_frames, export_zip, participants_frame
+from study.guard import client_address
 from study.plan import PlanInput, make_plan, plan_text, power_figure
 from study.results import (
     IMAGES_HEADING,
@@ -40,12 +42,21 @@ from study.sets import SetError, load_cifar10h
 from study.validate import participant_link
 
 
+def sign_in_keys() -> list[str]:
+    """This visitor's address (behind a local proxy: the address it forwards) and browser session."""
+    ctx = get_script_run_ctx()
+    address = client_address(st.context.ip_address or "127.0.0.1", st.context.headers)
+    return client_keys(address, ctx.session_id if ctx else None)
+
+
 def sign_in(db, expected: str) -> bool:
-    """Failures and lockouts are counted in the database, so a reload or a new browser does not reset them."""
+    """Failures and lockouts are counted in the database per client address and session, so a reload or a new
+    browser does not reset them, and a stranger's guesses never lock the organiser out."""
     state = st.session_state
     if state.get("admin_ok"):
         return True
-    wait = locked_for(db)
+    keys = sign_in_keys()
+    wait = locked_for(db, keys=keys)
     if wait > 0:
         st.error(f"Too many wrong passwords. Try again in {retry_text(wait)}.")
         return False
@@ -53,7 +64,7 @@ def sign_in(db, expected: str) -> bool:
         given = st.text_input("Organiser password", type="password", key="admin_password")
         submitted = st.form_submit_button("Sign in")
     if submitted:
-        attempt = check_password(db, given or "", expected)
+        attempt = check_password(db, given or "", expected, keys=keys)
         if attempt.ok:
             state["admin_ok"] = True
             st.rerun()

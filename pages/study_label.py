@@ -4,7 +4,7 @@ Served by `python -m study serve` (the participant server; also reachable throug
 Open with the study's link: ?study=<name>&key=<link key>&pid=<id> (or Prolific's PROLIFIC_PID, STUDY_ID,
 SESSION_ID). Everything the participant has done lives in the database, so a reload resumes at the next image.
 The trial widget holds the next images ahead and stores answers through a fragment, so an answer reruns only
-that fragment, on this session's own database connection. The database is $STUDY_DB.
+that fragment; each run borrows a connection from the server's shared pool. The database is $STUDY_DB.
 """
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ from study import (
     get_study,
     key_matches,
     next_trial,
-    open_db,
     parse_link,
     progress,
     record_answer,
     resume,
 )
+from study.db import shared_pool
 from study.errors import configure_logging, report
 from study.participant import get_participant
 from study.session import (
@@ -71,13 +71,10 @@ def fail(message: str, detail: str) -> None:
     stop_with(f"{message} (error id {eid})", "error")
 
 
-def session_db():
-    """This session's own connection, opened once: reruns of one session run one after another."""
-    db = st.session_state.get("_db")
-    if db is None:
-        db = open_db(create=False, check_same_thread=False)
-        st.session_state["_db"] = db
-    return db
+def borrowed_db():
+    """A connection borrowed from the server's shared pool for one script or fragment run and given back at its
+    end (st.stop and st.rerun included): a session holds none between runs."""
+    return shared_pool().connection()
 
 
 def finish_page(study) -> None:
@@ -112,10 +109,10 @@ def enrol_or_stop(db, study, link) -> None:
 def trial_area(study, participant_id: int) -> None:
     """Only this reruns when the widget sends answers: store them, then hand it the next window."""
     try:
-        db = session_db()
-        handled: set[int] = st.session_state.setdefault("handled", set())
-        outcome = apply_answers(db, study, participant_id, st.session_state.get("trials"), handled)
-        args = widget_args(db, study, participant_id, outcome)
+        with borrowed_db() as db:
+            handled: set[int] = st.session_state.setdefault("handled", set())
+            outcome = apply_answers(db, study, participant_id, st.session_state.get("trials"), handled)
+            args = widget_args(db, study, participant_id, outcome)
     except Exception as e:  # a fragment rerun does not pass through the page's own safety net
         eid = report(f"trial fragment failed: {type(e).__name__}: {e}", exc_info=True)
         stop_with(f"Something went wrong on our side. Please reload the page in a minute. (error id {eid})", "error")
@@ -180,9 +177,13 @@ def run_page() -> None:
     except InvalidLink as e:
         fail(f"This link does not work: {e}. {ASK_AGAIN}", f"invalid link: {e}")
     try:
-        db = session_db()
+        with borrowed_db() as db:
+            labeling_flow(db, link)
     except StudyDBError as e:
         fail("The study is not available right now. Please try again later.", f"database: {e}")
+
+
+def labeling_flow(db, link) -> None:
     try:
         study = get_study(db, link.study)
     except StudyNotFound as e:
@@ -203,6 +204,7 @@ def run_page() -> None:
             st.rerun()
         st.stop()
 
+    st.session_state["_consented"] = True  # the participant server's guard no longer counts this session as idle
     participant = resume(db, study, participant)
     if participant.completed_at:
         finish_page(study)

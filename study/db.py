@@ -222,6 +222,54 @@ def open_db(path: str | Path | None = None, *, create: bool = True, timeout_s: f
     return sqlite_utils.Database(conn)
 
 
+class ConnectionPool:
+    """A few connections shared by every session of a server process: a script run borrows one and gives it
+    back, so nothing stays open per visitor (one connection per session ran a server out of file descriptors).
+    At most `max_open` exist; a run that finds none free waits for one."""
+
+    def __init__(self, path: str | Path, max_open: int = 8) -> None:
+        self.path = Path(path)
+        self._slots = threading.BoundedSemaphore(max_open)
+        self._idle: list[sqlite_utils.Database] = []
+        self._lock = threading.Lock()
+        self.opened = 0  # connections ever opened (tests read it)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[sqlite_utils.Database]:
+        with self._slots:
+            with self._lock:
+                db = self._idle.pop() if self._idle else None
+            if db is None:
+                db = open_db(self.path, create=False, check_same_thread=False)
+                self.opened += 1
+            try:
+                yield db
+            finally:
+                if db.conn.in_transaction:  # never hand on an open transaction (an exception mid-write)
+                    db.conn.execute("ROLLBACK")
+                with self._lock:
+                    self._idle.append(db)
+
+    def close(self) -> None:
+        with self._lock:
+            while self._idle:
+                self._idle.pop().close()
+
+
+_POOLS: dict[Path, ConnectionPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def shared_pool(path: str | Path | None = None) -> ConnectionPool:
+    """The process's pool for `path` (default: $STUDY_DB)."""
+    key = Path(path if path is not None else default_db_path()).resolve()
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = ConnectionPool(key)
+        return pool
+
+
 def _prepare(conn: sqlite3.Connection, path: Path) -> None:
     app_id, version, n_tables = _identity(conn)
     if app_id != APPLICATION_ID and (app_id != 0 or n_tables > 0):

@@ -1,7 +1,7 @@
 """Tables for organisers: per answer, per item, per condition, per participant, and CIFAR-10H.
 
-Statistics use only answers of participants who are not excluded; practice answers are listed in
-responses.csv but never counted. `share_source_pred` is the share of humans who chose the label the
+Statistics use only answers of participants who are not excluded and not surplus (beyond an item's first k);
+practice answers are listed in responses.csv but never counted. `share_source_pred` is the share of humans who chose the label the
 attacked (source) model predicted on that image: the "humans fooled the same way" measure.
 
 All tables of one export are read in one read transaction (they agree even while participants answer).
@@ -23,6 +23,7 @@ import sqlite_utils
 from .db import read_snapshot
 from .design import Study, get_study, list_studies
 from .export_schema import MIN_PARTICIPANTS_FOR_INTERVAL, column, datapackage, readme
+from .participant import surplus_response_ids
 from .sets import CLEAN, FORMULA_STARTS, PRED_PREFIX
 from .stats import fleiss_kappa, krippendorff_alpha_nominal, majority, proportion_ci
 
@@ -49,6 +50,9 @@ def responses_frame(db: sqlite_utils.Database, study: Study) -> pd.DataFrame:
                "input", "answered_at"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["excluded"] = frame["excluded"].astype(bool)
+    # answers beyond an item's first k (participants admitted past the need): kept, but not in the statistics
+    frame.insert(frame.columns.get_loc("excluded") + 1, "surplus",
+                 frame["response_id"].isin(surplus_response_ids(db, study)).astype(bool))
     frame["source_pred"] = frame["source_pred"].astype("Int64")
     classes = list(study.classes)
     frame.insert(frame.columns.get_loc("true_label") + 1, "true_class", [classes[i] for i in frame["true_label"]])
@@ -99,7 +103,7 @@ def label_counts(responses: pd.DataFrame, item_ids) -> np.ndarray:
 
 def items_frame(db: sqlite_utils.Database, study: Study, responses: pd.DataFrame | None = None) -> pd.DataFrame:
     responses = responses_frame(db, study) if responses is None else responses
-    used = responses[~responses["excluded"] & (responses["role"] != "practice")]
+    used = responses[~responses["excluded"] & ~responses["surplus"] & (responses["role"] != "practice")]
     frame = _items_base(db, study)
     counts = label_counts(used, frame["item_id"])
     classes = list(study.classes)
@@ -145,7 +149,7 @@ def summary_frame(db: sqlite_utils.Database, study: Study, responses: pd.DataFra
     95% cluster-bootstrap interval over items, plus inter-rater agreement and response times."""
     responses = responses_frame(db, study) if responses is None else responses
     items = items_frame(db, study, responses) if items is None else items
-    used = responses[~responses["excluded"] & (responses["role"] != "practice")]
+    used = responses[~responses["excluded"] & ~responses["surplus"] & (responses["role"] != "practice")]
     rows = []
     for (role, condition), group in items.groupby(["role", "condition"], sort=True):
         answers = used[used["item_id"].isin(group["item_id"])]

@@ -25,6 +25,8 @@ COLUMNS: dict[str, tuple[str, int | None, str]] = {
     "response_id": ("integer", None, "answer id in the study database"),
     "participant": ("string", None, "our random participant id (no external id)"),
     "excluded": ("boolean", None, "the organiser excluded this participant: left out of every statistic"),
+    "surplus": ("boolean", None, "an answer beyond the image's first k labels from included participants (more "
+                                 "people answered than the study needed): kept, but left out of every statistic"),
     "position": ("integer", None, "0-based place of the image in the participant's list"),
     "item_id": ("integer", None, "image id in the study database"),
     "role": ("string", None, "trial (study image), catch (clean attention check) or practice (with feedback)"),

@@ -177,8 +177,8 @@ def _allocate(db: sqlite_utils.Database, participant: Participant) -> None:
     study = get_study(db, slug)
     if study.status != "open":
         raise StudyClosed(f"study {study.slug} is closed")
+    _check_room(db, study)
     candidates = _loads(db, study)
-    _check_room(db, study, candidates)
     rng = participant_rng(study.seed, participant.external_id)
     try:
         chosen = choose_items(candidates, study.conditions, study.trials_per_condition,
@@ -192,72 +192,47 @@ def _allocate(db: sqlite_utils.Database, participant: Participant) -> None:
         [{"participant_id": participant.id, "item_id": item_id, "position": pos} for pos, item_id in enumerate(ordered)])
 
 
-def _check_room(db: sqlite_utils.Database, study: Study, candidates: list[Candidate]) -> None:
-    """Admit a new participant only while the study needs them.
+def _check_room(db: sqlite_utils.Database, study: Study) -> None:
+    """Admit a new participant while any trial item still lacks a counted label.
 
-    `free` counts trial labels neither given nor reserved. A newcomer needs a list's worth of them;
-    with less, they are admitted only when nobody else holds a reservation (the last labels of a study),
-    so a crowd of visitors (or bots) can never hold more places than the study still needs, and
-    lists made mostly of already-covered images are not handed out while others are still working."""
-    k = study.labels_per_item
-    free = sum(max(0, k - c.load) for c in candidates if c.role == "trial")
-    answered = db.execute(
-        "SELECT count(*) FROM responses r JOIN participants p ON p.id = r.participant_id JOIN items i ON i.id = r.item_id "
-        "WHERE p.study_id = ? AND p.excluded = 0 AND i.role = 'trial'", [study.id]).fetchone()[0]
-    n_trial = sum(1 for c in candidates if c.role == "trial")
-    if answered >= n_trial * k or (free == 0 and not _holders(db, study)):
+    Nothing is reserved for anyone: pending items only steer newcomers towards other images (as load), so
+    invented ids, however many, never keep a real participant out. The cap of k is kept by counting, not by
+    refusing: an item's first k answers of included participants count; later ones are surplus."""
+    if places_needed(db, study) == 0:
         raise StudyFull(f"study {study.slug} has all the labels it needs")
-    per_participant = study.trials_per_condition * len(study.conditions)
-    if free == 0 or (free < per_participant and _holders(db, study)):
-        raise StudyBusy(f"study {study.slug}: all remaining images are reserved by active participants")
-
-
-def _holders(db: sqlite_utils.Database, study: Study) -> int:
-    """Participants holding a reservation now."""
-    return db.execute(
-        "SELECT count(*) FROM participants WHERE study_id = ? AND consent_at IS NOT NULL AND completed_at IS NULL "
-        "AND excluded = 0 AND timed_out_at IS NULL AND active_at >= ?", [study.id, _cutoff(study)]).fetchone()[0]
 
 
 def places_needed(db: sqlite_utils.Database, study: Study) -> int:
-    """How many more full participant lists the study's unlabelled trial items would fill (rounded up)."""
-    candidates = _loads(db, study)
-    free = sum(max(0, study.labels_per_item - c.load) for c in candidates if c.role == "trial")
-    return math.ceil(free / (study.trials_per_condition * len(study.conditions)))
+    """How many more full participant lists the trial labels still missing would fill (rounded up); counted
+    labels only (answers of included participants, at most k per item), reservations left out."""
+    k = study.labels_per_item
+    missing = db.execute(
+        """
+        SELECT coalesce(sum(max(0, :k - coalesce(n, 0))), 0) FROM items i LEFT JOIN (
+            SELECT r.item_id, count(*) AS n FROM responses r JOIN participants p ON p.id = r.participant_id
+            WHERE p.study_id = :study AND p.excluded = 0 GROUP BY r.item_id) c ON c.item_id = i.id
+        WHERE i.study_id = :study AND i.role = 'trial'
+        """, {"k": k, "study": study.id}).fetchone()[0]
+    return math.ceil(missing / (study.trials_per_condition * len(study.conditions)))
 
 
-def _lapsed(db: sqlite_utils.Database, study: Study, participant_id: int) -> bool:
-    row = db.execute("SELECT active_at < ? AND completed_at IS NULL AND timed_out_at IS NULL FROM participants "
-                     "WHERE id = ?", [_cutoff(study), participant_id]).fetchone()
-    return bool(row and row[0])
-
-
-def _renew(db: sqlite_utils.Database, study: Study, participant_id: int) -> bool:
-    """Inside a write transaction: a lapsed participant keeps going if none of their unanswered trial items
-    was taken up by others meanwhile (so no item gets more than k labels); else they are timed out."""
-    loads = {c.item_id: c.load for c in _loads(db, study, without=participant_id)}
-    pending = db.execute(
-        "SELECT a.item_id FROM assignments a JOIN items i ON i.id = a.item_id WHERE a.participant_id = ? "
-        "AND i.role = 'trial' AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)",
-        [participant_id]).fetchall()
-    now = utc_now()
-    if all(loads.get(item_id, 0) < study.labels_per_item for (item_id,) in pending):
-        db.execute("UPDATE participants SET active_at = ? WHERE id = ?", [now, participant_id])
-        return True
-    db.execute("UPDATE participants SET timed_out_at = ? WHERE id = ?", [now, participant_id])
-    return False
+def surplus_response_ids(db: sqlite_utils.Database, study: Study) -> set[int]:
+    """Answers beyond an item's first k of included participants (in the order they were stored): kept and
+    exported, flagged, and left out of the k-label statistics. Excluding someone moves later answers up."""
+    rows = db.execute(
+        """
+        SELECT id FROM (
+            SELECT r.id, row_number() OVER (PARTITION BY r.item_id ORDER BY r.id) AS n
+            FROM responses r JOIN participants p ON p.id = r.participant_id JOIN items i ON i.id = r.item_id
+            WHERE p.study_id = ? AND p.excluded = 0 AND i.role = 'trial')
+        WHERE n > ?
+        """, [study.id, study.labels_per_item]).fetchall()
+    return {r[0] for r in rows}
 
 
 def resume(db: sqlite_utils.Database, study: Study, participant: Participant) -> Participant:
-    """Called when a participant comes back: renews a lapsed reservation if possible, else times them out."""
-    if participant.consent_at is None or participant.completed_at or participant.timed_out_at:
-        return participant
-    if _lapsed(db, study, participant.id):
-        with write_transaction(db):
-            if _lapsed(db, study, participant.id):
-                _renew(db, study, participant.id)
-        row = db.execute(f"SELECT {_PARTICIPANT_COLUMNS} FROM participants WHERE id = ?", [participant.id]).fetchone()
-        return _participant(row)
+    """Called when a participant comes back. Nothing lapses any more (nothing is reserved), so they simply go on;
+    kept for callers of the earlier API."""
     return participant
 
 
@@ -322,13 +297,8 @@ def record_answer(db: sqlite_utils.Database, participant_id: int, assignment_id:
             return AnswerResult(False, stored[0], practice_label, _all_answered(db, participant_id))
         if status != "open":
             raise StudyClosed("the study is closed")
-        timed_out, study_id = db.execute("SELECT timed_out_at, study_id FROM participants WHERE id = ?",
-                                         [participant_id]).fetchone()
-        if timed_out is None:
-            study = _study_by_id(db, study_id)
-            if _lapsed(db, study, participant_id) and not _renew(db, study, participant_id):
-                timed_out = "now"
-        if timed_out is not None:  # returned, not raised: the time-out just recorded must be committed
+        timed_out = db.execute("SELECT timed_out_at FROM participants WHERE id = ?", [participant_id]).fetchone()[0]
+        if timed_out is not None:  # timed out under the earlier reservation scheme (schema 3 files)
             return AnswerResult(False, -1, practice_label, False, timed_out=True)
         current = _next_assignment(db, participant_id)
         if current is None or current[0] != assignment_id:
@@ -348,11 +318,6 @@ def record_answer(db: sqlite_utils.Database, participant_id: int, assignment_id:
 def _all_answered(db: sqlite_utils.Database, participant_id: int) -> bool:
     answered, total, _ = progress(db, participant_id)
     return total > 0 and answered == total
-
-
-def _study_by_id(db: sqlite_utils.Database, study_id: int) -> Study:
-    slug = db.execute("SELECT slug FROM studies WHERE id = ?", [study_id]).fetchone()[0]
-    return get_study(db, slug)
 
 
 def trial_window(db: sqlite_utils.Database, participant_id: int, size: int) -> list[Trial]:

@@ -5,7 +5,7 @@ Per trial condition: human accuracy (Wilson interval over answers; a participant
 only from MIN_BOOT_PARTICIPANTS participants on), how often wrong answers chose the label the attacked
 model was fooled into against chance (1 / (classes - 1)), Cohen's kappa of the human majority label with
 each model, confusion matrices, reaction times, and the images that fooled people most. Statistics use
-answers of participants who are not excluded, never practice answers.
+answers of participants who are not excluded, never practice answers nor surplus ones (beyond an item's k).
 """
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ def compute_results(db: sqlite_utils.Database, study: Study, *, cifar10h: np.nda
     """Every table the Results tab and the report show, from the database as it is now."""
     responses = responses_frame(db, study)
     items = items_frame(db, study, responses)
-    answers = responses[~responses["excluded"] & (responses["role"] == "trial")].copy()
+    answers = responses[~responses["excluded"] & ~responses["surplus"] & (responses["role"] == "trial")].copy()
     n_classes = len(study.classes)
     attacks = dict(zip(items["condition"], items["attack"], strict=True))
     # clean first (the CIFAR-10H baseline beside it), then the attacked conditions in the study's order

@@ -47,6 +47,46 @@ HARDENED_OPTIONS: dict[str, str] = {
 }
 
 
+# Answered 404 to participants: live session counts, and the app manifest (nothing a participant needs)
+HIDDEN_PATHS = ("/_stcore/metrics", "/manifest.json")
+COMPONENT_PREFIX = "/component/"  # the trial widget's iframe: framed by the study page itself, so 'self'
+
+
+class ParticipantHeaders:
+    """ASGI middleware for the participant server (plain ASGI, no framework import): no other site may frame the
+    study (`frame-ancestors 'none'`, `X-Frame-Options: DENY`; the widget's own iframe only by the page), and
+    the paths above are not served."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if path in HIDDEN_PATHS:
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"text/plain"), *self._frame_headers(False)]})
+            await send({"type": "http.response.body", "body": b"not found"})
+            return
+        framed = path.startswith(COMPONENT_PREFIX)
+
+        async def send_with_headers(message) -> None:
+            if message.get("type") == "http.response.start":
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in
+                        (b"x-frame-options", b"content-security-policy")]
+                message = {**message, "headers": kept + self._frame_headers(framed)}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    @staticmethod
+    def _frame_headers(framed: bool) -> list[tuple[bytes, bytes]]:
+        return [(b"x-frame-options", b"SAMEORIGIN" if framed else b"DENY"),
+                (b"content-security-policy", b"frame-ancestors 'self'" if framed else b"frame-ancestors 'none'")]
+
+
 def check_address(address: str) -> str:
     if address == "localhost":
         return address
@@ -86,5 +126,8 @@ def serve(db_path: str | Path, address: str = DEFAULT_ADDRESS, port: int = DEFAU
     path = prepare(db_path)
     argv = serve_argv(address, port)
     env = {**os.environ, "STUDY_DB": str(path), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    # the server imports this very checkout's `study` (the launcher's folder comes first on its path otherwise,
+    # and an editable install elsewhere would win)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PARTICIPANT_APP.parents[1]), os.environ.get("PYTHONPATH")) if p)
     os.chdir(PARTICIPANT_APP.parent)  # no config.toml or secrets.toml of the lab's checkout applies
     os.execve(sys.executable, argv, env)

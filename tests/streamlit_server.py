@@ -38,6 +38,13 @@ def free_port() -> int:
 def _serving(command: list[str], what: str, env: dict | None, log_path: Path | None, timeout: float,
              port: int) -> Iterator[str]:
     """Run `command` (a server on `port`); yield its URL once /_stcore/health answers ok; always stop it."""
+    with _serving_process(command, what, env, log_path, timeout, port) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def _serving_process(command: list[str], what: str, env: dict | None, log_path: Path | None, timeout: float,
+                     port: int) -> Iterator[tuple[str, subprocess.Popen]]:
     log = log_path.open("w") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -54,7 +61,7 @@ def _serving(command: list[str], what: str, env: dict | None, log_path: Path | N
                 tail = log_path.read_text()[-2000:] if log_path else ""
                 raise RuntimeError(f"{what} did not start: {tail}")
             time.sleep(0.3)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
@@ -84,3 +91,13 @@ def participant_server(db_path: Path, log_path: Path, timeout: float = 90) -> It
     with _serving([sys.executable, "-m", "study", "serve", "--db", str(db_path), "--port", str(port)],
                   "participant server", None, log_path, timeout, port) as url:
         yield url
+
+
+@contextlib.contextmanager
+def participant_server_process(db_path: Path, log_path: Path, env: dict | None = None,
+                               timeout: float = 90) -> Iterator[tuple[str, subprocess.Popen]]:
+    """As participant_server, also yielding the server process (its pid is the server's: serve execs)."""
+    port = free_port()
+    with _serving_process([sys.executable, "-m", "study", "serve", "--db", str(db_path), "--port", str(port)],
+                          "participant server", env, log_path, timeout, port) as served:
+        yield served

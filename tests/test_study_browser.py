@@ -252,3 +252,29 @@ def test_researcher_app_beyond_loopback_asks_for_the_lab_password(tmp_path, brow
         page.get_by_label("Lab password").fill("a long lab password")
         page.get_by_role("button", name="Sign in").click()
         expect(page.get_by_text("Compare these models")).to_be_visible(timeout=60_000)  # the lab's sidebar, once signed in
+
+
+def test_no_framing_no_metrics_and_no_outside_host(server, browser):
+    """Old code: any site could frame the study, /_stcore/metrics showed live session counts, and the page
+    fetched its favicon from fonts.gstatic.com."""
+    import urllib.error
+    import urllib.request
+
+    url, _, key = server
+    with urllib.request.urlopen(f"{url}/?study=duo") as response:
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+    for hidden in ("/_stcore/metrics", "/manifest.json"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + hidden)
+        assert refused.value.code == 404
+    requested: list[str] = []
+    p = Participant(browser, url, "offline1", "duo", key["duo"], use_keyboard=False)
+    p.page.on("request", lambda request: requested.append(request.url))
+    p.page.reload()
+    p.click_button("I agree and want to take part")
+    p.click_button("Start")
+    expect(p.widget.locator("button[data-label='0']")).to_be_enabled(timeout=WAIT_MS)  # the widget's iframe works
+    p.page.wait_for_timeout(500)
+    outside = [u for u in requested if not u.startswith(url) and not u.startswith(("data:", "blob:"))]
+    assert requested and outside == []

@@ -269,23 +269,28 @@ def test_order_reproducible_from_seed_and_participant(tmp_path, study_sets):
     assert rng_a.random() == rng_b.random() and participant_rng(1, "ann").random() != participant_rng(0, "ann").random()
 
 
-def test_abandoned_and_excluded_participants_free_their_items(tmp_path, study_sets):
+def test_nothing_is_reserved_and_surplus_answers_do_not_count(tmp_path, study_sets):
+    """Old code: a consent reserved the whole list, so a second participant was refused (StudyFull) while the first
+    sat on all 6 items. Now both get in; the first k answers of included participants count, later ones are
+    surplus; excluding someone moves the next answers up."""
     from study.admin import set_excluded
+    from study.participant import places_needed, surplus_response_ids
     make_study(tmp_path / "s.db", study_sets, labels_per_item=1, items_per_condition=6, conditions=["clean"])
     db = open_db(tmp_path / "s.db")
     study = get_study(db, "s1")
-    first = consent(db, join(db, study, "first"))  # takes all 6 trial items (k=1)
+    first = consent(db, join(db, study, "first"))
+    second = consent(db, join(db, study, "second"))  # admitted although the first holds every image
+    assert {r[3] for r in item_rows(db, second.id) if r[0] == "trial"} == {r[3] for r in item_rows(db, first.id) if r[0] == "trial"}
+    answer_all(db, first)
+    assert places_needed(db, study) == 0
     with pytest.raises(StudyFull):
-        consent(db, join(db, study, "second"))
-    old = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min + 1)).isoformat()
-    db.execute("UPDATE participants SET active_at = ? WHERE id = ?", [old, first.id])
-    third = consent(db, join(db, study, "third"))  # first went silent: their items are offered again
-    assert {r[3] for r in item_rows(db, third.id) if r[0] == "trial"} == {r[3] for r in item_rows(db, first.id) if r[0] == "trial"}
-    answer_all(db, third)
-    with pytest.raises(StudyFull):
-        consent(db, join(db, study, "fourth"))
-    set_excluded(db, "s1", db.execute("SELECT uid FROM participants WHERE id = ?", [third.id]).fetchone()[0], True, "test")
-    assert len(item_rows(db, consent(db, join(db, study, "fifth")).id)) == 3 + 6 + 2
+        consent(db, join(db, study, "third"))
+    answer_all(db, second)  # a participant admitted earlier finishes; their answers are kept, as surplus
+    trial_answers = db.execute("SELECT r.id, r.participant_id FROM responses r JOIN items i ON i.id = r.item_id "
+                               "WHERE i.role = 'trial'").fetchall()
+    assert surplus_response_ids(db, study) == {rid for rid, pid in trial_answers if pid == second.id}
+    set_excluded(db, "s1", db.execute("SELECT uid FROM participants WHERE id = ?", [first.id]).fetchone()[0], True, "test")
+    assert surplus_response_ids(db, study) == set()  # the second participant's answers count now
 
 
 # --- participant flow, resume, security -------------------------------------------------------------
@@ -458,12 +463,12 @@ def test_version_2_file_gets_link_keys_and_activity(tmp_path, study_sets):
 
 
 def test_refused_enrolment_stores_nothing(tmp_path, study_sets):
-    from study import StudyBusy, enrol
+    from study import enrol
     make_study(tmp_path / "s.db", study_sets, labels_per_item=1, items_per_condition=6, conditions=["clean"])
     db = open_db(tmp_path / "s.db")
     study = get_study(db, "s1")
-    enrol(db, study, "first")  # takes all 6 trial items (k = 1)
-    with pytest.raises(StudyBusy):  # reserved by someone active: not full, busy
+    answer_all(db, enrol(db, study, "first"))  # gives all 6 labels (k = 1)
+    with pytest.raises(StudyFull):
         enrol(db, study, "second", external_study_id="s", external_session_id="x")
     assert [r[0] for r in db.execute("SELECT external_id FROM participants")] == ["first"]
     set_status(db, "s1", "closed")
@@ -473,56 +478,37 @@ def test_refused_enrolment_stores_nothing(tmp_path, study_sets):
 
 
 def test_bots_that_never_answer_do_not_keep_a_participant_out(tmp_path, study_sets):
-    """200 consents that never answer: at most as many hold places as the study needs, and once the
-    inactivity window (counted from the last answer) has passed, a real participant gets in."""
-    from study import StudyBusy, enrol
-    from study.participant import places_needed
+    """Old code: 12 consent-only bots filled the study and everyone else was told 'places taken' until the
+    inactivity window passed. Now 200 bots with fresh ids, consenting again and again, hold nothing: a real
+    participant is admitted at once, and every one of their answers counts."""
+    from study import enrol
+    from study.participant import places_needed, surplus_response_ids
     make_study(tmp_path / "s.db", study_sets, labels_per_item=2, items_per_condition=12, items_per_participant=6)
     db = open_db(tmp_path / "s.db")
     study = get_study(db, "s1")
-    needed = places_needed(db, study)
-    assert needed == 12  # 3 conditions x 12 items x k=2 / 6 per participant
-    admitted = refused = 0
-    for i in range(200):
-        try:
-            enrol(db, study, f"bot{i:03d}")
-            admitted += 1
-        except StudyBusy:
-            refused += 1
-    assert admitted == needed and refused == 200 - needed
-    assert db.execute("SELECT count(*) FROM participants").fetchone()[0] == needed  # the refused left no row
-    with pytest.raises(StudyBusy):
-        enrol(db, study, "real")
-    # one bot answered a while ago; the window counts from that answer, not from page views
-    bot = db.execute("SELECT id FROM participants WHERE external_id = 'bot000'").fetchone()[0]
-    trial = next_trial(db, bot)
-    record_answer(db, bot, trial.assignment_id, 3, rt_ms=500.0, mode="unlimited", input="click")
-    past = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min + 0.5)).isoformat()
-    db.execute("UPDATE participants SET active_at = ?", [past])
-    real = enrol(db, study, "real")
-    assert len(item_rows(db, real.id)) == 3 + 6 + 2
-    answer_all(db, real)
-    late = 0
-    while late < 50:  # newcomers take the places the bots let go, until every image is reserved again
-        try:
-            enrol(db, study, f"late{late}")
-        except StudyBusy:
-            break
-        late += 1
-    assert late == needed - 1
-    # a bot coming back after the window finds its images taken: timed out, its answer kept, nothing more stored
-    from study.participant import get_participant, resume
-    again = resume(db, study, get_participant(db, study, "bot001"))
-    assert again.timed_out_at is not None
-    trial = next_trial(db, again.id)
-    result = record_answer(db, again.id, trial.assignment_id, 1, rt_ms=500.0, mode="unlimited", input="click")
-    assert result.timed_out and not result.stored
-    per_item = Counter(r[0] for r in db.execute(
-        "SELECT r.item_id FROM responses r JOIN items i ON i.id = r.item_id WHERE i.role = 'trial'"))
-    assert max(per_item.values()) <= 2  # never more than k labels
+    assert places_needed(db, study) == 12  # 3 conditions x 12 items x k=2 / 6 per participant
+    for wave in range(2):
+        for i in range(100):
+            enrol(db, study, f"bot{wave}-{i:03d}")  # never refused, never answers
+        real = enrol(db, study, f"real{wave}")
+        rows = item_rows(db, real.id)
+        assert len(rows) == 3 + 6 + 2 and Counter(r[1] for r in rows if r[0] == "trial") == {c: 2 for c in study.conditions}
+        answer_all(db, real)
+        assert db.execute("SELECT completed_at IS NOT NULL FROM participants WHERE id = ?", [real.id]).fetchone()[0]
+    assert surplus_response_ids(db, study) == set() and places_needed(db, study) == 10
+    # a bot that does answer gives real labels, counted only while an item needs them, and excludable
+    bot = consent(db, join(db, study, "bot0-000"))  # already enrolled: the same row
+    answer_all(db, bot)
+    surplus = surplus_response_ids(db, study)
+    counted = Counter(item for rid, item in db.execute(
+        "SELECT r.id, r.item_id FROM responses r JOIN items i ON i.id = r.item_id WHERE i.role = 'trial'")
+        if rid not in surplus)
+    assert max(counted.values()) <= 2 and places_needed(db, study) == 9  # never more than k counted labels
 
 
-def test_lapsed_participant_whose_images_are_still_free_continues(tmp_path, study_sets):
+def test_lapsed_participant_simply_continues(tmp_path, study_sets):
+    """Old code timed out a participant whose images had been taken while they were away; nothing is taken away
+    now, so they go on (their later answers may be surplus)."""
     make_study(tmp_path / "s.db", study_sets)
     db = open_db(tmp_path / "s.db")
     study = get_study(db, "s1")
@@ -530,9 +516,13 @@ def test_lapsed_participant_whose_images_are_still_free_continues(tmp_path, stud
     p = enrol(db, study, "slow")
     past = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min + 1)).isoformat()
     db.execute("UPDATE participants SET active_at = ?", [past])
+    for other in range(12):
+        answer_all(db, enrol(db, study, f"quick{other}"))
     trial = next_trial(db, p.id)
     assert record_answer(db, p.id, trial.assignment_id, 1, rt_ms=1.0, mode="unlimited", input="click").stored
-    assert db.execute("SELECT active_at > ?, timed_out_at FROM participants", [past]).fetchone() == (1, None)
+    answer_all(db, p)
+    assert db.execute("SELECT completed_at IS NOT NULL, timed_out_at FROM participants WHERE id = ?",
+                      [p.id]).fetchone() == (1, None)
 
 
 def test_lockout_is_kept_in_the_database(tmp_path, study_sets):
@@ -554,6 +544,24 @@ def test_lockout_is_kept_in_the_database(tmp_path, study_sets):
     assert check_password(db, secret, secret).ok and locked_for(db) == 0
     assert db.execute("SELECT count(*) FROM auth_failures").fetchone()[0] == 0
     assert secret not in (tmp_path / "s.db").read_bytes().decode("latin-1")
+
+
+def test_lockout_is_per_client_address_and_session(tmp_path, study_sets):
+    from study.auth import MAX_FAILURES, ProcessLockout, check_password, client_keys, locked_for
+    make_study(tmp_path / "s.db", study_sets)
+    secret = "a long organiser secret"
+    stranger, organiser = client_keys("203.0.113.7", "s1"), client_keys("198.51.100.2", "s2")
+    for _ in range(MAX_FAILURES):
+        check_password(open_db(tmp_path / "s.db"), "guess", secret, keys=stranger)
+    db = open_db(tmp_path / "s.db")  # persistent: a new connection (or server) sees it
+    assert 55 < locked_for(db, keys=stranger) <= 60
+    assert locked_for(db, keys=client_keys("203.0.113.7", "another-tab")) > 55  # a new session: same address
+    assert locked_for(db, keys=organiser) == 0 and check_password(db, secret, secret, keys=organiser).ok
+    assert locked_for(db, keys=stranger) > 0  # the organiser's success clears only their own keys
+    gate = ProcessLockout()
+    for _ in range(MAX_FAILURES):
+        gate.check("guess", secret, stranger)
+    assert gate.locked_for(stranger) > 55 and gate.locked_for(organiser) == 0 and gate.check(secret, secret, organiser).ok
 
 
 def test_passwords_need_real_length(monkeypatch):
@@ -596,3 +604,34 @@ def test_backup_of_a_live_database(tmp_path, study_sets):
 def test_an_invalid_link_part_names_its_own_rule(params, rule):
     with pytest.raises(InvalidLink, match=rule):
         parse_link(params)
+
+
+def test_idle_participants_answered_items_are_not_handed_out_again(tmp_path, study_sets):
+    """The issue's case (k = 1): two finish, a third answers 2 items and goes idle past the window, a fourth
+    consents. Old code: only one image still needed a label, so the fourth's list was filled with the third's
+    answered images, which ended with 2 labels each. Now those answers of the fourth are surplus; the third comes back and finishes; no item has more than k
+    counted labels and every item has its k."""
+    from study import enrol
+    from study.participant import surplus_response_ids
+    make_study(tmp_path / "s.db", study_sets, labels_per_item=1, items_per_condition=3, items_per_participant=3,
+               catch_per_participant=0, practice=False)
+    db = open_db(tmp_path / "s.db")
+    study = get_study(db, "s1")
+    for pid in ("one", "two"):
+        answer_all(db, enrol(db, study, pid))
+    third = enrol(db, study, "third")
+    answered = []
+    while len(answered) < 2:
+        trial = next_trial(db, third.id)
+        record_answer(db, third.id, trial.assignment_id, 4, rt_ms=1.0, mode="unlimited", input="click")
+        answered.append(db.execute("SELECT item_id FROM assignments WHERE id = ?", [trial.assignment_id]).fetchone()[0])
+    past = (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min + 1)).isoformat()
+    db.execute("UPDATE participants SET active_at = ? WHERE id = ?", [past, third.id])
+    fourth = enrol(db, study, "fourth")
+    answer_all(db, fourth)
+    while (trial := next_trial(db, third.id)) is not None:  # back after the break: goes on, nothing lost
+        assert record_answer(db, third.id, trial.assignment_id, 4, rt_ms=1.0, mode="unlimited", input="click").stored
+    surplus = surplus_response_ids(db, study)
+    counted = Counter(item for rid, item in db.execute(
+        "SELECT r.id, r.item_id FROM responses r JOIN items i ON i.id = r.item_id WHERE i.role = 'trial'") if rid not in surplus)
+    assert max(counted.values()) == 1 and len(counted) == 9

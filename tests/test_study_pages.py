@@ -250,6 +250,24 @@ def test_admin_wrong_password_and_lockout(db_path, monkeypatch):
     assert "Too many wrong passwords" in texts(fresh) and not fresh.text_input and not fresh.tabs
 
 
+def test_admin_guesses_from_one_address_never_lock_out_another(db_path, monkeypatch):
+    """Old code: five wrong passwords from anyone locked the organiser page for everyone."""
+    import study.guard
+    monkeypatch.setenv("STUDY_ADMIN_PASSWORD", PASSWORD)
+    import study.auth
+    by_address = study.auth.client_keys  # AppTest gives every test session the same id: count by address only
+    monkeypatch.setattr(study.auth, "client_keys", lambda address, session_id=None: by_address(address))
+    monkeypatch.setattr(study.guard, "client_address", lambda remote, headers: "203.0.113.7")
+    at = admin_page()
+    for _ in range(5):
+        at = sign_in(at, "guess")
+    assert "Too many wrong passwords" in texts(admin_page())  # the stranger's address stays locked
+    monkeypatch.setattr(study.guard, "client_address", lambda remote, headers: "198.51.100.2")
+    organiser = admin_page()
+    assert "Too many wrong passwords" not in texts(organiser) and organiser.text_input(key="admin_password")
+    assert sign_in(organiser, PASSWORD).tabs
+
+
 def test_admin_progress_close_exclude_export(db_path, monkeypatch):
     monkeypatch.setenv("STUDY_ADMIN_PASSWORD", PASSWORD)
     from study.simulate import simulate_participant

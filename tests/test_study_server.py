@@ -151,3 +151,53 @@ def test_researcher_app_lockout_outlives_sessions(public_address, monkeypatch):
         at.button[0].click().run()
     fresh = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     assert "Too many wrong passwords" in " ".join(e.value for e in fresh.error) and not fresh.text_input
+
+
+def test_researcher_app_guesses_lock_only_their_address(public_address, monkeypatch):
+    """Old code: five wrong lab passwords from one stranger locked the gate for every visitor."""
+    monkeypatch.setenv("RANDMASK_APP_PASSWORD", PASSWORD)
+    import streamlit as st
+
+    import study.auth as auth
+    import study.guard
+    st.cache_resource.clear()
+    import study.auth
+    by_address = study.auth.client_keys  # AppTest gives every test session the same id: count by address only
+    monkeypatch.setattr(study.auth, "client_keys", lambda address, session_id=None: by_address(address))
+    monkeypatch.setattr(study.guard, "client_address", lambda remote, headers: "203.0.113.7")
+    for _ in range(auth.MAX_FAILURES):
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+        at.text_input(key="lab_password").input("guess")
+        at.button[0].click().run()
+    assert "Too many wrong passwords" in " ".join(e.value for e in AppTest.from_file(str(ROOT / "app.py")).run().error)
+    monkeypatch.setattr(study.guard, "client_address", lambda remote, headers: "198.51.100.2")
+    other = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    assert not other.error and other.text_input(key="lab_password")
+
+
+def test_participant_headers_middleware():
+    """Frame headers on every HTTP response (the widget's iframe may be framed by the page only), metrics hidden."""
+    import asyncio
+
+    from study.serve import ParticipantHeaders
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-frame-options", b"ALLOWALL")]})
+        await send({"type": "http.response.body", "body": b"page"})
+
+    def get(path: str) -> list[dict]:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(ParticipantHeaders(app)({"type": "http", "path": path}, None, send))
+        return sent
+
+    page = get("/")
+    assert page[0]["status"] == 200 and dict(page[0]["headers"]) == {
+        b"x-frame-options": b"DENY", b"content-security-policy": b"frame-ancestors 'none'"}
+    widget = dict(get("/component/randmask_study_label.study_trial/index.html")[0]["headers"])
+    assert widget[b"content-security-policy"] == b"frame-ancestors 'self'"
+    metrics = get("/_stcore/metrics")
+    assert metrics[0]["status"] == 404 and metrics[1]["body"] == b"not found"
