@@ -219,10 +219,22 @@ def test_a_training_step_is_as_close_to_float64_as_the_eager_one(monkeypatch, na
     def error(grads):
         return torch.stack([(grads[n] - ref[n]).norm() / (ref[n].norm() + 1e-12) for n in ref])
 
+    def total_error(grads):  # the whole gradient at once, as the optimizer sees it
+        return (torch.cat([(grads[n] - ref[n]).flatten() for n in ref]).norm()
+                / torch.cat([ref[n].flatten() for n in ref]).norm())
+
     eager_error, fused_error = error(eager), error(fast)
     slack = 1e-3 if amp is None else 2e-2  # float32 / bfloat16 rounding of a well-conditioned gradient
-    assert (fused_error <= 3 * eager_error + slack).all(), (fused_error - 3 * eager_error).max()
     assert fused_error.median() <= 2 * eager_error.median() + slack
+    assert total_error(fast) <= 1.25 * total_error(eager) + slack
+    if amp is None:  # float32: each parameter's error is rounding noise of the same small size in both paths
+        assert (fused_error <= 3 * eager_error + slack).all(), (fused_error - 3 * eager_error).max()
+    else:
+        # bf16 rounds every activation to 8 bits, so each parameter's error (10-170% here) is a random draw
+        # per path: paired per parameter, one draw can land 5x the other's (SENet-18 under oneDNN's SSE4.1
+        # kernels: 0.145 vs 0.030). The promise, no error of the kernels' own, is judged on the whole gradient
+        # (above: fused/eager 0.98-1.04 on every instruction set) and on the worst parameter of each path.
+        assert fused_error.max() <= 1.5 * eager_error.max() + slack
     assert abs(loss_fused - loss_ref) <= 3 * abs(loss_eager - loss_ref) + (1e-5 if amp is None else 1e-2)
 
 
