@@ -43,11 +43,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = make_config(args.notation, args.preset, dataset=args.dataset, width=args.width, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, mask_seed=args.mask_seed,
                       precision=args.precision, train_n=args.train_n, eval_n=args.eval_n)
-    result = train(cfg, args.out, show_bar=not args.no_bar)
+    with _training_folder(Path(args.out)):
+        result = train(cfg, args.out, show_bar=not args.no_bar)
     if result:
         print_json({"checkpoint": args.out, "clean_accuracy": result["clean_accuracy"],
                     "n": result["clean_accuracy_n"], "train_time_s": result["train_time_s"]})
     return 0
+
+
+@contextlib.contextmanager
+def _training_folder(out: Path) -> Iterator[None]:
+    """Training writes into --out as it goes (resume.pt each epoch), so it is not renamed into place: an existing
+    folder must be one to resume (resume.pt, or an EN's members/), and a folder made here is removed again (with
+    the parents made for it) when training fails before its first checkpoint."""
+    from randmask.safe_files import check_output
+    from randmask.settings import data_root
+    from randmask.train import RESUME_FILE
+
+    resumable = os.path.lexists(out / RESUME_FILE) or (out / "members").is_dir()  # its damage is train's to word
+    if not resumable:
+        check_output(out, folder=True, inputs=[data_root()])
+    made = [p for p in (out, *out.parents) if not os.path.lexists(p)]
+    try:
+        yield
+    except BaseException:
+        if not resumable and not (out / RESUME_FILE).exists() and not (out / "members").exists():
+            import shutil
+
+            if out in made:
+                shutil.rmtree(out, ignore_errors=True)
+            else:  # it was there before, empty: empty it again
+                for child in out.iterdir():
+                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+            for folder in made[1:]:  # innermost first, only while empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        raise
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -93,9 +124,15 @@ def print_json(value: object, **kwargs) -> None:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
+    from randmask.checkpoint import CONFIG_FILE
+    from randmask.safe_files import Output, existing_paths
+    from randmask.settings import data_root
     from randmask.train import assemble_ensemble
 
-    result = assemble_ensemble(args.members, args.out, eval_n=args.eval_n)
+    out = Output(args.out, folder=True, overwrite=args.overwrite, inputs=[*existing_paths(args.members), data_root()],
+                 kind="a checkpoint folder", replaceable=lambda folder: (folder / CONFIG_FILE).is_file())
+    with out as tmp:
+        result = assemble_ensemble(args.members, tmp, eval_n=args.eval_n)
     print_json({"checkpoint": args.out, "clean_accuracy": result["clean_accuracy"], "n": result["clean_accuracy_n"]})
     return 0
 
@@ -188,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model into a checkpoint folder (resumes if interrupted)")
     p.add_argument("notation")
-    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--out", required=True, help="checkpoint folder (new, or one to resume)")
     p.add_argument("--preset", default="quick", help="quick (CPU) or paper (appendix D)")
     p.add_argument("--dataset", default=None)
     p.add_argument("--width", type=int)
@@ -212,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ensemble", help="join trained members into an EN checkpoint")
     p.add_argument("members", nargs="+", help="member checkpoint folders, in seed order")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="new checkpoint folder (never one of the members)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint folder at --out")
     p.add_argument("--eval-n", type=int)
     p.set_defaults(func=cmd_ensemble)
 
