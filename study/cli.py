@@ -51,6 +51,8 @@ from .validate import check_base_url, participant_link
 
 EXPECTED_ERRORS = (StudyDBError, DesignError, StudyNotFound, SetError, LookupError, ValueError, sqlite3.Error, OSError)
 MAX_BOOTSTRAP = 100_000
+DEMO_PER_PARTICIPANT = 6
+MAX_DEMO_IMAGES = 9_000  # CIFAR-10's 10,000 test images less the demo's catch and practice images, with room
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
@@ -197,8 +199,8 @@ def _demo(args) -> int:
     """Sets first (under a temporary name, moved into place before the study reads them), then the study; a
     failure anywhere leaves neither the sets nor a new database."""
     out = _output(args, kind="earlier demo sets", replaceable=lambda folder: _is_set(folder / "clean"))
-    if not 2 <= args.images <= 1000:
-        raise SetError(f"--images must be from 2 to 1000, got {args.images}")
+    if not DEMO_PER_PARTICIPANT <= args.images <= MAX_DEMO_IMAGES:  # a participant sees each image once
+        raise SetError(f"--images must be from {DEMO_PER_PARTICIPANT} to {MAX_DEMO_IMAGES}, got {args.images}")
     x, y = load_cifar10_test()
     rng = np.random.default_rng(0)
     study_images = np.sort(rng.choice(len(y), size=args.images, replace=False))
@@ -211,7 +213,7 @@ def _demo(args) -> int:
         out.commit()
         sets = args.out
         config = StudyConfig(slug=args.name, title="Demo study (noise stand-ins, not attacks)", labels_per_item=3,
-                             items_per_participant=6, catch_per_participant=2)
+                             items_per_participant=DEMO_PER_PARTICIPANT, catch_per_participant=2)
         with _database_for_create(Path(args.db or default_db_path())) as db:
             create_study(db, config, [sets / "clean", sets / "noise16", sets / "noise32"], sets / "catch",
                          sets / "practice")

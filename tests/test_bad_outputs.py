@@ -255,8 +255,23 @@ def test_demo_never_replaces_an_existing_folder(sets, capsys):
     _refused(capsys, study_main, ["demo", "--db", str(sets / "s.db"), "--out", str(sets), "--overwrite"], sets, "input")
 
 
+def test_demo_writes_its_sets_and_study_and_overwrite_replaces_only_demo_sets(tmp_path, capsys):
+    argv = ["demo", "--db", str(tmp_path / "s.db"), "--out", str(tmp_path / "sets"), "--images", "6"]
+    code, out, err = run_main(study_main, argv, capsys)
+    assert code == 0 and "created study 'demo'" in out, err
+    assert sorted(p.name for p in (tmp_path / "sets").iterdir()) == ["catch", "clean", "noise16", "noise32", "practice"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db", "sets"]  # no temporary folder left
+    old = (tmp_path / "sets" / "clean" / "meta.csv").stat().st_ino
+    code, _, err = run_main(study_main, [*argv, "--name", "demo2", "--overwrite"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "sets" / "clean" / "meta.csv").stat().st_ino != old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db", "sets"]
+    _refused(capsys, study_main, [*argv[:-2], "--images", "6", "--name", "demo3", "--out", str(tmp_path / "sets" / "clean"),
+                                  "--overwrite"], tmp_path, "not earlier demo sets")
+
+
 @pytest.mark.parametrize("argv", [["--name", "Bad Name!"], ["--images", "0"], ["--images", "1"],
-                                  ["--images", "-3"]])
+                                  ["--images", "5"], ["--images", "-3"]])
 def test_a_refused_demo_leaves_no_sets_and_no_database(tmp_path, capsys, argv):
     _refused(capsys, study_main, ["demo", "--db", str(tmp_path / "db" / "s.db"), "--out", str(tmp_path / "sets"),
                                   *argv], tmp_path)
