@@ -157,8 +157,7 @@ class Output:
         if os.path.lexists(self.path):
             if not self.overwrite and not (self.folder and _free(self.path)):
                 raise OutputError(f"{self.path} appeared while this command ran; nothing was written")
-            self.old = _unique(self.path.parent, self.path.name + ".old", lambda p: os.rename(self.path, p)
-                               if not os.path.lexists(p) else _raise_exists(p))
+            self.old = _unique(self.path.parent, self.path.name + ".old", self._move_aside)
         try:
             os.rename(self.tmp, self.path)
         except BaseException:
@@ -167,6 +166,11 @@ class Output:
                 self.old = None
             raise
         self.committed = True
+
+    def _move_aside(self, place: Path) -> None:
+        if os.path.lexists(place):  # rename() would replace an empty folder there
+            raise FileExistsError(place)
+        os.rename(self.path, place)
 
     def __exit__(self, kind, exc, tb) -> None:
         if exc is None:
@@ -190,7 +194,3 @@ class Output:
         for folder in self.made:  # innermost first; only those made here, and only while empty
             with contextlib.suppress(OSError):
                 folder.rmdir()
-
-
-def _raise_exists(path: Path) -> None:
-    raise FileExistsError(path)
