@@ -53,29 +53,34 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _training_folder(out: Path) -> Iterator[None]:
-    """Training writes into --out as it goes (resume.pt each epoch), so it is not renamed into place: an existing
-    folder must be one to resume (resume.pt, or an EN's members/), and a folder made here is removed again (with
-    the parents made for it) when training fails before its first checkpoint."""
+    """Training writes into --out as it goes (resume.pt each epoch), so it is not renamed into place. A folder
+    with resume.pt (or an EN's members/) is resumed; any other must be new or hold none of the files training
+    writes (the app's job folder holds its job.json). When training fails before its first checkpoint, what it
+    made is removed again: the folder and its parents if new, else the files it added. A cancelled run keeps its
+    log."""
+    from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE
     from randmask.safe_files import check_output
     from randmask.settings import data_root
-    from randmask.train import RESUME_FILE
+    from randmask.train import LOG_FILE, RESUME_FILE
 
     resumable = os.path.lexists(out / RESUME_FILE) or (out / "members").is_dir()  # its damage is train's to word
     if not resumable:
-        check_output(out, folder=True, inputs=[data_root()])
+        check_output(out, folder=True, overwrite=True, inputs=[data_root()])  # links, files, FIFOs, inputs
+        clash = [name for name in (WEIGHTS_FILE, CONFIG_FILE, LOG_FILE) if os.path.lexists(out / name)]
+        if clash:
+            raise RandmaskError(f"{out} already holds {clash[0]}; choose another --out (training never overwrites)")
     made = [p for p in (out, *out.parents) if not os.path.lexists(p)]
+    before = set(os.listdir(out)) if not made else set()
     try:
         yield
-    except BaseException:
+    except Exception:  # not on a cancel (Ctrl-C, SIGTERM): its progress.jsonl says where the run stopped
         if not resumable and not (out / RESUME_FILE).exists() and not (out / "members").exists():
             import shutil
 
-            if out in made:
-                shutil.rmtree(out, ignore_errors=True)
-            else:  # it was there before, empty: empty it again
-                for child in out.iterdir():
+            for child in (out.iterdir() if out.is_dir() else []):
+                if child.name not in before:
                     shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
-            for folder in made[1:]:  # innermost first, only while empty
+            for folder in made:  # innermost first, only while empty
                 with contextlib.suppress(OSError):
                     folder.rmdir()
         raise

@@ -196,16 +196,39 @@ def test_ensemble_writes_a_new_folder_whole(models, capsys):
 @pytest.mark.parametrize("argv", [["0.7-Shallow", "--seed", "-1"], ["0.7-Shallow", "--dataset", "nope"],
                                   ["0.7-Shallow", "--width", "100000"], ["0.99999-Shallow", "--width", "4"],
                                   ["0.7-Shallow", "--width", "4", "--train-n", "0"]])
-@pytest.mark.parametrize("out", ["new/run", "empty"])
+@pytest.mark.parametrize("out", ["new/run", "empty", "job"])
 def test_refused_training_leaves_no_folder(tmp_path, capsys, argv, out):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "job.json").write_text("{}")  # the app's job folder, made before its trainer starts
     _refused(capsys, randmask_main, ["train", *argv, "--out", str(tmp_path / out), "--epochs", "1", "--no-bar"],
              tmp_path)
 
 
-def test_training_into_a_folder_that_is_not_a_run_is_refused(models, capsys):
-    _refused(capsys, randmask_main, ["train", "0.7-Shallow", "--width", "4", "--epochs", "1", "--out",
-                                     str(models / "M0"), "--no-bar"], models, "already exists")
+def test_training_that_fails_in_its_first_epoch_leaves_only_what_was_there(tmp_path, capsys, monkeypatch):
+    import randmask.train
+
+    def boom(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(randmask.train, "train_step", boom)
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "job.json").write_text("{}")
+    for out in ("job", "new/run"):
+        code, _, err = run_main(randmask_main, ["train", "0.7-Shallow", "--width", "4", "--epochs", "1", "--train-n",
+                                                "8", "--eval-n", "8", "--no-bar", "--out", str(tmp_path / out)], capsys)
+        assert_one_line_error(code, err, "boom")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["job", "job/job.json"]
+
+
+@pytest.mark.parametrize("where", ["M0", "M0/config.json", "log", "data"])
+def test_training_into_a_model_or_over_its_files_is_refused(models, capsys, data_dir, where):
+    (models / "log").mkdir()
+    (models / "log" / "progress.jsonl").write_text("{}\n")
+    out = data_dir if where == "data" else models / where
+    _refused(capsys, randmask_main, ["train", "0.7-Shallow", "--width", "4", "--epochs", "1", "--out", str(out),
+                                     "--no-bar"], models, {"data": "input", "M0/config.json": "not a folder"}.get(
+                                         where, "already holds"))
 
 
 # ------------------------------------------------------------------------------------------ study commands
