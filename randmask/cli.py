@@ -43,11 +43,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = make_config(args.notation, args.preset, dataset=args.dataset, width=args.width, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, mask_seed=args.mask_seed,
                       precision=args.precision, train_n=args.train_n, eval_n=args.eval_n)
-    result = train(cfg, args.out, show_bar=not args.no_bar)
+    with _training_folder(Path(args.out)):
+        result = train(cfg, args.out, show_bar=not args.no_bar)
     if result:
         print_json({"checkpoint": args.out, "clean_accuracy": result["clean_accuracy"],
                     "n": result["clean_accuracy_n"], "train_time_s": result["train_time_s"]})
     return 0
+
+
+@contextlib.contextmanager
+def _training_folder(out: Path) -> Iterator[None]:
+    """Training writes into --out as it goes (resume.pt each epoch), so it is not renamed into place. A folder
+    with resume.pt (or an EN's members/) is resumed; any other must be new or hold none of the files training
+    writes (the app's job folder holds its job.json). When training fails before its first checkpoint, what it
+    made is removed again: the folder and its parents if new, else the files it added. A cancelled run keeps its
+    log."""
+    from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+    from randmask.safe_files import check_output
+    from randmask.settings import data_root
+    from randmask.train import LOG_FILE, RESUME_FILE
+
+    resumable = os.path.lexists(out / RESUME_FILE) or (out / "members").is_dir()  # its damage is train's to word
+    if not resumable:
+        check_output(out, folder=True, overwrite=True, inputs=[data_root()])  # links, files, FIFOs, inputs
+        clash = [name for name in (WEIGHTS_FILE, CONFIG_FILE, LOG_FILE) if os.path.lexists(out / name)]
+        if clash:
+            raise RandmaskError(f"{out} already holds {clash[0]}; choose another --out (training never overwrites)")
+    made = [p for p in (out, *out.parents) if not os.path.lexists(p)]
+    before = set(os.listdir(out)) if not made else set()
+    try:
+        yield
+    except Exception:  # not on a cancel (Ctrl-C, SIGTERM): its progress.jsonl says where the run stopped
+        if not resumable and not (out / RESUME_FILE).exists() and not (out / "members").exists():
+            import shutil
+
+            for child in (out.iterdir() if out.is_dir() else []):
+                if child.name not in before:
+                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+            for folder in made:  # innermost first, only while empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        raise
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -93,9 +129,15 @@ def print_json(value: object, **kwargs) -> None:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
+    from randmask.checkpoint import CONFIG_FILE
+    from randmask.safe_files import Output, existing_paths
+    from randmask.settings import data_root
     from randmask.train import assemble_ensemble
 
-    result = assemble_ensemble(args.members, args.out, eval_n=args.eval_n)
+    out = Output(args.out, folder=True, overwrite=args.overwrite, inputs=[*existing_paths(args.members), data_root()],
+                 kind="a checkpoint folder", replaceable=lambda folder: (folder / CONFIG_FILE).is_file())
+    with out as tmp:
+        result = assemble_ensemble(args.members, tmp, eval_n=args.eval_n)
     print_json({"checkpoint": args.out, "clean_accuracy": result["clean_accuracy"], "n": result["clean_accuracy_n"]})
     return 0
 
@@ -188,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model into a checkpoint folder (resumes if interrupted)")
     p.add_argument("notation")
-    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--out", required=True, help="checkpoint folder (new, or one to resume)")
     p.add_argument("--preset", default="quick", help="quick (CPU) or paper (appendix D)")
     p.add_argument("--dataset", default=None)
     p.add_argument("--width", type=int)
@@ -212,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ensemble", help="join trained members into an EN checkpoint")
     p.add_argument("members", nargs="+", help="member checkpoint folders, in seed order")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="new checkpoint folder (never one of the members)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint folder at --out")
     p.add_argument("--eval-n", type=int)
     p.set_defaults(func=cmd_ensemble)
 

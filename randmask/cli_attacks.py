@@ -16,13 +16,13 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from randmask.errors import RandmaskError, at_least_one
 from randmask.notation import DEFAULT_WIDTH, ModelRef, parse_ref
+from randmask.safe_files import Output, existing_paths
 
 
 @dataclass
@@ -116,8 +116,17 @@ class _Bar:
             self.bar.close()
 
 
-def _run(args: argparse.Namespace, desc: str, work: Callable[[Callable], list[dict]]) -> int:
-    from randmask.evaluate import write_csv
+def _output(args: argparse.Namespace, **kwargs) -> Output:
+    """The command's --out, checked before any work: every other path on the command line (the models, sets)
+    and the data folder are inputs it must keep away from."""
+    from randmask.settings import data_root
+
+    inputs = existing_paths(v for k, v in vars(args).items() if k != "out") + [data_root()]
+    return Output(args.out, overwrite=args.overwrite, inputs=inputs, **kwargs)
+
+
+def _run(args: argparse.Namespace, out: Output, desc: str, work: Callable[[Callable], list[dict]]) -> int:
+    from randmask.evaluate import csv_text
     from randmask.protocols import COLUMNS
 
     bar = _Bar(args.quiet, desc)
@@ -125,7 +134,9 @@ def _run(args: argparse.Namespace, desc: str, work: Callable[[Callable], list[di
         rows = work(bar)
     finally:
         bar.close()
-    path = write_csv(rows, args.out, COLUMNS)
+    with out as tmp:
+        tmp.write_text(csv_text(rows, COLUMNS), encoding="utf-8", newline="")
+    path = out.path
     for row in rows:
         label = " ".join(str(row[k]) for k in ("source", "target", "attack") if row.get(k) not in ("", None))
         print(f"{row['metric']:>15}  {label}: {row['accuracy']:.4f} "
@@ -149,9 +160,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     spec = parse_attack(args.attack)
     at_least_one("--n", args.n)
     at_least_one("--batch-size", args.batch_size)
-    meta = Path(args.out) / META_FILE
-    if meta.exists() and not args.overwrite:  # before any work: an existing set is never touched
-        raise RandmaskError(f"{meta} already exists; choose another --out or pass --overwrite")
+    out = _output(args, folder=True, kind="an adversarial set (a folder with meta.csv)",
+                  replaceable=lambda folder: (folder / META_FILE).is_file())
     (source,) = load_models([args.model], args)
     others = load_models(args.predict, args) if args.predict else []
     dataset = _dataset(args, [source, *others])
@@ -162,10 +172,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
         idx = select_correct([source.model], x, y, n=args.n, batch_size=args.batch_size)
     bar = _Bar(args.quiet, str(spec))
     try:
-        rows = save_adversarial_set(source.model, str(spec), x[idx], y[idx], idx, args.out,
-                                    source_name=source.name, predict_models={m.name: m.model for m in others},
-                                    seed=args.seed, save_clean=args.save_clean, overwrite=args.overwrite,
-                                    batch_size=args.batch_size, progress=bar)
+        with out as tmp:
+            rows = save_adversarial_set(source.model, str(spec), x[idx], y[idx], idx, tmp,
+                                        source_name=source.name, predict_models={m.name: m.model for m in others},
+                                        seed=args.seed, save_clean=args.save_clean, batch_size=args.batch_size,
+                                        progress=bar)
     finally:
         bar.close()
     fooled = sum(r["fooled"] for r in rows)
@@ -181,6 +192,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 def cmd_transfer(args: argparse.Namespace) -> int:
     from randmask.protocols import paper_transfer_attacks, transfer
 
+    out = _output(args, folder=False)
     at_least_one("--n", args.n)
     at_least_one("--n-cw", args.n_cw)
     sources = load_models(args.source, args)
@@ -189,7 +201,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     x, y = _pool(args, dataset)
     name = " + ".join(s.name for s in sources)
     attacks = args.attack or paper_transfer_attacks(name)
-    return _run(args, "transfer", lambda bar: transfer(
+    return _run(args, out, "transfer", lambda bar: transfer(
         [s.model for s in sources], {t.name: t.model for t in targets}, attacks, x, y, source_name=name,
         n=args.n, n_cw=args.n_cw, quantize_images=not args.no_quantize, clean=not args.no_clean,
         dataset=dataset, progress=bar, **_common(args)))
@@ -198,12 +210,13 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 def cmd_madry(args: argparse.Namespace) -> int:
     from randmask.protocols import madry
 
+    out = _output(args, folder=False)
     at_least_one("--n", args.n)
     sources = load_models(args.source, args)
     targets = load_models(args.targets, args)
     dataset = _dataset(args, sources + targets)
     x, y = _pool(args, dataset)
-    return _run(args, "madry", lambda bar: madry(
+    return _run(args, out, "madry", lambda bar: madry(
         [s.model for s in sources], {t.name: t.model for t in targets}, x, y,
         source_name=" + ".join(s.name for s in sources), n=args.n, quantize_images=not args.no_quantize,
         clean=not args.no_clean, dataset=dataset, progress=bar, **_common(args)))
@@ -212,6 +225,7 @@ def cmd_madry(args: argparse.Namespace) -> int:
 def cmd_mnist(args: argparse.Namespace) -> int:
     from randmask.protocols import mnist
 
+    out = _output(args, folder=False)
     if args.dataset not in (None, "mnist"):
         raise RandmaskError("the MNIST protocol runs on mnist; drop --dataset")
     args.dataset = "mnist"
@@ -219,7 +233,7 @@ def cmd_mnist(args: argparse.Namespace) -> int:
     sources = load_models(args.source, args)
     targets = load_models(args.targets, args)
     x, y = _pool(args, "mnist")
-    return _run(args, "mnist", lambda bar: mnist(
+    return _run(args, out, "mnist", lambda bar: mnist(
         [s.model for s in sources], {t.name: t.model for t in targets}, x, y,
         source_name=" + ".join(s.name for s in sources), n=args.n, quantize_images=not args.no_quantize,
         clean=not args.no_clean, progress=bar, **_common(args)))
@@ -228,10 +242,11 @@ def cmd_mnist(args: argparse.Namespace) -> int:
 def cmd_whitebox(args: argparse.Namespace) -> int:
     from randmask.protocols import WHITEBOX_ATTACKS, whitebox
 
+    out = _output(args, folder=False)
     models = load_models(args.models, args)
     dataset = _dataset(args, models)
     x, y = _pool(args, dataset)
-    return _run(args, "whitebox", lambda bar: whitebox(
+    return _run(args, out, "whitebox", lambda bar: whitebox(
         {m.name: m.model for m in models}, args.attack or list(WHITEBOX_ATTACKS), x, y,
         quantize_images=not args.no_quantize, dataset=dataset, progress=bar, **_common(args)))
 
@@ -239,13 +254,14 @@ def cmd_whitebox(args: argparse.Namespace) -> int:
 def cmd_graybox(args: argparse.Namespace) -> int:
     from randmask.protocols import graybox, relation
 
+    out = _output(args, folder=False)
     at_least_one("--n", args.n)
     sources = load_models(args.sources, args)
     targets = load_models(args.targets, args)
     dataset = _dataset(args, sources + targets)
     x, y = _pool(args, dataset)
     relations = {(s.name, t.name): relation(s.config, t.config) for s in sources for t in targets}
-    return _run(args, "graybox", lambda bar: graybox(
+    return _run(args, out, "graybox", lambda bar: graybox(
         {s.name: s.model for s in sources}, {t.name: t.model for t in targets}, x, y, attack=args.attack,
         relations=relations, n=args.n, quantize_images=not args.no_quantize, clean=not args.no_clean,
         dataset=dataset, progress=bar, **_common(args)))
@@ -254,10 +270,11 @@ def cmd_graybox(args: argparse.Namespace) -> int:
 def cmd_noise(args: argparse.Namespace) -> int:
     from randmask.protocols import noise
 
+    out = _output(args, folder=False)
     models = load_models(args.models, args)
     dataset = _dataset(args, models)
     x, y = _pool(args, dataset)
-    return _run(args, "noise", lambda bar: noise(
+    return _run(args, out, "noise", lambda bar: noise(
         {m.name: m.model for m in models}, x, y, sigmas=args.sigmas, quantize_images=not args.no_quantize,
         dataset=dataset, progress=bar, **_common(args)))
 
@@ -265,13 +282,14 @@ def cmd_noise(args: argparse.Namespace) -> int:
 def cmd_shuffle(args: argparse.Namespace) -> int:
     from randmask.protocols import shuffle
 
+    out = _output(args, folder=False)
     at_least_one("--n", args.n)
     if not 0 <= args.min_confidence <= 1:
         raise RandmaskError(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
     models = load_models(args.models, args)
     dataset = _dataset(args, models)
     x, y = _pool(args, dataset)
-    return _run(args, "shuffle", lambda bar: shuffle(
+    return _run(args, out, "shuffle", lambda bar: shuffle(
         {m.name: m.model for m in models}, x, y, ks=args.k, n=args.n, min_confidence=args.min_confidence,
         dataset=dataset, progress=bar, **_common(args)))
 
@@ -296,6 +314,11 @@ def _options(p: argparse.ArgumentParser, *, pool: int | None = None, quantize: b
                        help="evaluate float images instead of the uint8 images they would be stored as")
 
 
+def _csv_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="CSV file (never one of the inputs)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
 def _clean(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-clean", action="store_true", help="skip the clean-accuracy rows")
 
@@ -312,7 +335,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--all-images", action="store_true",
                    help="attack the first N test images, not the first N the source classifies correctly")
     p.add_argument("--save-clean", action="store_true", help="also save the original images")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing meta.csv in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing set in --out")
     _options(p, quantize=False)
     p.set_defaults(func=cmd_attack)
 
@@ -324,7 +347,7 @@ def add_subcommands(sub) -> None:
                    help="attacks (default: the paper's FGSM8 FGSM16 FGSM32 PGD16 PGD2,16 PGD32 CW40/CW20)")
     p.add_argument("--n", type=int, default=5000, help="source-correct images to attack (paper: 5000)")
     p.add_argument("--n-cw", type=int, default=1000, help="images for CW attacks (paper: 1000)")
-    p.add_argument("--out", required=True, help="CSV file")
+    _csv_out(p)
     _options(p)
     _clean(p)
     p.set_defaults(func=cmd_transfer)
@@ -333,7 +356,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--source", nargs="+", required=True, metavar="M", help="naturally trained source(s)")
     p.add_argument("--targets", nargs="+", required=True, metavar="M")
     p.add_argument("--n", type=int, default=5000)
-    p.add_argument("--out", required=True)
+    _csv_out(p)
     _options(p)
     _clean(p)
     p.set_defaults(func=cmd_madry)
@@ -342,7 +365,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--source", nargs="+", required=True, metavar="M", help="paper: DenseNet-121")
     p.add_argument("--targets", nargs="+", required=True, metavar="M")
     p.add_argument("--n", type=int, default=5000)
-    p.add_argument("--out", required=True)
+    _csv_out(p)
     _options(p)
     _clean(p)
     p.set_defaults(func=cmd_mnist)
@@ -351,7 +374,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--models", nargs="+", required=True, metavar="M")
     p.add_argument("--attack", nargs="+", metavar="A",
                    help="default: Table 4's FGSM1 FGSM2 FGSM4 PGD1,4,2 PGD1,6,4 PGD1,10,8")
-    p.add_argument("--out", required=True)
+    _csv_out(p)
     _options(p, pool=1000)
     p.set_defaults(func=cmd_whitebox)
 
@@ -360,7 +383,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--targets", nargs="+", required=True, metavar="M")
     p.add_argument("--attack", default="FGSM16")
     p.add_argument("--n", type=int, default=5000)
-    p.add_argument("--out", required=True)
+    _csv_out(p)
     _options(p)
     _clean(p)
     p.set_defaults(func=cmd_graybox)
@@ -369,7 +392,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--models", nargs="+", required=True, metavar="M")
     p.add_argument("--sigmas", nargs="+", type=float, default=[1, 2, 4, 8, 12, 16, 20, 24, 28, 32],
                    help="noise sigmas in 0-255 units (default: the paper's)")
-    p.add_argument("--out", required=True)
+    _csv_out(p)
     _options(p, pool=1000)
     p.set_defaults(func=cmd_noise)
 
@@ -378,6 +401,6 @@ def add_subcommands(sub) -> None:
     p.add_argument("--k", nargs="+", type=int, default=[2, 4, 8], help="k×k patch grids (default 2 4 8)")
     p.add_argument("--n", type=int, default=5000, help="images (paper: 5000)")
     p.add_argument("--min-confidence", type=float, default=0.99)
-    p.add_argument("--out", required=True)
+    _csv_out(p)
     _options(p, quantize=False)
     p.set_defaults(func=cmd_shuffle)

@@ -7,9 +7,11 @@ that checkpoints every epoch and resumes bit-exactly. Multi-process via `torchru
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import pickle
 import signal
 import threading
 import time
@@ -23,10 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from randmask import safe_files
 from randmask.checkpoint import WEIGHTS_FILE, load_model, save_checkpoint
 from randmask.data import load_uint8, pixel_mean
 from randmask.device import PrecisionChoice, choose_precision, cpu_has_fast_bf16, default_device
-from randmask.errors import RandmaskError
+from randmask.errors import CheckpointError, RandmaskError
 from randmask.models import Ensemble, build_model
 from randmask.notation import MAX_ENSEMBLE, format_model, parse_model
 from randmask.stats import wilson_interval
@@ -299,9 +302,8 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
         else default_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    out.mkdir(parents=True, exist_ok=True)
-    log = _Log(out / LOG_FILE if rank == 0 else None, progress if rank == 0 else None)
-
+    resume_path = out / RESUME_FILE  # checked first: a damaged one is refused before the data are loaded
+    state = read_resume(resume_path, cfg) if os.path.lexists(resume_path) else None
     x_train, y_train = load_uint8(cfg.dataset, "train")
     if cfg.train_n:
         x_train, y_train = x_train[:cfg.train_n], y_train[:cfg.train_n]
@@ -312,12 +314,11 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
 
     model, opt = model_and_optimizer(cfg, device)
     config = model.config
+    # the folder appears only once the data and the model exist: a refused setting leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
+    log = _Log(out / LOG_FILE if rank == 0 else None, progress if rank == 0 else None)
 
     start_epoch, train_time, history = 0, 0.0, []
-    resume_path = out / RESUME_FILE
-    state = torch.load(resume_path, map_location="cpu", weights_only=True) if resume_path.exists() else None
-    if state is not None and state["config"] != asdict_json(cfg):
-        raise RandmaskError(f"{resume_path} was written by a different training config; use another --out or delete it")
     if state is not None and "autocast" in state:
         amp = None if state["autocast"] == "fp32" else getattr(torch, state["autocast"])
         why = "a resumed run keeps the precision it started with"
@@ -332,9 +333,12 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
         dist.broadcast(chosen, 0)
         amp = (None, torch.bfloat16, torch.float16)[int(chosen)]
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_torch"])
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng_torch"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise _damaged(resume_path, f"it does not fit {cfg.notation}: {type(exc).__name__}") from None
         start_epoch, train_time, history = state["epoch"], state["train_time_s"], state["history"]
         log("resume", epoch=start_epoch)
     elif (out / WEIGHTS_FILE).exists() and rank == 0:
@@ -413,6 +417,51 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
     if world > 1:
         dist.barrier()
     return result
+
+
+RESUME_LIMIT = 4 << 30  # bytes: a paper-width ResNet-18 with its momentum buffers is about 90 MB
+AUTOCAST_NAMES = ("fp32", "bfloat16", "float16")
+
+
+def _damaged(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path} is not a usable resume file ({why}); delete it to start this run afresh, "
+                           f"or pass a new --out")
+
+
+def read_resume(path: Path, cfg: TrainConfig) -> dict:
+    """The state in `path` (resume.pt), checked before any of it is used. Loaded with `weights_only=True` (never
+    unpickling anything but tensors and plain values); any damage is one CheckpointError naming the file and
+    how to start afresh (torch's own message would advise turning weights_only off, which must never be done)."""
+    try:
+        data = safe_files.read_regular_file(path, RESUME_LIMIT, lambda why: _damaged(path, why))
+    except OSError as exc:
+        raise _damaged(path, exc.strerror or type(exc).__name__) from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise _damaged(path, "it holds objects other than tensors and plain values") from None
+    except Exception as exc:  # torch raises many kinds (RuntimeError, EOFError, zip errors) for a broken file
+        raise _damaged(path, f"truncated or not written by torch.save: {type(exc).__name__}") from None
+    kinds = {"config": dict, "epoch": int, "model": dict, "optimizer": dict, "rng_torch": torch.Tensor,
+             "train_time_s": (int, float), "history": list}
+    if not isinstance(state, dict):
+        raise _damaged(path, f"it holds a {type(state).__name__}, not a training state")
+    for key, kind in kinds.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise _damaged(path, f"{key!r} is missing or of the wrong type")
+    if state["config"] != asdict_json(cfg):
+        raise RandmaskError(f"{path} was written by a different training config; use another --out or delete it")
+    if not 1 <= state["epoch"] <= cfg.epochs or len(state["history"]) != state["epoch"]:
+        raise _damaged(path, f"epoch {state['epoch']} with {len(state['history'])} records, of {cfg.epochs} epochs")
+    if not (math.isfinite(state["train_time_s"]) and state["train_time_s"] >= 0):
+        raise _damaged(path, f"training time {state['train_time_s']}")
+    if "autocast" in state and state["autocast"] not in AUTOCAST_NAMES:
+        raise _damaged(path, f"unknown precision {str(state['autocast'])[:40]!r}")
+    bad = [k for k, v in state["model"].items() if not isinstance(v, torch.Tensor)
+           or (v.is_floating_point() and not torch.isfinite(v).all())]
+    if bad:
+        raise _damaged(path, f"weight {str(bad[0])[:80]!r} is not a finite tensor")
+    return state
 
 
 def _train_ensemble(cfg: TrainConfig, out: Path, progress, show_bar) -> dict:

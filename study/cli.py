@@ -11,9 +11,22 @@ from pathlib import Path
 
 import numpy as np
 
+from randmask.safe_files import Output, existing_paths
+
 from .admin import overview, set_excluded
 from .check import database_problems
-from .db import StudyDBError, backup, default_db_path, open_db, open_db_readonly, schema_version
+from .db import (
+    DEFAULT_LOCK_WAIT_S,
+    LOCK_WAIT_ENV,
+    StudyDBError,
+    backup,
+    default_db_path,
+    lock_wait_s,
+    open_db,
+    open_db_readonly,
+    schema_version,
+    speaking_lock_waits,
+)
 from .design import (
     DEFAULT_INACTIVE_MIN,
     DesignError,
@@ -34,10 +47,12 @@ from .sets import (
     load_cifar10h,
     unambiguous_indices,
 )
-from .validate import participant_link
+from .validate import check_base_url, participant_link
 
 EXPECTED_ERRORS = (StudyDBError, DesignError, StudyNotFound, SetError, LookupError, ValueError, sqlite3.Error, OSError)
 MAX_BOOTSTRAP = 100_000
+DEMO_PER_PARTICIPANT = 6
+MAX_DEMO_IMAGES = 9_000  # CIFAR-10's 10,000 test images less the demo's catch and practice images, with room
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
@@ -52,6 +67,9 @@ def _prog() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=_prog(), description="Human study: crowd labels for adversarial images.")
+    parser.add_argument("--lock-wait", metavar="SECONDS", default=None,
+                        help="how long a write waits while another process holds the database's write lock "
+                             f"(default: ${LOCK_WAIT_ENV} or {DEFAULT_LOCK_WAIT_S:g})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("create", help="create a study from adversarial set folders")
@@ -109,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write responses/items/summary/participants (and CIFAR-10H) CSVs")
     _db_arg(p)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="new folder for the CSVs")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
     p.add_argument("--study", default=None, help="one study (default: all, one folder each when several)")
     p.add_argument("--cifar10h", type=Path, default=None, help="CIFAR-10H counts.npy (default: $RANDMASK_DATA/cifar10h/counts.npy if present)")
     p.add_argument("--no-cifar10h", action="store_true")
@@ -120,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(p)
 
     p = sub.add_parser("clean-set", help="write a set of clean CIFAR-10 test images (controls, catch, practice)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="new set folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing set at --out")
     p.add_argument("--count", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--unambiguous", type=float, default=None, metavar="SHARE",
@@ -129,11 +149,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="build demo sets (clean + random-noise stand-ins) and a study named 'demo'")
     _db_arg(p)
-    p.add_argument("--out", type=Path, required=True, help="folder for the demo sets")
+    p.add_argument("--out", type=Path, required=True, help="new folder for the demo sets")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier demo sets at --out")
     p.add_argument("--name", default="demo")
     p.add_argument("--images", type=int, default=24)
     _add_results_commands(sub)
     return parser
+
+
+def _is_set(folder: Path) -> bool:
+    return (folder / "meta.csv").is_file()
+
+
+def _is_export(folder: Path) -> bool:
+    """An earlier export: CSV files only, or one folder of them per study."""
+    return all(p.suffix == ".csv" if p.is_file() else p.is_dir() and all(q.suffix == ".csv" for q in p.iterdir())
+               for p in folder.iterdir())
+
+
+def _data_root() -> Path:
+    return Path(os.environ.get("RANDMASK_DATA", "../shared/data"))
+
+
+def _output(args: argparse.Namespace, **kwargs) -> Output:
+    """The command's --out, checked before any work: every other path on its command line (sets, the database)
+    and the data folder are inputs it must keep away from."""
+    inputs = existing_paths(v for k, v in vars(args).items() if k != "out")
+    db = Path(getattr(args, "db", None) or default_db_path())
+    return Output(args.out, folder=True, overwrite=args.overwrite, inputs=[*inputs, db, _data_root()], **kwargs)
 
 
 def _clean_set(out: Path, count: int, seed: int, unambiguous: float | None, avoid: list[Path]) -> Path:
@@ -154,20 +197,28 @@ def _clean_set(out: Path, count: int, seed: int, unambiguous: float | None, avoi
 
 
 def _demo(args) -> int:
+    """Sets first (under a temporary name, moved into place before the study reads them), then the study; a
+    failure anywhere leaves neither the sets nor a new database."""
+    out = _output(args, kind="earlier demo sets", replaceable=lambda folder: _is_set(folder / "clean"))
+    if not DEMO_PER_PARTICIPANT <= args.images <= MAX_DEMO_IMAGES:  # a participant sees each image once
+        raise SetError(f"--images must be from {DEMO_PER_PARTICIPANT} to {MAX_DEMO_IMAGES}, got {args.images}")
     x, y = load_cifar10_test()
     rng = np.random.default_rng(0)
     study_images = np.sort(rng.choice(len(y), size=args.images, replace=False))
-    out: Path = args.out
-    build_clean_set(out / "clean", study_images, x=x, y=y)
-    build_noise_set(out / "noise16", study_images, x=x, y=y, eps=16, seed=1)
-    build_noise_set(out / "noise32", study_images, x=x, y=y, eps=32, seed=2)
-    _clean_set(out / "catch", 10, 3, None, [out / "clean"])
-    _clean_set(out / "practice", 3, 4, None, [out / "clean", out / "catch"])
-    db = open_db(args.db)
-    config = StudyConfig(slug=args.name, title="Demo study (noise stand-ins, not attacks)", labels_per_item=3,
-                         items_per_participant=6, catch_per_participant=2)
-    create_study(db, config, [out / "clean", out / "noise16", out / "noise32"], out / "catch", out / "practice")
-    study = get_study(db, args.name)
+    with out as tmp:
+        build_clean_set(tmp / "clean", study_images, x=x, y=y)
+        build_noise_set(tmp / "noise16", study_images, x=x, y=y, eps=16, seed=1)
+        build_noise_set(tmp / "noise32", study_images, x=x, y=y, eps=32, seed=2)
+        _clean_set(tmp / "catch", 10, 3, None, [tmp / "clean"])
+        _clean_set(tmp / "practice", 3, 4, None, [tmp / "clean", tmp / "catch"])
+        out.commit()
+        sets = args.out
+        config = StudyConfig(slug=args.name, title="Demo study (noise stand-ins, not attacks)", labels_per_item=3,
+                             items_per_participant=DEMO_PER_PARTICIPANT, catch_per_participant=2)
+        with _database_for_create(Path(args.db or default_db_path())) as db:
+            create_study(db, config, [sets / "clean", sets / "noise16", sets / "noise32"], sets / "catch",
+                         sets / "practice")
+            study = get_study(db, args.name)
     print(f"created study {args.name!r} in {args.db or default_db_path()}; after `python -m study serve`, participants open "
           f"{participant_link(DEFAULT_BASE_URL, study.slug, study.link_key, prolific=False)}")
     return 0
@@ -175,8 +226,10 @@ def _demo(args) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "clean-set":
-        path = _clean_set(args.out, args.count, args.seed, args.unambiguous, args.avoid)
-        print(f"wrote {args.count} clean images to {path}")
+        out = _output(args, kind="a set (a folder with meta.csv)", replaceable=_is_set)
+        with out as tmp:
+            _clean_set(tmp, args.count, args.seed, args.unambiguous, args.avoid)
+        print(f"wrote {args.count} clean images to {out.path}")
         return 0
     if args.command == "demo":
         return _demo(args)
@@ -194,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command in ("check", "export"):
         return _read_only(args)
     if args.command == "create":
+        check_base_url(args.base_url)  # before the study exists: its link is printed at the end
         with _database_for_create(Path(args.db or default_db_path())) as db:
             return _create(args, db)
     db = open_db(args.db, create=False)
@@ -298,8 +352,10 @@ def _read_only(args: argparse.Namespace) -> int:
                 if args.cifar10h is not None:
                     raise
                 print("note: CIFAR-10H counts not found, skipping that comparison", file=sys.stderr)
-        paths = export_study(db, args.out, args.study, cifar10h=counts, n_boot=args.bootstrap, seed=args.seed)
-        print("\n".join(str(p) for p in paths))
+        out = _output(args, kind="an earlier export (CSV files only)", replaceable=_is_export)
+        with out as tmp:
+            paths = export_study(db, tmp, args.study, cifar10h=counts, n_boot=args.bootstrap, seed=args.seed)
+        print("\n".join(str(out.path / p.relative_to(tmp)) for p in paths))
         return 0
     finally:
         db.conn.close()
@@ -496,7 +552,8 @@ RESULTS_COMMANDS = {"report": _report, "plan": _plan}
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with speaking_lock_waits(lock_wait_s(args.lock_wait), lambda line: print(line, file=sys.stderr, flush=True)):
+            return run(args)
     except EXPECTED_ERRORS as e:
         print(f"error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)  # always one line
         return 2

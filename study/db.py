@@ -8,15 +8,19 @@ without writing a byte to it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 import os
 import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import sqlite_utils
+
+from randmask.safe_files import Output
 
 APPLICATION_ID = 0x52_4D_53_54  # "RMST": marks files made by this package
 BUSY_TIMEOUT_MS = 30_000
@@ -351,6 +355,10 @@ def read_snapshot(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
 
 
 def _begin_immediate(conn: sqlite3.Connection, attempts: int = 5) -> None:
+    wait = _LOCK_WAIT.get()
+    if wait is not None:
+        _begin_speaking(conn, *wait)
+        return
     # The busy timeout covers ordinary lock waits; a few SQLite paths (WAL reset or recovery by
     # another connection) return SQLITE_BUSY at once. Nothing has happened yet, so retrying is safe.
     for attempt in range(attempts):
@@ -358,9 +366,73 @@ def _begin_immediate(conn: sqlite3.Connection, attempts: int = 5) -> None:
             conn.execute("BEGIN IMMEDIATE")
             return
         except sqlite3.OperationalError as e:
-            if attempt == attempts - 1 or not any(w in str(e) for w in ("locked", "busy")):
+            if attempt == attempts - 1 or not _is_busy(e):
                 raise
             time.sleep(0.05 * 2 ** attempt)
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    return any(w in str(error) for w in ("locked", "busy"))
+
+
+LOCK_WAIT_ENV = "STUDY_LOCK_WAIT_S"
+DEFAULT_LOCK_WAIT_S = 60.0
+MAX_LOCK_WAIT_S = 24 * 3600.0
+FIRST_POLL_S, LOCK_POLL_S = 0.25, 1.0  # how soon a command says it is waiting, then how often it tries
+_LOCK_WAIT: contextvars.ContextVar[tuple[float, Callable[[str], None]] | None] = \
+    contextvars.ContextVar("study_lock_wait", default=None)
+
+
+def lock_wait_s(value: float | str | None = None) -> float:
+    """How long a command waits for another process's write lock: `value` (a --lock-wait option), else
+    $STUDY_LOCK_WAIT_S, else 60 s; a positive finite number of seconds up to a day."""
+    given = value if value is not None else os.environ.get(LOCK_WAIT_ENV) or DEFAULT_LOCK_WAIT_S
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_LOCK_WAIT_S:  # also refuses NaN
+        source = "--lock-wait" if value is not None else LOCK_WAIT_ENV
+        raise StudyDBError(f"{source} must be a number of seconds above 0 and at most {MAX_LOCK_WAIT_S:.0f}, "
+                           f"got {str(given)[:40]!r}")
+    return seconds
+
+
+@contextlib.contextmanager
+def speaking_lock_waits(limit_s: float, report: Callable[[str], None]) -> Iterator[None]:
+    """Within this block, a write that finds the database locked by another process says so through `report`
+    (after FIRST_POLL_S), keeps trying, and gives up after `limit_s` with a StudyDBError naming the file."""
+    token = _LOCK_WAIT.set((limit_s, report))
+    try:
+        yield
+    finally:
+        _LOCK_WAIT.reset(token)
+
+
+def _begin_speaking(conn: sqlite3.Connection, limit_s: float, report: Callable[[str], None]) -> None:
+    path = conn.execute("PRAGMA database_list").fetchone()[2] or "the database"
+    previous = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute(f"PRAGMA busy_timeout = {int(min(FIRST_POLL_S, limit_s) * 1000)}")
+    began, told = time.monotonic(), False
+    try:
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                if not _is_busy(e):
+                    raise
+            waited = time.monotonic() - began
+            if waited >= limit_s:
+                raise StudyDBError(f"{path} is still locked by another process after {waited:.0f} s; nothing was "
+                                   f"changed: try again later (--lock-wait or {LOCK_WAIT_ENV} sets the wait)")
+            if not told:
+                report(f"note: {path} is locked by another process (a server's or another command's write); "
+                       f"waiting up to {limit_s:g} s")
+                told = True
+                conn.execute(f"PRAGMA busy_timeout = {int(min(LOCK_POLL_S, limit_s) * 1000)}")
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(previous)}")
 
 
 def integrity_problems(db: sqlite_utils.Database) -> list[str]:
@@ -375,29 +447,30 @@ def backup(source: str | Path, target: str | Path, *, pages_per_step: int = 256)
     """Copy a live study database to `target` with SQLite's online backup API; returns the target's size in bytes.
 
     Safe while participants write: the copy is a consistent snapshot, taken in small steps so writers
-    wait only for one step at a time. `target` must not exist yet (a backup never overwrites anything)."""
+    wait only for one step at a time. `target` must not exist yet (a backup never overwrites anything); the copy
+    is made under a new, unique name beside it (never through a link planted there) and renamed when complete."""
     source, target = Path(source), Path(target)
-    if target.exists():
+    if os.path.lexists(target):
         raise StudyDBError(f"{target} already exists; choose a new file name for the backup")
     if not target.parent.is_dir():
         raise StudyDBError(f"{target.parent} is not a folder")
+    output = Output(target, folder=False, inputs=[source], option="backup")
     db = open_db(source, create=False)
-    partial = target.with_name(target.name + ".partial")
     try:
-        out = sqlite3.connect(str(partial), isolation_level=None)
-        try:
-            db.conn.backup(out, pages=pages_per_step, sleep=0.005)
-            problems = [r[0] for r in out.execute("PRAGMA quick_check").fetchall() if r[0] != "ok"]
-            # A backup is a self-contained file: rollback journal, so it is one file to copy or archive.
-            out.execute("PRAGMA journal_mode = DELETE")
-        finally:
-            out.close()
-        if problems:
-            raise StudyDBError(f"the backup failed its integrity check: {problems[0]}")
-        partial.rename(target)  # appears under its name only once complete
+        with output as partial:
+            out = sqlite3.connect(str(partial), isolation_level=None)
+            try:
+                db.conn.backup(out, pages=pages_per_step, sleep=0.005)
+                problems = [r[0] for r in out.execute("PRAGMA quick_check").fetchall() if r[0] != "ok"]
+                # A backup is a self-contained file: rollback journal, so it is one file to copy or archive.
+                out.execute("PRAGMA journal_mode = DELETE")
+            finally:
+                out.close()
+                Path(f"{partial}-journal").unlink(missing_ok=True)
+            if problems:
+                raise StudyDBError(f"the backup failed its integrity check: {problems[0]}")
     finally:
         db.close()
-        partial.unlink(missing_ok=True)
     return target.stat().st_size
 
 
