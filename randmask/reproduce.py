@@ -25,6 +25,8 @@ from randmask.report import render_report
 from randmask.settings import PROJECT_ROOT, crafted_cache_root, exact_attacks
 from randmask.zoo import ZOO_ROOT, Zoo
 
+RENDER_ONLY = "nothing"  # `--only nothing`: run no experiment, re-render REPRODUCTION.md from results/*.csv
+
 
 def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | None = None,
               only: list[str] | None = None, overrides: dict | None = None,
@@ -50,7 +52,10 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
     if cache is True:
         cache = crafted_cache_root()
     every = experiments(settings, cache or None)
-    unknown = [key for key in only or [] if key not in {exp.key for exp in every}]
+    if only and RENDER_ONLY in only and len(only) > 1:
+        raise RandmaskError(f"'{RENDER_ONLY}' re-renders the report from results/ alone; give it without "
+                            "experiment keys")
+    unknown = [key for key in only or [] if key not in {exp.key for exp in every} | {RENDER_ONLY}]
     if unknown:
         raise RandmaskError(f"unknown experiment {', '.join(map(repr, unknown))}; known: "
                             f"{', '.join(exp.key for exp in every)}")

@@ -1,5 +1,6 @@
 """The reproduce pipeline end to end on a tiny stand-in zoo (width-4 untrained nets made confident)."""
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -91,8 +92,9 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     assert "The paper's Table 7 names 33 attacked models; 28 of them have numbers of ours here." in report
     assert "Data: `results/table2_transfer.csv` (fast attack path)." in report
     assert "Not yet in the zoo: `cifar10/0.85-ShallowEN`" in report
-    assert "| Beyond the paper: 0.9-Shallow stays more robust" in report
-    assert "| Controls: transfer robustness is not explained by lower clean accuracy |" in report
+    assert "| Beyond the paper: 0.9-Shallow keeps more images correct than Normal" in report
+    assert "| Controls: transfer robustness is not fully explained by lower clean accuracy" in report
+    assert "**How a verdict is reached.**" in report and "| claim | width 16 | evidence |" in report
     assert "## Controls · lower accuracy" in report and "Mixed training budgets" not in report
     table5 = report.split("## Table 5")[1].split("\n## ")[0]
     assert "| source | target | attack | paper %" in table5 and "| 0.7-Shallow | VGG-19 | FGSM16 |" in table5
@@ -120,28 +122,75 @@ def test_compare_uses_interval_overlap():
     assert compare(None, a) == "untested"
 
 
-def test_verdict_summaries():
-    from randmask.verdicts import verdict
-
-    assert verdict(["higher", "higher"], "higher") == "supported"
-    assert verdict(["higher", "no clear difference"], "higher") == "partly supported"
-    assert verdict(["lower", "no clear difference"], "higher") == "contradicted"
-    assert verdict(["lower", "higher"], "higher") == "mixed"
-    assert verdict(["no clear difference"], "lower") == "no clear difference"
-    assert verdict(["untested", "higher"], "higher") == "untested"
-    assert compare({"n": 0, "ci_low": 0, "ci_high": 1}, {"n": 5, "ci_low": 0, "ci_high": 1}) == "untested"
+def _rate(low, high, n=500):
+    return {"n": n, "accuracy": (low + high) / 2, "ci_low": low, "ci_high": high}
 
 
-def test_rising_with_the_ratio_is_judged_by_intervals():
-    from randmask.verdicts import rises_with_ratio
+def test_the_verdict_rule_gives_each_word():
+    from randmask.verdicts import Comparison, judge
 
-    low, mid, high = ({"n": 500, "ci_low": c - 0.04, "ci_high": c + 0.04} for c in (0.3, 0.5, 0.7))
-    near_mid = {"n": 500, "ci_low": 0.47, "ci_high": 0.55}
-    assert rises_with_ratio([low, mid, high]) == "yes"
-    assert rises_with_ratio([low, high, near_mid]) == "no (a step is clearly down)"
-    assert rises_with_ratio([low, mid, near_mid]) == "yes"  # the last step dips inside the noise
-    assert rises_with_ratio([mid, near_mid]) == "not clearly (intervals overlap)"
-    assert rises_with_ratio([mid]) == "untested (one ratio)"
+    high, low, mid = _rate(0.6, 0.7), _rate(0.3, 0.4), _rate(0.35, 0.65)
+    up, flat, down = Comparison("up", high, low), Comparison("flat", mid, low), Comparison("down", low, high)
+    assert judge([up, up]) == "supported"
+    assert judge([up, flat]) == "partly supported"
+    assert judge([flat, flat]) == "not supported"
+    assert judge([up, up, down]) == "contradicted"  # one reversed outweighs any number in the claimed direction
+    assert judge([flat, down]) == "contradicted"
+    assert judge([]) == "untested"
+    # a claim of 'lower' reads the same comparisons the other way round
+    assert judge([Comparison("x", low, high, "lower")]) == "supported"
+    assert judge([Comparison("x", high, low, "lower")]) == "contradicted"
+    # a claim that two rates are alike holds while their intervals overlap
+    assert judge([Comparison("x", mid, low, "alike")]) == "supported"
+    assert judge([Comparison("x", high, low, "alike")]) == "contradicted"
+
+
+def test_the_verdict_rule_leaves_rows_below_the_minimum_n_out():
+    from randmask.verdicts import MIN_N, Comparison, judge, outcome
+
+    tiny_reversed = Comparison("CW40 from VGG-19", _rate(0.0, 0.2, n=3), _rate(0.5, 1.0, n=3))
+    assert outcome(tiny_reversed) == "not counted" and judge([tiny_reversed]) == "untested"
+    up = Comparison("PGD16", _rate(0.6, 0.7), _rate(0.3, 0.4))
+    assert judge([up, tiny_reversed]) == "supported"  # the n = 3 row neither supports nor contradicts
+    at_minimum = Comparison("x", _rate(0.0, 0.2, n=MIN_N), _rate(0.5, 1.0, n=MIN_N - 1))
+    assert outcome(at_minimum) == "not counted" and outcome(at_minimum, min_n=MIN_N - 1) == "reversed"
+    empty = Comparison("CW40 fooled nothing", {"n": 0, "accuracy": None, "ci_low": None, "ci_high": None},
+                       _rate(0.3, 0.4))
+    assert outcome(empty) == "not counted"
+
+
+def test_intervals_that_touch_do_not_separate():
+    from randmask.verdicts import Comparison, judge, outcome
+
+    touching = Comparison("edge", _rate(0.4, 0.5), _rate(0.3, 0.4))  # 0.4 == 0.4: not wholly above
+    assert outcome(touching) == "no separation" and judge([touching]) == "not supported"
+    apart = Comparison("edge", _rate(0.4 + 1e-9, 0.5), _rate(0.3, 0.4))
+    assert outcome(apart) == "as claimed"
+    assert outcome(Comparison("edge", _rate(0.3, 0.4), _rate(0.4, 0.5), "alike")) == "as claimed"
+
+
+def test_the_rise_with_the_ratio_stops_where_no_higher_ratio_is_clearly_above():
+    from randmask.verdicts import rises_up_to
+
+    low, mid, high = (_rate(c - 0.04, c + 0.04) for c in (0.3, 0.5, 0.7))
+    near_high, above_mid_only = _rate(0.68, 0.74), _rate(0.55, 0.68)
+    assert rises_up_to([(0.3, low), (0.5, mid), (0.7, high)]) == 0.7
+    assert rises_up_to([(0.3, low), (0.5, mid), (0.7, high), (0.9, near_high)]) == 0.7
+    # clearly above 0.3 and 0.5 but not above 0.7: the rise stops at 0.7 even though 0.95 is above 0.5
+    assert rises_up_to([(0.3, low), (0.5, mid), (0.7, high), (0.95, above_mid_only)]) == 0.7
+    assert rises_up_to([(0.3, low), (0.5, mid), (0.7, high), (0.8, near_high), (0.95, _rate(0.8, 0.9))]) == 0.95
+    assert rises_up_to([(0.3, low)]) is None
+
+
+def test_clean_correct_rate_divides_by_the_images_correct_without_attack():
+    from randmask.verdicts import clean_correct_rate
+
+    attacked = {"n": 200, "correct": 29, "accuracy": 0.145, "ci_low": 0.1, "ci_high": 0.2}
+    rate = clean_correct_rate(attacked, {"n": 200, "correct": 152})
+    assert rate["n"] == 152 and rate["correct"] == 29 and rate["accuracy"] == pytest.approx(29 / 152)
+    assert rate["ci_low"] < 29 / 152 < rate["ci_high"]
+    assert clean_correct_rate(attacked, {"n": 100, "correct": 90}) is None  # other images: no ratio
+    assert clean_correct_rate(attacked, None) is None
 
 
 def test_shallow_ratio_reads_the_notation():
@@ -202,34 +251,35 @@ def test_beyond_verdict_compares_the_masked_net_with_normal_under_each_attack(tm
               tmp_path / "results" / "beyond_apgd_square.csv")
     found = {claim: (result, evidence) for claim, result, evidence in verdicts(tmp_path, PRESETS["quick"])}
     result, evidence = next(v for k, v in found.items() if k.startswith("Beyond the paper"))
-    assert result == "partly supported" and "APGD16: 0.9-Shallow 30.0% (n=200) vs Normal 0.0% (n=200)" in evidence
+    assert result == "partly supported"
+    assert "APGD16: 0.9-Shallow vs Normal: 30.0% (n=200) vs 0.0% (n=200) (as claimed)" in evidence
+    assert "Square16: 0.9-Shallow vs Normal: 1.5% (n=200) vs 1.0% (n=200) (no separation)" in evidence
 
 
-def test_the_ensemble_verdict_weighs_the_masked_and_the_normal_ensemble(tmp_path):
+def test_the_ensemble_verdicts_judge_clean_accuracy_and_robustness_apart(tmp_path):
     from randmask.evaluate import write_csv
-    from randmask.verdicts import verdicts
+    from randmask.verdicts import EN_CLEAN_CLAIM, EN_ROBUST_CLAIM, verdicts
 
     def rows(target, attacked_correct, clean_correct):
         return [_transfer_row(target, "PGD16", "defense_rate", attacked_correct, 200),
                 _transfer_row(target, None, "clean_accuracy", clean_correct, 10000)]
 
-    claim = "Ensembles (EN) improve accuracy and robustness"
     (tmp_path / "results").mkdir()
     path = tmp_path / "results" / "table2_transfer.csv"
     write_csv([*rows("0.85-Shallow", 140, 7700), *rows("0.85-ShallowEN", 170, 8000)], path)
     found = {c: (result, evidence) for c, result, evidence in verdicts(tmp_path, PRESETS["quick"])}
-    assert found[claim][0] == "supported"  # 85% vs 70% under PGD16, 80% vs 77% clean
-    # ensembling five Normal nets raises clean accuracy but not the defense rate: only partly
-    write_csv([*rows("0.85-Shallow", 140, 7700), *rows("0.85-ShallowEN", 170, 8000),
+    assert found[EN_CLEAN_CLAIM][0] == found[EN_ROBUST_CLAIM][0] == "supported"  # 85% vs 70%, 80% vs 77% clean
+    # ensembling five Normal nets raises clean accuracy but not the defense rate
+    write_csv([*rows("0.85-Shallow", 140, 7700), *rows("0.85-ShallowEN", 141, 8000),
                *rows("Normal ResNet-18", 1, 9100), *rows("Normal ResNet-18EN", 1, 9300)], path)
     found = {c: (result, evidence) for c, result, evidence in verdicts(tmp_path, PRESETS["quick"])}
-    result, evidence = found[claim]
-    assert result == "partly supported"
-    assert evidence == ("PGD16 from DenseNet-121: 0.85-Shallow 70.0% (n=200) vs EN 85.0% (n=200), clean 77.0% "
-                        "(n=10000) vs 80.0% (n=10000); Normal ResNet-18 0.5% (n=200) vs EN 0.5% (n=200), clean "
-                        "91.0% (n=10000) vs 93.0% (n=10000)")
+    assert found[EN_CLEAN_CLAIM] == ("supported", "clean accuracy: 0.85-ShallowEN vs 0.85-Shallow: 80.0% (n=10000) "
+                                     "vs 77.0% (n=10000) (as claimed); Normal ResNet-18EN vs Normal ResNet-18: "
+                                     "93.0% (n=10000) vs 91.0% (n=10000) (as claimed)")
+    assert found[EN_ROBUST_CLAIM][0] == "not supported"
     write_csv(rows("Normal ResNet-18", 1, 9100), path)
-    assert {c: r for c, r, _ in verdicts(tmp_path, PRESETS["quick"])}[claim] == "untested"
+    found = {c: r for c, r, _ in verdicts(tmp_path, PRESETS["quick"])}
+    assert found[EN_CLEAN_CLAIM] == found[EN_ROBUST_CLAIM] == "untested"
 
 
 def test_an_attack_that_fooled_nothing_is_explained(tmp_path):
@@ -321,12 +371,10 @@ def test_side_by_side_figure_names_the_source_only_when_a_table_has_several():
         "Normal ResNet-18 · FGSM16", "0.7-Shallow · FGSM16"]  # white-box: each net attacked by itself
 
 
-@pytest.mark.parametrize("dif_correct,expected,reading", [(60, "supported", "alike"),
-                                                          (150, "partly supported", "DIF higher"),
-                                                          (None, "partly supported", "DIF twin not yet trained")])
-def test_graybox_verdict_reads_table5_as_the_paper_does(tmp_path, dif_correct, expected, reading):
+@pytest.mark.parametrize("dif_correct,expected", [(60, "supported"), (150, "contradicted"), (None, "untested")])
+def test_graybox_verdict_reads_table5_as_the_paper_does(tmp_path, dif_correct, expected):
     from randmask.evaluate import write_csv
-    from randmask.verdicts import GRAYBOX_CLAIM, verdicts
+    from randmask.verdicts import GRAYBOX_CLAIM, GRAYBOX_DIF_CLAIM, verdicts
 
     def row(source, target, relation, correct):
         return {**_transfer_row(target, "FGSM16", "defense_rate", correct, 200, source=source),
@@ -341,8 +389,8 @@ def test_graybox_verdict_reads_table5_as_the_paper_does(tmp_path, dif_correct, e
     write_csv(rows, tmp_path / "results" / "table5_graybox.csv")
     found = {claim: (result, evidence) for claim, result, evidence in verdicts(tmp_path, PRESETS["quick"])}
     result, evidence = found[GRAYBOX_CLAIM]
-    assert result == expected and f"({reading})" in evidence
-    assert "Normal 10.0% (n=200), 0.7-Shallow 32.5% (n=200)" in evidence
+    assert result == "supported" and "0.7-Shallow vs Normal: 32.5% (n=200) vs 10.0% (n=200) (as claimed)" in evidence
+    assert found[GRAYBOX_DIF_CLAIM][0] == expected  # the other-mask twin alike (overlapping) or not
 
 
 def test_report_names_the_paper_models_not_trained_here_with_their_commands(tmp_path, monkeypatch):
@@ -375,7 +423,7 @@ def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):
     from randmask.evaluate import write_csv
     from randmask.plan import MATCHED
     from randmask.report import render_report
-    from randmask.verdicts import ACCURACY_CLAIM, RESAMPLED_CLAIM, verdicts
+    from randmask.verdicts import ACCURACY_CLAIM, RESAMPLED_CLAIM, RESAMPLED_OTHER_CLAIM, verdicts
 
     matched7, matched9 = MATCHED["0.7-Shallow"].label, MATCHED["0.9-Shallow"].label
     assert matched7.startswith("Normal ResNet-18 (") and matched7 != matched9
@@ -399,11 +447,13 @@ def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):
     found = {claim: (result, evidence) for claim, result, evidence in verdicts(tmp_path, PRESETS["quick"])}
     result, evidence = found[ACCURACY_CLAIM]
     assert result == "supported"  # 70% / 75% vs 20% / 15% everywhere it was measured
-    assert f"PGD16 from DenseNet-121: 0.7-Shallow 70.0% (n=200) vs {matched7} 20.0% (n=200)" in evidence
-    assert "(2 comparison(s) with n = 0 left out)" in evidence
+    assert f"PGD16 from DenseNet-121: 0.7-Shallow vs {matched7}: 70.0% (n=200) vs 20.0% (n=200) (as claimed)" \
+        in evidence
+    assert evidence.count("(not counted: n < 30)") == 2  # CW40 from VGG-19 fooled nothing: n = 0
     result, evidence = found[RESAMPLED_CLAIM]
     assert result == "partly supported"  # no clear difference from DenseNet-121 (130 vs 140), higher from VGG-19
-    assert "0.7-ShallowDropout 65.0% (n=200)" in evidence
+    assert "FGSM16 from VGG-19: 0.7-Shallow vs 0.7-ShallowDropout: 75.0% (n=200) vs 30.0% (n=200)" in evidence
+    assert "PGD16" not in evidence and found[RESAMPLED_OTHER_CLAIM][0] == "partly supported"
 
     report = render_report(tmp_path, PRESETS["quick"], "quick", {}, _EmptyZoo(tmp_path / "zoo"))
     controls = report.split("## Controls · lower accuracy")[1].split("\n## ")[0]
@@ -435,8 +485,10 @@ def test_the_resampled_control_is_also_judged_under_attacks_aimed_at_each_net(tm
     found = {claim: (result, evidence) for claim, result, evidence in verdicts(tmp_path, PRESETS["quick"])}
     result, evidence = found[RESAMPLED_ATTACKED_CLAIM]
     assert result == "contradicted"  # the resampled mask keeps clearly more images twice, and no less once
-    assert "Table 4 (n = 500): FGSM2 40.0 vs 50.0 (lower), PGD1,4,2 28.0 vs 46.0 (lower)" in evidence
-    assert "APGD-CE / Square (n = 200): Square8(queries=1000) 2.5 vs 3.0" in evidence and "Normal" not in evidence
+    assert "Table 4 FGSM2: 40.0% (n=500) vs 50.0% (n=500) (reversed)" in evidence
+    assert "Table 4 PGD1,4,2: 28.0% (n=500) vs 46.0% (n=500) (reversed)" in evidence
+    assert "APGD-CE / Square Square8(queries=1000): 2.5% (n=200) vs 3.0% (n=200) (no separation)" in evidence
+    assert "Normal" not in evidence
     report = render_report(tmp_path, PRESETS["quick"], "quick", {}, _EmptyZoo(tmp_path / "zoo"))
     assert RESAMPLED_ATTACKED_CLAIM in report
 
@@ -480,3 +532,64 @@ def test_the_report_says_which_attack_path_made_each_table(tmp_path, monkeypatch
     assert recorded_runs(tmp_path)["table2_transfer"]["seconds"] == 1.0  # other records stay
     assert _attack_path_line(tmp_path, recorded_runs(tmp_path), keys) == (
         "Attack path per table: `table2_transfer` exact, `table4_whitebox` fast.")
+
+
+def test_each_width_with_results_gets_its_own_verdict_column(tmp_path):
+    from randmask.evaluate import write_csv
+    from randmask.report import render_report
+    from randmask.verdicts import RAISE_CLAIM, result_widths, verdicts
+
+    (tmp_path / "results").mkdir()
+    write_csv([_transfer_row("Normal ResNet-18", "PGD16", "defense_rate", 2, 200, source="DenseNet-121"),
+               _transfer_row("0.7-Shallow", "PGD16", "defense_rate", 120, 200, source="DenseNet-121"),
+               _transfer_row("Normal ResNet-18@w32", "PGD16", "defense_rate", 2, 200, source="DenseNet-121"),
+               _transfer_row("0.7-Shallow@w32", "PGD16", "defense_rate", 3, 200, source="DenseNet-121")],
+              tmp_path / "results" / "table2_transfer.csv")
+    assert result_widths(tmp_path) == [16, 32]
+    narrow = {c: r for c, r, _ in verdicts(tmp_path, PRESETS["quick"])}
+    wide = {c: (r, e) for c, r, e in verdicts(tmp_path, PRESETS["quick"], width=32)}
+    assert narrow[RAISE_CLAIM] == "supported" and wide[RAISE_CLAIM][0] == "not supported"
+    assert "0.7-Shallow vs Normal: 1.5% (n=200) vs 1.0% (n=200)" in wide[RAISE_CLAIM][1]
+    report = render_report(tmp_path, PRESETS["quick"], "quick", {}, _EmptyZoo(tmp_path / "zoo"))
+    assert "| claim | width 16 | width 32 | evidence |" in report
+    assert f"| {RAISE_CLAIM} | supported | not supported | **width 16**: " in report
+
+
+def test_the_beyond_section_gives_both_denominators(tmp_path):
+    from randmask.evaluate import write_csv
+    from randmask.report import _ours_only
+
+    def row(target, attack, metric, correct):
+        return {**_transfer_row(target, attack, metric, correct, 200, source=target), "protocol": "beyond"}
+
+    (tmp_path / "results").mkdir()
+    write_csv([row("0.9-Shallow", None, "clean_accuracy", 152), row("0.9-Shallow", "Square4", "accuracy", 29)],
+              tmp_path / "results" / "beyond_apgd_square.csv")
+    table = _ours_only(tmp_path, "beyond_apgd_square")
+    assert "| accuracy % [95% CI] | n | over clean-correct % [95% CI] | clean-correct n |" in table
+    assert "| 0.9-Shallow | 0.9-Shallow | Square4 | 14.5 [10.3, 20.0] | 200 | 19.1 [13.6, 26.1] | 152 |" in table
+
+
+def test_only_nothing_refuses_experiment_keys_beside_it(tmp_path):
+    from randmask.errors import RandmaskError
+
+    with pytest.raises(RandmaskError, match="'nothing' re-renders the report"):
+        reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path, only=["nothing", "table3_shuffle"])
+    assert not (tmp_path / "REPRODUCTION.md").exists()
+
+
+@pytest.mark.slow
+def test_only_nothing_rerenders_the_committed_report_byte_for_byte(tmp_path):
+    """`reproduce --only nothing` runs no experiment: from the committed results/ it writes the committed
+    REPRODUCTION.md again, byte for byte, and a second run changes nothing (figures included)."""
+    import shutil
+
+    from randmask.settings import PROJECT_ROOT
+
+    shutil.copytree(PROJECT_ROOT / "results", tmp_path / "results")
+    committed = (PROJECT_ROOT / "REPRODUCTION.md").read_bytes()
+    assert reproduce("quick", out=tmp_path, only=["nothing"]) == {}
+    first = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert first[Path("REPRODUCTION.md")] == committed
+    reproduce("quick", out=tmp_path, only=["nothing"])
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == first
