@@ -46,7 +46,9 @@ def test_guard_caps_per_address_and_idles_unconsented_sessions():
     assert guard.has_room("a3", "10.0.0.1") and guard.admit("a3", "10.0.0.1") and len(guard) == 3
 
 
-def test_refusals_are_logged_once_per_interval(caplog):
+def test_refusals_are_logged_once_per_interval(caplog, monkeypatch):
+    # a page run earlier in the session may have sent the study's log to stderr only (configure_logging)
+    monkeypatch.setattr(logging.getLogger("study"), "propagate", True)
     clock = Clock()
     refusals = RefusalLog(interval_s=60, clock=clock)
     with caplog.at_level(logging.WARNING, logger="study"):
