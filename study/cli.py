@@ -448,54 +448,6 @@ def _pilot_accuracy(path: Path, slug: str | None, conditions: list[str] | None) 
     return conditions, [float(shares[c]) for c in conditions]
 
 
-def _check_out_folder(out: Path, overwrite: bool, inputs: list[Path]) -> None:
-    """Refuse an --out that is a file, holds files (unless --overwrite), or holds one of the inputs."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
-    resolved = out.resolve()
-    for path in inputs:
-        if path.resolve() == resolved or resolved in path.resolve().parents:
-            raise ValueError(f"--out {out} holds the input {path}; choose another folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out} is not empty; pass --overwrite to replace it")
-
-
-@contextlib.contextmanager
-def _new_folder(out: Path) -> Iterator[Path]:
-    """A temporary folder beside `out`, renamed into its place only when the body succeeds (an old `out` is
-    replaced then); on failure nothing is left behind and `out` is as it was."""
-    import shutil
-    import tempfile
-
-    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".new", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's folder is private; the report folder is for sharing, like mkdir's
-    done = False
-    try:
-        yield tmp
-        old = None
-        if out.exists():
-            old = out.with_name(f"{tmp.name[:-4]}.old")
-            os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if old is not None:
-                os.replace(old, out)  # the old folder goes back where it was
-            raise
-        done = True
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in [] if done else made:  # innermost first; only folders made here
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-
 def _only_study(db, slug: str | None):
     if slug:
         return get_study(db, slug)
@@ -518,13 +470,20 @@ def _cifar10h_or_none(args: argparse.Namespace) -> np.ndarray | None:
         return None
 
 
+def _is_report(folder: Path) -> bool:
+    """What `report` writes and nothing else: report.html and PNGs."""
+    files = list(folder.iterdir())
+    return any(f.name == "report.html" for f in files) and all(
+        f.is_file() and not f.is_symlink() and (f.name == "report.html" or f.suffix == ".png") for f in files)
+
+
 def _report(args: argparse.Namespace) -> int:
     from .results import compute_results, figures, report_html, write_pngs
 
     path = Path(args.db or default_db_path())
     if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
         raise ValueError(f"--bootstrap must be from 0 to {MAX_BOOTSTRAP}, got {args.bootstrap}")
-    _check_out_folder(args.out, args.overwrite, [path, *([args.cifar10h] if args.cifar10h else [])])
+    out = _output(args, kind="an earlier report (report.html and PNGs)", replaceable=_is_report)
     db = open_db_readonly(path)
     try:
         problems = database_problems(db)
@@ -535,7 +494,7 @@ def _report(args: argparse.Namespace) -> int:
     finally:
         db.conn.close()
     made = figures(results)
-    with _new_folder(args.out) as tmp:
+    with out as tmp:
         (tmp / "report.html").write_text(report_html(results, made), encoding="utf-8")
         pngs = write_pngs(made, tmp)
     print(args.out / "report.html")

@@ -188,7 +188,12 @@ def test_report_cli_writes_one_html_file(simulated, tmp_path, capsys):
     # a second run into the same folder is refused, and the first report is untouched
     (out / "mine.txt").write_text("keep")
     assert report("--db", db_file, "--out", str(out), "--no-cifar10h") == 2
-    assert "not empty; pass --overwrite" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep"
+    assert "already exists; choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert (out / "mine.txt").read_text() == "keep"
+    # --overwrite replaces an earlier report only, never a folder holding anything else
+    assert report("--db", db_file, "--out", str(out), "--no-cifar10h", "--overwrite") == 2
+    assert "is not an earlier report" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep"
+    (out / "mine.txt").unlink()
     assert report("--db", db_file, "--out", str(out), "--no-cifar10h", "--bootstrap", "50", "--overwrite") == 0
     assert sorted(p.name for p in out.iterdir()) == ["report.html"]
 
@@ -198,10 +203,10 @@ def test_report_cli_refusals_leave_nothing(simulated, tmp_path, capsys):
     db_file = Path(db.execute("PRAGMA database_list").fetchone()[2])
     before = sorted(p.name for p in db_file.parent.iterdir())
     cases = [
-        (["--db", str(db_file), "--out", str(db_file.parent), "--overwrite"], "holds the input"),
-        (["--db", str(db_file), "--out", str(db_file)], "is a file"),
+        (["--db", str(db_file), "--out", str(db_file.parent), "--overwrite"], "would overwrite an input"),
+        (["--db", str(db_file), "--out", str(db_file)], "would overwrite an input"),
         (["--db", str(db_file), "--out", str(tmp_path), "--overwrite", "--cifar10h", str(tmp_path / "c" / "counts.npy")],
-         "holds the input"),
+         "CIFAR-10H counts not found"),
         (["--db", str(tmp_path / "missing.db"), "--out", str(tmp_path / "r1")], "missing.db"),
         (["--db", str(db_file), "--out", str(tmp_path / "r2"), "--study", "nope"], "no study named 'nope'"),
         (["--db", str(db_file), "--out", str(tmp_path / "r3"), "--bootstrap", "-1"], "--bootstrap"),
@@ -289,20 +294,20 @@ def test_report_cli_writes_a_png_per_figure_when_kaleido_is_there(simulated, tmp
 
 def test_report_cli_keeps_the_old_report_when_the_new_one_cannot_be_moved_in(simulated, tmp_path, capsys,
                                                                              monkeypatch):
-    import study.cli as cli_module
+    import randmask.safe_files as safe_files
     db, _ = simulated
     out = tmp_path / "report"
     out.mkdir()
-    (out / "old.html").write_text("old report")
-    real_replace = os.replace
+    (out / "report.html").write_text("old report")
+    real_rename = os.rename
 
-    def failing_replace(src, dst):
-        if str(src).endswith(".new"):
-            raise OSError("disk full")
-        real_replace(src, dst)
+    def failing_rename(src, dst):
+        if Path(dst) == out and Path(src).name != out.name and "old" not in Path(src).name:
+            raise OSError("disk full")  # the new report cannot be moved in
+        real_rename(src, dst)
 
-    monkeypatch.setattr(cli_module.os, "replace", failing_replace)
+    monkeypatch.setattr(safe_files.os, "rename", failing_rename)
     assert report("--db", db.execute("PRAGMA database_list").fetchone()[2], "--out", str(out), "--overwrite",
                   "--no-cifar10h", "--bootstrap", "20") == 2
     assert "disk full" in capsys.readouterr().err
-    assert [p.name for p in tmp_path.iterdir()] == ["report"] and (out / "old.html").read_text() == "old report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report"] and (out / "report.html").read_text() == "old report"
