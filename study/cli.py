@@ -161,9 +161,15 @@ def _is_set(folder: Path) -> bool:
     return (folder / "meta.csv").is_file()
 
 
+EXPORT_FILES = {"datapackage.json", "README.md"}  # beside the CSVs, describing them
+
+
 def _is_export(folder: Path) -> bool:
-    """An earlier export: CSV files only, or one folder of them per study."""
-    return all(p.suffix == ".csv" if p.is_file() else p.is_dir() and all(q.suffix == ".csv" for q in p.iterdir())
+    """An earlier export: CSV files and their description only, or one folder of them per study."""
+    def exported(path: Path) -> bool:
+        return path.is_file() and not path.is_symlink() and (path.suffix == ".csv" or path.name in EXPORT_FILES)
+
+    return all(exported(p) or p.is_dir() and not p.is_symlink() and all(exported(q) for q in p.iterdir())
                for p in folder.iterdir())
 
 

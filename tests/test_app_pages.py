@@ -101,14 +101,14 @@ def test_participants_see_only_the_labeling_page(app_env, tmp_path, monkeypatch,
 
 def test_mask_page_follows_layer_channel_and_notation(app_env):
     at = open_app("masks")
-    assert "0.9-Shallow" in texts(at) and "width 4" in texts(at)
-    reference = build_model("0.9-Shallow", width=4)
+    assert "0.9-Shallow" in texts(at) and f"width {support.TINY_WIDTH}" in texts(at)
+    reference = build_model("0.9-Shallow", width=support.TINY_WIDTH)
     stem = reference.body.mask1.mask
     assert values(chart(at, "map_channel")["data"][0]["z"]) == stem[0].int().tolist()
     at.slider(key="masks_channel").set_value(2).run()
     assert values(chart(at, "map_channel")["data"][0]["z"]) == stem[2].int().tolist()
     at.selectbox(key="masks_layer").set_value("body.layer2.0.mask1").run()
-    assert at.slider(key="masks_channel").max == 7  # 8 channels in block 2 at width 4
+    assert at.slider(key="masks_channel").max == 2 * support.TINY_WIDTH - 1  # block 2 doubles the channels
     at.slider(key="masks_channel").set_value(2).run()
     z = values(chart(at, "map_channel")["data"][0]["z"])
     assert z == reference.body.layer2[0].mask1.mask[2].int().tolist() and len(z) == 16  # 16×16 in block 2

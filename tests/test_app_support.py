@@ -1,6 +1,7 @@
 """Shared fixtures for the app tests: a tiny zoo, a results folder and the environment that points the app at them.
 
-The zoo's models are width-4 ResNet-18s, so nothing needs training:
+The zoo's models are untrained ResNet-18s at the shipped zoo's width (a reference names any other width, so the
+app names them as it names the real zoo's), so nothing needs training:
 - Normal ResNet-18: random weights (an honest, input-dependent model that attacks can move),
 - 0.9-Shallow and 0.7-Shallow: the same random bodies, but with the last layer replaced by a constant
   "always CONFIDENT_CLASS with probability 0.9998" answer, which makes the pages' numbers predictable.
@@ -16,9 +17,10 @@ import torch
 from randmask.checkpoint import save_checkpoint
 from randmask.data import load_test_sample
 from randmask.models import build_model
+from randmask.notation import DEFAULT_WIDTH
 
 CONFIDENT_CLASS = 3  # cat: test image 0 is a cat
-TINY_WIDTH = 4
+TINY_WIDTH = DEFAULT_WIDTH  # 16: the app would call a width-4 model '0.9-Shallow@w4'
 
 
 def constant_model(notation: str) -> torch.nn.Module:

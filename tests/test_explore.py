@@ -233,7 +233,8 @@ def test_discover_models_reads_zoo_user_runs_and_adds_stand_ins(tmp_path):
     assert by_key["zoo:cifar10/Normal_ResNet-18"].role == "baseline"
     mine = by_key["user:mine"]
     assert (mine.notation, mine.mask_seed, mine.clean_accuracy) == ("0.5-ShallowDC", 2, 0.42)
-    assert "yours" in mine.label and "42.0%" in mine.label and mine.name == "0.5-ShallowDC@s0m2"
+    # a width-4 model: its one name says so, beside its mask seed
+    assert "yours" in mine.label and "42.0%" in mine.label and mine.name == "0.5-ShallowDC@s0m2w4"
     assert "user:unfinished" not in by_key
     assert len(cat.problems) == 1 and "broken" in cat.problems[0]
     # stand-ins for planned entries that are missing, never for trained ones
@@ -241,7 +242,7 @@ def test_discover_models_reads_zoo_user_runs_and_adds_stand_ins(tmp_path):
     stand_in = by_key["untrained:cifar10/0.5-Deep"]
     assert not stand_in.trained and "UNTRAINED" in stand_in.label
     refs = cat.trained_refs("cifar10")  # what the robustness page counts as trained: never a stand-in
-    assert ModelRef("0.9-Shallow") in refs and ModelRef("0.5-ShallowDC", mask_seed=2) in refs
+    assert ModelRef("0.9-Shallow") in refs and ModelRef("0.5-ShallowDC", mask_seed=2, width=4) in refs
     assert ModelRef("0.5-Deep") not in refs
     assert "untrained:mnist/0.5-Shallow" in by_key and "mnist" in cat.datasets and cat.datasets[0] == "cifar10"
     assert catalog.default_picks(cat.for_dataset("cifar10"))[:2] == ["zoo:cifar10/Normal_ResNet-18",
