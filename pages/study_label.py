@@ -34,6 +34,7 @@ from study import (
     resume,
 )
 from study.db import shared_pool
+from study.display import stimulus_html
 from study.errors import configure_logging, report
 from study.participant import get_participant
 from study.session import (
@@ -162,7 +163,7 @@ def simple_trial(db, study, participant_id: int) -> None:
         st.rerun()
     st.caption(trial_caption(trial))
     shown_at = st.session_state.setdefault("shown_at", {}).setdefault(trial.assignment_id, time.monotonic())
-    st.image(trial.png, width=192)
+    st.html(stimulus_html(trial.png))  # the widget's size and pixels
     columns = st.columns(5)
     for label, name in enumerate(study.classes):
         if columns[label % 5].button(f"{label} {name}", key=f"fallback-{trial.assignment_id}-{label}", width="stretch"):

@@ -2,6 +2,7 @@
 where a value is missing (never 'None' or 'nan'). The CSV exports keep the raw columns; this is display only."""
 from __future__ import annotations
 
+import base64
 import math
 import re
 
@@ -106,3 +107,16 @@ def exclude_label(count: int) -> str:
     """The button that excludes the participants below the catch threshold: 'Exclude this participant',
     'Exclude these 3 participants'."""
     return "Exclude this participant" if count == 1 else f"Exclude these {count} participants"
+
+
+STIMULUS_PX = 192  # the main widget's stage (study/frontend/index.html): 6 screen pixels per CIFAR pixel
+
+
+def stimulus_html(png: bytes, size: int = STIMULUS_PX) -> str:
+    """The simple version's image as the widget shows it: the stored PNG itself (no re-encoding), `size` CSS
+    pixels square, centred, scaled by nearest neighbour (image-rendering: pixelated). Streamlit's own st.image
+    scales smoothly and sits left: participants on the fallback saw blurred adversarial noise."""
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<div style="display:flex;justify-content:center;margin:8px 0">'
+            f'<img alt="image to label" src="data:image/png;base64,{data}" width="{size}" height="{size}" '
+            f'style="width:{size}px;height:{size}px;image-rendering:pixelated"></div>')

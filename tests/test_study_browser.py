@@ -278,3 +278,59 @@ def test_no_framing_no_metrics_and_no_outside_host(server, browser):
     p.page.wait_for_timeout(500)
     outside = [u for u in requested if not u.startswith(url) and not u.startswith(("data:", "blob:"))]
     assert requested and outside == []
+
+
+def _upscaled(png: bytes, factor: int = 6):
+    """The stored image as both presentation modes must show it: each pixel a factor×factor block."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    return rgb.repeat(factor, 0).repeat(factor, 1)
+
+
+def _matches(page, locator, want, size: int = 192) -> float:
+    """The share of the size×size screen pixels where the element is drawn that equal `want`, at the best of
+    the few whole-pixel alignments its box allows (a box can sit at half a pixel)."""
+    import io
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    box = locator.bounding_box()
+    assert abs(box["width"] - size) < 1 and abs(box["height"] - size) < 1, box  # the same size in both modes
+    clip = {"x": math.floor(box["x"]) - 1, "y": math.floor(box["y"]) - 1, "width": size + 3, "height": size + 3}
+    seen = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=clip))).convert("RGB"))
+    return max((seen[dy:dy + size, dx:dx + size] == want).all(2).mean() for dy in range(4) for dx in range(4))
+
+
+def test_both_presentation_modes_show_the_stored_pixels_at_the_same_size(server, browser):
+    """The widget and the simple version show the same 192 px image, scaled by nearest neighbour (the simple
+    version used to smooth it with Streamlit's st.image and sit left), centred in the page."""
+    from study import next_trial
+    from study.participant import get_participant
+
+    url, db_path, key = server
+    person = Participant(browser, url, "pixel-pat", "duo", key["duo"], use_keyboard=True)
+    person.click_button("I agree and want to take part")
+    person.click_button("Start")
+    person.wait_widget_text("Practice 1 of 3")
+    db = open_db(db_path)
+    try:
+        trial = next_trial(db, get_participant(db, get_study(db, "duo"), "pixel-pat").id)
+    finally:
+        db.close()
+    want = _upscaled(trial.png)
+    shown = person.widget.locator("#stage img:visible, #stage canvas:visible").first
+    expect(shown).to_be_visible()
+    assert _matches(person.page, shown, want) == 1.0  # every pixel, in the widget
+    person.page.get_by_role("button", name=re.compile("simple version")).click()
+    image = person.page.get_by_role("img", name="image to label")
+    expect(image).to_be_visible(timeout=WAIT_MS)
+    assert _matches(person.page, image, want) == 1.0  # and in the simple version (st.markdown's img: 32 px)
+    box, page_width = image.bounding_box(), person.page.viewport_size["width"]
+    main = person.page.locator("[data-testid='stMainBlockContainer']").bounding_box()
+    assert abs((box["x"] + box["width"] / 2) - (main["x"] + main["width"] / 2)) <= 2 < page_width  # centred
