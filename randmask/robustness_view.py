@@ -63,17 +63,38 @@ def option_index(options: Sequence[str], preferred: str) -> int:
     return list(options).index(preferred) if preferred in options else 0
 
 
+def label_positions(x: Sequence[float], y: Sequence[float], side: str = "top left", other: str = "bottom right",
+                    near: float = 0.07) -> list[str]:
+    """A plotly textposition per point: `side`, except `other` for a point whose label would sit on a neighbour's
+    (both within `near` of the axes' spans and that neighbour labelled on `side`), so close points' labels part."""
+    xs, ys = [float(v) for v in x], [float(v) for v in y]
+    span_x = (max(xs) - min(xs) if xs else 0.0) or 1.0
+    span_y = (max(ys) - min(ys) if ys else 0.0) or 1.0
+    positions = [side] * len(xs)
+    order = sorted(range(len(xs)), key=lambda i: (xs[i], ys[i]))
+    for k, i in enumerate(order):
+        for j in order[:k]:
+            close = abs(xs[i] - xs[j]) / span_x < near and abs(ys[i] - ys[j]) / span_y < near
+            if close and positions[j] == side:
+                positions[i] = other
+                break
+    return positions
+
+
 def tradeoff_series(points: pd.DataFrame) -> dict[str, dict | None]:
     """tradeoff_points as Figure 7's two series, "paper" and "ours" (None without points of ours): clean
-    accuracy (x), defense rate (y), the drop ratio as each point's label, and for ours the lengths of both
-    intervals' error bars."""
+    accuracy (x), defense rate (y), the drop ratio as each point's label and where it sits (label_positions),
+    and for ours the lengths of both intervals' error bars."""
     paper, ours = points[points["origin"] == "paper"], points[points["origin"] == "ours"]
     result: dict[str, dict | None] = {
-        "paper": {"x": paper["clean_accuracy"], "y": paper["defense_rate"], "text": [f"{r:g}" for r in paper["ratio"]]},
+        "paper": {"x": paper["clean_accuracy"], "y": paper["defense_rate"], "text": [f"{r:g}" for r in paper["ratio"]],
+                  "position": label_positions(paper["clean_accuracy"], paper["defense_rate"])},
         "ours": None}
     if not ours.empty:
         result["ours"] = {"x": ours["clean_accuracy"], "y": ours["defense_rate"],
                           "text": [f"{r:g}" for r in ours["ratio"]],
+                          "position": label_positions(ours["clean_accuracy"], ours["defense_rate"], "bottom right",
+                                                      "top right"),
                           "x_plus": ours["clean_high"] - ours["clean_accuracy"],
                           "x_minus": ours["clean_accuracy"] - ours["clean_low"],
                           "y_plus": ours["defense_high"] - ours["defense_rate"],
