@@ -211,12 +211,24 @@ def readable_errors(what: str = "") -> Iterator[None]:
 
 
 def progress_callback(text: str):
-    """A (done, total) callback that drives an st.progress bar; returns (callback, bar)."""
+    """A (done, total) callback that drives an st.progress bar; returns (callback, bar). The callback's
+    `.stage(words)` puts what is happening now in front of the count."""
     bar = st.progress(0.0, text=text)
+    now = {"stage": text, "done": 0, "total": 1}
+
+    def show() -> None:
+        done, total = now["done"], now["total"]
+        bar.progress(min(1.0, done / max(1, total)), text=f"{now['stage']} · {done}/{total}")
 
     def report(done: int, total: int) -> None:
-        bar.progress(min(1.0, done / max(1, total)), text=f"{text} {done}/{total}")
+        now.update(done=done, total=total)
+        show()
 
+    def stage(words: str) -> None:
+        now["stage"] = words[:1].upper() + words[1:] + "…"
+        show()
+
+    report.stage = stage
     return report, bar
 
 

@@ -158,7 +158,7 @@ with tab_run:
             models = _ui.named_models(chosen)
             report, bar = _ui.progress_callback(f"Attacking {next(iter(models))} with {attack_text}…")
             rows = robustness_view.run_transfer(models, chosen, targets, attack_text, x, y, n=n, dataset=dataset,
-                                                progress=report)
+                                                progress=report, stage=report.stage)
             bar.empty()
             st.session_state["run_result"] = rows
     rows = st.session_state.get("run_result")

@@ -5,7 +5,7 @@ protocols.transfer rows."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -103,16 +103,19 @@ def tradeoff_series(points: pd.DataFrame) -> dict[str, dict | None]:
 
 
 # ------------------------------------------------------------------------------------------------ run tab
+CRAFT_BATCH = 10  # images an app transfer run attacks at once: a count every few seconds, not one at the end
+
 def run_transfer(models: Mapping[str, nn.Module], entries: Sequence[ModelEntry], targets: Sequence[str],
                  attack: str, x: torch.Tensor, y: torch.Tensor, *, n: int, dataset: str,
-                 progress: Progress | None = None) -> list[dict]:
+                 progress: Progress | None = None, stage: Callable[[str], None] | None = None) -> list[dict]:
     """protocols.transfer from the first model (catalog.transfer_entries' order; `models` holds the entries'
     models by display name, in the same order) to those whose keys are in `targets`, the source included only
-    when it is a target too; n images for every attack, CW included."""
+    when it is a target too; n images for every attack, CW included. The attack takes CRAFT_BATCH images at a
+    time, so `progress` counts them as they are crafted; `stage` hears each step in words."""
     names = list(models)
     wanted = [name for name, e in zip(names, entries, strict=True) if e.key in targets]
     return transfer(models[names[0]], {k: models[k] for k in wanted}, [attack], x, y, source_name=names[0], n=n,
-                    n_cw=n, dataset=dataset, progress=progress)
+                    n_cw=n, dataset=dataset, progress=progress, stage=stage, craft_batch=CRAFT_BATCH)
 
 
 def transfer_summary(rows: Sequence[Mapping]) -> str | None:

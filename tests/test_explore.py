@@ -675,3 +675,14 @@ def test_equal_drop_ratios_get_a_sentence_not_a_chart():
     assert text.startswith("All 10 masked layers drop the nominal 0.9") and "between 0.8984 and 0.9004" in text
     assert mask_views.uniform_drop_text(mask_views.mask_statistics(build_model("0.5-Shallow, 0.3-Deep", width=4))) \
         is None
+
+
+def test_gallery_counts_cw_images_one_by_one():
+    torch.manual_seed(0)
+    normal = build_model("Normal ResNet-18", width=4).eval()
+    masked = build_model("0.9-Shallow", width=4).eval()
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)).mul(255).round().div(255)
+    seen = []
+    build_gallery(normal, masked, attack_notation("CW", 16, kappa=0, cw_search=1, cw_steps=10), x,
+                  torch.tensor([0, 1, 2]), names=("N", "M"), progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(k, 6) for k in range(1, 7)]  # each CW image as it finishes, both sources
