@@ -214,11 +214,12 @@ def progress_callback(text: str):
     """A (done, total) callback that drives an st.progress bar; returns (callback, bar). The callback's
     `.stage(words)` puts what is happening now in front of the count."""
     bar = st.progress(0.0, text=text)
-    now = {"stage": text, "done": 0, "total": 1}
+    now = {"stage": text, "done": 0, "total": 0}
 
     def show() -> None:
         done, total = now["done"], now["total"]
-        bar.progress(min(1.0, done / max(1, total)), text=f"{now['stage']} · {done}/{total}")
+        count = f" · {done}/{total}" if total else ""  # no count before the first one comes in
+        bar.progress(min(1.0, done / max(1, total)), text=now["stage"] + count)
 
     def report(done: int, total: int) -> None:
         now.update(done=done, total=total)
@@ -366,4 +367,4 @@ GLOSSARY = {
 def glossary() -> None:
     """The field's words, one line each, folded away at the bottom of every researcher page's sidebar."""
     with st.sidebar.expander("Glossary", icon=":material/menu_book:"):
-        st.markdown("\n".join(f"- **{term}**: {text}" for term, text in GLOSSARY.items()))
+        st.caption("\n".join(f"- **{term}**: {text}" for term, text in GLOSSARY.items()))  # small: a narrow column

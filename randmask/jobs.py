@@ -400,8 +400,9 @@ def job_status(folder: Path) -> JobStatus:
         elif any(e["event"] != "stage" for e in events) or members_done:
             status.state = "running"
         else:
-            status.state = "starting"  # the progress text says the stage, the title needs no copy of it
-            status.message = "" if status.stage else "starting the training process"
+            status.state = "starting"  # the progress text says what it is doing: no copy in the title
+            if not status.stage:
+                status.stage, status.stage_since = "starting the training process", launched or None
     elif (terminal is not None and terminal["event"] == "cancelled") or job.get("cancel_requested"):
         status.state = "cancelled"
         status.message = f"cancelled after {status.epoch} finished epoch(s); resume continues from there"

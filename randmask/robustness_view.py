@@ -63,13 +63,14 @@ def option_index(options: Sequence[str], preferred: str) -> int:
     return list(options).index(preferred) if preferred in options else 0
 
 
-def label_positions(x: Sequence[float], y: Sequence[float], side: str = "top left", other: str = "bottom right",
-                    near: float = 0.07) -> list[str]:
+def label_positions(x: Sequence[float], y: Sequence[float], side: str = "top right", other: str = "bottom left",
+                    near: float = 0.07, spans: tuple[float, float] | None = None) -> list[str]:
     """A plotly textposition per point: `side`, except `other` for a point whose label would sit on a neighbour's
-    (both within `near` of the axes' spans and that neighbour labelled on `side`), so close points' labels part."""
+    (both within `near` of the axes' spans, default the points' own, and that neighbour labelled on `side`).
+    Figure 7's points fall from upper left to lower right, so the default sides stand across that line."""
     xs, ys = [float(v) for v in x], [float(v) for v in y]
-    span_x = (max(xs) - min(xs) if xs else 0.0) or 1.0
-    span_y = (max(ys) - min(ys) if ys else 0.0) or 1.0
+    span_x, span_y = spans or ((max(xs) - min(xs) if xs else 0.0), (max(ys) - min(ys) if ys else 0.0))
+    span_x, span_y = span_x or 1.0, span_y or 1.0
     positions = [side] * len(xs)
     order = sorted(range(len(xs)), key=lambda i: (xs[i], ys[i]))
     for k, i in enumerate(order):
@@ -86,15 +87,17 @@ def tradeoff_series(points: pd.DataFrame) -> dict[str, dict | None]:
     accuracy (x), defense rate (y), the drop ratio as each point's label and where it sits (label_positions),
     and for ours the lengths of both intervals' error bars."""
     paper, ours = points[points["origin"] == "paper"], points[points["origin"] == "ours"]
+    spans = (float(points["clean_accuracy"].max() - points["clean_accuracy"].min()) if len(points) else 0.0,
+             float(points["defense_rate"].max() - points["defense_rate"].min()) if len(points) else 0.0)
     result: dict[str, dict | None] = {
         "paper": {"x": paper["clean_accuracy"], "y": paper["defense_rate"], "text": [f"{r:g}" for r in paper["ratio"]],
-                  "position": label_positions(paper["clean_accuracy"], paper["defense_rate"])},
+                  "position": label_positions(paper["clean_accuracy"], paper["defense_rate"], spans=spans)},
         "ours": None}
     if not ours.empty:
         result["ours"] = {"x": ours["clean_accuracy"], "y": ours["defense_rate"],
                           "text": [f"{r:g}" for r in ours["ratio"]],
-                          "position": label_positions(ours["clean_accuracy"], ours["defense_rate"], "bottom right",
-                                                      "top right"),
+                          "position": label_positions(ours["clean_accuracy"], ours["defense_rate"], "bottom left",
+                                                      "top right", spans=spans),
                           "x_plus": ours["clean_high"] - ours["clean_accuracy"],
                           "x_minus": ours["clean_accuracy"] - ours["clean_low"],
                           "y_plus": ours["defense_high"] - ours["defense_rate"],

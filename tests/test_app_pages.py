@@ -342,7 +342,7 @@ def test_every_researcher_page_has_the_glossary(app_env, monkeypatch):
         assert not at.exception, page
         glossary = [e for e in at.sidebar.expander if e.label == "Glossary"]
         assert len(glossary) == 1, page
-        words = "\n".join(m.value for m in glossary[0].markdown)
+        words = "\n".join(m.value for m in glossary[0].caption)
         for term in ("l-inf", "partly measured", "body.layer1.0.mask1", "ε", "κ", "transfer", "white-box",
                      "gray-box", "EN", "×2", "DC / SM", "clean accuracy", "robust accuracy"):
             assert term in words, (page, term)

@@ -663,9 +663,12 @@ def test_close_figure7_points_label_on_opposite_sides():
     x = [95.3, 94.0, 93.4, 91.8, 91.5, 91.2, 90.2, 87.7, 84.5]
     y = [14.9, 23.3, 30.9, 48.6, 59.2, 63.0, 65.3, 79.9, 87.4]
     positions = label_positions(x, y)
-    assert positions[4] == "bottom right" and positions.count("bottom right") == 1
-    assert label_positions([1.0, 1.0], [5.0, 5.0]) == ["top left", "bottom right"]
-    assert label_positions([1.0, 9.0], [5.0, 5.0]) == ["top left", "top left"]  # far apart: no need
+    assert positions[4] == "bottom left" and positions.count("bottom left") == 1
+    assert label_positions([1.0, 1.0], [5.0, 5.0]) == ["top right", "bottom left"]
+    assert label_positions([1.0, 9.0], [5.0, 5.0]) == ["top right", "top right"]  # far apart: no need
+    # beside our points the axes span 70-96: then 0.85 (90.2, 65.3) and 0.8 (91.2, 63.0) are close as well
+    wide = label_positions(x, y, spans=(26.0, 75.0))
+    assert wide[6] == "top right" and wide[5] == "bottom left" and wide[4] == "top right"
     assert label_positions([], []) == []
 
 

@@ -195,7 +195,8 @@ def test_a_starting_job_says_which_stage_it_is_in(tmp_path):
                                                      "created": 100.0, "pid": os.getpid()}))
     log = folder / "progress.jsonl"
     status = jobs.job_status(folder)
-    assert status.state == "starting" and status.message == "starting the training process"
+    assert status.state == "starting" and status.message == ""
+    assert status.progress_text().startswith("starting the training process (")  # since it was launched
 
     now = time.time()
     log.write_text(json.dumps({"event": "stage", "time": now - 12, "what": "loading the training images"}) + "\n")
