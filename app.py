@@ -113,7 +113,8 @@ def researcher_view() -> None:
     navigation = st.navigation(sections)
     _ui.register_pages(pages)
     _ui.pixelated()
-    _ui.sidebar()
+    if navigation.url_path != "study_admin":  # the organiser page needs no models: its Study selector comes first
+        _ui.sidebar()
     with _ui.readable_errors("This page hit an error"):  # a safety net: pages catch what they expect
         navigation.run()
 

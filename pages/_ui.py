@@ -38,28 +38,42 @@ PICKS, DATASET = "picks", "dataset"  # plain copies of the picker's values: they
 # them run over their neighbours)
 PIXELATED_CSS = ("<style>img { image-rendering: crisp-edges; image-rendering: pixelated; } "
                  "[data-testid='stImage'] div, [data-testid='stImage'] img { max-width: 100%; } "
-                 "[data-testid='stImage'] img { height: auto; }</style>")
+                 "[data-testid='stImage'] img { height: auto; } "
+                 # the picker's chips show whole model names, on two lines where needed, not 'Normal ResNet-18 · …'
+                 "[data-testid='stSidebar'] [data-tag] { max-width: 100%; height: auto; } "
+                 "[data-testid='stSidebar'] [data-tag] > span { white-space: normal; overflow: visible; "
+                 "text-overflow: clip; max-width: none; }</style>")
+# the main column's width at a 1280 px window with the sidebar open (measured 820 px, Chromium): tables choose
+# their columns to fit it
+TABLE_WIDTH_PX = 800
 
 
 # ------------------------------------------------------------------------------------------------ app mode
 def ensure_app() -> None:
-    """Make sure app.py (navigation, picker) runs around this page.
+    """Make sure app.py (navigation, picker) runs around this page, and put the glossary in its sidebar.
 
     With a pages/ folder beside app.py, Streamlit starts every server in its old multipage mode and only leaves
     it when app.py calls st.navigation. If a fresh server's first request asks for a sub-page (a bookmark),
     Streamlit runs that page straight from pages/, without app.py, and lists every file there in the sidebar.
     Leaving that mode here and rerunning sends the request through app.py like every later one."""
+    from streamlit import config
+
+    # AppTest re-enters that mode before every run; a rerun here would swallow its button clicks
+    if not config.get_option("global.appTest") and _left_pages_mode():
+        st.rerun()
+    glossary()  # drawn by the page, not app.py: every researcher page has it (AppTest reruns the page alone)
+
+
+def _left_pages_mode() -> bool:
+    """Leave Streamlit's pages/-folder mode; True if it was on."""
     try:
         from streamlit.runtime.pages_manager import PagesManager
     except ImportError:  # a Streamlit without this mode
-        return
-    from streamlit import config
-
-    if config.get_option("global.appTest"):
-        return  # AppTest re-enters that mode before every run; a rerun here would swallow its button clicks
+        return False
     if getattr(PagesManager, "uses_pages_directory", False):
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        return True
+    return False
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -197,12 +211,25 @@ def readable_errors(what: str = "") -> Iterator[None]:
 
 
 def progress_callback(text: str):
-    """A (done, total) callback that drives an st.progress bar; returns (callback, bar)."""
+    """A (done, total) callback that drives an st.progress bar; returns (callback, bar). The callback's
+    `.stage(words)` puts what is happening now in front of the count."""
     bar = st.progress(0.0, text=text)
+    now = {"stage": text, "done": 0, "total": 0}
+
+    def show() -> None:
+        done, total = now["done"], now["total"]
+        count = f" · {done}/{total}" if total else ""  # no count before the first one comes in
+        bar.progress(min(1.0, done / max(1, total)), text=now["stage"] + count)
 
     def report(done: int, total: int) -> None:
-        bar.progress(min(1.0, done / max(1, total)), text=f"{text} {done}/{total}")
+        now.update(done=done, total=total)
+        show()
 
+    def stage(words: str) -> None:
+        now["stage"] = words[:1].upper() + words[1:] + "…"
+        show()
+
+    report.stage = stage
     return report, bar
 
 
@@ -254,7 +281,8 @@ def wrap_title(title: str, width: int) -> str:
 
 
 def heatmap(z, title: str, *, colorscale="Greys_r", zmin=None, zmax=None, colorbar: str = "", height: int = 330,
-            x_title: str = "column (pixel)", y_title: str = "row (pixel)", text=None, wrap: int = 44):
+            x_title: str = "column (pixel)", y_title: str = "row (pixel)", text=None, wrap: int = 44,
+            text_size: int = 14):
     """A plotly heatmap of an H×W array with row 0 at the top, square cells, labelled axes and a title wrapped
     at `wrap` characters (pick it for the column the chart sits in)."""
     import plotly.graph_objects as go
@@ -264,6 +292,7 @@ def heatmap(z, title: str, *, colorscale="Greys_r", zmin=None, zmax=None, colorb
         text = text.detach().cpu().numpy() if isinstance(text, torch.Tensor) else np.asarray(text)
     fig = go.Figure(go.Heatmap(z=z, colorscale=colorscale, zmin=zmin, zmax=zmax, text=text,
                                texttemplate="%{text}" if text is not None else None,
+                               textfont={"size": text_size},  # readable cell numbers, not shrunk to fit
                                colorbar={"title": {"text": colorbar}} if colorbar else None,
                                showscale=bool(colorbar),
                                hovertemplate="row %{y}, column %{x}: %{z}<extra></extra>"))
@@ -277,3 +306,65 @@ def heatmap(z, title: str, *, colorscale="Greys_r", zmin=None, zmax=None, colorb
 
 
 KEEP_COLORS = [[0.0, "#202020"], [1.0, "#f5f5f5"]]  # dropped = near black, kept = near white
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def fitted_table(frame, key: str | None, *, fold=(), budget: int = TABLE_WIDTH_PX, right=(), tight: bool = False,
+                 what: str = "") -> None:
+    """A dataframe that fits the page: the named columns holding one value (and columns with no value at all) said
+    in a caption instead, the leading columns that fit shown, with `key` a toggle for every column (it scrolls)."""
+    from randmask import tables
+
+    frame, same = tables.fold_columns(frame, fold)
+    kw = tables.TIGHT if tight else {}
+    fits = tables.columns_that_fit(frame, budget, **kw)
+    hidden = [c for c in frame.columns if c not in fits]
+    if hidden and key and st.toggle(f"Every column ({len(frame.columns)}; scroll sideways)", key=key):
+        fits, hidden = list(frame.columns), []
+    shown = frame[fits]
+    st.dataframe(shown, hide_index=True, column_config={
+        c: st.column_config.TextColumn(width=tables.column_width(shown[c], str(c), **kw),
+                                       alignment="right" if c in right else None) for c in shown.columns})
+    where = ("the toggle shows them" if key else "") + what
+    notes = same + ([f"not shown: {', '.join(map(str, hidden))} ({where})"] if hidden else [])
+    if notes:
+        text = "; ".join(notes)
+        st.caption(text[0].upper() + text[1:] + ".")
+
+
+# ------------------------------------------------------------------------------------------------ glossary
+GLOSSARY = {
+    "clean accuracy": "Share of the unaltered test images a network classifies correctly.",
+    "robust accuracy": "Accuracy on adversarial images (a white-box attack's, unless said otherwise).",
+    "defense rate": "A target's accuracy on transferred adversarial images that fool the source network.",
+    "transfer (black-box)": "Adversarial images crafted against one network (the source) shown to another (the "
+                            "target), whose weights the attack never saw.",
+    "white-box": "The attack uses the attacked network's own gradients.",
+    "gray-box": "The attacker has a network of the same notation and training but another initialisation or "
+                "mask seed (DIF = different mask), not the attacked one's weights.",
+    "ε (epsilon)": "An attack's budget: the most any pixel value may change, in 0–255 units (ε 16 = 16/255).",
+    "l-inf (ℓ∞)": "The largest change of any one pixel value; 'l-inf 8/255' = no value moved more than 8 levels. "
+                  "l2 = the square root of the summed squared changes.",
+    "κ (kappa)": "CW's confidence in logits: the attack looks for an image whose wrong class wins by at least κ; a "
+                 "large κ may find nothing.",
+    "FGSM16, PGD16, PGD2,16, CW40": "The paper's attack notation: FGSM one step of ε 16; PGD16 20 steps of 1 "
+                                    "within ε 16; PGD2,16 steps of 2; CW40 CW-l2 with κ 40.",
+    "drop ratio": "The share of positions a Random Mask zeroes in every channel, for good (0.7-Shallow: 0.7).",
+    "Shallow / Deep / B12": "Which blocks are masked: 0–2, 3–4, or the blocks named (block 0 = the stem conv).",
+    "DC / SM": "Mask kinds: DC drops whole channels; SM repeats one spatial mask in every channel.",
+    "EN": "An ensemble of 5 networks with different mask seeds, logits averaged.",
+    "×2": "The masked blocks have twice the channels.",
+    "body.layer1.0.mask1": "A masked layer's name in the model: stage 1, its unit 0, after the unit's first conv "
+                           "(mask2: after the second, shortcut.2: the projection shortcut; body.mask1: the stem).",
+    "partly measured": "A target with numbers of ours in some of a table's columns, only the paper's in others.",
+    "not trained / not measured here": "No such model in the zoo or your runs / trained, but no result of ours "
+                                       "in results/ yet.",
+    "95% CI": "A Wilson 95% interval for a share measured on n images.",
+    "UNTRAINED": "A stand-in built from the notation with random weights: right masks, meaningless predictions.",
+}
+
+
+def glossary() -> None:
+    """The field's words, one line each, folded away at the bottom of every researcher page's sidebar."""
+    with st.sidebar.expander("Glossary", icon=":material/menu_book:"):
+        st.caption("\n".join(f"- **{term}**: {text}" for term, text in GLOSSARY.items()))  # small: a narrow column

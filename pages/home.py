@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages import _ui
-from randmask import catalog, mask_views, settings, tables
+from randmask import catalog, mask_views, settings
 from randmask.zoo import list_zoo
 
 _ui.ensure_app()
@@ -38,19 +38,16 @@ st.subheader("The model zoo")
 with _ui.readable_errors("Cannot list the zoo"):
     rows = catalog.zoo_overview(list_zoo(settings.zoo_root()), _ui.catalog().entries)
     trained = catalog.zoo_trained_count(rows)
-    widths = tables.column_widths(rows, ["model", "status", "used for"])
     if not trained:
         st.info("No model is trained yet (the quick zoo trains in the background and lands in assets/zoo). "
                 "Until then the pages fall back to untrained models, clearly marked UNTRAINED.")
-    st.dataframe(rows, hide_index=True, height="content", column_config={
-        "model": st.column_config.TextColumn(width=widths["model"]),
-        "status": st.column_config.TextColumn(width=widths["status"],
-                                              help="'older recipe': trained before the zoo's current plan; "
-                                                   "`python -m randmask zoo train` retrains it. 'yours': trained "
-                                                   "on the Train page, in that folder"),
-        "accuracy (%)": st.column_config.TextColumn(alignment="right", help="Clean test accuracy on the full "
-                                                                           "test set, as shipped"),
-        "used for": st.column_config.TextColumn(width=widths["used for"])})
+    for dataset in dict.fromkeys(r["data set"] for r in rows):  # one table a data set: no column repeating it
+        mine = [{k: v for k, v in r.items() if k != "data set"} for r in rows if r["data set"] == dataset]
+        st.markdown(f"**{dataset}** · {len(mine)} models")
+        st.table(mine, hide_index=True)  # static: long names and roles wrap instead of running off the page
+    st.caption("'accuracy (%)': clean test accuracy on the full test set, as shipped. 'older recipe': trained "
+               "before the zoo's current plan (`python -m randmask zoo train` retrains it); 'yours': trained on "
+               "the Train page, in that folder.")
     st.caption(f"{trained} trained models over all data sets; the "
                "README's zoo table lists the shipped ones with their recipes and training times.")
 

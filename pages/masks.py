@@ -2,11 +2,12 @@
 what one 3×3 filter can still see through a mask. Masks come from the notation and mask seed: no weights needed."""
 from __future__ import annotations
 
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _ui
-from randmask import catalog, mask_views
+from randmask import catalog, mask_views, tables
 from randmask.notation import canonical
 
 _ui.ensure_app()
@@ -44,23 +45,29 @@ st.caption(f"**{notation}** · width {width} · mask seed {mask_seed} · {len(st
            "drawn from the mask seed, so an untrained model built from the notation has exactly the trained "
            "model's masks.")
 
-layer, keep, channel = None, None, 0
-if stats:
-    by_name, labels = mask_views.by_layer(stats), mask_views.layer_labels(stats)
-    c1, c2 = st.columns([2, 3])
-    with c1:
-        layer = st.selectbox("Layer", list(labels), key="masks_layer", format_func=labels.get)
-    keep = mask_views.get_mask(model, layer)
-    with c2:
-        channel = st.slider("Channel", 0, keep.shape[0] - 1, 0, key="masks_channel")
-else:
-    st.info(f"{notation} has no masked layers (a normal network). The comparison and filter tabs below still "
-            "show what masks of a chosen ratio would do.")
-
 VIEWS = ["Heatmaps", "Drop statistics", "Random vs SM vs DC", "What one 3×3 filter sees"]
 # one view at a time (not st.tabs, which draws every tab's charts): page switches stay fast
 view = st.segmented_control("View", VIEWS, default=VIEWS[0], key="masks_view", label_visibility="collapsed") \
     or VIEWS[0]
+
+for key in ("masks_layer", "masks_channel"):  # kept while a view without these controls is shown
+    if key in st.session_state:
+        st.session_state[key] = st.session_state[key]
+layer, keep, channel = None, None, 0
+by_name = mask_views.by_layer(stats)
+if not stats:
+    st.info(f"{notation} has no masked layers (a normal network). The comparison and filter views still "
+            "show what masks of a chosen ratio would do.")
+elif view in ("Heatmaps", "Random vs SM vs DC"):  # the views that draw one layer's channel
+    labels = mask_views.layer_labels(stats)
+    c1, c2 = st.columns([2, 3])
+    with c1:
+        layer = st.selectbox("Layer", list(labels), key="masks_layer", format_func=labels.get,
+                             help="Named as in the model: body.layer1.0.mask1 = stage 1, unit 0, after its first "
+                                  "conv (the Glossary says more)")
+    keep = mask_views.get_mask(model, layer)
+    with c2:
+        channel = st.slider("Channel", 0, keep.shape[0] - 1, 0, key="masks_channel")
 
 if view == "Heatmaps":
     if keep is None:
@@ -83,23 +90,30 @@ if view == "Drop statistics":
     if not stats:
         st.write("No masked layers.")
     else:
-        st.dataframe(mask_views.statistics_table(stats), hide_index=True, column_config={
+        table, same = tables.fold_columns(pd.DataFrame(mask_views.statistics_table(stats)), ["kind", "ratio"])
+        if same:
+            st.caption("Every masked layer: " + "; ".join(same).replace("ratio:", "nominal drop ratio:") + ".")
+        st.dataframe(table, hide_index=True, column_config={
             "measured": st.column_config.NumberColumn(format="%.4f"),
             "kept by no channel": st.column_config.NumberColumn(
                 format="%.3f", help="Share of the layer's positions that no channel keeps")})
-        bars, nominal = mask_views.drop_ratio_bars(stats)
-        fig = go.Figure()
-        for bar in bars:
-            fig.add_bar(x=bar["x"], y=bar["y"], marker_color=bar["color"], name=bar["name"],
-                        hovertemplate="%{x}: %{y:.4f}<extra>" + bar["name"] + "</extra>")
-        fig.add_scatter(x=nominal["x"], y=nominal["y"], mode="markers",
-                        marker={"symbol": "line-ew-open", "size": 18, "color": "red", "line": {"width": 2}},
-                        name="nominal ratio")
-        fig.update_layout(title="Measured drop ratio per masked layer (bars) and the nominal ratio (red)",
-                          height=380, margin={"t": 40}, legend={"title": {"text": "masked in"}})
-        fig.update_xaxes(title="masked layer (in forward order)")
-        fig.update_yaxes(title="share of neurons dropped", range=[0, 1])
-        st.plotly_chart(fig, key="stats_bar")
+        uniform = mask_views.uniform_drop_text(stats)
+        if uniform:
+            st.markdown(uniform)
+        else:
+            bars, nominal = mask_views.drop_ratio_bars(stats)
+            fig = go.Figure()
+            for bar in bars:
+                fig.add_bar(x=bar["x"], y=bar["y"], marker_color=bar["color"], name=bar["name"],
+                            hovertemplate="%{x}: %{y:.4f}<extra>" + bar["name"] + "</extra>")
+            fig.add_scatter(x=nominal["x"], y=nominal["y"], mode="markers",
+                            marker={"symbol": "line-ew-open", "size": 18, "color": "red", "line": {"width": 2}},
+                            name="nominal ratio")
+            fig.update_layout(title="Measured drop ratio per masked layer (bars) and the nominal ratio (red)",
+                              height=380, margin={"t": 40}, legend={"title": {"text": "masked in"}})
+            fig.update_xaxes(title="masked layer (in forward order)")
+            fig.update_yaxes(title="share of neurons dropped", range=[0, 1])
+            st.plotly_chart(fig, key="stats_bar")
         st.caption("Random Mask drops exactly round(ratio·H·W) positions in every channel. 'Kept by no "
                    "channel' (a share of the positions) is about ratio^C for independent per-channel masks and "
                    "the ratio itself for SM, whose channels all share one pattern.")
@@ -142,7 +156,7 @@ if view == "What one 3×3 filter sees":
     c, h, w = stem_keep.shape
     c1, c2, c3 = st.columns(3)
     with c1:
-        f_channel = st.slider("Stem channel", 0, c - 1, min(channel, c - 1), key="filter_channel")
+        f_channel = st.slider("Stem channel", 0, c - 1, 0, key="filter_channel")
     with c2:
         f_row = st.slider("Neuron row", 0, h - 1, h // 2, key="filter_row")
     with c3:
@@ -154,23 +168,26 @@ if view == "What one 3×3 filter sees":
     m2.metric("the layer sees", view["layer_sees"])
     m3.metric("bound for one shared pattern", view["bound"],
               help="9 × share of kept neurons: the most a 3×3 stem can see when every channel has the same mask")
-    left, middle, right = st.columns(3)
+    left, middle = st.columns(2)
     with left:
         _ui.show_array(view["seen"], caption=f"pixels channel {f_channel}'s 3×3 filter still reads (the rest darkened)")
     with middle:
         st.plotly_chart(_ui.heatmap(view["channels_seeing"], "how many channels see each pixel", colorscale="Viridis",
-                                    zmin=0, zmax=c, colorbar="channels", height=300, wrap=30), key="filter_count")
-    with right:
-        fig = _ui.heatmap(view["field"], f"input paths into a next-layer neuron at ({f_row}, {f_col})",
-                          colorscale="Blues", zmin=0, colorbar="paths", height=300, text=view["field"], wrap=30)
-        fig.data[0].update(x=view["field_cols"], y=view["field_rows"])
+                                    zmin=0, zmax=c, colorbar="channels", height=300, wrap=40), key="filter_count")
+    # the path counts get half the page, numbers only where a path exists: a 9×9 grid of zeros was unreadable
+    field_text = [[str(int(v)) if v else "" for v in row] for row in view["field"].tolist()]
+    fig = _ui.heatmap(view["field"], f"input paths into a next-layer neuron at ({f_row}, {f_col})",
+                      colorscale="Blues", zmin=0, colorbar="paths", height=400, text=field_text, wrap=44)
+    fig.data[0].update(x=view["field_cols"], y=view["field_rows"])
+    window = _ui.heatmap(view["window"], f"3×3 window of that neuron: live channels (of {c}) at each offset",
+                         colorscale="Greens", zmin=0, zmax=c, colorbar="channels", height=300,
+                         x_title="column offset", y_title="row offset", text=view["window"], wrap=40)
+    window.data[0].update(x=[-1, 0, 1], y=[-1, 0, 1])
+    left, right = st.columns(2)
+    with left:
         st.plotly_chart(fig, key="filter_field")
-    fig = _ui.heatmap(view["window"], f"3×3 window of that neuron: live channels (of {c}) at each offset",
-                      colorscale="Greens", zmin=0, zmax=c, colorbar="channels", height=260,
-                      x_title="column offset", y_title="row offset", text=view["window"], wrap=34)
-    fig.data[0].update(x=[-1, 0, 1], y=[-1, 0, 1])
-    with st.columns([1, 2])[0]:
-        st.plotly_chart(fig, key="filter_window")
+    with right:
+        st.plotly_chart(window, key="filter_window")
     st.caption(f"Using {source_text}. A neuron of the next 3×3 conv reads a 3×3 window of every stem channel; "
                "only kept stem neurons carry anything, and each of those reads its own 3×3 patch of pixels. "
                "Without masks the paths form a 5×5 pyramid of 1-2-3-2-1 per channel.")

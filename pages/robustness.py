@@ -45,15 +45,25 @@ with tab_tables:
             wide = tables.comparison_table(comp)
             have_ours = robustness_view.has_ours(comp)
             metric = robustness_view.metric_names(comp)
+            groups = tables.comparison_groups(wide)
+            chosen = st.multiselect(
+                "Columns", groups, default=tables.groups_that_fit(wide, _ui.TABLE_WIDTH_PX),
+                key=f"robust_columns_{table}",
+                help="Clean accuracy and the attacks we measured come first, the paper's own columns last; the "
+                     "default is what fits beside the target names.") or groups[:1]
+            hidden = [g for g in groups if g not in chosen]
             st.caption(f"Percent ({metric}). Defense rate = the target's accuracy on adversarial images that fool "
-                       "the source. 'ours' = our reproduction, where results/ has the same source, target, "
-                       f"attack and metric; {tables.MISSING} = no number. 'here' says whether we measured the "
-                       "target." + ("" if have_ours else " No matching rows of ours yet."))
-            numbers = {c: st.column_config.TextColumn(alignment="right") for c in wide.columns[2:]}
-            widths = tables.column_widths(wide, ["target", "here"])
-            st.dataframe(wide, hide_index=True, height="content", column_config={
-                **numbers, "target": st.column_config.TextColumn(width=widths["target"], pinned=True),
-                "here": st.column_config.TextColumn(width=widths["here"])})
+                       "the source. 'paper' = the paper's number, 'ours' = our reproduction where results/ has the "
+                       f"same source, target, attack and metric; {tables.MISSING} = no number. Here: "
+                       + tables.status_caption(wide)
+                       + ("" if have_ours else " No matching rows of ours yet.")
+                       + (f" Not shown (add them above): {', '.join(hidden)}." if hidden else ""))
+            visible = wide[["target", *tables.group_columns(wide, chosen)]]
+            st.dataframe(visible, hide_index=True, height="content", column_config={
+                c: st.column_config.TextColumn(alignment="right", width=tables.column_width(visible[c], c, **tables.TIGHT))
+                for c in visible.columns[1:]} | {
+                "target": st.column_config.TextColumn(
+                    width=tables.column_width(visible["target"], "target", **tables.TIGHT), pinned=True)})
             missing = comparison.untrained_targets(comp)
             if missing:
                 with st.expander(f"Not trained here: {len(missing)} of this table's models. The commands that "
@@ -76,7 +86,10 @@ with tab_tables:
             fig.update_yaxes(title="percent", range=[0, 100])
             st.plotly_chart(fig, key="robust_chart")
             with st.expander("Every number, with our 95% intervals"):
-                st.dataframe(tables.comparison_details(comp), hide_index=True)
+                _ui.fitted_table(tables.details_for_page(comp), f"robust_details_all_{table}",
+                                 fold=["source", "results file"], budget=_ui.TABLE_WIDTH_PX - 40, tight=True,
+                                 right=["paper %", "ours %", "ours 95% CI", "n", "ours − paper"])
+                st.caption("The commands that train a model 'not trained here' are in the list above.")
 
 with tab_tradeoff:
     if paper is not None:
@@ -93,14 +106,14 @@ with tab_tradeoff:
         mine = series["paper"]
         fig.add_scatter(x=mine["x"], y=mine["y"], mode="markers+text", name="paper",
                         marker={"symbol": "star", "size": 14, "color": "#d62728"},
-                        text=mine["text"], textposition="top left",
+                        text=mine["text"], textposition=mine["position"],
                         hovertemplate="%{text}: clean %{x:.1f}%, defense %{y:.1f}%<extra>paper</extra>")
         mine = series["ours"]
         if mine is not None:
             fig.add_scatter(x=mine["x"], y=mine["y"], mode="markers+text", name="ours",
                             marker={"size": 10, "color": "#1f77b4"}, text=mine["text"],
                             # labels beside the point, off the cross its error bars draw through it
-                            textposition="bottom right", textfont={"color": "#1f77b4"},
+                            textposition=mine["position"], textfont={"color": "#1f77b4"},
                             error_x={"type": "data", "symmetric": False, **ERROR_BAR,
                                      "array": mine["x_plus"], "arrayminus": mine["x_minus"]},
                             error_y={"type": "data", "symmetric": False, **ERROR_BAR,
@@ -145,7 +158,7 @@ with tab_run:
             models = _ui.named_models(chosen)
             report, bar = _ui.progress_callback(f"Attacking {next(iter(models))} with {attack_text}…")
             rows = robustness_view.run_transfer(models, chosen, targets, attack_text, x, y, n=n, dataset=dataset,
-                                                progress=report)
+                                                progress=report, stage=report.stage)
             bar.empty()
             st.session_state["run_result"] = rows
     rows = st.session_state.get("run_result")

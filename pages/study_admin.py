@@ -10,7 +10,7 @@ import os
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from pages._ui import ensure_app
+from pages._ui import ensure_app, fitted_table
 from study import DesignError, StudyDBError, get_study, list_studies, open_db, set_status
 from study.admin import create_from_form, exclude_failing, failing_catch, find_sets, overview, set_excluded
 from study.auth import AdminNotConfigured, check_password, client_keys, configured_password, locked_for
@@ -127,7 +127,7 @@ def static_progress(db, study) -> None:
 
 def participants_tab(db, study) -> None:
     frame = participants_frame(db, study)
-    st.dataframe(participants_table(frame), hide_index=True)
+    fitted_table(participants_table(frame), "participants-all-columns", what="; the export has them all")
     if frame.empty:
         return
     threshold = st.slider("Minimum catch-trial accuracy", 0.0, 1.0, 0.5, 0.05, key="catch-threshold")
@@ -225,7 +225,7 @@ def export_tab(db, study) -> None:
         counts = None
         st.info(f"No CIFAR-10H comparison: {e}")
     frames = export_frames(db, study, cifar10h=counts, n_boot=int(n_boot))
-    st.dataframe(readable(frames["summary.csv"]), hide_index=True)
+    fitted_table(readable(frames["summary.csv"]), None, what="summary.csv has them all")
     st.download_button("Download all (zip)", export_zip(frames, study), f"{study.slug}-export.zip", "application/zip", key="dl-zip")
     for name, frame in frames.items():
         st.download_button(f"Download {name}", csv_bytes(frame), f"{study.slug}-{name}",

@@ -61,7 +61,9 @@ def show_job(status: jobs.JobStatus) -> None:
             fig = go.Figure()
             fig.add_scatter(x=history["epoch"], y=history["test"], name="test accuracy", mode="lines+markers")
             fig.add_scatter(x=history["epoch"], y=history["train"], name="training accuracy", mode="lines+markers")
-            fig.update_layout(height=260, margin={"t": 10, "b": 10})
+            # the legend above the plot, on the left: Plotly's toolbar takes the top right corner on hover
+            fig.update_layout(height=280, margin={"t": 40, "b": 10},
+                              legend={"orientation": "h", "x": 0, "xanchor": "left", "y": 1.02, "yanchor": "bottom"})
             fig.update_xaxes(title="epoch", dtick=1)
             fig.update_yaxes(title="accuracy (%)", range=[0, 100])
             st.plotly_chart(fig, key=f"job_chart_{status.name}")

@@ -82,16 +82,19 @@ def build_gallery(normal: nn.Module, masked: nn.Module, attack: str, x: torch.Te
                   names: tuple[str, str], indices: Sequence[int] | None = None, dataset: str = "cifar10",
                   seed: int = 0, progress: Progress | None = None) -> Gallery:
     """Attack the normal and the masked model on the same images (floats in [0,1]) and record both models'
-    predictions on the clean and both adversarial sets. Images are rounded to uint8 as they would be stored."""
+    predictions on the clean and both adversarial sets. Images are rounded to uint8 as they would be stored.
+    `progress` hears (images done, 2 × images); CW reports each image as it finishes."""
     if names[0] == names[1]:
         raise RandmaskError("pick two different models: a normal one and a masked one")
     spec = parse_attack(attack)
     work = Work(2 * len(x), progress)
     sources = {names[0]: normal, names[1]: masked}
     adv, linf = {}, {}
+    # CW (l2) optimises each image for many steps: one at a time, so progress counts images as they finish
+    batch = {"batch_size": 1} if spec.norm == "l2" else {}
     for name, model in sources.items():
         crafted = craft(model, spec.build(model, seed=seed), x, y, seed=seed, quantize_images=True,
-                        progress=work.phase(len(x)))
+                        progress=work.phase(len(x)), **batch)
         adv[name], linf[name] = crafted.adv.cpu(), crafted.linf.cpu()
     columns = {"clean": x.cpu(), **adv}
     preds = {column: {name: predict(model, images).softmax(1).cpu() for name, model in sources.items()}

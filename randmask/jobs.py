@@ -95,6 +95,8 @@ class JobStatus:
     steps: int | None = None
     steps_per_s: float | None = None  # measured over that epoch so far
     images_per_s: float | None = None
+    stage: str = ""  # what the trainer is doing before its first step record (from its 'stage' records)
+    stage_since: float | None = None
 
     @property
     def name(self) -> str:
@@ -110,9 +112,19 @@ class JobStatus:
             same = notation == self.name
         return notation if same else f"{notation} ({self.name})"
 
+    def stage_text(self, now: float | None = None) -> str:
+        """The current stage and how long it has lasted: 'loading the training images (12 s)'; '' for none."""
+        if not self.stage:
+            return ""
+        since = "" if self.stage_since is None else f" ({_duration(max(0.0, (now or time.time()) - self.stage_since))})"
+        return self.stage + since
+
     def progress_text(self) -> str:
-        """Where the job is: epoch, step within it and rate (from the latest step record), and the loss."""
+        """Where the job is: epoch, step within it and rate (from the latest step record), and the loss; before
+        the first step record, the trainer's stage."""
         epochs = self.epochs or "?"
+        if self.stage and not self.finished:
+            return self.stage_text()
         if self.state == "done":
             text = f"{self.epoch} of {epochs} epochs"
         elif self.step is not None and self.current_epoch is not None and self.current_epoch > self.epoch:
@@ -345,6 +357,10 @@ def job_status(folder: Path) -> JobStatus:
     member_fraction = 0.0
     for event in events:
         kind = event["event"]
+        if kind == "stage":
+            status.stage, status.stage_since = str(event.get("what", "")), float(event.get("time", 0))
+        elif kind in ("step", "epoch", "done"):
+            status.stage = ""  # training has moved on: the stage said its piece
         if kind == "start":
             epochs_planned = event.get("config", {}).get("epochs", epochs_planned)
         elif kind == "step":
@@ -381,10 +397,12 @@ def job_status(folder: Path) -> JobStatus:
     elif alive:
         if job.get("cancel_requested"):
             status.state, status.message = "cancelling", "stopping after the current step"
-        elif events or members_done:
+        elif any(e["event"] != "stage" for e in events) or members_done:
             status.state = "running"
         else:
-            status.state, status.message = "starting", "loading data and building the model"
+            status.state = "starting"  # the progress text says what it is doing: no copy in the title
+            if not status.stage:
+                status.stage, status.stage_since = "starting the training process", launched or None
     elif (terminal is not None and terminal["event"] == "cancelled") or job.get("cancel_requested"):
         status.state = "cancelled"
         status.message = f"cancelled after {status.epoch} finished epoch(s); resume continues from there"

@@ -274,3 +274,16 @@ def filter_view(keep: torch.Tensor, image: torch.Tensor, channel: int, row: int,
             "seen": upscale_nearest(seen, 8), "channels_seeing": (coverage > 0).sum(0),
             "field": field[r0:r1, c0:c1], "field_rows": list(range(r0, r1)), "field_cols": list(range(c0, c1)),
             "window": filter_window(keep, row, col).sum(0)}
+
+
+def uniform_drop_text(stats: list[dict], tolerance: float = 0.01) -> str | None:
+    """A sentence for the Drop statistics view when every masked layer has one nominal ratio and drops it up to
+    rounding (a chart of identical bars says nothing more); None when the layers differ and the chart is worth it."""
+    nominal = {r["ratio"] for r in stats}
+    measured = [r["measured_drop_ratio"] for r in stats]
+    if not stats or len(nominal) > 1 or max(abs(r["measured_drop_ratio"] - r["ratio"]) for r in stats) >= tolerance:
+        return None
+    spread = f"{min(measured):.4f}" if max(measured) - min(measured) < 5e-5 else \
+        f"between {min(measured):.4f} and {max(measured):.4f}"
+    return (f"All {len(stats)} masked layers drop the nominal {nominal.pop():g} of their neurons, up to rounding to "
+            f"whole positions per channel (measured: {spread}), so there is no chart of {len(stats)} equal bars.")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -131,7 +131,8 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
              x: torch.Tensor, y: torch.Tensor, *, source_name: str, n: int = 5000, n_cw: int = 1000,
              seed: int = 0, quantize_images: bool = True, clean: bool = True, dataset: str = "",
              batch_size: int = DEFAULT_BATCH, protocol: str = "transfer", paper_names: Mapping[str, str] | None = None,
-             progress: Progress | None = None, cache: str | os.PathLike | None = None) -> list[dict]:
+             progress: Progress | None = None, cache: str | os.PathLike | None = None,
+             stage: Callable[[str], None] | None = None, craft_batch: int | None = None) -> list[dict]:
     """Black-box transfer. From the pool (x, y), take the first n images the source classifies correctly
     (n_cw for CW), attack the source, keep the adversarial images that fool it (measured on the stored,
     uint8-rounded images unless quantize_images=False), and report each target's accuracy on them.
@@ -140,12 +141,16 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
     columns: n_attacked, source_fooled (fraction of attacked images that fool the source), mean_linf,
     mean_l2 (of kept images), paper_attack, quantized, seed, source_logit_gap (median gap between the source's
     top two logits on the attacked images). With `cache` (a folder) crafted sets are reused
-    across runs (see `craft`), so adding a target to a table costs only its evaluation.
+    across runs (see `craft`), so adding a target to a table costs only its evaluation. `stage` hears each step
+    in words (choosing images, crafting, each target's evaluation) for a caller to show; `craft_batch` (default
+    batch_size) sets how many images an attack takes at once, and so how often `progress` hears of it.
     """
+    say = stage or (lambda _text: None)
     _check_pool(x, y)
     specs = [parse_attack(a) for a in attacks]
     source_model = source if isinstance(source, nn.Module) else _ensemble(list(source))
     paper_names = {str(parse_attack(k)): v for k, v in (paper_names or {}).items()}  # keys as str(spec) spells them
+    say(f"choosing the images {source_name} classifies correctly")
     candidates = select_correct([source_model], x, y, n=max([n] + [n_cw for s in specs if s.norm == "l2"]),
                                 batch_size=batch_size)
     sizes = [min(len(candidates), n_cw if spec.norm == "l2" else n) for spec in specs]
@@ -155,9 +160,10 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
     model_keys = {name: model_fingerprint(m) for name, m in targets.items()} if cache is not None else {}
     for spec, size in zip(specs, sizes, strict=True):
         idx = candidates[:size]
+        say(f"crafting {spec} against {source_name} on {size} images")
         crafted = craft(source_model, spec.build(source_model, seed=seed), x[idx], y[idx], seed=seed,
-                        quantize_images=quantize_images, batch_size=batch_size, progress=work.phase(size),
-                        cache=cache)
+                        quantize_images=quantize_images, batch_size=craft_batch or batch_size,
+                        progress=work.phase(size), cache=cache)
         keep = crafted.fooled
         adv, labels = crafted.adv[keep], crafted.labels[keep]
         extra = {"n_attacked": size, "source_fooled": keep.float().mean().item() if size else float("nan"),
@@ -165,7 +171,9 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
                  "paper_attack": paper_names.get(str(spec), str(spec)), "quantized": quantize_images,
                  "seed": seed, "source_logit_gap": median_logit_gap(source_model, x[idx], batch_size)}
         adv_key = _images_key(adv, cache)
-        for name, target in targets.items():
+        for k, (name, target) in enumerate(targets.items(), 1):
+            say(f"{spec}: evaluating {name} ({k} of {len(targets)}) on the {len(labels)} images that fool the "
+                "source")
             rows.append(_row(protocol, dataset, source_name, name, str(spec), "defense_rate",
                              _correct(target, adv, labels, batch_size, cache, model_keys.get(name), adv_key),
                              len(labels), **extra))
@@ -174,7 +182,8 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
         if not any(model is source_model for model in targets.values()):
             models = {source_name: source_model, **models}
         pool_key = _images_key(x, cache)
-        for name, model in models.items():
+        for k, (name, model) in enumerate(models.items(), 1):
+            say(f"clean accuracy of {name} ({k} of {len(models)}) on {len(x)} images")
             rows.append(_row(protocol, dataset, "", name, "", "clean_accuracy",
                              _correct(model, x, y, batch_size, cache, model_keys.get(name), pool_key), len(x),
                              seed=seed))

@@ -5,7 +5,7 @@ protocols.transfer rows."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -63,17 +63,41 @@ def option_index(options: Sequence[str], preferred: str) -> int:
     return list(options).index(preferred) if preferred in options else 0
 
 
+def label_positions(x: Sequence[float], y: Sequence[float], side: str = "top right", other: str = "bottom left",
+                    near: float = 0.07, spans: tuple[float, float] | None = None) -> list[str]:
+    """A plotly textposition per point: `side`, except `other` for a point whose label would sit on a neighbour's
+    (both within `near` of the axes' spans, default the points' own, and that neighbour labelled on `side`).
+    Figure 7's points fall from upper left to lower right, so the default sides stand across that line."""
+    xs, ys = [float(v) for v in x], [float(v) for v in y]
+    span_x, span_y = spans or ((max(xs) - min(xs) if xs else 0.0), (max(ys) - min(ys) if ys else 0.0))
+    span_x, span_y = span_x or 1.0, span_y or 1.0
+    positions = [side] * len(xs)
+    order = sorted(range(len(xs)), key=lambda i: (xs[i], ys[i]))
+    for k, i in enumerate(order):
+        for j in order[:k]:
+            close = abs(xs[i] - xs[j]) / span_x < near and abs(ys[i] - ys[j]) / span_y < near
+            if close and positions[j] == side:
+                positions[i] = other
+                break
+    return positions
+
+
 def tradeoff_series(points: pd.DataFrame) -> dict[str, dict | None]:
     """tradeoff_points as Figure 7's two series, "paper" and "ours" (None without points of ours): clean
-    accuracy (x), defense rate (y), the drop ratio as each point's label, and for ours the lengths of both
-    intervals' error bars."""
+    accuracy (x), defense rate (y), the drop ratio as each point's label and where it sits (label_positions),
+    and for ours the lengths of both intervals' error bars."""
     paper, ours = points[points["origin"] == "paper"], points[points["origin"] == "ours"]
+    spans = (float(points["clean_accuracy"].max() - points["clean_accuracy"].min()) if len(points) else 0.0,
+             float(points["defense_rate"].max() - points["defense_rate"].min()) if len(points) else 0.0)
     result: dict[str, dict | None] = {
-        "paper": {"x": paper["clean_accuracy"], "y": paper["defense_rate"], "text": [f"{r:g}" for r in paper["ratio"]]},
+        "paper": {"x": paper["clean_accuracy"], "y": paper["defense_rate"], "text": [f"{r:g}" for r in paper["ratio"]],
+                  "position": label_positions(paper["clean_accuracy"], paper["defense_rate"], spans=spans)},
         "ours": None}
     if not ours.empty:
         result["ours"] = {"x": ours["clean_accuracy"], "y": ours["defense_rate"],
                           "text": [f"{r:g}" for r in ours["ratio"]],
+                          "position": label_positions(ours["clean_accuracy"], ours["defense_rate"], "bottom left",
+                                                      "top right", spans=spans),
                           "x_plus": ours["clean_high"] - ours["clean_accuracy"],
                           "x_minus": ours["clean_accuracy"] - ours["clean_low"],
                           "y_plus": ours["defense_high"] - ours["defense_rate"],
@@ -82,16 +106,19 @@ def tradeoff_series(points: pd.DataFrame) -> dict[str, dict | None]:
 
 
 # ------------------------------------------------------------------------------------------------ run tab
+CRAFT_BATCH = 10  # images an app transfer run attacks at once: a count every few seconds, not one at the end
+
 def run_transfer(models: Mapping[str, nn.Module], entries: Sequence[ModelEntry], targets: Sequence[str],
                  attack: str, x: torch.Tensor, y: torch.Tensor, *, n: int, dataset: str,
-                 progress: Progress | None = None) -> list[dict]:
+                 progress: Progress | None = None, stage: Callable[[str], None] | None = None) -> list[dict]:
     """protocols.transfer from the first model (catalog.transfer_entries' order; `models` holds the entries'
     models by display name, in the same order) to those whose keys are in `targets`, the source included only
-    when it is a target too; n images for every attack, CW included."""
+    when it is a target too; n images for every attack, CW included. The attack takes CRAFT_BATCH images at a
+    time, so `progress` counts them as they are crafted; `stage` hears each step in words."""
     names = list(models)
     wanted = [name for name, e in zip(names, entries, strict=True) if e.key in targets]
     return transfer(models[names[0]], {k: models[k] for k in wanted}, [attack], x, y, source_name=names[0], n=n,
-                    n_cw=n, dataset=dataset, progress=progress)
+                    n_cw=n, dataset=dataset, progress=progress, stage=stage, craft_batch=CRAFT_BATCH)
 
 
 def transfer_summary(rows: Sequence[Mapping]) -> str | None:

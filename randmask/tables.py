@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -18,10 +19,25 @@ def number_text(value: float | None, digits: int = 1) -> str:
     return f"{float(value):.{digits}f}"
 
 
-def column_width(values: Iterable[object], header: str = "") -> int:
-    """Pixels a dataframe column needs to show its longest text whole (about 7 px a character, plus padding)."""
+def column_width(values: Iterable[object], header: str = "", per_char: float = 7, padding: int = 26) -> int:
+    """Pixels a dataframe column needs to show its longest text whole (about 7 px a character, plus padding; a
+    column of short numbers and plain words fits in 6.5 and 22)."""
     longest = max([len(str(v)) for v in values] + [len(header)], default=4)
-    return int(7 * longest) + 26
+    return int(per_char * longest) + padding
+
+
+TIGHT = {"per_char": 6.5, "padding": 22}  # column_width for columns of digits and short names
+
+
+def columns_that_fit(frame: pd.DataFrame, budget_px: int, **width: float) -> list[str]:
+    """The frame's leading columns whose column_width(**width) together fit in budget_px (at least the first)."""
+    chosen, used = [], 0
+    for column in frame.columns:
+        used += column_width(frame[column], str(column), **width)
+        if chosen and used > budget_px:
+            break
+        chosen.append(column)
+    return chosen
 
 
 def column_widths(table: Sequence[Mapping] | pd.DataFrame, columns: Sequence[str]) -> dict[str, int]:
@@ -112,3 +128,66 @@ def paper_shuffle_table(paper: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
+
+
+# ------------------------------------------------------------------------------------------------ tables that fit
+def fold_columns(frame: pd.DataFrame, columns: Sequence[str] = ()) -> tuple[pd.DataFrame, list[str]]:
+    """The frame less the named columns that hold one value in every row and less every column that is MISSING
+    throughout; returns it with what those columns said ('column: value') for a caption, so a narrow page spends
+    no width repeating one value."""
+    folded, notes = [], []
+    for column in frame.columns:
+        cells = set(frame[column].astype(str))
+        if len(frame) and len(cells) == 1 and (column in columns or cells == {MISSING}):
+            folded.append(column)
+            notes.append(f"{column}: {'none' if cells == {MISSING} else next(iter(cells))}")
+    return frame.drop(columns=folded), notes
+
+
+def comparison_groups(wide: pd.DataFrame) -> list[str]:
+    """comparison_table's column groups in the order a page shows them: clean accuracy first, then the attacks
+    we measured (paper and ours side by side), then the paper's alone."""
+    groups = list(dict.fromkeys(c.rsplit(" · ", 1)[0] for c in wide.columns if " · " in c))
+    measured = [g for g in groups if f"{g} · ours" in wide.columns]
+    first = [g for g in groups if g == "clean"]
+    return first + [g for g in measured if g not in first] + [g for g in groups if g not in measured and g not in first]
+
+
+def group_columns(wide: pd.DataFrame, groups: Sequence[str]) -> list[str]:
+    """The frame's columns of these groups, paper before ours."""
+    return [c for g in groups for c in (f"{g} · paper", f"{g} · ours") if c in wide.columns]
+
+
+def groups_that_fit(wide: pd.DataFrame, budget_px: int, pinned: Sequence[str] = ("target",)) -> list[str]:
+    """The leading comparison_groups whose columns (at column_width(TIGHT), beside the pinned) fit in budget_px;
+    at least one group."""
+    used = sum(column_width(wide[c], c, **TIGHT) for c in pinned)
+    chosen: list[str] = []
+    for group in comparison_groups(wide):
+        need = sum(column_width(wide[c], c, **TIGHT) for c in group_columns(wide, [group]))
+        if chosen and used + need > budget_px:
+            break
+        chosen.append(group)
+        used += need
+    return chosen
+
+
+def status_caption(wide: pd.DataFrame, listed: int = 8) -> str:
+    """comparison_table's 'here' column said once: the most common status with its count, the others with the
+    targets they apply to (up to `listed` names each)."""
+    if "here" not in wide.columns or wide.empty:
+        return ""
+    counts = Counter(wide["here"]).most_common()  # ties in the order the table meets them
+    parts = [f"{counts[0][1]} of {len(wide)} targets {counts[0][0]}"]
+    for status, _ in counts[1:]:
+        names = wide.loc[wide["here"] == status, "target"].tolist()
+        shown = ", ".join(names[:listed]) + (f" and {len(names) - listed} more" if len(names) > listed else "")
+        parts.append(f"{status}: {shown}")
+    return "; ".join(parts) + "."
+
+
+def details_for_page(comp: pd.DataFrame) -> pd.DataFrame:
+    """comparison_details narrowed for a page: no metric column (the attack column says 'clean'), the reason for a
+    missing number in its first words (the train command it may carry is listed apart)."""
+    details = comparison_details(comp).drop(columns=["metric"])
+    return details.assign(**{"why no number of ours": details["why no number of ours"].str.split(":").str[0]})

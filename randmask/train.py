@@ -304,14 +304,21 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
         torch.cuda.set_device(device)
     resume_path = out / RESUME_FILE  # checked first: a damaged one is refused before the data are loaded
     state = read_resume(resume_path, cfg) if os.path.lexists(resume_path) else None
+    # 'stage' records before the first step: the app says what a starting job is doing, not only that it starts.
+    # They reach the log file where the folder exists already (the app's job folder); a new --out folder appears
+    # only once the data and the model exist, so that a refused setting leaves nothing behind.
+    log = _Log(out / LOG_FILE if rank == 0 and out.is_dir() else None, progress if rank == 0 else None)
+    log("stage", what="loading the training images")
     x_train, y_train = load_uint8(cfg.dataset, "train")
     if cfg.train_n:
         x_train, y_train = x_train[:cfg.train_n], y_train[:cfg.train_n]
     x_train, y_train = where_batches_are_drawn(x_train, y_train, device)
+    log("stage", what="loading the test images")
     x_test, y_test = load_uint8(cfg.dataset, "test")
     if cfg.eval_n:
         x_test, y_test = x_test[:cfg.eval_n], y_test[:cfg.eval_n]
 
+    log("stage", what="building the model and choosing its precision")
     model, opt = model_and_optimizer(cfg, device)
     config = model.config
     # the folder appears only once the data and the model exist: a refused setting leaves nothing behind
@@ -355,6 +362,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
 
     # step records at least ~10 times an epoch, so a small job (a few steps an epoch) still shows movement
     log_every = max(1, min(cfg.log_every, steps_per_epoch // 10))
+    log("stage", what="the first training steps")
     stop = {"now": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True)) if _main_thread() else None
     try:

@@ -32,12 +32,14 @@ expect = sync_api.expect
 
 
 @contextlib.contextmanager
-def running_app(tmp: Path):
-    """`streamlit run app.py` on the tiny zoo in a fresh process; yields (url, screenshot folder)."""
+def running_app(tmp: Path, results: Path | None = None):
+    """`streamlit run app.py` on the tiny zoo in a fresh process (with the tiny results, or those in `results`);
+    yields (url, screenshot folder)."""
     zoo = support.make_zoo(tmp / "zoo")
-    support.make_results(tmp / "results")
+    if results is None:
+        results = support.make_results(tmp / "results").parent
     env = {**os.environ, "RANDMASK_ZOO": str(zoo), "RANDMASK_RUNS": str(tmp / "runs"),
-           "RANDMASK_RESULTS": str(tmp / "results"), "STUDY_DB": str(tmp / "study.db"),
+           "RANDMASK_RESULTS": str(results), "STUDY_DB": str(tmp / "study.db"),
            "STUDY_ADMIN_PASSWORD": ADMIN_PASSWORD, "OMP_NUM_THREADS": "1"}
     demo_study(tmp, env)
     with streamlit_server(ROOT / "app.py", env, tmp / "server.log") as url:

@@ -63,12 +63,16 @@ def test_home_shows_the_zoo_and_the_picker_defaults(app_env):
     at = open_app()
     assert at.title[0].value == "Random Mask, hands on"
     assert at.sidebar.multiselect(key="picked_models").value == ZOO_KEYS  # trained copies, not stand-ins
-    zoo = at.dataframe[0].value
+    # one static table a data set (long names wrap), under its name: no column repeating the data set
+    headings = [m.value for m in at.markdown if m.value.startswith("**") and m.value.endswith(" models")]
+    assert [h.split("**")[1] for h in headings] == ["CIFAR-10", "MNIST"] and len(at.table) == 2
+    zoo, mnist = at.table[0].value, at.table[1].value
+    assert "data set" not in zoo.columns and f"· {len(mnist)} models" in headings[1]
     trained = zoo[zoo["status"].str.startswith("trained")]
     assert set(trained["model"]) == {"Normal ResNet-18", "0.9-Shallow", "0.7-Shallow"}
-    assert set(trained["data set"]) == {"CIFAR-10"} and trained["accuracy (%)"].tolist() == ["10.0"] * 3
+    assert trained["accuracy (%)"].tolist() == ["10.0"] * 3 and not mnist["status"].str.startswith("trained").any()
     assert set(zoo[~zoo["status"].str.startswith("trained")]["accuracy (%)"]) == {"–"}  # not None
-    stale = zoo[(zoo["model"] == "0.7-Shallow") & (zoo["data set"] == "CIFAR-10")]["status"].item()
+    stale = zoo[zoo["model"] == "0.7-Shallow"]["status"].item()
     assert stale == "trained (older recipe: 15 epochs)"
     assert set(zoo[zoo["status"] == "trained"]["model"]) == {"Normal ResNet-18", "0.9-Shallow"}
     assert "0.7-Shallow@s0m1" in set(zoo["model"])  # seeds named by the model reference, as in the picker
@@ -121,7 +125,8 @@ def test_mask_page_follows_layer_channel_and_notation(app_env):
     at.radio(key="masks_mode").set_value("a notation").run()
     at.text_input(key="masks_notation").set_value("0.5-ShallowSM").run()
     assert at.button_group(key="masks_view").value == "Drop statistics"  # the view stays
-    assert not at.exception and set(at.dataframe[0].value["kind"]) == {"SM"}
+    assert not at.exception and "kind" not in at.dataframe[0].value.columns  # one kind: said once, above
+    assert "Every masked layer: kind: SM; nominal drop ratio: 0.5." in texts(at)
     at.text_input(key="masks_notation").set_value("0.5-Shalow").run()
     assert not at.exception and "cannot read '0.5-Shalow'" in at.error[0].value
     at.text_input(key="masks_notation").set_value("Normal ResNet-18").run()
@@ -303,3 +308,56 @@ def test_train_page_starts_lists_and_cancels_a_job(app_env):
             if not status.finished:
                 jobs.cancel_job(status.folder, force=True)
                 jobs.wait_job(status.folder, 30)
+
+
+def test_mask_views_show_only_the_controls_they_use(app_env):
+    at = open_app("masks")
+    assert len(at.selectbox(key="masks_layer").options) == 10 and at.slider(key="masks_channel")
+    at.slider(key="masks_channel").set_value(2).run()
+    at.button_group(key="masks_view").set_value("Drop statistics").run()
+    keys = {w.key for w in at.selectbox} | {w.key for w in at.slider}
+    assert "masks_layer" not in keys and "masks_channel" not in keys  # this view draws no layer's channel
+    # 0.9-Shallow: ten layers at one nominal ratio, so a sentence instead of ten equal bars
+    assert not [e for e in at.get("plotly_chart") if e.proto.id.endswith("-stats_bar")]
+    assert "All 10 masked layers drop the nominal 0.9 of their neurons" in texts(at)
+    at.button_group(key="masks_view").set_value("What one 3×3 filter sees").run()
+    sliders = [w.key for w in at.slider]
+    assert "masks_channel" not in sliders and sliders.count("filter_channel") == 1  # one channel slider
+    field = chart(at, "filter_field")["data"][0]
+    assert field["textfont"]["size"] >= 14 and "0" not in {t for row in field["text"] for t in row}
+    at.button_group(key="masks_view").set_value("Heatmaps").run()
+    assert at.slider(key="masks_channel").value == 2  # the pick survived the views without the control
+    at.radio(key="masks_mode").set_value("a notation").run()
+    at.text_input(key="masks_notation").set_value("0.5-Shallow, 0.3-Deep").run()
+    at.button_group(key="masks_view").set_value("Drop statistics").run()
+    assert chart(at, "stats_bar")  # two ratios: the chart says something
+
+
+def test_every_researcher_page_has_the_glossary(app_env, monkeypatch):
+    monkeypatch.setenv("STUDY_ADMIN_PASSWORD", "test-organiser-pw")
+    at = open_app()
+    for page in (None, "masks", "shuffle", "noise", "gallery", "robustness", "train", "study_admin"):
+        if page:
+            at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception, page
+        glossary = [e for e in at.sidebar.expander if e.label == "Glossary"]
+        assert len(glossary) == 1, page
+        words = "\n".join(m.value for m in glossary[0].caption)
+        for term in ("l-inf", "partly measured", "body.layer1.0.mask1", "ε", "κ", "transfer", "white-box",
+                     "gray-box", "EN", "×2", "DC / SM", "clean accuracy", "robust accuracy"):
+            assert term in words, (page, term)
+
+
+def test_robustness_table_opens_with_the_columns_that_fit_and_figure7_labels_part(app_env):
+    at = open_app("robustness")
+    chosen = at.multiselect(key="robust_columns_7")
+    assert chosen.value[:2] == ["clean", "FGSM16"]  # clean accuracy, then what we measured, first
+    assert list(at.dataframe[0].value.columns[:5]) == ["target", "clean · paper", "clean · ours", "FGSM16 · paper",
+                                                       "FGSM16 · ours"]
+    assert "here" not in at.dataframe[0].value.columns  # said once in the caption
+    chosen.set_value(["PGD16"]).run()
+    assert list(at.dataframe[0].value.columns) == ["target", "PGD16 · paper"]
+    assert "Not shown (add them above): clean, FGSM16" in texts(at)
+    paper = next(t for t in chart(at, "tradeoff_chart")["data"] if t["name"] == "paper")
+    positions = dict(zip(paper["text"], paper["textposition"], strict=True))
+    assert positions["0.75"] != positions["0.8"]  # the paper's close points label on opposite sides

@@ -80,8 +80,14 @@ def test_short_training_lowers_the_loss_and_writes_a_checkpoint(tmp_path, data_d
     model, config = load_model(tmp_path / "run")
     assert config["clean_accuracy"] == result["clean_accuracy"] and config["train_time_s"] > 0
     assert config["recipe"]["epochs"] == 3 and config["code_version"]
-    events = [json.loads(line)["event"] for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    events = [r["event"] for r in records if r["event"] != "stage"]
     assert events[0] == "start" and events[-1] == "done" and events.count("epoch") == 3 and "step" in events
+    # what a starting job is doing, said before its first step record
+    assert [r["what"] for r in records if r["event"] == "stage"] == [
+        "loading the training images", "loading the test images", "building the model and choosing its precision",
+        "the first training steps"]
+    assert records[0]["event"] == "stage" and records[3]["event"] == "start"
     assert not (tmp_path / "run" / "resume.pt").exists()
     with pytest.raises(RandmaskError, match="already holds"):
         train(cfg, tmp_path / "run", show_bar=False)
@@ -304,7 +310,8 @@ def test_resume_state_records_the_precision(tmp_path, data_dir):
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "run", progress=stop_after_first_epoch, show_bar=False)
     state = torch.load(tmp_path / "run" / "resume.pt", weights_only=True)
-    start = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()][0]
+    start = next(r for r in map(json.loads, (tmp_path / "run" / "progress.jsonl").read_text().splitlines())
+                 if r["event"] == "start")
     assert state["autocast"] == start["autocast"] and state["autocast"] in ("fp32", "bfloat16")
     assert start["precision_reason"]  # the log says which precision and why
     train(cfg, tmp_path / "run", show_bar=False)  # resumed: keeps its precision, and says so

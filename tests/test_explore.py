@@ -627,3 +627,66 @@ def test_paper_shuffle_table_prints_two_decimals():
                           "metric": ["accuracy"] * 2, "percent": [97.36, 64.0]})
     assert tables.paper_shuffle_table(paper).to_dict("records") == [
         {"model": "0.7-Shallow", "2×2 (%)": "97.36", "4×4 (%)": "64.00"}]
+
+
+def test_comparison_columns_put_clean_and_ours_first_and_fit_a_width(tmp_path):
+    make_results(tmp_path)
+    ours, _ = load_results(tmp_path)
+    comp = comparison.compare_with_paper(paper_frame(), ours, 7, {"Normal ResNet-18", "0.7-Shallow"})
+    wide = tables.comparison_table(comp)
+    assert tables.comparison_groups(wide) == ["clean", "FGSM16"]
+    wide = wide.assign(**{"FGSM8 · paper": "1.0", "PGD16 · paper": "2.0"})  # columns the paper alone has
+    assert tables.comparison_groups(wide) == ["clean", "FGSM16", "FGSM8", "PGD16"]
+    assert tables.group_columns(wide, ["FGSM16", "FGSM8"]) == ["FGSM16 · paper", "FGSM16 · ours", "FGSM8 · paper"]
+    width = lambda columns: sum(tables.column_width(wide[c], c, **tables.TIGHT) for c in columns)  # noqa: E731
+    two = width(["target", *tables.group_columns(wide, ["clean", "FGSM16"])])
+    assert tables.groups_that_fit(wide, two) == ["clean", "FGSM16"]
+    assert tables.groups_that_fit(wide, two - 1) == ["clean"]
+    assert tables.groups_that_fit(wide, 10) == ["clean"]  # never nothing
+    assert tables.status_caption(wide) == "2 of 4 targets measured; not trained here: 0.5-Shallow, 0.5-ShallowDC."
+    assert tables.status_caption(wide, listed=1) == ("2 of 4 targets measured; not trained here: 0.5-Shallow and 1 "
+                                                     "more.")
+
+
+def test_fold_columns_says_repeated_and_empty_columns_once():
+    frame = pd.DataFrame({"kind": ["SM", "SM"], "layer": ["a", "b"], "note": ["–", "–"], "ratio": [0.5, 0.7]})
+    folded, notes = tables.fold_columns(frame, ["kind", "ratio"])
+    assert list(folded.columns) == ["layer", "ratio"] and notes == ["kind: SM", "note: none"]  # ratio differs
+    assert tables.fold_columns(frame.iloc[:0], ["kind"])[1] == []  # no rows: nothing to say
+    assert tables.columns_that_fit(frame, 1) == ["kind"]
+    assert tables.columns_that_fit(frame, 10_000) == list(frame.columns)
+
+
+def test_close_figure7_points_label_on_opposite_sides():
+    from randmask.robustness_view import label_positions
+
+    # the paper's Table 7 FGSM16 points: 0.75 (91.5, 59.2) sits next to 0.8 (91.2, 63.0)
+    x = [95.3, 94.0, 93.4, 91.8, 91.5, 91.2, 90.2, 87.7, 84.5]
+    y = [14.9, 23.3, 30.9, 48.6, 59.2, 63.0, 65.3, 79.9, 87.4]
+    positions = label_positions(x, y)
+    assert positions[4] == "bottom left" and positions.count("bottom left") == 1
+    assert label_positions([1.0, 1.0], [5.0, 5.0]) == ["top right", "bottom left"]
+    assert label_positions([1.0, 9.0], [5.0, 5.0]) == ["top right", "top right"]  # far apart: no need
+    # beside our points the axes span 70-96: then 0.85 (90.2, 65.3) and 0.8 (91.2, 63.0) are close as well
+    wide = label_positions(x, y, spans=(26.0, 75.0))
+    assert wide[6] == "top right" and wide[5] == "bottom left" and wide[4] == "top right"
+    assert label_positions([], []) == []
+
+
+def test_equal_drop_ratios_get_a_sentence_not_a_chart():
+    stats = mask_views.mask_statistics(build_model("0.9-Shallow", width=4))
+    text = mask_views.uniform_drop_text(stats)
+    assert text.startswith("All 10 masked layers drop the nominal 0.9") and "between 0.8984 and 0.9004" in text
+    assert mask_views.uniform_drop_text(mask_views.mask_statistics(build_model("0.5-Shallow, 0.3-Deep", width=4))) \
+        is None
+
+
+def test_gallery_counts_cw_images_one_by_one():
+    torch.manual_seed(0)
+    normal = build_model("Normal ResNet-18", width=4).eval()
+    masked = build_model("0.9-Shallow", width=4).eval()
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)).mul(255).round().div(255)
+    seen = []
+    build_gallery(normal, masked, attack_notation("CW", 16, kappa=0, cw_search=1, cw_steps=10), x,
+                  torch.tensor([0, 1, 2]), names=("N", "M"), progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(k, 6) for k in range(1, 7)]  # each CW image as it finishes, both sources

@@ -63,7 +63,7 @@ def test_a_job_trains_to_the_end_and_another_is_cancelled(root):
     assert jobs.job_status(long_folder).state in ("cancelling", "cancelled")
     status = jobs.wait_job(long_folder, 60)
     assert status.state == "cancelled", status.message
-    events = [e["event"] for e in jobs.read_events(long_folder / "progress.jsonl")]
+    events = [e["event"] for e in jobs.read_events(long_folder / "progress.jsonl") if e["event"] != "stage"]
     assert events[0] == "start" and events[-1] == "cancelled"  # the trainer stopped cleanly and said so
     assert not jobs.cancel_job(long_folder)  # nothing left to cancel
     status = jobs.wait_job(done_folder, 120)
@@ -184,3 +184,34 @@ def test_after_the_last_step_the_status_says_the_model_is_being_tested(tmp_path)
     assert status.progress_text() == "epoch 1 of 2 · step 8 of 8 · measuring test accuracy · training loss 2.100"
     status.step = 5
     assert "step 5 of 8 · 0.33 steps/s (41 images/s), about 9 s left in this epoch" in status.progress_text()
+
+
+def test_a_starting_job_says_which_stage_it_is_in(tmp_path):
+    folder = tmp_path / "0.7-Shallow"
+    folder.mkdir()
+    # this test's own process stands in for the trainer: alive, so the job is starting or running
+    (folder / jobs.JOB_FILE).write_text(json.dumps({"settings": {"notation": "0.7-Shallow", "preset": "quick",
+                                                                  "dataset": "cifar10", "epochs": 2},
+                                                     "created": 100.0, "pid": os.getpid()}))
+    log = folder / "progress.jsonl"
+    status = jobs.job_status(folder)
+    assert status.state == "starting" and status.message == ""
+    assert status.progress_text().startswith("starting the training process (")  # since it was launched
+
+    now = time.time()
+    log.write_text(json.dumps({"event": "stage", "time": now - 12, "what": "loading the training images"}) + "\n")
+    status = jobs.job_status(folder)
+    assert status.state == "starting" and status.message == ""  # the progress text says it; no copy in the title
+    assert status.progress_text() == "loading the training images (12 s)"
+    assert train_view.job_title(status).endswith("· starting")
+    with open(log, "a") as f:
+        for record in ({"event": "stage", "time": now - 2, "what": "building the model and choosing its precision"},
+                       {"event": "start", "time": now - 1, "config": {"epochs": 2}},
+                       {"event": "stage", "time": now - 1, "what": "the first training steps"}):
+            f.write(json.dumps(record) + "\n")
+    status = jobs.job_status(folder)
+    assert status.state == "running" and status.progress_text().startswith("the first training steps (1 s)")
+    with open(log, "a") as f:
+        f.write(json.dumps({"event": "step", "time": now, "epoch": 1, "epochs": 2, "step": 4, "steps": 8,
+                            "loss": 2.1, "images": 512, "elapsed_s": 8.0}) + "\n")
+    assert jobs.job_status(folder).progress_text().startswith("epoch 1 of 2 · step 4 of 8")  # the stage is over

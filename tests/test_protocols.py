@@ -453,3 +453,15 @@ def test_noise_graybox_and_whitebox_reruns_reuse_every_prediction(tmp_path, monk
     assert seen == []  # no noisy, clean or adversarial pass is repeated
     assert first[1] == graybox({"a": a}, {"b": b}, x, y, attack="FGSM8", n=20, n_cw=5, cache=tmp_path)
     assert seen and all(model is a for model in seen)  # only the source, choosing the images it attacks
+
+
+def test_transfer_says_each_stage_and_counts_crafted_images_by_craft_batch(net, other):
+    x, y = held_out(120)
+    calls, stages = [], []
+    transfer(net, {"self": net, "other": other}, ["FGSM4"], x, y, source_name="src", n=30, batch_size=64,
+             craft_batch=10, progress=lambda d, t: calls.append((d, t)), stage=stages.append)
+    assert calls == [(10, 30), (20, 30), (30, 30)]  # a count as each batch of 10 is crafted, not one at the end
+    assert stages[:2] == ["choosing the images src classifies correctly", "crafting FGSM4 against src on 30 images"]
+    assert stages[2].startswith("FGSM4: evaluating self (1 of 2) on the ") and "other (2 of 2)" in stages[3]
+    assert stages[4:] == ["clean accuracy of self (1 of 2) on 120 images", "clean accuracy of other (2 of 2) on 120 "
+                                                                             "images"]
