@@ -267,18 +267,32 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 class _Log:
-    """JSON-lines progress records (the app polls this file) plus an optional callback."""
+    """JSON-lines progress records (the app polls this file) plus an optional callback. Records logged before
+    the file has a place (`path` None) are kept and written first once `to_file` gives it one."""
 
     def __init__(self, path: Path | None, callback: Callable[[dict], None] | None) -> None:
-        self.path, self.callback = path, callback
+        self.path, self.callback, self.pending, self.keep = path, callback, [], True
 
     def __call__(self, event: str, **fields) -> None:
         record = {"event": event, "time": time.time(), **fields}
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+        elif self.keep:
+            self.pending.append(record)
         if self.callback is not None:
             self.callback(record)
+
+    def to_file(self, path: Path | None, *, final: bool = False) -> None:
+        """Write to `path` from now on (None: no file); with `final`, a process without a file keeps nothing."""
+        self.path = path
+        self.keep = not final
+        if final and path is None:
+            self.pending = []
+        if path is not None:
+            with open(path, "a") as f:
+                f.writelines(json.dumps(record) + "\n" for record in self.pending)
+            self.pending = []
 
 
 def _dist_info() -> tuple[int, int]:
@@ -305,9 +319,23 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
     resume_path = out / RESUME_FILE  # checked first: a damaged one is refused before the data are loaded
     state = read_resume(resume_path, cfg) if os.path.lexists(resume_path) else None
     # 'stage' records before the first step: the app says what a starting job is doing, not only that it starts.
-    # They reach the log file where the folder exists already (the app's job folder); a new --out folder appears
-    # only once the data and the model exist, so that a refused setting leaves nothing behind.
-    log = _Log(out / LOG_FILE if rank == 0 and out.is_dir() else None, progress if rank == 0 else None)
+    # Nothing is written before the model is built (which refuses a bad notation, seed, width or data set), and a
+    # new --out folder appears only once the data and the model exist: a refused setting leaves nothing behind.
+    # Until then the records wait in memory; the app's job folder, which exists, gets them as they come.
+    log = _Log(None, progress if rank == 0 else None)
+    log("stage", what="building the model")
+    model, opt = model_and_optimizer(cfg, device)
+    config = model.config
+    if state is not None:  # a resume file that does not fit is refused before anything is written
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng_torch"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise _damaged(resume_path, f"it does not fit {cfg.notation}: {type(exc).__name__}") from None
+    elif (out / WEIGHTS_FILE).exists() and rank == 0:
+        raise RandmaskError(f"{out} already holds a finished model; choose another --out")
+    log.to_file(out / LOG_FILE if rank == 0 and out.is_dir() else None)
     log("stage", what="loading the training images")
     x_train, y_train = load_uint8(cfg.dataset, "train")
     if cfg.train_n:
@@ -318,12 +346,10 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
     if cfg.eval_n:
         x_test, y_test = x_test[:cfg.eval_n], y_test[:cfg.eval_n]
 
-    log("stage", what="building the model and choosing its precision")
-    model, opt = model_and_optimizer(cfg, device)
-    config = model.config
     # the folder appears only once the data and the model exist: a refused setting leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
-    log = _Log(out / LOG_FILE if rank == 0 else None, progress if rank == 0 else None)
+    log.to_file(out / LOG_FILE if rank == 0 else None, final=True)
+    log("stage", what="choosing the training precision")
 
     start_epoch, train_time, history = 0, 0.0, []
     if state is not None and "autocast" in state:
@@ -340,16 +366,8 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
         dist.broadcast(chosen, 0)
         amp = (None, torch.bfloat16, torch.float16)[int(chosen)]
     if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng_torch"])
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-            raise _damaged(resume_path, f"it does not fit {cfg.notation}: {type(exc).__name__}") from None
         start_epoch, train_time, history = state["epoch"], state["train_time_s"], state["history"]
         log("resume", epoch=start_epoch)
-    elif (out / WEIGHTS_FILE).exists() and rank == 0:
-        raise RandmaskError(f"{out} already holds a finished model; choose another --out")
 
     net: nn.Module = model
     if world > 1:

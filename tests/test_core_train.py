@@ -85,9 +85,10 @@ def test_short_training_lowers_the_loss_and_writes_a_checkpoint(tmp_path, data_d
     assert events[0] == "start" and events[-1] == "done" and events.count("epoch") == 3 and "step" in events
     # what a starting job is doing, said before its first step record
     assert [r["what"] for r in records if r["event"] == "stage"] == [
-        "loading the training images", "loading the test images", "building the model and choosing its precision",
+        "building the model", "loading the training images", "loading the test images",
+        "choosing the training precision",
         "the first training steps"]
-    assert records[0]["event"] == "stage" and records[3]["event"] == "start"
+    assert records[0]["event"] == "stage" and records[4]["event"] == "start"
     assert not (tmp_path / "run" / "resume.pt").exists()
     with pytest.raises(RandmaskError, match="already holds"):
         train(cfg, tmp_path / "run", show_bar=False)
