@@ -252,7 +252,7 @@ def train_zoo(runs: Path = RUNS_ROOT, zoo: Path = ZOO_ROOT, only: list[str] | No
                 resumed = (out / RESUME_FILE).exists()
                 say(f"{entry.name}: training{' (resuming)' if resumed else ''}; progress in {out / LOG_FILE}")
                 train(planned_config(entry), out, show_bar=False)
-            shipped = export(out, zoo / entry.name, role=entry.role, label=entry.label)
+            shipped = export(out, zoo / entry.name, role=entry.role, label=entry.label if entry.matched_to else "")
             say(f"{entry.name}: in the zoo, {100 * shipped['clean_accuracy']:.1f}% clean ({zoo / entry.name})")
     for name, (_, members) in ENSEMBLES.items():
         folders = [zoo / e.name for e in members]
@@ -417,9 +417,12 @@ class Zoo:
     def trained_refs(self, dataset: str = "cifar10") -> list[ModelRef]:
         """The references of every trained model of a data set (accuracy-matched controls excluded: their label,
         not a reference, names them)."""
+        planned = {entry.name: entry.ref for entry in ZOO}
         refs = []
-        for _name, config in shipped_configs(self.root):
+        for name, config in shipped_configs(self.root):
             if config.get("dataset") == dataset and not config.get("label"):
-                refs.append(ModelRef(canonical(config["notation"]), int(config.get("seed", 0)),
-                                     int(config.get("mask_seed", 0)), int(config.get("width", DEFAULT_WIDTH))))
+                # a plan entry's folder holds that entry (an older recipe is still it, due for retraining)
+                refs.append(planned.get(name) or ModelRef(
+                    canonical(config["notation"]), int(config.get("seed", 0)), int(config.get("mask_seed", 0)),
+                    int(config.get("width", DEFAULT_WIDTH))))
         return refs

@@ -35,7 +35,8 @@ def _fake_zoo(root, names):
             for module in model.modules():
                 if isinstance(module, torch.nn.Linear):
                     module.weight.mul_(200)
-        extra = {"clean_accuracy": 0.1, "train_time_s": 60.0, **({"label": label} if label != notation else {})}
+        labelled = entry is not None and entry.matched_to  # as `zoo train` exports: only controls carry a label
+        extra = {"clean_accuracy": 0.1, "train_time_s": 60.0, **({"label": label} if labelled else {})}
         save_checkpoint(model, root / name, extra=extra)
 
 
