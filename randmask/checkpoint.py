@@ -7,7 +7,8 @@ is a CheckpointError that names the problem.
 `config.json` follows a typed schema (`validate_config`): regular file of at most MAX_CONFIG_BYTES, strict JSON
 (no NaN, no duplicate keys), the fields in SCHEMA with their types and ranges, a notation that parses and
 names the same `arch`, and a model small enough to build. Weights must hold exactly the model's tensors, with
-its shapes, a float dtype for float tensors (bool for masks, int64 for counters) and only finite values.
+its shapes, a float dtype for float tensors (bool for masks, int64 for counters), only finite values and
+no negative BatchNorm running variance.
 """
 
 from __future__ import annotations
@@ -252,6 +253,9 @@ def _read_tensors(path: Path, expected: dict[str, torch.Tensor], what: str) -> d
         if value.is_floating_point() and not torch.isfinite(value).all():
             bad = int((~torch.isfinite(value)).sum())
             raise CheckpointError(f"{path}: {key} has {bad} NaN or infinite value(s)")
+        if key.endswith("running_var") and (value < 0).any():  # a variance: sqrt of it would be NaN
+            raise CheckpointError(f"{path}: {key} has {int((value < 0).sum())} negative value(s); "
+                                  f"a BatchNorm variance is never below 0")
     return tensors
 
 
