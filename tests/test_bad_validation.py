@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from badinput import assert_one_line_error, assert_unchanged, run_main, tree_state
+from badinput import assert_one_line_error, assert_one_line_exception, assert_unchanged, run_main, tree_state
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
+from randmask.attacks.notation import AttackNotationError, parse_attack
 from randmask.checkpoint import WEIGHTS_FILE, save_checkpoint
 from randmask.cli import main as randmask_main
 from randmask.models import build_model
@@ -65,3 +68,48 @@ def test_a_negative_batchnorm_variance_is_refused_by_every_command_that_loads_a_
     line = _refused(capsys, randmask_main, argv, models, "body.bn1.running_var has 1 negative value")
     assert "NEG" in line
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------- attack settings
+TINY = ["PGD16(step=1e-308)", "PGD16(step=5e-324, steps=5)", "PGD0.000001,16", "CW40(c=1e-320)",
+        "CW40(lr=1e-308)", "APGD8(rho=1e-308)", "Square8(p_init=1e-308)"]
+
+
+@pytest.mark.usefixtures("data_dir")
+@pytest.mark.parametrize("attack", TINY[:2])
+@pytest.mark.parametrize("argv", [
+    ["attack", "--model", "{d}/M0", "--attack", "{a}", "--n", "2", "--out", "{o}/set", *SMALL],
+    ["whitebox", "--models", "{d}/M0", "--attack", "{a}", "--out", "{o}/x.csv", *SMALL],
+    ["graybox", "--sources", "{d}/M0", "--targets", "{d}/M1", "--attack", "{a}", "--n", "3", "--out", "{o}/x.csv",
+     *SMALL],
+    ["transfer", "--source", "{d}/M0", "--targets", "{d}/M1", "--attack", "{a}", "--n", "3", "--out", "{o}/x.csv",
+     *SMALL],
+], ids=lambda a: a[0])
+def test_an_attack_setting_that_breaks_arithmetic_is_refused_by_every_attack_command(models, tmp_path, capsys,
+                                                                                    argv, attack):
+    argv = [a.format(d=models, o=tmp_path, a=attack) for a in argv]
+    _refused(capsys, randmask_main, argv, models, "must be at least 0.000000001")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text", TINY[2:])
+def test_tiny_attack_settings_are_refused_by_the_parser(text):
+    with pytest.raises(AttackNotationError) as info:
+        parse_attack(text)
+    assert_one_line_exception(info.value, (AttackNotationError,))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["PGD16(step={})", "PGD16(step={}, steps=3)", "CW40(c={})", "CW40(lr={})", "APGD8(rho={})",
+                        "Square8(p_init={})", "CW40(kappa={})", "FGSM{}"]),
+       st.floats(min_value=0, max_value=1e308, allow_nan=False, allow_infinity=False, allow_subnormal=True))
+def test_any_real_setting_parses_to_a_printable_spec_or_is_refused(template, value):
+    text = template.format(repr(value))  # 1e-308 style: FGSM's short form cannot hold an exponent, so refused
+    try:
+        spec = parse_attack(text)
+    except AttackNotationError as exc:
+        assert_one_line_exception(exc, (AttackNotationError,))
+        return
+    assert parse_attack(str(spec)) == spec  # printed within the length limit, reads back the same
+    if spec.kind == "PGD":
+        assert 1 <= spec["steps"] <= 100_000
