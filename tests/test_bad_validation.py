@@ -3,6 +3,8 @@ a notation, a study database, a data file. Each bad input is refused in one line
 the working folder unchanged, whichever command is given it."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,12 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from randmask.attacks.notation import AttackNotationError, parse_attack
-from randmask.checkpoint import WEIGHTS_FILE, save_checkpoint
+from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
 from randmask.cli import main as randmask_main
-from randmask.models import build_model
+from randmask.errors import RandmaskError
+from randmask.masks import RandomMask
+from randmask.models import build_model, check_buildable
+from randmask.notation import format_number, parse_model
 
 SMALL = ["--width", "4", "--pool", "12", "--batch-size", "12", "--quiet"]
 
@@ -113,3 +118,59 @@ def test_any_real_setting_parses_to_a_printable_spec_or_is_refused(template, val
     assert parse_attack(str(spec)) == spec  # printed within the length limit, reads back the same
     if spec.kind == "PGD":
         assert 1 <= spec["steps"] <= 100_000
+
+
+# ------------------------------------------------------------------------------------------------- notation
+NO_DROP = [
+    (["info", "0.0001-Shallow"], "drops no position of the 1024 of each channel of masked layer body.mask1"),
+    (["info", "0.001-Shallow"], "masked layer body.layer2.0.mask1 (block 2, 32×16×16)"),
+    (["info", "0.0005-Shallow", "--dataset", "mnist"], "drops no position of the 784"),
+    (["info", "0.1-DeepDC", "--width", "1"], "drops no channel of masked layer body.layer3.0.mask1"),
+    (["info", "0.0001-ShallowDropout"], "drops no position"),
+    (["info", "0.0001-ShallowSM"], "drops no position"),
+    (["evaluate", "--model", "0.0001-Shallow", "--untrained", "--n", "4"], "drops no position"),
+    (["noise", "--models", "0.0001-Shallow", "--untrained", "--out", "{o}/x.csv", *SMALL], "drops no position"),
+    (["train", "0.0001-Shallow", "--width", "4", "--out", "{o}/run"], "drops no position"),
+]
+
+
+@pytest.mark.usefixtures("data_dir")
+@pytest.mark.parametrize("argv, fragment", NO_DROP, ids=lambda a: " ".join(a[:2]) if isinstance(a, list) else None)
+def test_a_ratio_that_drops_nothing_in_a_masked_layer_is_refused_with_the_layer_named(tmp_path, capsys, argv,
+                                                                                      fragment):
+    line = _refused(capsys, randmask_main, [a.format(o=tmp_path) for a in argv], tmp_path, fragment)
+    assert "use a ratio of at least" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_least_ratio_offered_drops_one_in_every_masked_layer(tmp_path, capsys):
+    code, _, err = run_main(randmask_main, ["info", "0.0001-Shallow"], capsys)
+    least = err.rsplit("at least ", 1)[1].strip()
+    model = build_model(f"{least}-Shallow", width=4)
+    masks = [m.mask for m in model.modules() if isinstance(m, RandomMask)]
+    assert masks and all(int((~mask).flatten(1).sum(1).min()) >= 1 for mask in masks)
+
+
+def test_a_checkpoint_whose_notation_drops_nothing_is_refused(models, tmp_path, capsys):
+    folder = tmp_path / "m"
+    shutil.copytree(models / "M0", folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    (folder / CONFIG_FILE).write_text(json.dumps({**config, "notation": "0.0001-Shallow"}))
+    _refused(capsys, randmask_main, ["evaluate", "--model", str(folder), "--n", "4"], tmp_path, "drops no position")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(min_value=1e-6, max_value=0.999, allow_nan=False), st.sampled_from(["Shallow", "ShallowDC", "Deep"]),
+       st.sampled_from([1, 4]))
+def test_every_buildable_masked_layer_drops_and_keeps_something(ratio, kind, width):
+    spec = parse_model(f"{format_number(ratio)}-{kind}")
+    try:
+        check_buildable(spec, "cifar10", width)
+    except RandmaskError as exc:
+        assert_one_line_exception(exc, (RandmaskError,), "drops")
+        return
+    model = build_model(spec, width=width)
+    for m in model.modules():
+        if isinstance(m, RandomMask):
+            dropped = (~m.mask).flatten(1).sum(1) if "DC" not in kind else (~m.mask).flatten(1).all(1).sum()
+            assert int(dropped.min()) >= 1 and bool(m.mask.any())
