@@ -174,3 +174,49 @@ def test_every_buildable_masked_layer_drops_and_keeps_something(ratio, kind, wid
         if isinstance(m, RandomMask):
             dropped = (~m.mask).flatten(1).sum(1) if "DC" not in kind else (~m.mask).flatten(1).all(1).sum()
             assert int(dropped.min()) >= 1 and bool(m.mask.any())
+
+
+# ------------------------------------------------------------------------------------------------- ensemble
+def _member_with(models: Path, tmp_path: Path, name: str = "M1", **changes) -> Path:
+    folder = tmp_path / "in" / name
+    shutil.copytree(models / name, folder)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    (folder / CONFIG_FILE).write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+@pytest.mark.usefixtures("data_dir")
+@pytest.mark.parametrize("value, fragment", [
+    ("abc", 'train_time_s is "abc", expected a number of seconds'), (1e308, "train_time_s is 1e+308"),
+    (-1, "train_time_s is -1"), (True, "train_time_s is true"), ([1], "train_time_s is list"),
+])
+def test_ensemble_refuses_a_member_whose_training_time_is_not_a_number(models, tmp_path, capsys, value, fragment):
+    member = _member_with(models, tmp_path, train_time_s=value)
+    _refused(capsys, randmask_main, ["ensemble", str(models / "M0"), str(member), "--out", str(tmp_path / "EN")],
+             tmp_path, fragment)
+    assert not (tmp_path / "EN").exists()
+
+
+@pytest.mark.usefixtures("data_dir")
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_ensemble_eval_n_below_one_is_refused_not_every_image(models, tmp_path, capsys, n):
+    _refused(capsys, randmask_main, ["ensemble", str(models / "M0"), str(models / "M1"), "--out",
+                                     str(tmp_path / "EN"), "--eval-n", n], tmp_path, "--eval-n must be at least 1")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.usefixtures("data_dir")
+def test_ensemble_of_the_longest_trainings_writes_strict_json(models, tmp_path, capsys):
+    members = [_member_with(models, tmp_path, name, train_time_s=1e9) for name in ("M0", "M1")]
+    code, _, err = run_main(randmask_main, ["ensemble", *map(str, members), "--out", str(tmp_path / "EN"),
+                                            "--eval-n", "2"], capsys)
+    assert code == 0, err
+    text = (tmp_path / "EN" / CONFIG_FILE).read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c))["train_time_s"] == 2e9
+
+
+def test_a_checkpoint_is_never_written_with_an_infinite_number(tmp_path):
+    with pytest.raises(RandmaskError, match=r"NaN or infinite number: \['train_time_s'\]"):
+        save_checkpoint(build_model("Normal ResNet-18", width=4), tmp_path / "m",
+                        extra={"train_time_s": float("inf")})
+    assert not any((tmp_path / "m").glob("*"))
