@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from badinput import assert_one_line_error, assert_one_line_exception, assert_unchanged, run_main, tree_state
 from hypothesis import given, settings
@@ -220,3 +221,50 @@ def test_a_checkpoint_is_never_written_with_an_infinite_number(tmp_path):
         save_checkpoint(build_model("Normal ResNet-18", width=4), tmp_path / "m",
                         extra={"train_time_s": float("inf")})
     assert not any((tmp_path / "m").glob("*"))
+
+
+# ---------------------------------------------------------------------------------------------- data files
+DATA_CASES = [
+    ("label-255", lambda x, y: (x, np.where(np.arange(len(y)) == 3, 255, y).astype(np.uint8)),
+     "label 255 of image 3 is outside 0-9"),
+    ("label-negative", lambda x, y: (x, y.astype(np.int64) - 1), "is outside 0-9"),
+    ("float-images", lambda x, y: (x.astype(np.float32) / 255, y), "images are float32, expected uint8"),
+    ("float-labels", lambda x, y: (x, y.astype(np.float64)), "labels are float64"),
+    ("more-labels", lambda x, y: (x, np.concatenate([y, y])), "8 images but 16 labels"),
+    ("fewer-labels", lambda x, y: (x, y[:5]), "8 images but 5 labels"),
+    ("no-images", lambda x, y: (x[:0], y[:0]), "holds no images"),
+    ("mnist-sized", lambda x, y: (x[:, :28, :28, 0], y), "images have shape (8, 28, 28), expected N×32×32×3"),
+    ("labels-2d", lambda x, y: (x, y[:, None]), "expected one integer per image"),
+]
+
+
+@pytest.fixture(scope="module")
+def cifar8(data_dir):
+    with np.load(data_dir / "cifar10" / "test.npz") as archive:
+        return archive["x"][:8], archive["y"][:8]
+
+
+@pytest.mark.parametrize("name, edit, fragment", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_a_bad_data_file_is_refused_in_one_line_naming_it(models, cifar8, tmp_path, monkeypatch, capsys, name, edit,
+                                                           fragment):
+    root = tmp_path / "data"
+    (root / "cifar10").mkdir(parents=True)
+    x, y = edit(*cifar8)
+    np.savez(root / "cifar10" / "test.npz", x=x, y=y)
+    monkeypatch.setenv("RANDMASK_DATA", str(root))
+    monkeypatch.setenv("RANDMASK_DATA_CACHE", str(tmp_path / "cache"))
+    for argv in (["evaluate", "--model", str(models / "M0")],
+                 ["noise", "--models", str(models / "M0"), "--sigmas", "8", "--out", str(tmp_path / "x.csv"), *SMALL]):
+        line = _refused(capsys, randmask_main, argv, root, fragment)
+        assert str(root / "cifar10" / "test.npz") in line
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_good_small_data_file_still_evaluates(models, cifar8, tmp_path, monkeypatch, capsys):
+    (tmp_path / "cifar10").mkdir()
+    np.savez(tmp_path / "cifar10" / "test.npz", x=cifar8[0], y=cifar8[1])
+    monkeypatch.setenv("RANDMASK_DATA", str(tmp_path))
+    monkeypatch.setenv("RANDMASK_DATA_CACHE", str(tmp_path / "cache"))
+    code, out, err = run_main(randmask_main, ["evaluate", "--model", str(models / "M0")], capsys)
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["n"] == 8
