@@ -7,7 +7,8 @@ is a CheckpointError that names the problem.
 `config.json` follows a typed schema (`validate_config`): regular file of at most MAX_CONFIG_BYTES, strict JSON
 (no NaN, no duplicate keys), the fields in SCHEMA with their types and ranges, a notation that parses and
 names the same `arch`, and a model small enough to build. Weights must hold exactly the model's tensors, with
-its shapes, a float dtype for float tensors (bool for masks, int64 for counters) and only finite values.
+its shapes, a float dtype for float tensors (bool for masks, int64 for counters), only finite values and
+no negative BatchNorm running variance.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 REQUIRED = ("format", "format_version", "notation", "arch", "dataset", "width", "mask_seed", "seed")
 MAX_CONFIG_BYTES = 1 << 20  # the zoo's largest config.json (40 epochs of history) is about 11 kB
 WEIGHT_DTYPES = ("float32", "float16", "bfloat16")
+MAX_TRAIN_SECONDS = 1e9  # 31 years: bounded, so an EN's sum over its members stays finite
 # safetensors dtype codes a tensor may have, by the dtype the model holds it in
 _FILE_DTYPES = {torch.float32: ("F32", "F16", "BF16", "F64"), torch.bool: ("BOOL",), torch.int64: ("I64",)}
 
@@ -76,8 +78,14 @@ def save_checkpoint(model: nn.Module, folder: str | Path, extra: dict | None = N
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **config.to_dict(),
             "weights_dtype": str(dtype or torch.float32).removeprefix("torch."),
             "code_version": code_version(), **(extra or {})}
+    try:  # strict JSON, as the loader reads it: a NaN or infinity is refused before anything is written
+        text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        raise RandmaskError(f"{folder}: config has a NaN or infinite number: "
+                            f"{sorted(k for k, v in meta.items() if isinstance(v, float) and not math.isfinite(v))}"
+                            ) from None
     _atomic_write_bytes(folder / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
-    _atomic_write_bytes(folder / CONFIG_FILE, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    _atomic_write_bytes(folder / CONFIG_FILE, lambda p: p.write_text(text))
     return folder
 
 
@@ -186,6 +194,10 @@ def validate_config(config: object, where: str | Path) -> CheckpointConfig:
     if accuracy is not None and not (isinstance(accuracy, int | float) and not isinstance(accuracy, bool)
                                      and math.isfinite(accuracy) and 0 <= accuracy <= 1):
         raise bad("clean_accuracy", accuracy, "a number from 0 to 1 or null")
+    seconds = config.get("train_time_s")
+    if seconds is not None and not (isinstance(seconds, int | float) and not isinstance(seconds, bool)
+                                    and 0 <= seconds <= MAX_TRAIN_SECONDS):
+        raise bad("train_time_s", seconds, f"a number of seconds from 0 to {MAX_TRAIN_SECONDS:.0e} or null")
     if not isinstance(config.get("role", ""), str):
         raise bad("role", config["role"], "text")
     try:
@@ -252,6 +264,9 @@ def _read_tensors(path: Path, expected: dict[str, torch.Tensor], what: str) -> d
         if value.is_floating_point() and not torch.isfinite(value).all():
             bad = int((~torch.isfinite(value)).sum())
             raise CheckpointError(f"{path}: {key} has {bad} NaN or infinite value(s)")
+        if key.endswith("running_var") and (value < 0).any():  # a variance: sqrt of it would be NaN
+            raise CheckpointError(f"{path}: {key} has {int((value < 0).sum())} negative value(s); "
+                                  f"a BatchNorm variance is never below 0")
     return tensors
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from randmask.datasets import CLASSES, DATASETS
+from randmask.datasets import CLASSES, DATASETS, NUM_CLASSES
 from randmask.errors import DataError
 from randmask.settings import data_cache_root, data_root, samples_root
 
@@ -60,16 +60,44 @@ def _cached_npz(path: Path, key: str) -> np.ndarray:
     return array
 
 
+def check_arrays(x: np.ndarray, y: np.ndarray, dataset: str, source: Path | str,
+                 layout: str = "NHWC") -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels as a source holds them, checked (uint8 images of the data set's shape, as many integer
+    labels from 0 to 9, at least one image) and returned as writable (uint8 N×C×H×W, int64 labels). Any
+    problem is one DataError naming the source."""
+    c, h, w = DATASETS[dataset]
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype != np.uint8:
+        raise DataError(f"{source}: images are {x.dtype}, expected uint8 pixels (0-255)")
+    if layout == "NHWC":
+        want = (h, w) if c == 1 and x.ndim == 3 else (h, w, c)
+    else:
+        want = (c, h, w)
+    if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
+        raise DataError(f"{source}: images have shape {tuple(x.shape)}, expected N×{'×'.join(map(str, want))} "
+                        f"for {dataset}")
+    if not (y.ndim == 1 and (y.dtype.kind in "iu")):
+        raise DataError(f"{source}: labels are {y.dtype} of shape {tuple(y.shape)}, expected one integer per image")
+    if len(x) != len(y):
+        raise DataError(f"{source}: {len(x)} images but {len(y)} labels")
+    if len(x) == 0:
+        raise DataError(f"{source} holds no images")
+    bad = np.flatnonzero((y < 0) | (y >= NUM_CLASSES))
+    if len(bad):
+        raise DataError(f"{source}: label {int(y[bad[0]])} of image {int(bad[0])} is outside 0-{NUM_CLASSES - 1} "
+                        f"({len(bad)} such label(s))")
+    if layout == "NHWC":
+        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return np.array(x, order="C"), np.array(y, dtype=np.int64)  # writable copies of the memory maps
+
+
 def _from_npz(dataset: str, split: str, root: Path) -> tuple[np.ndarray, np.ndarray] | None:
     if dataset == "tinyimagenet10":
         return _tiny_from_npz(split, root)
     path = root / dataset / f"{split}.npz"
     if not path.exists():
         return None
-    x, y = _cached_npz(path, "x"), _cached_npz(path, "y")
-    x = np.asarray(x)
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-    return np.array(x, order="C"), np.array(y, dtype=np.int64)  # writable copies of the memory maps
+    return check_arrays(_cached_npz(path, "x"), _cached_npz(path, "y"), dataset, path)
 
 
 def _tiny_from_npz(split: str, root: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -77,8 +105,7 @@ def _tiny_from_npz(split: str, root: Path) -> tuple[np.ndarray, np.ndarray] | No
         path = root / "tinyimagenet10" / "val.npz"
         if not path.exists():
             return None
-        x = np.asarray(_cached_npz(path, "x")).transpose(0, 3, 1, 2)
-        return np.array(x, order="C"), np.array(_cached_npz(path, "y"), dtype=np.int64)
+        return check_arrays(_cached_npz(path, "x"), _cached_npz(path, "y"), "tinyimagenet10", path)
     path = root / "tinyimagenet10" / "jpeg.npz"
     if not path.exists():
         return None
@@ -89,7 +116,7 @@ def _tiny_from_npz(split: str, root: Path) -> tuple[np.ndarray, np.ndarray] | No
     rows = np.flatnonzero(np.asarray(split_ids) == 0)
     x = np.stack([np.asarray(Image.open(io.BytesIO(bytes(buf[off[i]:off[i + 1]]))).convert("RGB"))
                   for i in rows]).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x), np.array(labels, dtype=np.int64)[rows]
+    return check_arrays(x, np.asarray(labels)[rows], "tinyimagenet10", path, layout="NCHW")
 
 
 def _from_torchvision(dataset: str, split: str, root: Path, download: bool) -> tuple[np.ndarray, np.ndarray] | None:
@@ -103,9 +130,9 @@ def _from_torchvision(dataset: str, split: str, root: Path, download: bool) -> t
         ds = cls(str(root), train=split == "train", download=download)
     except RuntimeError:
         return None
-    x = np.asarray(ds.data)
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x), np.asarray(ds.targets, dtype=np.int64)
+    x = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else ds.data
+    targets = ds.targets.numpy() if isinstance(ds.targets, torch.Tensor) else np.asarray(ds.targets)
+    return check_arrays(x, targets, dataset, root / cls.__name__)
 
 
 def load_image_folder(folder: str | Path, size: int | None = None,
@@ -157,7 +184,7 @@ def _from_folder(dataset: str, split: str, root: Path) -> tuple[np.ndarray, np.n
     if not folder.is_dir():
         return None
     x, y, _ = load_image_folder(folder, size=DATASETS[dataset][1])
-    return x, y
+    return check_arrays(x, y, dataset, folder, layout="NCHW")
 
 
 _TENSOR_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -70,7 +70,7 @@ class _PlanningFactory(MaskFactory):
 
 
 def check_buildable(spec: ModelSpec, dataset: str, width: int) -> int:
-    """Refuse a model too large to build or with a mask that keeps nothing, before allocating anything:
+    """Refuse a model too large to build or with a mask that keeps nothing or drops nothing, before allocating:
     the structure is laid out on torch's meta device (no memory). Returns the parameter count of all members."""
     in_shape = DATASETS[dataset]
     with torch.device("meta"):
@@ -89,6 +89,15 @@ def check_buildable(spec: ModelSpec, dataset: str, width: int) -> int:
                 raise RandmaskError(f"drop ratio {format_number(m.term.ratio)} of {format_model(spec)} drops {unit} "
                                     f"of masked layer {name} (block {m.block}, {c}×{h}×{w}) on {dataset}: "
                                     f"use a ratio below {format_number(math.floor((1 - 0.5 / n) * 1e6) / 1e6)}")
+            if n_dropped(m.term.ratio, n) == 0:  # a mask that drops nothing would pass for a masked net
+                unit = "no channel" if m.term.kind == "DC" else f"no position of the {h * w} of each channel"
+                # the least ratio that drops one in every layer of this term: set by its smallest layer
+                smallest = min((x.shape[0] if x.term.kind == "DC" else x.shape[1] * x.shape[2])
+                               for x in body.modules() if isinstance(x, _PlannedMask) and x.term == m.term)
+                least = round(math.floor(0.5 / smallest * 1e6) / 1e6 + 1e-6, 6)
+                raise RandmaskError(f"drop ratio {format_number(m.term.ratio)} of {format_model(spec)} drops {unit} "
+                                    f"of masked layer {name} (block {m.block}, {c}×{h}×{w}) on {dataset}: "
+                                    f"use a ratio of at least {format_number(least)}")
     return total
 
 

@@ -509,6 +509,8 @@ def assemble_ensemble(folders: list[str | Path], out: str | Path, eval_n: int | 
     into one EN checkpoint."""
     if not 2 <= len(folders) <= MAX_ENSEMBLE:
         raise RandmaskError(f"an EN joins 2 to {MAX_ENSEMBLE} members, not {len(folders)}")
+    if eval_n is not None and eval_n < 1:  # 0 must not quietly mean every image
+        raise RandmaskError(f"--eval-n must be at least 1 (leave it out for every test image), not {eval_n}")
     members = [load_model(f) for f in folders]
     first = members[0][1]
     for _, conf in members:
@@ -526,7 +528,7 @@ def assemble_ensemble(folders: list[str | Path], out: str | Path, eval_n: int | 
     for slot, (member, _) in zip(model.members, members, strict=True):
         slot.load_state_dict(member.state_dict())
     x_test, y_test = load_uint8(first["dataset"], "test")
-    if eval_n:
+    if eval_n is not None:
         x_test, y_test = x_test[:eval_n], y_test[:eval_n]
     correct, n = accuracy(model, x_test, y_test)
     low, high = wilson_interval(correct, n)

@@ -13,7 +13,7 @@ import sqlite3
 import sqlite_utils
 
 from .db import _schema_of, expected_schema
-from .design import SLUG_RE
+from .design import _STUDY_COLUMNS, study_row_problems
 from .sets import CIFAR10_TEST_SIZE, SetError, plain_png, png_chunks, sha256
 
 N_CLASSES = 10
@@ -81,37 +81,20 @@ def column_type_problems(conn: sqlite3.Connection) -> list[str]:
     return problems
 
 
-def _json(text: str, what: str, problems: list[str]) -> object:
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        problems.append(f"{what} is not valid JSON")
-        return None
-
-
 def study_problems(conn: sqlite3.Connection) -> list[str]:
     problems: list[str] = []
     duplicates = conn.execute("SELECT slug, count(*) FROM studies GROUP BY slug HAVING count(*) > 1").fetchall()
     problems += [f"study name {slug!r} is used by {n} studies" for slug, n in duplicates]
-    studies = conn.execute("SELECT id, slug, trials_per_condition, catch_per_participant, classes_json, design_json "
-                           "FROM studies ORDER BY id").fetchall()
-    for study_id, slug, per_condition, catch, classes_json, design_json in studies:
+    studies = conn.execute(f"SELECT {_STUDY_COLUMNS} FROM studies ORDER BY id").fetchall()
+    for row in studies:
+        study_id, slug, per_condition, catch = row[0], row[1], row[6], row[7]
         name = f"study {study_id} ({slug!r})"
-        if not SLUG_RE.fullmatch(slug):
-            problems.append(f"{name}: the name is not 1-40 lowercase letters, digits and '-'")
-        classes = _json(classes_json, f"{name}: classes_json", problems)
-        if classes is not None and not (isinstance(classes, list) and len(classes) == N_CLASSES
-                                        and all(isinstance(c, str) and c for c in classes)
-                                        and len(set(classes)) == N_CLASSES):
-            problems.append(f"{name}: classes_json is not a list of {N_CLASSES} distinct class names")
-        design = _json(design_json, f"{name}: design_json", problems)
-        conditions = design.get("conditions") if isinstance(design, dict) else None
-        if design is not None and not (isinstance(conditions, list) and conditions
-                                       and all(isinstance(c, str) and c for c in conditions)
-                                       and len(set(conditions)) == len(conditions)):
-            problems.append(f"{name}: design_json has no list of distinct condition names")
-            conditions = None
-        if conditions is not None:
+        row_problems = study_row_problems(tuple(row))
+        problems += [f"{name}: {p}" for p in row_problems]
+        if row_problems:  # the counts below rely on the fields being sound
+            continue
+        conditions = json.loads(row[-2])["conditions"]
+        if conditions:
             counts = dict(conn.execute("SELECT condition, count(*) FROM items WHERE study_id = ? AND role = 'trial' "
                                        "GROUP BY condition", [study_id]).fetchall())
             for condition in sorted(set(counts) - set(conditions)):

@@ -208,6 +208,8 @@ def open_db(path: str | Path | None = None, *, create: bool = True, timeout_s: f
         raise StudyDBError(f"{path} is a directory, not a database file")
     if not path.exists() and not create:
         raise StudyDBError(f"{path} does not exist (create a study first)")
+    if not create and path.is_file() and path.stat().st_size == 0:  # SQLite would quietly make it a database
+        raise StudyDBError(f"{path} is empty, not a study database (create a study first)")
     _check_header(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

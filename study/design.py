@@ -13,8 +13,9 @@ import numpy as np
 import sqlite_utils
 
 from .assign import AllocationError, Candidate, choose_items
-from .db import write_transaction
+from .db import StudyDBError, write_transaction
 from .sets import CIFAR10_CLASSES, CLEAN, FORMULA_STARTS, SetItem, read_set, sha256
+from .validate import KEY_RE
 
 # Always used with fullmatch: `$` alone would accept a trailing newline.
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
@@ -111,6 +112,10 @@ def create_study(db: sqlite_utils.Database, config: StudyConfig, sets: list[str 
     config.validate()
     if not sets:
         raise DesignError("give at least one set folder for the study's conditions")
+    trial_folders = {Path(path).resolve() for path in sets}
+    for option, extra in (("--catch-set", catch_set), ("--practice-set", practice_set)):
+        if extra and Path(extra).resolve() in trial_folders:  # its images would be both trials and checks
+            raise DesignError(f"{option} {extra} is also a trial set (--set): give it a separate set of clean images")
     by_condition: dict[str, list[SetItem]] = {}
     trial_pairs = [(item, str(path)) for path in sets for item in read_set(path)]
     for item, _ in trial_pairs:
@@ -264,7 +269,65 @@ _STUDY_COLUMNS = ("id, slug, title, status, seed, labels_per_item, trials_per_co
                   "presentation_ms, abandon_after_min, completion_code, redirect_url, classes_json, design_json, link_key")
 
 
+def _int(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _parsed(text: object, field: str, problems: list[str]) -> object:
+    if not isinstance(text, str):
+        problems.append(f"{field} is stored as {type(text).__name__}, not JSON text")
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
+        problems.append(f"{field} is not valid JSON")
+        return None
+
+
+def study_row_problems(row: tuple) -> list[str]:
+    """Every stored field of a studies row (in _STUDY_COLUMNS order) checked for type and range before use;
+    one line per problem (SQLite stores any type in any column, so the schema alone cannot promise them)."""
+    (_id, slug, title, status, seed, labels, per_condition, catch, presentation_ms, abandon, code, redirect,
+     classes_json, design_json, link_key) = row
+    problems = []
+    checks = [("slug", isinstance(slug, str) and SLUG_RE.fullmatch(slug), "1-40 lowercase letters, digits and '-'"),
+              ("title", isinstance(title, str), "text"), ("status", status in ("open", "closed"), "open or closed"),
+              ("seed", _int(seed, 0), "an integer >= 0"), ("labels_per_item", _int(labels, 1), "an integer >= 1"),
+              ("trials_per_condition", _int(per_condition, 1), "an integer >= 1"),
+              ("catch_per_participant", _int(catch, 0), "an integer >= 0"),
+              ("presentation_ms", presentation_ms is None or _int(presentation_ms, 1), "null or an integer >= 1"),
+              ("abandon_after_min", isinstance(abandon, int | float) and not isinstance(abandon, bool)
+               and math.isfinite(abandon) and abandon > 0, "a positive number"),
+              ("completion_code", isinstance(code, str), "text"),
+              ("redirect_url", redirect is None or isinstance(redirect, str), "null or text"),
+              ("link_key", isinstance(link_key, str) and KEY_RE.fullmatch(link_key), "16-64 letters, digits, - or _")]
+    problems += [f"{field} is {_shown(value)}, expected {expected}" for (field, ok, expected), value in
+                 zip(checks, (slug, title, status, seed, labels, per_condition, catch, presentation_ms, abandon, code,
+                              redirect, link_key), strict=True) if not ok]
+    classes = _parsed(classes_json, "classes_json", problems)
+    if not (isinstance(classes, list) and len(classes) == len(CIFAR10_CLASSES)
+            and all(isinstance(c, str) and c for c in classes) and len(set(classes)) == len(classes)):
+        if not problems or not problems[-1].startswith("classes_json"):
+            problems.append(f"classes_json is not a list of {len(CIFAR10_CLASSES)} distinct class names")
+    design = _parsed(design_json, "design_json", problems)
+    conditions = design.get("conditions") if isinstance(design, dict) else None
+    if not (isinstance(conditions, list) and conditions and all(isinstance(c, str) and c for c in conditions)
+            and len(set(conditions)) == len(conditions)):
+        if not problems or not problems[-1].startswith("design_json"):
+            problems.append("design_json has no list of distinct condition names")
+    return problems
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _study(row) -> Study:
+    problems = study_row_problems(tuple(row))
+    if problems:
+        raise StudyDBError(f"study {_shown(row[1])} in the database is damaged: {problems[0]} "
+                           f"(`python -m study check` lists every problem)")
     *head, classes_json, design_json, link_key = row
     return Study(*head, classes=tuple(json.loads(classes_json)), design=json.loads(design_json), link_key=link_key)
 

@@ -13,10 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from badinput import assert_one_line_error, assert_unchanged, run_main, tree_state
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from study.cli import main
 from study.sets import write_set
+from study.validate import KEY_RE
 
 PNG16 = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00 \x00\x00\x00 \x10\x02\x00\x00\x00"  # 32x32, 16-bit RGB
          b"\x00\x00\x00\x00")
@@ -164,7 +167,7 @@ CASES = [
     ("catch-shortfall", sql("UPDATE studies SET catch_per_participant = 3"),
      "0 catch item(s), each participant needs 3", True),
     ("condition-shortfall", sql("UPDATE studies SET trials_per_condition = 50"), "each participant needs 50", True),
-    ("slug-invalid", sql("UPDATE studies SET slug = 'Bad Slug'"), "the name is not 1-40 lowercase letters", True),
+    ("slug-invalid", sql("UPDATE studies SET slug = 'Bad Slug'"), "slug is 'Bad Slug', expected 1-40 lowercase letters", True),
 ]
 
 
@@ -221,3 +224,115 @@ def test_check_never_switches_a_database_to_wal(template, tmp_path, capsys):
     assert code == 0, err
     assert_unchanged(before, tree_state(tmp_path))  # not even a companion file: no WAL is involved
     assert db.read_bytes()[18:20] == b"\x01\x01"
+
+
+# ------------------------------------------------- every stored field checked before use, by every study command
+FIELD_CASES = [
+    ("classes-null", "classes_json", "null", "classes_json is not a list of 10"),
+    ("classes-42", "classes_json", 42, "classes_json is not a list of 10"),
+    ("classes-text-json", "classes_json", '"airplane"', "classes_json is not a list of 10"),
+    ("design-deep-nesting", "design_json", "[" * 100_000 + "]" * 100_000, "design_json is not valid JSON"),
+    ("design-null", "design_json", "null", "design_json has no list of distinct condition names"),
+    ("design-blob", "design_json", b"{}", "design_json is stored as bytes"),
+    ("labels-text", "labels_per_item", "abc", "labels_per_item is 'abc', expected an integer >= 1"),
+    ("labels-real", "labels_per_item", 2.5, "labels_per_item is 2.5"),
+    ("trials-text", "trials_per_condition", "x", "trials_per_condition is 'x'"),
+    ("abandon-text", "abandon_after_min", "soon", "abandon_after_min is 'soon'"),
+    ("presentation-text", "presentation_ms", "fast", "presentation_ms is 'fast'"),
+    ("link-key-null", "link_key", None, "link_key is None, expected 16-64 letters"),
+    ("link-key-newline", "link_key", "abcdefghijklmnop\nq", "link_key is 'abcdefghijklmnop\\nq'"),
+    ("link-key-short", "link_key", "abc", "link_key is 'abc'"),
+    ("seed-negative", "seed", -1, "seed is -1, expected an integer >= 0"),
+]
+STUDY_COMMANDS = [["list"], ["link", "base"], ["close", "--study", "base"], ["open", "--study", "base"],
+                  ["exclude", "--study", "base", "--participant", "1"], ["report", "--out", "{o}/report"],
+                  ["export", "--out", "{o}/out", "--no-cifar10h", "--bootstrap", "10"]]
+
+
+def _set_field(column: str, value):
+    # CHECK constraints of the table would refuse some values; a damaged file need not have obeyed them
+    return sql(f"UPDATE studies SET {column} = ?", params=[value], checks=False)
+
+
+@pytest.mark.parametrize("name, column, value, fragment", FIELD_CASES, ids=[c[0] for c in FIELD_CASES])
+def test_check_reports_each_bad_stored_field(template, tmp_path, capsys, name, column, value, fragment):
+    db = _copy(template, tmp_path, _set_field(column, value))
+    before = tree_state(tmp_path)
+    code, out, err = run_main(main, ["check", "--db", str(db)], capsys)
+    assert_one_line_error(code, err, "problem(s), listed above", codes=(1,))
+    # a value of the wrong storage class is already a problem of the schema check: the field is named either way
+    assert (fragment in out or f"studies.{column}: 1 value(s) not stored as" in out) and "Traceback" not in out, out
+    assert_unchanged(before, tree_state(tmp_path), sqlite_readers=True)
+
+
+@pytest.mark.parametrize("command", STUDY_COMMANDS, ids=lambda c: c[0])
+@pytest.mark.parametrize("name, column, value, fragment", FIELD_CASES, ids=[c[0] for c in FIELD_CASES])
+def test_every_study_command_refuses_a_bad_stored_field_in_one_line(template, tmp_path, capsys, command, name,
+                                                                     column, value, fragment):
+    db = _copy(template, tmp_path, _set_field(column, value))
+    before = tree_state(tmp_path)
+    argv = [command[0], "--db", str(db), *(a.format(o=tmp_path) for a in command[1:])]
+    code, out, err = run_main(main, argv, capsys)
+    line = assert_one_line_error(code, err)
+    # export and report run the whole check first and quote its first problem; the others name the field
+    assert (fragment if command[0] not in ("export", "report") else column) in line
+    assert "key=None" not in out
+    assert_unchanged(before, tree_state(tmp_path), sqlite_readers=True)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                       max_size=4), max_leaves=12)
+stored_values = st.one_of(json_values.map(json.dumps), st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=False), st.binary(max_size=8),
+                          st.none(), st.text(max_size=12))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["classes_json", "design_json", "labels_per_item", "trials_per_condition",
+                        "catch_per_participant", "presentation_ms", "abandon_after_min", "link_key", "seed",
+                        "status", "title", "redirect_url"]), stored_values)
+def test_any_stored_value_is_used_or_refused_in_one_line(template, tmp_path_factory, column, value):
+    from study.db import StudyDBError
+    from study.design import _STUDY_COLUMNS, _study, study_row_problems
+
+    db = tmp_path_factory.mktemp("fuzz") / "study.db"
+    shutil.copy(template / "study.db", db)
+    try:
+        _set_field(column, value)(db)
+    except sqlite3.IntegrityError:  # NOT NULL holds even with CHECK constraints off: no file can hold it
+        assume(False)
+    conn = sqlite3.connect(db)
+    row = conn.execute(f"SELECT {_STUDY_COLUMNS} FROM studies").fetchone()
+    conn.close()
+    problems = study_row_problems(row)
+    assert all(p and "\n" not in p for p in problems)
+    try:
+        study = _study(row)
+    except StudyDBError as exc:
+        assert problems and "\n" not in str(exc)
+    else:
+        assert not problems
+        assert len(study.classes) == 10 and study.conditions and study.labels_per_item >= 1
+        assert KEY_RE.fullmatch(study.link_key)
+
+
+def test_an_empty_db_file_is_not_made_a_database_by_commands_that_expect_one(tmp_path, capsys):
+    db = tmp_path / "study.db"
+    db.write_bytes(b"")
+    for argv in (["list"], ["link", "base"], ["close", "--study", "base"],
+                 ["exclude", "--study", "base", "--participant", "1"], ["report", "--out", str(tmp_path / "r")]):
+        before = tree_state(tmp_path)
+        code, _, err = run_main(main, [argv[0], "--db", str(db), *argv[1:]], capsys)
+        assert_one_line_error(code, err, "is empty, not a study database")
+        assert_unchanged(before, tree_state(tmp_path))
+    assert db.read_bytes() == b""
+
+
+@pytest.mark.parametrize("option", ["--catch-set", "--practice-set"])
+def test_a_catch_or_practice_set_that_is_also_a_trial_set_is_refused_at_create(template, tmp_path, capsys, option):
+    before = tree_state(tmp_path)
+    code, _, err = run_main(main, ["create", "--db", str(tmp_path / "s.db"), "--name", "x", "--set",
+                                   str(template / "set"), option, str(template / "set") + "/",
+                                   "--catch-per-participant", "1", "--items-per-participant", "2"], capsys)
+    assert_one_line_error(code, err, f"{option} {template / 'set'} is also a trial set")
+    assert_unchanged(before, tree_state(tmp_path))

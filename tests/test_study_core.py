@@ -1,6 +1,7 @@
 """Study database, design, assignment, resume and participant-side security."""
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -451,7 +452,8 @@ def test_version_2_file_gets_link_keys_and_activity(tmp_path, study_sets):
     for slug in ("a", "b"):
         conn.execute("INSERT INTO studies (slug, title, created_at, seed, labels_per_item, trials_per_condition, "
                      "catch_per_participant, abandon_after_min, completion_code, classes_json, design_json) "
-                     f"VALUES ('{slug}', 'Old', 'now', 0, 1, 1, 0, 60, 'C', '[]', '{{\"conditions\": []}}')")
+                     f"VALUES ('{slug}', 'Old', 'now', 0, 1, 1, 0, 60, 'C', ?, '{{\"conditions\": [\"clean\"]}}')",
+                     [json.dumps([str(i) for i in range(10)])])  # fields as sound as get_study requires
     conn.execute("INSERT INTO participants (study_id, uid, external_id, joined_at, consent_at, last_seen_at) "
                  "VALUES (1, 'P1', 'x', '2026-01-01T00:00:00', '2026-01-01T00:00:01', '2026-01-01T00:05:00')")
     conn.close()

@@ -49,7 +49,7 @@ MAX_ATTACK_LENGTH = 200
 # upper bounds keep a typo from asking for a run of years: the paper's largest values are CW's 1000 steps and
 # Square's 5000 queries
 LIMITS = {"steps": 100_000, "search": 100, "queries": 1_000_000, "restarts": 100, "kappa": 1e4, "lr": 1e3,
-          "c": 1e6}
+          "c": 1e6, "min_positive": 1e-9}
 # greedy and unambiguous (no two neighbours can take the same character), hence linear; ASCII only
 _SHAPE = re.compile(r"(?P<name>[A-Za-z]+)(?P<nums>[0-9.,\s]*)(?:\((?P<args>[^()]*)\))?", re.ASCII)
 _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,4})?", re.ASCII)
@@ -61,7 +61,10 @@ def pgd_default_steps(eps: float) -> int:
 
 
 def pgd_steps_for(step: float, eps: float) -> int:
-    return max(1, math.ceil(pgd_default_steps(eps) / step - 1e-9))
+    """The step rule's count at this step size; above LIMITS['steps'] (so never valid) for a tiny step, whose
+    count would be infinite."""
+    wanted = pgd_default_steps(eps) / step
+    return max(1, math.ceil(wanted - 1e-9)) if wanted <= LIMITS["steps"] else LIMITS["steps"] + 1
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,12 @@ def _validate(kind: str, s: dict[str, Any], source: str) -> None:
         need(0 < s["rho"] < 1, f"rho {s['rho']:g} must be in (0, 1)")
     if kind == "Square":
         need(0 < s["p_init"] <= 1, f"p_init {s['p_init']:g} must be in (0, 1]")
+    # every positive real setting has a floor: below it a value underflows in the arithmetic (c / 10 per search
+    # step, a step count of eps / step) and no longer prints within MAX_ATTACK_LENGTH
+    for key in ("eps", "step", "lr", "c", "rho", "p_init"):
+        if key in s:
+            need(s[key] >= LIMITS["min_positive"],
+                 f"{key}={s[key]:g} must be at least {format_number(LIMITS['min_positive'])}")
 
 
 def parse_attack(text: str | AttackSpec) -> AttackSpec:
@@ -210,6 +219,9 @@ def parse_attack(text: str | AttackSpec) -> AttackSpec:
         raise AttackNotationError(f"{kind} needs {', '.join(missing)} in {source!r}: {registered.usage}")
     if kind == "PGD" and settings["steps"] is None:
         _validate(kind, {**settings, "steps": 1}, source)  # a bad step size would break the step rule
+        if pgd_steps_for(settings["step"], settings["eps"]) > LIMITS["steps"]:
+            raise AttackNotationError(f"step size {settings['step']:g} needs more than {LIMITS['steps']} steps to "
+                                      f"reach eps {settings['eps']:g} in {source!r}; give a larger step or steps=")
         settings["steps"] = pgd_steps_for(settings["step"], settings["eps"])
     _validate(kind, settings, source)
     return AttackSpec(kind, tuple(sorted(settings.items())))
