@@ -299,8 +299,19 @@ def load_cifar10_test(data_dir: str | None = None) -> tuple[np.ndarray, np.ndarr
     path = root / "cifar10" / "test.npz"
     if not path.is_file():
         raise SetError(f"CIFAR-10 test set not found at {path} (set RANDMASK_DATA)")
-    with np.load(path) as d:
-        return d["x"], d["y"].astype(np.int64)
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            x, y = d["x"], d["y"]
+    except (OSError, ValueError, KeyError, EOFError) as e:  # not an .npz of arrays x and y
+        raise SetError(f"{path}: not a CIFAR-10 .npz with arrays x and y ({' '.join(str(e).split())[:120]})") from None
+    # what the participants will see and what the models were given must be real CIFAR-10 images and labels
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3) or len(x) == 0:
+        raise SetError(f"{path}: images must be uint8 of shape (N, 32, 32, 3), N >= 1; got {x.dtype} {x.shape}")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise SetError(f"{path}: labels must be {len(x)} integers, one per image; got {y.dtype} {y.shape}")
+    if y.min() < 0 or y.max() > 9:
+        raise SetError(f"{path}: labels must lie in 0-9 (the CIFAR-10 classes); found {int(y.min())}..{int(y.max())}")
+    return x, y.astype(np.int64)
 
 
 def load_cifar10h(path: str | Path | None = None) -> np.ndarray:

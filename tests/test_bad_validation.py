@@ -4,6 +4,7 @@ the working folder unchanged, whichever command is given it."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -268,3 +269,28 @@ def test_a_good_small_data_file_still_evaluates(models, cifar8, tmp_path, monkey
     code, out, err = run_main(randmask_main, ["evaluate", "--model", str(models / "M0")], capsys)
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["n"] == 8
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda x, y: (x, np.where(np.arange(len(y)) == 3, 255, y)), "labels must lie in 0-9"),
+    (lambda x, y: (x[:, :28, :28], y), "images must be uint8 of shape (N, 32, 32, 3)"),
+    (lambda x, y: (x.astype(np.float32) / 255, y), "images must be uint8"),
+    (lambda x, y: (x, y[:-1]), "labels must be 40 integers"),
+    (lambda x, y: (x[:0], y[:0]), "N >= 1"),
+], ids=["label-255", "28x28", "float", "lengths", "empty"])
+def test_study_clean_set_refuses_bad_cifar_data_and_writes_nothing(tmp_path, capsys, monkeypatch, change, fragment):
+    """The study reads CIFAR-10 itself (it never imports the models' loaders): the same checks, so no label 255
+    or 28x28 image reaches participants."""
+    from study.cli import main as study_main
+    from study.sets import load_cifar10_test
+
+    with np.load(Path(os.environ["RANDMASK_DATA"]) / "cifar10" / "test.npz") as d:
+        x, y = change(d["x"][:40], d["y"][:40])
+    (tmp_path / "data" / "cifar10").mkdir(parents=True)
+    np.savez(tmp_path / "data" / "cifar10" / "test.npz", x=x, y=y)
+    monkeypatch.setenv("RANDMASK_DATA", str(tmp_path / "data"))
+    load_cifar10_test.cache_clear()
+    try:
+        _refused(capsys, study_main, ["clean-set", "--out", str(tmp_path / "set"), "--count", "5"], tmp_path, fragment)
+    finally:
+        load_cifar10_test.cache_clear()
