@@ -125,15 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--participant", required=True, help="our participant id (column 'participant' in participants.csv)")
         p.add_argument("--reason", default="")
 
-    p = sub.add_parser("export", help="write responses/items/summary/participants (and CIFAR-10H) CSVs")
-    _db_arg(p)
-    p.add_argument("--out", type=Path, required=True, help="new folder for the CSVs")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
-    p.add_argument("--study", default=None, help="one study (default: all, one folder each when several)")
-    p.add_argument("--cifar10h", type=Path, default=None, help="CIFAR-10H counts.npy (default: $RANDMASK_DATA/cifar10h/counts.npy if present)")
-    p.add_argument("--no-cifar10h", action="store_true")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% intervals")
-    p.add_argument("--seed", type=int, default=0)
+    _results_args(sub.add_parser("export", help="write responses/items/summary/participants (and CIFAR-10H) CSVs"),
+                  out="new folder for the CSVs", overwrite="replace an earlier export at --out",
+                  study="one study (default: all, one folder each when several)",
+                  bootstrap="bootstrap resamples for the 95%% intervals")
 
     p = sub.add_parser("check", help="check the database file (integrity, schema, study rows); reads only")
     _db_arg(p)
@@ -367,16 +362,24 @@ def _read_only(args: argparse.Namespace) -> int:
         db.conn.close()
 
 # ------------------------------------------------------------------------------------------------ report, plan
-def _add_results_commands(sub) -> None:
-    p = sub.add_parser("report", help="write the study's results as one self-contained HTML file (and PNGs)")
+def _results_args(p: argparse.ArgumentParser, *, out: str, overwrite: str, study: str, bootstrap: str) -> None:
+    """The options `export` and `report` share: what they read, where they write, how intervals are drawn."""
     _db_arg(p)
-    p.add_argument("--out", type=Path, required=True, help="new (or empty) folder for report.html and the PNGs")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
-    p.add_argument("--study", default=None, help="study name (default: the only study)")
-    p.add_argument("--cifar10h", type=Path, default=None, help="CIFAR-10H counts.npy (default: $RANDMASK_DATA/cifar10h/counts.npy if present)")
+    p.add_argument("--out", type=Path, required=True, help=out)
+    p.add_argument("--overwrite", action="store_true", help=overwrite)
+    p.add_argument("--study", default=None, help=study)
+    p.add_argument("--cifar10h", type=Path, default=None,
+                   help="CIFAR-10H counts.npy (default: $RANDMASK_DATA/cifar10h/counts.npy if present)")
     p.add_argument("--no-cifar10h", action="store_true")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the participant intervals")
+    p.add_argument("--bootstrap", type=int, default=2000, help=bootstrap)
     p.add_argument("--seed", type=int, default=0)
+
+
+def _add_results_commands(sub) -> None:
+    _results_args(sub.add_parser("report", help="write the study's results as one self-contained HTML file (and PNGs)"),
+                  out="new (or empty) folder for report.html and the PNGs",
+                  overwrite="replace an earlier report at --out", study="study name (default: the only study)",
+                  bootstrap="bootstrap resamples for the participant intervals")
 
     p = sub.add_parser("plan", help="participants, labels per item, duration and cost a study needs (simulated, "
                        "with an analytic check)")
