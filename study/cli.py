@@ -37,7 +37,7 @@ from .design import (
     list_studies,
     set_status,
 )
-from .export import export_study
+from .export import DESCRIPTION_FILES, export_study
 from .serve import DEFAULT_ADDRESS, DEFAULT_BASE_URL, DEFAULT_PORT
 from .sets import (
     SetError,
@@ -156,13 +156,10 @@ def _is_set(folder: Path) -> bool:
     return (folder / "meta.csv").is_file()
 
 
-EXPORT_FILES = {"datapackage.json", "README.md"}  # beside the CSVs, describing them
-
-
 def _is_export(folder: Path) -> bool:
     """An earlier export: CSV files and their description only, or one folder of them per study."""
     def exported(path: Path) -> bool:
-        return path.is_file() and not path.is_symlink() and (path.suffix == ".csv" or path.name in EXPORT_FILES)
+        return path.is_file() and not path.is_symlink() and (path.suffix == ".csv" or path.name in DESCRIPTION_FILES)
 
     return all(exported(p) or p.is_dir() and not p.is_symlink() and all(exported(q) for q in p.iterdir())
                for p in folder.iterdir())

@@ -261,12 +261,16 @@ def export_frames(db: sqlite_utils.Database, study: Study, *, cifar10h: np.ndarr
     return frames
 
 
+DESCRIPTION_FILES = ("datapackage.json", "README.md")  # written beside the CSVs of every export
+
+
 def described_files(frames: Mapping[str, pd.DataFrame], study: Study | None = None) -> dict[str, bytes]:
     """{file name: bytes} of one export: the CSVs, datapackage.json and README.md."""
     name, title = (study.slug, study.title) if study is not None else ("study-export", "study")
     files = {file: csv_bytes(frame) for file, frame in frames.items()}
-    files["datapackage.json"] = datapackage(frames, name, title).encode("utf-8")
-    files["README.md"] = readme(frames, title).encode("utf-8")
+    package, about = DESCRIPTION_FILES
+    files[package] = datapackage(frames, name, title).encode("utf-8")
+    files[about] = readme(frames, title).encode("utf-8")
     return files
 
 
