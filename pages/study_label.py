@@ -9,6 +9,7 @@ that fragment; each run borrows a connection from the server's shared pool. The 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 import types
 
@@ -48,14 +49,14 @@ from study.session import (
 )
 from study.validate import READ_KEYS
 
-# declare_component names the component after the calling module, found through sys.modules by file.
-# Under app.py's st.navigation (or the participant server's exec) this page runs as an unregistered module,
-# so register a stand-in for it.
-_WIDGET_MODULE = "randmask_study_label"
-if _WIDGET_MODULE not in sys.modules:
-    sys.modules[_WIDGET_MODULE] = types.ModuleType(_WIDGET_MODULE)
-sys.modules[_WIDGET_MODULE].__file__ = __file__
-trial_widget = components.declare_component("study_trial", path=str(FRONTEND_DIR))
+# declare_component names the component after the calling module, found by inspect.getmodule, whose file-to-module
+# cache fills without a lock: two sessions starting at once could get "module is None" (a participant's traceback).
+# This page runs as an unregistered module (st.navigation, or the participant server's exec), so a stand-in module
+# carries its name, and a lock kept on that module (one per process) lets one session declare at a time.
+_widget_home = sys.modules.setdefault("randmask_study_label", types.ModuleType("randmask_study_label"))
+with _widget_home.__dict__.setdefault("declare_lock", threading.Lock()):
+    _widget_home.__file__ = __file__
+    trial_widget = components.declare_component("study_trial", path=str(FRONTEND_DIR))
 configure_logging()
 
 ASK_AGAIN = "Please use the exact link you were given."

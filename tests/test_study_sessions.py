@@ -3,11 +3,15 @@ a visitor who left), a cap per client address, sessions that never consent are c
 and refusals are logged once per interval."""
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
 import logging
 import os
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import test_study_support as support
@@ -92,6 +96,54 @@ def test_pool_shares_a_few_connections(tmp_path, study_sets):
 
 
 # ------------------------------------------------------------------------------------------------ live server
+LABEL_PAGE = Path(__file__).resolve().parents[1] / "pages" / "study_label.py"
+ROUNDS, SESSIONS = 100, 8
+
+
+def _page_through_widget_declaration():
+    """The labeling page's code from its first line through the statement that declares the trial widget."""
+    tree = ast.parse(LABEL_PAGE.read_text(encoding="utf-8"))
+    last = next(i for i, node in enumerate(tree.body) if "declare_component" in ast.unparse(node))
+    return compile(ast.Module(body=tree.body[:last + 1], type_ignores=[]), str(LABEL_PAGE), "exec")
+
+
+def test_sessions_starting_together_all_get_the_trial_widget():
+    """CI saw "RuntimeError: module is None" on the participant page: declare_component finds the page's module
+    through inspect.getmodule, whose file cache fills without a lock, so two sessions starting at once could race.
+    Eight sessions start together on a fresh cache, 100 times over; every one gets its widget."""
+    code = _page_through_widget_declaration()
+    failures: list[BaseException] = []
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns often, as under a loaded server
+    try:
+        _start_sessions_together(code, failures)
+    finally:
+        sys.setswitchinterval(switch_interval)
+    assert not failures, f"{len(failures)} of {ROUNDS * SESSIONS} sessions failed: {failures[0]!r}"
+
+
+def _start_sessions_together(code, failures: list[BaseException]) -> None:
+    for _ in range(ROUNDS):
+        inspect._filesbymodname.clear()  # as in a freshly started server
+        inspect.modulesbyfile.clear()
+        start = threading.Barrier(SESSIONS)
+
+        def session(start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                scope = {"__name__": "__main__", "__file__": str(LABEL_PAGE)}
+                exec(code, scope)
+                assert scope["trial_widget"].name == "randmask_study_label.study_trial"
+            except BaseException as e:  # noqa: BLE001 - collected and reported below
+                failures.append(e)
+
+        threads = [threading.Thread(target=session) for _ in range(SESSIONS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+
 def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
