@@ -47,8 +47,13 @@ FIGURE7_ATTACKS = ["FGSM16", "PGD16", "CW40"]
 TRANSFER_TARGETS = list(dict.fromkeys([*(zoo_name(n) for n in TABLE2_TARGETS),
                                        *(e.name for e in ZOO if e.stage >= 5 and not e.role.startswith("EN member")),
                                        *ENSEMBLES]))
-# the accuracy-matched Normal of each masked net, and the resampled (dropout) twin of the fixed mask
-MATCHED = {e.matched_to: e for e in ZOO if e.matched_to}
+# the accuracy-matched Normals of each masked net, in zoo order: one stopped early on (almost) all training images,
+# and those trained as long as the masked nets (the full schedule on fewer images, or at a narrower width)
+ACCURACY_CONTROLS = {m: sorted((e for e in ZOO if e.matched_to == m), key=lambda e: e.trained_as_long)
+                     for m in dict.fromkeys(e.matched_to for e in ZOO if e.matched_to)}
+# the early-stopped one: the control of Table 4, the APGD/Square check and Figure 7's diamonds
+MATCHED = {m: next(e for e in controls if not e.trained_as_long) for m, controls in ACCURACY_CONTROLS.items()}
+# and the resampled (dropout) twin of the fixed mask
 RESAMPLED = {"0.7-Shallow": "0.7-ShallowDropout"}
 CONTROL_SOURCES = ["table2_transfer", "table11_transfer"]  # DenseNet-121 and VGG-19, as the issue asks
 CONTROL_ATTACKS = ["FGSM16", "PGD16", "CW40"]
@@ -163,7 +168,8 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
     # 0.9-Shallow carries the claim; 0.7-Shallow has both controls (accuracy-matched Normal, resampled mask)
     beyond_masked = [zoo_name("0.9-Shallow"), zoo_name("0.7-Shallow")]
     beyond_controls = [MATCHED["0.9-Shallow"].name, MATCHED["0.7-Shallow"].name, zoo_name(RESAMPLED["0.7-Shallow"])]
-    control_pairs = [n for masked in MATCHED for n in (zoo_name(masked), MATCHED[masked].name)]
+    control_pairs = [n for masked, controls in ACCURACY_CONTROLS.items()
+                     for n in (zoo_name(masked), *(e.name for e in controls))]
     control_pairs += [zoo_name(n) for n in RESAMPLED.values()]
     control_needs = [normal, zoo_name("0.7-Shallow"), MATCHED["0.7-Shallow"].name]  # the first pair decides it runs
     transfers = [Experiment(key, title, table, [source, normal],

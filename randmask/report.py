@@ -13,7 +13,14 @@ from randmask.comparison import compare_with_paper, results_without_paper, untra
 from randmask.evaluate import markdown_table, percent_text
 from randmask.figures import write_figures
 from randmask.paper import load_paper_tables, model_key, result_target_key, table_dataset, trained_model_keys
-from randmask.plan import TRANSFER_SOURCES, Experiment, experiments, load_result, recorded_runs
+from randmask.plan import (
+    ACCURACY_CONTROLS,
+    TRANSFER_SOURCES,
+    Experiment,
+    experiments,
+    load_result,
+    recorded_runs,
+)
 from randmask.verdicts import (
     ATTACKED_TABLES,
     BASE_WIDTH,
@@ -24,7 +31,7 @@ from randmask.verdicts import (
     result_widths,
     verdicts,
 )
-from randmask.zoo import ZOO, Zoo, zoo_markdown
+from randmask.zoo import ZOO, Entry, Zoo, planned_config, zoo_markdown
 
 
 def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo) -> str:
@@ -270,21 +277,38 @@ def _figure7_section(out: Path, figures: dict[str, str]) -> list[str]:
     return lines + ["Data: `results/figure7_ratio.csv`.", ""]
 
 
+CIFAR10_TRAIN_IMAGES = 50_000
+
+
+def _control_recipe(entry: Entry) -> list[str]:
+    """An accuracy-matched control's row: what it is matched to and what it trained on, from its zoo plan entry."""
+    config = planned_config(entry)
+    images = config.train_n or CIFAR10_TRAIN_IMAGES
+    return [entry.label, entry.matched_to, str(config.width), str(config.epochs), f"{images:,}",
+            f"{config.epochs * math.ceil(images / config.batch_size):,}"]
+
+
 def _controls_section(out: Path) -> list[str]:
     """What the controls are, in plain words, and each masked net beside them."""
     lines = ["## Controls · lower accuracy, and fixed versus resampled masks", "",
              "Our masked nets are less accurate than Normal, and a less accurate or merely different net may be "
-             "fooled less often by images made against another net whatever its mask. Two controls separate this "
+             "fooled less often by images made against another net whatever its mask. Three controls separate this "
              "from the mask itself:", "",
-             "- **Accuracy-matched Normal**: the same Normal ResNet-18, width and recipe (one-cycle schedule, "
-             "augmentation, label smoothing, all 50,000 training images), trained for fewer epochs so that its "
-             "clean accuracy lands within 1.5 points of 0.7-Shallow's or 0.9-Shallow's. A shorter schedule of the "
-             "same shape leaves a net under-fitted on the whole data set, as the masked nets are, where a smaller "
-             "training subset would leave it over-fitted on fewer images. Its logit scale is compared too, since "
-             "transfer and CW40 depend on it.",
+             "- **Accuracy-matched Normal, stopped early**: the same Normal ResNet-18, width and recipe (one-cycle "
+             "schedule, augmentation, label smoothing), cut to a few epochs so that its clean accuracy lands within "
+             "1.5 points of 0.7-Shallow's or 0.9-Shallow's. It is under-fitted as the masked nets are, but it has also "
+             "taken a tenth of their optimizer steps or fewer, which leaves a net less confident and less fitted: "
+             "a second difference.",
+             "- **Accuracy-matched Normal, trained as long**: the masked nets' full 40-epoch schedule, brought down "
+             "to their accuracy instead by fewer training images (as many passes over its data, fewer steps) or by "
+             "a narrower width (as many steps).",
              "- **Resampled mask** (`0.7-ShallowDropout`): the same shallow blocks, places (after BatchNorm, before "
              "ReLU) and per-channel ratio as 0.7-Shallow, but a fresh mask at every training step, rescaled as "
-             "dropout is and off at test time. Fixed versus resampled is the only difference.", ""]
+             "dropout is and off at test time. Fixed versus resampled is the only difference.", "",
+             "What each accuracy-matched control saw (the masked nets: width 16, 40 epochs, all 50,000 training "
+             "images):", "",
+             markdown_table(["control", "matched to", "width", "epochs", "training images", "optimizer steps"],
+                            [_control_recipe(e) for controls in ACCURACY_CONTROLS.values() for e in controls]), ""]
     scale = load_result(out, "controls_logit_scale")
     if scale is None:
         lines += ["Logit scale not measured yet: `python -m randmask reproduce --preset quick --only "

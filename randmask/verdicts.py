@@ -10,9 +10,9 @@ from pathlib import Path
 
 from randmask.paper import shallow_ratio
 from randmask.plan import (
+    ACCURACY_CONTROLS,
     CONTROL_ATTACKS,
     CONTROL_SOURCES,
-    MATCHED,
     RESAMPLED,
     TRANSFER_SOURCES,
     load_result,
@@ -299,6 +299,9 @@ def _attacked_comparison(label: str, a: dict, b: dict, a_clean: dict | None, b_c
 
 ACCURACY_CLAIM = ("Controls: transfer robustness is not fully explained by lower clean accuracy: each masked net "
                   "defends more often than a Normal net stopped early at its clean accuracy")
+ACCURACY_LONG_CLAIM = ("Controls: nor by a shorter schedule: each masked net defends more often than a Normal net trained "
+                       "as long (40 epochs) to its clean accuracy, on fewer images or at a narrower width")
+EARLY, AS_LONG = "accuracy-matched Normal, stopped early", "accuracy-matched Normal, trained as long"
 RESAMPLED_CLAIM = ("Controls: under FGSM16 transfer, a fixed mask (0.7-Shallow) defends more often than a resampled "
                    "one (0.7-ShallowDropout)")
 RESAMPLED_OTHER_CLAIM = "Controls: under PGD16 and CW40 transfer, a fixed mask defends more often than a resampled one"
@@ -317,7 +320,7 @@ def control_pairs_compared(out: Path, sources: list[str] | None = None, width: i
     """Each masked net beside its control, per source (transfer table keys; default: the verdicts' two, from
     CONTROL_SOURCES) and attack of the controls: rows with the two rates and their comparison ('higher' = the
     masked net defends more, by non-overlapping Wilson intervals)."""
-    pairs = [(m, MATCHED[m].label, "accuracy-matched Normal") for m in MATCHED]
+    pairs = [(m, e.label, AS_LONG if e.trained_as_long else EARLY) for m, es in ACCURACY_CONTROLS.items() for e in es]
     pairs += [(m, r, "resampled mask") for m, r in RESAMPLED.items()]
     rows = []
     for key in sources or CONTROL_SOURCES:
@@ -371,8 +374,9 @@ def control_verdicts(out: Path, width: int = BASE_WIDTH) -> list[tuple[str, str,
     rows = control_pairs_compared(out, width=width)
     found = []
     for claim, kind, attacks, needs in (
-            (ACCURACY_CLAIM, "accuracy-matched Normal", CONTROL_ATTACKS,
-             "needs the accuracy-matched Normal ResNet-18s in the zoo"),
+            (ACCURACY_CLAIM, EARLY, CONTROL_ATTACKS, "needs the early-stopped Normal ResNet-18s in the zoo"),
+            (ACCURACY_LONG_CLAIM, AS_LONG, CONTROL_ATTACKS,
+             "needs the Normal ResNet-18s trained as long to each masked net's accuracy in the zoo"),
             (RESAMPLED_CLAIM, "resampled mask", ["FGSM16"], "needs 0.7-ShallowDropout in the zoo"),
             (RESAMPLED_OTHER_CLAIM, "resampled mask", ["PGD16", "CW40"], "needs 0.7-ShallowDropout in the zoo")):
         found.append(_claim(claim, [Comparison(f"{r['attack']} from {r['source']}: {r['model']} vs {r['control']}",

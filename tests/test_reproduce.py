@@ -8,7 +8,7 @@ import torch
 
 from randmask.checkpoint import save_checkpoint
 from randmask.models import build_model
-from randmask.plan import MATCHED, PRESETS, experiments, recorded_runs
+from randmask.plan import ACCURACY_CONTROLS, MATCHED, PRESETS, experiments, recorded_runs
 from randmask.reproduce import reproduce
 from randmask.verdicts import compare
 
@@ -83,7 +83,10 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     assert {"0.7-ShallowDropout", "0.5-Shallow, 0.5-Deep", "0.9-Shallow×4"} <= t2_targets
     assert {e.label for e in MATCHED.values()} <= t2_targets
     scale = pd.read_csv(results / "controls_logit_scale.csv")
-    assert len(scale) == 6 and (scale["logit_gap_q25"] <= scale["logit_gap_median"]).all()
+    controls = {e.label for es in ACCURACY_CONTROLS.values() for e in es}  # stopped early and trained as long
+    assert len(controls) == 6 and sorted(scale["target"]) == sorted(
+        {"Normal ResNet-18", "0.7-Shallow", "0.9-Shallow", "0.7-ShallowDropout", *controls})
+    assert (scale["logit_gap_q25"] <= scale["logit_gap_median"]).all()
     assert (scale["logit_gap_median"] <= scale["logit_gap_q75"]).all()
     assert fig7.loc[(fig7["ratio"] == 0.5) & (fig7["attack"] == "PGD16"), "paper_defense_rate"].notna().all()
     report = (tmp_path / "out" / "REPRODUCTION.md").read_text()
@@ -422,19 +425,29 @@ def test_report_names_the_paper_models_not_trained_here_with_their_commands(tmp_
 
 def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):
     from randmask.evaluate import write_csv
-    from randmask.plan import MATCHED
+    from randmask.plan import ACCURACY_CONTROLS, MATCHED
     from randmask.report import render_report
-    from randmask.verdicts import ACCURACY_CLAIM, RESAMPLED_CLAIM, RESAMPLED_OTHER_CLAIM, verdicts
+    from randmask.verdicts import (
+        ACCURACY_CLAIM,
+        ACCURACY_LONG_CLAIM,
+        RESAMPLED_CLAIM,
+        RESAMPLED_OTHER_CLAIM,
+        verdicts,
+    )
 
     matched7, matched9 = MATCHED["0.7-Shallow"].label, MATCHED["0.9-Shallow"].label
     assert matched7.startswith("Normal ResNet-18 (") and matched7 != matched9
+    # the controls trained as long: the ones by fewer images defend as the masked nets do, the narrower ones less
+    as_long = {e.label: (lambda masked, control, e=e: masked if e.train_n else control)
+               for controls in ACCURACY_CONTROLS.values() for e in controls if e.trained_as_long}
 
     def rows(source, masked_correct, control_correct, dropout_correct):
         found = []
         for attack, paper in (("FGSM16", "FGSM16"), ("PGD16", "PGD16"), ("CW40(search=10)", "CW40")):
             for target, correct in (("0.7-Shallow", masked_correct), ("0.9-Shallow", masked_correct),
                                     (matched7, control_correct), (matched9, control_correct),
-                                    ("0.7-ShallowDropout", dropout_correct)):
+                                    ("0.7-ShallowDropout", dropout_correct),
+                                    *((label, rule(masked_correct, control_correct)) for label, rule in as_long.items())):
                 n = 0 if paper == "CW40" and source == "VGG-19" else 200  # CW fooled no VGG-19 image
                 row = _transfer_row(target, attack, "defense_rate", min(correct, n), max(n, 1), source=source,
                                     paper_attack=paper)
@@ -451,6 +464,11 @@ def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):
     assert f"PGD16 from DenseNet-121: 0.7-Shallow vs {matched7}: 70.0% (n=200) vs 20.0% (n=200) (as claimed)" \
         in evidence
     assert evidence.count("(not counted: n < 30)") == 2  # CW40 from VGG-19 fooled nothing: n = 0
+    assert "stopped early" in ACCURACY_CLAIM and all(label not in evidence for label in as_long)
+    result, evidence = found[ACCURACY_LONG_CLAIM]
+    assert result == "partly supported"  # above the narrower controls, level with those on fewer images
+    assert all(label in evidence for label in as_long) and matched7 not in evidence
+    assert "(no separation)" in evidence and "(as claimed)" in evidence and "reversed" not in evidence
     result, evidence = found[RESAMPLED_CLAIM]
     assert result == "partly supported"  # no clear difference from DenseNet-121 (130 vs 140), higher from VGG-19
     assert "FGSM16 from VGG-19: 0.7-Shallow vs 0.7-ShallowDropout: 75.0% (n=200) vs 30.0% (n=200)" in evidence
@@ -458,7 +476,11 @@ def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):
 
     report = render_report(tmp_path, PRESETS["quick"], "quick", {}, _EmptyZoo(tmp_path / "zoo"))
     controls = report.split("## Controls · lower accuracy")[1].split("\n## ")[0]
-    assert "Accuracy-matched Normal" in controls and "0.7-ShallowDropout" in controls
+    assert "Accuracy-matched Normal, stopped early" in controls and "0.7-ShallowDropout" in controls
+    # which images each control saw, from its plan entry (the 3-epoch control passes over 40,000, not all 50,000)
+    assert f"| {matched9} | 0.9-Shallow | 16 | 3 | 40,000 | 939 |" in controls
+    assert "| Normal ResNet-18 (40 epochs, 10,000 images) | 0.7-Shallow | 16 | 40 | 10,000 | 3,160 |" in controls
+    assert "all 50,000 training images), trained for fewer epochs" not in controls
     assert f"| DenseNet-121 | PGD16 | 0.9-Shallow | 70.0 [63.3, 75.9] | {matched9} | 20.0 [15.0, 26.1] | higher |" \
         in controls
     # every transfer source is shown; SENet-18's reversed pattern (lower) stays out of the verdicts

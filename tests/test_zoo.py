@@ -59,10 +59,10 @@ def test_zoo_plan_trains_in_the_issues_stage_order():
 
 
 def test_accuracy_matched_controls_keep_the_recipe_but_its_length():
+    from randmask.plan import MATCHED as matched  # the early-stopped control of each masked net
     from randmask.train import asdict_json
     from randmask.zoo import planned_config
 
-    matched = {e.matched_to: e for e in ZOO if e.matched_to}
     assert set(matched) == {"0.7-Shallow", "0.9-Shallow"}
     base = asdict_json(planned_config(next(e for e in ZOO if e.notation == "Normal ResNet-18" and not e.matched_to)))
     for entry in matched.values():
@@ -77,6 +77,33 @@ def test_accuracy_matched_controls_keep_the_recipe_but_its_length():
     def steps(e):
         return e.epochs * -(-(e.train_n or 50_000) // 128)
     assert steps(matched["0.7-Shallow"]) > steps(matched["0.9-Shallow"])  # the more accurate net needs more
+
+
+def test_controls_trained_as_long_differ_from_the_baseline_only_in_images_or_width():
+    """Issue 34: beside each early-stopped control, Normals that train the masked nets' full schedule and reach
+    their accuracy by fewer images or by a narrower width, each named and labelled by what sets it apart."""
+    from randmask.plan import ACCURACY_CONTROLS
+    from randmask.train import asdict_json
+    from randmask.zoo import planned_config
+
+    base = asdict_json(planned_config(next(e for e in ZOO if e.notation == "Normal ResNet-18" and not e.matched_to)))
+    ways = set()
+    for masked, controls in ACCURACY_CONTROLS.items():
+        assert not controls[0].trained_as_long and all(e.trained_as_long for e in controls[1:]), masked
+        for entry in controls[1:]:
+            recipe = asdict_json(planned_config(entry))
+            changed = {k for k in recipe if recipe[k] != base[k]}
+            # a width below 8 also trains without channels_last (torch 2.14's CPU kernels hang there)
+            assert changed in ({"train_n"}, {"width"}, {"width", "channels_last"}), (entry.name, changed)
+            assert recipe["epochs"] == base["epochs"]
+            ways.add((masked, "images" if entry.train_n else "width"))
+            if entry.train_n:
+                assert entry.name.endswith(f"-e40n{entry.train_n}") and f"{entry.train_n:,} images" in entry.label
+            else:
+                assert entry.name == f"cifar10/Normal_ResNet-18-w{entry.width}-e40"
+                assert entry.label == f"Normal ResNet-18 (width {entry.width}, 40 epochs)"
+    # both ways for both masked nets, as the issue asks
+    assert ways == {(m, way) for m in ("0.7-Shallow", "0.9-Shallow") for way in ("images", "width")}
 
 
 def test_shipped_controls_land_within_their_accuracy_window():
