@@ -272,7 +272,8 @@ def train_zoo(runs: Path = RUNS_ROOT, zoo: Path = ZOO_ROOT, only: list[str] | No
                 resumed = (out / RESUME_FILE).exists()
                 say(f"{entry.name}: training{' (resuming)' if resumed else ''}; progress in {out / LOG_FILE}")
                 train(planned_config(entry), out, show_bar=False)
-            shipped = export(out, zoo / entry.name, role=entry.role, label=entry.label if entry.matched_to else "")
+            # a control's or a wider net's label names it in reports (its notation alone is another model's)
+            shipped = export(out, zoo / entry.name, role=entry.role, label=entry.label)
             say(f"{entry.name}: in the zoo, {100 * shipped['clean_accuracy']:.1f}% clean ({zoo / entry.name})")
     for name, (_, members) in ENSEMBLES.items():
         folders = [zoo / e.name for e in members]
@@ -343,16 +344,26 @@ def zoo_markdown(zoo: Path = ZOO_ROOT, paper=None) -> list[str]:
         model_key(r["target"]): r["percent"]
         for r in paper[(paper["table"] == 7) & (paper["metric"] == "clean_accuracy")].to_dict("records")}
     paper_normal = paper_clean.get("Normal ResNet-18")
-    normal = {c["dataset"]: c.get("clean_accuracy") for _, c in configs
-              if c.get("notation") == "Normal ResNet-18" and c.get("seed", 0) == 0 and not c.get("label")}
+    planned = {e.name: e for e in ZOO}
+
+    def width(name: str, config: dict) -> int:
+        return planned[name].width if name in planned else int(config.get("recipe", {}).get("width", DEFAULT_WIDTH))
+
+    # each model's gap is to the Normal ResNet-18 of its own width
+    normal = {(c["dataset"], width(name, c)): c.get("clean_accuracy") for name, c in configs
+              if c.get("notation") == "Normal ResNet-18" and c.get("seed", 0) == 0
+              and not (name in planned and planned[name].matched_to) and not (name not in planned and c.get("label"))}
     rows, total = [], 0
     for name, c in configs:
         size = sum(f.stat().st_size for f in (zoo / name).iterdir() if f.is_file())
         total += size
-        acc, base = c.get("clean_accuracy"), normal.get(c.get("dataset"))
+        acc, base = c.get("clean_accuracy"), normal.get((c.get("dataset"), width(name, c)))
         low, high = c.get("clean_accuracy_ci95") or (math.nan, math.nan)
-        # a control's label ('Normal ResNet-18 (4 epochs)') has no paper row: it must not borrow Normal's
-        theirs = paper_clean.get(model_key(c.get("label") or c.get("notation"))) if c.get("dataset") == "cifar10" else None
+        # a control's label ('Normal ResNet-18 (4 epochs)') has no paper row: it must not borrow Normal's; a wider
+        # net is the paper's model (the paper's own width is 64)
+        entry = planned.get(name)
+        key = entry.notation if entry is not None and not entry.matched_to else c.get("label") or c.get("notation")
+        theirs = paper_clean.get(model_key(key)) if c.get("dataset") == "cifar10" else None
         paper_gap = theirs - paper_clean["Normal ResNet-18"] if None not in (theirs, paper_normal) else None
         rows.append([name, c.get("role") or "", str(c.get("recipe", {}).get("epochs", c.get("epochs_trained", ""))),
                      f"{percent_text(100 * acc)} [{percent_text(100 * low)}, {percent_text(100 * high)}]" if acc is not None else "–",

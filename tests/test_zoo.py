@@ -239,6 +239,52 @@ def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_pa
                                           f"({tmp_path / 'runs' / entry.name}.lock); skipped"]
 
 
+def test_a_wider_net_is_shipped_under_a_label_that_names_its_width(tmp_path, monkeypatch, data_dir):
+    """Reports name models by Zoo.label: a width-32 0.7-Shallow shipped without a label would be reported as
+    '0.7-Shallow', the width-16 model's name (the old export passed a label for controls only)."""
+    from randmask import zoo
+    from randmask.checkpoint import save_checkpoint
+    from randmask.models import build_model
+    from randmask.train import asdict_json
+
+    wide, base = zoo.Entry("0.7-Shallow", width=32, role="width ladder"), zoo.Entry("0.7-Shallow")
+    monkeypatch.setattr(zoo, "ZOO", [wide, base])
+    monkeypatch.setattr(zoo, "ENSEMBLES", {})
+
+    def fake_train(cfg, out, show_bar=None):  # a width-4 net stands in for the hours of training
+        model = build_model(cfg.notation, dataset=cfg.dataset, width=4, mask_seed=cfg.mask_seed)
+        save_checkpoint(model, out, extra={"recipe": asdict_json(cfg), "clean_accuracy": 0.1, "train_time_s": 1.0})
+
+    monkeypatch.setattr(zoo, "train", fake_train)
+    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=lambda line: None)
+    shipped = zoo.Zoo(tmp_path / "zoo")
+    assert (wide.name, base.name) == ("cifar10/0.7-Shallow-w32", "cifar10/0.7-Shallow")
+    assert shipped.label(wide.name) == "0.7-Shallow@w32" and shipped.label(base.name) == "0.7-Shallow"
+    assert "label" not in shipped.config(base.name)
+
+
+def test_the_zoo_table_measures_a_wider_nets_gap_against_normal_of_its_own_width(tmp_path):
+    """Issue 34's clean gap: a width-32 net's gap is to Normal ResNet-18 at width 32, beside the paper's gap for the
+    same model (the old table compared it with the width-16 Normal and found no paper row for its label)."""
+    from randmask.paper import load_paper_tables
+    from randmask.zoo import zoo_markdown
+
+    for name, acc, width in (("Normal_ResNet-18", None, 16), ("0.7-Shallow", None, 16),
+                             ("Normal_ResNet-18-w32", 0.930, 32), ("0.7-Shallow-w32", 0.900, 32)):
+        source = ZOO_ROOT / "cifar10" / name.removesuffix("-w32")
+        config = json.loads((source / "config.json").read_text())
+        if width != 16:
+            config.update(clean_accuracy=acc, label=f"{config['notation']}@w{width}")
+            config["recipe"]["width"] = width
+        (tmp_path / "cifar10" / name).mkdir(parents=True)
+        (tmp_path / "cifar10" / name / "config.json").write_text(json.dumps(config))
+    lines = "\n".join(zoo_markdown(tmp_path, load_paper_tables())).splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in lines if line.startswith("| cifar10/")}
+    assert rows["cifar10/0.7-Shallow-w32"][5] == "-3.0"  # 90.0 against 93.0, not against width 16's Normal
+    assert rows["cifar10/Normal_ResNet-18-w32"][5] == "+0.0"
+    assert rows["cifar10/0.7-Shallow-w32"][6] == rows["cifar10/0.7-Shallow"][6] != "–"  # the paper's 0.7-Shallow
+
+
 def test_train_zoo_trains_only_the_named_models_in_the_order_given(tmp_path, monkeypatch):
     from randmask import zoo
     from randmask.errors import RandmaskError
