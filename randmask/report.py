@@ -31,7 +31,7 @@ from randmask.verdicts import (
     result_widths,
     verdicts,
 )
-from randmask.zoo import ZOO, Entry, Zoo, planned_config, zoo_markdown
+from randmask.zoo import ZOO, Entry, Zoo, clean_gap_markdown, planned_config, zoo_markdown
 
 
 def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo) -> str:
@@ -69,6 +69,11 @@ def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo
             lines += ["Not yet in the zoo: " + ", ".join(f"`{m}`" for m in state["absent"]) + ".", ""]
     lines += _controls_section(out)
     lines += _figure7_section(out, figures)
+    lines += ["## Clean gap to Normal, by width", "",
+              "Clean accuracy on the full test set of each model the width ladder trains, and its gap to Normal "
+              "ResNet-18 of the same width; the paper's nets are width 64, trained 350 epochs (Table 7). A width "
+              "appears once any of its models is in the zoo (`python -m randmask zoo list` shows the plan).", "",
+              *clean_gap_markdown(zoo.root, paper), ""]
     lines += ["## Zoo", "", *zoo_markdown(zoo.root, paper)]
     return "\n".join(lines)
 

@@ -337,12 +337,42 @@ def shipped_configs(zoo: Path = ZOO_ROOT) -> list[tuple[str, dict]]:
             for path in sorted(zoo.glob("*/*/config.json"))]
 
 
+def _paper_clean(paper) -> dict[str, float]:
+    """The paper's clean accuracy (percent, Table 7) by model key."""
+    return {} if paper is None else {
+        model_key(r["target"]): r["percent"]
+        for r in paper[(paper["table"] == 7) & (paper["metric"] == "clean_accuracy")].to_dict("records")}
+
+
+def clean_gap_markdown(zoo: Path = ZOO_ROOT, paper=None) -> list[str]:
+    """Issue 34's clean gap: each model of the width ladder, its clean accuracy and gap to Normal ResNet-18 at every
+    width shipped (the gap to Normal of the same width), beside the paper's (width 64, 350 epochs)."""
+    shipped = {name: config for name, config in shipped_configs(zoo)}
+    ladder = [e for e in ZOO if e.dataset == "cifar10" and not e.matched_to and e.seed == e.mask_seed == 0
+              and e.notation in {n.notation for n in ZOO if n.role == "width ladder"}]
+    widths = sorted({e.width for e in ladder if e.name in shipped})
+    accuracy = {(e.notation, e.width): shipped[e.name]["clean_accuracy"] for e in ladder if e.name in shipped}
+    paper_clean = _paper_clean(paper)
+    rows = []
+    for notation in dict.fromkeys(e.notation for e in ZOO if e.role == "width ladder"):
+        theirs, paper_normal = paper_clean.get(model_key(notation)), paper_clean.get("Normal ResNet-18")
+        row = [notation, percent_text(theirs) if theirs is not None else "–",
+               f"{theirs - paper_normal:+.1f}" if None not in (theirs, paper_normal) else "–"]
+        for width in widths:
+            acc, normal = accuracy.get((notation, width)), accuracy.get(("Normal ResNet-18", width))
+            row += [percent_text(100 * acc) if acc is not None else "–",
+                    f"{100 * (acc - normal):+.1f}" if None not in (acc, normal) else "–"]
+        rows.append(row)
+    header = ["model", "paper clean %", "paper gap"]
+    for width in widths:
+        header += [f"width {width} clean %", f"width {width} gap"]
+    return [markdown_table(header, rows)]
+
+
 def zoo_markdown(zoo: Path = ZOO_ROOT, paper=None) -> list[str]:
     """Every shipped model with its measured accuracy, its gap to Normal beside the paper's gap, time and size."""
     configs, subset = shipped_configs(zoo), f"clean_accuracy_first{CHECK_N}"
-    paper_clean = {} if paper is None else {
-        model_key(r["target"]): r["percent"]
-        for r in paper[(paper["table"] == 7) & (paper["metric"] == "clean_accuracy")].to_dict("records")}
+    paper_clean = _paper_clean(paper)
     paper_normal = paper_clean.get("Normal ResNet-18")
     planned = {e.name: e for e in ZOO}
 

@@ -267,7 +267,7 @@ def test_the_zoo_table_measures_a_wider_nets_gap_against_normal_of_its_own_width
     """Issue 34's clean gap: a width-32 net's gap is to Normal ResNet-18 at width 32, beside the paper's gap for the
     same model (the old table compared it with the width-16 Normal and found no paper row for its label)."""
     from randmask.paper import load_paper_tables
-    from randmask.zoo import zoo_markdown
+    from randmask.zoo import clean_gap_markdown, zoo_markdown
 
     for name, acc, width in (("Normal_ResNet-18", None, 16), ("0.7-Shallow", None, 16),
                              ("Normal_ResNet-18-w32", 0.930, 32), ("0.7-Shallow-w32", 0.900, 32)):
@@ -283,6 +283,16 @@ def test_the_zoo_table_measures_a_wider_nets_gap_against_normal_of_its_own_width
     assert rows["cifar10/0.7-Shallow-w32"][5] == "-3.0"  # 90.0 against 93.0, not against width 16's Normal
     assert rows["cifar10/Normal_ResNet-18-w32"][5] == "+0.0"
     assert rows["cifar10/0.7-Shallow-w32"][6] == rows["cifar10/0.7-Shallow"][6] != "–"  # the paper's 0.7-Shallow
+
+    # the report's clean-gap table: a column pair per width shipped, each gap to that width's Normal
+    gaps = clean_gap_markdown(tmp_path, load_paper_tables())[0].splitlines()
+    assert gaps[0] == ("| model | paper clean % | paper gap | width 16 clean % | width 16 gap | width 32 clean % "
+                       "| width 32 gap |")
+    normal16 = json.loads((ZOO_ROOT / "cifar10" / "Normal_ResNet-18" / "config.json").read_text())["clean_accuracy"]
+    shallow16 = json.loads((ZOO_ROOT / "cifar10" / "0.7-Shallow" / "config.json").read_text())["clean_accuracy"]
+    assert gaps[3] == (f"| 0.7-Shallow | 91.8 | -3.5 | {100 * shallow16:.1f} | {100 * (shallow16 - normal16):+.1f} "
+                       "| 90.0 | -3.0 |")  # the paper's 91.8 and 95.3 (Table 7)
+    assert gaps[4].startswith("| 0.9-Shallow | 87.7 | -7.6 | – | – | – | – |")  # not shipped in this zoo
 
 
 def test_train_zoo_trains_only_the_named_models_in_the_order_given(tmp_path, monkeypatch):
