@@ -11,6 +11,7 @@ import pandas as pd
 from randmask import plots
 from randmask.comparison import compare_with_paper
 from randmask.evaluate import write_csv
+from randmask.notation import DEFAULT_WIDTH, NotationError, parse_ref
 from randmask.paper import attack_key, shallow_ratio
 from randmask.plan import FIGURE7_ATTACKS, MATCHED, PRESETS, experiments, load_result
 from randmask.verdicts import main_transfer
@@ -41,12 +42,13 @@ def figure7(out: Path, paper) -> tuple[list[dict], dict[str, list[tuple[float, f
     rows = []
     for row in frame[frame["metric"] == "defense_rate"].to_dict("records"):
         target = row["target"]
-        ratio = shallow_ratio(target) if target not in matched else None
+        ratio, width = _ratio_and_width(target) if target not in matched else (None, DEFAULT_WIDTH)
         attack = row.get("paper_attack") if isinstance(row.get("paper_attack"), str) else row["attack"]
         if (ratio is None and target not in matched) or target not in clean:
             continue
         rows.append({"protocol": "figure7", "dataset": row.get("dataset", "cifar10"), "source": source,
-                     "target": target, "ratio": ratio, "matched_to": matched.get(target, ""), "attack": attack,
+                     "target": target, "ratio": ratio, "width": width, "matched_to": matched.get(target, ""),
+                     "attack": attack,
                      "metric": "defense_rate", "n": row["n"], "accuracy": row["accuracy"], "ci_low": row["ci_low"],
                      "ci_high": row["ci_high"], "clean_accuracy": clean[target]["accuracy"],
                      "clean_n": clean[target]["n"],
@@ -54,7 +56,18 @@ def figure7(out: Path, paper) -> tuple[list[dict], dict[str, list[tuple[float, f
                      "paper_clean_accuracy": None if ratio is None else paper_at.get((ratio, ""))})
     curve = {a: sorted((r, paper_at[(r, "")], v) for (r, k), v in paper_at.items()
                        if k == attack_key(a) and (r, "") in paper_at) for a in FIGURE7_ATTACKS}
-    return sorted(rows, key=lambda r: (r["attack"], r["ratio"] is None, r["ratio"] or 0.0, r["target"])), curve
+    return sorted(rows, key=lambda r: (r["attack"], r["width"], r["ratio"] is None, r["ratio"] or 0.0,
+                                       r["target"])), curve
+
+
+def _ratio_and_width(target: str) -> tuple[float | None, int]:
+    """Figure 7's drop ratio of a results target and its width: ('0.7-Shallow@w32') -> (0.7, 32); a ratio of None
+    for anything off the r-Shallow family or a second seed."""
+    try:
+        ref = parse_ref(target)
+    except NotationError:
+        return None, DEFAULT_WIDTH
+    return (shallow_ratio(ref.notation) if ref.seed == ref.mask_seed == 0 else None), ref.width
 
 
 def write_figures(out: Path, paper) -> dict[str, str]:

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 OURS, PAPER = "#1f77b4", "#d62728"
+WIDER = ("#2ca02c", "#9467bd", "#8c564b")  # ours at widths above the zoo's, in Figure 7
 
 
 def save(fig, path: Path) -> Path:
@@ -51,9 +52,12 @@ def ratio_figure(frame, attacks: list[str], paper_curve: dict[str, list[tuple[fl
             for _, row in controls.iterrows():
                 ax.annotate(f"N≈{row['matched_to'].split('-')[0]}", (100 * row["clean_accuracy"], 100 * row["accuracy"]),
                             textcoords="offset points", xytext=(6, -4), fontsize=8)
-        x, y = 100 * part["clean_accuracy"], 100 * part["accuracy"]
-        ax.errorbar(x, y, yerr=[y - 100 * part["ci_low"], 100 * part["ci_high"] - y], fmt="o-", color=OURS,
-                    capsize=3, label="ours")
+        widths = sorted(part["width"].unique()) if "width" in part.columns else [None]
+        for width, color in zip(widths, [OURS, *WIDER], strict=False):  # one curve per width (issue 34)
+            at = part if width is None else part[part["width"] == width]
+            x, y = 100 * at["clean_accuracy"], 100 * at["accuracy"]
+            ax.errorbar(x, y, yerr=[y - 100 * at["ci_low"], 100 * at["ci_high"] - y], fmt="o-", color=color,
+                        capsize=3, label="ours" if len(widths) == 1 else f"ours, width {width}")
         curve = paper_curve.get(attack, [])
         ax.plot([c for _, c, _ in curve], [d for _, _, d in curve], "*--", color=PAPER, ms=9, label="paper")
         for _, row in part.iterrows():

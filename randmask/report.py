@@ -269,7 +269,14 @@ def _figure7_section(out: Path, figures: dict[str, str]) -> list[str]:
     frame = load_result(out, "figure7_ratio")
     if frame is None:
         return lines + ["Pending: needs transfer results for Normal and r-Shallow models.", ""]
-    rows = [[f"{r['ratio']:g}" if r["ratio"] == r["ratio"] else f"{r['target']}, matched to {r['matched_to']}",
+
+    def point(r: dict) -> str:
+        if r["ratio"] != r["ratio"]:  # NaN: an accuracy-matched Normal
+            return f"{r['target']}, matched to {r['matched_to']}"
+        width = r.get("width", BASE_WIDTH)
+        return f"{r['ratio']:g}" + (f" (width {int(width)})" if width == width and width != BASE_WIDTH else "")
+
+    rows = [[point(r),
              r["attack"], f"{percent_text(100 * r['clean_accuracy'])}", percent_text(r["paper_clean_accuracy"]),
              _interval(100 * r['accuracy'], 100 * r['ci_low'], 100 * r['ci_high']),
              percent_text(r["paper_defense_rate"]), str(int(r["n"]))] for r in frame.to_dict("records")]

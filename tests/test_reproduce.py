@@ -242,6 +242,35 @@ def test_figure7_pairs_each_ratio_with_its_clean_accuracy_and_the_papers_numbers
     assert [r for r, _, _ in curve["PGD16"]] == sorted(r for r, _, _ in curve["PGD16"]) and len(curve["PGD16"]) > 5
 
 
+def test_figure7_draws_one_curve_per_width(tmp_path):
+    """Issue 34: the width ladder's nets join Figure 7 as their own curve, named by width; the width-16 curve is
+    the one it always was, and a second seed stays off the figure."""
+    import pandas as pd
+
+    from randmask.evaluate import write_csv
+    from randmask.figures import figure7
+    from randmask.paper import load_paper_tables
+    from randmask.plots import ratio_figure
+
+    rows = []
+    for target, defended, clean in (("Normal ResNet-18", 10, 900), ("0.7-Shallow", 60, 800),
+                                    ("Normal ResNet-18@w32", 20, 930), ("0.7-Shallow@w32", 55, 880),
+                                    ("0.7-Shallow@s1m0", 50, 810)):
+        rows += [_transfer_row(target, "PGD16", "defense_rate", defended, 100),
+                 _transfer_row(target, "", "clean_accuracy", clean, 1000)]
+    (tmp_path / "results").mkdir()
+    write_csv(rows, tmp_path / "results" / "table2_transfer.csv")
+    found, curve = figure7(tmp_path, load_paper_tables())
+    assert [(r["width"], r["ratio"], r["target"]) for r in found] == [
+        (16, 0.0, "Normal ResNet-18"), (16, 0.7, "0.7-Shallow"), (32, 0.0, "Normal ResNet-18@w32"),
+        (32, 0.7, "0.7-Shallow@w32")]
+    wide = next(r for r in found if r["target"] == "0.7-Shallow@w32")
+    assert (wide["accuracy"], wide["clean_accuracy"]) == (0.55, 0.88)
+    figure = ratio_figure(pd.DataFrame(found), ["PGD16"], curve)
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    assert {"ours, width 16", "ours, width 32", "paper"} <= set(labels) and "ours" not in labels
+
+
 def test_beyond_verdict_compares_the_masked_net_with_normal_under_each_attack(tmp_path):
     from randmask.evaluate import write_csv
     from randmask.verdicts import verdicts
