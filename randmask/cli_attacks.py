@@ -203,8 +203,8 @@ def choose_images(args: argparse.Namespace, judges: list[LoadedModel], x: torch.
     picked = pool[select_correct([m.model for m in judges], x[pool], y[pool], n=n, batch_size=args.batch_size)]
     if len(picked) < n:
         names = " and ".join(m.name for m in judges)
-        raise RandmaskError(f"only {len(picked)} of the {len(pool)} images given by --indices are classified "
-                            f"correctly by {names}; --n asks for {n}")
+        raise RandmaskError(f"only {len(picked)} of the {len(pool)} given images are classified correctly by "
+                            f"{names}; {n} were asked for")
     return picked
 
 

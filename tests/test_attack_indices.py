@@ -86,8 +86,8 @@ def test_too_few_qualifying_images_is_one_line_before_any_attack(tmp_path, capsy
     code, _, err = run(capsys, "attack", "--model", NORMAL, "--also-correct", MASKED, "--attack", "PGD16",
                        "--indices", ",".join(map(str, given)), "--out", tmp_path / "set", "--quiet")
     assert code == 2 and err.count("\n") == 1, err
-    assert (f"only {qualifying} of the 30 images given by --indices are classified correctly by Normal ResNet-18 and "
-            f"0.9-Shallow; --n asks for 30") in err
+    assert (f"only {qualifying} of the 30 given images are classified correctly by Normal ResNet-18 and "
+            f"0.9-Shallow; 30 were asked for") in err
     assert not (tmp_path / "set").exists() and list(tmp_path.iterdir()) == []
 
 
