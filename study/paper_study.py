@@ -367,11 +367,10 @@ def build_paper_study(options: PaperStudyOptions, out: Path | None, create: Call
                 items_per_participant=config.items_per_participant, catch_per_participant=config.catch_per_participant,
                 practice=PRACTICE_IMAGES, min_labels_per_item=options.labels_per_item, seed=options.seed)
             plan = make_plan(plan_input)
-            # the study stops at k labels an image: k x images answers a condition must reach the plan's answers
-            labels = max(options.labels_per_item, math.ceil(plan.labels_per_item - 1e-9))
-            outcome.append(f"clean {reference:.1%} (CIFAR-10H annotators on these images): {plan.participants} "
-                           f"participants detect a drop of {100 * options.difference:g} points, so {labels} "
-                           f"label{'s' if labels != 1 else ''} per image")
+            labels = labels_per_image(plan, options.images, options.labels_per_item)
+            outcome.append(f"clean {reference:.1%} (CIFAR-10H annotators on these images); a drop of "
+                           f"{100 * options.difference:g} points needs {needed_answers(plan):.0f} answers a condition, "
+                           f"so {labels} label{'s' if labels != 1 else ''} per image")
 
         for condition in rest:
             with stages.stage(f"{condition.attack} against {condition.net.name}") as outcome:
@@ -417,6 +416,18 @@ def _attack(condition: Condition, given: list[int], expected: list[int] | None, 
         raise PaperStudyError(f"{what}: its images differ from the first set's")
     outcome.append(f"{len(items)} images, {summary.get('fooled', 0)} of them fool {condition.net.name}")
     return items
+
+
+def needed_answers(plan) -> float:
+    """Answers a condition needs for the plan's power: the larger of its simulated and analytic estimates (the
+    participants it names may be more, when every image is to be labelled at least once)."""
+    return max(plan.simulated_answers, plan.analytic_answers)
+
+
+def labels_per_image(plan, images: int, at_least: int) -> int:
+    """k for the study, which stops at k labels an image: the fewest (and at least `at_least`) whose k x images
+    answers a condition reach the answers the plan needs."""
+    return max(at_least, math.ceil(needed_answers(plan) / images - 1e-9))
 
 
 def plan_command(plan) -> str:
