@@ -530,7 +530,7 @@ def _add_paper_study(sub) -> None:
                    f"{EPS_RANGE[0]}-{EPS_RANGE[1]}: FGSM<eps> and PGD<eps> (default %(default)s)")
     p.add_argument("--masked", nargs="+", default=list(DEFAULT_MASKED), metavar="NET",
                    help="masked nets of the zoo attacked beside Normal ResNet-18, by notation "
-                        "(default: %(default)s; e.g. --masked 0.9-Shallow 0.7-Shallow)")
+                        f"(default: {' '.join(DEFAULT_MASKED)}; e.g. --masked 0.9-Shallow 0.7-Shallow)")
     p.add_argument("--unambiguous", type=float, default=DEFAULT_UNAMBIGUOUS, metavar="SHARE",
                    help="only test images whose CIFAR-10H share for the true label is >= SHARE (default %(default)s)")
     p.add_argument("--items-per-participant", type=int, default=None,

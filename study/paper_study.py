@@ -352,8 +352,9 @@ def build_paper_study(options: PaperStudyOptions, out: Path | None, create: Call
 
     with out as tmp:
         first, *rest = conditions
+        judges = [net.name for net in nets]
         with stages.stage(f"{first.attack} against {first.net.name}, on the first {options.images} candidates that "
-                          f"{' and '.join(net.name for net in nets)} classify correctly") as outcome:
+                          f"{', '.join(judges[:-1])} and {judges[-1]} classify correctly") as outcome:
             indices = [item.test_index for item in _attack(first, [int(i) for i in pool], None, nets, options, tmp,
                                                            data, warn, outcome)]
             if len(indices) != options.images:
