@@ -151,25 +151,88 @@ def _common(args: argparse.Namespace) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ commands
+MAX_INDEX_DIGITS = 9
+
+
+def parse_indices(text: str) -> list[int]:
+    """`--indices`: test-set positions, comma-separated ('3,17,42'), each once; their range is checked against
+    the test set once it is loaded (check_indices)."""
+    tokens = [token.strip() for token in text.split(",")]
+    if not text.strip():
+        raise RandmaskError("--indices is empty; give test-set positions such as 3,17,42")
+    indices, seen = [], set()
+    for token in tokens:
+        if not token.isascii() or not token.isdigit() or len(token) > MAX_INDEX_DIGITS:
+            shown = token if len(token) <= 20 else token[:17] + "..."
+            raise RandmaskError(f"--indices: {shown!r} is not a test-set position (a whole number from 0)")
+        index = int(token)
+        if index in seen:  # its image file would be written twice
+            raise RandmaskError(f"--indices: {index} appears twice; each image is attacked once")
+        seen.add(index)
+        indices.append(index)
+    return indices
+
+
+def check_indices(indices: list[int], size: int, dataset: str, pool: int | None) -> torch.Tensor:
+    """The positions as a tensor, each inside the loaded test images (the first --pool of them when given)."""
+    outside = [i for i in indices if i >= size]
+    if outside:
+        where = f"the first {size} test images (--pool)" if pool else f"the {dataset} test set"
+        raise RandmaskError(f"--indices: {outside[0]} is outside {where} (0-{size - 1})")
+    return torch.tensor(indices, dtype=torch.long)
+
+
+def choose_images(args: argparse.Namespace, judges: list[LoadedModel], x: torch.Tensor, y: torch.Tensor,
+                  dataset: str) -> torch.Tensor:
+    """Test-set positions to attack: from --indices in their order (default: the test set's), the first --n that
+    every judge (the source and --also-correct) classifies correctly, or the first --n with --all-images. From
+    --indices, fewer qualifying images than --n is an error, raised before any attack."""
+    from randmask.evaluate import select_correct
+
+    if args.indices is None:
+        n = 100 if args.n is None else args.n
+        if args.all_images:
+            return torch.arange(min(n, len(x)))
+        return select_correct([m.model for m in judges], x, y, n=n, batch_size=args.batch_size)
+    pool = check_indices(parse_indices(args.indices), len(x), dataset, args.pool)
+    n = len(pool) if args.n is None else args.n
+    if n > len(pool):
+        raise RandmaskError(f"--n {n} but --indices gives {len(pool)} images")
+    if args.all_images:
+        return pool[:n]
+    picked = pool[select_correct([m.model for m in judges], x[pool], y[pool], n=n, batch_size=args.batch_size)]
+    if len(picked) < n:
+        names = " and ".join(m.name for m in judges)
+        raise RandmaskError(f"only {len(picked)} of the {len(pool)} given images are classified correctly by "
+                            f"{names}; {n} were asked for")
+    return picked
+
+
 def cmd_attack(args: argparse.Namespace) -> int:
     from randmask.adversarial_sets import save_adversarial_set
     from randmask.attacks import parse_attack
-    from randmask.evaluate import select_correct, unchanged_note
+    from randmask.evaluate import unchanged_note
     from randmask.set_schema import META_FILE
 
     spec = parse_attack(args.attack)
     at_least_one("--n", args.n)
     at_least_one("--batch-size", args.batch_size)
+    if args.indices is not None:
+        parse_indices(args.indices)  # its form, before any model or image is loaded
+    if args.all_images and args.also_correct:
+        raise RandmaskError("--all-images attacks images whatever any model predicts; --also-correct chooses "
+                            "among those classified correctly: give one of them")
     out = _output(args, folder=True, kind="an adversarial set (a folder with meta.csv)",
                   replaceable=lambda folder: (folder / META_FILE).is_file())
-    (source,) = load_models([args.model], args)
+    (source,) = load_models([args.model], args)  # alone: a judge of the same notation must not rename it
+    judges = load_models(args.also_correct, args) if args.also_correct else []
     others = load_models(args.predict, args) if args.predict else []
-    dataset = _dataset(args, [source, *others])
+    datasets = {m.config.get("dataset", "cifar10") for m in (source, *judges, *others)}
+    if len(datasets) > 1:  # each list is checked on loading; across them, here
+        raise RandmaskError(f"models are for different data sets: {', '.join(sorted(datasets))}")
+    dataset = _dataset(args, [source, *judges, *others])
     x, y = _pool(args, dataset)
-    if args.all_images:
-        idx = torch.arange(min(args.n, len(x)))
-    else:
-        idx = select_correct([source.model], x, y, n=args.n, batch_size=args.batch_size)
+    idx = choose_images(args, [source, *judges], x, y, dataset)
     bar = _Bar(args.quiet, str(spec))
     try:
         with out as tmp:
@@ -328,12 +391,19 @@ def add_subcommands(sub) -> None:
     p = sub.add_parser("attack", help="save an adversarial set (PNGs + meta.csv) for the human study")
     p.add_argument("--model", required=True, help="checkpoint folder or notation (the source)")
     p.add_argument("--attack", required=True, help="e.g. PGD16, 'PGD2,16', CW40")
-    p.add_argument("--n", type=int, default=100, help="number of images (default 100)")
+    p.add_argument("--n", type=int, default=None,
+                   help="number of images (default 100; with --indices, as many as it gives)")
     p.add_argument("--out", required=True, help="output folder (gets meta.csv and images/)")
     p.add_argument("--predict", nargs="+", default=[], metavar="M",
                    help="also record these models' predictions (pred:<model> columns)")
+    p.add_argument("--indices", default=None, metavar="I,J,...",
+                   help="take the images from these test-set positions (comma-separated, each once), in this "
+                        "order, instead of from the start of the test set; fewer than --n qualifying is an error")
+    p.add_argument("--also-correct", nargs="+", default=[], metavar="M",
+                   help="choose only images these models classify correctly too, besides the source (so several "
+                        "sets can share their images)")
     p.add_argument("--all-images", action="store_true",
-                   help="attack the first N test images, not the first N the source classifies correctly")
+                   help="attack the first N images, not the first N the source classifies correctly")
     p.add_argument("--save-clean", action="store_true", help="also save the original images")
     p.add_argument("--overwrite", action="store_true", help="replace an existing set in --out")
     _options(p, quantize=False)

@@ -43,9 +43,9 @@ from .sets import (
     SetError,
     build_clean_set,
     build_noise_set,
+    clean_set,
     load_cifar10_test,
     load_cifar10h,
-    unambiguous_indices,
 )
 from .validate import check_base_url, participant_link
 
@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="demo")
     p.add_argument("--images", type=int, default=24)
     _add_results_commands(sub)
+    _add_paper_study(sub)
     return parser
 
 
@@ -177,23 +178,6 @@ def _output(args: argparse.Namespace, **kwargs) -> Output:
     return Output(args.out, folder=True, overwrite=args.overwrite, inputs=[*inputs, db, _data_root()], **kwargs)
 
 
-def _clean_set(out: Path, count: int, seed: int, unambiguous: float | None, avoid: list[Path]) -> Path:
-    from .sets import read_set
-
-    if count < 1:
-        raise SetError(f"--count must be at least 1, got {count}")
-    if unambiguous is not None and not 0 <= unambiguous <= 1:  # also refuses NaN
-        raise SetError(f"--unambiguous is a share of CIFAR-10H annotators, from 0 to 1, got {unambiguous}")
-    x, y = load_cifar10_test()
-    pool = unambiguous_indices(y, load_cifar10h() if unambiguous is not None else None, min_share=unambiguous or 0.0)
-    taken = {i.test_index for folder in avoid for i in read_set(folder)}
-    pool = np.array([i for i in pool if i not in taken])
-    if count > len(pool):
-        raise SetError(f"only {len(pool)} images qualify, {count} requested")
-    chosen = np.sort(np.random.default_rng(seed).choice(pool, size=count, replace=False))
-    return build_clean_set(out, chosen, x=x, y=y)
-
-
 def _demo(args) -> int:
     """Sets first (under a temporary name, moved into place before the study reads them), then the study; a
     failure anywhere leaves neither the sets nor a new database."""
@@ -207,8 +191,8 @@ def _demo(args) -> int:
         build_clean_set(tmp / "clean", study_images, x=x, y=y)
         build_noise_set(tmp / "noise16", study_images, x=x, y=y, eps=16, seed=1)
         build_noise_set(tmp / "noise32", study_images, x=x, y=y, eps=32, seed=2)
-        _clean_set(tmp / "catch", 10, 3, None, [tmp / "clean"])
-        _clean_set(tmp / "practice", 3, 4, None, [tmp / "clean", tmp / "catch"])
+        clean_set(tmp / "catch", 10, seed=3, unambiguous=None, avoid=[tmp / "clean"])
+        clean_set(tmp / "practice", 3, seed=4, unambiguous=None, avoid=[tmp / "clean", tmp / "catch"])
         out.commit()
         sets = args.out
         config = StudyConfig(slug=args.name, title="Demo study (noise stand-ins, not attacks)", labels_per_item=3,
@@ -226,11 +210,13 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "clean-set":
         out = _output(args, kind="a set (a folder with meta.csv)", replaceable=_is_set)
         with out as tmp:
-            _clean_set(tmp, args.count, args.seed, args.unambiguous, args.avoid)
+            clean_set(tmp, args.count, seed=args.seed, unambiguous=args.unambiguous, avoid=args.avoid)
         print(f"wrote {args.count} clean images to {out.path}")
         return 0
     if args.command == "demo":
         return _demo(args)
+    if args.command == "paper-study":
+        return _paper_study(args)
     if args.command in RESULTS_COMMANDS:
         return RESULTS_COMMANDS[args.command](args)
     if args.command == "serve":
@@ -282,12 +268,16 @@ def _create(args: argparse.Namespace, db) -> int:
         redirect_url=args.redirect_url, seed=args.seed,
         conditions=[c.strip() for c in args.conditions.split(",")] if args.conditions else None)
     create_study(db, config, args.sets, args.catch_set, args.practice_set)
-    study = get_study(db, args.name)
+    _print_created(get_study(db, args.name), args.base_url)
+    return 0
+
+
+def _print_created(study, base_url: str) -> None:
+    """What `create` says about a new study: its conditions, what one participant sees, its link."""
     print(f"created study {study.slug!r}: conditions {', '.join(study.conditions)}; "
           f"{study.trials_per_condition} per condition + {study.catch_per_participant} catch per participant; "
           f"completion code {study.completion_code}")
-    print(f"participant link: {participant_link(args.base_url, study.slug, study.link_key)}")
-    return 0
+    print(f"participant link: {participant_link(base_url, study.slug, study.link_key)}")
 
 
 @contextlib.contextmanager
@@ -512,6 +502,91 @@ def _report(args: argparse.Namespace) -> int:
 
 
 RESULTS_COMMANDS = {"report": _report, "plan": _plan}
+
+
+# ------------------------------------------------------------------------------------------------ paper-study
+def _add_paper_study(sub) -> None:
+    from .paper_study import (
+        CATCH_IMAGES,
+        DEFAULT_EPS,
+        DEFAULT_IMAGES,
+        DEFAULT_MASKED,
+        DEFAULT_PER_CONDITION,
+        DEFAULT_UNAMBIGUOUS,
+        EPS_RANGE,
+        PRACTICE_IMAGES,
+    )
+
+    p = sub.add_parser("paper-study", help="build the paper's study from the shipped zoo: the same unambiguous, "
+                       "correctly classified test images clean and under FGSM/PGD against Normal ResNet-18 and "
+                       "masked nets; catch and practice sets, the plan, the study and its link")
+    _db_arg(p)
+    p.add_argument("--name", required=True, help="study name used in links (lowercase letters, digits, '-')")
+    p.add_argument("--out", type=Path, default=None, help="new folder for the sets (default: study_data/NAME-sets)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier sets of this command at --out")
+    p.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="test images per condition, the same in "
+                   "every condition (default %(default)s)")
+    p.add_argument("--eps", type=int, default=DEFAULT_EPS, help=f"the attacks' l-inf budget in grey levels, "
+                   f"{EPS_RANGE[0]}-{EPS_RANGE[1]}: FGSM<eps> and PGD<eps> (default %(default)s)")
+    p.add_argument("--masked", nargs="+", default=list(DEFAULT_MASKED), metavar="NET",
+                   help="masked nets of the zoo attacked beside Normal ResNet-18, by notation "
+                        f"(default: {' '.join(DEFAULT_MASKED)}; e.g. --masked 0.9-Shallow 0.7-Shallow)")
+    p.add_argument("--unambiguous", type=float, default=DEFAULT_UNAMBIGUOUS, metavar="SHARE",
+                   help="only test images whose CIFAR-10H share for the true label is >= SHARE (default %(default)s)")
+    p.add_argument("--items-per-participant", type=int, default=None,
+                   help=f"study images per participant, a multiple of the conditions (default "
+                        f"{DEFAULT_PER_CONDITION} per condition)")
+    p.add_argument("--catch-per-participant", type=int, default=3,
+                   help=f"catch trials per participant, from a catch set of {CATCH_IMAGES} (default %(default)s); "
+                        f"{PRACTICE_IMAGES} practice images come first")
+    p.add_argument("--labels-per-item", type=int, default=1, help="at least this many labels per image; the plan "
+                   "may ask for more (default %(default)s)")
+    p.add_argument("--difference", type=float, default=0.10, help="smallest drop in human accuracy from clean worth "
+                   "detecting, which the plan sizes the study for (default %(default)s)")
+    p.add_argument("--presentation-ms", type=int, default=None,
+                   help="show each image this long, then a mask (default: until answered)")
+    p.add_argument("--title", default="")
+    p.add_argument("--completion-code", default=None)
+    p.add_argument("--redirect-url", default=None, help="https URL the participant is sent to at the end")
+    p.add_argument("--seed", type=int, default=0, help="draws the images, the attacks' random starts and the study")
+    p.add_argument("--base-url", default=DEFAULT_BASE_URL,
+                   help="the participant server's public address, for the printed link")
+
+
+def _paper_study(args: argparse.Namespace) -> int:
+    """`paper-study`: the sets whole or not at all, then the study (study.paper_study); a failure or Ctrl-C
+    anywhere leaves neither the sets nor the study."""
+    import time
+
+    from .paper_study import PaperStudyOptions, build_paper_study, cpu_seconds
+
+    began, cpu = time.perf_counter(), cpu_seconds()
+    check_base_url(args.base_url)  # before any work: the link is printed at the end
+    db_path = Path(args.db or default_db_path())
+    options = PaperStudyOptions(
+        name=args.name, images=args.images, eps=args.eps, masked=tuple(args.masked), unambiguous=args.unambiguous,
+        items_per_participant=args.items_per_participant, catch_per_participant=args.catch_per_participant,
+        labels_per_item=args.labels_per_item, difference=args.difference, presentation_ms=args.presentation_ms,
+        title=args.title, completion_code=args.completion_code, redirect_url=args.redirect_url, seed=args.seed)
+
+    def create(config: StudyConfig, sets: list[Path], catch: Path, practice: Path):
+        with _database_for_create(db_path) as db:
+            create_study(db, config, sets, catch, practice)
+            return get_study(db, config.slug)
+
+    try:
+        built = build_paper_study(options, args.out, create, db_path=db_path, overwrite=args.overwrite)
+    except KeyboardInterrupt:  # the sets and the study were taken away on the way out
+        print("error: interrupted; no sets and no study were kept", file=sys.stderr)
+        return 130
+    print(f"sets: {built.sets} ({len(built.indices)} test images in each of {len(built.conditions)} conditions)")
+    print(built.plan_text)
+    print(f"(plan again with other numbers: {built.plan_command})")
+    _print_created(built.study, args.base_url)
+    print(f"without Prolific: {participant_link(args.base_url, built.study.slug, built.study.link_key, prolific=False)}")
+    print(f"done in {time.perf_counter() - began:.0f} s ({cpu_seconds() - cpu:.0f} s of CPU, this process and its "
+          f"randmask runs)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -339,6 +339,27 @@ def unambiguous_indices(labels: np.ndarray, counts: np.ndarray | None = None, *,
     return np.flatnonzero(share >= min_share)
 
 
+def clean_set(out: str | Path, count: int, *, seed: int, unambiguous: float | None, avoid: list[Path],
+              data_dir: str | Path | None = None) -> Path:
+    """`python -m study clean-set`: `count` clean test images drawn with `seed`, each with a CIFAR-10H share of
+    the true label of at least `unambiguous` (any image when None), none of the test images in the `avoid` sets."""
+    if count < 1:
+        raise SetError(f"--count must be at least 1, got {count}")
+    if unambiguous is not None and not 0 <= unambiguous <= 1:  # also refuses NaN
+        raise SetError(f"--unambiguous is a share of CIFAR-10H annotators, from 0 to 1, got {unambiguous}")
+    x, y = load_cifar10_test(str(data_dir) if data_dir is not None else None)
+    counts = None
+    if unambiguous is not None:
+        counts = load_cifar10h(Path(data_dir) / "cifar10h" / "counts.npy" if data_dir is not None else None)
+    pool = unambiguous_indices(y, counts, min_share=unambiguous or 0.0)
+    taken = {i.test_index for folder in avoid for i in read_set(folder)}
+    pool = np.array([i for i in pool if i not in taken])
+    if count > len(pool):
+        raise SetError(f"only {len(pool)} images qualify, {count} requested")
+    chosen = np.sort(np.random.default_rng(seed).choice(pool, size=count, replace=False))
+    return build_clean_set(out, chosen, x=x, y=y)
+
+
 def build_clean_set(directory: str | Path, indices, *, x: np.ndarray, y: np.ndarray) -> Path:
     """A set of unperturbed test images (clean controls, catch and practice trials)."""
     indices = [int(i) for i in indices]

@@ -23,7 +23,7 @@ from randmask.adversarial_sets import save_adversarial_set
 from study.sets import build_noise_set, read_set
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_MODULES = ("randmask.set_schema", "randmask.safe_files")
+SCHEMA_MODULES = ("randmask.set_schema", "randmask.safe_files", "randmask.settings")  # standard library only
 
 
 def run_python(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
