@@ -66,6 +66,10 @@ class PlanInput:
                             f"{len(self.conditions)} conditions")
         if self.items_per_condition < self.items_per_participant // len(self.conditions):
             raise PlanError("each condition needs at least as many images as a participant sees from it")
+        if self.items_per_participant > self.items_per_condition:  # conditions share their test images
+            raise PlanError(f"a participant sees each test image once, in one condition: {self.items_per_participant} "
+                            f"items per participant need at least as many images per condition, not "
+                            f"{self.items_per_condition}")
         for name in ("catch_per_participant", "practice", "seconds_per_item", "overhead_min", "pay_per_hour",
                      "fee_share"):
             if not getattr(self, name) >= 0:  # also refuses NaN

@@ -85,6 +85,8 @@ def test_labels_per_item_floor():
     ({"conditions": ["clean"], "accuracy": [0.9]}, "at least two"),
     ({"difference": 0.001}, "more than 20000"),
     ({"difference": 0.02, "simulations": 100_000}, "too many to hold; use at most"),
+    # conditions share their images: 30 items need 30 images (the allocation raised a traceback-only error)
+    ({"items_per_condition": 12, "items_per_participant": 30}, "30 items per participant need at least as many"),
 ])
 def test_plans_that_cannot_be_made(overrides, message):
     with pytest.raises(PlanError, match=message):
