@@ -19,7 +19,7 @@ import sqlite_utils
 
 from .design import Study
 from .guard import RefusalLog
-from .participant import AnswerRejected, StudyClosed, Trial, record_answer, trial_window
+from .participant import AnswerRejected, StudyClosed, Trial, record_answer, record_servings, trial_window
 
 WINDOW = 3  # trials the widget holds: the one on screen and two ahead
 MAX_ANSWERS_PER_MESSAGE = 50
@@ -120,9 +120,16 @@ def trial_payload(trial: Trial) -> dict:
 
 
 def widget_args(db: sqlite_utils.Database, study: Study, participant_id: int, outcome: Outcome | None = None,
-                window: int = WINDOW) -> dict:
-    """What the widget is rendered with: the next `window` unanswered trials and the ids just handled."""
+                window: int = WINDOW, page: str | None = None, served: set[int] | None = None) -> dict:
+    """What the widget is rendered with: the next `window` unanswered trials and the ids just handled. With
+    `page`, the trials this page has not been sent yet (`served`: the ids it has, kept up to date here) are
+    recorded as served to it first (`record_servings`): about one row and one small write per answer."""
     trials = trial_window(db, participant_id, window)
+    if page is not None:
+        served = served if served is not None else set()
+        new = [t.assignment_id for t in trials if t.assignment_id not in served]
+        record_servings(db, participant_id, page, new)
+        served.update(new)
     total = trials[0].total if trials else 0
     practice_total = trials[0].practice_total if trials else 0
     return {"classes": list(study.classes), "presentation_ms": study.presentation_ms,
