@@ -88,8 +88,10 @@ def free_port() -> int:
 def start_server(db_path: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     log = log_path.open("w")
+    # every simulated participant comes from 127.0.0.1: one address holding many people, as a lab behind one NAT
+    env = {**os.environ, "STUDY_SESSIONS_PER_ADDRESS": "1000"}
     proc = subprocess.Popen([sys.executable, "-m", "study", "serve", "--db", str(db_path), "--port", str(port)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # exec: this pid is the server's
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)  # exec: this pid is the server's
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

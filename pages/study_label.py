@@ -8,6 +8,7 @@ that fragment; each run borrows a connection from the server's shared pool. The 
 """
 from __future__ import annotations
 
+import secrets
 import sys
 import threading
 import time
@@ -37,7 +38,7 @@ from study import (
 from study.db import shared_pool
 from study.display import stimulus_html
 from study.errors import configure_logging, report
-from study.participant import get_participant
+from study.participant import get_participant, record_servings
 from study.session import (
     answer_mode,
     apply_answers,
@@ -71,6 +72,17 @@ def fail(message: str, detail: str) -> None:
     """A participant-facing error: a short message and an error id; the detail goes to the server log only."""
     eid = report(detail)
     stop_with(f"{message} (error id {eid})", "error")
+
+
+def page_id() -> str:
+    """This page's id for the servings record: one per browser session, so a reload (or a server restart) is a
+    new page, and a trial sent to an earlier page is marked in the export (`earlier_servings`)."""
+    return st.session_state.setdefault("page_id", secrets.token_hex(8))
+
+
+def served_here() -> set[int]:
+    """The trials this page has been sent (and recorded as served)."""
+    return st.session_state.setdefault("served", set())
 
 
 def borrowed_db():
@@ -114,7 +126,7 @@ def trial_area(study, participant_id: int) -> None:
         with borrowed_db() as db:
             handled: set[int] = st.session_state.setdefault("handled", set())
             outcome = apply_answers(db, study, participant_id, st.session_state.get("trials"), handled)
-            args = widget_args(db, study, participant_id, outcome)
+            args = widget_args(db, study, participant_id, outcome, page=page_id(), served=served_here())
     except Exception as e:  # a fragment rerun does not pass through the page's own safety net
         eid = report(f"trial fragment failed: {type(e).__name__}: {e}", exc_info=True)
         stop_with(f"Something went wrong on our side. Please reload the page in a minute. (error id {eid})", "error")
@@ -162,6 +174,9 @@ def simple_trial(db, study, participant_id: int) -> None:
     trial = next_trial(db, participant_id)
     if trial is None:
         st.rerun()
+    if trial.assignment_id not in served_here():  # recorded before it is shown
+        record_servings(db, participant_id, page_id(), [trial.assignment_id])
+        served_here().add(trial.assignment_id)
     st.caption(trial_caption(trial))
     shown_at = st.session_state.setdefault("shown_at", {}).setdefault(trial.assignment_id, time.monotonic())
     st.html(stimulus_html(trial.png))  # the widget's size and pixels

@@ -147,6 +147,16 @@ MIGRATIONS: list[str] = [
         updated_at TEXT NOT NULL
     );
     """,
+    # 4: which pages (browser sessions) were sent each trial, so an answer after a reload is marked as possibly
+    # seen before. Answers stored before this version have no row (the export leaves their mark empty).
+    """
+    CREATE TABLE servings (
+        assignment_id INTEGER NOT NULL REFERENCES assignments(id),
+        page TEXT NOT NULL CHECK (length(page) BETWEEN 1 AND 64),
+        served_at TEXT NOT NULL,
+        PRIMARY KEY (assignment_id, page)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

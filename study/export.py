@@ -37,7 +37,8 @@ def responses_frame(db: sqlite_utils.Database, study: Study) -> pd.DataFrame:
     rows = db.execute(
         """
         SELECT r.id, p.uid, p.excluded, a.position, i.id, i.role, i.condition, i.attack, i.source_model,
-               i.test_index, i.true_label, i.source_pred, r.label, r.rt_ms, r.shown_ms, r.mode, r.input, r.created_at
+               i.test_index, i.true_label, i.source_pred, r.label, r.rt_ms, r.shown_ms, r.mode, r.input, r.created_at,
+               (SELECT count(*) FROM servings s WHERE s.assignment_id = r.assignment_id AND s.served_at < r.created_at)
         FROM responses r
         JOIN assignments a ON a.id = r.assignment_id
         JOIN participants p ON p.id = r.participant_id
@@ -47,8 +48,10 @@ def responses_frame(db: sqlite_utils.Database, study: Study) -> pd.DataFrame:
         """, [study.id]).fetchall()
     columns = ["response_id", "participant", "excluded", "position", "item_id", "role", "condition", "attack",
                "source_model", "test_index", "true_label", "source_pred", "label", "rt_ms", "shown_ms", "mode",
-               "input", "answered_at"]
+               "input", "answered_at", "earlier_servings"]
     frame = pd.DataFrame(rows, columns=columns)
+    # pages that were sent the image before the one it was answered on; none recorded: stored before servings were
+    frame["earlier_servings"] = pd.array([n - 1 if n else None for n in frame["earlier_servings"]], dtype="Int64")
     frame["excluded"] = frame["excluded"].astype(bool)
     # answers beyond an item's first k (participants admitted past the need): kept, but not in the statistics
     frame.insert(frame.columns.get_loc("excluded") + 1, "surplus",

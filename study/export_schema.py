@@ -48,6 +48,12 @@ COLUMNS: dict[str, tuple[str, int | None, str]] = {
     "mode": ("string", None, "presentation: unlimited or timed"),
     "input": ("string", None, "how the answer was given: keyboard, click (trial widget) or button (simple version)"),
     "answered_at": ("datetime", None, "when the answer was stored, ISO 8601 UTC"),
+    "earlier_servings": ("integer", None, "how many pages (browser sessions: a reload or a server restart starts a "
+                                          "new one) had been sent this image before the page it was answered on. "
+                                          "0: answered where it first came. Above 0: a possible repeat - the "
+                                          "participant may have seen the image before (on screen, or held ready as "
+                                          "one of the next two) and even answered it there if that answer was "
+                                          "lost. Empty: answered before servings were recorded (schema 3 files)"),
     "linf_255": ("number", NORM_DECIMALS, "L-infinity norm of shown minus original image, in 0-255 pixel units "
                                           "(16 means 16/255)"),
     "l2_255": ("number", NORM_DECIMALS, "L2 norm of shown minus original image, in 0-255 pixel units"),

@@ -315,6 +315,20 @@ def record_answer(db: sqlite_utils.Database, participant_id: int, assignment_id:
     return AnswerResult(True, label, practice_label, completed)
 
 
+def record_servings(db: sqlite_utils.Database, participant_id: int, page: str, assignment_ids: list[int]) -> None:
+    """Record that `page` (one browser session: a reload starts another) was sent these trials of the participant,
+    before it shows them: committed first, so a serving survives a crash of the server right after. A page sent
+    the same trial again adds nothing; ids of other participants are ignored."""
+    if not assignment_ids:
+        return
+    marks = ", ".join("?" for _ in assignment_ids)
+    with write_transaction(db):
+        db.execute(
+            f"INSERT OR IGNORE INTO servings (assignment_id, page, served_at) "
+            f"SELECT id, ?, ? FROM assignments WHERE participant_id = ? AND id IN ({marks})",
+            [page, utc_now(), participant_id, *assignment_ids])
+
+
 def _all_answered(db: sqlite_utils.Database, participant_id: int) -> bool:
     answered, total, _ = progress(db, participant_id)
     return total > 0 and answered == total

@@ -8,6 +8,7 @@ every rerun (a full `gc.collect(2)` was more than half the server's CPU time per
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from .db import StudyDBError, open_db
 from .design import list_studies
+from .guard import MessageIntake, client_address
 
 PARTICIPANT_APP = Path(__file__).resolve().parents[1] / "participant_app" / "app.py"
 LAUNCHER = PARTICIPANT_APP.parent / "run.py"  # `streamlit` without its config-file pollers
@@ -85,6 +87,52 @@ class ParticipantHeaders:
     def _frame_headers(framed: bool) -> list[tuple[bytes, bytes]]:
         return [(b"x-frame-options", b"SAMEORIGIN" if framed else b"DENY"),
                 (b"content-security-policy", b"frame-ancestors 'self'" if framed else b"frame-ancestors 'none'")]
+
+
+class ParticipantIntake:
+    """ASGI middleware for the participant server's websockets (study.guard.MessageIntake): each address opens
+    new ones at a limited rate (beyond it the handshake is refused), and each connection is read no faster than
+    its own and its address's message budgets allow. A flood thus waits in the sender's own network buffers
+    instead of taking the server's time from everyone else."""
+
+    def __init__(self, app, intake: MessageIntake | None = None) -> None:
+        self.app, self.intake = app, intake or MessageIntake()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope.get("type") != "websocket":
+            await self.app(scope, receive, send)
+            return
+        peer = scope.get("client")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        address = client_address(peer[0] if peer else None, headers)
+        admitted, budget = self.intake.connect(address)
+        if not admitted:
+            await receive()  # the handshake's websocket.connect
+            await send({"type": "websocket.close", "code": 1008})  # before accept: answered 403
+            return
+
+        gone = False  # a send found the browser gone
+
+        async def paced_receive():
+            message = await receive()
+            if message.get("type") == "websocket.receive":
+                delay = self.intake.delay(budget, address)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            return {"type": "websocket.disconnect", "code": 1006} if gone else message
+
+        async def sending(message) -> None:
+            # A browser that left while its messages waited: said at the next receive, where Streamlit expects
+            # it (a failed send would make Starlette refuse that receive, and Streamlit log a traceback).
+            nonlocal gone
+            if gone:
+                return
+            try:
+                await send(message)
+            except OSError:
+                gone = True
+
+        await self.app(scope, paced_receive, sending)
 
 
 def check_address(address: str) -> str:

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 from .design import Study
-from .errors import report
-from .participant import AnswerRejected, StudyClosed, Trial, record_answer, trial_window
+from .guard import RefusalLog
+from .participant import AnswerRejected, StudyClosed, Trial, record_answer, record_servings, trial_window
 
 WINDOW = 3  # trials the widget holds: the one on screen and two ahead
 MAX_ANSWERS_PER_MESSAGE = 50
 WIDGET_INPUTS = ("keyboard", "click")
+REJECTED = RefusalLog()  # a page resending a bad answer would otherwise write a log line per rerun
 
 
 @dataclass
@@ -63,7 +64,7 @@ def apply_answers(db: sqlite_utils.Database, study: Study, participant_id: int, 
             result = record_answer(db, participant_id, assignment_id, answer.get("label"), rt_ms=answer.get("rt_ms"),
                                    shown_ms=answer.get("shown_ms"), mode=mode, input=input_kind)
         except AnswerRejected as e:
-            report(f"answer to assignment {assignment_id} of participant {participant_id} rejected: {e}")
+            REJECTED.refused("widget answers rejected", f"assignment {assignment_id} of participant {participant_id}: {e}")
             out.rejected.append(assignment_id)
             break  # later answers depend on this one (answers are stored in order)
         except StudyClosed:
@@ -119,9 +120,16 @@ def trial_payload(trial: Trial) -> dict:
 
 
 def widget_args(db: sqlite_utils.Database, study: Study, participant_id: int, outcome: Outcome | None = None,
-                window: int = WINDOW) -> dict:
-    """What the widget is rendered with: the next `window` unanswered trials and the ids just handled."""
+                window: int = WINDOW, page: str | None = None, served: set[int] | None = None) -> dict:
+    """What the widget is rendered with: the next `window` unanswered trials and the ids just handled. With
+    `page`, the trials this page has not been sent yet (`served`: the ids it has, kept up to date here) are
+    recorded as served to it first (`record_servings`): about one row and one small write per answer."""
     trials = trial_window(db, participant_id, window)
+    if page is not None:
+        served = served if served is not None else set()
+        new = [t.assignment_id for t in trials if t.assignment_id not in served]
+        record_servings(db, participant_id, page, new)
+        served.update(new)
     total = trials[0].total if trials else 0
     practice_total = trials[0].practice_total if trials else 0
     return {"classes": list(study.classes), "presentation_ms": study.presentation_ms,

@@ -148,11 +148,13 @@ def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def _visit(url: str, query: str, hold_s: float = 0.0) -> int | None:
+async def _visit(url: str, query: str, hold_s: float = 0.0, address: str | None = None) -> int | None:
     """One browser-less session: run the page with `query`, wait for the run to finish, hold, leave.
-    Returns the close code if the server closed the connection."""
+    Returns the close code if the server closed the connection. `address`: the client address the server
+    sees (in X-Forwarded-For, as from a local proxy)."""
     async with websockets.connect(url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"],
-                                  max_size=None) as ws:
+                                  max_size=None,
+                                  additional_headers={"X-Forwarded-For": address} if address else {}) as ws:
         msg = BackMsg()
         msg.rerun_script.query_string = query
         await ws.send(msg.SerializeToString())
@@ -173,13 +175,14 @@ async def _visit(url: str, query: str, hold_s: float = 0.0) -> int | None:
 
 
 async def _visits(url: str, queries: list[str], at_once: int, hold_s: float = 0.0) -> list[int | None]:
+    """Each visit from its own client address (many visitors, not one address's flood)."""
     gate = asyncio.Semaphore(at_once)
 
-    async def one(query: str) -> int | None:
+    async def one(n: int, query: str) -> int | None:
         async with gate:
-            return await _visit(url, query, hold_s)
+            return await _visit(url, query, hold_s, address=f"198.51.{100 + n // 250}.{n % 250 + 1}")
 
-    return await asyncio.gather(*(one(q) for q in queries))
+    return await asyncio.gather(*(one(n, q) for n, q in enumerate(queries)))
 
 
 @pytest.fixture
