@@ -20,6 +20,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from study.errors import configure_logging
 from study.guard import SessionGuard, client_address
+from study.workers import session_guard_from_env
 
 ROOT = Path(__file__).resolve().parents[1]
 LABEL_PAGE = ROOT / "pages" / "study_label.py"
@@ -70,7 +71,7 @@ def _sweeper(guard: SessionGuard, loop: asyncio.AbstractEventLoop) -> None:
 @st.cache_resource(show_spinner=False)
 def _guard() -> tuple[SessionGuard, asyncio.AbstractEventLoop]:
     configure_logging()
-    guard = SessionGuard()
+    guard = session_guard_from_env()  # under `serve --workers N`, its per-address cap counts every worker's sessions
     loop = Runtime.instance()._get_async_objs().eventloop
     threading.Thread(target=_sweeper, args=(guard, loop), name="study-session-sweep", daemon=True).start()
     return guard, loop
