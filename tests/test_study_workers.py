@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,6 +23,7 @@ from streamlit_server import free_ports, participant_workers
 from bench.study_bots import Participant, Session, invented_address, visit, worker_port
 from study import get_study, open_db
 from study.auth import MAX_FAILURES, check_password, client_keys
+from study.db import ConnectionPool
 from study.serve import max_workers
 from study.workers import SharedSessionGuard, Supervisor
 
@@ -60,6 +62,33 @@ def test_serve_refuses_bad_worker_values_in_one_line_leaving_nothing(tmp_path, s
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert sorted(os.listdir(db.parent)) == before and not os.listdir(tmp_path / "tmp") and _leftovers() == shm_before
+
+
+def test_nested_borrows_from_the_pool_never_wait_for_themselves(tmp_path, study_sets):
+    """The page's run borrows a connection and calls the trial fragment, which borrows again. Old pool: with
+    max_open page runs at once, each held one and waited for a second forever, and the whole worker froze (found
+    by the 200-participant bench: every answer stopped 20 s in; here 3 of 3 threads hung)."""
+    support.make_study(tmp_path / "s.db", study_sets)
+    pool = ConnectionPool(tmp_path / "s.db", max_open=3)
+    together = threading.Barrier(3)
+    finished = []
+
+    def page_run() -> None:
+        with pool.connection() as outer:
+            together.wait(timeout=10)  # every slot is taken now
+            with pool.connection() as inner:  # the fragment
+                assert inner is outer
+                finished.append(get_study(inner, "s1").slug)
+
+    threads = [threading.Thread(target=page_run, daemon=True) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert finished == ["s1"] * 3 and pool.opened == 3
+    with pool.connection() as again:  # given back once, by the outer borrow
+        assert not again.conn.in_transaction
+    pool.close()
 
 
 def _table(tmp_path: Path) -> Path:
