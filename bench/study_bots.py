@@ -144,6 +144,7 @@ class Result:
     given: dict[int, int] = field(default_factory=dict)  # assignment id -> label sent
     acked: set[int] = field(default_factory=set)  # ids the server confirmed as stored
     latencies_ms: list[float] = field(default_factory=list)  # answer sent -> confirmed stored
+    sent: list[float] = field(default_factory=list)  # time.monotonic() each of those answers was sent
     first_image_s: float | None = None  # link opened -> first image (the widget's first render)
     answering_at: float | None = None  # time.monotonic() at the first image
     completed: bool = False
@@ -176,6 +177,7 @@ class Participant:
             if assignment_id in self.sent_at and assignment_id not in self.result.acked:
                 self.result.acked.add(assignment_id)
                 self.result.latencies_ms.append(1000 * (now - self.sent_at[assignment_id]))
+                self.result.sent.append(self.sent_at[assignment_id])
         before = len(self.queue)
         self.queue = [a for a in self.queue if a["assignment_id"] not in self.result.acked]
         if len(self.queue) < before:

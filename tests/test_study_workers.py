@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -309,3 +310,71 @@ def test_killing_a_worker_loses_no_acknowledged_answer(workers):
         time.sleep(0.5)
     assert now not in (None, victim)
     assert "stopped (killed by SIGKILL); starting it again" in workers["log"].read_text()
+
+
+# ------------------------------------------------------------------------------------------------ proxy examples
+def _readme_block(marker: str) -> str:
+    """The README's fenced block that contains `marker`."""
+    blocks, current = [], None
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current = []
+            else:
+                blocks.append("\n".join(current) + "\n")
+                current = None
+        elif current is not None:
+            current.append(line)
+    found = [b for b in blocks if marker in b]
+    assert len(found) == 1, f"{len(found)} README blocks contain {marker!r}"
+    return found[0]
+
+
+def _program(name: str) -> str:
+    path = os.environ.get(name.upper()) or shutil.which(name)
+    if not path:
+        pytest.skip(f"{name} is not installed (or set ${name.upper()} to its path)")
+    return path
+
+
+def test_readme_caddy_example_for_workers_is_valid(tmp_path):
+    caddy = _program("caddy")
+    block = _readme_block("lb_policy ip_hash")
+    assert "127.0.0.1:8502 127.0.0.1:8503" in block
+    (tmp_path / "Caddyfile").write_text(block)
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+    run = subprocess.run([caddy, "validate", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0 and "Valid configuration" in run.stdout + run.stderr, run.stderr[-1000:]
+
+
+def test_readme_nginx_example_for_workers_is_valid(tmp_path):
+    nginx = _program("nginx")
+    block = _readme_block("upstream study_workers")
+    assert "ip_hash;" in block and "proxy_set_header Host $http_host;" in block
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "key.pem"),
+                    "-out", str(tmp_path / "cert.pem"), "-days", "1", "-subj", "/CN=study.example.org"],
+                   check=True, capture_output=True, timeout=60)
+    block = block.replace("/etc/letsencrypt/live/study.example.org/fullchain.pem", str(tmp_path / "cert.pem"))
+    block = block.replace("/etc/letsencrypt/live/study.example.org/privkey.pem", str(tmp_path / "key.pem"))
+    temps = "".join(f"{kind}_temp_path {tmp_path / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    (tmp_path / "nginx.conf").write_text(f"pid {tmp_path / 'nginx.pid'};\nevents {{}}\nhttp {{\n{temps}{block}}}\n")
+    run = subprocess.run([nginx, "-t", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path), "-e", "stderr"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "test is successful" in run.stderr, run.stderr[-1000:]
+
+
+# ------------------------------------------------------------------------------------------------ the bench
+@pytest.mark.slow
+def test_browserless_bench_counts_agree_with_the_database():
+    """bench_study_server's browserless round on 2 workers: 4 participants x (3 practice + 4 images), and its row
+    says what the database holds (the bench compares its participants' answers with the stored ones)."""
+    run = subprocess.run([sys.executable, "-m", "bench.bench_study_server", "--browserless", "--workers", "2",
+                          "--participants", "4", "--answers", "4", "--think-ms", "100", "300"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.split() for line in run.stdout.splitlines() if line.startswith(" 2    4 ")]
+    assert len(rows) == 1, run.stdout
+    w, n, answers, *_, lost, acked_lost, dup, wrong, above, reconnects, errors = rows[0][:19]
+    assert (w, n, answers) == ("2", "4", "28") and (lost, acked_lost, dup, wrong, above, errors) == ("0",) * 6
+    assert "traceback" not in run.stdout.lower()
