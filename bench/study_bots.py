@@ -66,10 +66,12 @@ class Session:
         self.on_text = None  # called with each text element as it arrives
 
     @classmethod
-    async def open(cls, base: str, query: str, address: str | None, timeout_s: float = 30.0) -> Session:
+    async def open(cls, base: str, query: str, address: str | None, timeout_s: float = 30.0, **connect) -> Session:
+        """`address`: sent as X-Forwarded-For (None: none). `connect`: more for websockets.connect, e.g. the
+        `origin` a browser sends, or `local_addr` (a 127.x.y.z source address, to reach a proxy from many)."""
         headers = {"X-Forwarded-For": address} if address else {}
         ws = await websockets.connect(base.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"],
-                                      max_size=None, additional_headers=headers, open_timeout=timeout_s)
+                                      max_size=None, additional_headers=headers, open_timeout=timeout_s, **connect)
         return cls(ws, query)
 
     async def close(self) -> None:
@@ -157,13 +159,14 @@ class Participant:
 
     def __init__(self, base_of_port: dict[int, str], query: str, pid: str, address: str, seed: int,
                  think_s: tuple[float, float] = (1.5, 2.5), feedback_s: tuple[float, float] = (0.5, 1.0),
-                 give_up_s: float = 600.0) -> None:
+                 give_up_s: float = 600.0, forwarded: bool = True, **connect) -> None:
         port = worker_port(address, sorted(base_of_port))
         self.base = base_of_port[port]
         self.query = f"{query}&PROLIFIC_PID={pid}"
         self.result = Result(pid, address, port)
         self.rng = random.Random(seed)
         self.think_s, self.feedback_s, self.give_up_s = think_s, feedback_s, give_up_s
+        self.forwarded, self.connect = forwarded, connect  # without X-Forwarded-For (behind a real proxy); Session.open
         self.trials: dict[int, dict] = {}  # assignment id -> the widget's trial entry
         self.queue: list[dict] = []  # answers sent, not acknowledged yet
         self.sent_at: dict[int, float] = {}
@@ -242,7 +245,8 @@ class Participant:
             await session.receive()
 
     async def _session(self) -> None:
-        session = await Session.open(self.base, self.query, self.result.address)
+        session = await Session.open(self.base, self.query, self.result.address if self.forwarded else None,
+                                     **self.connect)
         session.on_widget, session.on_text = self._widget, self._text
         try:
             page = await session.run()
@@ -345,10 +349,10 @@ async def spam_tab(base: str, query: str, pid: str, address: str, go: asyncio.Ev
     return sent
 
 
-async def visit(base: str, query: str, address: str | None) -> bool:
+async def visit(base: str, query: str, address: str | None, **connect) -> bool:
     """Load the page once and leave; True when the run finished."""
     try:
-        session = await Session.open(base, query, address)
+        session = await Session.open(base, query, address, **connect)
     except (OSError, websockets.InvalidHandshake):
         return False
     try:

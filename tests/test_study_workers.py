@@ -146,13 +146,14 @@ def test_organiser_lockout_counts_wrong_passwords_from_every_process(tmp_path, s
 # ------------------------------------------------------------------------------------------------ live workers
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory, study_sets):
-    """Two workers on one database with three studies: 'page' (the cap), 'k' (capacity for exactly 12
-    participants: 36 trial items, k = 2, 6 each), 'kill'."""
+    """Two workers on one database with four studies: 'page' (the cap), 'k' (capacity for exactly 12
+    participants: 36 trial items, k = 2, 6 each), 'kill', 'proxy'."""
     root = tmp_path_factory.mktemp("workers")
     db = root / "s.db"
-    for slug in ("page", "k", "kill"):
-        support.make_study(db, study_sets, slug=slug)
-    keys = {slug: get_study(open_db(db), slug).link_key for slug in ("page", "k", "kill")}
+    slugs = ("page", "k", "kill", "proxy")
+    for slug in slugs:
+        support.make_study(db, study_sets, slug=slug, labels_per_item=3 if slug == "proxy" else 2)
+    keys = {slug: get_study(open_db(db), slug).link_key for slug in slugs}
     env = {**os.environ, "STUDY_SESSIONS_PER_ADDRESS": "3"}
     with participant_workers(db, root / "server.log", 2, env=env) as (urls, proc):
         yield {"db": db, "keys": keys, "urls": urls, "proc": proc, "log": root / "server.log",
@@ -331,9 +332,9 @@ def _readme_block(marker: str) -> str:
 
 
 def _program(name: str) -> str:
-    path = os.environ.get(name.upper()) or shutil.which(name)
+    path = os.environ.get(f"{name.upper()}_BIN") or shutil.which(name)
     if not path:
-        pytest.skip(f"{name} is not installed (or set ${name.upper()} to its path)")
+        pytest.skip(f"{name} is not installed (or set ${name.upper()}_BIN to its path)")
     return path
 
 
@@ -378,3 +379,78 @@ def test_browserless_bench_counts_agree_with_the_database():
     w, n, answers, *_, lost, acked_lost, dup, wrong, above, reconnects, errors = rows[0][:19]
     assert (w, n, answers) == ("2", "4", "28") and (lost, acked_lost, dup, wrong, above, errors) == ("0",) * 6
     assert "traceback" not in run.stdout.lower()
+
+
+def _proxy_config(kind: str, root: Path, ports: list[int], listen: int) -> list[str]:
+    """The README's block for `kind`, on plain HTTP at 127.0.0.1:`listen` before the worker `ports`; its command."""
+    if kind == "nginx":
+        block = _readme_block("upstream study_workers").replace("listen 443 ssl;", f"listen 127.0.0.1:{listen};")
+        block = "\n".join(line for line in block.splitlines() if "ssl_" not in line)
+        for readme_port, port in zip((8502, 8503), ports, strict=True):
+            block = block.replace(f"127.0.0.1:{readme_port} ", f"127.0.0.1:{port} ")
+        temps = "".join(f"{k}_temp_path {root / k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (root / "nginx.conf").write_text(f"pid {root / 'nginx.pid'};\ndaemon off;\nevents {{}}\nhttp {{\n{temps}{block}}}\n")
+        return [_program("nginx"), "-c", str(root / "nginx.conf"), "-p", str(root), "-e", str(root / "error.log")]
+    block = _readme_block("lb_policy ip_hash").replace("127.0.0.1:8502 127.0.0.1:8503",
+                                                        " ".join(f"127.0.0.1:{p}" for p in ports))
+    block = block.replace("study.example.org {", f"{{\n    auto_https off\n    admin off\n}}\nhttp://study.example.org:{listen} {{")
+    (root / "Caddyfile").write_text(block)
+    return [_program("caddy"), "run", "--config", str(root / "Caddyfile"), "--adapter", "caddyfile"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["nginx", "caddy"])
+def test_readme_proxy_examples_carry_participants_to_sticky_workers(workers, tmp_path, kind):
+    """The README's block, as it is (plain HTTP here), before the two workers: participants whose browsers name the
+    study's host (Host and Origin study.example.org) finish through it; each source address's sessions all go to one
+    worker, and the workers between them get several; the session cap sees the source address (a 4th session from
+    one refused). Without `proxy_set_header Host $http_host` nginx's WebSockets got 403 and no one finished."""
+    ports = sorted(workers["bases"])
+    listen = free_ports(1)
+    command = _proxy_config(kind, tmp_path, ports, listen)
+    net = {"nginx": 60, "caddy": 80}[kind]  # source addresses 127.<net + i>.0.1: each run its own
+    env = {k: v for k, v in os.environ.items() if k != "NGINX"}  # nginx reads $NGINX as inherited sockets
+    env.update(HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path))
+    proxy = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, via = f"http://study.example.org:{listen}", {"host": "127.0.0.1", "port": listen}  # a browser's names
+    query = f"study=proxy&key={workers['keys']['proxy']}"
+    table = next(Path(d) / "sessions.db" for d in SHM.glob("study-serve-*")
+                 if (Path(d) / "supervisor.pid").read_text() == str(workers["proc"].pid))
+
+    async def scenario():
+        deadline = time.monotonic() + 30
+        while not await visit(url, f"{query}&pid=warm", None, origin=url, **via):
+            assert time.monotonic() < deadline and proxy.poll() is None, f"{kind} carried no page within 30 s"
+            await asyncio.sleep(0.5)
+        bots = [Participant({listen: url}, query, f"{kind}{i}", f"127.{net + 10 + i}.0.1", seed=i, think_s=(0.05, 0.2),
+                            feedback_s=(0, 0.05), give_up_s=120, forwarded=False, origin=url, **via,
+                            local_addr=(f"127.{net + 10 + i}.0.1", 0)) for i in range(4)]
+        results = await asyncio.gather(*(b.run() for b in bots))
+        held = []
+        for source in range(8):
+            for _ in range(3):
+                session = await Session.open(url, f"{query}&pid=holder{source}", None, origin=url, **via,
+                                             local_addr=(f"127.{net + source}.0.1", 0))
+                await session.run()
+                held.append(session)
+        conn = sqlite3.connect(table)
+        rows = conn.execute("SELECT client, group_concat(DISTINCT worker), count(*) FROM sessions GROUP BY client "
+                            "HAVING count(*) = 3").fetchall()
+        conn.close()
+        fourth = await Session.open(url, f"{query}&pid=holder0", None, origin=url, **via, local_addr=(f"127.{net}.0.1", 0))
+        page = await fourth.run()
+        for session in [*held, fourth]:
+            await session.close()
+        return results, rows, page
+
+    try:
+        results, rows, page = asyncio.run(scenario())
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+    stored = _stored(workers["db"], "proxy")
+    assert all(r.completed for r in results), [r.error for r in results]
+    assert all(stored[r.pid] == r.given for r in results)
+    assert len(rows) == 8 and all("," not in workers_of for _, workers_of, _ in rows)  # one worker per source
+    assert {workers_of for _, workers_of, _ in rows} == {"0", "1"}
+    assert any("Too many study pages" in t for t in page.texts)
