@@ -185,8 +185,9 @@ def serve(db_path: str | Path, address: str = DEFAULT_ADDRESS, port: int = DEFAU
     """One worker: replace this process with the participant server (so its process id is the server's). More:
     supervise them here until stopped; returns the exit status. Every value is checked before anything starts."""
     workers = check_workers(default_workers() if workers is None else workers)
-    ports = check_ports(check_address(address), port, workers)
-    path = prepare(db_path)
+    check_address(address)
+    path = prepare(db_path)  # a wrong database is named first, whatever holds the ports
+    ports = check_ports(address, port, workers)
     env = {**os.environ, "STUDY_DB": str(path), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     # the server imports this very checkout's `study` (the launcher's folder comes first on its path otherwise,
     # and an editable install elsewhere would win)
