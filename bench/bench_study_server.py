@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import random
 import signal
@@ -60,9 +61,9 @@ from study import StudyConfig, create_study, get_study, open_db
 from study.sets import write_set
 
 if __package__:
-    from .study_bots import Participant, consent_only, invented_address, spam_tab, visit, worker_port
+    from .study_bots import Participant, consent_only, invented_address, spam_tab, visit_outcome, worker_port
 else:  # run as a script: bench/ is on the path
-    from study_bots import Participant, consent_only, invented_address, spam_tab, visit, worker_port
+    from study_bots import Participant, consent_only, invented_address, spam_tab, visit_outcome, worker_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -395,21 +396,20 @@ def print_browserless(db_path: Path, n: int, workers: int, tag: str, out: dict, 
               f"{pct(lat, 95):.0f} ms")
 
 
-async def churn(urls: list[str], key: str, sessions: int, at_once: int = 16) -> int:
-    """`sessions` short visits (page load, leave), each from one of `at_once` invented addresses: runs finished."""
+async def churn(urls: list[str], key: str, sessions: int, at_once: int = 16) -> collections.Counter:
+    """`sessions` short visits (page load, leave), each from one of `at_once` invented addresses: their outcomes."""
     ports = [int(u.rsplit(":", 1)[1]) for u in urls]
     bases = dict(zip(ports, urls, strict=True))
-    gate, finished = asyncio.Semaphore(at_once), 0
+    gate, outcomes = asyncio.Semaphore(at_once), collections.Counter()
 
     async def one(i: int) -> None:
-        nonlocal finished
         async with gate:
             address = invented_address(i % at_once, block=172)
-            finished += await visit(bases[worker_port(address, ports)],
-                                    f"study=bench&key={key}&PROLIFIC_PID=visitor{i}", address)
+            outcomes[await visit_outcome(bases[worker_port(address, ports)],
+                                         f"study=bench&key={key}&PROLIFIC_PID=visitor{i}", address)] += 1
 
     await asyncio.gather(*(one(i) for i in range(sessions)))
-    return finished
+    return outcomes
 
 
 def measure(pids: list[int]) -> list[tuple[int, float]]:
@@ -421,14 +421,15 @@ def sessions_churn(urls: list[str], key: str, sessions: int, pids: list[int]) ->
     time.sleep(12)  # two sweeps: the warm-up's sessions are gone
     before = measure(pids)
     t0 = time.monotonic()
-    finished = asyncio.run(churn(urls, key, sessions))
+    outcomes = asyncio.run(churn(urls, key, sessions))
     took = time.monotonic() - t0
     time.sleep(12)
     deadline = time.monotonic() + 60  # the sweeps (every 5 s) shut left sessions down at the second one
     while (after := measure(pids)) and sum(f for f, _ in after) > sum(f for f, _ in before) + 3 * len(pids) \
             and time.monotonic() < deadline:
         time.sleep(2)
-    print(f"sessions: {finished} of {sessions} page loads finished in {took:.0f} s ({sessions / took:.0f}/s)")
+    print(f"sessions: {sessions} page loads in {took:.0f} s ({sessions / took:.0f}/s): "
+          + ", ".join(f"{n} {what}" for what, n in outcomes.most_common()))
     for pid, (f0, r0), (f1, r1) in zip(pids, before, after, strict=True):
         print(f"  worker pid {pid}: open files {f0} -> {f1} ({100 * (f1 - f0) / f0:+.0f}%), "
               f"RSS {r0:.0f} -> {r1:.0f} MB ({100 * (r1 - r0) / r0:+.0f}%)")

@@ -351,14 +351,19 @@ async def spam_tab(base: str, query: str, pid: str, address: str, go: asyncio.Ev
 
 async def visit(base: str, query: str, address: str | None, **connect) -> bool:
     """Load the page once and leave; True when the run finished."""
+    return await visit_outcome(base, query, address, **connect) == "finished"
+
+
+async def visit_outcome(base: str, query: str, address: str | None, **connect) -> str:
+    """Load the page once and leave: 'finished', 'refused' (over the session cap) or what went wrong."""
     try:
         session = await Session.open(base, query, address, **connect)
-    except (OSError, websockets.InvalidHandshake):
-        return False
+    except (OSError, websockets.InvalidHandshake, TimeoutError) as e:
+        return f"open: {type(e).__name__}"
     try:
-        await session.run(timeout_s=60)
-        return True
-    except (OSError, websockets.ConnectionClosed, TimeoutError):
-        return False
+        page = await session.run(timeout_s=60)
+        return "refused" if any("Too many study pages" in t for t in page.texts) else "finished"
+    except (OSError, websockets.ConnectionClosed, TimeoutError) as e:
+        return f"run: {type(e).__name__}"
     finally:
         await session.close()
