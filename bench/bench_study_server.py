@@ -417,7 +417,7 @@ def measure(pids: list[int]) -> list[tuple[int, float]]:
 
 
 def sessions_churn(urls: list[str], key: str, sessions: int, pids: list[int]) -> None:
-    asyncio.run(churn(urls, key, 64))  # warm: every worker has served pages, sessions and connections
+    asyncio.run(churn(urls, key, 300))  # warm: the pools, caches and allocators reach their working size
     time.sleep(12)  # two sweeps: the warm-up's sessions are gone
     before = measure(pids)
     t0 = time.monotonic()
