@@ -20,6 +20,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from study.errors import configure_logging
 from study.guard import SessionGuard, client_address
+from study.workers import session_guard_from_env
 
 ROOT = Path(__file__).resolve().parents[1]
 LABEL_PAGE = ROOT / "pages" / "study_label.py"
@@ -70,7 +71,7 @@ def _sweeper(guard: SessionGuard, loop: asyncio.AbstractEventLoop) -> None:
 @st.cache_resource(show_spinner=False)
 def _guard() -> tuple[SessionGuard, asyncio.AbstractEventLoop]:
     configure_logging()
-    guard = SessionGuard()
+    guard = session_guard_from_env()  # under `serve --workers N`, its per-address cap counts every worker's sessions
     loop = Runtime.instance()._get_async_objs().eventloop
     threading.Thread(target=_sweeper, args=(guard, loop), name="study-session-sweep", daemon=True).start()
     return guard, loop
@@ -90,18 +91,20 @@ def _icon() -> bytes:
 
 st.set_page_config(page_title="Image labeling study", page_icon=_icon(), layout="centered",
                    initial_sidebar_state="collapsed", menu_items={})
-ctx = get_script_run_ctx()
+# the session's id only: a global holding the run's context kept every run's thread, runner and session state alive
+# (Streamlit's hash stack, a weak-keyed dict by thread, holds each cached function, whose globals are these)
+this_session = get_script_run_ctx().session_id
 guard, loop = _guard()
 address = client_address(st.context.ip_address or "127.0.0.1", st.context.headers)
-if not guard.has_room(ctx.session_id, address):  # sessions closed since the last sweep may have made room
+if not guard.has_room(this_session, address):  # sessions closed since the last sweep may have made room
     asyncio.run_coroutine_threadsafe(_sweep(guard), loop).result(timeout=10)
-if not guard.admit(ctx.session_id, address):
+if not guard.admit(this_session, address):
     st.info("Too many study pages are open from your network. Please close the other tabs and reload this one.")
     # closed a moment later, so the line above reaches the browser first
-    loop.call_soon_threadsafe(loop.call_later, 2.0, lambda sid=ctx.session_id: loop.create_task(_close(sid)))
+    loop.call_soon_threadsafe(loop.call_later, 2.0, lambda sid=this_session: loop.create_task(_close(sid)))
     st.stop()
 try:
     exec(_page_code(), {"__name__": "__main__", "__file__": str(LABEL_PAGE)})
 finally:
     if st.session_state.get("_consented"):
-        guard.consented(ctx.session_id)
+        guard.consented(this_session)

@@ -107,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the participant server (labeling flow only; put it behind an HTTPS proxy)")
     _db_arg(p)
     p.add_argument("--address", default=DEFAULT_ADDRESS, help="address to listen on (default %(default)s)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s); with several "
+                   "workers, the first of consecutive ports")
+    p.add_argument("--workers", type=int, default=None, help="participant-server processes, one port each, for a "
+                   "proxy with sticky sessions (default: one per core; README, 'Several workers')")
 
     p = sub.add_parser("backup", help="copy the database while the study runs (SQLite online backup)")
     _db_arg(p)
@@ -222,8 +225,8 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from .serve import serve
 
-        serve(args.db or default_db_path(), args.address, args.port)  # replaces this process
-        return 0
+        # one worker: replaces this process; several: returns when they stop
+        return serve(args.db or default_db_path(), args.address, args.port, args.workers)
     if args.command == "backup":
         size = backup(args.db or default_db_path(), args.out)
         print(f"backup written to {args.out} ({size / 1e6:.1f} MB)")

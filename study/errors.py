@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 
 log = logging.getLogger("study")
@@ -20,10 +21,13 @@ def report(message: str, *, exc_info: bool = False) -> str:
 
 
 def configure_logging() -> None:
-    """Send the study's log lines (with their error ids) to the server's stderr, once per process."""
+    """Send the study's log lines (with their error ids) to the server's stderr, once per process. A worker of
+    `serve --workers N` names itself (`study[worker 2]`): the workers share one log."""
     if not log.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        slot = os.environ.get("STUDY_WORKER", "")  # study.workers.WORKER_ENV, set by the supervisor
+        name = f"%(name)s[worker {int(slot) + 1}]" if slot.isdigit() else "%(name)s"
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {name}: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False

@@ -5,12 +5,17 @@ put every page in it on the server), with its settings given on the command line
 config.toml: headless, no usage statistics, XSRF and CORS protection, tiny upload and message limits, no
 toolbar, menu or sidebar, no error details for visitors, no file watching, and no garbage collection after
 every rerun (a full `gc.collect(2)` was more than half the server's CPU time per answer).
+
+With `--workers N` (default: one per core) it runs N such servers on ports --port .. --port + N - 1 under a
+supervisor (study/workers.py), for a proxy with sticky sessions to spread visitors over; with one worker the
+server replaces this process, as before.
 """
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -156,6 +161,60 @@ def serve_argv(address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT) -> list
     return argv
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """One participant-server process per core this process may use."""
+    return usable_cores()
+
+
+def max_workers() -> int:
+    """More workers than twice the cores only add memory (each is a whole server, ~150-200 MB) and lock waits."""
+    return 2 * usable_cores()
+
+
+def check_workers(workers: int) -> int:
+    if workers < 1:
+        raise ValueError(f"--workers {workers}: at least 1 participant-server process is needed")
+    if workers > max_workers():
+        raise ValueError(f"--workers {workers} is more than this machine can use: at most {max_workers()} "
+                         f"(twice its {usable_cores()} cores; each worker is a whole server process)")
+    return workers
+
+
+def _port_free(address: str, port: int) -> bool:
+    """Could a server bind `address`:`port` now (with SO_REUSEADDR, as the server does)?"""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    host = "127.0.0.1" if address == "localhost" else address
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def check_ports(address: str, port: int, workers: int) -> list[int]:
+    """The ports of `workers` workers from `port` on, each a TCP port that is free on `address` now."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port {port} is not a TCP port (1-65535)")
+    ports = list(range(port, port + workers))
+    if ports[-1] > 65535:
+        raise ValueError(f"--port {port} with --workers {workers} needs ports up to {ports[-1]}, past 65535: "
+                         "choose a lower --port")
+    for slot, p in enumerate(ports):
+        if not _port_free(address, p):
+            which = f"worker {slot + 1} of {workers} listens on --port + {slot}" if workers > 1 else "the server's port"
+            raise ValueError(f"port {p} on {address} is taken ({which}): stop what holds it or choose another --port")
+    return ports
+
+
 def prepare(db_path: str | Path) -> Path:
     """Check the database before the server starts (so a wrong path fails here, in one line, not at the
     first participant); returns its absolute path."""
@@ -169,13 +228,22 @@ def prepare(db_path: str | Path) -> Path:
     return path
 
 
-def serve(db_path: str | Path, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT) -> None:
-    """Replace this process with the participant server (so its process id is the server's)."""
-    path = prepare(db_path)
-    argv = serve_argv(address, port)
+def serve(db_path: str | Path, address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT,
+          workers: int | None = None) -> int:
+    """One worker: replace this process with the participant server (so its process id is the server's). More:
+    supervise them here until stopped; returns the exit status. Every value is checked before anything starts."""
+    workers = check_workers(default_workers() if workers is None else workers)
+    check_address(address)
+    path = prepare(db_path)  # a wrong database is named first, whatever holds the ports
+    ports = check_ports(address, port, workers)
     env = {**os.environ, "STUDY_DB": str(path), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     # the server imports this very checkout's `study` (the launcher's folder comes first on its path otherwise,
     # and an editable install elsewhere would win)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PARTICIPANT_APP.parents[1]), os.environ.get("PYTHONPATH")) if p)
-    os.chdir(PARTICIPANT_APP.parent)  # no config.toml or secrets.toml of the lab's checkout applies
-    os.execve(sys.executable, argv, env)
+    if workers == 1:
+        os.chdir(PARTICIPANT_APP.parent)  # no config.toml or secrets.toml of the lab's checkout applies
+        os.execve(sys.executable, serve_argv(address, port), env)
+    from .workers import Supervisor
+
+    # the workers' folder is the app's too, for the same reason
+    return Supervisor(lambda p: serve_argv(address, p), env, address, ports, PARTICIPANT_APP.parent).run()

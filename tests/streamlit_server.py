@@ -34,6 +34,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> int:
+    """The first of `n` consecutive ports free on 127.0.0.1 now (for `serve --workers n`)."""
+    for _ in range(100):
+        first = free_port()
+        if first + n - 1 > 65535:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + n):
+                    s = held.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 @contextlib.contextmanager
 def _serving(command: list[str], what: str, env: dict | None, log_path: Path | None, timeout: float,
              port: int) -> Iterator[str]:
@@ -84,20 +101,47 @@ def streamlit_server(script: Path, env: dict | None = None, log_path: Path | Non
         yield url
 
 
+def _serve_command(db_path: Path, port: int, workers: int) -> list[str]:
+    return [sys.executable, "-m", "study", "serve", "--db", str(db_path), "--port", str(port), "--workers", str(workers)]
+
+
 @contextlib.contextmanager
 def participant_server(db_path: Path, log_path: Path, timeout: float = 90) -> Iterator[str]:
-    """`python -m study serve` on a free localhost port; yields its URL once healthy; always stops it."""
+    """`python -m study serve` (one worker) on a free localhost port; yields its URL once healthy; always stops it."""
     port = free_port()
-    with _serving([sys.executable, "-m", "study", "serve", "--db", str(db_path), "--port", str(port)],
-                  "participant server", None, log_path, timeout, port) as url:
+    with _serving(_serve_command(db_path, port, 1), "participant server", None, log_path, timeout, port) as url:
         yield url
 
 
 @contextlib.contextmanager
 def participant_server_process(db_path: Path, log_path: Path, env: dict | None = None,
                                timeout: float = 90) -> Iterator[tuple[str, subprocess.Popen]]:
-    """As participant_server, also yielding the server process (its pid is the server's: serve execs)."""
+    """As participant_server, also yielding the server process (its pid is the server's: one worker, serve execs)."""
     port = free_port()
-    with _serving_process([sys.executable, "-m", "study", "serve", "--db", str(db_path), "--port", str(port)],
-                          "participant server", env, log_path, timeout, port) as served:
+    with _serving_process(_serve_command(db_path, port, 1), "participant server", env, log_path, timeout,
+                          port) as served:
         yield served
+
+
+@contextlib.contextmanager
+def participant_workers(db_path: Path, log_path: Path, workers: int, env: dict | None = None,
+                        timeout: float = 180) -> Iterator[tuple[list[str], subprocess.Popen]]:
+    """`python -m study serve --workers N` on N consecutive free ports; yields the workers' URLs (once every one is
+    healthy) and the supervisor process; always stops it."""
+    first = free_ports(workers)
+    urls = [f"http://127.0.0.1:{port}" for port in range(first, first + workers)]
+    with _serving_process(_serve_command(db_path, first, workers), "participant server", env, log_path, timeout,
+                          first) as (_, proc):
+        deadline = time.monotonic() + timeout
+        for url in urls[1:]:
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                        if response.read() == b"ok":
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"participant server did not start: {log_path.read_text()[-2000:]}")
+                time.sleep(0.3)
+        yield urls, proc
