@@ -396,19 +396,20 @@ def print_browserless(db_path: Path, n: int, workers: int, tag: str, out: dict, 
               f"{pct(lat, 95):.0f} ms")
 
 
-async def churn(urls: list[str], key: str, sessions: int, at_once: int = 16) -> collections.Counter:
-    """`sessions` short visits (page load, leave), each from one of `at_once` invented addresses: their outcomes."""
+async def churn(urls: list[str], key: str, sessions: int, at_once: int = 16, first: int = 0) -> collections.Counter:
+    """`sessions` short visits (page load, leave), `at_once` at a time, each from its own invented address (one
+    address opening thousands would meet the per-address connection budget): their outcomes."""
     ports = [int(u.rsplit(":", 1)[1]) for u in urls]
     bases = dict(zip(ports, urls, strict=True))
     gate, outcomes = asyncio.Semaphore(at_once), collections.Counter()
 
     async def one(i: int) -> None:
         async with gate:
-            address = invented_address(i % at_once, block=172)
+            address = invented_address(i, block=172)
             outcomes[await visit_outcome(bases[worker_port(address, ports)],
                                          f"study=bench&key={key}&PROLIFIC_PID=visitor{i}", address)] += 1
 
-    await asyncio.gather(*(one(i) for i in range(sessions)))
+    await asyncio.gather(*(one(i) for i in range(first, first + sessions)))
     return outcomes
 
 
@@ -421,7 +422,7 @@ def sessions_churn(urls: list[str], key: str, sessions: int, pids: list[int]) ->
     time.sleep(12)  # two sweeps: the warm-up's sessions are gone
     before = measure(pids)
     t0 = time.monotonic()
-    outcomes = asyncio.run(churn(urls, key, sessions))
+    outcomes = asyncio.run(churn(urls, key, sessions, first=300))
     took = time.monotonic() - t0
     time.sleep(12)
     deadline = time.monotonic() + 60  # the sweeps (every 5 s) shut left sessions down at the second one
