@@ -113,7 +113,7 @@ def _accuracy(answers: pd.DataFrame, items: pd.DataFrame, conditions: list[str],
                          "n_correct": right,
                          "n_participants": pd.NA, "accuracy": right / total if total else np.nan, "wilson_lo": lo,
                          "wilson_hi": hi, "bootstrap_lo": np.nan, "bootstrap_hi": np.nan,
-                         "note": "same images, CIFAR-10H annotators (Peterson et al. 2019)"})
+                         "note": "CIFAR-10H annotators, same images"})
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame["n_participants"] = frame["n_participants"].astype("Int64")
@@ -351,8 +351,11 @@ def rt_figure(results: Results) -> go.Figure:
         times = answers.loc[answers["condition"] == condition, "rt_ms"]
         fig.add_violin(y=times / 1000, name=condition, box_visible=True, meanline_visible=True, points=False,
                        spanmode="hard")
-    fig.update_layout(title="Reaction times per condition", yaxis={"title": "seconds", "type": "log"}, height=420,
-                      showlegend=False)
+    # a log axis labels its minor ticks with bare digits ("9 8 7 …"); name round seconds instead
+    ticks = [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500]
+    fig.update_layout(title="Reaction times per condition", height=420, showlegend=False,
+                      yaxis={"title": "seconds (log scale)", "type": "log", "tickvals": ticks,
+                             "ticktext": [f"{t:g}" for t in ticks]})
     return fig
 
 

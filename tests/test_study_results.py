@@ -311,3 +311,14 @@ def test_report_cli_keeps_the_old_report_when_the_new_one_cannot_be_moved_in(sim
                   "--no-cifar10h", "--bootstrap", "20") == 2
     assert "disk full" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["report"] and (out / "report.html").read_text() == "old report"
+
+
+def test_reaction_time_axis_names_round_seconds_around_every_answer(simulated):
+    from study.results import rt_figure
+    db, study = simulated
+    results = compute_results(db, study, n_boot=10)
+    axis = rt_figure(results).layout.yaxis
+    # a bare log axis labels minor ticks "2 3 … 9" with no decade; every label must read as seconds
+    assert axis.type == "log" and list(axis.ticktext) == [f"{t:g}" for t in axis.tickvals]
+    seconds = results.answers["rt_ms"].dropna() / 1000
+    assert min(axis.tickvals) <= seconds.min() and max(axis.tickvals) >= seconds.max()
