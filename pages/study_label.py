@@ -37,7 +37,7 @@ from study import (
 )
 from study.db import shared_pool
 from study.display import stimulus_html
-from study.errors import configure_logging, report
+from study.errors import REFUSALS, configure_logging
 from study.participant import get_participant, record_servings
 from study.session import (
     answer_mode,
@@ -68,9 +68,11 @@ def stop_with(message: str, kind: str = "info") -> None:
     st.stop()
 
 
-def fail(message: str, detail: str) -> None:
-    """A participant-facing error: a short message and an error id; the detail goes to the server log only."""
-    eid = report(detail)
+def fail(message: str, kind: str, detail: str = "", *, ours: bool = False) -> None:
+    """A participant-facing refusal (or, `ours`, a failure of ours): a short message and an error id; the kind and
+    detail go to the server log only, once per kind and minute with a count (a script reloading a bad link over
+    and over grows the log by nothing). The detail holds no key and no participant id."""
+    eid = REFUSALS.failed(kind, detail) if ours else REFUSALS.refusal_id(kind, detail)
     stop_with(f"{message} (error id {eid})", "error")
 
 
@@ -128,7 +130,7 @@ def trial_area(study, participant_id: int) -> None:
             outcome = apply_answers(db, study, participant_id, st.session_state.get("trials"), handled)
             args = widget_args(db, study, participant_id, outcome, page=page_id(), served=served_here())
     except Exception as e:  # a fragment rerun does not pass through the page's own safety net
-        eid = report(f"trial fragment failed: {type(e).__name__}: {e}", exc_info=True)
+        eid = REFUSALS.failed("trial fragment failures", f"{type(e).__name__}: {e}", exc_info=True)
         stop_with(f"Something went wrong on our side. Please reload the page in a minute. (error id {eid})", "error")
     if outcome.completed or outcome.closed or outcome.timed_out:
         st.rerun(scope="app")  # the page itself changes: completion code, closed or timed-out message
@@ -143,7 +145,7 @@ def store(db, participant_id: int, trial, label: int, rt_ms, mode: str) -> None:
     except StudyClosed:
         stop_with("This study has been closed. Thank you for your time.")
     except AnswerRejected as e:
-        report(f"simple-mode answer rejected: {e}")
+        REFUSALS.refused("simple-mode answers rejected", str(e))
         st.warning("That answer could not be saved. Please answer again.")
         return
     if result.timed_out:
@@ -192,22 +194,23 @@ def run_page() -> None:
     try:
         link = parse_link(params)
     except InvalidLink as e:
-        fail(f"This link does not work: {e}. {ASK_AGAIN}", f"invalid link: {e}")
+        fail(f"This link does not work: {e}. {ASK_AGAIN}", "links that do not parse", str(e))
     try:
         with borrowed_db() as db:
             labeling_flow(db, link)
     except StudyDBError as e:
-        fail("The study is not available right now. Please try again later.", f"database: {e}")
+        fail("The study is not available right now. Please try again later.", "pages without the database", str(e),
+             ours=True)
 
 
 def labeling_flow(db, link) -> None:
     try:
         study = get_study(db, link.study)
     except StudyNotFound as e:
-        fail(f"This study link is not valid. {ASK_AGAIN}", f"study not found: {e}")
+        fail(f"This study link is not valid. {ASK_AGAIN}", "links naming no study", str(e))
     if not key_matches(link.key, study.link_key):  # nothing is stored for a link without the right key
         fail(f"This study link is not valid (its key is missing or wrong). {ASK_AGAIN}",
-             f"link key {'missing' if link.key is None else 'wrong'} for study {study.slug}")
+             "links without the study's key", f"key {'missing' if link.key is None else 'wrong'} for study {study.slug}")
 
     participant = get_participant(db, study, link.external_id)
     if (participant is None or participant.consent_at is None) and study.status != "open":
@@ -258,5 +261,5 @@ st.title("Image labeling study")
 try:
     run_page()
 except Exception as e:  # st.stop/st.rerun are BaseExceptions and pass; anything else is our fault
-    eid = report(f"participant page failed: {type(e).__name__}: {e}", exc_info=True)
+    eid = REFUSALS.failed("participant page failures", f"{type(e).__name__}: {e}", exc_info=True)
     st.error(f"Something went wrong on our side. Please reload the page in a minute. (error id {eid})")

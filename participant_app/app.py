@@ -18,7 +18,7 @@ import streamlit as st
 from streamlit.runtime import Runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from study.errors import configure_logging
+from study.errors import REFUSALS, configure_logging
 from study.guard import SessionGuard, client_address
 from study.workers import session_guard_from_env
 
@@ -60,6 +60,7 @@ async def _sweep(guard: SessionGuard) -> None:
 def _sweeper(guard: SessionGuard, loop: asyncio.AbstractEventLoop) -> None:
     while not loop.is_closed():
         time.sleep(min(5.0, guard.idle_before_consent_s / 2))
+        REFUSALS.flush()  # the counts a burst of refusals left held back, once its minute is over
         try:
             asyncio.run_coroutine_threadsafe(_sweep(guard), loop).result(timeout=30)
         except Exception as e:

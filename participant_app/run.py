@@ -72,8 +72,18 @@ def _with_message_gate() -> None:
     Runtime.handle_backmsg = handle_backmsg
 
 
+def _quiet_handshakes() -> None:
+    """uvicorn's line per websocket handshake goes (study.serve.handshake_log_filter)."""
+    import logging
+
+    from study.serve import handshake_log_filter
+
+    logging.getLogger("uvicorn.error").addFilter(handshake_log_filter)  # kept when uvicorn configures its logging
+
+
 _with_participant_headers()
 _with_message_gate()
+_quiet_handshakes()
 
 if __name__ == "__main__":
     sys.exit(cli.main(prog_name="streamlit"))

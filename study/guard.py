@@ -2,19 +2,19 @@
 a short idle time for sessions that never consent (a script holding sessions open holds nothing for
 long), and budgets for the messages browsers send (RerunGate, MessageIntake), so that nobody can slow the
 others. Streamlit-free: the server's script (participant_app/app.py) and launcher (participant_app/run.py)
-ask and act on the answers. Refusals are logged once per kind and interval, with a count, never once per hit."""
+ask and act on the answers. Refusals are logged once per kind and interval, with a count, never once per hit
+(study.errors.REFUSALS, the process's one log of them)."""
 from __future__ import annotations
 
 import functools
 import ipaddress
-import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-log = logging.getLogger("study")
+from .errors import REFUSALS, RefusalLog  # noqa: F401 - RefusalLog is imported from here too
 
 SESSIONS_PER_ADDRESS_ENV = "STUDY_SESSIONS_PER_ADDRESS"
 IDLE_BEFORE_CONSENT_ENV = "STUDY_IDLE_BEFORE_CONSENT_S"
@@ -48,27 +48,6 @@ def client_address(remote_ip: str | None, headers: Mapping[str, str] | None) -> 
     return peer
 
 
-class RefusalLog:
-    """Log each kind of refusal at most once per `interval_s`, with how many were refused meanwhile."""
-
-    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval_s, self._clock = interval_s, clock
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._count: dict[str, int] = {}
-
-    def refused(self, kind: str, detail: str = "") -> bool:
-        """Count one refusal; True when this call wrote the log line."""
-        now = self._clock()
-        with self._lock:
-            self._count[kind] = self._count.get(kind, 0) + 1
-            if now - self._last.get(kind, -float("inf")) < self.interval_s:
-                return False
-            count, self._count[kind], self._last[kind] = self._count[kind], 0, now
-        log.warning("refused %d x %s in the last %.0f s%s", count, kind, self.interval_s, f" ({detail})" if detail else "")
-        return True
-
-
 @dataclass
 class _Session:
     address: str
@@ -85,7 +64,7 @@ class SessionGuard:
         self.idle_before_consent_s = idle_before_consent_s or _env_number(IDLE_BEFORE_CONSENT_ENV,
                                                                           DEFAULT_IDLE_BEFORE_CONSENT_S)
         self._clock = clock
-        self.refusals = refusals or RefusalLog(clock=clock)
+        self.refusals = refusals or REFUSALS
         self._lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
         self._disconnected: set[str] = set()
@@ -310,7 +289,7 @@ class RerunGate:
                  address: Rate | None = None, clock: Callable[[], float] = time.monotonic,
                  refusals: RefusalLog | None = None) -> None:
         self._schedule, self._clock = schedule, clock
-        self.refusals = refusals or RefusalLog(clock=clock)
+        self.refusals = refusals or REFUSALS
         self._sessions, self._participants = Buckets(per_session), Buckets(per_participant)
         self._addresses = Buckets(address or per_address(RERUNS_PER_ADDRESS))
         self._pending: dict[str, _Pending] = {}
@@ -371,7 +350,7 @@ class MessageIntake:
                  connections: Rate | None = None, clock: Callable[[], float] = time.monotonic,
                  refusals: RefusalLog | None = None) -> None:
         self.per_connection, self._clock = per_connection, clock
-        self.refusals = refusals or RefusalLog(clock=clock)
+        self.refusals = refusals or REFUSALS
         self._addresses = Buckets(address or per_address(MESSAGES_PER_ADDRESS))
         self._connections = Buckets(connections or per_address(CONNECTIONS_PER_ADDRESS))
         self._lock = threading.Lock()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 import socket
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from .db import StudyDBError, open_db
 from .design import list_studies
+from .errors import REFUSALS
 from .guard import MessageIntake, client_address
 
 PARTICIPANT_APP = Path(__file__).resolve().parents[1] / "participant_app" / "app.py"
@@ -138,6 +140,20 @@ class ParticipantIntake:
                 gone = True
 
         await self.app(scope, paced_receive, sending)
+
+
+def handshake_log_filter(record: logging.LogRecord) -> bool:
+    """For the 'uvicorn.error' logger: uvicorn writes a line with the client's address for every websocket handshake
+    (accepted, or refused with 403: one per page load and one per refused attempt, so a script could grow the log
+    at will, and the participant server promises no access log). Those lines are dropped; refused handshakes are
+    counted in study.errors.REFUSALS instead (once per minute, with a count). Everything else passes."""
+    message = str(record.msg)
+    if not message.startswith('%s - "WebSocket %s"'):
+        return True
+    if not message.endswith("[accepted]"):
+        status = record.args[-1] if isinstance(record.args, tuple) and len(record.args) > 2 else 403
+        REFUSALS.refused("websocket handshakes refused", f"HTTP {status}")
+    return False
 
 
 def check_address(address: str) -> str:

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 from .design import Study
-from .guard import RefusalLog
+from .errors import REFUSALS
 from .participant import AnswerRejected, StudyClosed, Trial, record_answer, record_servings, trial_window
 
 WINDOW = 3  # trials the widget holds: the one on screen and two ahead
 MAX_ANSWERS_PER_MESSAGE = 50
 WIDGET_INPUTS = ("keyboard", "click")
-REJECTED = RefusalLog()  # a page resending a bad answer would otherwise write a log line per rerun
 
 
 @dataclass
@@ -64,7 +63,7 @@ def apply_answers(db: sqlite_utils.Database, study: Study, participant_id: int, 
             result = record_answer(db, participant_id, assignment_id, answer.get("label"), rt_ms=answer.get("rt_ms"),
                                    shown_ms=answer.get("shown_ms"), mode=mode, input=input_kind)
         except AnswerRejected as e:
-            REJECTED.refused("widget answers rejected", f"assignment {assignment_id} of participant {participant_id}: {e}")
+            REFUSALS.refused("widget answers rejected", str(e))  # a page resending it would log once per rerun
             out.rejected.append(assignment_id)
             break  # later answers depend on this one (answers are stored in order)
         except StudyClosed:
