@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from randmask.datasets import CLASSES, DATASETS, NUM_CLASSES
+from randmask.data_arrays import validate_arrays
+from randmask.datasets import CLASSES, DATASETS
 from randmask.errors import DataError
 from randmask.settings import data_cache_root, data_root, samples_root
 
@@ -62,30 +63,10 @@ def _cached_npz(path: Path, key: str) -> np.ndarray:
 
 def check_arrays(x: np.ndarray, y: np.ndarray, dataset: str, source: Path | str,
                  layout: str = "NHWC") -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels as a source holds them, checked (uint8 images of the data set's shape, as many integer
-    labels from 0 to 9, at least one image) and returned as writable (uint8 N×C×H×W, int64 labels). Any
-    problem is one DataError naming the source."""
-    c, h, w = DATASETS[dataset]
+    """Images and labels as a source holds them, checked by the one data-file check (data_arrays) and returned
+    as writable (uint8 N×C×H×W, int64 labels). Any problem is one DataError naming the source."""
+    validate_arrays(x, y, dataset, source, layout)
     x, y = np.asarray(x), np.asarray(y)
-    if x.dtype != np.uint8:
-        raise DataError(f"{source}: images are {x.dtype}, expected uint8 pixels (0-255)")
-    if layout == "NHWC":
-        want = (h, w) if c == 1 and x.ndim == 3 else (h, w, c)
-    else:
-        want = (c, h, w)
-    if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
-        raise DataError(f"{source}: images have shape {tuple(x.shape)}, expected N×{'×'.join(map(str, want))} "
-                        f"for {dataset}")
-    if not (y.ndim == 1 and (y.dtype.kind in "iu")):
-        raise DataError(f"{source}: labels are {y.dtype} of shape {tuple(y.shape)}, expected one integer per image")
-    if len(x) != len(y):
-        raise DataError(f"{source}: {len(x)} images but {len(y)} labels")
-    if len(x) == 0:
-        raise DataError(f"{source} holds no images")
-    bad = np.flatnonzero((y < 0) | (y >= NUM_CLASSES))
-    if len(bad):
-        raise DataError(f"{source}: label {int(y[bad[0]])} of image {int(bad[0])} is outside 0-{NUM_CLASSES - 1} "
-                        f"({len(bad)} such label(s))")
     if layout == "NHWC":
         x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
     return np.array(x, order="C"), np.array(y, dtype=np.int64)  # writable copies of the memory maps
@@ -240,7 +221,8 @@ def load_test_sample(dataset: str = "cifar10", n: int | None = None) -> tuple[to
         if not path.exists():
             raise
         with np.load(path, allow_pickle=False) as archive:
-            x, y = torch.from_numpy(archive["x"]), torch.from_numpy(archive["y"])
+            x, y = check_arrays(archive["x"], archive["y"], dataset, path, layout="NCHW")  # as write_sample kept it
+            x, y = torch.from_numpy(x), torch.from_numpy(y)
         if n is not None and n > len(x):
             raise DataError(f"only {len(x)} sample images ship in {path}; set RANDMASK_DATA for more") from None
     return (x, y) if n is None else (x[:n], y[:n])

@@ -24,6 +24,7 @@ from .db import (
     lock_wait_s,
     open_db,
     open_db_readonly,
+    refuse_empty_file,
     schema_version,
     speaking_lock_waits,
 )
@@ -187,6 +188,11 @@ def _demo(args) -> int:
     out = _output(args, kind="earlier demo sets", replaceable=lambda folder: _is_set(folder / "clean"))
     if not DEMO_PER_PARTICIPANT <= args.images <= MAX_DEMO_IMAGES:  # a participant sees each image once
         raise SetError(f"--images must be from {DEMO_PER_PARTICIPANT} to {MAX_DEMO_IMAGES}, got {args.images}")
+    config = StudyConfig(slug=args.name, title="Demo study (noise stand-ins, not attacks)", labels_per_item=3,
+                         items_per_participant=DEMO_PER_PARTICIPANT, catch_per_participant=2)
+    config.validate()  # a bad name is refused before minutes of building sets, not after
+    db_path = Path(args.db or default_db_path())
+    refuse_empty_file(db_path, create=True)  # as open_db would, but before the work
     x, y = load_cifar10_test()
     rng = np.random.default_rng(0)
     study_images = np.sort(rng.choice(len(y), size=args.images, replace=False))
@@ -198,9 +204,7 @@ def _demo(args) -> int:
         clean_set(tmp / "practice", 3, seed=4, unambiguous=None, avoid=[tmp / "clean", tmp / "catch"])
         out.commit()
         sets = args.out
-        config = StudyConfig(slug=args.name, title="Demo study (noise stand-ins, not attacks)", labels_per_item=3,
-                             items_per_participant=DEMO_PER_PARTICIPANT, catch_per_participant=2)
-        with _database_for_create(Path(args.db or default_db_path())) as db:
+        with _database_for_create(db_path) as db:
             create_study(db, config, [sets / "clean", sets / "noise16", sets / "noise32"], sets / "catch",
                          sets / "practice")
             study = get_study(db, args.name)

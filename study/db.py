@@ -205,6 +205,14 @@ def _connect(path: Path, timeout_s: float, check_same_thread: bool = True) -> sq
     return conn
 
 
+def refuse_empty_file(path: Path, *, create: bool) -> None:
+    """An existing 0-byte file, which SQLite would quietly make a database, is refused: an emptied file may be
+    a study lost (a full disk, a bad copy), so not even `create` builds over it."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise StudyDBError(f"{path} is empty, not a study database " + (
+            "(remove it, or give a new file name)" if create else "(create a study first)"))
+
+
 def open_db(path: str | Path | None = None, *, create: bool = True, timeout_s: float = BUSY_TIMEOUT_MS / 1000,
             check_same_thread: bool = True) -> sqlite_utils.Database:
     """Open (and if needed create or migrate) the study database at `path`.
@@ -218,8 +226,7 @@ def open_db(path: str | Path | None = None, *, create: bool = True, timeout_s: f
         raise StudyDBError(f"{path} is a directory, not a database file")
     if not path.exists() and not create:
         raise StudyDBError(f"{path} does not exist (create a study first)")
-    if not create and path.is_file() and path.stat().st_size == 0:  # SQLite would quietly make it a database
-        raise StudyDBError(f"{path} is empty, not a study database (create a study first)")
+    refuse_empty_file(path, create=create)
     _check_header(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

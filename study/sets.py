@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from randmask.data_arrays import validate_arrays
+from randmask.errors import DataError
 from randmask.safe_files import read_regular_file
 from randmask.set_schema import CLEAN, META_FILE, PRED_PREFIX, REQUIRED_COLUMNS, image_file
 
@@ -304,13 +306,10 @@ def load_cifar10_test(data_dir: str | None = None) -> tuple[np.ndarray, np.ndarr
             x, y = d["x"], d["y"]
     except (OSError, ValueError, KeyError, EOFError) as e:  # not an .npz of arrays x and y
         raise SetError(f"{path}: not a CIFAR-10 .npz with arrays x and y ({' '.join(str(e).split())[:120]})") from None
-    # what the participants will see and what the models were given must be real CIFAR-10 images and labels
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3) or len(x) == 0:
-        raise SetError(f"{path}: images must be uint8 of shape (N, 32, 32, 3), N >= 1; got {x.dtype} {x.shape}")
-    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
-        raise SetError(f"{path}: labels must be {len(x)} integers, one per image; got {y.dtype} {y.shape}")
-    if y.min() < 0 or y.max() > 9:
-        raise SetError(f"{path}: labels must lie in 0-9 (the CIFAR-10 classes); found {int(y.min())}..{int(y.max())}")
+    try:  # the models' loaders' own check: participants see the images and labels the models were given
+        validate_arrays(x, y, "cifar10", path)
+    except DataError as e:
+        raise SetError(str(e)) from None
     return x, y.astype(np.int64)
 
 
@@ -328,6 +327,10 @@ def load_cifar10h(path: str | Path | None = None) -> np.ndarray:
         raise SetError(f"{path}: an .npz archive; give the counts as one .npy array of shape (10000, 10)")
     if counts.shape != (10000, 10) or not np.issubdtype(counts.dtype, np.integer):
         raise SetError(f"{path}: expected integer counts of shape (10000, 10), got {counts.dtype} {counts.shape}")
+    if counts.min() < 0 or not counts.sum(axis=1).all():  # a share per image must be a fraction of its labels
+        bad = int(np.flatnonzero((counts < 0).any(axis=1) | (counts.sum(axis=1) == 0))[0])
+        raise SetError(f"{path}: image {bad} has {'a negative count' if (counts[bad] < 0).any() else 'no labels'}; "
+                       f"CIFAR-10H counts are at least 0 with at least one label per image")
     return counts
 
 

@@ -316,15 +316,25 @@ def test_any_stored_value_is_used_or_refused_in_one_line(template, tmp_path_fact
         assert KEY_RE.fullmatch(study.link_key)
 
 
-def test_an_empty_db_file_is_not_made_a_database_by_commands_that_expect_one(tmp_path, capsys):
+EMPTY_DB_COMMANDS = [["list"], ["link", "base"], ["close", "--study", "base"], ["open", "--study", "base"],
+                     ["exclude", "--study", "base", "--participant", "1"],
+                     ["include", "--study", "base", "--participant", "1"], ["report", "--out", "{o}/r"],
+                     ["check"], ["export", "--out", "{o}/x", "--no-cifar10h"], ["backup", "--out", "{o}/b.db"],
+                     ["create", "--name", "z", "--set", "{t}/set", "--catch-per-participant", "0",
+                      "--items-per-participant", "2"],
+                     ["demo", "--out", "{o}/sets", "--images", "6"]]
+
+
+@pytest.mark.parametrize("command", EMPTY_DB_COMMANDS, ids=lambda c: c[0])
+def test_an_empty_db_file_is_never_made_a_database(template, tmp_path, capsys, command):
+    """Not even by create or demo: an emptied file may be a study lost, and SQLite would quietly build over it."""
     db = tmp_path / "study.db"
     db.write_bytes(b"")
-    for argv in (["list"], ["link", "base"], ["close", "--study", "base"],
-                 ["exclude", "--study", "base", "--participant", "1"], ["report", "--out", str(tmp_path / "r")]):
-        before = tree_state(tmp_path)
-        code, _, err = run_main(main, [argv[0], "--db", str(db), *argv[1:]], capsys)
-        assert_one_line_error(code, err, "is empty, not a study database")
-        assert_unchanged(before, tree_state(tmp_path))
+    before = tree_state(tmp_path)
+    argv = [command[0], "--db", str(db), *(a.format(o=tmp_path, t=template) for a in command[1:])]
+    code, _, err = run_main(main, argv, capsys)
+    assert_one_line_error(code, err, "is empty, not a study database")
+    assert_unchanged(before, tree_state(tmp_path))
     assert db.read_bytes() == b""
 
 

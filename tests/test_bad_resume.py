@@ -11,9 +11,12 @@ import zipfile
 import pytest
 import torch
 from badinput import assert_one_line_error, assert_unchanged, run_main, tree_state
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from randmask.cli import main
-from randmask.train import make_config, train
+from randmask.errors import RandmaskError
+from randmask.train import make_config, read_resume, train
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 ARGS = ["0.7-Shallow", "--width", "4", "--epochs", "2", "--train-n", "64", "--eval-n", "32", "--batch-size", "32",
@@ -146,3 +149,33 @@ def test_a_resume_file_of_another_config_keeps_its_message(tmp_path, capsys, goo
 
 def test_variants_really_differ_from_the_good_file(good):
     assert len({VARIANTS[name](good) for name in VARIANTS if name != "random-bytes"}) == len(VARIANTS) - 1
+
+
+CFG = make_config("0.7-Shallow", "quick", width=4, epochs=2, train_n=64, eval_n=32, batch_size=32)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_damage_to_a_resume_file_is_one_line_or_a_sound_state(tmp_path, good, data):
+    """Bytes changed, cut or added anywhere in a real resume.pt: the one reader either refuses it in one line
+    naming the file (never advising weights_only=False) or returns a state whose every field passed its check."""
+    raw = bytearray(good)
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        edit = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if edit == "flip":
+            raw[at] ^= data.draw(st.integers(1, 255))
+        elif edit == "cut":
+            del raw[at:at + data.draw(st.integers(1, 64))]
+        else:
+            raw[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+    path = tmp_path / "resume.pt"
+    path.write_bytes(bytes(raw))
+    try:
+        state = read_resume(path, CFG)
+    except RandmaskError as exc:
+        message = str(exc)
+        assert str(path) in message and "\n" not in message and "weights_only" not in message, message
+        return
+    assert 1 <= state["epoch"] <= CFG.epochs and len(state["history"]) == state["epoch"]
+    assert all(not v.is_floating_point() or torch.isfinite(v).all() for v in state["model"].values())

@@ -272,15 +272,18 @@ def test_a_good_small_data_file_still_evaluates(models, cifar8, tmp_path, monkey
 
 
 @pytest.mark.parametrize("change, fragment", [
-    (lambda x, y: (x, np.where(np.arange(len(y)) == 3, 255, y)), "labels must lie in 0-9"),
-    (lambda x, y: (x[:, :28, :28], y), "images must be uint8 of shape (N, 32, 32, 3)"),
-    (lambda x, y: (x.astype(np.float32) / 255, y), "images must be uint8"),
-    (lambda x, y: (x, y[:-1]), "labels must be 40 integers"),
-    (lambda x, y: (x[:0], y[:0]), "N >= 1"),
-], ids=["label-255", "28x28", "float", "lengths", "empty"])
+    (lambda x, y: (x, np.where(np.arange(len(y)) == 3, 255, y)), "label 255 of image 3 is outside 0-9"),
+    (lambda x, y: (x[:, :28, :28], y), "images have shape (40, 28, 28, 3), expected N×32×32×3"),
+    (lambda x, y: (x.astype(np.float32) / 255, y), "images are float32, expected uint8"),
+    (lambda x, y: (x, y[:-1]), "40 images but 39 labels"),
+    (lambda x, y: (x[:0], y[:0]), "holds no images"),
+    (lambda x, y: (x, y.astype(np.float64)), "labels are float64"),
+    (lambda x, y: (x, y[:, None]), "expected one integer per image"),
+    (lambda x, y: (x, y.astype(np.int64) - 1), "label -1 of image"),
+], ids=["label-255", "28x28", "float", "lengths", "empty", "float-labels", "labels-2d", "label-negative"])
 def test_study_clean_set_refuses_bad_cifar_data_and_writes_nothing(tmp_path, capsys, monkeypatch, change, fragment):
-    """The study reads CIFAR-10 itself (it never imports the models' loaders): the same checks, so no label 255
-    or 28x28 image reaches participants."""
+    """The study reads CIFAR-10 itself (it never imports torch) but checks it with the models' loaders' own
+    check (randmask.data_arrays), so no label 255 or 28x28 image reaches participants, in the same words."""
     from study.cli import main as study_main
     from study.sets import load_cifar10_test
 
@@ -294,3 +297,31 @@ def test_study_clean_set_refuses_bad_cifar_data_and_writes_nothing(tmp_path, cap
         _refused(capsys, study_main, ["clean-set", "--out", str(tmp_path / "set"), "--count", "5"], tmp_path, fragment)
     finally:
         load_cifar10_test.cache_clear()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["uint8", "int16", "float32", "bool"]),
+       st.lists(st.integers(0, 40), min_size=1, max_size=5).map(tuple),
+       st.sampled_from(["int64", "uint8", "int8", "float64"]),
+       st.lists(st.integers(-3, 300), max_size=6), st.sampled_from(["cifar10", "mnist"]), st.booleans())
+def test_any_data_arrays_are_accepted_sound_or_refused_in_one_line(x_dtype, x_shape, y_dtype, labels, dataset,
+                                                                   near_valid):
+    """The one data-file check (models' loaders and the study's alike): whatever the arrays, either one
+    DataError line naming the source, or uint8 images of the data set's shape with a label 0-9 for each."""
+    from randmask.data import check_arrays
+    from randmask.datasets import DATASETS
+    from randmask.errors import DataError
+
+    if near_valid:  # the data set's own image shape, so the label rules are reached too
+        c, h, w = DATASETS[dataset]
+        x_shape = (len(labels), h, w) if c == 1 and len(x_shape) % 2 else (len(labels), h, w, c)
+    x = np.zeros(x_shape, dtype=x_dtype)
+    y = np.array(labels, dtype=np.int64).astype(y_dtype)  # out-of-range labels wrap as a file's would
+    try:
+        xs, ys = check_arrays(x, y, dataset, "some/test.npz")
+    except DataError as exc:
+        assert_one_line_exception(exc, (DataError,), "some/test.npz")
+        return
+    c, h, w = DATASETS[dataset]
+    assert xs.dtype == np.uint8 and xs.shape == (len(ys), c, h, w) and len(ys) >= 1
+    assert ys.dtype == np.int64 and ys.min() >= 0 and ys.max() <= 9 and list(ys) == list(y.astype(np.int64))

@@ -237,7 +237,7 @@ def test_no_interval_from_fewer_than_the_minimum_of_participants(tmp_path, study
 
 # --- CIFAR-10H files that are not counts -----------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["empty", "npz", "pickle", "text"])
+@pytest.mark.parametrize("kind", ["empty", "npz", "pickle", "text", "negative", "unlabelled", "float", "shape"])
 def test_export_refuses_a_cifar10h_file_that_is_not_counts(tmp_path, study_sets, capsys, kind):
     path = tmp_path / "s.db"
     support.make_study(path, study_sets, slug="c", items_per_participant=3, items_per_condition=4)
@@ -248,8 +248,12 @@ def test_export_refuses_a_cifar10h_file_that_is_not_counts(tmp_path, study_sets,
         np.savez(bad, counts=np.zeros((10000, 10), np.int64))
     elif kind == "pickle":
         np.save(bad, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    else:
+    elif kind == "text":
         bad.write_text("not numpy\n")
+    else:  # counts of the right file kind whose numbers cannot be shares (a division by zero, a share above 1)
+        counts = np.full((10000, 10), 5, np.int64)
+        counts[7] = {"negative": [-1] + [5] * 9, "unlabelled": [0] * 10}.get(kind, counts[7])
+        np.save(bad, {"float": counts / 1.0, "shape": counts[:100]}.get(kind, counts))
     code, out, err = run_main(main, ["export", "--db", str(path), "--out", str(tmp_path / "out"), "--cifar10h",
                                      str(bad), "--bootstrap", "10"], capsys)
     assert_one_line_error(code, err, str(bad))

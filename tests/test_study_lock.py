@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_study_support import cifar, make_study, study_sets  # noqa: F401  (fixtures)
 
 from study.cli import main
-from study.db import StudyDBError, lock_wait_s
+from study.db import MAX_LOCK_WAIT_S, StudyDBError, lock_wait_s
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,3 +110,16 @@ def test_the_default_wait(monkeypatch):
     assert lock_wait_s() == 60
     monkeypatch.setenv("STUDY_LOCK_WAIT_S", "2.5")
     assert lock_wait_s() == 2.5 and lock_wait_s("7") == 7
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30) | st.floats().map(repr) | st.integers(-10, 10**6).map(str))
+def test_any_wait_is_a_bounded_number_of_seconds_or_one_line(value):
+    """Whatever --lock-wait is given: a positive finite wait of at most a day, or one line naming the option."""
+    try:
+        seconds = lock_wait_s(value)
+    except StudyDBError as exc:
+        message = str(exc)
+        assert "--lock-wait" in message and "\n" not in message and "\r" not in message, message
+        return
+    assert 0 < seconds <= MAX_LOCK_WAIT_S and seconds == float(value)
