@@ -178,6 +178,17 @@ def test_csv_output_that_is_not_a_regular_file_is_refused(models, capsys, make):
                                      *SMALL], models)
 
 
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_device_at_out_is_refused_and_stays_a_device(models, capsys, overwrite):
+    import stat
+    device = Path("/dev/null")
+    before = os.lstat(device)
+    _refused(capsys, randmask_main, ["noise", "--models", str(models / "M0"), "--out", str(device), *overwrite,
+                                     *SMALL], models)
+    after = os.lstat(device)
+    assert stat.S_ISCHR(after.st_mode) and (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)
+
+
 def test_attack_replaces_only_a_set(models, capsys):
     (models / "notes").mkdir()
     (models / "notes" / "todo.txt").write_text("mine")
