@@ -8,12 +8,13 @@ reach that page through the participant server, `python -m study serve`, not thr
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-# Before torch loads its OpenMP runtime: idle threads sleep instead of spinning. With a training job on the same
-# cores, spinning threads made an 8-image PGD16 gallery take 72 s instead of 3 s (2-core machine, measured).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from randmask.settings import apply_openmp_wait_policy
+
+# Before torch loads its OpenMP runtime: idle threads spin briefly, then sleep. With a training job on the same
+# cores, endless spinning made an 8-image PGD16 gallery take 72 s instead of 3 s (2-core machine, measured).
+apply_openmp_wait_policy()
 
 import streamlit as st  # noqa: E402
 

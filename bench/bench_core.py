@@ -24,14 +24,24 @@ apart the two loss curves are (within bf16 tolerance, <= 2% relative: the fused 
 eager PyTorch).
 masks: masked vs unmasked fp32 step times, interleaved; targets masked/unmasked <= 1.10 training, <= 1.05
 inference.
+omp: how idle OpenMP threads wait, side by side: one fresh process per policy (the runtime reads it when torch
+loads) times the forward and backward pass of a --model training step (--width, --batch, --threads, fp32, random
+images) on the machine as it is, then with --busy extra busy processes beside it (a load spike), in --rounds
+interleaved blocks of --omp-steps steps. Policies: ACTIVE (spin forever), PASSIVE (sleep at once), libgomp's
+default (neither set: 300,000 spin rounds), randmask's bounded spin (settings.OPENMP_BOUNDED_SPIN) and
+GOMP_SPINCOUNT=--spins for comparison. Printed: median wall and process CPU time per step, each policy's
+loaded/as-is ratio and its ratio to randmask's choice.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -42,7 +52,7 @@ from randmask.device import autocast_dtype, cpu_has_fast_bf16, cpu_model, defaul
 from randmask.fused import library as fused_library
 from randmask.masks import RandomMask
 from randmask.models import build_model
-from randmask.settings import fused_kernels_enabled
+from randmask.settings import OPENMP_BOUNDED_SPIN, OPENMP_WAIT_VARIABLES, fused_kernels_enabled
 from randmask.train import (
     EPOCH_CHECK_BATCH,
     accuracy,
@@ -224,6 +234,79 @@ def compare_masks(args) -> None:
         print(f"{name:<18}{tr:>14.4f}{tr / base_train:>8.3f}{ev:>14.4f}{ev / base_eval:>8.3f}")
 
 
+BUSY_LOOP = "import time\nwhile True: time.perf_counter()"  # a process that takes all the CPU it is given
+OMP_BLOCK_LIMIT_S = 120.0  # a block stops after this much wall time (endless spinning under load: seconds a step)
+
+
+def omp_child(args) -> None:
+    """One policy, in this fresh process: blocks of steps, alternately as the machine is and beside --busy busy
+    processes; one JSON line of per-block medians."""
+    model = build_model(args.model, width=args.width).train()
+    x, y = torch.rand(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+
+    step()  # oneDNN builds its kernels on first use
+    blocks = []
+    for r in range(2 * args.rounds):
+        loaded = r % 2 == 1
+        busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(args.busy if loaded else 0)]
+        try:
+            time.sleep(0.2 if busy else 0)  # the busy processes are running before the first step
+            walls, cpus, began = [], [], time.perf_counter()
+            for _ in range(args.omp_steps):
+                w, c = time.perf_counter(), time.process_time()
+                step()
+                walls.append(time.perf_counter() - w)
+                cpus.append(time.process_time() - c)
+                if time.perf_counter() - began > OMP_BLOCK_LIMIT_S:
+                    break
+        finally:
+            for b in busy:
+                b.kill()
+                b.wait()
+        blocks.append({"loaded": loaded, "wall": walls, "cpu": cpus})
+    print(json.dumps({"blocks": blocks, "threads": torch.get_num_threads()}))
+
+
+def compare_omp(args) -> None:
+    spin = ", ".join(f"{k}={v}" for k, v in OPENMP_BOUNDED_SPIN.items())
+    policies = {"ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+                "libgomp default": {}, f"ours ({spin})": dict(OPENMP_BOUNDED_SPIN)}
+    for n in args.spins:
+        policies.setdefault(f"GOMP_SPINCOUNT={n}", {"GOMP_SPINCOUNT": str(n)})
+    base = {k: v for k, v in os.environ.items() if k not in OPENMP_WAIT_VARIABLES}
+    base.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    print(f"OpenMP wait policies: {args.model} width {args.width}, batch {args.batch}, fp32 forward+backward, "
+          f"{args.threads} threads; {cpu_model()}; torch {torch.__version__}; load average at start "
+          f"{os.getloadavg()[0]:.1f}; 'loaded' = beside {args.busy} extra busy processes; {args.rounds} interleaved "
+          f"blocks of {args.omp_steps} steps each way, one fresh process per policy")
+    results = {}
+    for name, extra in policies.items():
+        command = [sys.executable, os.path.abspath(__file__), "--omp-child", "--model", args.model,
+                   "--width", str(args.width), "--batch", str(args.batch), "--rounds", str(args.rounds),
+                   "--omp-steps", str(args.omp_steps), "--busy", str(args.busy), "--threads", str(args.threads)]
+        run = subprocess.run(command, env={**base, **extra}, capture_output=True, text=True, timeout=3600)
+        if run.returncode:
+            raise SystemExit(f"{name}: the timing process failed: {run.stderr.strip().splitlines()[-1:]}")
+        blocks = json.loads(run.stdout.strip().splitlines()[-1])["blocks"]
+        results[name] = {way: {k: statistics.median(v for b in blocks if b["loaded"] == loaded for v in b[k])
+                               for k in ("wall", "cpu")} for way, loaded in (("as is", False), ("loaded", True))}
+    ours = results[f"ours ({spin})"]
+    print(f"{'policy':<44}{'as is ms':>10}{'cpu ms':>8}{'loaded ms':>11}{'cpu ms':>8}{'loaded/as is':>13}"
+          f"{'vs ours as is':>14}{'vs ours loaded':>15}")
+    for name, r in results.items():
+        a, b = r["as is"], r["loaded"]
+        print(f"{name:<44}{1e3 * a['wall']:>10.0f}{1e3 * a['cpu']:>8.0f}{1e3 * b['wall']:>11.0f}{1e3 * b['cpu']:>8.0f}"
+              f"{b['wall'] / a['wall']:>13.2f}{a['wall'] / ours['as is']['wall']:>14.2f}"
+              f"{b['wall'] / ours['loaded']['wall']:>15.2f}")
+    print(f"load average at end {os.getloadavg()[0]:.1f} (wall times include every other process on the machine; "
+          f"compare within this run)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="0.7-Shallow")
@@ -234,13 +317,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", choices=["preset", "masks"])
+    parser.add_argument("--only", choices=["preset", "masks", "omp"])
+    parser.add_argument("--omp-steps", type=int, default=5, help="omp: timed steps per block")
+    parser.add_argument("--busy", type=int, default=2, help="omp: busy processes beside the loaded blocks")
+    parser.add_argument("--spins", type=lambda v: [int(n) for n in v.split(",") if n], default=[100000],
+                        help="omp: further GOMP_SPINCOUNT values to compare, comma-separated")
+    parser.add_argument("--omp-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when present)")
     args = parser.parse_args()
     args.device = default_device() if args.device == "auto" else torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
     torch.set_num_threads(args.threads)
+    if args.omp_child:
+        omp_child(args)
+        return
+    if args.only == "omp":
+        compare_omp(args)
+        return
     if args.only in (None, "preset"):
         compare_preset(args)
     if args.only in (None, "masks"):

@@ -15,6 +15,7 @@ import numpy as np
 import streamlit as st
 import torch
 
+from randmask import settings
 from randmask.catalog import (
     Catalog,
     ModelEntry,
@@ -28,9 +29,11 @@ from randmask.catalog import (
     unique_names,
     untrained_names,
 )
+from randmask.checkpoint import WEIGHTS_FILE
 from randmask.data import CLASSES, load_test_sample
 from randmask.device import default_device, device_text
 from randmask.images import display_image, float_batch
+from randmask.zoo import list_zoo
 
 PICK_KEY, DATASET_KEY = "picked_models", "picked_dataset"
 PICKS, DATASET = "picks", "dataset"  # plain copies of the picker's values: they survive runs without the sidebar
@@ -113,9 +116,49 @@ def images(dataset: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tens
     return float_batch(*_sample(dataset), n)
 
 
-def catalog() -> Catalog:
-    """Zoo, your trained models and untrained stand-ins; read from disk on every run (a few small JSON files)."""
+def _files_stamp(root: Path, *patterns: str) -> tuple:
+    """(path, mtime_ns, size) of the files under root matching the patterns: a model added, exported, retrained
+    or removed changes it."""
+    if not root.is_dir():
+        return (str(root),)
+    stamp = [str(root)]
+    for pattern in patterns:
+        for path in sorted(root.glob(pattern)):
+            with contextlib.suppress(OSError):  # removed between the listing and the stat
+                info = path.stat()
+                stamp.append((str(path), info.st_mtime_ns, info.st_size))
+    return tuple(stamp)
+
+
+def _zoo_stamp() -> tuple:
+    return _files_stamp(settings.zoo_root(), "*/*/*")
+
+
+def _catalog_stamp() -> tuple:
+    return _zoo_stamp(), _files_stamp(settings.user_runs_root(), "*/config.json", f"*/{WEIGHTS_FILE}")
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _catalog(stamp: tuple) -> Catalog:
     return discover_models()
+
+
+def catalog() -> Catalog:
+    """Zoo, your trained models and untrained stand-ins. Reading them costs ~0.5 s of CPU time (every zoo folder's
+    config checked) and a page asks up to four times a run, so the answer is kept for as long as the files it
+    reads stay the same (their names, times and sizes: a few hundred stat calls)."""
+    return _catalog(_catalog_stamp())
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _zoo_rows(stamp: tuple) -> list[dict]:
+    return list_zoo(settings.zoo_root())
+
+
+def zoo_rows() -> list[dict]:
+    """randmask.zoo.list_zoo (every planned entry and its status: ~1 s of CPU time), kept while the zoo's files
+    stay the same."""
+    return _zoo_rows(_zoo_stamp())
 
 
 # ------------------------------------------------------------------------------------------------ picker

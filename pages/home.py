@@ -4,8 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages import _ui
-from randmask import catalog, mask_views, settings
-from randmask.zoo import list_zoo
+from randmask import catalog, mask_views
 
 _ui.ensure_app()
 st.title("Random Mask, hands on")
@@ -36,7 +35,7 @@ with _ui.readable_errors("Cannot draw the picture"):
 
 st.subheader("The model zoo")
 with _ui.readable_errors("Cannot list the zoo"):
-    rows = catalog.zoo_overview(list_zoo(settings.zoo_root()), _ui.catalog().entries)
+    rows = catalog.zoo_overview(_ui.zoo_rows(), _ui.catalog().entries)
     trained = catalog.zoo_trained_count(rows)
     if not trained:
         st.info("No model is trained yet (the quick zoo trains in the background and lands in assets/zoo). "

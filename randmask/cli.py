@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from randmask.errors import RandmaskError, at_least_one
+from randmask.settings import apply_openmp_wait_policy
 
 EXIT_USER_ERROR = 2
 
@@ -309,6 +310,7 @@ def attack_mode(exact: bool) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    apply_openmp_wait_policy()  # before any command imports torch; the processes it starts inherit it
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -193,7 +193,10 @@ def load_tensors(dataset: str, split: str, n: int | None = None) -> tuple[torch.
 def pixel_mean(dataset: str) -> torch.Tensor:
     """Per-pixel mean of the training set in [0,1] (C×H×W), the paper's only preprocessing."""
     x, _ = load_uint8(dataset, "train")
-    return x.double().mean(0).div(255).float()
+    # an exact integer sum (numpy's: 20x faster than torch's here), then one division: the value that
+    # x.double().mean(0) gives, without a float64 copy of the whole set (1.2 GB for CIFAR-10, 1-2 s of CPU time
+    # before every training run)
+    return torch.from_numpy(x.numpy().sum(0, dtype=np.int64)).double().div(len(x)).div(255).float()
 
 
 SAMPLE_SIZE = 1000

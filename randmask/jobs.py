@@ -27,7 +27,7 @@ from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config
 from randmask.datasets import DATASETS
 from randmask.errors import RandmaskError
 from randmask.notation import parse_model, slug
-from randmask.settings import PROJECT_ROOT, user_runs_root
+from randmask.settings import PROJECT_ROOT, openmp_wait_policy, user_runs_root
 from randmask.train import LOG_FILE, make_config
 
 JOB_FILE, OUTPUT_FILE = "job.json", "job.log"
@@ -238,9 +238,8 @@ def _alive(folder: Path, job: dict) -> bool:
 
 def _launch(folder: Path, job: dict) -> None:
     settings = JobSettings(**job["settings"])
-    # OMP_WAIT_POLICY: OpenMP threads sleep when idle instead of spinning; beside other busy processes on a small
-    # machine, spinning made torch's CPU kernels many times slower (see app.py)
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.update(openmp_wait_policy(env)[0])  # a bounded OpenMP spin unless the user chose a policy (see app.py)
     if settings.threads:
         env.update(OMP_NUM_THREADS=str(settings.threads), MKL_NUM_THREADS=str(settings.threads))
     command = settings.command(folder)

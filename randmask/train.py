@@ -28,10 +28,11 @@ from tqdm import tqdm
 from randmask import safe_files
 from randmask.checkpoint import WEIGHTS_FILE, load_model, save_checkpoint
 from randmask.data import load_uint8, pixel_mean
-from randmask.device import PrecisionChoice, choose_precision, cpu_has_fast_bf16, default_device
+from randmask.device import PrecisionChoice, choose_precision, cpu_has_fast_bf16, cpu_model, default_device
 from randmask.errors import CheckpointError, RandmaskError
 from randmask.models import Ensemble, build_model
 from randmask.notation import MAX_ENSEMBLE, format_model, parse_model
+from randmask.settings import openmp_wait_note, precision_cache_path
 from randmask.stats import wilson_interval
 
 RESUME_FILE, LOG_FILE = "resume.pt", "progress.jsonl"
@@ -110,16 +111,45 @@ def make_config(notation: str, preset: str = "quick", **overrides) -> TrainConfi
 _PRECISION_PROBES: dict[tuple, PrecisionChoice] = {}
 
 
+def _stored_probes() -> dict:
+    try:
+        stored = json.loads(precision_cache_path().read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: probe again
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def _store_probe(key: str, choice: PrecisionChoice) -> None:
+    path = precision_cache_path()
+    stored = {**_stored_probes(), key: {"dtype": "bfloat16" if choice.dtype else "fp32", "reason": choice.reason}}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(stored, indent=1))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache only costs the next run its probe
+        pass
+
+
 def training_precision(cfg: TrainConfig, device: torch.device, world: int = 1) -> PrecisionChoice:
     """The autocast dtype `cfg.precision` resolves to for this model here, and why (`choose_precision`). Where
     the hardware does not settle it, 'auto' on a CPU times one training step of a throw-away copy of the model
-    (same width, layout and per-process batch) in bf16 and in fp32; the answer is remembered per process for
-    each such shape."""
+    (same width, layout and per-process batch) in bf16 and in fp32 (~7 s of CPU time at width 16): the answer is
+    remembered per process for each such shape, and across runs in settings.precision_cache_path() for this CPU
+    and torch version (the probe counts CPU time, which other processes' load hardly moves)."""
     if cfg.precision != "auto" or device.type != "cpu" or not cpu_has_fast_bf16():
         return choose_precision(device, cfg.precision)
     batch = max(1, cfg.batch_size // world)
     spec = parse_model(cfg.notation)
     key = (format_model(spec.member()), cfg.dataset, cfg.width, batch, cfg.channels_last, torch.get_num_threads())
+    stored_key = json.dumps([*key, cpu_model(), torch.__version__])
+    if key not in _PRECISION_PROBES:
+        stored = _stored_probes().get(stored_key)
+        if isinstance(stored, dict) and stored.get("dtype") in ("bfloat16", "fp32"):
+            _PRECISION_PROBES[key] = PrecisionChoice(
+                torch.bfloat16 if stored["dtype"] == "bfloat16" else None,
+                f"{stored.get('reason', '')}; measured by an earlier run on this CPU (kept in "
+                f"{precision_cache_path()}: delete it to probe again)")
     if key not in _PRECISION_PROBES:
         with torch.random.fork_rng(devices=[]):  # the probe must not move the training's random streams
             torch.manual_seed(0)
@@ -137,6 +167,7 @@ def training_precision(cfg: TrainConfig, device: torch.device, world: int = 1) -
                 loss.backward()
 
             _PRECISION_PROBES[key] = choose_precision(device, "auto", probe=step)
+            _store_probe(stored_key, _PRECISION_PROBES[key])
     return _PRECISION_PROBES[key]
 
 
@@ -375,7 +406,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
     steps_per_epoch = math.ceil((len(x_train) - len(x_train) % world) / world / max(1, cfg.batch_size // world))
     log("start", config=asdict_json(cfg), world_size=world, device=str(device),
         autocast=str(amp).removeprefix("torch.") if amp else "fp32", precision_reason=why,
-        steps_per_epoch=steps_per_epoch,
+        openmp_wait=openmp_wait_note(), steps_per_epoch=steps_per_epoch,
         start_epoch=start_epoch)
 
     # step records at least ~10 times an epoch, so a small job (a few steps an epoch) still shows movement
@@ -397,7 +428,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: Callable[[dict], None] | 
                 hits += step_hits
                 seen += len(yb)
                 bar.set_postfix(loss=f"{net_loss / seen:.3f}")
-                if (i + 1) % log_every == 0:
+                if (i + 1) % log_every == 0 or i == 0:  # the first at once: the app sees the steps begin
                     log("step", epoch=epoch + 1, epochs=cfg.epochs, step=i + 1, steps=steps_per_epoch,
                         loss=net_loss / seen, lr=opt.param_groups[0]["lr"], images=seen * world,
                         elapsed_s=round(time.time() - began, 3))

@@ -23,3 +23,10 @@ def data_dir() -> Path:
 def _crafted_cache_in_tmp(tmp_path_factory, monkeypatch) -> None:
     """Tests never fill the project's runs/crafted cache."""
     monkeypatch.setenv("RANDMASK_CRAFTED", str(tmp_path_factory.getbasetemp() / "crafted"))
+
+
+@pytest.fixture(autouse=True)
+def _precision_probes_per_test(tmp_path_factory, monkeypatch, request) -> None:
+    """Each test measures its own precision probes: none reads another's (or the user's) stored answer."""
+    name = "".join(c if c.isalnum() else "_" for c in request.node.nodeid)[-120:]
+    monkeypatch.setenv("RANDMASK_PRECISION_CACHE", str(tmp_path_factory.getbasetemp() / "precision" / f"{name}.json"))

@@ -90,15 +90,29 @@ def _serving_process(command: list[str], what: str, env: dict | None, log_path: 
             log.close()
 
 
+def _streamlit_command(script: Path, port: int, address: str) -> list[str]:
+    return [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port), "--server.address",
+            address, "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType",
+            "none"]
+
+
 @contextlib.contextmanager
 def streamlit_server(script: Path, env: dict | None = None, log_path: Path | None = None,
                      timeout: float = 90, address: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
     """`streamlit run script` headless (on 127.0.0.1 unless told); yields its URL once healthy; always stops it."""
     port = port or free_port()
-    with _serving([sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
-                   "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
-                   "--server.fileWatcherType", "none"], "streamlit", env, log_path, timeout, port) as url:
+    with _serving(_streamlit_command(script, port, address), "streamlit", env, log_path, timeout, port) as url:
         yield url
+
+
+@contextlib.contextmanager
+def streamlit_server_process(script: Path, env: dict | None = None, log_path: Path | None = None,
+                             timeout: float = 90) -> Iterator[tuple[str, subprocess.Popen]]:
+    """As streamlit_server, also yielding the server process (benchmarks read its CPU time)."""
+    port = free_port()
+    with _serving_process(_streamlit_command(script, port, "127.0.0.1"), "streamlit", env, log_path, timeout,
+                          port) as served:
+        yield served
 
 
 def _serve_command(db_path: Path, port: int, workers: int) -> list[str]:

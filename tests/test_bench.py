@@ -53,6 +53,30 @@ def test_bench_app_builds_the_gallery_and_loads_every_model(data_dir):
 
 
 @pytest.mark.slow
+def test_bench_app_first_steps_prints_train_start_home_and_switch_figures(data_dir):
+    """The three figures of issue 33 item 5, each wall and CPU time with its ratio to the target; the train start
+    ends at the trainer's step-1 record (it used to log only every tenth of an epoch)."""
+    run = subprocess.run([sys.executable, "-m", "bench.bench_app", "--only", "first", "--rounds", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=3000)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"machine: {cpu_model()};" in run.stdout and "OpenMP waits" in run.stdout
+    starts = re.findall(r"^train    start -> first step \((first run on this machine|a later run)\): ([\d.]+) s, "
+                        r"CPU ([\d.]+) s / target 15 s = ([\d.]+)$", run.stdout, re.M)
+    assert [when for when, *_ in starts] == ["first run on this machine", "a later run"]
+    for _, wall, cpu, ratio in starts:
+        assert float(wall) > 0 and float(cpu) > 0 and float(ratio) == pytest.approx(float(wall) / 15, abs=0.01)
+    assert re.search(r"^train    a later run: building the model at [\d.]+, .*step 1 done at [\d.]+$", run.stdout,
+                     re.M)
+    wall, cpu, ratio = map(float, re.search(r"^home     new session on the warm server: median ([\d.]+) s, server "
+                                            r"CPU ([\d.]+) s over 1 / target 2 s = ([\d.]+)$", run.stdout,
+                                            re.M).groups())
+    assert wall > 0 and cpu >= 0 and ratio == pytest.approx(wall / 2, abs=0.01)
+    wall, cpu, ratio = map(float, re.search(r"^switch   slowest page median ([\d.]+) s \(server CPU ([\d.]+) s\) / "
+                                            r"target 1 s = ([\d.]+)$", run.stdout, re.M).groups())
+    assert wall > 0 and cpu >= 0 and ratio == pytest.approx(wall, abs=0.01)
+
+
+@pytest.mark.slow
 def test_bench_attacks_compares_each_attack_with_torchattacks(data_dir):
     run = subprocess.run([sys.executable, "bench/bench_attacks.py", "--n", "16", "--batch", "16", "--pgd-steps", "2",
                           "--rounds", "1", "--only", "pgd"], cwd=ROOT, capture_output=True, text=True,

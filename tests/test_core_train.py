@@ -301,6 +301,45 @@ def test_the_precision_probe_leaves_the_random_streams_alone(monkeypatch):
     assert seen == [1]
 
 
+def test_a_later_run_reuses_the_probe_measured_on_this_cpu_and_torch(monkeypatch, tmp_path):
+    """The probe cost ~7 s of CPU before every run's first step (issue 33): a later process on the same CPU and
+    torch reuses its answer, and says so; another torch version probes again."""
+    import randmask.device as device
+    import randmask.train as training
+
+    monkeypatch.setattr(training, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setenv("RANDMASK_PRECISION_CACHE", str(tmp_path / "cache" / "probes.json"))
+    probes = []
+
+    def bf16_wins(step, rounds=3):
+        probes.append(1)
+        return 1.0, 0.5
+
+    monkeypatch.setattr(device, "bf16_probe", bf16_wins)
+    cfg = make_config("0.7-Shallow", "quick", width=8, batch_size=8)
+    monkeypatch.setattr(training, "_PRECISION_PROBES", {})
+    first = training.training_precision(cfg, torch.device("cpu"))
+    assert first.dtype == torch.bfloat16 and probes == [1]
+    monkeypatch.setattr(training, "_PRECISION_PROBES", {})  # as a new process
+    again = training.training_precision(cfg, torch.device("cpu"))
+    assert again.dtype == torch.bfloat16 and probes == [1]
+    assert again.reason.startswith(first.reason) and "earlier run on this CPU" in again.reason
+    monkeypatch.setattr(training, "_PRECISION_PROBES", {})
+    monkeypatch.setattr(torch, "__version__", "0.0-other")
+    training.training_precision(cfg, torch.device("cpu"))
+    assert probes == [1, 1]
+
+
+def test_the_pixel_mean_is_the_float64_mean_exactly(data_dir):
+    """pixel_mean sums the uint8 set as integers instead of copying it to float64 (1-2 s of CPU before each run)."""
+    from randmask.data import load_uint8, pixel_mean
+
+    x, _ = load_uint8("cifar10", "train")
+    assert torch.equal(pixel_mean("cifar10"), x.double().mean(0).div(255).float())
+
+
 def test_resume_state_records_the_precision(tmp_path, data_dir):
     cfg = make_config("0.5-Shallow", "quick", epochs=2, **TINY)
 
@@ -315,6 +354,7 @@ def test_resume_state_records_the_precision(tmp_path, data_dir):
                  if r["event"] == "start")
     assert state["autocast"] == start["autocast"] and state["autocast"] in ("fp32", "bfloat16")
     assert start["precision_reason"]  # the log says which precision and why
+    assert start["openmp_wait"].startswith("OpenMP waits")  # and how idle OpenMP threads wait
     train(cfg, tmp_path / "run", show_bar=False)  # resumed: keeps its precision, and says so
     records = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
     again = [r for r in records if r["event"] == "start"][-1]
