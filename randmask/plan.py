@@ -42,6 +42,11 @@ NOISE_MODELS = ["Normal ResNet-18", "0.5-Shallow", "0.7-Shallow", "0.9-Shallow"]
 FIGURE7_ATTACKS = ["FGSM16", "PGD16", "CW40"]
 
 
+def wider(notations: list[str]) -> list[str]:
+    """The width ladder's zoo names for these notations (issue 34): Table 4 and the noise curves measure them too."""
+    return [e.name for e in ZOO if e.role == "width ladder" and e.notation in notations]
+
+
 # every transfer table also gets the controls and the rest of Table 7 (zoo stages 5-7) as they land; an EN's
 # members stay out (a Normal member's label would collide with the baseline's), the EN itself is a target
 TRANSFER_TARGETS = list(dict.fromkeys([*(zoo_name(n) for n in TABLE2_TARGETS),
@@ -115,7 +120,7 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
                                  dataset="cifar10", progress=progress)
 
     def table4(zoo: Zoo, x, y, progress):
-        names = [normal, zoo_name("0.5-Shallow"), zoo_name("0.7-Shallow"), *table4_controls]
+        names = [normal, zoo_name("0.5-Shallow"), zoo_name("0.7-Shallow"), *table4_controls, *table4_wider]
         models = {zoo.label(n): zoo.model(n) for n in names if zoo.has(n)}
         return protocols.whitebox(models, list(protocols.WHITEBOX_ATTACKS), x[:s["n_whitebox"]],
                                   y[:s["n_whitebox"]], dataset="cifar10", progress=progress, cache=cache)
@@ -147,7 +152,8 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
                                progress=progress, cache=cache)
 
     def figure3(zoo: Zoo, x, y, progress):
-        models = {zoo.label(n): zoo.model(n) for n in map(zoo_name, NOISE_MODELS) if zoo.has(n)}
+        models = {zoo.label(n): zoo.model(n) for n in [*map(zoo_name, NOISE_MODELS), *wider(NOISE_MODELS)]
+                  if zoo.has(n)}
         return protocols.noise(models, x[:s["n_noise"]], y[:s["n_noise"]], dataset="cifar10", progress=progress,
                                cache=cache)
 
@@ -165,6 +171,7 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
         return protocols.logit_scale(models, x[:s["n"]], y[:s["n"]], dataset="cifar10")
 
     table4_controls = [MATCHED["0.7-Shallow"].name, zoo_name(RESAMPLED["0.7-Shallow"])]
+    table4_wider = wider(["Normal ResNet-18", "0.5-Shallow", "0.7-Shallow"])
     # 0.9-Shallow carries the claim; 0.7-Shallow has both controls (accuracy-matched Normal, resampled mask)
     beyond_masked = [zoo_name("0.9-Shallow"), zoo_name("0.7-Shallow")]
     beyond_controls = [MATCHED["0.9-Shallow"].name, MATCHED["0.7-Shallow"].name, zoo_name(RESAMPLED["0.7-Shallow"])]
@@ -183,7 +190,8 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
         Experiment("table3_shuffle", "Table 3 · patch shuffle (CIFAR-10 here, ImageNet in the paper)", 3,
                    [normal, zoo_name("0.7-Shallow")], [], table3),
         Experiment("table4_whitebox", "Table 4 · white-box attacks", 4,
-                   [normal, zoo_name("0.7-Shallow")], [zoo_name("0.5-Shallow"), *table4_controls], table4),
+                   [normal, zoo_name("0.7-Shallow")], [zoo_name("0.5-Shallow"), *table4_controls, *table4_wider],
+                   table4),
         Experiment("table5_graybox", "Table 5 · gray-box transfer (FGSM16)", 5,
                    [normal, zoo_name("0.7-Shallow"), zoo_name("Normal ResNet-18@s1m0")],
                    [zoo_name("0.5-Shallow"), zoo_name("0.7-Shallow@s1m0"), zoo_name("0.7-Shallow@s0m1"),
@@ -192,7 +200,7 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
                    [mnist_densenet, zoo_name("Normal ResNet-18", "mnist")],
                    [zoo_name(n, "mnist") for n in ("0.5-Shallow", "0.7-Shallow", "0.9-Shallow")], table6),
         Experiment("figure3_noise", "Figure 3 · Gaussian noise", None, [normal],
-                   [zoo_name(n) for n in NOISE_MODELS], figure3),
+                   [zoo_name(n) for n in NOISE_MODELS] + wider(NOISE_MODELS), figure3),
         Experiment("beyond_apgd_square", "Beyond the paper · APGD-CE and Square Attack (white-box / query)", None,
                    [normal, zoo_name("0.9-Shallow")], [zoo_name("0.7-Shallow"), *beyond_controls], beyond),
         Experiment("controls_logit_scale", "Clean accuracy and logit scale of the masked nets and their controls",

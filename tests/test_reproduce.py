@@ -17,7 +17,7 @@ TINY = dict(n_pool=200, n=12, n_cw=3, n_whitebox=12, n_noise=24, n_shuffle=12, n
 
 
 def _fake_zoo(root, names):
-    from randmask.zoo import ENSEMBLES, ZOO
+    from randmask.zoo import DEFAULT_WIDTH, ENSEMBLES, ZOO
 
     planned = {e.name: e for e in ZOO}
     for name in names:
@@ -35,7 +35,8 @@ def _fake_zoo(root, names):
             for module in model.modules():
                 if isinstance(module, torch.nn.Linear):
                     module.weight.mul_(200)
-        labelled = entry is not None and entry.matched_to  # as `zoo train` exports: only controls carry a label
+        # as `zoo train` exports: controls and wider nets carry a label ('0.7-Shallow@w32'), the rest their notation
+        labelled = entry is not None and (entry.matched_to or entry.width != DEFAULT_WIDTH)
         extra = {"clean_accuracy": 0.1, "train_time_s": 60.0, **({"label": label} if labelled else {})}
         save_checkpoint(model, root / name, extra=extra)
 
@@ -82,6 +83,12 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     t2_targets = set(t2["target"])
     assert {"0.7-ShallowDropout", "0.5-Shallow, 0.5-Deep", "0.9-Shallow×4"} <= t2_targets
     assert {e.label for e in MATCHED.values()} <= t2_targets
+    # the width ladder: every wider net under its own name in the transfer tables, Table 4 and the noise curves
+    assert {"Normal ResNet-18@w32", "0.7-Shallow@w32", "0.7-Shallow@w64"} <= t2_targets
+    assert {"Normal ResNet-18@w32", "0.5-Shallow@w32", "0.7-Shallow@w32"} <= set(
+        pd.read_csv(results / "table4_whitebox.csv")["target"])
+    assert {"Normal ResNet-18@w32", "0.9-Shallow@w32", "0.7-Shallow@w64"} <= set(
+        pd.read_csv(results / "figure3_noise.csv")["target"])
     scale = pd.read_csv(results / "controls_logit_scale.csv")
     controls = {e.label for es in ACCURACY_CONTROLS.values() for e in es}  # stopped early and trained as long
     assert len(controls) == 6 and sorted(scale["target"]) == sorted(
@@ -98,7 +105,7 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     assert "Not yet in the zoo: `cifar10/0.85-ShallowEN`" in report
     assert "| Beyond the paper: 0.9-Shallow keeps more images correct than Normal" in report
     assert "| Controls: transfer robustness is not fully explained by lower clean accuracy" in report
-    assert "**How a verdict is reached.**" in report and "| claim | width 16 | evidence |" in report
+    assert "**How a verdict is reached.**" in report and "| claim | width 16 | width 32 | width 64 | evidence |" in report
     assert "## Controls · lower accuracy" in report and "Mixed training budgets" not in report
     table5 = report.split("## Table 5")[1].split("\n## ")[0]
     assert "| source | target | attack | paper %" in table5 and "| 0.7-Shallow | VGG-19 | FGSM16 |" in table5
