@@ -161,7 +161,14 @@ def cmd_zoo(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(args.threads)  # two 1-thread lanes beat one 2-thread job on 2 cores (1.27x)
-        zoo.train_zoo(only=args.only, ray=args.ray, threads=args.threads)
+        if args.preset == "paper":  # kept apart from the shipped quick zoo: ~22 MB a model in fp16
+            from randmask.settings import zoo_runs_root
+
+            root = zoo_runs_root().parent / "zoo-paper"
+            zoo.train_zoo(root / "runs", root / "zoo", only=args.only, ray=args.ray, threads=args.threads,
+                          plan=zoo.paper_plan(), configure=zoo.paper_config)
+        else:
+            zoo.train_zoo(only=args.only, ray=args.ray, threads=args.threads)
     return 0
 
 
@@ -265,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list: JSON plan and status; table: Markdown table of the shipped zoo; train: resume training")
     p.add_argument("--update-readme", action="store_true", help="table: write it into README.md between its markers")
     p.add_argument("--only", nargs="*", help="zoo names to train, in this order, e.g. cifar10/0.7-Shallow")
+    p.add_argument("--preset", choices=["quick", "paper"], default="quick",
+                   help="train: quick (the shipped zoo) or paper (the paper's models at width 64, 350 epochs, into "
+                        "runs/zoo-paper/zoo; point RANDMASK_ZOO there to reproduce on them)")
     p.add_argument("--threads", type=int, help="torch threads for training (default: torch's choice; with --ray, "
                    "the CPUs each model's task asks for on a cluster without GPUs, default 1)")
     _ray_option(p, "train: each model as a task on a Ray cluster (one GPU each where the cluster has GPUs)")

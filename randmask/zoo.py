@@ -188,6 +188,20 @@ def planned_config(entry: Entry) -> TrainConfig:
                        width=entry.width)
 
 
+def paper_config(entry: Entry) -> TrainConfig:
+    """The paper preset's recipe (appendix D: width 64, 350 epochs, step schedule, fp32) for a plan entry: its
+    notation, data set and seeds."""
+    return make_config(entry.notation, "paper", dataset=entry.dataset, seed=entry.seed, mask_seed=entry.mask_seed)
+
+
+def paper_plan() -> list[Entry]:
+    """The zoo's models that are the paper's own at its width: not our controls, not the width ladder."""
+    return [e for e in ZOO if not e.matched_to and not e.role.startswith("control") and e.width == DEFAULT_WIDTH]
+
+
+ZOO_PRESETS = {"quick": planned_config, "paper": paper_config}
+
+
 def is_current(folder: Path, entry: Entry | None = None, cfg: TrainConfig | None = None) -> bool:
     """A finished checkpoint in `folder` trained with exactly the entry's planned recipe (or with `cfg`)."""
     path = folder / CONFIG_FILE
