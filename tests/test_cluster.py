@@ -63,6 +63,40 @@ def test_zoo_progress_counts_running_and_queued_and_estimates_from_measured_epoc
     assert line == "models: 1 done, 1 running, 1 queued; ETA 3 min"
 
 
+def test_a_crafting_cell_writes_the_very_set_its_table_then_reads(tmp_path, data_dir):
+    """What a Ray worker runs for a transfer table's crafting, run here: the table, run afterwards in this process,
+    finds every set it needs under the same fingerprint and crafts nothing itself."""
+    from randmask.plan import PRESETS, transfer_attacks
+    from randmask.reproduce import _craft_cell, ray_jobs
+
+    _fake_zoo(tmp_path / "zoo", REPRO_MODELS)
+    settings = {**PRESETS["quick"], **TINY}
+    jobs = ray_jobs(REPRO_ONLY, settings, tmp_path / "zoo", tmp_path / "crafted", {})
+    crafts = [job for job in jobs if job.fn is _craft_cell]
+    assert [job.key for job in crafts] == [f"craft VGG-19 {attack}" for attack in transfer_attacks(settings)]
+    by_key = {job.key: job for job in jobs}
+    assert list(by_key["table11_transfer"].after) == [job.key for job in crafts]  # it waits for all four
+    assert not by_key["table3_shuffle"].after  # no crafting: it starts at once
+    for job in crafts:
+        assert job.fn(*job.args) in job.key
+    made = _fingerprints(tmp_path / "crafted")
+    assert len(made) == 4
+    reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", overrides=TINY, only=["table11_transfer"],
+              cache=tmp_path / "crafted")
+    assert _fingerprints(tmp_path / "crafted") == made
+
+
+def _stop_ray_children() -> None:
+    import psutil  # a Ray dependency
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "/ray/" in " ".join(child.cmdline()):
+                child.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A head node and a second node, one CPU each (2 cores here, shared). Ray gives a raylet 30 s to register,
@@ -75,15 +109,15 @@ def ray_cluster():
     os.environ["RAY_worker_register_timeout_seconds"] = "600"  # a worker's start-up on a loaded machine
     error = None
     for _ in range(3):
+        nodes = Cluster()
         try:
-            nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+            nodes.add_node(num_cpus=1, include_dashboard=False)
             nodes.add_node(num_cpus=1)
             break
         except Exception as exc:  # Ray raises a bare Exception on a node that did not start in time
             error = exc
-            import ray
-
-            ray.shutdown()
+            nodes.shutdown()
+            _stop_ray_children()  # what the failed node had started (a GCS server, agents)
     else:
         pytest.fail(f"no Ray cluster started in three tries: {error}")
     nodes.wait_for_nodes()
