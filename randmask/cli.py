@@ -158,11 +158,18 @@ def cmd_zoo(args: argparse.Namespace) -> int:
             print(text)
     elif args.action == "train":
         at_least_one("--threads", args.threads)
-        if args.threads:
+        if args.threads and args.ray is None:
             import torch
 
             torch.set_num_threads(args.threads)  # two 1-thread lanes beat one 2-thread job on 2 cores (1.27x)
-        zoo.train_zoo(only=args.only)
+        if args.preset == "paper":  # kept apart from the shipped quick zoo: ~22 MB a model in fp16
+            from randmask.settings import zoo_runs_root
+
+            root = zoo_runs_root().parent / "zoo-paper"
+            zoo.train_zoo(root / "runs", root / "zoo", only=args.only, ray=args.ray, threads=args.threads,
+                          plan=zoo.paper_plan(), configure=zoo.paper_config)
+        else:
+            zoo.train_zoo(only=args.only, ray=args.ray, threads=args.threads)
     return 0
 
 
@@ -186,7 +193,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     before = _crafted_sets(folder)
     began = time.perf_counter()
     status = reproduce(args.preset, only=args.only, progress=None if args.no_bar else progress,
-                       cache=folder or False, jobs=args.jobs)
+                       cache=folder or False, jobs=args.jobs, ray=args.ray,
+                       say=lambda line: print(line, file=sys.stderr, flush=True))
     for bar in bars.values():
         bar.close()
     print_json(status, indent=2)
@@ -265,7 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list: JSON plan and status; table: Markdown table of the shipped zoo; train: resume training")
     p.add_argument("--update-readme", action="store_true", help="table: write it into README.md between its markers")
     p.add_argument("--only", nargs="*", help="zoo names to train, in this order, e.g. cifar10/0.7-Shallow")
-    p.add_argument("--threads", type=int, help="torch threads for training (default: torch's choice)")
+    p.add_argument("--preset", choices=["quick", "paper"], default="quick",
+                   help="train: quick (the shipped zoo) or paper (the paper's models at width 64, 350 epochs, into "
+                        "runs/zoo-paper/zoo; point RANDMASK_ZOO there to reproduce on them)")
+    p.add_argument("--threads", type=int, help="torch threads for training (default: torch's choice; with --ray, "
+                   "the CPUs each model's task asks for on a cluster without GPUs, default 1)")
+    _ray_option(p, "train: each model as a task on a Ray cluster (one GPU each where the cluster has GPUs)")
     p.set_defaults(func=cmd_zoo)
 
     p = sub.add_parser("reproduce", help="rerun the paper's experiments on the zoo: results/*.csv + REPRODUCTION.md")
@@ -279,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="experiments run at once in worker processes, sharing the torch threads (default 1)")
     p.add_argument("--exact", action="store_true",
                    help="attacks and evaluations bit-identical to torchattacks (default: the fast path)")
+    _ray_option(p, "run the experiments' cells as tasks on a Ray cluster (crafted sets shared through --cache, "
+                   "a folder every node must see)")
     p.set_defaults(func=cmd_reproduce)
 
     if importlib.util.find_spec("randmask.cli_attacks"):  # attack/protocol commands live beside the core
@@ -286,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
 
         cli_attacks.add_subcommands(sub)
     return parser
+
+
+def _ray_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help=f"{what}. ADDRESS: 'auto' joins the cluster running here (or RAY_ADDRESS), host:port or "
+                        "ray://host:port another; none starts a local one. Needs pip install -e '.[ray]'")
 
 
 def one_line(exc: BaseException) -> str:

@@ -93,6 +93,11 @@ TRANSFER_SOURCES = [
 ]
 
 
+def transfer_attacks(settings: dict) -> list[str]:
+    """The attacks every black-box transfer table crafts against its source (TRANSFER_SOURCES)."""
+    return ["FGSM16", "PGD16", "PGD32", settings["cw"]]
+
+
 def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
     """The plan: which protocol, on which zoo models, with which sizes; crafted sets are reused from `cache`."""
     s = settings
@@ -102,7 +107,7 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
     def transfer_from(source: str, source_name: str):
         def run(zoo: Zoo, x, y, progress):
             targets = {zoo.label(n): zoo.model(n) for n in TRANSFER_TARGETS if zoo.has(n) and n != source}
-            return protocols.transfer(zoo.model(source), targets, ["FGSM16", "PGD16", "PGD32", s["cw"]], x, y,
+            return protocols.transfer(zoo.model(source), targets, transfer_attacks(s), x, y,
                                       source_name=source_name, n=s["n"], n_cw=s["n_cw"], dataset="cifar10",
                                       paper_names={s["cw"]: "CW40"}, progress=progress, cache=cache)
         return run

@@ -1,0 +1,296 @@
+"""`zoo train --ray` and `reproduce --ray` on a real local Ray cluster: a head and one more worker node, each its
+own raylet process on this machine. The cluster's results must equal a single-process run's, bit for bit, also
+when a worker is killed mid-training or mid-crafting, or the driver is interrupted and rerun."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_reproduce import TINY, _fake_zoo
+
+from randmask import cluster, zoo
+from randmask.checkpoint import WEIGHTS_FILE
+from randmask.errors import RandmaskError
+from randmask.reproduce import reproduce
+from randmask.train import RESUME_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+# two tiny models; the second trains longer, so it is still running when the first is done
+PLAN = [zoo.Entry("Normal ResNet-18", epochs=2, train_n=1024, width=4),
+        zoo.Entry("0.7-Shallow", epochs=5, train_n=1024, width=4)]
+SLOW = PLAN[1].name
+# a CW long enough that a worker can be caught crafting it
+REPRO = {**TINY, "cw": "CW40(search=2, steps=150)"}
+REPRO_MODELS = ["cifar10/VGG-19", "cifar10/Normal_ResNet-18", "cifar10/0.7-Shallow"]
+REPRO_ONLY = ["table11_transfer", "table3_shuffle"]
+
+
+def tiny_config(entry: zoo.Entry):
+    # fp32: 'auto' times bf16 against fp32 and could choose differently in two processes
+    return dataclasses.replace(zoo.planned_config(entry), precision="fp32", eval_n=200)
+
+
+def test_ray_without_the_extra_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
+    with pytest.raises(RandmaskError, match=r"--ray needs Ray: pip install -e '\.\[ray\]'"):
+        cluster.connect("auto")
+
+
+def test_reproduce_refuses_ray_and_jobs_together(tmp_path):
+    with pytest.raises(RandmaskError, match="give --ray or --jobs, not both"):
+        reproduce("quick", zoo_root=tmp_path, out=tmp_path, jobs=2, ray="auto")
+
+
+def test_zoo_progress_counts_running_and_queued_and_estimates_from_measured_epochs(tmp_path):
+    since = time.time()
+    run = tmp_path / "a"
+    run.mkdir()
+    records = [{"event": "start", "time": since + 1}, {"event": "epoch", "epoch": 2, "train_time_s": 60.0}]
+    (run / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"event": "ep')
+    old = tmp_path / "b"  # logged by an earlier run: queued in this one, not running
+    old.mkdir()
+    (old / "progress.jsonl").write_text(json.dumps({"event": "start", "time": since - 100}) + "\n")
+    line = zoo.zoo_progress(tmp_path, {"a": 4, "b": 4}, 1, {"a", "b"}, since)
+    # 30 s an epoch: a's 2 left and b's 4, on the one model running
+    assert line == "models: 1 done, 1 running, 1 queued; ETA 3 min"
+
+
+def test_a_crafting_cell_writes_the_very_set_its_table_then_reads(tmp_path, data_dir):
+    """What a Ray worker runs for a transfer table's crafting, run here: the table, run afterwards in this process,
+    finds every set it needs under the same fingerprint and crafts nothing itself."""
+    from randmask.plan import PRESETS, transfer_attacks
+    from randmask.reproduce import _craft_cell, ray_jobs
+
+    _fake_zoo(tmp_path / "zoo", REPRO_MODELS)
+    settings = {**PRESETS["quick"], **TINY}
+    jobs = ray_jobs(REPRO_ONLY, settings, tmp_path / "zoo", tmp_path / "crafted", {})
+    crafts = [job for job in jobs if job.fn is _craft_cell]
+    assert [job.key for job in crafts] == [f"craft VGG-19 {attack}" for attack in transfer_attacks(settings)]
+    by_key = {job.key: job for job in jobs}
+    assert list(by_key["table11_transfer"].after) == [job.key for job in crafts]  # it waits for all four
+    assert not by_key["table3_shuffle"].after  # no crafting: it starts at once
+    for job in crafts:
+        assert job.fn(*job.args) in job.key
+    made = _fingerprints(tmp_path / "crafted")
+    assert len(made) == 4
+    reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", overrides=TINY, only=["table11_transfer"],
+              cache=tmp_path / "crafted")
+    assert _fingerprints(tmp_path / "crafted") == made
+
+
+def _stop_ray_children() -> None:
+    import psutil  # a Ray dependency
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "/ray/" in " ".join(child.cmdline()):
+                child.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head node and a second node, one CPU each (2 cores here, shared). Ray gives a raylet 30 s to register,
+    which a loaded machine can miss: three tries."""
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_worker_register_timeout_seconds")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), saved["PYTHONPATH"]]))  # workers import us
+    os.environ["RAY_worker_register_timeout_seconds"] = "600"  # a worker's start-up on a loaded machine
+    error = None
+    for _ in range(3):
+        nodes = Cluster()
+        try:
+            nodes.add_node(num_cpus=1, include_dashboard=False)
+            nodes.add_node(num_cpus=1)
+            break
+        except Exception as exc:  # Ray raises a bare Exception on a node that did not start in time
+            error = exc
+            nodes.shutdown()
+            _stop_ray_children()  # what the failed node had started (a GCS server, agents)
+    else:
+        pytest.fail(f"no Ray cluster started in three tries: {error}")
+    nodes.wait_for_nodes()
+    print(cluster.connect(nodes.address))
+    yield nodes
+    cluster.shutdown()
+    nodes.shutdown()
+    for key, value in saved.items():
+        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.fixture(scope="module")
+def reference_zoo(tmp_path_factory, data_dir):
+    """The tiny plan trained in this process, one model after the other."""
+    root = tmp_path_factory.mktemp("single")
+    zoo.train_zoo(root / "runs", root / "zoo", plan=PLAN, configure=tiny_config, say=lambda line: None)
+    return root
+
+
+def _weights(root: Path) -> dict[str, bytes]:
+    return {f"{kind}/{e.name}": (root / kind / e.name / WEIGHTS_FILE).read_bytes() for e in PLAN
+            for kind in ("runs", "zoo")}
+
+
+@pytest.mark.slow
+def test_zoo_trained_on_two_ray_nodes_equals_the_single_process_zoo(ray_cluster, reference_zoo, tmp_path):
+    said = []
+    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", plan=PLAN, configure=tiny_config, ray=ray_cluster.address,
+                  say=said.append)
+    assert _weights(tmp_path) == _weights(reference_zoo)  # fp32 run and fp16 export, bit for bit
+    assert any(line.startswith("Ray cluster at ") and "2 node(s), 2 CPU(s)" in line for line in said), said
+    assert any(line.startswith(f"{SLOW}: done on the cluster") and "models: 2 done, 0 running, 0 queued" in line
+               for line in said), said
+
+
+def _wait_for(condition, timeout: float, what: str, poll: float = 0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_training_is_retried_and_resumes_to_the_same_weights(ray_cluster, reference_zoo,
+                                                                                  tmp_path):
+    runs, shipped = tmp_path / "runs", tmp_path / "zoo"
+    failure = []
+
+    def drive():
+        try:
+            zoo.train_zoo(runs, shipped, plan=PLAN, configure=tiny_config, ray=ray_cluster.address,
+                          say=lambda line: None)
+        except Exception as exc:  # reported below
+            failure.append(exc)
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    # after its first epoch (resume.pt written), kill the worker process training the slow model: the pid its
+    # task wrote into the run's lock
+    _wait_for(lambda: (runs / SLOW / RESUME_FILE).exists(), 600, "the first epoch's resume.pt")
+    pid = int((runs / f"{SLOW}.lock").read_text())
+    assert pid != os.getpid() and not (runs / SLOW / WEIGHTS_FILE).exists()
+    os.kill(pid, signal.SIGKILL)
+    driver.join(900)
+    assert not driver.is_alive() and not failure, failure
+    log = [json.loads(line) for line in (runs / SLOW / "progress.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if r["event"] == "resume"] and log[-1]["event"] == "done"  # resumed, not redone
+    assert _weights(tmp_path) == _weights(reference_zoo)
+
+
+DRIVER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from randmask import zoo
+    from test_cluster import PLAN, tiny_config
+    root = Path(sys.argv[2])
+    zoo.train_zoo(root / "runs", root / "zoo", plan=PLAN, configure=tiny_config, ray=sys.argv[1],
+                  say=lambda line: print(line, flush=True))
+""")
+
+
+@pytest.mark.slow
+def test_an_interrupted_driver_reruns_to_the_same_zoo_keeping_what_finished(ray_cluster, reference_zoo, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    command = [sys.executable, "-c", DRIVER, ray_cluster.address, str(tmp_path)]
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    fast = PLAN[0].name
+    _wait_for(lambda: (tmp_path / "zoo" / fast / WEIGHTS_FILE).exists(), 600, "the first model in the zoo")
+    _wait_for(lambda: (tmp_path / "runs" / SLOW / RESUME_FILE).exists(), 600, "the slow model's first epoch")
+    assert not (tmp_path / "zoo" / SLOW).exists()
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=300)
+    assert first.returncode != 0 and not (tmp_path / "zoo" / SLOW).exists()  # interrupted mid-training
+    done = (tmp_path / "zoo" / fast / WEIGHTS_FILE).stat().st_mtime_ns
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{fast}: already in the zoo" in again.stdout  # what finished is kept, not retrained
+    assert (tmp_path / "zoo" / fast / WEIGHTS_FILE).stat().st_mtime_ns == done
+    log = [json.loads(line) for line in (tmp_path / "runs" / SLOW / "progress.jsonl").read_text().splitlines()]
+    assert any(r["event"] == "resume" for r in log)  # the slow model went on from its last epoch
+    assert _weights(tmp_path) == _weights(reference_zoo)
+
+
+@pytest.fixture(scope="module")
+def reference_report(tmp_path_factory, data_dir):
+    """The small reproduce plan in one process."""
+    root = tmp_path_factory.mktemp("report")
+    _fake_zoo(root / "zoo", REPRO_MODELS)
+    reproduce("quick", zoo_root=root / "zoo", out=root / "out", overrides=REPRO, only=REPRO_ONLY,
+              cache=root / "crafted")
+    return root
+
+
+def _results(out: Path) -> dict[str, pd.DataFrame]:
+    return {key: pd.read_csv(out / "results" / f"{key}.csv") for key in REPRO_ONLY}
+
+
+def _fingerprints(cache: Path) -> set[str]:
+    return {p.name for p in cache.glob("*.safetensors")}
+
+
+def _check_same_report(reference: Path, out: Path, cache: Path) -> None:
+    ours, theirs = _results(out), _results(reference / "out")
+    for key in REPRO_ONLY:
+        assert ours[key][["n", "correct"]].equals(theirs[key][["n", "correct"]]), key
+        pd.testing.assert_frame_equal(ours[key], theirs[key])
+    assert _fingerprints(cache) == _fingerprints(reference / "crafted") and len(_fingerprints(cache)) == 4
+
+
+@pytest.mark.slow
+def test_reproduce_on_ray_equals_the_single_process_report(ray_cluster, reference_report, tmp_path):
+    said = []
+    status = reproduce("quick", zoo_root=reference_report / "zoo", out=tmp_path / "out", overrides=REPRO,
+                       only=REPRO_ONLY, cache=tmp_path / "crafted", ray=ray_cluster.address, say=said.append)
+    assert all(s["ran"] for s in status.values()), status
+    _check_same_report(reference_report, tmp_path / "out", tmp_path / "crafted")
+    # 4 crafting cells (one per attack against VGG-19) and 2 experiments
+    assert "cells: 6 of 6 done (2 of 2 experiments)" in " ".join(said), said
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_crafting_is_redone_and_no_partial_set_is_read(ray_cluster, reference_report, tmp_path):
+    import psutil  # a Ray dependency
+
+    cache, failure, statuses = tmp_path / "crafted", [], []
+
+    def drive():
+        try:
+            statuses.append(reproduce("quick", zoo_root=reference_report / "zoo", out=tmp_path / "out",
+                                      overrides=REPRO, only=REPRO_ONLY, cache=cache, ray=ray_cluster.address))
+        except Exception as exc:  # reported below
+            failure.append(exc)
+
+    def crafter() -> int | None:
+        """The Ray worker holding a crafted set's file lock (evaluate.craft): one crafting right now."""
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if proc.info["pid"] != os.getpid() and any(
+                        f.path.startswith(str(cache)) and f.path.endswith(".safetensors.lock")
+                        for f in proc.open_files()):
+                    return proc.info["pid"]
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return None
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    pid = _wait_for(crafter, 600, "a worker crafting", poll=0.02)
+    assert "ray::" in " ".join(psutil.Process(pid).cmdline())  # a Ray worker, not this process
+    os.kill(pid, signal.SIGKILL)
+    driver.join(900)
+    assert not driver.is_alive() and not failure, failure
+    _check_same_report(reference_report, tmp_path / "out", cache)
