@@ -300,7 +300,8 @@ def _attacked_comparison(label: str, a: dict, b: dict, a_clean: dict | None, b_c
 ACCURACY_CLAIM = ("Controls: transfer robustness is not fully explained by lower clean accuracy: each masked net "
                   "defends more often than a Normal net stopped early at its clean accuracy")
 ACCURACY_LONG_CLAIM = ("Controls: nor by a shorter schedule: each masked net defends more often than a Normal net trained "
-                       "as long (40 epochs) to its clean accuracy, on fewer images or at a narrower width")
+                       "as long (40 epochs) to its clean accuracy (or, at a narrower width, below it), on fewer images or "
+                       "at a narrower width")
 EARLY, AS_LONG = "accuracy-matched Normal, stopped early", "accuracy-matched Normal, trained as long"
 RESAMPLED_CLAIM = ("Controls: under FGSM16 transfer, a fixed mask (0.7-Shallow) defends more often than a resampled "
                    "one (0.7-ShallowDropout)")
