@@ -6,11 +6,9 @@ Among the items that satisfy this, we take those with the fewest labels so far, 
 assignment problem (slots x original images), so every item reaches its k labels before any gets k+1.
 "Labels so far" are ranked in tiers: answers already given first (an item with k of them is used only
 when nothing else fits: another answer there is certain surplus), then answers expected from the pending
-items of participants who have answered something (an item they would take to k is next to last), and
-only then, to break ties, pending items of people who have not answered yet: those who consented moments
-ago (most are reading the instructions) before those who consented long ago (consent-only bots: their
-holds never turn into labels, and counting them like answers buried the holds of genuine participants
-under a bot flood and sent newcomers onto the same images). Ties are
+items of participants still answering (an item they would take to k is next to last), and only then, to
+break ties, pending items of people who consented long ago and never answered (consent-only bots: their
+holds never turn into labels, so they must not push genuine participants onto answered items). Ties are
 broken, and the order shuffled, by a generator seeded from the study seed and the participant's id:
 the same state and id always give the same list.
 """
@@ -22,18 +20,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-# Cost tiers, each above everything below it summed over a list of up to 100 items: an item that already has k
-# answers only when nothing else fits; then one that expected answers would take to k; among the rest, fewer
-# labels first; then fewer holds of fresh consents, then fewer idle holds; then images needing many labels across
-# conditions; the random part only breaks ties.
-_ANSWERED_FULL = 1e13
-_EXPECTED_FULL = 1e10
-_PER_LABEL = 1e6
-_PER_FRESH_HOLD = 1e4
-_PER_IDLE_HOLD = 1e2
-_CAP = 99  # labels or holds counted per item: keeps each tier below the one above
+# Cost tiers, each above everything below it summed over a list of up to 100 items: an item that already has k answers only
+# when nothing else fits; then one that expected answers would take to k; among the rest, fewer labels first;
+# then fewer idle holds; the random part only breaks ties.
+_ANSWERED_FULL = 1e10
+_EXPECTED_FULL = 1e7
+_PER_LABEL = 1e3
+_LOAD_CAP = 99  # labels counted in the per-label tier: keeps it below the tiers above
+_PER_IDLE_HOLD = 10.0
+_IDLE_HOLD_CAP = 49  # idle holds counted: together below one label
 _PER_PRESSURE = 1.0
-_IMPOSSIBLE = 1e15
+_IMPOSSIBLE = 1e12
 
 
 class AllocationError(RuntimeError):
@@ -46,9 +43,8 @@ class Candidate:
     role: str  # "trial" or "catch"
     condition: str
     test_index: int
-    load: int  # labels given, plus pending items of participants who answer (expected labels)
+    load: int  # labels given, plus pending items expected to be answered
     answered: int | None = None  # labels given (None: all of `load`)
-    fresh_holds: int = 0  # pending items of people who consented moments ago and have not answered yet
     idle_holds: int = 0  # pending items of people who consented a while ago and never answered
 
 
@@ -90,8 +86,7 @@ def choose_items(candidates: list[Candidate], conditions: list[str], trials_per_
         trial = cand.role == "trial"
         value = (_ANSWERED_FULL * (trial and answered >= labels_per_item)
                  + _EXPECTED_FULL * (trial and cand.load >= labels_per_item)
-                 + _PER_LABEL * min(cand.load, _CAP) + _PER_FRESH_HOLD * min(cand.fresh_holds, _CAP)
-                 + _PER_IDLE_HOLD * min(cand.idle_holds, _CAP)
+                 + _PER_LABEL * min(cand.load, _LOAD_CAP) + _PER_IDLE_HOLD * min(cand.idle_holds, _IDLE_HOLD_CAP)
                  - _PER_PRESSURE * pressure.get(cand.test_index, 0) + u)
         r, j = kind_row[kind], column[cand.test_index]
         if value < cost[r, j]:

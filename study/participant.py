@@ -20,8 +20,8 @@ from .design import Study, get_study, utc_now
 MODES = ("unlimited", "timed")
 INPUTS = ("keyboard", "click", "button")
 MAX_RT_MS = 24 * 3600 * 1000.0
-# A genuine participant reads the instructions and answers the first practice image within this after consent:
-# until then their list breaks ties before those of people who consented earlier and never answered (bots, mostly).
+# A genuine participant reads the instructions and answers the first practice image within this after consent;
+# a list whose holder has not answered by then (a consent-only bot, mostly) only breaks ties between images.
 FIRST_ANSWER_GRACE_S = 60.0
 
 
@@ -119,27 +119,26 @@ def join(db: sqlite_utils.Database, study: Study, external_id: str, *, external_
 def _loads(db: sqlite_utils.Database, study: Study) -> list[Candidate]:
     """Trial and catch items with their labels so far (answers of included participants) and the unanswered
     items of consented, included participants active within the inactivity window: those of people who have
-    answered something count as labels to come; those of people who have not only break ties, the ones who
-    consented less than FIRST_ANSWER_GRACE_S ago (reading the instructions) before older ones (bots, mostly)."""
+    answered something, or consented less than FIRST_ANSWER_GRACE_S ago, count as labels to come; those of
+    people who consented earlier and never answered (consent-only bots, mostly) count only as idle holds."""
     rows = db.execute(
         """
         WITH answered AS (
             SELECT r.item_id, count(*) AS n FROM responses r JOIN participants p ON p.id = r.participant_id
             WHERE p.study_id = :study AND p.excluded = 0 GROUP BY r.item_id),
         holders AS (
-            SELECT p.id, EXISTS (SELECT 1 FROM responses r WHERE r.participant_id = p.id) AS answering,
-                   p.consent_at >= :grace AS fresh
+            SELECT p.id, (EXISTS (SELECT 1 FROM responses r WHERE r.participant_id = p.id)
+                          OR p.consent_at >= :grace) AS answering
             FROM participants p
             WHERE p.study_id = :study AND p.excluded = 0 AND p.timed_out_at IS NULL AND p.consent_at IS NOT NULL
               AND p.active_at >= :cutoff),
         pending AS (
-            SELECT a.item_id, sum(h.answering) AS expected, sum(NOT h.answering AND h.fresh) AS fresh,
-                   sum(NOT h.answering AND NOT h.fresh) AS idle
+            SELECT a.item_id, sum(h.answering) AS expected, sum(NOT h.answering) AS idle
             FROM assignments a JOIN holders h ON h.id = a.participant_id
             WHERE NOT EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)
             GROUP BY a.item_id)
         SELECT i.id, i.role, i.condition, i.test_index, coalesce(answered.n, 0) + coalesce(pending.expected, 0),
-               coalesce(answered.n, 0), coalesce(pending.fresh, 0), coalesce(pending.idle, 0)
+               coalesce(answered.n, 0), coalesce(pending.idle, 0)
         FROM items i
         LEFT JOIN answered ON answered.item_id = i.id
         LEFT JOIN pending ON pending.item_id = i.id
