@@ -2,13 +2,9 @@
 
 At consent, each participant gets all their items at once: `trials_per_condition` from every
 condition plus `catch_per_participant` catch trials, all from different original test images.
-Among the items that satisfy this, we take those with the fewest labels so far, solved exactly as an
-assignment problem (slots x original images), so every item reaches its k labels before any gets k+1.
-"Labels so far" are ranked in tiers: answers already given first (an item with k of them is used only
-when nothing else fits: another answer there is certain surplus), then answers expected from the pending
-items of participants still answering (an item they would take to k is next to last), and only then, to
-break ties, pending items of people who consented long ago and never answered (consent-only bots: their
-holds never turn into labels, so they must not push genuine participants onto answered items). Ties are
+Among the items that satisfy this, we take those with the fewest labels so far (answers plus the
+pending items of participants still active), solved exactly as an assignment problem
+(slots x original images), so every item reaches its k labels before any gets k+1. Ties are
 broken, and the order shuffled, by a generator seeded from the study seed and the participant's id:
 the same state and id always give the same list.
 """
@@ -20,15 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-# Cost tiers, each above everything below it summed over a list of up to 100 items: an item that already has k answers only
-# when nothing else fits; then one that expected answers would take to k; among the rest, fewer labels first;
-# then fewer idle holds; the random part only breaks ties.
-_ANSWERED_FULL = 1e10
-_EXPECTED_FULL = 1e7
+# Cost tiers: an item that already has its k labels is used only when nothing else fits;
+# among the rest, fewer labels first; the random part only breaks ties.
+_FULL_PENALTY = 1e6
 _PER_LABEL = 1e3
-_LOAD_CAP = 99  # labels counted in the per-label tier: keeps it below the tiers above
-_PER_IDLE_HOLD = 10.0
-_IDLE_HOLD_CAP = 49  # idle holds counted: together below one label
 _PER_PRESSURE = 1.0
 _IMPOSSIBLE = 1e12
 
@@ -43,9 +34,7 @@ class Candidate:
     role: str  # "trial" or "catch"
     condition: str
     test_index: int
-    load: int  # labels given, plus pending items expected to be answered
-    answered: int | None = None  # labels given (None: all of `load`)
-    idle_holds: int = 0  # pending items of people who consented a while ago and never answered
+    load: int  # labels given or pending
 
 
 def participant_rng(seed: int, external_id: str, stream: int = 0) -> np.random.Generator:
@@ -82,12 +71,8 @@ def choose_items(candidates: list[Candidate], conditions: list[str], trials_per_
         kind = ("catch", "") if cand.role == "catch" else ("trial", cand.condition)
         if kind not in kind_row:
             continue
-        answered = cand.load if cand.answered is None else cand.answered
-        trial = cand.role == "trial"
-        value = (_ANSWERED_FULL * (trial and answered >= labels_per_item)
-                 + _EXPECTED_FULL * (trial and cand.load >= labels_per_item)
-                 + _PER_LABEL * min(cand.load, _LOAD_CAP) + _PER_IDLE_HOLD * min(cand.idle_holds, _IDLE_HOLD_CAP)
-                 - _PER_PRESSURE * pressure.get(cand.test_index, 0) + u)
+        full = cand.role == "trial" and cand.load >= labels_per_item
+        value = _FULL_PENALTY * full + _PER_LABEL * cand.load - _PER_PRESSURE * pressure.get(cand.test_index, 0) + u
         r, j = kind_row[kind], column[cand.test_index]
         if value < cost[r, j]:
             cost[r, j], best[r, j] = value, cand.item_id

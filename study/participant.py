@@ -20,9 +20,6 @@ from .design import Study, get_study, utc_now
 MODES = ("unlimited", "timed")
 INPUTS = ("keyboard", "click", "button")
 MAX_RT_MS = 24 * 3600 * 1000.0
-# A genuine participant reads the instructions and answers the first practice image within this after consent;
-# a list whose holder has not answered by then (a consent-only bot, mostly) only breaks ties between images.
-FIRST_ANSWER_GRACE_S = 60.0
 
 
 class StudyClosed(RuntimeError):
@@ -80,13 +77,9 @@ def _participant(row) -> Participant:
     return Participant(*row[:6], excluded=bool(row[6]), timed_out_at=row[7])
 
 
-def _ago(seconds: float) -> str:
-    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
-
-
 def _cutoff(study: Study) -> str:
-    """Pending items of participants whose last answer (or consent) is older than this steer nobody."""
-    return _ago(60 * study.abandon_after_min)
+    """Reservations of participants whose last answer (or consent) is older than this have lapsed."""
+    return (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min)).isoformat(timespec="milliseconds")
 
 
 def get_participant(db: sqlite_utils.Database, study: Study, external_id: str) -> Participant | None:
@@ -116,35 +109,27 @@ def join(db: sqlite_utils.Database, study: Study, external_id: str, *, external_
     return found
 
 
-def _loads(db: sqlite_utils.Database, study: Study) -> list[Candidate]:
-    """Trial and catch items with their labels so far (answers of included participants) and the unanswered
-    items of consented, included participants active within the inactivity window: those of people who have
-    answered something, or consented less than FIRST_ANSWER_GRACE_S ago, count as labels to come; those of
-    people who consented earlier and never answered (consent-only bots, mostly) count only as idle holds."""
+def _loads(db: sqlite_utils.Database, study: Study, *, without: int | None = None) -> list[Candidate]:
+    """Trial and catch items with their labels so far: answers of included participants, plus
+    unanswered items of participants holding a reservation (consented, not excluded, not timed out,
+    answered within the inactivity window). `without`: leave out this participant's pending items."""
     rows = db.execute(
         """
         WITH answered AS (
             SELECT r.item_id, count(*) AS n FROM responses r JOIN participants p ON p.id = r.participant_id
             WHERE p.study_id = :study AND p.excluded = 0 GROUP BY r.item_id),
-        holders AS (
-            SELECT p.id, (EXISTS (SELECT 1 FROM responses r WHERE r.participant_id = p.id)
-                          OR p.consent_at >= :grace) AS answering
-            FROM participants p
-            WHERE p.study_id = :study AND p.excluded = 0 AND p.timed_out_at IS NULL AND p.consent_at IS NOT NULL
-              AND p.active_at >= :cutoff),
         pending AS (
-            SELECT a.item_id, sum(h.answering) AS expected, sum(NOT h.answering) AS idle
-            FROM assignments a JOIN holders h ON h.id = a.participant_id
-            WHERE NOT EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)
+            SELECT a.item_id, count(*) AS n FROM assignments a JOIN participants p ON p.id = a.participant_id
+            WHERE p.study_id = :study AND p.excluded = 0 AND p.timed_out_at IS NULL AND p.active_at >= :cutoff
+              AND p.id IS NOT :without AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)
             GROUP BY a.item_id)
-        SELECT i.id, i.role, i.condition, i.test_index, coalesce(answered.n, 0) + coalesce(pending.expected, 0),
-               coalesce(answered.n, 0), coalesce(pending.idle, 0)
+        SELECT i.id, i.role, i.condition, i.test_index, coalesce(answered.n, 0) + coalesce(pending.n, 0)
         FROM items i
         LEFT JOIN answered ON answered.item_id = i.id
         LEFT JOIN pending ON pending.item_id = i.id
         WHERE i.study_id = :study AND i.role IN ('trial', 'catch')
         ORDER BY i.id
-        """, {"study": study.id, "cutoff": _cutoff(study), "grace": _ago(FIRST_ANSWER_GRACE_S)}).fetchall()
+        """, {"study": study.id, "cutoff": _cutoff(study), "without": without}).fetchall()
     return [Candidate(*r) for r in rows]
 
 
