@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from randmask.errors import RandmaskError
+from randmask.settings import OPENMP_WAIT_VARIABLES
 
 LOCAL = ""  # `--ray` with no address: start a local cluster on this machine
 # the settings a job's numbers depend on travel to the workers (a joined cluster's raylets have their own env)
-FORWARDED_ENV = ("RANDMASK_DATA", "RANDMASK_EXACT", "RANDMASK_CRAFTED", "RANDMASK_ZOO", "OMP_WAIT_POLICY")
+FORWARDED_ENV = ("RANDMASK_DATA", "RANDMASK_EXACT", "RANDMASK_CRAFTED", "RANDMASK_ZOO", *OPENMP_WAIT_VARIABLES)
 _dashboard: str | None = None  # set by connect: the dashboard of the cluster joined
 RETRIES = 3  # attempts after the first when a worker or its node dies (not on a Python error in the job)
 

@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from randmask import safe_files
 from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config
 from randmask.datasets import DATASETS
 from randmask.errors import RandmaskError
@@ -154,9 +155,7 @@ class JobStatus:
 
 # ------------------------------------------------------------------------------------------------ files
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    safe_files.replace_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _read_job(folder: Path) -> dict:

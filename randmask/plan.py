@@ -8,14 +8,13 @@ report instead of failing the run.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from randmask import protocols
+from randmask import protocols, safe_files
 from randmask.data import load_tensors
 from randmask.notation import parse_ref
 from randmask.paper import RELATION_SEEDS, twin_key
@@ -228,9 +227,7 @@ def record_run(out: Path, key: str, info: dict) -> None:
     runs = recorded_runs(out) | {key: info}
     path = out / "results" / RUNS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{RUNS_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
-    os.replace(tmp, path)
+    safe_files.replace_text(path, json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
 
 
 def recorded_runs(out: Path) -> dict[str, dict]:

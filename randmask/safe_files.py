@@ -114,6 +114,19 @@ def _make_file(path: Path) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
 
 
+def replace_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to a new temporary file beside `path` and rename it over `path`: a reader sees the old file or
+    the new one, never half of one, and a failed write leaves no temporary behind."""
+    path = Path(path)
+    tmp = _unique(path.parent, path.name, _make_file)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

@@ -124,9 +124,7 @@ def _store_probe(key: str, choice: PrecisionChoice) -> None:
     stored = {**_stored_probes(), key: {"dtype": "bfloat16" if choice.dtype else "fp32", "reason": choice.reason}}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(stored, indent=1))
-        os.replace(tmp, path)
+        safe_files.replace_text(path, json.dumps(stored, indent=1))
     except OSError:  # a read-only cache only costs the next run its probe
         pass
 

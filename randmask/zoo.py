@@ -206,9 +206,6 @@ def paper_plan() -> list[Entry]:
     return [e for e in ZOO if not e.matched_to and not e.role.startswith("control") and e.width == DEFAULT_WIDTH]
 
 
-ZOO_PRESETS = {"quick": planned_config, "paper": paper_config}
-
-
 def is_current(folder: Path, entry: Entry | None = None, cfg: TrainConfig | None = None) -> bool:
     """A finished checkpoint in `folder` trained with exactly the entry's planned recipe (or with `cfg`)."""
     path = folder / CONFIG_FILE

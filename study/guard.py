@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from .errors import REFUSALS, RefusalLog  # noqa: F401 - RefusalLog is imported from here too
+from .errors import REFUSALS, RefusalLog
 
 SESSIONS_PER_ADDRESS_ENV = "STUDY_SESSIONS_PER_ADDRESS"
 IDLE_BEFORE_CONSENT_ENV = "STUDY_IDLE_BEFORE_CONSENT_S"

@@ -397,3 +397,18 @@ def test_an_export_that_fails_half_way_leaves_no_csv(study_db, capsys, monkeypat
     _refused(capsys, study_main, ["export", "--db", str(study_db), "--no-cifar10h", "--bootstrap", "0", "--out",
                                   str(study_db.parent / "exp")], study_db.parent, "summary failed", sqlite_readers=True)
     assert len(calls) == 2
+
+
+def test_replace_text_swaps_whole_files_and_a_failed_write_leaves_the_old_one(tmp_path, monkeypatch):
+    target = tmp_path / "runs.json"
+    safe_files.replace_text(target, "old")
+    safe_files.replace_text(target, "new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["runs.json"]
+
+    def fail(*args):  # the rename fails after the temporary file was written
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safe_files.os, "replace", fail)
+    with pytest.raises(OSError):
+        safe_files.replace_text(target, "lost")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["runs.json"]

@@ -22,7 +22,8 @@ from streamlit_server import participant_server_process
 
 from study import get_study, open_db
 from study.db import ConnectionPool
-from study.guard import RefusalLog, SessionGuard, client_address
+from study.errors import RefusalLog
+from study.guard import SessionGuard, client_address
 
 cifar, study_sets = support.cifar, support.study_sets
 
