@@ -4,7 +4,11 @@ At consent, each participant gets all their items at once: `trials_per_condition
 condition plus `catch_per_participant` catch trials, all from different original test images.
 Among the items that satisfy this, we take those with the fewest labels so far (answers plus the
 pending items of participants still active), solved exactly as an assignment problem
-(slots x original images), so every item reaches its k labels before any gets k+1. Ties are
+(slots x original images), so every item reaches its k labels before any gets k+1. When some item
+must go past k, the choice is ranked by how sure the extra label is to be wasted: an item with k answers
+last, then one that answers and the holds of people who answer take to k, then one that holds of fresh
+consents take to k, and first one that only old holds of people who never answered (consent-only bots,
+mostly) fill. Ties are
 broken, and the order shuffled, by a generator seeded from the study seed and the participant's id:
 the same state and id always give the same list.
 """
@@ -16,12 +20,18 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-# Cost tiers: an item that already has its k labels is used only when nothing else fits;
-# among the rest, fewer labels first; the random part only breaks ties.
-_FULL_PENALTY = 1e6
+# Cost tiers, each 100 times everything below it in one slot: an item already at k answers only when nothing
+# else fits; then one that answers plus holds of people answering take to k; then one that holds of fresh
+# consents take to k; then one that any hold takes to k; among the rest, fewer labels first; the random part
+# only breaks ties. Every tier's count is at most `load`, so lists that fit below k are chosen as before.
 _PER_LABEL = 1e3
+_LOAD_CAP = 99  # labels counted in the per-label tier: keeps it below the tiers above
+_FULL_PENALTY = 1e7
+_FRESH_FULL = 1e9
+_ANSWERING_FULL = 1e11
+_ANSWERED_FULL = 1e13
 _PER_PRESSURE = 1.0
-_IMPOSSIBLE = 1e12
+_IMPOSSIBLE = 1e16
 
 
 class AllocationError(RuntimeError):
@@ -34,7 +44,10 @@ class Candidate:
     role: str  # "trial" or "catch"
     condition: str
     test_index: int
-    load: int  # labels given or pending
+    load: int  # answers, plus pending items of every participant active within the inactivity window
+    answered: int | None = None  # answers only (None: `load`)
+    answering: int | None = None  # answers plus pending items of people who have answered something (None: `load`)
+    fresh: int | None = None  # `answering` plus pending items of consents younger than the grace time (None: `load`)
 
 
 def participant_rng(seed: int, external_id: str, stream: int = 0) -> np.random.Generator:
@@ -71,8 +84,11 @@ def choose_items(candidates: list[Candidate], conditions: list[str], trials_per_
         kind = ("catch", "") if cand.role == "catch" else ("trial", cand.condition)
         if kind not in kind_row:
             continue
-        full = cand.role == "trial" and cand.load >= labels_per_item
-        value = _FULL_PENALTY * full + _PER_LABEL * cand.load - _PER_PRESSURE * pressure.get(cand.test_index, 0) + u
+        value = _PER_LABEL * min(cand.load, _LOAD_CAP) - _PER_PRESSURE * pressure.get(cand.test_index, 0) + u
+        if cand.role == "trial":
+            for count, penalty in ((cand.load, _FULL_PENALTY), (cand.fresh, _FRESH_FULL),
+                                   (cand.answering, _ANSWERING_FULL), (cand.answered, _ANSWERED_FULL)):
+                value += penalty * ((cand.load if count is None else count) >= labels_per_item)
         r, j = kind_row[kind], column[cand.test_index]
         if value < cost[r, j]:
             cost[r, j], best[r, j] = value, cand.item_id

@@ -20,6 +20,9 @@ from .design import Study, get_study, utc_now
 MODES = ("unlimited", "timed")
 INPUTS = ("keyboard", "click", "button")
 MAX_RT_MS = 24 * 3600 * 1000.0
+# A genuine participant answers the first practice image within this after consent; until then their pending
+# items outrank those of older consents that never answered (consent-only bots, mostly) when one must go past k.
+FIRST_ANSWER_GRACE_S = 60.0
 
 
 class StudyClosed(RuntimeError):
@@ -77,9 +80,13 @@ def _participant(row) -> Participant:
     return Participant(*row[:6], excluded=bool(row[6]), timed_out_at=row[7])
 
 
+def _ago(seconds: float) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+
+
 def _cutoff(study: Study) -> str:
     """Reservations of participants whose last answer (or consent) is older than this have lapsed."""
-    return (datetime.now(UTC) - timedelta(minutes=study.abandon_after_min)).isoformat(timespec="milliseconds")
+    return _ago(60 * study.abandon_after_min)
 
 
 def get_participant(db: sqlite_utils.Database, study: Study, external_id: str) -> Participant | None:
@@ -109,27 +116,37 @@ def join(db: sqlite_utils.Database, study: Study, external_id: str, *, external_
     return found
 
 
-def _loads(db: sqlite_utils.Database, study: Study, *, without: int | None = None) -> list[Candidate]:
-    """Trial and catch items with their labels so far: answers of included participants, plus
-    unanswered items of participants holding a reservation (consented, not excluded, not timed out,
-    answered within the inactivity window). `without`: leave out this participant's pending items."""
+def _loads(db: sqlite_utils.Database, study: Study) -> list[Candidate]:
+    """Trial and catch items with their labels so far: answers of included participants, plus unanswered
+    items of consented, included participants active within the inactivity window, also counted by who holds
+    them (people who have answered something; consents younger than FIRST_ANSWER_GRACE_S), so that when an
+    item must go past k, it is one whose holders are least likely to answer (see `choose_items`)."""
     rows = db.execute(
         """
         WITH answered AS (
             SELECT r.item_id, count(*) AS n FROM responses r JOIN participants p ON p.id = r.participant_id
             WHERE p.study_id = :study AND p.excluded = 0 GROUP BY r.item_id),
+        holders AS (
+            SELECT p.id, EXISTS (SELECT 1 FROM responses r WHERE r.participant_id = p.id) AS answering,
+                   p.consent_at >= :grace AS fresh
+            FROM participants p
+            WHERE p.study_id = :study AND p.excluded = 0 AND p.timed_out_at IS NULL AND p.active_at >= :cutoff),
         pending AS (
-            SELECT a.item_id, count(*) AS n FROM assignments a JOIN participants p ON p.id = a.participant_id
-            WHERE p.study_id = :study AND p.excluded = 0 AND p.timed_out_at IS NULL AND p.active_at >= :cutoff
-              AND p.id IS NOT :without AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)
+            SELECT a.item_id, count(*) AS n, sum(h.answering) AS answering,
+                   sum(h.answering OR h.fresh) AS fresh
+            FROM assignments a JOIN holders h ON h.id = a.participant_id
+            WHERE NOT EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)
             GROUP BY a.item_id)
-        SELECT i.id, i.role, i.condition, i.test_index, coalesce(answered.n, 0) + coalesce(pending.n, 0)
+        SELECT i.id, i.role, i.condition, i.test_index,
+               coalesce(answered.n, 0) + coalesce(pending.n, 0), coalesce(answered.n, 0),
+               coalesce(answered.n, 0) + coalesce(pending.answering, 0),
+               coalesce(answered.n, 0) + coalesce(pending.fresh, 0)
         FROM items i
         LEFT JOIN answered ON answered.item_id = i.id
         LEFT JOIN pending ON pending.item_id = i.id
         WHERE i.study_id = :study AND i.role IN ('trial', 'catch')
         ORDER BY i.id
-        """, {"study": study.id, "cutoff": _cutoff(study), "without": without}).fetchall()
+        """, {"study": study.id, "cutoff": _cutoff(study), "grace": _ago(FIRST_ANSWER_GRACE_S)}).fetchall()
     return [Candidate(*r) for r in rows]
 
 
