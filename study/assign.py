@@ -1,7 +1,8 @@
 """Which items a participant labels, and in which order.
 
 At consent, each participant gets all their items at once: `trials_per_condition` from every
-condition plus `catch_per_participant` catch trials, all from different original test images.
+condition plus `catch_per_participant` catch trials, all from different original test images. At their
+first answer, the part no page has been sent yet is chosen again (participant._settle_list).
 Among the items that satisfy this, we take those with the fewest labels so far (answers plus the
 pending items of participants still active), solved exactly as an assignment problem
 (slots x original images), so every item reaches its k labels before any gets k+1. When some item
@@ -57,13 +58,17 @@ def participant_rng(seed: int, external_id: str, stream: int = 0) -> np.random.G
 
 
 def choose_items(candidates: list[Candidate], conditions: list[str], trials_per_condition: int,
-                 catch_per_participant: int, labels_per_item: int, rng: np.random.Generator) -> list[int]:
+                 catch_per_participant: int, labels_per_item: int, rng: np.random.Generator, *,
+                 slots: list[tuple[str, str]] | None = None, taken: frozenset[int] = frozenset()) -> list[int]:
     """Item ids for one participant (unordered): exact quota per condition, distinct test images,
-    least-labelled first."""
-    slots = [(("trial", c)) for c in conditions for _ in range(trials_per_condition)]
-    slots += [("catch", "")] * catch_per_participant
+    least-labelled first. `slots` ((role, condition) pairs, catch as ("catch", "")) replaces the quota when part
+    of a list is chosen again; `taken`: test images the list holds already."""
+    if slots is None:
+        slots = [(("trial", c)) for c in conditions for _ in range(trials_per_condition)]
+        slots += [("catch", "")] * catch_per_participant
     if not slots:
         return []
+    candidates = [c for c in candidates if c.test_index not in taken]
     origins = sorted({c.test_index for c in candidates})
     column = {o: j for j, o in enumerate(origins)}
     if len(slots) > len(origins):

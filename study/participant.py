@@ -6,6 +6,7 @@ assignment (or repeats of an answer already stored, which change nothing).
 """
 from __future__ import annotations
 
+import json
 import math
 import secrets
 from dataclasses import dataclass
@@ -116,11 +117,12 @@ def join(db: sqlite_utils.Database, study: Study, external_id: str, *, external_
     return found
 
 
-def _loads(db: sqlite_utils.Database, study: Study) -> list[Candidate]:
+def _loads(db: sqlite_utils.Database, study: Study, skip: list[int] | None = None) -> list[Candidate]:
     """Trial and catch items with their labels so far: answers of included participants, plus unanswered
     items of consented, included participants active within the inactivity window, also counted by who holds
     them (people who have answered something; consents younger than FIRST_ANSWER_GRACE_S), so that when an
-    item must go past k, it is one whose holders are least likely to answer (see `choose_items`)."""
+    item must go past k, it is one whose holders are least likely to answer (see `choose_items`). `skip`:
+    assignments left out (a list being chosen again)."""
     rows = db.execute(
         """
         WITH answered AS (
@@ -136,6 +138,7 @@ def _loads(db: sqlite_utils.Database, study: Study) -> list[Candidate]:
                    sum(h.answering OR h.fresh) AS fresh
             FROM assignments a JOIN holders h ON h.id = a.participant_id
             WHERE NOT EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)
+              AND a.id NOT IN (SELECT value FROM json_each(:skip))
             GROUP BY a.item_id)
         SELECT i.id, i.role, i.condition, i.test_index,
                coalesce(answered.n, 0) + coalesce(pending.n, 0), coalesce(answered.n, 0),
@@ -146,7 +149,8 @@ def _loads(db: sqlite_utils.Database, study: Study) -> list[Candidate]:
         LEFT JOIN pending ON pending.item_id = i.id
         WHERE i.study_id = :study AND i.role IN ('trial', 'catch')
         ORDER BY i.id
-        """, {"study": study.id, "cutoff": _cutoff(study), "grace": _ago(FIRST_ANSWER_GRACE_S)}).fetchall()
+        """, {"study": study.id, "cutoff": _cutoff(study), "grace": _ago(FIRST_ANSWER_GRACE_S),
+              "skip": json.dumps(skip or [])}).fetchall()
     return [Candidate(*r) for r in rows]
 
 
@@ -207,6 +211,43 @@ def _allocate(db: sqlite_utils.Database, participant: Participant) -> None:
     ordered = practice + order_items(chosen, rng)
     db["assignments"].insert_all(
         [{"participant_id": participant.id, "item_id": item_id, "position": pos} for pos, item_id in enumerate(ordered)])
+
+
+def _settle_list(db: sqlite_utils.Database, participant_id: int) -> None:
+    """At a participant's first answer, choose again the part of their list no page has been sent yet, from the
+    loads of this moment (call inside the write transaction). The list given at consent is provisional: when
+    invented ids flood the study, every image may be held past k by lists that will never be answered, and two
+    genuine participants who consented a moment apart could not be told from the bots or each other. Once one
+    answers, the other's holds count as a participant's who answers (see `choose_items`), so whoever answers
+    second steers clear of the first, onto images only bots hold."""
+    rows = db.execute(
+        """
+        SELECT a.id, a.position, i.role, i.condition, i.test_index,
+               EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)
+               OR EXISTS (SELECT 1 FROM servings v WHERE v.assignment_id = a.id)
+        FROM assignments a JOIN items i ON i.id = a.item_id WHERE a.participant_id = ? ORDER BY a.position
+        """, [participant_id]).fetchall()
+    again = [r for r in rows if r[2] in ("trial", "catch") and not r[5]]
+    if not again:
+        return
+    slug, external_id = db.execute("SELECT s.slug, p.external_id FROM participants p JOIN studies s "
+                                   "ON s.id = p.study_id WHERE p.id = ?", [participant_id]).fetchone()
+    study = get_study(db, slug)
+    slots = [(role, condition if role == "trial" else "") for _, _, role, condition, _, _ in again]
+    rng = participant_rng(study.seed, external_id, stream=1)
+    ids = [r[0] for r in again]
+    marks = ", ".join("?" for _ in ids)
+    held = dict(db.execute(f"SELECT item_id, id FROM assignments WHERE id IN ({marks})", ids).fetchall())
+    try:  # from the loads without this list's own provisional holds
+        chosen = choose_items(_loads(db, study, skip=ids), study.conditions, 0, 0, study.labels_per_item, rng,
+                              slots=slots, taken=frozenset(r[4] for r in rows if r not in again))
+    except AllocationError as e:  # cannot happen for a list that was valid at consent; refuse, keep nothing
+        raise StudyFull(str(e)) from e
+    # rows keep their ids and positions (nothing outside the database knows them yet): an item chosen again stays
+    # where it was, the new ones take the other rows in a random order
+    free = [i for item, i in held.items() if item not in chosen]
+    new = order_items([item for item in chosen if item not in held], rng)
+    db.conn.executemany("UPDATE assignments SET item_id = ? WHERE id = ?", list(zip(new, free, strict=True)))
 
 
 def _check_room(db: sqlite_utils.Database, study: Study) -> None:
@@ -321,10 +362,14 @@ def record_answer(db: sqlite_utils.Database, participant_id: int, assignment_id:
         if current is None or current[0] != assignment_id:
             raise AnswerRejected("answers must be given in order: this is not the current item")
         now = utc_now()
+        first = db.execute("SELECT NOT EXISTS (SELECT 1 FROM responses WHERE participant_id = ?)",
+                           [participant_id]).fetchone()[0]
         db.execute(
             "INSERT INTO responses (assignment_id, participant_id, item_id, label, rt_ms, shown_ms, mode, input, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [assignment_id, participant_id, item_id, label, rt_ms, shown_ms, mode, input, now])
+        if first:
+            _settle_list(db, participant_id)
         completed = _all_answered(db, participant_id)
         db.execute("UPDATE participants SET last_seen_at = ?, active_at = ?, "
                    "completed_at = CASE WHEN ? THEN ? ELSE completed_at END WHERE id = ?",

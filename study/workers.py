@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import hashlib
 import hmac
+import http.client
 import logging
 import os
 import secrets
@@ -200,7 +201,7 @@ def healthy(address: str, port: int, timeout_s: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(health_url(address, port), timeout=timeout_s) as response:
             return response.read() == b"ok"
-    except OSError:
+    except (OSError, http.client.HTTPException):  # nothing there, or something that does not speak HTTP
         return False
 
 

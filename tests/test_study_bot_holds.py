@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from study import enrol, get_study, next_trial, open_db, record_answer
 from study.assign import Candidate, choose_items
-from study.participant import FIRST_ANSWER_GRACE_S, places_needed, surplus_response_ids
+from study.participant import FIRST_ANSWER_GRACE_S, places_needed, record_servings, surplus_response_ids
 
 cifar, study_sets = support.cifar, support.study_sets
 
@@ -168,3 +168,50 @@ def test_a_full_item_is_taken_from_the_holders_least_likely_to_answer():
         cands = [Candidate(i, "trial", "A", i, *why[i]) for i in range(4) if i >= leave_out]
         for seed in range(5):
             assert choose_items(cands, ["A"], 1, 0, 1, np.random.default_rng(seed)) == [leave_out]
+
+
+def test_genuine_participants_who_consent_among_fresh_bots_never_share_an_image(tmp_path, study_sets):
+    """k = 1, 6 images, 3 a list, with practice images. Two genuine participants consent a moment apart among
+    fresh bots: at consent nothing tells them from the bots or each other, so the second's list may overlap the
+    first's (the old code: surplus in some of the 8 draws). The unshown part of a list is chosen again at the
+    first answer, when the other genuine participant's holds count as someone answering: 0 surplus in every draw."""
+    for draw in range(8):
+        db_path = tmp_path / f"s{draw}.db"
+        support.make_study(db_path, study_sets, labels_per_item=1, items_per_condition=6,
+                           items_per_participant=3, catch_per_participant=0, conditions=["clean"])
+        db = open_db(db_path)
+        study = get_study(db, "s1")
+        first = enrol(db, study, f"first{draw}")
+        for n in range(3):
+            enrol(db, study, f"bot{draw}x{n}")
+        second = enrol(db, study, f"second{draw}")
+        _answer_all(db, first.id)
+        _answer_all(db, second.id)
+        assert _trial_items(db, first.id).isdisjoint(_trial_items(db, second.id)), draw
+        assert surplus_response_ids(db, study) == set() and places_needed(db, study) == 0
+        db.close()
+
+
+def test_choosing_again_keeps_what_a_page_was_sent_and_every_row(tmp_path, study_sets):
+    """The widget holds trials ahead: a trial already sent to a page stays in the list, at its place, and the rows
+    keep their ids and positions (only the item of an unsent row changes), with the quota per condition exact."""
+    support.make_study(tmp_path / "s.db", study_sets, labels_per_item=1)
+    db = open_db(tmp_path / "s.db")
+    study = get_study(db, "s1")
+    bots = [enrol(db, study, f"bot{n}") for n in range(4)]
+    first = enrol(db, study, "first")
+    rows = db.execute("SELECT a.id, a.position, a.item_id, i.role FROM assignments a JOIN items i ON i.id = a.item_id "
+                      "WHERE a.participant_id = ? ORDER BY a.position", [first.id]).fetchall()
+    sent = [r[0] for r in rows[:5]]  # 3 practice images and the first 2 trials
+    record_servings(db, first.id, "page1", sent)
+    for bot in bots:  # the bots' lists no longer steer anyone: they let the first's unsent items go to them
+        db.execute("UPDATE participants SET excluded = 1 WHERE id = ?", [bot.id])
+    trial = next_trial(db, first.id)
+    record_answer(db, first.id, trial.assignment_id, 1, rt_ms=400.0, mode="unlimited", input="click")
+    after = db.execute("SELECT a.id, a.position, a.item_id, i.role, i.condition, i.test_index FROM assignments a "
+                       "JOIN items i ON i.id = a.item_id WHERE a.participant_id = ? ORDER BY a.position",
+                       [first.id]).fetchall()
+    assert [(r[0], r[1]) for r in after] == [(r[0], r[1]) for r in rows]
+    assert [r[2] for r in after[:5]] == [r[2] for r in rows[:5]]
+    assert Counter(r[4] for r in after if r[3] == "trial") == {c: 2 for c in study.conditions}
+    assert sum(r[3] == "catch" for r in after) == 2 and len({r[5] for r in after}) == len(after)

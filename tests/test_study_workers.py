@@ -497,3 +497,28 @@ def test_readme_proxy_examples_carry_participants_to_sticky_workers(workers, tmp
     assert len(rows) == 8 and all("," not in workers_of for _, workers_of, _ in rows)  # one worker per source
     assert {workers_of for _, workers_of, _ in rows} == {"0", "1"}
     assert any("Too many study pages" in t for t in page.texts)
+
+
+def test_a_health_check_answered_by_something_that_is_not_http_reads_as_unhealthy():
+    """Another program on a worker's port that echoes the request back (seen while Ray and other servers ran
+    beside the tests) made the supervisor die with http.client.BadStatusLine instead of waiting."""
+    import socket
+    import threading
+
+    from study.workers import healthy
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def echo() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(conn.recv(1024))
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    try:
+        assert healthy("127.0.0.1", port, timeout_s=5) is False
+    finally:
+        thread.join(10)
+        listener.close()
