@@ -21,6 +21,7 @@ LOCAL = ""  # `--ray` with no address: start a local cluster on this machine
 # the settings a job's numbers depend on travel to the workers (a joined cluster's raylets have their own env)
 FORWARDED_ENV = ("RANDMASK_DATA", "RANDMASK_EXACT", "RANDMASK_CRAFTED", "RANDMASK_ZOO", *OPENMP_WAIT_VARIABLES)
 _dashboard: str | None = None  # set by connect: the dashboard of the cluster joined
+CANCEL_WAIT_S = 60.0  # how long an interrupted driver waits for its cancelled tasks to end
 RETRIES = 3  # attempts after the first when a worker or its node dies (not on a Python error in the job)
 
 
@@ -125,8 +126,12 @@ def run(jobs: Sequence[Job], tick: Callable[[set[str], set[str]], None] | None =
             if tick:
                 tick(done, {key_of[ref] for ref in pending})
     finally:
-        for ref in pending:  # on an error or Ctrl-C: nothing keeps running for a driver that is gone
-            ray.cancel(ref, force=True)
+        if pending:  # on an error or Ctrl-C: nothing keeps running for a driver that is gone
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            # a cancel only asks: wait for the workers to go, so that a rerun never meets one still training
+            # (it finished the interrupted model behind the rerun's back, which then found it done)
+            ray.wait(pending, num_returns=len(pending), timeout=CANCEL_WAIT_S)
 
 
 def eta_text(seconds: float | None) -> str:
