@@ -292,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="experiments run at once in worker processes, sharing the torch threads (default 1)")
     p.add_argument("--exact", action="store_true",
                    help="attacks and evaluations bit-identical to torchattacks (default: the fast path)")
-    _ray_option(p, "run the experiments' cells as tasks on a Ray cluster (crafted sets shared through --cache, "
-                   "a folder every node must see)")
+    _ray_option(p, "run the experiments' cells as tasks on a Ray cluster (a transfer table: a task per attack, "
+                   "then one per target; --cache, which keeps the crafted sets for the next run, must be a folder "
+                   "every node sees)")
     p.set_defaults(func=cmd_reproduce)
 
     if importlib.util.find_spec("randmask.cli_attacks"):  # attack/protocol commands live beside the core

@@ -63,27 +63,41 @@ def test_zoo_progress_counts_running_and_queued_and_estimates_from_measured_epoc
     assert line == "models: 1 done, 1 running, 1 queued; ETA 3 min"
 
 
-def test_a_crafting_cell_writes_the_very_set_its_table_then_reads(tmp_path, data_dir):
-    """What a Ray worker runs for a transfer table's crafting, run here: the table, run afterwards in this process,
-    finds every set it needs under the same fingerprint and crafts nothing itself."""
+def test_the_cells_of_a_ray_run_run_here_give_the_single_process_rows_and_sets(tmp_path, data_dir):
+    """What Ray's workers run for a reproduce plan, run here one after the other (no Ray): a transfer table is one
+    crafting cell per attack and one evaluation cell per target (and one for the source's clean accuracy), and
+    the table the driver assembles from them is the one a run in one process writes, with the same crafted sets."""
+    from randmask.evaluate import write_csv
     from randmask.plan import PRESETS, transfer_attacks
-    from randmask.reproduce import _craft_cell, ray_jobs
+    from randmask.reproduce import RayPlan
 
     _fake_zoo(tmp_path / "zoo", REPRO_MODELS)
     settings = {**PRESETS["quick"], **TINY}
-    jobs = ray_jobs(REPRO_ONLY, settings, tmp_path / "zoo", tmp_path / "crafted", {})
-    crafts = [job for job in jobs if job.fn is _craft_cell]
-    assert [job.key for job in crafts] == [f"craft VGG-19 {attack}" for attack in transfer_attacks(settings)]
-    by_key = {job.key: job for job in jobs}
-    assert list(by_key["table11_transfer"].after) == [job.key for job in crafts]  # it waits for all four
+    plan = RayPlan(REPRO_ONLY, settings, tmp_path / "zoo", tmp_path / "cells", {})
+    crafts = [f"table11_transfer: craft {attack}" for attack in transfer_attacks(settings)]
+    evaluations = ["table11_transfer: clean accuracy of cifar10/VGG-19",
+                   "table11_transfer: evaluate cifar10/Normal_ResNet-18", "table11_transfer: evaluate cifar10/0.7-Shallow"]
+    assert [job.key for job in plan.jobs] == [*crafts, *evaluations, "table3_shuffle"]
+    by_key = {job.key: job for job in plan.jobs}
+    assert all(list(by_key[key].after) == crafts for key in evaluations)  # each waits for all four sets
     assert not by_key["table3_shuffle"].after  # no crafting: it starts at once
-    for job in crafts:
-        assert job.fn(*job.args) in job.key
-    made = _fingerprints(tmp_path / "crafted")
-    assert len(made) == 4
-    reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", overrides=TINY, only=["table11_transfer"],
-              cache=tmp_path / "crafted")
-    assert _fingerprints(tmp_path / "crafted") == made
+
+    def run_here():
+        results = {}
+        for job in plan.jobs:  # in submission order, which puts every job after those it waits for
+            results[job.key] = job.fn(*job.args, *(results[key] for key in job.after))
+            yield job.key, results[job.key]
+
+    for key, rows, _ in plan.collect(run_here()):
+        write_csv(rows, tmp_path / "cells-out" / "results" / f"{key}.csv")
+    reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", overrides=TINY, only=REPRO_ONLY,
+              cache=tmp_path / "single")
+    for key in REPRO_ONLY:  # byte for byte: n and correct, every column, row order
+        assert (tmp_path / "cells-out" / "results" / f"{key}.csv").read_bytes() == \
+            (tmp_path / "out" / "results" / f"{key}.csv").read_bytes(), key
+    made = _fingerprints(tmp_path / "cells")
+    assert len(made) == 4 and made == _fingerprints(tmp_path / "single")
+    assert all((tmp_path / "cells" / name).read_bytes() == (tmp_path / "single" / name).read_bytes() for name in made)
 
 
 def _stop_ray_children() -> None:
@@ -259,8 +273,9 @@ def test_reproduce_on_ray_equals_the_single_process_report(ray_cluster, referenc
                        only=REPRO_ONLY, cache=tmp_path / "crafted", ray=ray_cluster.address, say=said.append)
     assert all(s["ran"] for s in status.values()), status
     _check_same_report(reference_report, tmp_path / "out", tmp_path / "crafted")
-    # 4 crafting cells (one per attack against VGG-19) and 2 experiments
-    assert "cells: 6 of 6 done (2 of 2 experiments)" in " ".join(said), said
+    # Table 11: 4 crafting cells (one per attack against VGG-19), 3 evaluation cells (its two targets and its
+    # source's clean accuracy), each its own task; Table 3: one
+    assert "cells: 8 of 8 done (2 of 2 experiments)" in " ".join(said), said
 
 
 @pytest.mark.slow
