@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from test_reproduce import TINY, _fake_zoo
 
-from randmask import cluster, zoo
+from randmask import cluster, jobs, zoo
 from randmask.checkpoint import WEIGHTS_FILE
 from randmask.errors import RandmaskError
 from randmask.reproduce import reproduce
@@ -311,3 +311,62 @@ def test_a_worker_killed_mid_crafting_is_redone_and_no_partial_set_is_read(ray_c
     driver.join(900)
     assert not driver.is_alive() and not failure, failure
     _check_same_report(reference_report, tmp_path / "out", cache)
+
+
+# a Train-page job: tiny, one thread, fp32 (see tiny_config)
+APP_JOB = jobs.JobSettings("0.7-Shallow", epochs=2, width=4, train_n=256, eval_n=100, threads=1, precision="fp32")
+
+
+def _stop_jobs(root: Path) -> None:
+    for status in jobs.list_jobs(root):  # never leave a driver or trainer behind
+        if not status.finished:
+            jobs.cancel_job(status.folder, force=True)
+            jobs.wait_job(status.folder, 60)
+
+
+@pytest.mark.slow
+def test_a_train_page_job_sent_to_the_cluster_trains_the_weights_of_a_local_job(ray_cluster, tmp_path):
+    try:
+        here = jobs.start_job(APP_JOB, root=tmp_path / "here")
+        there = jobs.start_job(dataclasses.replace(APP_JOB, ray=ray_cluster.address), root=tmp_path / "there")
+        where = _wait_for(lambda: ", on " in jobs.job_status(there).where and jobs.job_status(there).where, 600,
+                          "the cluster job's worker")  # where it runs, while it runs
+        assert where.startswith(f"Ray cluster at {ray_cluster.address}, on ") and "(pid " in where
+        ours, theirs = jobs.wait_job(here, 900), jobs.wait_job(there, 900)
+        assert ours.state == "done" and theirs.state == "done", (ours.message, theirs.message,
+                                                                 jobs.job_output(there))
+        assert (there / WEIGHTS_FILE).read_bytes() == (here / WEIGHTS_FILE).read_bytes()
+
+        def epochs(status: jobs.JobStatus) -> list[dict]:
+            return [{k: v for k, v in h.items() if k not in ("time", "train_time_s")} for h in status.history]
+
+        # the same epochs, read from the progress.jsonl the worker wrote
+        assert [h["epoch"] for h in theirs.history] == [1, 2] and epochs(theirs) == epochs(ours)
+        worker = json.loads((there / jobs.WORKER_FILE).read_text())
+        assert worker["pid"] != json.loads((there / jobs.JOB_FILE).read_text())["pid"]  # trained by a Ray worker
+        assert any(line.startswith("Ray cluster at ") for line in jobs.job_output(there))
+    finally:
+        _stop_jobs(tmp_path / "here")
+        _stop_jobs(tmp_path / "there")
+
+
+@pytest.mark.slow
+def test_cancelling_a_cluster_job_ends_its_remote_worker(ray_cluster, tmp_path):
+    import psutil  # a Ray dependency
+
+    long = dataclasses.replace(APP_JOB, epochs=40, train_n=2560, ray=ray_cluster.address)
+    try:
+        folder = jobs.start_job(long, root=tmp_path)
+        _wait_for(lambda: jobs.job_status(folder).current_epoch, 600, "the remote trainer's first steps")
+        pid = json.loads((folder / jobs.WORKER_FILE).read_text())["pid"]
+        assert psutil.pid_exists(pid) and "ray::" in " ".join(psutil.Process(pid).cmdline())  # a Ray worker
+        assert jobs.cancel_job(folder)
+        status = jobs.wait_job(folder, 120)
+        assert status.state == "cancelled", (status.message, jobs.job_output(folder))
+        _wait_for(lambda: not psutil.pid_exists(pid), 60, "the Ray worker to end")
+        size = (folder / "progress.jsonl").stat().st_size
+        time.sleep(5)
+        assert (folder / "progress.jsonl").stat().st_size == size  # nobody trains on
+        assert not (folder / WEIGHTS_FILE).exists()
+    finally:
+        _stop_jobs(tmp_path)
