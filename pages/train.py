@@ -37,11 +37,16 @@ with st.form("train_form"):
     with c7:
         eval_n = int(st.number_input("Test images (0 = all)", 0, 10_000, 1000, step=500, key="train_eval_n",
                                      help="How many test images measure the accuracy after each epoch"))
+    ray = st.text_input("Ray cluster (empty = this machine)", "", key="train_ray", placeholder="auto or host:port",
+                        help="auto: the Ray cluster running on this machine (or $RAY_ADDRESS); host:port: another's "
+                             f"head. Its nodes must see {settings.user_runs_root()} at the same path.")
+    if note := train_view.ray_note():
+        st.caption(note)
     submitted = st.form_submit_button("Start training", type="primary")
 
 if submitted:
     with _ui.readable_errors("Cannot start"):
-        st.success(train_view.start_training(notation, preset, dataset, epochs, width, train_n, eval_n))
+        st.success(train_view.start_training(notation, preset, dataset, epochs, width, train_n, eval_n, ray))
 
 STATE_ICON = {"starting": ":material/hourglass_top:", "running": ":material/directions_run:",
               "cancelling": ":material/pan_tool:", "done": ":green[:material/check_circle:]",
@@ -51,6 +56,8 @@ STATE_ICON = {"starting": ":material/hourglass_top:", "running": ":material/dire
 def show_job(status: jobs.JobStatus) -> None:
     with st.container(border=True):
         st.markdown(f"{STATE_ICON[status.state]} {train_view.job_title(status)}")
+        if status.where:
+            st.caption(status.where)
         if not status.finished or status.state == "done":
             st.progress(status.fraction, text=status.progress_text())
         note = train_view.job_note(status, zoo_accuracy)

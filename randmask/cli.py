@@ -44,8 +44,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = make_config(args.notation, args.preset, dataset=args.dataset, width=args.width, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, mask_seed=args.mask_seed,
                       precision=args.precision, train_n=args.train_n, eval_n=args.eval_n)
+    at_least_one("--threads", args.threads)
     with _training_folder(Path(args.out)):
-        result = train(cfg, args.out, show_bar=not args.no_bar)
+        if args.ray is None:
+            if args.threads:
+                import torch
+
+                torch.set_num_threads(args.threads)
+            result = train(cfg, args.out, show_bar=not args.no_bar)
+        else:
+            from randmask.jobs import train_on_ray
+
+            result = train_on_ray(cfg, Path(args.out), args.ray, args.threads,
+                                  say=lambda line: print(line, file=sys.stderr, flush=True))
     if result:
         print_json({"checkpoint": args.out, "clean_accuracy": result["clean_accuracy"],
                     "n": result["clean_accuracy_n"], "train_time_s": result["train_time_s"]})
@@ -252,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-n", type=int, help="use only the first N training images")
     p.add_argument("--eval-n", type=int, help="measure accuracy on the first N test images")
     p.add_argument("--no-bar", action="store_true", help="no tqdm bar (the JSON-lines log is always written)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice; with --ray, the CPUs the "
+                   "task asks for on a cluster without GPUs, default 1)")
+    _ray_option(p, "train as one task on a Ray cluster (one GPU where it has GPUs); --out must be a folder every "
+                   "node sees at the same path")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="clean test accuracy of a checkpoint (last line: JSON)")
@@ -292,8 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="experiments run at once in worker processes, sharing the torch threads (default 1)")
     p.add_argument("--exact", action="store_true",
                    help="attacks and evaluations bit-identical to torchattacks (default: the fast path)")
-    _ray_option(p, "run the experiments' cells as tasks on a Ray cluster (crafted sets shared through --cache, "
-                   "a folder every node must see)")
+    _ray_option(p, "run the experiments' cells as tasks on a Ray cluster (a transfer table: a task per attack, "
+                   "then one per target; --cache, which keeps the crafted sets for the next run, must be a folder "
+                   "every node sees)")
     p.set_defaults(func=cmd_reproduce)
 
     if importlib.util.find_spec("randmask.cli_attacks"):  # attack/protocol commands live beside the core

@@ -9,7 +9,9 @@ nothing else changes.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +38,25 @@ class Job:
     num_cpus: float = 1
     num_gpus: float = 0
     after: Sequence[str] = field(default_factory=tuple)
+
+
+def available() -> bool:
+    """Whether the Ray extra is installed (without importing it: that takes seconds)."""
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_ADDRESS = re.compile(r"(ray://)?[A-Za-z0-9_.-]+:[0-9]{1,5}")
+
+
+def check_address(address: str) -> str:
+    """A cluster to join ('auto', host:port or ray://host:port), or one clear error."""
+    if address != "auto" and not (_ADDRESS.fullmatch(address) and 0 < int(address.rsplit(":", 1)[1]) < 65536):
+        raise RandmaskError(f"Ray cluster address {address[:80]!r}: give auto (the cluster running on this machine), "
+                            "host:port or ray://host:port")
+    return address
 
 
 def _ray():
@@ -76,6 +97,12 @@ def describe() -> str:
     return (f"Ray cluster at {context.gcs_address}: {len(nodes)} node(s), {total.get('CPU', 0):g} CPU(s)"
             + (f", {gpus:g} GPU(s)" if gpus else "")
             + (f"; dashboard http://{url}" if url else "; no dashboard (it comes with pip install 'ray[default]')"))
+
+
+def where() -> dict[str, str | None]:
+    """The connected cluster's address and its dashboard's URL (None without a dashboard)."""
+    return {"address": _ray().get_runtime_context().gcs_address,
+            "dashboard": f"http://{_dashboard}" if _dashboard else None}
 
 
 def cluster_gpus() -> float:

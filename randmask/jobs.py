@@ -6,6 +6,12 @@
     cancel_job(folder)      # SIGTERM to the job's process group: the trainer stops after its current step
                             # and logs "cancelled"; resume_job(folder) continues from the last finished epoch
 
+With `JobSettings(ray="auto")` (or a head's host:port) the job trains on a Ray cluster instead: its process is
+`python -m randmask train ... --ray ADDRESS`, the driver of one Ray task (train_on_ray) that trains into the same
+folder on a worker, so the folder must be on a filesystem the cluster's nodes share (as for `zoo train --ray`).
+The status reads the same files, plus where it runs (cluster.json, worker.json); cancel_job's SIGTERM makes the
+driver cancel the task, which ends its worker.
+
 A job folder holds `job.json` (what was started, when, which process), `job.log` (the process's output) and what
 the trainer writes: `progress.jsonl` (start, step, epoch, done, cancelled, error events), `resume.pt`, and at the
 end `config.json` + `model.safetensors`, which makes the model appear in the app's picker.
@@ -17,21 +23,27 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from randmask import safe_files
+from randmask import cluster, safe_files
 from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config
 from randmask.datasets import DATASETS
 from randmask.errors import RandmaskError
 from randmask.notation import parse_model, slug
 from randmask.settings import PROJECT_ROOT, openmp_wait_policy, user_runs_root
-from randmask.train import LOG_FILE, make_config
+from randmask.train import LOG_FILE, TrainConfig, make_config, train
 
 JOB_FILE, OUTPUT_FILE = "job.json", "job.log"
+CLUSTER_FILE, WORKER_FILE = "cluster.json", "worker.json"  # a Ray job's: the cluster joined, the worker training
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RAY_EXTRA = "Training on a Ray cluster needs the optional extra: pip install -e '.[ray]'"
 STATES = ("starting", "running", "cancelling", "done", "cancelled", "failed")
 FINISHED = ("done", "cancelled", "failed")
 
@@ -52,7 +64,9 @@ class JobSettings:
     eval_n: int | None = None
     seed: int | None = None
     mask_seed: int | None = None
-    threads: int | None = None
+    threads: int | None = None  # on a Ray cluster without GPUs: the CPUs the task asks for (default 1)
+    precision: str | None = None  # one of PRECISIONS
+    ray: str | None = None  # a Ray cluster to train on ('auto', host:port, ray://host:port); None: this machine
 
     def validate(self) -> None:
         """Raise RandmaskError for anything the trainer would refuse, before a process is started."""
@@ -63,16 +77,24 @@ class JobSettings:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise RandmaskError(f"{name.replace('_', ' ')} must be a positive whole number, got {value!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise RandmaskError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        if self.ray is not None:
+            if not cluster.available():
+                raise RandmaskError(RAY_EXTRA)
+            cluster.check_address(self.ray)
         make_config(self.notation, self.preset, dataset=self.dataset, epochs=self.epochs, width=self.width,
                     train_n=self.train_n, eval_n=self.eval_n, seed=self.seed, mask_seed=self.mask_seed)
 
     def command(self, out: Path) -> list[str]:
         cmd = [sys.executable, "-m", "randmask", "train", self.notation, "--out", str(out), "--preset", self.preset,
                "--dataset", self.dataset, "--no-bar"]
-        for name in ("epochs", "width", "train_n", "eval_n", "seed", "mask_seed"):
+        for name in ("epochs", "width", "train_n", "eval_n", "seed", "mask_seed", "precision"):
             value = getattr(self, name)
             if value is not None:
                 cmd += [f"--{name.replace('_', '-')}", str(value)]
+        if self.ray is not None:  # here the environment caps the threads (_launch); there the task's CPUs do
+            cmd += ["--ray", self.ray, *(["--threads", str(self.threads)] if self.threads else [])]
         return cmd
 
 
@@ -98,6 +120,7 @@ class JobStatus:
     images_per_s: float | None = None
     stage: str = ""  # what the trainer is doing before its first step record (from its 'stage' records)
     stage_since: float | None = None
+    where: str = ""  # a Ray job's cluster, worker and dashboard; "" for a job on this machine
 
     @property
     def name(self) -> str:
@@ -377,6 +400,7 @@ def job_status(folder: Path) -> JobStatus:
             member_fraction = 1.0
             status.clean_accuracy = event.get("clean_accuracy")
     status.epochs = epochs_planned
+    status.where = _where(folder, settings)
     status.fraction = min(1.0, (members_done + (0 if members_done == members else member_fraction)) / members)
     terminal = next((e for e in reversed(events) if e["event"] in ("done", "cancelled", "error")), None)
     last_start = max((i for i, e in enumerate(events) if e["event"] in ("start", "resume")), default=-1)
@@ -394,13 +418,15 @@ def job_status(folder: Path) -> JobStatus:
                           else "finished")
     elif alive:
         if job.get("cancel_requested"):
-            status.state, status.message = "cancelling", "stopping after the current step"
+            status.state = "cancelling"
+            status.message = ("cancelling its task on the Ray cluster" if settings.get("ray") is not None
+                              else "stopping after the current step")
         elif any(e["event"] != "stage" for e in events) or members_done:
             status.state = "running"
         else:
             status.state = "starting"  # the progress text says what it is doing: no copy in the title
             if not status.stage:
-                status.stage, status.stage_since = "starting the training process", launched or None
+                status.stage, status.stage_since = _starting_stage(folder, settings, launched)
     elif (terminal is not None and terminal["event"] == "cancelled") or job.get("cancel_requested"):
         status.state = "cancelled"
         status.message = f"cancelled after {status.epoch} finished epoch(s); resume continues from there"
@@ -413,6 +439,41 @@ def job_status(folder: Path) -> JobStatus:
                           "the training process ended without finishing (killed, or out of memory?); "
                           f"see {OUTPUT_FILE}")
     return status
+
+
+def _read_info(path: Path, since: float = 0.0) -> dict:
+    """A small JSON file a Ray job writes (CLUSTER_FILE, WORKER_FILE) if written since `since`; {} otherwise."""
+    try:
+        if path.stat().st_mtime < since - 1:
+            return {}
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _where(folder: Path, settings: dict) -> str:
+    """'Ray cluster at 10.0.0.1:6379, on node-3 (pid 4242) · dashboard http://10.0.0.1:8265'; '' on this machine."""
+    if settings.get("ray") is None:
+        return ""
+    joined, worker = _read_info(folder / CLUSTER_FILE), _read_info(folder / WORKER_FILE)
+    text = f"Ray cluster at {joined.get('address') or settings['ray']}"
+    if worker.get("host"):
+        text += f", on {worker['host']} (pid {worker.get('pid', '?')})"
+    return text + (f" · dashboard {joined['dashboard']}" if joined.get("dashboard") else "")
+
+
+def _starting_stage(folder: Path, settings: dict, launched: float) -> tuple[str, float | None]:
+    """What a started job does before the trainer's first record: its process starts or, for a Ray job, joins
+    the cluster, waits for a worker, starts the trainer there."""
+    if settings.get("ray") is None:
+        return "starting the training process", launched or None
+    joined, worker = _read_info(folder / CLUSTER_FILE, launched), _read_info(folder / WORKER_FILE, launched)
+    if worker:
+        return f"starting the trainer on {worker.get('host', 'a worker')}", worker.get("started") or None
+    if joined:
+        return "waiting for a worker of the Ray cluster", joined.get("joined") or None
+    return f"joining the Ray cluster at {settings['ray']}", launched or None
 
 
 def _duration(seconds: float) -> str:
@@ -447,3 +508,42 @@ def wait_job(folder: Path, timeout: float, poll: float = 0.2) -> JobStatus:
 def job_output(folder: Path, lines: int = 20) -> list[str]:
     """The last lines the job's process printed (for a failed job's details)."""
     return _tail(Path(folder) / OUTPUT_FILE, lines)
+
+
+# ------------------------------------------------------------------------------------------------ Ray
+def train_on_ray(cfg: TrainConfig, out: Path, address: str, threads: int | None = None,
+                 say: Callable[[str], None] = print) -> dict:
+    """`randmask train --ray ADDRESS`: this process is the Ray driver of one task that trains `cfg` into `out`
+    on a worker (one GPU where the cluster has GPUs, else `threads` CPUs, default 1), as `train` would here, so
+    `out` must be on a filesystem the cluster's nodes share. Writes CLUSTER_FILE (address, dashboard) into `out`
+    for the app. A worker that dies is retried and resumes from resume.pt; SIGTERM (the app's Cancel) or Ctrl-C
+    cancels the task. Returns train's result (clean accuracy, n, training time)."""
+    out = Path(out).resolve()  # the workers' working folder is not ours
+    line = cluster.connect(address)
+    say(line)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / CLUSTER_FILE, {**cluster.where(), "requested": address, "joined": time.time(),
+                                     "description": line})
+    gpus = cluster.cluster_gpus()
+    cpus = 1 if gpus else (threads or 1)
+    job = cluster.Job(f"train {out.name}", ray_train, (cfg, out, cpus), num_cpus=cpus, num_gpus=1 if gpus else 0)
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None  # into cluster.run's clean-up: cancel
+    try:
+        return dict(cluster.run([job], every=2.0))[job.key]
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        cluster.shutdown()
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def ray_train(cfg: TrainConfig, out: Path, num_cpus: float) -> dict:
+    """train_on_ray's task, on a worker: says where it runs (WORKER_FILE), then trains (a retry resumes)."""
+    cluster.worker_threads(num_cpus)
+    _write_json(out / WORKER_FILE, {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()})
+    result = train(cfg, out, show_bar=False)
+    return {k: result[k] for k in ("clean_accuracy", "clean_accuracy_n", "train_time_s") if k in result}

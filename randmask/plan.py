@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from randmask import protocols, safe_files
 from randmask.data import load_tensors
@@ -72,10 +73,42 @@ class Experiment:
     wants: list[str] = field(default_factory=list)  # zoo names used when present
     run: Callable | None = None
     own_section: bool = True  # False: another section of the report presents its results
+    transfer: TransferCells | None = None  # an experiment that is one protocols.transfer: its cells
 
 
+@dataclass(frozen=True)
+class TransferCells:
+    """An experiment that is one protocols.transfer call, in the parts a cluster runs as cells of their own
+    (reproduce --ray): the crafting of each attack against the source, the evaluation of each target. `run` is
+    the experiment's run in one process; the cells call the same functions it does."""
 
+    source: str  # zoo name
+    source_name: str  # as the rows name it
+    targets: tuple[str, ...]  # zoo names, each used when present, in this order
+    attacks: tuple[str, ...]
+    options: dict  # protocols.transfer's other keywords (n, n_cw, dataset, protocol, paper_names)
+    pool: str = "cifar10"  # the data set whose test images are the pool
+    n_pool: int | None = None
+    cache: Path | None = None
 
+    def images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return load_tensors(self.pool, "test", n=self.n_pool)
+
+    def present(self, zoo: Zoo) -> list[str]:
+        return [n for n in self.targets if zoo.has(n)]
+
+    def run(self, zoo: Zoo, x: torch.Tensor, y: torch.Tensor, progress) -> list[dict]:
+        """The whole experiment in this process; (x, y): the CIFAR-10 pool (another data set's is loaded)."""
+        if self.pool != "cifar10":
+            x, y = self.images()
+        targets = {zoo.label(n): zoo.model(n) for n in self.present(zoo)}
+        return protocols.transfer(zoo.model(self.source), targets, list(self.attacks), x, y,
+                                  source_name=self.source_name, progress=progress, cache=self.cache, **self.options)
+
+    def craft(self, zoo: Zoo, attack: str, x: torch.Tensor, y: torch.Tensor) -> protocols.TransferSets:
+        """One attack's cell: its crafted set, as `run` crafts it (the same images, seed and batch size)."""
+        return protocols.transfer_sets(zoo.model(self.source), [attack], x, y, source_name=self.source_name,
+                                       cache=self.cache, **self.options)
 
 
 # Black-box transfer, one experiment per source: (key, title, source in the zoo, the paper's name, paper table).
@@ -103,20 +136,21 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
     densenet, mnist_densenet = zoo_name("DenseNet-121"), zoo_name("DenseNet-121", "mnist")
     normal = zoo_name("Normal ResNet-18")
 
-    def transfer_from(source: str, source_name: str):
-        def run(zoo: Zoo, x, y, progress):
-            targets = {zoo.label(n): zoo.model(n) for n in TRANSFER_TARGETS if zoo.has(n) and n != source}
-            return protocols.transfer(zoo.model(source), targets, transfer_attacks(s), x, y,
-                                      source_name=source_name, n=s["n"], n_cw=s["n_cw"], dataset="cifar10",
-                                      paper_names={s["cw"]: "CW40"}, progress=progress, cache=cache)
-        return run
+    def transfer_from(source: str, source_name: str) -> TransferCells:
+        return TransferCells(source, source_name, tuple(n for n in TRANSFER_TARGETS if n != source),
+                             tuple(transfer_attacks(s)), {"n": s["n"], "n_cw": s["n_cw"], "dataset": "cifar10",
+                                                          "paper_names": {s["cw"]: "CW40"}},
+                             n_pool=s.get("n_pool"), cache=cache)
 
-    def table1(zoo: Zoo, x, y, progress):
-        names = [normal, zoo_name("0.85-Shallow"), zoo_name("0.85-ShallowEN")]
-        targets = {zoo.label(n): zoo.model(n) for n in names if zoo.has(n)}
-        return protocols.madry(zoo.model(zoo_name("Normal ResNet-18@s1m0")), targets, x, y,
-                               source_name="naturally trained net", n=s["n"], dataset="cifar10", progress=progress,
-                               cache=cache)
+    table1 = TransferCells(zoo_name("Normal ResNet-18@s1m0"), "naturally trained net",
+                           (normal, zoo_name("0.85-Shallow"), zoo_name("0.85-ShallowEN")),
+                           tuple(protocols.MADRY_ATTACKS), {**protocols.MADRY, "n": s["n"], "dataset": "cifar10"},
+                           n_pool=s.get("n_pool"), cache=cache)
+    table6 = TransferCells(mnist_densenet, "DenseNet-121",
+                           tuple(zoo_name(n, "mnist") for n in ("Normal ResNet-18", "0.5-Shallow", "0.7-Shallow",
+                                                                "0.9-Shallow")),
+                           (protocols.MNIST_ATTACK,), {**protocols.MNIST, "n": s["n"]}, pool="mnist",
+                           n_pool=s.get("n_pool"), cache=cache)
 
     def table3(zoo: Zoo, x, y, progress):
         models = {zoo.label(n): zoo.model(n) for n in (normal, zoo_name("0.7-Shallow"))}
@@ -148,13 +182,6 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
             row["target"] = ref.notation
         return rows
 
-    def table6(zoo: Zoo, x, y, progress):
-        xm, ym = load_tensors("mnist", "test", n=s.get("n_pool"))
-        names = [zoo_name(n, "mnist") for n in ("Normal ResNet-18", "0.5-Shallow", "0.7-Shallow", "0.9-Shallow")]
-        targets = {zoo.label(n): zoo.model(n) for n in names if zoo.has(n)}
-        return protocols.mnist(zoo.model(mnist_densenet), targets, xm, ym, source_name="DenseNet-121", n=s["n"],
-                               progress=progress, cache=cache)
-
     def figure3(zoo: Zoo, x, y, progress):
         models = {zoo.label(n): zoo.model(n) for n in [*map(zoo_name, NOISE_MODELS), *wider(NOISE_MODELS)]
                   if zoo.has(n)}
@@ -183,14 +210,15 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
                      for n in (zoo_name(masked), *(e.name for e in controls))]
     control_pairs += [zoo_name(n) for n in RESAMPLED.values()]
     control_needs = [normal, zoo_name("0.7-Shallow"), MATCHED["0.7-Shallow"].name]  # the first pair decides it runs
-    transfers = [Experiment(key, title, table, [source, normal],
-                            [n for n in TRANSFER_TARGETS if n != source], transfer_from(source, name))
-                 for key, title, source, name, table in TRANSFER_SOURCES]
+    transfers = [Experiment(key, title, table, [source, normal], [n for n in TRANSFER_TARGETS if n != source],
+                            cells.run, transfer=cells)
+                 for key, title, source, name, table in TRANSFER_SOURCES
+                 for cells in [transfer_from(source, name)]]
     return [
         *transfers,
         Experiment("table1_madry", "Table 1 · Madry et al.'s black-box setting", 1,
                    [zoo_name("Normal ResNet-18@s1m0"), normal, zoo_name("0.85-Shallow")],
-                   [zoo_name("0.85-ShallowEN")], table1),
+                   [zoo_name("0.85-ShallowEN")], table1.run, transfer=table1),
         Experiment("table3_shuffle", "Table 3 · patch shuffle (CIFAR-10 here, ImageNet in the paper)", 3,
                    [normal, zoo_name("0.7-Shallow")], [], table3),
         Experiment("table4_whitebox", "Table 4 · white-box attacks", 4,
@@ -202,7 +230,8 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
                     densenet, zoo_name("VGG-19")], table5),
         Experiment("table6_mnist", "Table 6 · MNIST black-box (DenseNet-121 source)", 6,
                    [mnist_densenet, zoo_name("Normal ResNet-18", "mnist")],
-                   [zoo_name(n, "mnist") for n in ("0.5-Shallow", "0.7-Shallow", "0.9-Shallow")], table6),
+                   [zoo_name(n, "mnist") for n in ("0.5-Shallow", "0.7-Shallow", "0.9-Shallow")], table6.run,
+                   transfer=table6),
         Experiment("figure3_noise", "Figure 3 · Gaussian noise", None, [normal],
                    [zoo_name(n) for n in NOISE_MODELS] + wider(NOISE_MODELS), figure3),
         Experiment("beyond_apgd_square", "Beyond the paper · APGD-CE and Square Attack (white-box / query)", None,

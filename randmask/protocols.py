@@ -17,9 +17,11 @@ the paper's table file: defense_rate, accuracy, clean_accuracy.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -51,6 +53,9 @@ WHITEBOX_ATTACKS = {"FGSM1": "FGSM1", "FGSM2": "FGSM2", "FGSM4": "FGSM4",
                     "PGD1,4,2": "PGD2", "PGD1,6,4": "PGD4", "PGD1,10,8": "PGD8"}
 MADRY_ATTACKS = {"FGSM8": "FGSM8", "PGD2,7,8": "PGD 7x2 eps8"}
 MNIST_ATTACK = "PGD2.55,40,76.5"  # 40 steps of 0.01 * 255, eps 0.3 * 255 (Table 6)
+# transfer's keywords for Tables 1 and 6 (madry, mnist; the reproduce plan names them too)
+MADRY = {"protocol": "madry", "paper_names": MADRY_ATTACKS}
+MNIST = {"protocol": "mnist", "paper_names": {MNIST_ATTACK: "PGD 40x0.01 eps0.3"}, "dataset": "mnist"}
 PAPER_SIGMAS = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32)
 PAPER_SHUFFLE_K = (2, 4, 8)
 GRAYBOX_ATTACK = "FGSM16"
@@ -127,6 +132,54 @@ def _check_pool(x: torch.Tensor, y: torch.Tensor) -> None:
         raise RandmaskError("no images to evaluate")
 
 
+@dataclass
+class CraftedSet:
+    """One attack's images that fool the source, with the columns every target's row about them carries."""
+
+    attack: str  # as str(spec) spells it
+    adv: torch.Tensor
+    labels: torch.Tensor
+    extra: dict  # n_attacked, source_fooled, mean_linf, mean_l2, paper_attack, quantized, seed, source_logit_gap
+    images_key: str | None  # the prediction-cache key of adv (None: no cache)
+
+
+@dataclass
+class TransferSets:
+    """What a transfer crafts against its source, once for all its targets (transfer_target evaluates one)."""
+
+    protocol: str
+    dataset: str
+    source_name: str
+    seed: int
+    clean: bool  # each target's clean accuracy on the pool is added
+    batch_size: int
+    pool_key: str | None  # the prediction-cache key of the pool (None: no cache)
+    sets: list[CraftedSet]
+
+    @classmethod
+    def join(cls, parts: Sequence[TransferSets]) -> TransferSets:
+        """Parts crafted apart, one attack each (a cluster's cells), as the one transfer_sets call for all their
+        attacks makes them: the images each attack takes are the first of the same list, whatever its length."""
+        if not parts:
+            raise RandmaskError("no crafted sets to join")
+        first = parts[0]
+        for part in parts[1:]:
+            if (part.protocol, part.dataset, part.source_name, part.seed, part.clean, part.batch_size,
+                    part.pool_key) != (first.protocol, first.dataset, first.source_name, first.seed, first.clean,
+                                       first.batch_size, first.pool_key):
+                raise RandmaskError(f"crafted sets of different transfers cannot be joined ({first.source_name}, "
+                                    f"{part.source_name})")
+        return dataclasses.replace(first, sets=[s for part in parts for s in part.sets])
+
+
+@dataclass
+class TargetRows:
+    """One target's rows of a transfer: its defense rate on each crafted set, and its clean accuracy."""
+
+    defense: list[dict]
+    clean: dict | None
+
+
 def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.Module], attacks: Sequence[str],
              x: torch.Tensor, y: torch.Tensor, *, source_name: str, n: int = 5000, n_cw: int = 1000,
              seed: int = 0, quantize_images: bool = True, clean: bool = True, dataset: str = "",
@@ -144,7 +197,33 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
     across runs (see `craft`), so adding a target to a table costs only its evaluation. `stage` hears each step
     in words (choosing images, crafting, each target's evaluation) for a caller to show; `craft_batch` (default
     batch_size) sets how many images an attack takes at once, and so how often `progress` hears of it.
+
+    Its three parts run apart on a cluster (reproduce --ray), each as here: transfer_sets (one attack each,
+    joined by TransferSets.join), transfer_target (one target each) and transfer_rows.
     """
+    source_model = source if isinstance(source, nn.Module) else _ensemble(list(source))
+    sets = transfer_sets(source_model, attacks, x, y, source_name=source_name, n=n, n_cw=n_cw, seed=seed,
+                         quantize_images=quantize_images, clean=clean, dataset=dataset, batch_size=batch_size,
+                         protocol=protocol, paper_names=paper_names, progress=progress, cache=cache, stage=stage,
+                         craft_batch=craft_batch)
+    by_target = {name: transfer_target(sets, name, target, x, y, cache=cache, stage=stage,
+                                       position=f"{k} of {len(targets)}")
+                 for k, (name, target) in enumerate(targets.items(), 1)}
+    source_clean = None
+    if clean and not any(model is source_model for model in targets.values()):
+        source_clean = clean_row(sets, source_name, source_model, x, y, cache=cache, stage=stage)
+    return transfer_rows(by_target, source_clean)
+
+
+def transfer_sets(source: nn.Module | Sequence[nn.Module], attacks: Sequence[str], x: torch.Tensor,
+                  y: torch.Tensor, *, source_name: str, n: int = 5000, n_cw: int = 1000, seed: int = 0,
+                  quantize_images: bool = True, clean: bool = True, dataset: str = "",
+                  batch_size: int = DEFAULT_BATCH, protocol: str = "transfer",
+                  paper_names: Mapping[str, str] | None = None, progress: Progress | None = None,
+                  cache: str | os.PathLike | None = None, stage: Callable[[str], None] | None = None,
+                  craft_batch: int | None = None) -> TransferSets:
+    """transfer's first part: choose the images the source classifies correctly, craft each attack against it
+    (reused from `cache`) and keep the images that fool it. Arguments as transfer's."""
     say = stage or (lambda _text: None)
     _check_pool(x, y)
     specs = [parse_attack(a) for a in attacks]
@@ -155,9 +234,7 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
                                 batch_size=batch_size)
     sizes = [min(len(candidates), n_cw if spec.norm == "l2" else n) for spec in specs]
     work = Work(sum(sizes), progress)
-    rows: list[dict] = []
-    # with a cache, each target's predictions on each image set are kept: a rerun evaluates only new targets
-    model_keys = {name: model_fingerprint(m) for name, m in targets.items()} if cache is not None else {}
+    sets = []
     for spec, size in zip(specs, sizes, strict=True):
         idx = candidates[:size]
         say(f"crafting {spec} against {source_name} on {size} images")
@@ -165,44 +242,68 @@ def transfer(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.M
                         quantize_images=quantize_images, batch_size=craft_batch or batch_size,
                         progress=work.phase(size), cache=cache)
         keep = crafted.fooled
-        adv, labels = crafted.adv[keep], crafted.labels[keep]
+        adv = crafted.adv[keep]
         extra = {"n_attacked": size, "source_fooled": keep.float().mean().item() if size else float("nan"),
                  "mean_linf": mean_or_nan(crafted.linf[keep]), "mean_l2": mean_or_nan(crafted.l2[keep]),
                  "paper_attack": paper_names.get(str(spec), str(spec)), "quantized": quantize_images,
                  "seed": seed, "source_logit_gap": median_logit_gap(source_model, x[idx], batch_size)}
-        adv_key = _images_key(adv, cache)
-        for k, (name, target) in enumerate(targets.items(), 1):
-            say(f"{spec}: evaluating {name} ({k} of {len(targets)}) on the {len(labels)} images that fool the "
-                "source")
-            rows.append(_row(protocol, dataset, source_name, name, str(spec), "defense_rate",
-                             _correct(target, adv, labels, batch_size, cache, model_keys.get(name), adv_key),
-                             len(labels), **extra))
-    if clean:
-        models = dict(targets)
-        if not any(model is source_model for model in targets.values()):
-            models = {source_name: source_model, **models}
-        pool_key = _images_key(x, cache)
-        for k, (name, model) in enumerate(models.items(), 1):
-            say(f"clean accuracy of {name} ({k} of {len(models)}) on {len(x)} images")
-            rows.append(_row(protocol, dataset, "", name, "", "clean_accuracy",
-                             _correct(model, x, y, batch_size, cache, model_keys.get(name), pool_key), len(x),
-                             seed=seed))
-    return rows
+        sets.append(CraftedSet(str(spec), adv, crafted.labels[keep], extra, _images_key(adv, cache)))
+    return TransferSets(protocol, dataset, source_name, seed, clean, batch_size,
+                        _images_key(x, cache) if clean else None, sets)
+
+
+def transfer_target(sets: TransferSets, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                    cache: str | os.PathLike | None = None, stage: Callable[[str], None] | None = None,
+                    position: str = "") -> TargetRows:
+    """transfer's second part, for one target: its defense rate on each crafted set and (with sets.clean) its
+    clean accuracy on the pool (x, y). `position` ('2 of 5') is for `stage`'s lines."""
+    say = stage or (lambda _text: None)
+    where = f" ({position})" if position else ""
+    model_key = model_fingerprint(model) if cache is not None else None
+    defense = []
+    for crafted in sets.sets:
+        say(f"{crafted.attack}: evaluating {name}{where} on the {len(crafted.labels)} images that fool the source")
+        defense.append(_row(sets.protocol, sets.dataset, sets.source_name, name, crafted.attack, "defense_rate",
+                            _correct(model, crafted.adv, crafted.labels, sets.batch_size, cache, model_key,
+                                     crafted.images_key), len(crafted.labels), **crafted.extra))
+    clean = (clean_row(sets, name, model, x, y, cache=cache, stage=stage, position=position, model_key=model_key)
+             if sets.clean else None)
+    return TargetRows(defense, clean)
+
+
+def clean_row(sets: TransferSets, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+              cache: str | os.PathLike | None = None, stage: Callable[[str], None] | None = None,
+              position: str = "", model_key: str | None = None) -> dict:
+    """A model's clean-accuracy row of a transfer (a target's, or the source's) on the pool (x, y)."""
+    if stage:
+        stage(f"clean accuracy of {name}{f' ({position})' if position else ''} on {len(x)} images")
+    return _row(sets.protocol, sets.dataset, "", name, "", "clean_accuracy",
+                _correct(model, x, y, sets.batch_size, cache, model_key, sets.pool_key), len(x), seed=sets.seed)
+
+
+def transfer_rows(by_target: Mapping[str, TargetRows], source_clean: dict | None = None) -> list[dict]:
+    """transfer's last part: the targets' rows (in their order) as one table, attack by attack, then the clean
+    accuracies, the source's first."""
+    attacks = max((len(rows.defense) for rows in by_target.values()), default=0)
+    if any(len(rows.defense) != attacks for rows in by_target.values()):
+        raise RandmaskError("every target of a transfer must be evaluated on the same crafted sets")
+    table = [rows.defense[i] for i in range(attacks) for rows in by_target.values()]
+    clean = {name: rows.clean for name, rows in by_target.items() if rows.clean is not None}
+    if source_clean is not None:  # first, unless a target takes its name (then that target, as a dict would)
+        clean = {source_clean["target"]: source_clean, **clean}
+    return table + list(clean.values())
 
 
 def madry(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.Module], x: torch.Tensor,
           y: torch.Tensor, **kwargs) -> list[dict]:
     """Table 1: transfer from a naturally trained source with FGSM8 and PGD2,7,8 (7 steps of 2, eps 8)."""
-    return transfer(source, targets, list(MADRY_ATTACKS), x, y, protocol="madry", paper_names=MADRY_ATTACKS,
-                    **kwargs)
+    return transfer(source, targets, list(MADRY_ATTACKS), x, y, **MADRY, **kwargs)
 
 
 def mnist(source: nn.Module | Sequence[nn.Module], targets: Mapping[str, nn.Module], x: torch.Tensor,
           y: torch.Tensor, **kwargs) -> list[dict]:
     """Table 6: transfer on MNIST with PGD, 40 steps of 0.01*255, eps 0.3*255 (source DenseNet-121)."""
-    kwargs.setdefault("dataset", "mnist")
-    return transfer(source, targets, [MNIST_ATTACK], x, y, protocol="mnist",
-                    paper_names={MNIST_ATTACK: "PGD 40x0.01 eps0.3"}, **kwargs)
+    return transfer(source, targets, [MNIST_ATTACK], x, y, **{**MNIST, **kwargs})
 
 
 def relation(source_config: Mapping, target_config: Mapping) -> str:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,13 +24,12 @@ from randmask.errors import RandmaskError
 from randmask.evaluate import write_csv
 from randmask.plan import (
     PRESETS,
-    TRANSFER_SOURCES,
     Experiment,
     StageProgress,
+    TransferCells,
     experiments,
     record_run,
     recorded_runs,
-    transfer_attacks,
 )
 from randmask.report import render_report
 from randmask.settings import PROJECT_ROOT, crafted_cache_root, exact_attacks
@@ -50,9 +50,10 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
     (at least one each), longest first by the times results/runs.json recorded; every experiment seeds itself,
     so the results do not depend on `jobs`.
 
-    With `ray` (an address, 'auto', or cluster.LOCAL) the experiments run as Ray tasks instead, each transfer
-    table's crafting as one task per attack first (into `cache`, which the cluster's nodes must share); `say`
-    hears the cluster's address and the cells done of total. The results are those of a run in one process.
+    With `ray` (an address, 'auto', or cluster.LOCAL) the experiments run as Ray tasks instead (RayPlan): a
+    transfer table as one crafting task per attack and one evaluation task per target, every other experiment
+    as one task; `say` hears the cluster's address and the cells done of total. The results are those of a run
+    in one process.
     """
     if preset not in PRESETS:
         raise RandmaskError(f"unknown reproduce preset {preset!r}; known: {', '.join(PRESETS)}")
@@ -119,9 +120,8 @@ def _run_experiment(exp: Experiment, zoo: Zoo, x: torch.Tensor, y: torch.Tensor,
 
 
 def _worker_run(key: str, settings: dict, zoo_root: Path, cache: Path | None,
-                threads: int, *crafted: str) -> tuple[str, list[dict], float]:
-    """One experiment in a worker process (spawned: it inherits the environment, RANDMASK_EXACT included). On Ray,
-    `crafted` are the results of its crafting cells: passing them makes Ray start it once they are in the cache."""
+                threads: int) -> tuple[str, list[dict], float]:
+    """One experiment in a worker process (spawned: it inherits the environment, RANDMASK_EXACT included)."""
     torch.set_num_threads(threads)
     x, y = load_tensors("cifar10", "test", n=settings.get("n_pool"))
     exp = next(e for e in experiments(settings, cache) if e.key == key)
@@ -147,54 +147,121 @@ def _run_in_workers(keys: list[str], settings: dict, zoo_root: Path, cache: Path
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _craft_cell(source: str, source_name: str, attack: str, settings: dict, zoo_root: Path, cache: Path,
-                threads: int) -> str:
-    """One transfer table's crafting for one attack, into the cache, exactly as the table's own run crafts it
-    (same images, seed and batch size, so the same fingerprint): the table then only reads it. Written atomically
-    under a file lock (evaluate.craft): a worker killed mid-way leaves no set that a retry or the table could read."""
+def _cells_of(key: str, settings: dict, cache: Path | None) -> TransferCells:
+    cells = next(e for e in experiments(settings, cache) if e.key == key).transfer
+    if cells is None:
+        raise RandmaskError(f"{key} is not a transfer experiment")
+    return cells
+
+
+def _craft_cell(key: str, attack: str, settings: dict, zoo_root: Path, cache: Path | None,
+                threads: int) -> tuple[protocols.TransferSets, float]:
+    """A transfer experiment's crafting of one attack, exactly as its run in one process crafts it (same images,
+    seed and batch size, so the same fingerprint in the cache). Written atomically under a file lock
+    (evaluate.craft): a worker killed mid-way leaves no set that a retry could read. The images that fool the
+    source go to the evaluation cells through Ray's object store."""
+    began = time.time()
     torch.set_num_threads(threads)
-    x, y = load_tensors("cifar10", "test", n=settings.get("n_pool"))
+    cells = _cells_of(key, settings, cache)
+    x, y = cells.images()
     torch.manual_seed(0)
-    protocols.transfer(Zoo(zoo_root).model(source), {}, [attack], x, y, source_name=source_name, n=settings["n"],
-                       n_cw=settings["n_cw"], dataset="cifar10", cache=cache, clean=False)
-    return attack
+    return cells.craft(Zoo(zoo_root), attack, x, y), time.time() - began
 
 
-def ray_jobs(keys: list[str], settings: dict, zoo_root: Path, cache: Path | None,
-             runs: dict[str, dict]) -> list[cluster.Job]:
-    """The cells of a reproduce run as Ray jobs: with a cache, one crafting job per transfer source and attack;
-    then one job per experiment (after its crafting jobs), longest first as `--jobs` orders them."""
-    zoo, jobs = Zoo(zoo_root), []
-    sources = {key: (source, name) for key, _, source, name, _ in TRANSFER_SOURCES}
-    keys = sorted(keys, key=lambda k: -(runs.get(k, {}).get("seconds") or math.inf))
-    crafts: dict[str, list[str]] = {}
-    for key in keys:
-        if cache is None or key not in sources or not zoo.has(sources[key][0]):
-            continue
-        source, name = sources[key]
-        for attack in transfer_attacks(settings):
-            crafts.setdefault(key, []).append(f"craft {name} {attack}")
-            jobs.append(cluster.Job(crafts[key][-1], _craft_cell, (source, name, attack, settings, zoo_root, cache, 1)))
-    jobs += [cluster.Job(key, _worker_run, (key, settings, zoo_root, cache, 1), after=crafts.get(key, ()))
-             for key in keys]
-    return jobs
+def _evaluate_cell(key: str, target: str, settings: dict, zoo_root: Path, cache: Path | None, threads: int,
+                   *crafted: tuple[protocols.TransferSets, float]) -> tuple[str, protocols.TargetRows | dict, float]:
+    """A transfer experiment's evaluation of one target (a zoo name) on every set its crafting cells made
+    (`crafted`, their results in attack order): (its label, its rows, seconds). The source, as target, gives
+    its clean-accuracy row."""
+    began = time.time()
+    torch.set_num_threads(threads)
+    cells, zoo = _cells_of(key, settings, cache), Zoo(zoo_root)
+    x, y = cells.images()
+    sets = protocols.TransferSets.join([part for part, _ in crafted])
+    torch.manual_seed(0)
+    if target == cells.source:
+        row = protocols.clean_row(sets, cells.source_name, zoo.model(target), x, y, cache=cache)
+        return cells.source_name, row, time.time() - began
+    label = zoo.label(target)
+    return label, protocols.transfer_target(sets, label, zoo.model(target), x, y, cache=cache), time.time() - began
+
+
+class RayPlan:
+    """A reproduce run's cells as Ray jobs: a transfer experiment (plan.TransferCells) as one crafting job per
+    attack and one evaluation job per target present (plus one for the source's clean accuracy), after its
+    crafting jobs; every other experiment as one job. `collect` turns the finished jobs back into experiments,
+    a transfer's rows assembled by protocols.transfer_rows as its run in one process assembles them."""
+
+    def __init__(self, keys: list[str], settings: dict, zoo_root: Path, cache: Path | None,
+                 runs: dict[str, dict]) -> None:
+        zoo, by_key = Zoo(zoo_root), {e.key: e for e in experiments(settings, cache)}
+        self.jobs: list[cluster.Job] = []
+        self.cells: dict[str, list[str]] = {}  # experiment: its jobs' keys
+        self.evaluations: dict[str, list[str]] = {}  # transfer experiment: its evaluation jobs, in target order
+        # longest first (by the last recorded time; unknown ones first), as --jobs orders them
+        for key in sorted(keys, key=lambda k: -(runs.get(k, {}).get("seconds") or math.inf)):
+            cells = by_key[key].transfer
+            if cells is None:
+                self._add(key, cluster.Job(key, _worker_run, (key, settings, zoo_root, cache, 1)))
+                continue
+            crafts = [self._add(key, cluster.Job(f"{key}: craft {attack}", _craft_cell,
+                                                 (key, attack, settings, zoo_root, cache, 1)))
+                      for attack in cells.attacks]
+            evaluated = ([cells.source] if cells.options.get("clean", True) else []) + cells.present(zoo)
+            self.evaluations[key] = [
+                self._add(key, cluster.Job(f"{key}: {'clean accuracy of' if name == cells.source else 'evaluate'} "
+                                           f"{name}", _evaluate_cell, (key, name, settings, zoo_root, cache, 1),
+                                           after=crafts))
+                for name in evaluated]
+        self.experiment_of = {job: key for key, jobs in self.cells.items() for job in jobs}
+
+    def _add(self, key: str, job: cluster.Job) -> str:
+        self.jobs.append(job)
+        self.cells.setdefault(key, []).append(job.key)
+        return job.key
+
+    def collect(self, finished: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, list[dict], float]]:
+        """(experiment key, rows, seconds) for each experiment whose jobs have all finished, from the (job key,
+        result) pairs of cluster.run. A transfer's seconds: the sum of its jobs' own."""
+        seconds: dict[str, float] = {}
+        evaluated: dict[str, tuple[str, protocols.TargetRows | dict]] = {}
+        for job, result in finished:
+            key = self.experiment_of[job]
+            if key not in self.evaluations:  # a whole experiment in one job
+                yield result
+                continue
+            seconds[job] = result[-1]  # a crafting job's sets are not kept here: its evaluation jobs have them
+            if job in self.evaluations[key]:
+                evaluated[job] = result[:2]
+            if all(j in seconds for j in self.cells[key]):
+                source_clean, by_target = None, {}
+                for label, rows in (evaluated.pop(j) for j in self.evaluations[key]):
+                    if isinstance(rows, dict):
+                        source_clean = rows
+                    else:  # as the targets' dict in one process: a label twice has the last one's rows
+                        by_target[label] = rows
+                total = sum(seconds.pop(j) for j in self.cells[key])
+                yield key, protocols.transfer_rows(by_target, source_clean), round(total, 1)
 
 
 def _run_on_ray(keys: list[str], settings: dict, zoo_root: Path, cache: Path | None, address: str,
                 runs: dict[str, dict], say: Callable[[str], None]) -> Iterator[tuple[str, list[dict], float]]:
     say(cluster.connect(address))
-    jobs = ray_jobs(keys, settings, zoo_root, cache, runs)
-    experiments_left = set(keys)
-    began, finished = time.time(), 0
+    plan = RayPlan(keys, settings, zoo_root, cache, runs)
+    began, finished, experiments_done = time.time(), 0, 0
 
     def line() -> str:
-        return (f"cells: {finished} of {len(jobs)} done ({len(keys) - len(experiments_left)} of {len(keys)} "
-                f"experiments), {time.time() - began:.0f} s")
+        return (f"cells: {finished} of {len(plan.jobs)} done ({experiments_done} of {len(keys)} experiments), "
+                f"{time.time() - began:.0f} s")
+
+    def counted(results: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+        nonlocal finished
+        for result in results:
+            finished += 1
+            yield result
 
     say(line())
-    for key, result in cluster.run(jobs, tick=lambda done, pending: say(line()), every=30.0):
-        finished += 1
-        if key in experiments_left:
-            experiments_left.discard(key)
-            say(line())
-            yield result
+    for result in plan.collect(counted(cluster.run(plan.jobs, tick=lambda done, pending: say(line()), every=30.0))):
+        experiments_done += 1
+        say(line())
+        yield result

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from randmask import jobs
+from randmask import cluster, jobs
 from randmask.catalog import ModelEntry
 from randmask.errors import RandmaskError
 from randmask.models import describe
@@ -18,10 +18,16 @@ RESUMABLE = ("cancelled", "failed")
 
 
 def job_settings(notation: str, preset: str, dataset: str, epochs: int, width: int = 0, train_n: int = 0,
-                 eval_n: int = 0) -> jobs.JobSettings:
-    """The form's values as a job; 0 for width, training or test images leaves the preset's value (all images)."""
+                 eval_n: int = 0, ray: str = "") -> jobs.JobSettings:
+    """The form's values as a job; 0 for width, training or test images leaves the preset's value (all images);
+    an empty Ray address trains on this machine."""
     return jobs.JobSettings(notation=notation, preset=preset, dataset=dataset, epochs=epochs, width=width or None,
-                            train_n=train_n or None, eval_n=eval_n or None)
+                            train_n=train_n or None, eval_n=eval_n or None, ray=ray.strip() or None)
+
+
+def ray_note() -> str:
+    """The Ray field's line where the extra is missing ('' where it is installed)."""
+    return "" if cluster.available() else jobs.RAY_EXTRA
 
 
 def start_message(info: Mapping, folder: str | Path) -> str:
@@ -31,10 +37,11 @@ def start_message(info: Mapping, folder: str | Path) -> str:
 
 
 def start_training(notation: str, preset: str, dataset: str, epochs: int, width: int = 0, train_n: int = 0,
-                   eval_n: int = 0) -> str:
+                   eval_n: int = 0, ray: str = "") -> str:
     """Start a background training job from the form's values (see job_settings); returns start_message.
-    A notation the trainer cannot build fails here, before any folder or process exists."""
-    settings = job_settings(notation, preset, dataset, epochs, width, train_n, eval_n)
+    A notation the trainer cannot build, or a Ray address without Ray, fails here, before any folder or process
+    exists."""
+    settings = job_settings(notation, preset, dataset, epochs, width, train_n, eval_n, ray)
     info = describe(notation, dataset=dataset, width=width or PRESETS[preset].get("width", 16))
     return start_message(info, jobs.start_job(settings))
 

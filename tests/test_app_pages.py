@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -308,6 +309,37 @@ def test_train_page_starts_lists_and_cancels_a_job(app_env):
             if not status.finished:
                 jobs.cancel_job(status.folder, force=True)
                 jobs.wait_job(status.folder, 30)
+
+
+def test_train_page_ray_field_refuses_what_it_cannot_run_and_shows_where_a_job_runs(app_env, monkeypatch):
+    runs = Path(app_env["RANDMASK_RUNS"])
+    at = open_app("train")
+    assert at.text_input(key="train_ray").value == "" and jobs.RAY_EXTRA not in texts(at)  # Ray is installed here
+    at.text_input(key="train_notation").set_value("0.7-Shallow")
+    at.text_input(key="train_ray").set_value("my-cluster")  # no port
+    at.button[0].click().run()
+    assert not at.exception and len(at.error) == 1
+    assert at.error[0].value.startswith("Cannot start") and "Ray cluster address 'my-cluster'" in at.error[0].value
+    assert not runs.exists() or not any(runs.iterdir())
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as without the extra
+    at = open_app("train")
+    assert [c.value for c in at.caption if "Ray" in c.value] == [jobs.RAY_EXTRA]  # one line, in the form
+    at.text_input(key="train_notation").set_value("0.7-Shallow")
+    at.text_input(key="train_ray").set_value("auto")
+    at.button[0].click().run()
+    assert not at.exception and len(at.error) == 1 and jobs.RAY_EXTRA in at.error[0].value
+    assert not runs.exists() or not any(runs.iterdir())
+
+    # a job sent to a cluster (its driver gone) says where it ran
+    folder = runs / "0.7-Shallow"
+    folder.mkdir(parents=True)
+    settings = jobs.JobSettings("0.7-Shallow", epochs=2, width=4, ray="10.0.0.1:6379")
+    (folder / jobs.JOB_FILE).write_text(json.dumps({"settings": settings.__dict__, "created": 1.0, "launched": 1.0}))
+    (folder / jobs.CLUSTER_FILE).write_text(json.dumps({"address": "10.0.0.1:6379",
+                                                         "dashboard": "http://10.0.0.1:8265"}))
+    at.run()
+    assert "Ray cluster at 10.0.0.1:6379 · dashboard http://10.0.0.1:8265" in texts(at)
 
 
 def test_mask_views_show_only_the_controls_they_use(app_env):

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from test_reproduce import TINY, _fake_zoo
 
-from randmask import cluster, zoo
+from randmask import cluster, jobs, zoo
 from randmask.checkpoint import WEIGHTS_FILE
 from randmask.errors import RandmaskError
 from randmask.reproduce import reproduce
@@ -63,27 +63,41 @@ def test_zoo_progress_counts_running_and_queued_and_estimates_from_measured_epoc
     assert line == "models: 1 done, 1 running, 1 queued; ETA 3 min"
 
 
-def test_a_crafting_cell_writes_the_very_set_its_table_then_reads(tmp_path, data_dir):
-    """What a Ray worker runs for a transfer table's crafting, run here: the table, run afterwards in this process,
-    finds every set it needs under the same fingerprint and crafts nothing itself."""
+def test_the_cells_of_a_ray_run_run_here_give_the_single_process_rows_and_sets(tmp_path, data_dir):
+    """What Ray's workers run for a reproduce plan, run here one after the other (no Ray): a transfer table is one
+    crafting cell per attack and one evaluation cell per target (and one for the source's clean accuracy), and
+    the table the driver assembles from them is the one a run in one process writes, with the same crafted sets."""
+    from randmask.evaluate import write_csv
     from randmask.plan import PRESETS, transfer_attacks
-    from randmask.reproduce import _craft_cell, ray_jobs
+    from randmask.reproduce import RayPlan
 
     _fake_zoo(tmp_path / "zoo", REPRO_MODELS)
     settings = {**PRESETS["quick"], **TINY}
-    jobs = ray_jobs(REPRO_ONLY, settings, tmp_path / "zoo", tmp_path / "crafted", {})
-    crafts = [job for job in jobs if job.fn is _craft_cell]
-    assert [job.key for job in crafts] == [f"craft VGG-19 {attack}" for attack in transfer_attacks(settings)]
-    by_key = {job.key: job for job in jobs}
-    assert list(by_key["table11_transfer"].after) == [job.key for job in crafts]  # it waits for all four
+    plan = RayPlan(REPRO_ONLY, settings, tmp_path / "zoo", tmp_path / "cells", {})
+    crafts = [f"table11_transfer: craft {attack}" for attack in transfer_attacks(settings)]
+    evaluations = ["table11_transfer: clean accuracy of cifar10/VGG-19",
+                   "table11_transfer: evaluate cifar10/Normal_ResNet-18", "table11_transfer: evaluate cifar10/0.7-Shallow"]
+    assert [job.key for job in plan.jobs] == [*crafts, *evaluations, "table3_shuffle"]
+    by_key = {job.key: job for job in plan.jobs}
+    assert all(list(by_key[key].after) == crafts for key in evaluations)  # each waits for all four sets
     assert not by_key["table3_shuffle"].after  # no crafting: it starts at once
-    for job in crafts:
-        assert job.fn(*job.args) in job.key
-    made = _fingerprints(tmp_path / "crafted")
-    assert len(made) == 4
-    reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", overrides=TINY, only=["table11_transfer"],
-              cache=tmp_path / "crafted")
-    assert _fingerprints(tmp_path / "crafted") == made
+
+    def run_here():
+        results = {}
+        for job in plan.jobs:  # in submission order, which puts every job after those it waits for
+            results[job.key] = job.fn(*job.args, *(results[key] for key in job.after))
+            yield job.key, results[job.key]
+
+    for key, rows, _ in plan.collect(run_here()):
+        write_csv(rows, tmp_path / "cells-out" / "results" / f"{key}.csv")
+    reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", overrides=TINY, only=REPRO_ONLY,
+              cache=tmp_path / "single")
+    for key in REPRO_ONLY:  # byte for byte: n and correct, every column, row order
+        assert (tmp_path / "cells-out" / "results" / f"{key}.csv").read_bytes() == \
+            (tmp_path / "out" / "results" / f"{key}.csv").read_bytes(), key
+    made = _fingerprints(tmp_path / "cells")
+    assert len(made) == 4 and made == _fingerprints(tmp_path / "single")
+    assert all((tmp_path / "cells" / name).read_bytes() == (tmp_path / "single" / name).read_bytes() for name in made)
 
 
 def _stop_ray_children() -> None:
@@ -270,8 +284,9 @@ def test_reproduce_on_ray_equals_the_single_process_report(ray_cluster, referenc
                        only=REPRO_ONLY, cache=tmp_path / "crafted", ray=ray_cluster.address, say=said.append)
     assert all(s["ran"] for s in status.values()), status
     _check_same_report(reference_report, tmp_path / "out", tmp_path / "crafted")
-    # 4 crafting cells (one per attack against VGG-19) and 2 experiments
-    assert "cells: 6 of 6 done (2 of 2 experiments)" in " ".join(said), said
+    # Table 11: 4 crafting cells (one per attack against VGG-19), 3 evaluation cells (its two targets and its
+    # source's clean accuracy), each its own task; Table 3: one
+    assert "cells: 8 of 8 done (2 of 2 experiments)" in " ".join(said), said
 
 
 @pytest.mark.slow
@@ -307,3 +322,62 @@ def test_a_worker_killed_mid_crafting_is_redone_and_no_partial_set_is_read(ray_c
     driver.join(900)
     assert not driver.is_alive() and not failure, failure
     _check_same_report(reference_report, tmp_path / "out", cache)
+
+
+# a Train-page job: tiny, one thread, fp32 (see tiny_config)
+APP_JOB = jobs.JobSettings("0.7-Shallow", epochs=2, width=4, train_n=256, eval_n=100, threads=1, precision="fp32")
+
+
+def _stop_jobs(root: Path) -> None:
+    for status in jobs.list_jobs(root):  # never leave a driver or trainer behind
+        if not status.finished:
+            jobs.cancel_job(status.folder, force=True)
+            jobs.wait_job(status.folder, 60)
+
+
+@pytest.mark.slow
+def test_a_train_page_job_sent_to_the_cluster_trains_the_weights_of_a_local_job(ray_cluster, tmp_path):
+    try:
+        here = jobs.start_job(APP_JOB, root=tmp_path / "here")
+        there = jobs.start_job(dataclasses.replace(APP_JOB, ray=ray_cluster.address), root=tmp_path / "there")
+        where = _wait_for(lambda: ", on " in jobs.job_status(there).where and jobs.job_status(there).where, 600,
+                          "the cluster job's worker")  # where it runs, while it runs
+        assert where.startswith(f"Ray cluster at {ray_cluster.address}, on ") and "(pid " in where
+        ours, theirs = jobs.wait_job(here, 900), jobs.wait_job(there, 900)
+        assert ours.state == "done" and theirs.state == "done", (ours.message, theirs.message,
+                                                                 jobs.job_output(there))
+        assert (there / WEIGHTS_FILE).read_bytes() == (here / WEIGHTS_FILE).read_bytes()
+
+        def epochs(status: jobs.JobStatus) -> list[dict]:
+            return [{k: v for k, v in h.items() if k not in ("time", "train_time_s")} for h in status.history]
+
+        # the same epochs, read from the progress.jsonl the worker wrote
+        assert [h["epoch"] for h in theirs.history] == [1, 2] and epochs(theirs) == epochs(ours)
+        worker = json.loads((there / jobs.WORKER_FILE).read_text())
+        assert worker["pid"] != json.loads((there / jobs.JOB_FILE).read_text())["pid"]  # trained by a Ray worker
+        assert any(line.startswith("Ray cluster at ") for line in jobs.job_output(there))
+    finally:
+        _stop_jobs(tmp_path / "here")
+        _stop_jobs(tmp_path / "there")
+
+
+@pytest.mark.slow
+def test_cancelling_a_cluster_job_ends_its_remote_worker(ray_cluster, tmp_path):
+    import psutil  # a Ray dependency
+
+    long = dataclasses.replace(APP_JOB, epochs=40, train_n=2560, ray=ray_cluster.address)
+    try:
+        folder = jobs.start_job(long, root=tmp_path)
+        _wait_for(lambda: jobs.job_status(folder).current_epoch, 600, "the remote trainer's first steps")
+        pid = json.loads((folder / jobs.WORKER_FILE).read_text())["pid"]
+        assert psutil.pid_exists(pid) and "ray::" in " ".join(psutil.Process(pid).cmdline())  # a Ray worker
+        assert jobs.cancel_job(folder)
+        status = jobs.wait_job(folder, 120)
+        assert status.state == "cancelled", (status.message, jobs.job_output(folder))
+        _wait_for(lambda: not psutil.pid_exists(pid), 60, "the Ray worker to end")
+        size = (folder / "progress.jsonl").stat().st_size
+        time.sleep(5)
+        assert (folder / "progress.jsonl").stat().st_size == size  # nobody trains on
+        assert not (folder / WEIGHTS_FILE).exists()
+    finally:
+        _stop_jobs(tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -215,3 +216,56 @@ def test_a_starting_job_says_which_stage_it_is_in(tmp_path):
         f.write(json.dumps({"event": "step", "time": now, "epoch": 1, "epochs": 2, "step": 4, "steps": 8,
                             "loss": 2.1, "images": 512, "elapsed_s": 8.0}) + "\n")
     assert jobs.job_status(folder).progress_text().startswith("epoch 1 of 2 · step 4 of 8")  # the stage is over
+
+
+def test_a_ray_job_is_checked_before_it_starts(tmp_path, monkeypatch):
+    for bad in ("", "nowhere", "10.0.0.1", "10.0.0.1:99999", "http://10.0.0.1:6379", " auto"):
+        with pytest.raises(RandmaskError, match="Ray cluster address"):
+            jobs.start_job(jobs.JobSettings("0.7-Shallow", ray=bad), root=tmp_path)
+    with pytest.raises(RandmaskError, match="unknown precision"):
+        jobs.start_job(jobs.JobSettings("0.7-Shallow", precision="fp8"), root=tmp_path)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    with pytest.raises(RandmaskError, match=r"^Training on a Ray cluster needs the optional extra: "
+                                            r"pip install -e '\.\[ray\]'$"):
+        jobs.start_job(jobs.JobSettings("0.7-Shallow", ray="auto"), root=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing created, nothing started
+    local = jobs.JobSettings("0.7-Shallow", epochs=2, threads=2).command(tmp_path)
+    assert "--ray" not in local and "--threads" not in local  # here OMP_NUM_THREADS caps it, as before
+    command = jobs.JobSettings("0.7-Shallow", epochs=2, threads=2, precision="fp32", ray="10.0.0.1:6379").command(
+        tmp_path)
+    assert command[3:5] == ["train", "0.7-Shallow"] and command[-4:] == ["--ray", "10.0.0.1:6379", "--threads", "2"]
+    assert command[command.index("--precision") + 1] == "fp32"
+
+
+def test_a_ray_job_says_where_it_runs_and_what_it_waits_for(tmp_path):
+    folder = tmp_path / "0.7-Shallow"
+    folder.mkdir()
+    launched = time.time() - 5
+    # this test's own process stands in for the job's driver: alive, so the job is starting
+    (folder / jobs.JOB_FILE).write_text(json.dumps({
+        "settings": {"notation": "0.7-Shallow", "preset": "quick", "dataset": "cifar10", "epochs": 2,
+                     "ray": "auto"}, "created": launched, "launched": launched, "pid": os.getpid()}))
+    status = jobs.job_status(folder)
+    assert status.state == "starting" and status.where == "Ray cluster at auto"
+    assert status.progress_text().startswith("joining the Ray cluster at auto (")
+    (folder / jobs.CLUSTER_FILE).write_text(json.dumps({"address": "10.0.0.1:6379", "joined": launched + 2,
+                                                         "dashboard": "http://10.0.0.1:8265"}))
+    status = jobs.job_status(folder)
+    assert status.where == "Ray cluster at 10.0.0.1:6379 · dashboard http://10.0.0.1:8265"
+    assert status.progress_text().startswith("waiting for a worker of the Ray cluster (")
+    (folder / jobs.WORKER_FILE).write_text(json.dumps({"host": "node-3", "pid": 4242, "started": launched + 4}))
+    status = jobs.job_status(folder)
+    assert status.where == "Ray cluster at 10.0.0.1:6379, on node-3 (pid 4242) · dashboard http://10.0.0.1:8265"
+    assert status.progress_text().startswith("starting the trainer on node-3 (")
+    with open(folder / "progress.jsonl", "w") as f:  # the trainer, on the worker, writes into the shared folder
+        f.write(json.dumps({"event": "stage", "time": time.time(), "what": "loading the training images"}) + "\n")
+    assert jobs.job_status(folder).progress_text().startswith("loading the training images (")
+    # a job on this machine says nothing of where; a relaunch does not read the last attempt's files as its own
+    job = json.loads((folder / jobs.JOB_FILE).read_text())
+    job["launched"] = time.time() + 5
+    (folder / jobs.JOB_FILE).write_text(json.dumps(job))
+    (folder / "progress.jsonl").unlink()
+    assert jobs.job_status(folder).progress_text().startswith("joining the Ray cluster at auto")
+    job["settings"].pop("ray")
+    (folder / jobs.JOB_FILE).write_text(json.dumps(job))
+    assert jobs.job_status(folder).where == ""

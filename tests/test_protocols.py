@@ -462,6 +462,7 @@ def test_transfer_says_each_stage_and_counts_crafted_images_by_craft_batch(net, 
              craft_batch=10, progress=lambda d, t: calls.append((d, t)), stage=stages.append)
     assert calls == [(10, 30), (20, 30), (30, 30)]  # a count as each batch of 10 is crafted, not one at the end
     assert stages[:2] == ["choosing the images src classifies correctly", "crafting FGSM4 against src on 30 images"]
-    assert stages[2].startswith("FGSM4: evaluating self (1 of 2) on the ") and "other (2 of 2)" in stages[3]
-    assert stages[4:] == ["clean accuracy of self (1 of 2) on 120 images", "clean accuracy of other (2 of 2) on 120 "
-                                                                             "images"]
+    # target by target (as a cluster evaluates them, one task each): its defense rate, then its clean accuracy
+    assert stages[2].startswith("FGSM4: evaluating self (1 of 2) on the ") and "other (2 of 2)" in stages[4]
+    assert stages[3] == "clean accuracy of self (1 of 2) on 120 images"
+    assert stages[5:] == ["clean accuracy of other (2 of 2) on 120 images"]
