@@ -86,7 +86,7 @@ def _ago(seconds: float) -> str:
 
 
 def _cutoff(study: Study) -> str:
-    """Reservations of participants whose last answer (or consent) is older than this have lapsed."""
+    """Pending items of participants whose last answer (or consent) is older than this steer nobody."""
     return _ago(60 * study.abandon_after_min)
 
 
@@ -222,7 +222,7 @@ def _settle_list(db: sqlite_utils.Database, participant_id: int) -> None:
     second steers clear of the first, onto images only bots hold."""
     rows = db.execute(
         """
-        SELECT a.id, a.position, i.role, i.condition, i.test_index,
+        SELECT a.id, a.item_id, i.role, i.condition, i.test_index,
                EXISTS (SELECT 1 FROM responses r WHERE r.assignment_id = a.id)
                OR EXISTS (SELECT 1 FROM servings v WHERE v.assignment_id = a.id)
         FROM assignments a JOIN items i ON i.id = a.item_id WHERE a.participant_id = ? ORDER BY a.position
@@ -236,8 +236,7 @@ def _settle_list(db: sqlite_utils.Database, participant_id: int) -> None:
     slots = [(role, condition if role == "trial" else "") for _, _, role, condition, _, _ in again]
     rng = participant_rng(study.seed, external_id, stream=1)
     ids = [r[0] for r in again]
-    marks = ", ".join("?" for _ in ids)
-    held = dict(db.execute(f"SELECT item_id, id FROM assignments WHERE id IN ({marks})", ids).fetchall())
+    held = {item: assignment for assignment, item, *_ in again}
     try:  # from the loads without this list's own provisional holds
         chosen = choose_items(_loads(db, study, skip=ids), study.conditions, 0, 0, study.labels_per_item, rng,
                               slots=slots, taken=frozenset(r[4] for r in rows if r not in again))
