@@ -233,14 +233,21 @@ def test_an_interrupted_driver_reruns_to_the_same_zoo_keeping_what_finished(ray_
     command = [sys.executable, "-c", DRIVER, ray_cluster.address, str(tmp_path)]
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     fast = PLAN[0].name
-    _wait_for(lambda: (tmp_path / "zoo" / fast / WEIGHTS_FILE).exists(), 600, "the first model in the zoo")
     _wait_for(lambda: (tmp_path / "runs" / SLOW / RESUME_FILE).exists(), 600, "the slow model's first epoch")
-    assert not (tmp_path / "zoo" / SLOW).exists()
     trainer = int((tmp_path / "runs" / f"{SLOW}.lock").read_text())
-    first.send_signal(signal.SIGINT)
-    first.communicate(timeout=300)
-    assert first.returncode != 0 and not (tmp_path / "zoo" / SLOW).exists()  # interrupted mid-training
-    assert not _running(trainer)  # and nothing trains on for a driver that is gone
+    # held after its first epoch, so that it is mid-training when the driver stops, however fast this machine is
+    # (on a quiet one it once finished its last epoch before the interrupt, and the rerun had nothing to resume)
+    os.kill(trainer, signal.SIGSTOP)
+    try:
+        _wait_for(lambda: (tmp_path / "zoo" / fast / WEIGHTS_FILE).exists(), 600, "the first model in the zoo")
+        assert not (tmp_path / "runs" / SLOW / WEIGHTS_FILE).exists()
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=300)
+        assert first.returncode != 0 and not (tmp_path / "zoo" / SLOW).exists()  # interrupted mid-training
+        assert not _running(trainer)  # and nothing trains on for a driver that is gone
+    finally:
+        if _running(trainer):
+            os.kill(trainer, signal.SIGCONT)
     done = (tmp_path / "zoo" / fast / WEIGHTS_FILE).stat().st_mtime_ns
     again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
