@@ -57,7 +57,8 @@ TRANSFER_TARGETS = list(dict.fromkeys([*(zoo_name(n) for n in TABLE2_TARGETS),
 ACCURACY_CONTROLS = {m: sorted((e for e in ZOO if e.matched_to == m), key=lambda e: e.trained_as_long)
                      for m in dict.fromkeys(e.matched_to for e in ZOO if e.matched_to)}
 # the early-stopped one: the control of Table 4, the APGD/Square check and Figure 7's diamonds
-MATCHED = {m: next(e for e in controls if not e.trained_as_long) for m, controls in ACCURACY_CONTROLS.items()}
+MATCHED = {m: early[0] for m, controls in ACCURACY_CONTROLS.items()
+           if (early := [e for e in controls if not e.trained_as_long])}
 # and the resampled (dropout) twin of the fixed mask
 RESAMPLED = {"0.7-Shallow": "0.7-ShallowDropout"}
 CONTROL_SOURCES = ["table2_transfer", "table11_transfer"]  # DenseNet-121 and VGG-19, as the issue asks

@@ -318,8 +318,8 @@ def _controls_section(out: Path) -> list[str]:
              "- **Resampled mask** (`0.7-ShallowDropout`): the same shallow blocks, places (after BatchNorm, before "
              "ReLU) and per-channel ratio as 0.7-Shallow, but a fresh mask at every training step, rescaled as "
              "dropout is and off at test time. Fixed versus resampled is the only difference.", "",
-             "What each accuracy-matched control saw (the masked nets: width 16, 40 epochs, all 50,000 training "
-             "images):", "",
+             "What each accuracy-matched control saw (the masked nets: 40 epochs on all 50,000 training images, at "
+             "width 16 unless their name says another):", "",
              markdown_table(["control", "matched to", "width", "epochs", "training images", "optimizer steps"],
                             [_control_recipe(e) for controls in ACCURACY_CONTROLS.values() for e in controls]), ""]
     scale = load_result(out, "controls_logit_scale")
@@ -334,7 +334,8 @@ def _controls_section(out: Path) -> list[str]:
                   "median [quartiles]):", "",
                   markdown_table(["model", "clean % [95% CI]", "top-two logit gap", "mean top probability %", "n"],
                                  rows), "", "Data: `results/controls_logit_scale.csv`.", ""]
-    compared = control_pairs_compared(out, [key for key, *_ in TRANSFER_SOURCES])
+    compared = [row for width in result_widths(out)
+                for row in control_pairs_compared(out, [key for key, *_ in TRANSFER_SOURCES], width)]
     if compared:
         rows = [[r["source"], r["attack"], r["model"], _interval_text(r["model_rate"]), r["control"],
                  _interval_text(r["control_rate"]), r["outcome"]] for r in compared]

@@ -320,16 +320,19 @@ def _paper_rate(frame, target: str, attack: str) -> dict | None:
 def control_pairs_compared(out: Path, sources: list[str] | None = None, width: int = BASE_WIDTH) -> list[dict]:
     """Each masked net beside its control, per source (transfer table keys; default: the verdicts' two, from
     CONTROL_SOURCES) and attack of the controls: rows with the two rates and their comparison ('higher' = the
-    masked net defends more, by non-overlapping Wilson intervals)."""
-    pairs = [(m, e.label, AS_LONG if e.trained_as_long else EARLY) for m, es in ACCURACY_CONTROLS.items() for e in es]
-    pairs += [(m, r, "resampled mask") for m, r in RESAMPLED.items()]
+    masked net defends more, by non-overlapping Wilson intervals). At a width, the accuracy-matched controls are
+    those matched to a net of that width (a control's own width may be narrower); the resampled twin is the
+    fixed mask's at the same width."""
+    pairs = [(named(masked, width), e.label, AS_LONG if e.trained_as_long else EARLY)
+             for m, es in ACCURACY_CONTROLS.items() if (masked := at_width(m, width)) is not None for e in es]
+    pairs += [(named(m, width), named(r, width), "resampled mask") for m, r in RESAMPLED.items()]
     rows = []
     for key in sources or CONTROL_SOURCES:
         frame = load_result(out, key)
         source = next(name for k, _, _, name, _ in TRANSFER_SOURCES if k == key)
         for masked, control, kind in pairs:
             for attack in CONTROL_ATTACKS:
-                a, b = _paper_rate(frame, named(masked, width), attack), _paper_rate(frame, named(control, width), attack)
+                a, b = _paper_rate(frame, masked, attack), _paper_rate(frame, control, attack)
                 if a is None or b is None:
                     continue
                 rows.append({"kind": kind, "source": source, "attack": attack, "model": masked, "control": control,

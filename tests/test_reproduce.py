@@ -91,8 +91,8 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
         pd.read_csv(results / "figure3_noise.csv")["target"])
     scale = pd.read_csv(results / "controls_logit_scale.csv")
     controls = {e.label for es in ACCURACY_CONTROLS.values() for e in es}  # stopped early and trained as long
-    assert len(controls) == 6 and sorted(scale["target"]) == sorted(
-        {"Normal ResNet-18", "0.7-Shallow", "0.9-Shallow", "0.7-ShallowDropout", *controls})
+    assert len(controls) == 7 and sorted(scale["target"]) == sorted(
+        {"Normal ResNet-18", "0.7-Shallow", "0.9-Shallow", "0.7-ShallowDropout", "0.7-Shallow@w32", *controls})
     assert (scale["logit_gap_q25"] <= scale["logit_gap_median"]).all()
     assert (scale["logit_gap_median"] <= scale["logit_gap_q75"]).all()
     assert fig7.loc[(fig7["ratio"] == 0.5) & (fig7["attack"] == "PGD16"), "paper_defense_rate"].notna().all()

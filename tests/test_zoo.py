@@ -9,7 +9,7 @@ from randmask.checkpoint import load_model
 from randmask.data import load_test_sample
 from randmask.masks import RandomMask, layer_seed, make_mask
 from randmask.train import accuracy
-from randmask.zoo import BELOW_THEIR_NET, CHECK_N, ENSEMBLES, ZOO, ZOO_ROOT, list_zoo
+from randmask.zoo import BELOW_THEIR_NET, CHECK_N, ENSEMBLES, ZOO, ZOO_ROOT, list_zoo, zoo_name
 
 ZOO_LABELS = {e.name: e.label for e in ZOO}
 
@@ -81,29 +81,38 @@ def test_accuracy_matched_controls_keep_the_recipe_but_its_length():
 
 def test_controls_trained_as_long_differ_from_the_baseline_only_in_images_or_width():
     """Issue 34: beside each early-stopped control, Normals that train the masked nets' full schedule and reach
-    their accuracy by fewer images or by a narrower width, each named and labelled by what sets it apart."""
+    their accuracy by fewer images or by a narrower width, each named and labelled by what sets it apart; a
+    wider masked net's control differs from the Normal of that width the same way."""
+    from randmask.notation import parse_ref
     from randmask.plan import ACCURACY_CONTROLS
     from randmask.train import asdict_json
     from randmask.zoo import planned_config
 
-    base = asdict_json(planned_config(next(e for e in ZOO if e.notation == "Normal ResNet-18" and not e.matched_to)))
     ways = set()
     for masked, controls in ACCURACY_CONTROLS.items():
-        assert not controls[0].trained_as_long and all(e.trained_as_long for e in controls[1:]), masked
-        for entry in controls[1:]:
+        width = parse_ref(masked).width
+        normal = next(e for e in ZOO if e.notation == "Normal ResNet-18" and not e.matched_to and e.width == width)
+        base = asdict_json(planned_config(normal))
+        early = [e for e in controls if not e.trained_as_long]
+        assert controls == early + [e for e in controls if e.trained_as_long], masked  # stopped early first
+        assert len(early) == (1 if width == 16 else 0), masked  # early-stopped controls only at the zoo's width
+        for entry in controls[len(early):]:
             recipe = asdict_json(planned_config(entry))
             changed = {k for k in recipe if recipe[k] != base[k]}
             # a width below 8 also trains without channels_last (torch 2.14's CPU kernels hang there)
             assert changed in ({"train_n"}, {"width"}, {"width", "channels_last"}), (entry.name, changed)
             assert recipe["epochs"] == base["epochs"]
             ways.add((masked, "images" if entry.train_n else "width"))
+            at_width = f"width {entry.width}, " if entry.width != 16 else ""
             if entry.train_n:
-                assert entry.name.endswith(f"-e40n{entry.train_n}") and f"{entry.train_n:,} images" in entry.label
+                assert entry.name.endswith(f"-e40n{entry.train_n}")
+                assert entry.label == f"Normal ResNet-18 ({at_width}40 epochs, {entry.train_n:,} images)"
             else:
                 assert entry.name == f"cifar10/Normal_ResNet-18-w{entry.width}-e40"
-                assert entry.label == f"Normal ResNet-18 (width {entry.width}, 40 epochs)"
-    # both ways for both masked nets, as the issue asks
-    assert ways == {(m, way) for m in ("0.7-Shallow", "0.9-Shallow") for way in ("images", "width")}
+                assert entry.label == f"Normal ResNet-18 ({at_width}40 epochs)"
+    # both ways for both masked nets, as the issue asks; fewer images for 0.7-Shallow at width 32
+    assert ways == {(m, way) for m in ("0.7-Shallow", "0.9-Shallow") for way in ("images", "width")} | {
+        ("0.7-Shallow@w32", "images")}
 
 
 def test_shipped_controls_land_within_their_accuracy_window():
@@ -113,7 +122,7 @@ def test_shipped_controls_land_within_their_accuracy_window():
     for entry in ZOO:
         if entry.matched_to and entry.name in shipped:
             control = shipped[entry.name]["clean_accuracy"]
-            masked = shipped[f"cifar10/{entry.matched_to}"]["clean_accuracy"]
+            masked = shipped[zoo_name(entry.matched_to)]["clean_accuracy"]
             if entry.name in BELOW_THEIR_NET:  # no whole width gets within 1.5 points: below, never above
                 assert masked - 0.05 <= control < masked, (entry.name, control, masked)
             else:
