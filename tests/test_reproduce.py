@@ -468,14 +468,17 @@ def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):
         ACCURACY_LONG_CLAIM,
         RESAMPLED_CLAIM,
         RESAMPLED_OTHER_CLAIM,
+        at_width,
         verdicts,
     )
 
     matched7, matched9 = MATCHED["0.7-Shallow"].label, MATCHED["0.9-Shallow"].label
     assert matched7.startswith("Normal ResNet-18 (") and matched7 != matched9
     # the controls trained as long: the ones by fewer images defend as the masked nets do, the narrower ones less
+    # (those of the zoo's width: a control matched to a wider net is compared at that net's width)
     as_long = {e.label: (lambda masked, control, e=e: masked if e.train_n else control)
-               for controls in ACCURACY_CONTROLS.values() for e in controls if e.trained_as_long}
+               for masked, controls in ACCURACY_CONTROLS.items() if at_width(masked) is not None
+               for e in controls if e.trained_as_long}
 
     def rows(source, masked_correct, control_correct, dropout_correct):
         found = []
