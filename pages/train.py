@@ -7,9 +7,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _ui
-from randmask import jobs, settings, train_view
-from randmask.models import DATASETS
-from randmask.train import PRESETS
+from randmask.core import settings
+from randmask.core.models import DATASETS
+from randmask.experiments.train import PRESETS
+from randmask.views import jobs, train_view
 
 _ui.ensure_app()
 st.title("Train a model")

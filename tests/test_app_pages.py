@@ -12,8 +12,8 @@ import pytest
 import test_app_support as support
 from streamlit.testing.v1 import AppTest
 
-from randmask import jobs
-from randmask.models import build_model
+from randmask.core.models import build_model
+from randmask.views import jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 tiny_zoo, app_env = support.tiny_zoo, support.app_env  # fixtures

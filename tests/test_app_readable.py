@@ -14,10 +14,10 @@ import test_app_support as support
 import test_study_support as study_support
 from streamlit.testing.v1 import AppTest
 
-from randmask import jobs
-from randmask.checkpoint import save_checkpoint
-from randmask.models import build_model
-from randmask.train import LOG_FILE
+from randmask.core.models import build_model
+from randmask.experiments.checkpoint import save_checkpoint
+from randmask.experiments.train import LOG_FILE
+from randmask.views import jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 180

@@ -10,9 +10,13 @@ import pytest
 import torch
 from test_app_support import CONFIDENT_CLASS, TINY_WIDTH, constant_model
 
-from randmask import (
+from randmask.core import device
+from randmask.core.errors import RandmaskError
+from randmask.core.masks import make_mask
+from randmask.core.models import build_model
+from randmask.experiments.protocols import noise, patch_shuffle, shuffle, transfer
+from randmask.views import (
     catalog,
-    device,
     gallery,
     images,
     jobs,
@@ -22,11 +26,7 @@ from randmask import (
     tables,
     train_view,
 )
-from randmask.catalog import ModelEntry
-from randmask.errors import RandmaskError
-from randmask.masks import make_mask
-from randmask.models import build_model
-from randmask.protocols import noise, patch_shuffle, shuffle, transfer
+from randmask.views.catalog import ModelEntry
 
 
 def entry(key: str, notation: str, source: str = "zoo", **fields) -> ModelEntry:

@@ -16,11 +16,13 @@ import pandas as pd
 import pytest
 from test_reproduce import TINY, _fake_zoo
 
-from randmask import cluster, jobs, zoo
-from randmask.checkpoint import WEIGHTS_FILE
-from randmask.errors import RandmaskError
-from randmask.reproduce import reproduce
-from randmask.train import RESUME_FILE
+from randmask.core import cluster
+from randmask.core.errors import RandmaskError
+from randmask.experiments.checkpoint import WEIGHTS_FILE
+from randmask.experiments.train import RESUME_FILE
+from randmask.results import zoo
+from randmask.results.reproduce import reproduce
+from randmask.views import jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 # two tiny models; the second trains longer, so it is still running when the first is done
@@ -67,9 +69,9 @@ def test_the_cells_of_a_ray_run_run_here_give_the_single_process_rows_and_sets(t
     """What Ray's workers run for a reproduce plan, run here one after the other (no Ray): a transfer table is one
     crafting cell per attack and one evaluation cell per target (and one for the source's clean accuracy), and
     the table the driver assembles from them is the one a run in one process writes, with the same crafted sets."""
-    from randmask.evaluate import write_csv
-    from randmask.plan import PRESETS, transfer_attacks
-    from randmask.reproduce import RayPlan
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.plan import PRESETS, transfer_attacks
+    from randmask.results.reproduce import RayPlan
 
     _fake_zoo(tmp_path / "zoo", REPRO_MODELS)
     settings = {**PRESETS["quick"], **TINY}
@@ -208,7 +210,7 @@ def test_a_worker_killed_mid_training_is_retried_and_resumes_to_the_same_weights
 DRIVER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from randmask import zoo
+    from randmask.results import zoo
     from test_cluster import PLAN, tiny_config
     root = Path(sys.argv[2])
     zoo.train_zoo(root / "runs", root / "zoo", plan=PLAN, configure=tiny_config, ray=sys.argv[1],

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from randmask import jobs
-from randmask.settings import OPENMP_BOUNDED_SPIN, OPENMP_WAIT_VARIABLES, openmp_wait_policy
+from randmask.core.settings import OPENMP_BOUNDED_SPIN, OPENMP_WAIT_VARIABLES, openmp_wait_policy
+from randmask.views import jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""randmask.jobs: real background training processes (tiny: width 4, 256 images, one thread each)."""
+"""randmask.views.jobs: real background training processes (tiny: width 4, 256 images, one thread each)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from randmask import jobs, train_view
-from randmask.catalog import discover_models
-from randmask.errors import RandmaskError
+from randmask.core.errors import RandmaskError
+from randmask.views import jobs, train_view
+from randmask.views.catalog import discover_models
 
 TINY = {"width": 4, "train_n": 256, "eval_n": 100, "threads": 1}
 
