@@ -58,12 +58,11 @@ from randmask.experiments.train import (
     accuracy,
     epoch_batches,
     lr_at,
-    make_config,
     model_and_optimizer,
     train_step,
-    training_precision,
     where_batches_are_drawn,
 )
+from randmask.experiments.train_config import make_config, training_precision
 
 
 def old_random_crop_flip(x, shifts, flips, pad=4, flip=True):

@@ -9,7 +9,7 @@ import streamlit as st
 from pages import _ui
 from randmask.core import settings
 from randmask.core.models import DATASETS
-from randmask.experiments.train import PRESETS
+from randmask.experiments.train_config import PRESETS
 from randmask.views import jobs, train_view
 
 _ui.ensure_app()

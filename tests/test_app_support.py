@@ -37,7 +37,7 @@ def planned_recipe(notation: str, **changes) -> dict:
     """The zoo plan's training recipe for a CIFAR-10 model, as a checkpoint records it."""
     from dataclasses import replace
 
-    from randmask.experiments.train import asdict_json
+    from randmask.experiments.train_config import asdict_json
     from randmask.results.zoo import ZOO, planned_config
 
     entry = next(e for e in ZOO if e.notation == notation and e.dataset == "cifar10" and e.seed == e.mask_seed == 0)

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 
 from randmask.cli.main import main
 from randmask.core.errors import RandmaskError
-from randmask.experiments.train import make_config, read_resume, train
+from randmask.experiments.resume import read_resume
+from randmask.experiments.train import train
+from randmask.experiments.train_config import make_config
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 ARGS = ["0.7-Shallow", "--width", "4", "--epochs", "2", "--train-n", "64", "--eval-n", "32", "--batch-size", "32",

@@ -19,7 +19,7 @@ from test_reproduce import TINY, _fake_zoo
 from randmask.core import cluster
 from randmask.core.errors import RandmaskError
 from randmask.experiments.checkpoint import WEIGHTS_FILE
-from randmask.experiments.train import RESUME_FILE
+from randmask.experiments.resume import RESUME_FILE
 from randmask.results import zoo
 from randmask.results.reproduce import reproduce
 from randmask.views import jobs

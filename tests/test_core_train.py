@@ -9,7 +9,8 @@ import torch
 
 from randmask.core.errors import RandmaskError
 from randmask.experiments.checkpoint import load_model
-from randmask.experiments.train import PRESETS, assemble_ensemble, lr_at, make_config, random_crop_flip, train
+from randmask.experiments.train import assemble_ensemble, lr_at, random_crop_flip, train
+from randmask.experiments.train_config import PRESETS, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(width=4, train_n=256, eval_n=128, batch_size=64, log_every=1)
@@ -277,12 +278,12 @@ def test_amx_decides_bf16_without_a_probe(monkeypatch, tmp_path):
 
 def test_the_precision_probe_leaves_the_random_streams_alone(monkeypatch):
     import randmask.core.device as device
-    import randmask.experiments.train as training
+    import randmask.experiments.train_config as train_config
 
-    monkeypatch.setattr(training, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(train_config, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(device, "cpu_has_amx_bf16", lambda: False)  # an AMX CPU decides without a probe
-    monkeypatch.setattr(training, "_PRECISION_PROBES", {})
+    monkeypatch.setattr(train_config, "_PRECISION_PROBES", {})
     seen = []
 
     def fp32_wins(step, rounds=3):  # runs the real step (draws from the RNG: the Dropout control resamples)
@@ -295,9 +296,9 @@ def test_the_precision_probe_leaves_the_random_streams_alone(monkeypatch):
     cfg = make_config("0.7-ShallowDropout", "quick", width=8, batch_size=8)
     torch.manual_seed(3)
     state = torch.get_rng_state()
-    assert training.training_precision(cfg, torch.device("cpu")).dtype is None
+    assert train_config.training_precision(cfg, torch.device("cpu")).dtype is None
     assert torch.equal(torch.get_rng_state(), state) and seen == [1]
-    training.training_precision(cfg, torch.device("cpu"))  # remembered per process and shape: no second probe
+    train_config.training_precision(cfg, torch.device("cpu"))  # remembered per process and shape: no second probe
     assert seen == [1]
 
 
@@ -305,9 +306,9 @@ def test_a_later_run_reuses_the_probe_measured_on_this_cpu_and_torch(monkeypatch
     """The probe cost ~7 s of CPU before every run's first step (issue 33): a later process on the same CPU and
     torch reuses its answer, and says so; another torch version probes again."""
     import randmask.core.device as device
-    import randmask.experiments.train as training
+    import randmask.experiments.train_config as train_config
 
-    monkeypatch.setattr(training, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(train_config, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(device, "cpu_has_amx_bf16", lambda: False)
     monkeypatch.setenv("RANDMASK_PRECISION_CACHE", str(tmp_path / "cache" / "probes.json"))
@@ -319,16 +320,16 @@ def test_a_later_run_reuses_the_probe_measured_on_this_cpu_and_torch(monkeypatch
 
     monkeypatch.setattr(device, "bf16_probe", bf16_wins)
     cfg = make_config("0.7-Shallow", "quick", width=8, batch_size=8)
-    monkeypatch.setattr(training, "_PRECISION_PROBES", {})
-    first = training.training_precision(cfg, torch.device("cpu"))
+    monkeypatch.setattr(train_config, "_PRECISION_PROBES", {})
+    first = train_config.training_precision(cfg, torch.device("cpu"))
     assert first.dtype == torch.bfloat16 and probes == [1]
-    monkeypatch.setattr(training, "_PRECISION_PROBES", {})  # as a new process
-    again = training.training_precision(cfg, torch.device("cpu"))
+    monkeypatch.setattr(train_config, "_PRECISION_PROBES", {})  # as a new process
+    again = train_config.training_precision(cfg, torch.device("cpu"))
     assert again.dtype == torch.bfloat16 and probes == [1]
     assert again.reason.startswith(first.reason) and "earlier run on this CPU" in again.reason
-    monkeypatch.setattr(training, "_PRECISION_PROBES", {})
+    monkeypatch.setattr(train_config, "_PRECISION_PROBES", {})
     monkeypatch.setattr(torch, "__version__", "0.0-other")
-    training.training_precision(cfg, torch.device("cpu"))
+    train_config.training_precision(cfg, torch.device("cpu"))
     assert probes == [1, 1]
 
 

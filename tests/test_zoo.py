@@ -59,7 +59,7 @@ def test_zoo_plan_trains_in_the_issues_stage_order():
 
 
 def test_accuracy_matched_controls_keep_the_recipe_but_its_length():
-    from randmask.experiments.train import asdict_json
+    from randmask.experiments.train_config import asdict_json
     from randmask.results.plan import MATCHED as matched  # the early-stopped control of each masked net
     from randmask.results.zoo import planned_config
 
@@ -84,7 +84,7 @@ def test_controls_trained_as_long_differ_from_the_baseline_only_in_images_or_wid
     their accuracy by fewer images or by a narrower width, each named and labelled by what sets it apart; a
     wider masked net's control differs from the Normal of that width the same way."""
     from randmask.core.notation import parse_ref
-    from randmask.experiments.train import asdict_json
+    from randmask.experiments.train_config import asdict_json
     from randmask.results.plan import ACCURACY_CONTROLS
     from randmask.results.zoo import planned_config
 
@@ -204,7 +204,7 @@ def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_pa
 
     from randmask.core.models import build_model
     from randmask.experiments.checkpoint import save_checkpoint
-    from randmask.experiments.train import asdict_json
+    from randmask.experiments.train_config import asdict_json
     from randmask.results import zoo
 
     entry = zoo.Entry("0.5-Shallow", role="test")
@@ -256,7 +256,7 @@ def test_a_wider_net_is_shipped_under_a_label_that_names_its_width(tmp_path, mon
     '0.7-Shallow', the width-16 model's name (the old export passed a label for controls only)."""
     from randmask.core.models import build_model
     from randmask.experiments.checkpoint import save_checkpoint
-    from randmask.experiments.train import asdict_json
+    from randmask.experiments.train_config import asdict_json
     from randmask.results import zoo
 
     wide, base = zoo.Entry("0.7-Shallow", width=32, role="width ladder"), zoo.Entry("0.7-Shallow")
@@ -341,7 +341,7 @@ def test_a_run_claimed_by_a_live_lane_is_skipped_and_a_dead_lanes_claim_is_taken
 
 
 def test_a_recipe_is_the_same_when_only_logging_differs_or_a_later_setting_sits_at_its_default():
-    from randmask.experiments.train import asdict_json
+    from randmask.experiments.train_config import asdict_json
     from randmask.results.zoo import planned_config, same_recipe
 
     planned = asdict_json(planned_config(ZOO[0]))
@@ -356,7 +356,7 @@ def test_zoo_train_only_an_en_trains_its_members_then_assembles_it(tmp_path, mon
     """An unmasked EN (Normal ResNet-18EN): members differ in seed only, all with mask seed 0."""
     from randmask.core.models import build_model
     from randmask.experiments.checkpoint import save_checkpoint
-    from randmask.experiments.train import asdict_json
+    from randmask.experiments.train_config import asdict_json
     from randmask.results import zoo
 
     members = [zoo.Entry("Normal ResNet-18", seed=i, role=f"EN member {i}") for i in range(5)]

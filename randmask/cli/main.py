@@ -22,7 +22,7 @@ EXIT_USER_ERROR = 2
 def cmd_models(args: argparse.Namespace) -> int:
     from randmask.core.architectures import ARCHITECTURES, list_models
     from randmask.core.datasets import DATASETS
-    from randmask.experiments.train import PRESETS
+    from randmask.experiments.train_config import PRESETS
 
     print_json({"architectures": {k: ARCHITECTURES[k].name for k in list_models()},
                 "datasets": {k: list(v) for k, v in DATASETS.items()},
@@ -39,7 +39,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from randmask.experiments.train import make_config, train
+    from randmask.experiments.train import train
+    from randmask.experiments.train_config import make_config
 
     cfg = make_config(args.notation, args.preset, dataset=args.dataset, width=args.width, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed, mask_seed=args.mask_seed,
@@ -73,7 +74,8 @@ def _training_folder(out: Path) -> Iterator[None]:
     from randmask.core.safe_files import check_output
     from randmask.core.settings import data_root
     from randmask.experiments.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-    from randmask.experiments.train import LOG_FILE, RESUME_FILE
+    from randmask.experiments.resume import RESUME_FILE
+    from randmask.experiments.train import LOG_FILE
 
     resumable = os.path.lexists(out / RESUME_FILE) or (out / "members").is_dir()  # its damage is train's to word
     if not resumable:

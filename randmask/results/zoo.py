@@ -35,17 +35,9 @@ from randmask.experiments.checkpoint import (
 )
 from randmask.experiments.data import load_uint8
 from randmask.experiments.evaluate import markdown_table, percent_text
-from randmask.experiments.train import (
-    LOG_FILE,
-    PRESETS,
-    RESUME_FILE,
-    TrainConfig,
-    accuracy,
-    asdict_json,
-    assemble_ensemble,
-    make_config,
-    train,
-)
+from randmask.experiments.resume import RESUME_FILE
+from randmask.experiments.train import LOG_FILE, accuracy, assemble_ensemble, train
+from randmask.experiments.train_config import PRESETS, TrainConfig, asdict_json, make_config
 from randmask.results.paper import model_key
 
 ZOO_ROOT = zoo_root()

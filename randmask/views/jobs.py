@@ -38,7 +38,8 @@ from randmask.core.errors import RandmaskError
 from randmask.core.notation import parse_model, slug
 from randmask.core.settings import PROJECT_ROOT, openmp_wait_policy, user_runs_root
 from randmask.experiments.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config
-from randmask.experiments.train import LOG_FILE, TrainConfig, make_config, train
+from randmask.experiments.train import LOG_FILE, train
+from randmask.experiments.train_config import TrainConfig, make_config
 
 JOB_FILE, OUTPUT_FILE = "job.json", "job.log"
 CLUSTER_FILE, WORKER_FILE = "cluster.json", "worker.json"  # a Ray job's: the cluster joined, the worker training

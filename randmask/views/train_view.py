@@ -10,7 +10,7 @@ from pathlib import Path
 from randmask.core import cluster
 from randmask.core.errors import RandmaskError
 from randmask.core.models import describe
-from randmask.experiments.train import PRESETS, make_config
+from randmask.experiments.train_config import PRESETS, make_config
 from randmask.results.paper import model_key
 from randmask.views import jobs
 from randmask.views.catalog import ModelEntry
