@@ -20,7 +20,7 @@ from randmask.core import cluster
 from randmask.core.errors import RandmaskError
 from randmask.experiments.checkpoint import WEIGHTS_FILE
 from randmask.experiments.resume import RESUME_FILE
-from randmask.results import zoo
+from randmask.results import zoo, zoo_train
 from randmask.results.reproduce import reproduce
 from randmask.views import jobs
 
@@ -60,7 +60,7 @@ def test_zoo_progress_counts_running_and_queued_and_estimates_from_measured_epoc
     old = tmp_path / "b"  # logged by an earlier run: queued in this one, not running
     old.mkdir()
     (old / "progress.jsonl").write_text(json.dumps({"event": "start", "time": since - 100}) + "\n")
-    line = zoo.zoo_progress(tmp_path, {"a": 4, "b": 4}, 1, {"a", "b"}, since)
+    line = zoo_train.zoo_progress(tmp_path, {"a": 4, "b": 4}, 1, {"a", "b"}, since)
     # 30 s an epoch: a's 2 left and b's 4, on the one model running
     assert line == "models: 1 done, 1 running, 1 queued; ETA 3 min"
 
@@ -149,7 +149,7 @@ def ray_cluster():
 def reference_zoo(tmp_path_factory, data_dir):
     """The tiny plan trained in this process, one model after the other."""
     root = tmp_path_factory.mktemp("single")
-    zoo.train_zoo(root / "runs", root / "zoo", plan=PLAN, configure=tiny_config, say=lambda line: None)
+    zoo_train.train_zoo(root / "runs", root / "zoo", plan=PLAN, configure=tiny_config, say=lambda line: None)
     return root
 
 
@@ -161,7 +161,7 @@ def _weights(root: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 def test_zoo_trained_on_two_ray_nodes_equals_the_single_process_zoo(ray_cluster, reference_zoo, tmp_path):
     said = []
-    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", plan=PLAN, configure=tiny_config, ray=ray_cluster.address,
+    zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", plan=PLAN, configure=tiny_config, ray=ray_cluster.address,
                   say=said.append)
     assert _weights(tmp_path) == _weights(reference_zoo)  # fp32 run and fp16 export, bit for bit
     assert any(line.startswith("Ray cluster at ") and "2 node(s), 2 CPU(s)" in line for line in said), said
@@ -187,7 +187,7 @@ def test_a_worker_killed_mid_training_is_retried_and_resumes_to_the_same_weights
 
     def drive():
         try:
-            zoo.train_zoo(runs, shipped, plan=PLAN, configure=tiny_config, ray=ray_cluster.address,
+            zoo_train.train_zoo(runs, shipped, plan=PLAN, configure=tiny_config, ray=ray_cluster.address,
                           say=lambda line: None)
         except Exception as exc:  # reported below
             failure.append(exc)
@@ -210,10 +210,10 @@ def test_a_worker_killed_mid_training_is_retried_and_resumes_to_the_same_weights
 DRIVER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from randmask.results import zoo
+    from randmask.results import zoo_train
     from test_cluster import PLAN, tiny_config
     root = Path(sys.argv[2])
-    zoo.train_zoo(root / "runs", root / "zoo", plan=PLAN, configure=tiny_config, ray=sys.argv[1],
+    zoo_train.train_zoo(root / "runs", root / "zoo", plan=PLAN, configure=tiny_config, ray=sys.argv[1],
                   say=lambda line: print(line, flush=True))
 """)
 

@@ -152,7 +152,7 @@ def test_zoo_table_lists_every_shipped_model_with_the_papers_gap(tmp_path):
     from randmask.core.models import build_model
     from randmask.experiments.checkpoint import save_checkpoint
     from randmask.results.paper import load_paper_tables
-    from randmask.results.zoo import zoo_markdown
+    from randmask.results.zoo_table import zoo_markdown
 
     for notation, acc, label in (("Normal ResNet-18", 0.9, ""), ("0.7-Shallow", 0.75, ""),
                                  ("Normal ResNet-18", 0.76, "Normal ResNet-18 (4 epochs)")):  # a control, not the base
@@ -178,7 +178,7 @@ def test_zoo_table_lists_every_shipped_model_with_the_papers_gap(tmp_path):
 def test_readme_shows_the_shipped_zoo_as_it_is():
     from randmask.core.settings import PROJECT_ROOT
     from randmask.results.paper import load_paper_tables
-    from randmask.results.zoo import zoo_markdown
+    from randmask.results.zoo_table import zoo_markdown
 
     table = "\n".join(zoo_markdown(paper=load_paper_tables())[2:]).strip()
     assert table in (PROJECT_ROOT / "README.md").read_text(), "run: python -m randmask zoo table --update-readme"
@@ -205,7 +205,7 @@ def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_pa
     from randmask.core.models import build_model
     from randmask.experiments.checkpoint import save_checkpoint
     from randmask.experiments.train_config import asdict_json
-    from randmask.results import zoo
+    from randmask.results import zoo, zoo_table, zoo_train
 
     entry = zoo.Entry("0.5-Shallow", role="test")
     monkeypatch.setattr(zoo, "ZOO", [entry])
@@ -217,7 +217,7 @@ def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_pa
         model = build_model(cfg.notation, dataset=cfg.dataset, width=4, mask_seed=cfg.mask_seed)
         save_checkpoint(model, out, extra={"recipe": asdict_json(cfg), "clean_accuracy": 0.1, "train_time_s": 1.0})
 
-    monkeypatch.setattr(zoo, "train", fake_train)
+    monkeypatch.setattr(zoo_train, "train", fake_train)
     old = replace(zoo.planned_config(entry), epochs=15)
     fake_train(old, tmp_path / "zoo" / entry.name)  # shipped under the old recipe
     fake_train(old, tmp_path / "runs" / entry.name)  # and its finished run, left from an earlier session
@@ -225,28 +225,28 @@ def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_pa
     assert not zoo.is_current(tmp_path / "zoo" / entry.name, entry)
     assert [(r["trained"], r["current"], r["epochs"]) for r in zoo.list_zoo(tmp_path / "zoo")] == [(True, False, 15)]
     old_config = json.loads((tmp_path / "zoo" / entry.name / "config.json").read_text())
-    assert zoo.recipe_status(entry.name, {**old_config, "autocast": "fp32"}) == "older: epochs=15 (fp32)"
+    assert zoo_table.recipe_status(entry.name, {**old_config, "autocast": "fp32"}) == "older: epochs=15 (fp32)"
 
     said = []
-    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)
+    zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)
     assert [c.epochs for c in trained] == [40]
     assert said[0] == f"{entry.name}: training; progress in {tmp_path / 'runs' / entry.name / 'progress.jsonl'}"
     assert said[1].startswith(f"{entry.name}: in the zoo, ") and said[1].endswith(f"% clean ({tmp_path / 'zoo' / entry.name})")
     assert zoo.is_current(tmp_path / "zoo" / entry.name, entry)
     assert [(r["trained"], r["current"], r["epochs"]) for r in zoo.list_zoo(tmp_path / "zoo")] == [(True, True, 40)]
     shipped = json.loads((tmp_path / "zoo" / entry.name / "config.json").read_text())
-    assert zoo.recipe_status(entry.name, shipped) == "as planned (?)"
+    assert zoo_table.recipe_status(entry.name, shipped) == "as planned (?)"
     assert shipped["weights_dtype"] == "float16" and shipped["role"] == "test" and shipped["clean_accuracy_n"] == 10000
     kept = list((tmp_path / "runs" / "cifar10").glob("0.5-Shallow.old-recipe-*"))
     assert len(kept) == 1 and json.loads((kept[0] / "config.json").read_text())["recipe"]["epochs"] == 15
 
     said.clear()
-    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)  # now current: nothing to do
+    zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)  # now current: nothing to do
     assert len(trained) == 1 and said == [f"{entry.name}: already in the zoo ({tmp_path / 'zoo' / entry.name})"]
-    with zoo.claim(tmp_path / "runs" / entry.name):  # a lane holds it while a retrain is due: said, and skipped
+    with zoo_train.claim(tmp_path / "runs" / entry.name):  # a lane holds it while a retrain is due: said, and skipped
         shutil.rmtree(tmp_path / "zoo" / entry.name)
         said.clear()
-        zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)
+        zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)
     assert len(trained) == 1 and said == [f"{entry.name}: another process is training it "
                                           f"({tmp_path / 'runs' / entry.name}.lock); skipped"]
 
@@ -257,7 +257,7 @@ def test_a_wider_net_is_shipped_under_a_label_that_names_its_width(tmp_path, mon
     from randmask.core.models import build_model
     from randmask.experiments.checkpoint import save_checkpoint
     from randmask.experiments.train_config import asdict_json
-    from randmask.results import zoo
+    from randmask.results import zoo, zoo_train
 
     wide, base = zoo.Entry("0.7-Shallow", width=32, role="width ladder"), zoo.Entry("0.7-Shallow")
     monkeypatch.setattr(zoo, "ZOO", [wide, base])
@@ -267,8 +267,8 @@ def test_a_wider_net_is_shipped_under_a_label_that_names_its_width(tmp_path, mon
         model = build_model(cfg.notation, dataset=cfg.dataset, width=4, mask_seed=cfg.mask_seed)
         save_checkpoint(model, out, extra={"recipe": asdict_json(cfg), "clean_accuracy": 0.1, "train_time_s": 1.0})
 
-    monkeypatch.setattr(zoo, "train", fake_train)
-    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=lambda line: None)
+    monkeypatch.setattr(zoo_train, "train", fake_train)
+    zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=lambda line: None)
     shipped = zoo.Zoo(tmp_path / "zoo")
     assert (wide.name, base.name) == ("cifar10/0.7-Shallow-w32", "cifar10/0.7-Shallow")
     assert shipped.label(wide.name) == "0.7-Shallow@w32" and shipped.label(base.name) == "0.7-Shallow"
@@ -279,7 +279,7 @@ def test_the_zoo_table_measures_a_wider_nets_gap_against_normal_of_its_own_width
     """Issue 34's clean gap: a width-32 net's gap is to Normal ResNet-18 at width 32, beside the paper's gap for the
     same model (the old table compared it with the width-16 Normal and found no paper row for its label)."""
     from randmask.results.paper import load_paper_tables
-    from randmask.results.zoo import clean_gap_markdown, zoo_markdown
+    from randmask.results.zoo_table import clean_gap_markdown, zoo_markdown
 
     for name, acc, width in (("Normal_ResNet-18", None, 16), ("0.7-Shallow", None, 16),
                              ("Normal_ResNet-18-w32", 0.930, 32), ("0.7-Shallow-w32", 0.900, 32)):
@@ -309,15 +309,15 @@ def test_the_zoo_table_measures_a_wider_nets_gap_against_normal_of_its_own_width
 
 def test_train_zoo_trains_only_the_named_models_in_the_order_given(tmp_path, monkeypatch):
     from randmask.core.errors import RandmaskError
-    from randmask.results import zoo
+    from randmask.results import zoo_train
 
     order = []
-    monkeypatch.setattr(zoo, "train", lambda cfg, out, show_bar=None: order.append(cfg.notation) or 1 / 0)
+    monkeypatch.setattr(zoo_train, "train", lambda cfg, out, show_bar=None: order.append(cfg.notation) or 1 / 0)
     with pytest.raises(ZeroDivisionError):  # stops at the first model: only the order is under test
-        zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/0.5-Deep", "cifar10/Normal_ResNet-18"])
+        zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/0.5-Deep", "cifar10/Normal_ResNet-18"])
     assert order == ["0.5-Deep"]
     with pytest.raises(RandmaskError, match="not in the zoo plan: cifar10/0.4-Shallow"):
-        zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/0.4-Shallow"])
+        zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/0.4-Shallow"])
     assert order == ["0.5-Deep"]
 
 
@@ -326,7 +326,7 @@ def test_a_run_claimed_by_a_live_lane_is_skipped_and_a_dead_lanes_claim_is_taken
     import subprocess
     import sys
 
-    from randmask.results.zoo import claim
+    from randmask.results.zoo_train import claim
 
     run = tmp_path / "cifar10" / "0.5-Shallow"
     with claim(run) as first:
@@ -357,7 +357,7 @@ def test_zoo_train_only_an_en_trains_its_members_then_assembles_it(tmp_path, mon
     from randmask.core.models import build_model
     from randmask.experiments.checkpoint import save_checkpoint
     from randmask.experiments.train_config import asdict_json
-    from randmask.results import zoo
+    from randmask.results import zoo, zoo_train
 
     members = [zoo.Entry("Normal ResNet-18", seed=i, role=f"EN member {i}") for i in range(5)]
     other = zoo.Entry("0.5-Shallow", role="not asked for")
@@ -370,14 +370,14 @@ def test_zoo_train_only_an_en_trains_its_members_then_assembles_it(tmp_path, mon
         model = build_model(cfg.notation, dataset=cfg.dataset, width=4, seed=cfg.seed)
         save_checkpoint(model, out, extra={"recipe": asdict_json(cfg), "clean_accuracy": 0.1, "train_time_s": 1.0})
 
-    monkeypatch.setattr(zoo, "train", fake_train)
-    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/Normal_ResNet-18EN"])
+    monkeypatch.setattr(zoo_train, "train", fake_train)
+    zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/Normal_ResNet-18EN"])
     assert trained == [("Normal ResNet-18", i, 0) for i in range(5)]
     model, config = load_model(tmp_path / "zoo" / "cifar10" / "Normal_ResNet-18EN")
     assert config["notation"] == "Normal ResNet-18EN" and len(model.members) == 5
     assert config["role"] == "EN of the five Normal ResNet-18 members"
     with pytest.raises(Exception, match="not in the zoo plan: cifar10/Nope"):
-        zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/Nope"])
+        zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/Nope"])
 
 
 def test_assembling_masked_members_still_needs_consecutive_mask_seeds(tmp_path):

@@ -162,14 +162,17 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     if args.action == "list":
         print_json(zoo.list_zoo(), indent=2)
     elif args.action == "table":
+        from randmask.results import zoo_table
         from randmask.results.paper import load_paper_tables
 
-        text = "\n".join(zoo.zoo_markdown(paper=load_paper_tables()))
+        text = "\n".join(zoo_table.zoo_markdown(paper=load_paper_tables()))
         if args.update_readme:
-            print(f"updated {zoo.update_readme(text)}")
+            print(f"updated {zoo_table.update_readme(text)}")
         else:
             print(text)
     elif args.action == "train":
+        from randmask.results import zoo_train
+
         at_least_one("--threads", args.threads)
         if args.threads and args.ray is None:
             import torch
@@ -179,10 +182,10 @@ def cmd_zoo(args: argparse.Namespace) -> int:
             from randmask.core.settings import zoo_runs_root
 
             root = zoo_runs_root().parent / "zoo-paper"
-            zoo.train_zoo(root / "runs", root / "zoo", only=args.only, ray=args.ray, threads=args.threads,
+            zoo_train.train_zoo(root / "runs", root / "zoo", only=args.only, ray=args.ray, threads=args.threads,
                           plan=zoo.paper_plan(), configure=zoo.paper_config)
         else:
-            zoo.train_zoo(only=args.only, ray=args.ray, threads=args.threads)
+            zoo_train.train_zoo(only=args.only, ray=args.ray, threads=args.threads)
     return 0
 
 

@@ -37,7 +37,8 @@ from randmask.results.verdicts import (
     result_widths,
     verdicts,
 )
-from randmask.results.zoo import ZOO, Entry, Zoo, clean_gap_markdown, planned_config, zoo_markdown
+from randmask.results.zoo import ZOO, Entry, Zoo, planned_config
+from randmask.results.zoo_table import clean_gap_markdown, zoo_markdown
 
 
 def render_report(out: Path, settings: dict, preset: str, status: dict, zoo: Zoo) -> str:
