@@ -22,7 +22,7 @@ from randmask.experiments.checkpoint import WEIGHTS_FILE
 from randmask.experiments.resume import RESUME_FILE
 from randmask.results import zoo, zoo_train
 from randmask.results.reproduce import reproduce
-from randmask.views import jobs
+from randmask.views import job_progress, jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 # two tiny models; the second trains longer, so it is still running when the first is done
@@ -338,10 +338,10 @@ APP_JOB = jobs.JobSettings("0.7-Shallow", epochs=2, width=4, train_n=256, eval_n
 
 
 def _stop_jobs(root: Path) -> None:
-    for status in jobs.list_jobs(root):  # never leave a driver or trainer behind
+    for status in job_progress.list_jobs(root):  # never leave a driver or trainer behind
         if not status.finished:
             jobs.cancel_job(status.folder, force=True)
-            jobs.wait_job(status.folder, 60)
+            job_progress.wait_job(status.folder, 60)
 
 
 @pytest.mark.slow
@@ -349,22 +349,22 @@ def test_a_train_page_job_sent_to_the_cluster_trains_the_weights_of_a_local_job(
     try:
         here = jobs.start_job(APP_JOB, root=tmp_path / "here")
         there = jobs.start_job(dataclasses.replace(APP_JOB, ray=ray_cluster.address), root=tmp_path / "there")
-        where = _wait_for(lambda: ", on " in jobs.job_status(there).where and jobs.job_status(there).where, 600,
+        where = _wait_for(lambda: ", on " in job_progress.job_status(there).where and job_progress.job_status(there).where, 600,
                           "the cluster job's worker")  # where it runs, while it runs
         assert where.startswith(f"Ray cluster at {ray_cluster.address}, on ") and "(pid " in where
-        ours, theirs = jobs.wait_job(here, 900), jobs.wait_job(there, 900)
+        ours, theirs = job_progress.wait_job(here, 900), job_progress.wait_job(there, 900)
         assert ours.state == "done" and theirs.state == "done", (ours.message, theirs.message,
-                                                                 jobs.job_output(there))
+                                                                 job_progress.job_output(there))
         assert (there / WEIGHTS_FILE).read_bytes() == (here / WEIGHTS_FILE).read_bytes()
 
-        def epochs(status: jobs.JobStatus) -> list[dict]:
+        def epochs(status: job_progress.JobStatus) -> list[dict]:
             return [{k: v for k, v in h.items() if k not in ("time", "train_time_s")} for h in status.history]
 
         # the same epochs, read from the progress.jsonl the worker wrote
         assert [h["epoch"] for h in theirs.history] == [1, 2] and epochs(theirs) == epochs(ours)
-        worker = json.loads((there / jobs.WORKER_FILE).read_text())
-        assert worker["pid"] != json.loads((there / jobs.JOB_FILE).read_text())["pid"]  # trained by a Ray worker
-        assert any(line.startswith("Ray cluster at ") for line in jobs.job_output(there))
+        worker = json.loads((there / job_progress.WORKER_FILE).read_text())
+        assert worker["pid"] != json.loads((there / job_progress.JOB_FILE).read_text())["pid"]  # trained by a Ray worker
+        assert any(line.startswith("Ray cluster at ") for line in job_progress.job_output(there))
     finally:
         _stop_jobs(tmp_path / "here")
         _stop_jobs(tmp_path / "there")
@@ -377,12 +377,12 @@ def test_cancelling_a_cluster_job_ends_its_remote_worker(ray_cluster, tmp_path):
     long = dataclasses.replace(APP_JOB, epochs=40, train_n=2560, ray=ray_cluster.address)
     try:
         folder = jobs.start_job(long, root=tmp_path)
-        _wait_for(lambda: jobs.job_status(folder).current_epoch, 600, "the remote trainer's first steps")
-        pid = json.loads((folder / jobs.WORKER_FILE).read_text())["pid"]
+        _wait_for(lambda: job_progress.job_status(folder).current_epoch, 600, "the remote trainer's first steps")
+        pid = json.loads((folder / job_progress.WORKER_FILE).read_text())["pid"]
         assert psutil.pid_exists(pid) and "ray::" in " ".join(psutil.Process(pid).cmdline())  # a Ray worker
         assert jobs.cancel_job(folder)
-        status = jobs.wait_job(folder, 120)
-        assert status.state == "cancelled", (status.message, jobs.job_output(folder))
+        status = job_progress.wait_job(folder, 120)
+        assert status.state == "cancelled", (status.message, job_progress.job_output(folder))
         _wait_for(lambda: not psutil.pid_exists(pid), 60, "the Ray worker to end")
         size = (folder / "progress.jsonl").stat().st_size
         time.sleep(5)

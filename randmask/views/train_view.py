@@ -12,7 +12,7 @@ from randmask.core.errors import RandmaskError
 from randmask.core.models import describe
 from randmask.experiments.train_config import PRESETS, make_config
 from randmask.results.paper import model_key
-from randmask.views import jobs
+from randmask.views import job_progress, jobs
 from randmask.views.catalog import ModelEntry
 
 RESUMABLE = ("cancelled", "failed")
@@ -53,7 +53,7 @@ def zoo_accuracies(entries: Iterable[ModelEntry]) -> dict[tuple[str, str], float
             if e.source == "zoo" and e.seed == 0 and e.mask_seed == 0}
 
 
-def budget_note(status: jobs.JobStatus, reference: float | None = None) -> str:
+def budget_note(status: job_progress.JobStatus, reference: float | None = None) -> str:
     """For a finished job trained on a small budget: why its accuracy is low (fewer epochs or images than the
     preset's), against `reference`, the zoo's accuracy for the same notation where there is one."""
     settings = status.settings
@@ -72,13 +72,13 @@ def budget_note(status: jobs.JobStatus, reference: float | None = None) -> str:
             "for a model worth comparing.")
 
 
-def job_note(status: jobs.JobStatus, accuracies: Mapping[tuple[str, str], float | None]) -> str:
+def job_note(status: job_progress.JobStatus, accuracies: Mapping[tuple[str, str], float | None]) -> str:
     """budget_note against the zoo's model of the same notation (as the zoo spells it) and data set."""
     settings = status.settings
     return budget_note(status, accuracies.get((model_key(settings["notation"]), settings["dataset"])))
 
 
-def job_title(status: jobs.JobStatus) -> str:
+def job_title(status: job_progress.JobStatus) -> str:
     """'**0.7-Shallow** · quick preset · cifar10 · done · clean accuracy 91.0%' (the message only where there
     is one)."""
     settings = status.settings
@@ -86,14 +86,14 @@ def job_title(status: jobs.JobStatus) -> str:
             + (f" · {status.message}" if status.message else ""))
 
 
-def resumable(status: jobs.JobStatus) -> bool:
+def resumable(status: job_progress.JobStatus) -> bool:
     """Whether the job can go on from its last finished epoch (cancelled or failed)."""
     return status.state in RESUMABLE
 
 
-def output_text(status: jobs.JobStatus, lines: int = 20) -> str:
+def output_text(status: job_progress.JobStatus, lines: int = 20) -> str:
     """The last lines the job's process printed, as one block (for a failed job)."""
-    return "\n".join(jobs.job_output(status.folder, lines))
+    return "\n".join(job_progress.job_output(status.folder, lines))
 
 
 def history_series(history: Sequence[Mapping]) -> dict[str, list]:
@@ -102,12 +102,12 @@ def history_series(history: Sequence[Mapping]) -> dict[str, list]:
             "train": [100 * h["train_acc"] for h in history]}
 
 
-def any_running(statuses: Iterable[jobs.JobStatus]) -> bool:
+def any_running(statuses: Iterable[job_progress.JobStatus]) -> bool:
     """Whether any job is still starting, running or cancelling."""
     return any(not s.finished for s in statuses)
 
 
-def job_changes(was_running: set[str], statuses: Sequence[jobs.JobStatus]) -> tuple[set[str], str | None]:
+def job_changes(was_running: set[str], statuses: Sequence[job_progress.JobStatus]) -> tuple[set[str], str | None]:
     """(names of the jobs running now, a toast for jobs that were running when the page last looked and have
     finished since, None when none has): the page polls and remembers the first."""
     running = {s.name for s in statuses if not s.finished}
