@@ -333,7 +333,7 @@ def test_a_reference_names_the_width_and_reads_back_the_same(text, name, slug_te
 
 
 def test_the_width_of_a_reference_builds_the_model_at_that_width(capsys):
-    from randmask.cli.attacks import split_ref
+    from randmask.cli.attack_io import split_ref
 
     notation, ref = split_ref("0.7-Shallow@w8")
     assert notation == "0.7-Shallow" and ref.width == 8

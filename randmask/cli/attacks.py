@@ -14,141 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from randmask.cli.attack_io import (
+    LoadedModel,
+    ProgressBar,
+    checked_output,
+    load_models,
+    models_dataset,
+    protocol_options,
+    run_protocol,
+    test_pool,
+)
 from randmask.core.errors import RandmaskError, at_least_one
-from randmask.core.notation import DEFAULT_WIDTH, ModelRef, parse_ref
-from randmask.core.safe_files import Output, existing_paths
-
-
-@dataclass
-class LoadedModel:
-    name: str
-    ref: str
-    model: nn.Module
-    config: dict
-
-
-def split_ref(text: str) -> tuple[str, ModelRef]:
-    """A checkpoint folder or notation as given, or a model reference with seeds or width ('0.5-Shallow@s1m2',
-    '0.5-Shallow@w32', or '0.5-Shallow@seed=1,mask_seed=2,width=32') split into its notation and reference."""
-    if "@" not in text:
-        return text, ModelRef("")
-    ref = parse_ref(text)
-    return ref.notation, ref
-
-
-def load_models(refs: list[str], args: argparse.Namespace) -> list[LoadedModel]:
-    """Checkpoint folders or notations -> models on the chosen device, all for one data set."""
-    from randmask.experiments.checkpoint import load_any
-
-    device = _device(args)
-    loaded = []
-    for ref in refs:
-        target, seeds = split_ref(ref)
-        width = seeds.width if seeds.width != DEFAULT_WIDTH else args.width  # '@w32' names the width itself
-        build = {"width": width, "seed": seeds.seed, "mask_seed": seeds.mask_seed, "dataset": args.dataset or "cifar10"}
-        model, config = load_any(target, device, untrained=args.untrained, **build)
-        if config.get("trained") is False:
-            print(f"warning: {ref!r} is a notation, not a checkpoint folder: using an UNTRAINED model",
-                  file=sys.stderr)
-        loaded.append(LoadedModel(config["notation"], ref, model, dict(config)))
-    datasets = {m.config.get("dataset", "cifar10") for m in loaded}
-    if len(datasets) > 1:
-        raise RandmaskError(f"models are for different data sets: {', '.join(sorted(datasets))}")
-    if args.dataset and datasets and args.dataset not in datasets:
-        raise RandmaskError(f"--dataset {args.dataset} but the models are for {datasets.pop()}")
-    counts: dict[str, int] = {}
-    for m in loaded:
-        counts[m.name] = counts.get(m.name, 0) + 1
-    for m in loaded:  # two checkpoints of one notation (other init, DIF) keep their folder in the name
-        if counts[m.name] > 1:
-            m.name = f"{m.name} ({m.ref})"
-    if len({m.name for m in loaded}) < len(loaded):
-        raise RandmaskError("the same model is given twice")
-    return loaded
-
-
-def _device(args: argparse.Namespace) -> torch.device:
-    if args.device == "auto":
-        from randmask.core.device import default_device
-
-        return default_device()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise RandmaskError("--device cuda but CUDA is not available")
-    return torch.device(args.device)
-
-
-def _dataset(args: argparse.Namespace, models: list[LoadedModel]) -> str:
-    return args.dataset or (models[0].config.get("dataset") if models else None) or "cifar10"
-
-
-def _pool(args: argparse.Namespace, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from randmask.experiments.data import load_tensors
-
-    at_least_one("--pool", args.pool)
-    return load_tensors(dataset, "test", n=args.pool)
-
-
-class _Bar:
-    """A tqdm bar driven by protocol progress callbacks (done, total)."""
-
-    def __init__(self, quiet: bool, desc: str) -> None:
-        self.quiet, self.desc, self.bar = quiet, desc, None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=self.desc, unit="img", file=sys.stderr, leave=False)
-        self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _output(args: argparse.Namespace, **kwargs) -> Output:
-    """The command's --out, checked before any work: every other path on the command line (the models, sets)
-    and the data folder are inputs it must keep away from."""
-    from randmask.core.settings import data_root
-
-    inputs = existing_paths(v for k, v in vars(args).items() if k != "out") + [data_root()]
-    return Output(args.out, overwrite=args.overwrite, inputs=inputs, **kwargs)
-
-
-def _run(args: argparse.Namespace, out: Output, desc: str, work: Callable[[Callable], list[dict]]) -> int:
-    from randmask.experiments.evaluate import csv_text
-    from randmask.experiments.protocols import COLUMNS
-
-    bar = _Bar(args.quiet, desc)
-    try:
-        rows = work(bar)
-    finally:
-        bar.close()
-    with out as tmp:
-        tmp.write_text(csv_text(rows, COLUMNS), encoding="utf-8", newline="")
-    path = out.path
-    for row in rows:
-        label = " ".join(str(row[k]) for k in ("source", "target", "attack") if row.get(k) not in ("", None))
-        print(f"{row['metric']:>15}  {label}: {row['accuracy']:.4f} "
-              f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}] n={row['n']}")
-    print(json.dumps({"out": str(path), "rows": len(rows)}, allow_nan=False))
-    return 0
-
-
-def _common(args: argparse.Namespace) -> dict:
-    at_least_one("--batch-size", args.batch_size)
-    return {"seed": args.seed, "batch_size": args.batch_size}
-
 
 # ------------------------------------------------------------------------------------------ commands
 MAX_INDEX_DIGITS = 9
@@ -222,7 +101,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.all_images and args.also_correct:
         raise RandmaskError("--all-images attacks images whatever any model predicts; --also-correct chooses "
                             "among those classified correctly: give one of them")
-    out = _output(args, folder=True, kind="an adversarial set (a folder with meta.csv)",
+    out = checked_output(args, folder=True, kind="an adversarial set (a folder with meta.csv)",
                   replaceable=lambda folder: (folder / META_FILE).is_file())
     (source,) = load_models([args.model], args)  # alone: a judge of the same notation must not rename it
     judges = load_models(args.also_correct, args) if args.also_correct else []
@@ -230,10 +109,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
     datasets = {m.config.get("dataset", "cifar10") for m in (source, *judges, *others)}
     if len(datasets) > 1:  # each list is checked on loading; across them, here
         raise RandmaskError(f"models are for different data sets: {', '.join(sorted(datasets))}")
-    dataset = _dataset(args, [source, *judges, *others])
-    x, y = _pool(args, dataset)
+    dataset = models_dataset(args, [source, *judges, *others])
+    x, y = test_pool(args, dataset)
     idx = choose_images(args, [source, *judges], x, y, dataset)
-    bar = _Bar(args.quiet, str(spec))
+    bar = ProgressBar(args.quiet, str(spec))
     try:
         with out as tmp:
             rows = save_adversarial_set(source.model, str(spec), x[idx], y[idx], idx, tmp,
@@ -255,106 +134,106 @@ def cmd_attack(args: argparse.Namespace) -> int:
 def cmd_transfer(args: argparse.Namespace) -> int:
     from randmask.experiments.protocols import paper_transfer_attacks, transfer
 
-    out = _output(args, folder=False)
+    out = checked_output(args, folder=False)
     at_least_one("--n", args.n)
     at_least_one("--n-cw", args.n_cw)
     sources = load_models(args.source, args)
     targets = load_models(args.targets, args)
-    dataset = _dataset(args, sources + targets)
-    x, y = _pool(args, dataset)
+    dataset = models_dataset(args, sources + targets)
+    x, y = test_pool(args, dataset)
     name = " + ".join(s.name for s in sources)
     attacks = args.attack or paper_transfer_attacks(name)
-    return _run(args, out, "transfer", lambda bar: transfer(
+    return run_protocol(args, out, "transfer", lambda bar: transfer(
         [s.model for s in sources], {t.name: t.model for t in targets}, attacks, x, y, source_name=name,
         n=args.n, n_cw=args.n_cw, quantize_images=not args.no_quantize, clean=not args.no_clean,
-        dataset=dataset, progress=bar, **_common(args)))
+        dataset=dataset, progress=bar, **protocol_options(args)))
 
 
 def cmd_madry(args: argparse.Namespace) -> int:
     from randmask.experiments.protocols import madry
 
-    out = _output(args, folder=False)
+    out = checked_output(args, folder=False)
     at_least_one("--n", args.n)
     sources = load_models(args.source, args)
     targets = load_models(args.targets, args)
-    dataset = _dataset(args, sources + targets)
-    x, y = _pool(args, dataset)
-    return _run(args, out, "madry", lambda bar: madry(
+    dataset = models_dataset(args, sources + targets)
+    x, y = test_pool(args, dataset)
+    return run_protocol(args, out, "madry", lambda bar: madry(
         [s.model for s in sources], {t.name: t.model for t in targets}, x, y,
         source_name=" + ".join(s.name for s in sources), n=args.n, quantize_images=not args.no_quantize,
-        clean=not args.no_clean, dataset=dataset, progress=bar, **_common(args)))
+        clean=not args.no_clean, dataset=dataset, progress=bar, **protocol_options(args)))
 
 
 def cmd_mnist(args: argparse.Namespace) -> int:
     from randmask.experiments.protocols import mnist
 
-    out = _output(args, folder=False)
+    out = checked_output(args, folder=False)
     if args.dataset not in (None, "mnist"):
         raise RandmaskError("the MNIST protocol runs on mnist; drop --dataset")
     args.dataset = "mnist"
     at_least_one("--n", args.n)
     sources = load_models(args.source, args)
     targets = load_models(args.targets, args)
-    x, y = _pool(args, "mnist")
-    return _run(args, out, "mnist", lambda bar: mnist(
+    x, y = test_pool(args, "mnist")
+    return run_protocol(args, out, "mnist", lambda bar: mnist(
         [s.model for s in sources], {t.name: t.model for t in targets}, x, y,
         source_name=" + ".join(s.name for s in sources), n=args.n, quantize_images=not args.no_quantize,
-        clean=not args.no_clean, progress=bar, **_common(args)))
+        clean=not args.no_clean, progress=bar, **protocol_options(args)))
 
 
 def cmd_whitebox(args: argparse.Namespace) -> int:
     from randmask.experiments.protocols import WHITEBOX_ATTACKS, whitebox
 
-    out = _output(args, folder=False)
+    out = checked_output(args, folder=False)
     models = load_models(args.models, args)
-    dataset = _dataset(args, models)
-    x, y = _pool(args, dataset)
-    return _run(args, out, "whitebox", lambda bar: whitebox(
+    dataset = models_dataset(args, models)
+    x, y = test_pool(args, dataset)
+    return run_protocol(args, out, "whitebox", lambda bar: whitebox(
         {m.name: m.model for m in models}, args.attack or list(WHITEBOX_ATTACKS), x, y,
-        quantize_images=not args.no_quantize, dataset=dataset, progress=bar, **_common(args)))
+        quantize_images=not args.no_quantize, dataset=dataset, progress=bar, **protocol_options(args)))
 
 
 def cmd_graybox(args: argparse.Namespace) -> int:
     from randmask.experiments.protocols import graybox, relation
 
-    out = _output(args, folder=False)
+    out = checked_output(args, folder=False)
     at_least_one("--n", args.n)
     sources = load_models(args.sources, args)
     targets = load_models(args.targets, args)
-    dataset = _dataset(args, sources + targets)
-    x, y = _pool(args, dataset)
+    dataset = models_dataset(args, sources + targets)
+    x, y = test_pool(args, dataset)
     relations = {(s.name, t.name): relation(s.config, t.config) for s in sources for t in targets}
-    return _run(args, out, "graybox", lambda bar: graybox(
+    return run_protocol(args, out, "graybox", lambda bar: graybox(
         {s.name: s.model for s in sources}, {t.name: t.model for t in targets}, x, y, attack=args.attack,
         relations=relations, n=args.n, quantize_images=not args.no_quantize, clean=not args.no_clean,
-        dataset=dataset, progress=bar, **_common(args)))
+        dataset=dataset, progress=bar, **protocol_options(args)))
 
 
 def cmd_noise(args: argparse.Namespace) -> int:
     from randmask.experiments.protocols import noise
 
-    out = _output(args, folder=False)
+    out = checked_output(args, folder=False)
     models = load_models(args.models, args)
-    dataset = _dataset(args, models)
-    x, y = _pool(args, dataset)
-    return _run(args, out, "noise", lambda bar: noise(
+    dataset = models_dataset(args, models)
+    x, y = test_pool(args, dataset)
+    return run_protocol(args, out, "noise", lambda bar: noise(
         {m.name: m.model for m in models}, x, y, sigmas=args.sigmas, quantize_images=not args.no_quantize,
-        dataset=dataset, progress=bar, **_common(args)))
+        dataset=dataset, progress=bar, **protocol_options(args)))
 
 
 def cmd_shuffle(args: argparse.Namespace) -> int:
     from randmask.experiments.protocols import shuffle
 
-    out = _output(args, folder=False)
+    out = checked_output(args, folder=False)
     at_least_one("--n", args.n)
     if not 0 <= args.min_confidence <= 1:
         raise RandmaskError(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
     models = load_models(args.models, args)
-    dataset = _dataset(args, models)
-    x, y = _pool(args, dataset)
-    return _run(args, out, "shuffle", lambda bar: shuffle(
+    dataset = models_dataset(args, models)
+    x, y = test_pool(args, dataset)
+    return run_protocol(args, out, "shuffle", lambda bar: shuffle(
         {m.name: m.model for m in models}, x, y, ks=args.k, n=args.n, min_confidence=args.min_confidence,
-        dataset=dataset, progress=bar, **_common(args)))
+        dataset=dataset, progress=bar, **protocol_options(args)))
 
 
 # ------------------------------------------------------------------------------------------ parser
