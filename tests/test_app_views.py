@@ -14,7 +14,8 @@ from randmask.core import device
 from randmask.core.errors import RandmaskError
 from randmask.core.masks import make_mask
 from randmask.core.models import build_model
-from randmask.experiments.protocols import noise, patch_shuffle, shuffle, transfer
+from randmask.experiments.corruptions import noise, patch_shuffle, shuffle
+from randmask.experiments.protocols import transfer
 from randmask.views import (
     catalog,
     gallery,

@@ -10,6 +10,7 @@ from torch import nn
 
 from randmask.attacks import make_attack
 from randmask.core.errors import RandmaskError
+from randmask.experiments.corruptions import gaussian_noise, noise, patch_shuffle, shuffle
 from randmask.experiments.evaluate import (
     accuracy_fields,
     craft,
@@ -22,14 +23,10 @@ from randmask.experiments.evaluate import (
 from randmask.experiments.protocols import (
     COLUMNS,
     MNIST_ATTACK,
-    gaussian_noise,
     graybox,
     madry,
-    noise,
     paper_transfer_attacks,
-    patch_shuffle,
     relation,
-    shuffle,
     transfer,
     whitebox,
 )
@@ -439,7 +436,8 @@ def test_a_corrupt_prediction_entry_is_recomputed_and_replaced(tmp_path):
 
 def test_noise_graybox_and_whitebox_reruns_reuse_every_prediction(tmp_path, monkeypatch):
     import randmask.experiments.evaluate as evaluate
-    from randmask.experiments.protocols import graybox, noise, whitebox
+    from randmask.experiments.corruptions import noise
+    from randmask.experiments.protocols import graybox, whitebox
 
     (x, y), a, b = held_out(40), _untrained(1), _untrained(2)
     first = [noise({"a": a, "b": b}, x, y, sigmas=(0.05, 0.1), cache=tmp_path),

@@ -210,7 +210,7 @@ def cmd_graybox(args: argparse.Namespace) -> int:
 
 
 def cmd_noise(args: argparse.Namespace) -> int:
-    from randmask.experiments.protocols import noise
+    from randmask.experiments.corruptions import noise
 
     out = checked_output(args, folder=False)
     models = load_models(args.models, args)
@@ -222,7 +222,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
 
 
 def cmd_shuffle(args: argparse.Namespace) -> int:
-    from randmask.experiments.protocols import shuffle
+    from randmask.experiments.corruptions import shuffle
 
     out = checked_output(args, folder=False)
     at_least_one("--n", args.n)

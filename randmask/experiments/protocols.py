@@ -7,8 +7,9 @@
     graybox    Table 5: transfer rows labelled by how source and target relate (other init, DIF, ...)
     madry      Table 1: transfer with Madry et al.'s black-box attacks (FGSM8, PGD2,7,8)
     mnist      Table 6: transfer on MNIST with PGD of 40 steps of 0.01*255, eps 0.3*255
-    noise      Figure 3: accuracy under clipped Gaussian noise
+    noise      Figure 3: accuracy under clipped Gaussian noise (corruptions.py)
     shuffle    appendix A, Table 3: accuracy on patch-shuffled images all models know with >= 0.99 confidence
+               (corruptions.py)
 
 Rows share the columns protocol, dataset, source, target, attack, metric, n, correct, accuracy, ci_low,
 ci_high (accuracy a fraction, interval Wilson 95%), plus protocol-specific ones. `metric` uses the names of
@@ -18,7 +19,6 @@ the paper's table file: defense_rate, accuracy, clean_accuracy.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +39,6 @@ from randmask.experiments.evaluate import (
     model_fingerprint,
     predict,
     predicted_labels,
-    quantize,
     select_correct,
     tensor_fingerprint,
 )
@@ -56,8 +55,6 @@ MNIST_ATTACK = "PGD2.55,40,76.5"  # 40 steps of 0.01 * 255, eps 0.3 * 255 (Table
 # transfer's keywords for Tables 1 and 6 (madry, mnist; the reproduce plan names them too)
 MADRY = {"protocol": "madry", "paper_names": MADRY_ATTACKS}
 MNIST = {"protocol": "mnist", "paper_names": {MNIST_ATTACK: "PGD 40x0.01 eps0.3"}, "dataset": "mnist"}
-PAPER_SIGMAS = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32)
-PAPER_SHUFFLE_K = (2, 4, 8)
 GRAYBOX_ATTACK = "FGSM16"
 
 
@@ -77,18 +74,18 @@ def _ensemble(models: Sequence[nn.Module]) -> nn.Module:
     return Ensemble(list(models))
 
 
-def _row(protocol: str, dataset: str, source: str, target: str, attack: str, metric: str, correct: int, n: int,
+def protocol_row(protocol: str, dataset: str, source: str, target: str, attack: str, metric: str, correct: int, n: int,
          **extra) -> dict:
     return {"protocol": protocol, "dataset": dataset, "source": source, "target": target, "attack": attack,
             "metric": metric, **accuracy_fields(correct, n), **extra}
 
 
-def _images_key(images: torch.Tensor, cache: str | os.PathLike | None) -> str | None:
+def images_cache_key(images: torch.Tensor, cache: str | os.PathLike | None) -> str | None:
     """An image set's prediction-cache key, hashed once for all the models that see it (None: no cache)."""
     return tensor_fingerprint(images) if cache is not None else None
 
 
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+def correct_count(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
              cache: str | os.PathLike | None = None, model_key: str | None = None,
              images_key: str | None = None) -> int:
     """How many of x the model labels y; with `cache`, predictions are reused (evaluate.predicted_labels)."""
@@ -112,20 +109,20 @@ def logit_scale(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tenso
     """How confident each model is on clean images: its accuracy on (x, y) plus the quartiles of the gap between
     its two largest logits and its mean top softmax probability. Transfer (and CW's margin κ above all) depends on
     this scale, so a control matched on accuracy should be compared on it too."""
-    _check_pool(x, y)
+    check_pool(x, y)
     rows = []
     for name, model in models.items():
         logits = predict(model, x, batch_size=batch_size).float()
         top2 = logits.topk(2, dim=1).values
         q25, q50, q75 = (top2[:, 0] - top2[:, 1]).quantile(torch.tensor([0.25, 0.5, 0.75])).tolist()
         correct = int((logits.argmax(1) == y.to(logits.device)).sum())
-        rows.append(_row("logit_scale", dataset, "", name, "", "clean_accuracy", correct, len(x),
+        rows.append(protocol_row("logit_scale", dataset, "", name, "", "clean_accuracy", correct, len(x),
                          logit_gap_q25=q25, logit_gap_median=q50, logit_gap_q75=q75,
                          mean_top_probability=logits.softmax(1).max(1).values.mean().item()))
     return rows
 
 
-def _check_pool(x: torch.Tensor, y: torch.Tensor) -> None:
+def check_pool(x: torch.Tensor, y: torch.Tensor) -> None:
     if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
         raise RandmaskError(f"need N×C×H×W images and N labels, got {tuple(x.shape)} and {tuple(y.shape)}")
     if len(x) == 0:
@@ -225,7 +222,7 @@ def transfer_sets(source: nn.Module | Sequence[nn.Module], attacks: Sequence[str
     """transfer's first part: choose the images the source classifies correctly, craft each attack against it
     (reused from `cache`) and keep the images that fool it. Arguments as transfer's."""
     say = stage or (lambda _text: None)
-    _check_pool(x, y)
+    check_pool(x, y)
     specs = [parse_attack(a) for a in attacks]
     source_model = source if isinstance(source, nn.Module) else _ensemble(list(source))
     paper_names = {str(parse_attack(k)): v for k, v in (paper_names or {}).items()}  # keys as str(spec) spells them
@@ -247,9 +244,9 @@ def transfer_sets(source: nn.Module | Sequence[nn.Module], attacks: Sequence[str
                  "mean_linf": mean_or_nan(crafted.linf[keep]), "mean_l2": mean_or_nan(crafted.l2[keep]),
                  "paper_attack": paper_names.get(str(spec), str(spec)), "quantized": quantize_images,
                  "seed": seed, "source_logit_gap": median_logit_gap(source_model, x[idx], batch_size)}
-        sets.append(CraftedSet(str(spec), adv, crafted.labels[keep], extra, _images_key(adv, cache)))
+        sets.append(CraftedSet(str(spec), adv, crafted.labels[keep], extra, images_cache_key(adv, cache)))
     return TransferSets(protocol, dataset, source_name, seed, clean, batch_size,
-                        _images_key(x, cache) if clean else None, sets)
+                        images_cache_key(x, cache) if clean else None, sets)
 
 
 def transfer_target(sets: TransferSets, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -263,8 +260,8 @@ def transfer_target(sets: TransferSets, name: str, model: nn.Module, x: torch.Te
     defense = []
     for crafted in sets.sets:
         say(f"{crafted.attack}: evaluating {name}{where} on the {len(crafted.labels)} images that fool the source")
-        defense.append(_row(sets.protocol, sets.dataset, sets.source_name, name, crafted.attack, "defense_rate",
-                            _correct(model, crafted.adv, crafted.labels, sets.batch_size, cache, model_key,
+        defense.append(protocol_row(sets.protocol, sets.dataset, sets.source_name, name, crafted.attack, "defense_rate",
+                            correct_count(model, crafted.adv, crafted.labels, sets.batch_size, cache, model_key,
                                      crafted.images_key), len(crafted.labels), **crafted.extra))
     clean = (clean_row(sets, name, model, x, y, cache=cache, stage=stage, position=position, model_key=model_key)
              if sets.clean else None)
@@ -277,8 +274,8 @@ def clean_row(sets: TransferSets, name: str, model: nn.Module, x: torch.Tensor, 
     """A model's clean-accuracy row of a transfer (a target's, or the source's) on the pool (x, y)."""
     if stage:
         stage(f"clean accuracy of {name}{f' ({position})' if position else ''} on {len(x)} images")
-    return _row(sets.protocol, sets.dataset, "", name, "", "clean_accuracy",
-                _correct(model, x, y, sets.batch_size, cache, model_key, sets.pool_key), len(x), seed=sets.seed)
+    return protocol_row(sets.protocol, sets.dataset, "", name, "", "clean_accuracy",
+                correct_count(model, x, y, sets.batch_size, cache, model_key, sets.pool_key), len(x), seed=sets.seed)
 
 
 def transfer_rows(by_target: Mapping[str, TargetRows], source_clean: dict | None = None) -> list[dict]:
@@ -338,10 +335,10 @@ def graybox(sources: Mapping[str, nn.Module], targets: Mapping[str, nn.Module], 
         rows += part
         report(1, 1)
     if clean:
-        pool_key = _images_key(x, cache)
+        pool_key = images_cache_key(x, cache)
         for name, model in {**sources, **targets}.items():
-            rows.append(_row("graybox", dataset, "", name, "", "clean_accuracy",
-                             _correct(model, x, y, batch_size, cache, images_key=pool_key), len(x), seed=seed))
+            rows.append(protocol_row("graybox", dataset, "", name, "", "clean_accuracy",
+                             correct_count(model, x, y, batch_size, cache, images_key=pool_key), len(x), seed=seed))
     return rows
 
 
@@ -349,84 +346,19 @@ def whitebox(models: Mapping[str, nn.Module], attacks: Sequence[str], x: torch.T
              seed: int = 0, quantize_images: bool = True, dataset: str = "", batch_size: int = DEFAULT_BATCH,
              progress: Progress | None = None, cache: str | os.PathLike | None = None) -> list[dict]:
     """Table 4: each model's accuracy on the pool under each attack made against itself (plus clean)."""
-    _check_pool(x, y)
+    check_pool(x, y)
     specs = [parse_attack(a) for a in attacks]
     work = Work(len(models) * len(specs) * len(x), progress)
     rows = []
-    pool_key = _images_key(x, cache)
+    pool_key = images_cache_key(x, cache)
     for name, model in models.items():
-        rows.append(_row("whitebox", dataset, name, name, "", "clean_accuracy",
-                         _correct(model, x, y, batch_size, cache, images_key=pool_key), len(x), seed=seed))
+        rows.append(protocol_row("whitebox", dataset, name, name, "", "clean_accuracy",
+                         correct_count(model, x, y, batch_size, cache, images_key=pool_key), len(x), seed=seed))
         for spec in specs:
             crafted = craft(model, spec.build(model, seed=seed), x, y, quantize_images=quantize_images,
                             batch_size=batch_size, progress=work.phase(len(x)), cache=cache)
-            rows.append(_row("whitebox", dataset, name, name, str(spec), "accuracy",
+            rows.append(protocol_row("whitebox", dataset, name, name, str(spec), "accuracy",
                              int((~crafted.fooled).sum()), len(x), paper_attack=WHITEBOX_ATTACKS.get(str(spec), ""),
                              mean_linf=mean_or_nan(crafted.linf), mean_l2=mean_or_nan(crafted.l2),
                              quantized=quantize_images, seed=seed))
-    return rows
-
-
-def gaussian_noise(images: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
-    """Add N(0, sigma^2) noise (sigma in 0-255 units) clipped to [-2 sigma, 2 sigma]; clip the image to [0,1]."""
-    z = torch.randn(images.shape, generator=generator, dtype=torch.float32).to(images.device)
-    return (images + (z * sigma).clamp(-2 * sigma, 2 * sigma) / 255).clamp(0.0, 1.0)
-
-
-def noise(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *,
-          sigmas: Sequence[float] = PAPER_SIGMAS, seed: int = 0, quantize_images: bool = True, dataset: str = "",
-          batch_size: int = DEFAULT_BATCH, progress: Progress | None = None,
-          cache: str | os.PathLike | None = None) -> list[dict]:
-    """Figure 3: accuracy under clipped Gaussian noise, one row per model and sigma (sigma 0 = clean).
-    Every model sees the same noisy images; each sigma scales the same standard-normal draw. With `cache`,
-    each model's predictions on each noisy set are kept (evaluate.predicted_labels)."""
-    _check_pool(x, y)
-    if not all(math.isfinite(s) and s >= 0 for s in sigmas):
-        raise RandmaskError(f"noise sigmas must be finite and >= 0, got {list(sigmas)}")
-    levels = [0.0, *[float(s) for s in sigmas if s != 0]]
-    work = Work(len(levels) * len(models), progress)
-    rows = []
-    for sigma in levels:
-        noisy = gaussian_noise(x, sigma, torch.Generator().manual_seed(seed))
-        if quantize_images:
-            noisy = quantize(noisy, x)
-        noisy_key = _images_key(noisy, cache)
-        for name, model in models.items():
-            rows.append(_row("noise", dataset, "", name, f"noise{sigma:g}", "accuracy",
-                             _correct(model, noisy, y, batch_size, cache, images_key=noisy_key), len(x), sigma=sigma,
-                             quantized=quantize_images, seed=seed))
-            work.phase(1)(1, 1)
-    return rows
-
-
-def patch_shuffle(images: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """Cut each image into a k×k grid of patches and put the patches back in a random order (one per image)."""
-    n, c, h, w = images.shape
-    if k < 1 or h % k or w % k:
-        raise RandmaskError(f"a {k}×{k} grid does not divide {h}×{w} images evenly")
-    ph, pw = h // k, w // k
-    patches = images.reshape(n, c, k, ph, k, pw).permute(0, 2, 4, 1, 3, 5).reshape(n, k * k, c, ph, pw)
-    order = torch.rand((n, k * k), generator=generator).argsort(1).to(images.device)
-    shuffled = patches.gather(1, order.view(n, k * k, 1, 1, 1).expand_as(patches))
-    return shuffled.reshape(n, k, k, c, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
-
-
-def shuffle(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *,
-            ks: Sequence[int] = PAPER_SHUFFLE_K, n: int | None = 5000, min_confidence: float = 0.99,
-            seed: int = 0, dataset: str = "", batch_size: int = DEFAULT_BATCH,
-            progress: Progress | None = None) -> list[dict]:
-    """Table 3: on the first n pool images that every model classifies correctly with probability
-    >= min_confidence, the accuracy of each model after a seeded k×k patch shuffle (same images for all)."""
-    _check_pool(x, y)
-    chosen = select_correct(list(models.values()), x, y, n=n, min_confidence=min_confidence, batch_size=batch_size)
-    xs, ys = x[chosen], y[chosen]
-    work = Work(len(ks) * len(models), progress)
-    rows = []
-    for k in ks:
-        shuffled = patch_shuffle(xs, k, torch.Generator().manual_seed(seed + k))
-        for name, model in models.items():
-            rows.append(_row("shuffle", dataset, "", name, f"shuffle{k}x{k}", "accuracy",
-                             _correct(model, shuffled, ys, batch_size), len(ys), k=k,
-                             min_confidence=min_confidence, n_pool=len(x), seed=seed))
-            work.phase(1)(1, 1)
     return rows

@@ -17,7 +17,7 @@ import torch
 
 from randmask.core import safe_files
 from randmask.core.notation import parse_ref
-from randmask.experiments import protocols
+from randmask.experiments import corruptions, protocols
 from randmask.experiments.data import load_tensors
 from randmask.results.paper import RELATION_SEEDS, twin_key
 from randmask.results.zoo import ENSEMBLES, ZOO, Zoo, zoo_name
@@ -156,7 +156,7 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
 
     def table3(zoo: Zoo, x, y, progress):
         models = {zoo.label(n): zoo.model(n) for n in (normal, zoo_name("0.7-Shallow"))}
-        return protocols.shuffle(models, x, y, n=s["n_shuffle"], min_confidence=s.get("shuffle_confidence", 0.99),
+        return corruptions.shuffle(models, x, y, n=s["n_shuffle"], min_confidence=s.get("shuffle_confidence", 0.99),
                                  dataset="cifar10", progress=progress)
 
     def table4(zoo: Zoo, x, y, progress):
@@ -187,7 +187,7 @@ def experiments(settings: dict, cache: Path | None = None) -> list[Experiment]:
     def figure3(zoo: Zoo, x, y, progress):
         models = {zoo.label(n): zoo.model(n) for n in [*map(zoo_name, NOISE_MODELS), *wider(NOISE_MODELS)]
                   if zoo.has(n)}
-        return protocols.noise(models, x[:s["n_noise"]], y[:s["n_noise"]], dataset="cifar10", progress=progress,
+        return corruptions.noise(models, x[:s["n_noise"]], y[:s["n_noise"]], dataset="cifar10", progress=progress,
                                cache=cache)
 
     def beyond(zoo: Zoo, x, y, progress):

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from randmask.attacks.base import Progress
+from randmask.experiments.corruptions import PAPER_SIGMAS, gaussian_noise, noise, patch_shuffle, shuffle
 from randmask.experiments.evaluate import quantize
-from randmask.experiments.protocols import PAPER_SIGMAS, gaussian_noise, noise, patch_shuffle, shuffle
 from randmask.views.catalog import predictions
 from randmask.views.tables import ci_text
 
@@ -51,7 +51,7 @@ def noisy_versions(image: torch.Tensor, sigmas: Sequence[float], seed: int) -> l
 
 def noise_curves(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float], *,
                  n: int, seed: int, dataset: str, progress: Progress | None = None) -> list[dict]:
-    """protocols.noise on the first n images at the positive levels (σ 0, the clean images, it always adds)."""
+    """corruptions.noise on the first n images at the positive levels (σ 0, the clean images, it always adds)."""
     return noise(models, x[:n], y[:n], sigmas=[s for s in sigmas if s > 0], seed=seed, dataset=dataset,
                  progress=progress)
 
@@ -113,7 +113,7 @@ def shuffle_predictions(models: Mapping[str, nn.Module], image: torch.Tensor, sh
 def shuffle_batch(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *, pool: int,
                   ks: Sequence[int], min_confidence: float, seed: int, dataset: str,
                   progress: Progress | None = None) -> list[dict]:
-    """protocols.shuffle over every qualifying image among the first `pool`, grids ascending."""
+    """corruptions.shuffle over every qualifying image among the first `pool`, grids ascending."""
     return shuffle(models, x[:pool], y[:pool], ks=sorted(ks), n=None, min_confidence=min_confidence, seed=seed,
                    dataset=dataset, progress=progress)
 
