@@ -10,7 +10,7 @@ from randmask.core.models import build_model
 from randmask.experiments.checkpoint import save_checkpoint
 from randmask.results.plan import ACCURACY_CONTROLS, MATCHED, PRESETS, experiments, recorded_runs
 from randmask.results.reproduce import reproduce
-from randmask.results.verdicts import compare
+from randmask.results.verdict_rule import compare
 
 TINY = dict(n_pool=200, n=12, n_cw=3, n_whitebox=12, n_noise=24, n_shuffle=12, n_beyond=6, cw="CW40(search=2, steps=5)",
             square="Square{eps}(queries=10)", apgd="APGD{eps}(steps=3)", beyond_eps=(8, 16))
@@ -138,7 +138,7 @@ def _rate(low, high, n=500):
 
 
 def test_the_verdict_rule_gives_each_word():
-    from randmask.results.verdicts import Comparison, judge
+    from randmask.results.verdict_rule import Comparison, judge
 
     high, low, mid = _rate(0.6, 0.7), _rate(0.3, 0.4), _rate(0.35, 0.65)
     up, flat, down = Comparison("up", high, low), Comparison("flat", mid, low), Comparison("down", low, high)
@@ -157,7 +157,7 @@ def test_the_verdict_rule_gives_each_word():
 
 
 def test_the_verdict_rule_leaves_rows_below_the_minimum_n_out():
-    from randmask.results.verdicts import MIN_N, Comparison, judge, outcome
+    from randmask.results.verdict_rule import MIN_N, Comparison, judge, outcome
 
     tiny_reversed = Comparison("CW40 from VGG-19", _rate(0.0, 0.2, n=3), _rate(0.5, 1.0, n=3))
     assert outcome(tiny_reversed) == "not counted" and judge([tiny_reversed]) == "untested"
@@ -171,7 +171,7 @@ def test_the_verdict_rule_leaves_rows_below_the_minimum_n_out():
 
 
 def test_intervals_that_touch_do_not_separate():
-    from randmask.results.verdicts import Comparison, judge, outcome
+    from randmask.results.verdict_rule import Comparison, judge, outcome
 
     touching = Comparison("edge", _rate(0.4, 0.5), _rate(0.3, 0.4))  # 0.4 == 0.4: not wholly above
     assert outcome(touching) == "no separation" and judge([touching]) == "not supported"
@@ -596,7 +596,8 @@ def test_the_report_says_which_attack_path_made_each_table(tmp_path, monkeypatch
 def test_each_width_with_results_gets_its_own_verdict_column(tmp_path):
     from randmask.experiments.evaluate import write_csv
     from randmask.results.report import render_report
-    from randmask.results.verdicts import RAISE_CLAIM, result_widths, verdicts
+    from randmask.results.verdict_rule import result_widths
+    from randmask.results.verdicts import RAISE_CLAIM, verdicts
 
     (tmp_path / "results").mkdir()
     write_csv([_transfer_row("Normal ResNet-18", "PGD16", "defense_rate", 2, 200, source="DenseNet-121"),

@@ -27,16 +27,8 @@ from randmask.results.plan import (
     load_result,
     recorded_runs,
 )
-from randmask.results.verdicts import (
-    ATTACKED_TABLES,
-    BASE_WIDTH,
-    MIN_N,
-    RULE,
-    clean_correct_rate,
-    control_pairs_compared,
-    result_widths,
-    verdicts,
-)
+from randmask.results.verdict_rule import BASE_WIDTH, MIN_N, RULE, result_widths
+from randmask.results.verdicts import ATTACKED_TABLES, clean_correct_rate, control_pairs_compared, verdicts
 from randmask.results.zoo import ZOO, Entry, Zoo, planned_config
 from randmask.results.zoo_table import clean_gap_markdown, zoo_markdown
 

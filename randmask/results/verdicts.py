@@ -1,11 +1,8 @@
-"""Verdicts: each claim judged from results/*.csv by one stated rule (RULE, applied by `judge`): every claim names
-its comparisons, two rates with Wilson 95% intervals and the direction the claim expects; point estimates alone
-never decide."""
+"""Verdicts: each claim of the paper, and each our controls test, judged from results/*.csv by the one rule in
+verdict_rule.py."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from randmask.core.stats import wilson_interval
@@ -18,131 +15,17 @@ from randmask.results.plan import (
     TRANSFER_SOURCES,
     load_result,
 )
-
-MIN_N = 30  # below this a rate is not evidence: one image moves it by more than 3 points, its interval spans ~30
-BASE_WIDTH = 16  # the zoo's width; a model of another width is named '<model>@w<width>' in results (issue 34)
-WORDS = ("supported", "partly supported", "not supported", "contradicted", "untested")
-
-RULE = (
-    "**How a verdict is reached.** Each claim lists its comparisons: two rates, each with its Wilson 95% interval, "
-    "and the direction the claim expects. A comparison *separates* when one interval lies wholly above the other "
-    "(intervals that touch or overlap do not separate). A comparison with fewer than {min_n} images on either side "
-    "is not evidence: it is shown as *not counted* and left out. Over the counted comparisons the verdict is "
-    "**supported** when every one separates in the claimed direction, **partly supported** when some do and none "
-    "separates the other way, **not supported** when none separates, **contradicted** when at least one separates "
-    "the other way (whatever the others show), and **untested** when none can be counted. For a claim that two "
-    "rates are alike, overlapping intervals count as the claimed direction and separating ones as the other way "
-    "(overlap finds no difference; it does not prove there is none).\n\n"
-    "**Denominators.** Transfer rates are defense rates: among the images that fooled the source, the share the "
-    "target still classifies correctly. Under white-box and query attacks (Table 4, APGD-CE, Square) every verdict "
-    "uses robust accuracy over all attacked images (the RobustBench convention), so a less accurate net is not "
-    "flattered; those tables show beside it the rate over the images the model classifies correctly without "
-    "attack (images correct under attack ÷ images correct clean)."
+from randmask.results.verdict_rule import (
+    BASE_WIDTH,
+    Comparison,
+    at_width,
+    claim_verdict,
+    compare,
+    find_rate,
+    named,
+    rate_n,
+    rate_text,
 )
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Rate `a` against rate `b` (result rows with n, accuracy, ci_low, ci_high) and what the claim expects of a:
-    'higher', 'lower' than b, or 'alike'."""
-    label: str
-    a: dict
-    b: dict
-    claimed: str = "higher"
-    note: str = ""  # shown after the outcome, e.g. the same rates over another denominator
-
-
-def outcome(c: Comparison, min_n: int = MIN_N) -> str:
-    """'as claimed' (the intervals separate in the claimed direction, or overlap for 'alike'), 'reversed',
-    'no separation' or 'not counted' (n below min_n)."""
-    if min(_n(c.a), _n(c.b)) < min_n:
-        return "not counted"
-    side = compare(c.a, c.b)
-    if c.claimed == "alike":
-        return "as claimed" if side == "no clear difference" else "reversed"
-    if side == c.claimed:
-        return "as claimed"
-    return "no separation" if side == "no clear difference" else "reversed"
-
-
-def judge(comparisons: list[Comparison], min_n: int = MIN_N) -> str:
-    """The verdict word RULE gives a claim tested by `comparisons`."""
-    counted = [o for o in (outcome(c, min_n) for c in comparisons) if o != "not counted"]
-    if not counted:
-        return "untested"
-    if "reversed" in counted:
-        return "contradicted"
-    if all(o == "as claimed" for o in counted):
-        return "supported"
-    return "partly supported" if "as claimed" in counted else "not supported"
-
-
-def _n(row: dict) -> int:
-    n = row.get("n")
-    return 0 if n is None or n != n else int(n)
-
-
-def named(model: str, width: int = BASE_WIDTH) -> str:
-    """A model's name in results at a width: the zoo's own width unsuffixed, others as '<model>@w<width>'."""
-    return model if width == BASE_WIDTH else f"{model}@w{width}"
-
-
-def at_width(target: str, width: int = BASE_WIDTH) -> str | None:
-    """The model a results target names if it is of `width` ('0.7-Shallow@w32' at 32 -> '0.7-Shallow'), else None."""
-    found = re.fullmatch(r"(.*)@w(\d+)", target)
-    if found:
-        return found[1] if int(found[2]) == width else None
-    return target if width == BASE_WIDTH else None
-
-
-def result_widths(out: Path) -> list[int]:
-    """The widths with results: the zoo's, and every '@w<width>' a results/*.csv target names."""
-    found = {BASE_WIDTH}
-    for path in sorted((out / "results").glob("*.csv")):
-        found |= {int(w) for w in re.findall(r"@w(\d+)", path.read_text())}
-    return sorted(found)
-
-
-def _rate(frame, target: str, attack: str | None = None, metric: str = "defense_rate") -> dict | None:
-    if frame is None:
-        return None
-    part = frame[(frame["target"] == target) & (frame["metric"] == metric)]
-    if attack is not None:
-        part = part[part["attack"] == attack]
-    return part.iloc[0].to_dict() if len(part) else None
-
-
-def compare(a: dict | None, b: dict | None) -> str:
-    """'higher', 'lower' or 'no clear difference' for proportion a vs b (Wilson intervals not overlapping)."""
-    if a is None or b is None or not a.get("n") or not b.get("n"):
-        return "untested"
-    if a["ci_low"] > b["ci_high"]:
-        return "higher"
-    if a["ci_high"] < b["ci_low"]:
-        return "lower"
-    return "no clear difference"
-
-
-def _fmt(row: dict | None) -> str:
-    if row is None or not _n(row):
-        return "–" if row is None else "– (n=0)"
-    return f"{100 * row['accuracy']:.1f}% (n={_n(row)})"
-
-
-def _evidence(comparisons: list[Comparison], min_n: int = MIN_N) -> str:
-    """Each comparison with both rates and how RULE reads it."""
-    def mark(c: Comparison) -> str:
-        found = outcome(c, min_n)
-        return f"not counted: n < {min_n}" if found == "not counted" else found
-
-    return "; ".join(f"{c.label}: {_fmt(c.a)} vs {_fmt(c.b)} ({mark(c)}){c.note}" for c in comparisons)
-
-
-def _claim(claim: str, comparisons: list[Comparison], prefix: str = "", needs: str = "needs models",
-           suffix: str = "") -> tuple[str, str, str]:
-    if not comparisons:
-        return claim, "untested", needs
-    return claim, judge(comparisons), prefix + _evidence(comparisons) + suffix
 
 
 def main_transfer(out: Path) -> tuple:
@@ -200,9 +83,9 @@ def verdicts(out: Path, settings: dict, width: int = BASE_WIDTH) -> list[tuple[s
     (t2, source, _), t3, t4 = main_transfer(out), load_result(out, "table3_shuffle"), load_result(out, "table4_whitebox")
     at = f"{ATTACK} from {source}: "
     normal_name = named("Normal ResNet-18", width)
-    normal = _rate(t2, normal_name, ATTACK)
+    normal = find_rate(t2, normal_name, ATTACK)
     ladder = shallow_ladder(t2, ATTACK, width)
-    found = [_claim(RAISE_CLAIM, [Comparison(f"{r:g}-Shallow vs Normal", row, normal) for r, row in ladder]
+    found = [claim_verdict(RAISE_CLAIM, [Comparison(f"{r:g}-Shallow vs Normal", row, normal) for r, row in ladder]
                     if normal else [], at, "needs a transfer source, Normal and r-Shallow models")]
     steps = [Comparison(f"{r:g} vs {lower:g}", row, low_row)
              for (lower, low_row), (r, row) in zip(ladder, ladder[1:], strict=False)]
@@ -210,30 +93,30 @@ def verdicts(out: Path, settings: dict, width: int = BASE_WIDTH) -> list[tuple[s
     stop = "" if top is None else (f"; rises clearly up to {top:g} (above every lower ratio); " + (
         f"no higher ratio ({', '.join(f'{r:g}' for r, _ in ladder if r > top)}) is clearly above all lower ones"
         if top < ladder[-1][0] else "to the highest ratio"))
-    found.append(_claim(RISE_CLAIM, steps, at, "needs two r-Shallow models", stop))
+    found.append(claim_verdict(RISE_CLAIM, steps, at, "needs two r-Shallow models", stop))
 
-    pairs = [(r, _rate(t2, named(f"{r:g}-Shallow", width), ATTACK), _rate(t2, named(f"{r:g}-Deep", width), ATTACK))
+    pairs = [(r, find_rate(t2, named(f"{r:g}-Shallow", width), ATTACK), find_rate(t2, named(f"{r:g}-Deep", width), ATTACK))
              for r in (0.5, 0.7)]
-    found.append(_claim(DEEP_CLAIM, [Comparison(f"{r:g}-Shallow vs {r:g}-Deep", s, d) for r, s, d in pairs
+    found.append(claim_verdict(DEEP_CLAIM, [Comparison(f"{r:g}-Shallow vs {r:g}-Deep", s, d) for r, s, d in pairs
                                      if s and d], at))
 
-    rm = _rate(t2, named("0.5-Shallow", width), ATTACK)
-    others = [(k, _rate(t2, named(f"0.5-Shallow{k}", width), ATTACK)) for k in ("DC", "SM")]
-    clean = {k: _rate(t2, named(k, width), None, "clean_accuracy") for k in ("0.5-Shallow", "0.5-ShallowDC", "0.5-ShallowSM")}
-    found.append(_claim(DC_SM_CLAIM, [Comparison(f"0.5-Shallow vs {k}", rm, row) for k, row in others if rm and row],
-                        at, suffix="; clean: " + ", ".join(f"{k} {_fmt(v)}" for k, v in clean.items())))
+    rm = find_rate(t2, named("0.5-Shallow", width), ATTACK)
+    others = [(k, find_rate(t2, named(f"0.5-Shallow{k}", width), ATTACK)) for k in ("DC", "SM")]
+    clean = {k: find_rate(t2, named(k, width), None, "clean_accuracy") for k in ("0.5-Shallow", "0.5-ShallowDC", "0.5-ShallowSM")}
+    found.append(claim_verdict(DC_SM_CLAIM, [Comparison(f"0.5-Shallow vs {k}", rm, row) for k, row in others if rm and row],
+                        at, suffix="; clean: " + ", ".join(f"{k} {rate_text(v)}" for k, v in clean.items())))
 
     clean_pairs, robust_pairs = [], []
     for single_name in ("0.85-Shallow", "Normal ResNet-18"):
         one, ens = named(single_name, width), named(f"{single_name}EN", width)
-        c1, c2 = _rate(t2, one, None, "clean_accuracy"), _rate(t2, ens, None, "clean_accuracy")
-        r1, r2 = _rate(t2, one, ATTACK), _rate(t2, ens, ATTACK)
+        c1, c2 = find_rate(t2, one, None, "clean_accuracy"), find_rate(t2, ens, None, "clean_accuracy")
+        r1, r2 = find_rate(t2, one, ATTACK), find_rate(t2, ens, ATTACK)
         if c1 and c2:
             clean_pairs.append(Comparison(f"{single_name}EN vs {single_name}", c2, c1))
         if r1 and r2:
             robust_pairs.append(Comparison(f"{single_name}EN vs {single_name}", r2, r1))
-    found.append(_claim(EN_CLEAN_CLAIM, clean_pairs, "clean accuracy: ", "needs the five EN members"))
-    found.append(_claim(EN_ROBUST_CLAIM, robust_pairs, at, "needs the five EN members"))
+    found.append(claim_verdict(EN_CLEAN_CLAIM, clean_pairs, "clean accuracy: ", "needs the five EN members"))
+    found.append(claim_verdict(EN_ROBUST_CLAIM, robust_pairs, at, "needs the five EN members"))
 
     noise = load_result(out, "figure3_noise")
     sigma, comparisons = 24.0, []
@@ -243,11 +126,11 @@ def verdicts(out: Path, settings: dict, width: int = BASE_WIDTH) -> list[tuple[s
         base = rows.get(normal_name)
         comparisons = [Comparison(f"{at_width(t, width)} vs Normal", r, base) for t, r in rows.items()
                        if base and t != normal_name and at_width(t, width)]
-    found.append(_claim(NOISE_CLAIM, comparisons, f"σ={sigma:g}/255: ", "needs Normal and masked models"))
+    found.append(claim_verdict(NOISE_CLAIM, comparisons, f"σ={sigma:g}/255: ", "needs Normal and masked models"))
 
-    per_k = [(k, _rate(t3, named("0.7-Shallow", width), f"shuffle{k}x{k}", "accuracy"),
-              _rate(t3, normal_name, f"shuffle{k}x{k}", "accuracy")) for k in (2, 4, 8)]
-    found.append(_claim(SHUFFLE_CLAIM, [Comparison(f"k={k}: 0.7-Shallow vs Normal", m, n, "lower")
+    per_k = [(k, find_rate(t3, named("0.7-Shallow", width), f"shuffle{k}x{k}", "accuracy"),
+              find_rate(t3, normal_name, f"shuffle{k}x{k}", "accuracy")) for k in (2, 4, 8)]
+    found.append(claim_verdict(SHUFFLE_CLAIM, [Comparison(f"k={k}: 0.7-Shallow vs Normal", m, n, "lower")
                                         for k, m, n in per_k if m and n], needs="needs Normal and 0.7-Shallow"))
 
     normal_attacked, normal_clean = _attacked(t4, normal_name)
@@ -256,7 +139,7 @@ def verdicts(out: Path, settings: dict, width: int = BASE_WIDTH) -> list[tuple[s
         mine, mine_clean = _attacked(t4, named(masked, width))
         comparisons += [_attacked_comparison(f"{a}: {masked} vs Normal", mine[a], normal_attacked[a], mine_clean,
                                              normal_clean) for a in mine if a in normal_attacked]
-    found.append(_claim(WHITEBOX_CLAIM, comparisons, "accuracy under attack over all images: ",
+    found.append(claim_verdict(WHITEBOX_CLAIM, comparisons, "accuracy under attack over all images: ",
                         "needs Normal and 0.5- or 0.7-Shallow in Table 4"))
 
     found += _graybox_verdicts(load_result(out, "table5_graybox"), width)
@@ -274,14 +157,14 @@ def _beyond_verdict(frame, width: int) -> tuple[str, str, str]:
     theirs, theirs_clean = _attacked(frame, named("Normal ResNet-18", width))
     comparisons = [_attacked_comparison(f"{a}: 0.9-Shallow vs Normal", mine[a], theirs[a], mine_clean, theirs_clean)
                    for a in mine if a in theirs]
-    return _claim(BEYOND_CLAIM, comparisons, "accuracy under attack over all images: ",
+    return claim_verdict(BEYOND_CLAIM, comparisons, "accuracy under attack over all images: ",
                   "needs Normal and 0.9-Shallow")
 
 
 def clean_correct_rate(attacked: dict, clean: dict | None) -> dict | None:
     """Accuracy under attack over the images the model classifies correctly without attack: images correct under
     attack ÷ images correct clean, with its Wilson interval (exact where the attack leaves wrong images wrong)."""
-    if clean is None or not _n(clean) or _n(clean) != _n(attacked):
+    if clean is None or not rate_n(clean) or rate_n(clean) != rate_n(attacked):
         return None
     n, correct = int(clean["correct"]), min(int(attacked["correct"]), int(clean["correct"]))
     if not n:
@@ -293,7 +176,7 @@ def clean_correct_rate(attacked: dict, clean: dict | None) -> dict | None:
 def _attacked_comparison(label: str, a: dict, b: dict, a_clean: dict | None, b_clean: dict | None) -> Comparison:
     """A comparison of accuracies under attack over all images, the clean-correct rates named beside them."""
     ca, cb = clean_correct_rate(a, a_clean), clean_correct_rate(b, b_clean)
-    note = f" [over clean-correct images: {_fmt(ca)} vs {_fmt(cb)}]" if ca and cb else ""
+    note = f" [over clean-correct images: {rate_text(ca)} vs {rate_text(cb)}]" if ca and cb else ""
     return Comparison(label, a, b, note=note)
 
 
@@ -368,7 +251,7 @@ def resampled_under_attack(out: Path, width: int = BASE_WIDTH) -> tuple[str, str
         (mine, mine_clean), (theirs, theirs_clean) = _attacked(frame, named(masked, width)), _attacked(frame, named(control, width))
         comparisons += [_attacked_comparison(f"{label} {attack}", mine[attack], theirs[attack], mine_clean,
                                              theirs_clean) for attack in mine if attack in theirs]
-    return _claim(RESAMPLED_ATTACKED_CLAIM, comparisons, f"accuracy under attack over all images, {masked} vs "
+    return claim_verdict(RESAMPLED_ATTACKED_CLAIM, comparisons, f"accuracy under attack over all images, {masked} vs "
                   f"{control}: ", f"needs {masked} and {control} in Table 4 or the APGD/Square check")
 
 
@@ -383,7 +266,7 @@ def control_verdicts(out: Path, width: int = BASE_WIDTH) -> list[tuple[str, str,
              "needs the Normal ResNet-18s trained as long to each masked net's accuracy in the zoo"),
             (RESAMPLED_CLAIM, "resampled mask", ["FGSM16"], "needs 0.7-ShallowDropout in the zoo"),
             (RESAMPLED_OTHER_CLAIM, "resampled mask", ["PGD16", "CW40"], "needs 0.7-ShallowDropout in the zoo")):
-        found.append(_claim(claim, [Comparison(f"{r['attack']} from {r['source']}: {r['model']} vs {r['control']}",
+        found.append(claim_verdict(claim, [Comparison(f"{r['attack']} from {r['source']}: {r['model']} vs {r['control']}",
                                                r["model_rate"], r["control_rate"])
                                     for r in rows if r["kind"] == kind and r["attack"] in attacks], needs=needs))
     found.append(resampled_under_attack(out, width))
@@ -407,7 +290,7 @@ def _graybox_verdicts(t5, width: int = BASE_WIDTH) -> list[tuple[str, str, str]]
     normal, masked, dif = twin("Normal ResNet-18", "other init"), twin("0.7-Shallow", "other init"), twin("0.7-Shallow", "DIF")
     first = [Comparison("0.7-Shallow vs Normal", masked, normal)] if masked and normal else []
     second = [Comparison("other masks (DIF) vs other init", dif, masked, "alike")] if dif and masked else []
-    return [_claim(GRAYBOX_CLAIM, first, "FGSM16 from a net to its other-init twin: ",
+    return [claim_verdict(GRAYBOX_CLAIM, first, "FGSM16 from a net to its other-init twin: ",
                    "needs Normal ResNet-18 and 0.7-Shallow with a second seed"),
-            _claim(GRAYBOX_DIF_CLAIM, second, "FGSM16 from 0.7-Shallow to its twins: ",
+            claim_verdict(GRAYBOX_DIF_CLAIM, second, "FGSM16 from 0.7-Shallow to its twins: ",
                    "needs 0.7-Shallow's other-init and other-mask (DIF) twins")]
