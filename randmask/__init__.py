@@ -8,19 +8,22 @@ __version__ = "0.1.0"
 
 # The public names load on first use (PEP 562): importing a light submodule such as randmask.core.set_schema
 # (the human study does) then does not pull in torch through randmask.core.models.
-_LAZY = {
-    "CheckpointError": "randmask.core.errors", "DataError": "randmask.core.errors", "NotationError": "randmask.core.errors",
-    "RandmaskError": "randmask.core.errors",
-    "build_model": "randmask.core.models", "list_models": "randmask.core.models", "register_model": "randmask.core.models",
-    "ModelSpec": "randmask.core.notation", "canonical": "randmask.core.notation", "format_model": "randmask.core.notation",
-    "parse_model": "randmask.core.notation", "ModelRef": "randmask.core.notation", "format_ref": "randmask.core.notation",
-    "parse_ref": "randmask.core.notation",
+_HOMES = {
+    "randmask.core.errors": ("CheckpointError", "DataError", "NotationError", "RandmaskError"),
+    "randmask.core.models": ("build_model", "list_models", "register_model"),
+    "randmask.core.notation": ("ModelSpec", "canonical", "format_model", "parse_model", "ModelRef", "format_ref",
+                               "parse_ref"),
+    "randmask.experiments.checkpoint": ("load_model",),
+    "randmask.experiments.train": ("train",),
+    "randmask.experiments.train_config": ("TrainConfig", "make_config"),
+    "randmask.attacks": ("make_attack",),
 }
+_LAZY = {name: module for module, names in _HOMES.items() for name in names}
 
-__all__ = [
-    "CheckpointError", "DataError", "ModelRef", "ModelSpec", "NotationError", "RandmaskError", "__version__",
-    "build_model", "canonical", "format_model", "format_ref", "list_models", "parse_model", "parse_ref",
-    "register_model",
+__all__ = [  # the names of _HOMES (tests/test_set_schema.py checks), literal for linters and IDEs
+    "CheckpointError", "DataError", "ModelRef", "ModelSpec", "NotationError", "RandmaskError", "TrainConfig",
+    "__version__", "build_model", "canonical", "format_model", "format_ref", "list_models", "load_model",
+    "make_attack", "make_config", "parse_model", "parse_ref", "register_model", "train",
 ]
 
 
@@ -38,6 +41,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ provides these
+    from randmask.attacks import make_attack
     from randmask.core.errors import CheckpointError, DataError, NotationError, RandmaskError
     from randmask.core.models import build_model, list_models, register_model
     from randmask.core.notation import (
@@ -49,3 +53,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ provide
         parse_model,
         parse_ref,
     )
+    from randmask.experiments.checkpoint import load_model
+    from randmask.experiments.train import train
+    from randmask.experiments.train_config import TrainConfig, make_config

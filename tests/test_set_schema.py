@@ -72,6 +72,9 @@ def test_randmask_public_names_load_on_first_use():
                      "assert parse_model('0.5-Shallow') == randmask.parse_model('0.5-Shallow')\n"
                      "assert all(hasattr(randmask, name) for name in randmask.__all__)\n"
                      "assert set(randmask.__all__) <= set(dir(randmask))\n"
+                     "assert set(randmask.__all__) == {*randmask._LAZY, '__version__'}\n"
+                     "from randmask import load_model, make_attack, train, TrainConfig, make_config\n"
+                     "assert train.__module__ == 'randmask.experiments.train' and callable(make_attack)\n"
                      "from randmask import views  # a subpackage still imports by name\n"
                      "try:\n    randmask.no_such_name\nexcept AttributeError:\n    pass\n"
                      "else:\n    raise SystemExit('no AttributeError')")
