@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from randmask.settings import apply_openmp_wait_policy
+from randmask.core.settings import apply_openmp_wait_policy
 
 # Before torch loads its OpenMP runtime: idle threads spin briefly, then sleep. With a training job on the same
 # cores, endless spinning made an 8-image PGD16 gallery take 72 s instead of 3 s (2-core machine, measured).

@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if not os.environ.get("RANDMASK_BENCH_NO_OMP_POLICY"):
-    from randmask.settings import apply_openmp_wait_policy
+    from randmask.core.settings import apply_openmp_wait_policy
 
     apply_openmp_wait_policy()  # as app.py does, before torch loads OpenMP
 
@@ -69,8 +69,8 @@ def pick(catalog, notation: str):
 def bench_gallery(repeats: int) -> None:
     import torch
 
-    from randmask import catalog, gallery
-    from randmask.data import load_test_sample
+    from randmask.experiments.data import load_test_sample
+    from randmask.views import catalog, gallery
 
     found = catalog.discover_models()
     normal, masked = pick(found, "Normal ResNet-18"), pick(found, "0.9-Shallow")
@@ -153,7 +153,7 @@ def bench_switch(rounds: int) -> None:
 def train_start(folder: Path, env: dict[str, str]) -> tuple[float, float, list[tuple[str, float]]]:
     """(wall s, CPU s) from starting the Train page's job command to its first step record, and when each stage
     began (s after the start); the run is stopped there."""
-    from randmask.jobs import JobSettings
+    from randmask.views.jobs import JobSettings
 
     command = JobSettings(notation="0.7-Shallow", preset="quick", dataset="cifar10", epochs=3,
                           eval_n=1000).command(folder)
@@ -194,8 +194,8 @@ def bench_memory() -> None:
     import plotly.graph_objects  # noqa: F401
     import streamlit  # noqa: F401
 
-    from randmask import catalog
-    from randmask.data import load_test_sample
+    from randmask.experiments.data import load_test_sample
+    from randmask.views import catalog
 
     before = rss_gib()
     load_test_sample("cifar10", 1000)
@@ -209,7 +209,7 @@ def bench_memory() -> None:
 
 
 def compare_omp(repeats: int) -> None:
-    from randmask.settings import OPENMP_BOUNDED_SPIN, OPENMP_WAIT_VARIABLES
+    from randmask.core.settings import OPENMP_BOUNDED_SPIN, OPENMP_WAIT_VARIABLES
 
     medians = {}
     policies = {"unset": {}, "ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
@@ -241,8 +241,8 @@ def main() -> None:
     if args.compare_omp:
         compare_omp(args.repeats)
         return
-    from randmask.device import cpu_model
-    from randmask.settings import openmp_wait_note
+    from randmask.core.device import cpu_model
+    from randmask.core.settings import openmp_wait_note
 
     print(f"machine: {cpu_model()}; load average {os.getloadavg()[0]:.1f} (other jobs slow these numbers); "
           f"{openmp_wait_note()}")

@@ -36,11 +36,11 @@ import torch
 from torch import nn
 
 from randmask.attacks import CW, FGSM, PGD, margin
-from randmask.device import cpu_model, synchronize
+from randmask.core.device import cpu_model, synchronize
 
 
 def small_cnn() -> nn.Module:
-    from randmask.data import load_tensors
+    from randmask.experiments.data import load_tensors
 
     x, y = load_tensors("cifar10", "train", n=10000)
     torch.manual_seed(0)
@@ -130,16 +130,16 @@ def main() -> None:
     except ImportError:
         sys.exit("needs torchattacks: pip install --no-deps torchattacks==3.5.1")
 
-    from randmask.data import load_tensors
-    from randmask.device import default_device
+    from randmask.core.device import default_device
+    from randmask.experiments.data import load_tensors
 
     device = default_device()
     zoo_default = Path(__file__).resolve().parents[1] / "assets" / "zoo" / "cifar10" / "Normal_ResNet-18"
     if not args.model and (zoo_default / "config.json").exists():
         args.model = str(zoo_default)
     if args.model:
-        from randmask.checkpoint import load_any
-        from randmask.errors import RandmaskError
+        from randmask.core.errors import RandmaskError
+        from randmask.experiments.checkpoint import load_any
 
         try:
             model, config = load_any(args.model, device)
@@ -259,8 +259,8 @@ def without_cuda_graphs(fn):
 
 def compare_transfer(model, x, y, args, device) -> None:
     from randmask.attacks import fast_view
-    from randmask.checkpoint import load_any
-    from randmask.evaluate import predict
+    from randmask.experiments.checkpoint import load_any
+    from randmask.experiments.evaluate import predict
 
     zoo = Path(__file__).resolve().parents[1] / "assets" / "zoo" / "cifar10"
     folders = sorted(p for p in zoo.iterdir() if (p / "config.json").exists()) if zoo.is_dir() else []

@@ -8,11 +8,11 @@ vs unmasked step times.
 pick the same precision there (the changes of issue 17 are CPU ones), so the figures that matter are the
 absolute step and epoch times.
 
-preset: the quick preset for --model built and stepped by `randmask.train` itself (`model_and_optimizer`,
+preset: the quick preset for --model built and stepped by `randmask.experiments.train` itself (`model_and_optimizer`,
 `epoch_batches`, `train_step`, `lr_at`, `accuracy`) on the real CIFAR-10 training set, twice from the same
 seed: the new path (precision from `training_precision`, which measures bf16 against fp32 here; masks cast in
 the activation's layout; BatchNorm, mask, residual addition and ReLU in the fused CPU kernels of
-`randmask.fused`; crop and flip as one gather on uint8 images; the end-of-epoch test pass in the training
+`randmask.core.fused`; crop and flip as one gather on uint8 images; the end-of-epoch test pass in the training
 precision, in 128-image batches on a CPU) and the old path (precision from oneDNN's report alone; masks in
 their own layout; eager BatchNorm, mask and ReLU; crop and flip by advanced indexing on float images; the test
 pass in fp32, 500-image batches). The
@@ -47,23 +47,22 @@ import time
 import torch
 import torch.nn.functional as F
 
-from randmask.data import load_uint8
-from randmask.device import autocast_dtype, cpu_has_fast_bf16, cpu_model, default_device, synchronize
-from randmask.fused import library as fused_library
-from randmask.masks import RandomMask
-from randmask.models import build_model
-from randmask.settings import OPENMP_BOUNDED_SPIN, OPENMP_WAIT_VARIABLES, fused_kernels_enabled
-from randmask.train import (
+from randmask.core.device import autocast_dtype, cpu_has_fast_bf16, cpu_model, default_device, synchronize
+from randmask.core.fused import library as fused_library
+from randmask.core.masks import RandomMask
+from randmask.core.models import build_model
+from randmask.core.settings import OPENMP_BOUNDED_SPIN, OPENMP_WAIT_VARIABLES, fused_kernels_enabled
+from randmask.experiments.data import load_uint8
+from randmask.experiments.train import (
     EPOCH_CHECK_BATCH,
     accuracy,
     epoch_batches,
     lr_at,
-    make_config,
     model_and_optimizer,
     train_step,
-    training_precision,
     where_batches_are_drawn,
 )
+from randmask.experiments.train_config import make_config, training_precision
 
 
 def old_random_crop_flip(x, shifts, flips, pad=4, flip=True):

@@ -28,8 +28,8 @@ RUN = """
 import json, sys, time
 from pathlib import Path
 began = time.perf_counter()
-from randmask.plan import PRESETS
-from randmask.reproduce import reproduce
+from randmask.results.plan import PRESETS
+from randmask.results.reproduce import reproduce
 only, scale, out, mode = json.loads(sys.argv[1]), float(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 quick = PRESETS["quick"]
 overrides = {k: max(1, round(v * scale)) for k, v in quick.items() if k.startswith("n") and isinstance(v, int)}
@@ -42,7 +42,7 @@ print(json.dumps({"run_s": time.perf_counter() - began, "status": status, "said"
 OVERHEAD = """
 import json, sys, time
 began = time.perf_counter()
-from randmask import cluster
+from randmask.core import cluster
 cluster.connect(cluster.LOCAL)
 up = time.perf_counter() - began
 def noop(i):

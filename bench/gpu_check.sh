@@ -41,7 +41,7 @@ step() {  # step <seconds> <title> <command...>
     step 10 "paper preset epoch log" bash -c "grep '\"event\": \"epoch\"' '$out/paper-epoch/progress.jsonl'"
     rm -rf "$out/report" "$out/crafted"
     step 240 "report tables on this device (Tables 3, 4, 6; cold)" "$python" -c "from pathlib import Path; \
-from randmask.reproduce import reproduce; reproduce('quick', out=Path('$out/report'), cache=Path('$out/crafted'), \
+from randmask.results.reproduce import reproduce; reproduce('quick', out=Path('$out/report'), cache=Path('$out/crafted'), \
 only=['table3_shuffle', 'table4_whitebox', 'table6_mnist'])"
     step 30 "against the committed tables" "$python" bench/compare_results.py results "$out/report/results"
 } 2>&1 | tee "$out/gpu_check.log"

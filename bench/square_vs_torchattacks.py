@@ -12,8 +12,8 @@ import torch
 import torchattacks
 
 from randmask.attacks.square import Square
-from randmask.checkpoint import load_model
-from randmask.data import load_tensors
+from randmask.experiments.checkpoint import load_model
+from randmask.experiments.data import load_tensors
 
 
 def main() -> None:

@@ -15,8 +15,12 @@ import numpy as np
 import streamlit as st
 import torch
 
-from randmask import settings
-from randmask.catalog import (
+from randmask.core import settings
+from randmask.core.device import default_device, device_text
+from randmask.experiments.checkpoint import WEIGHTS_FILE
+from randmask.experiments.data import CLASSES, load_test_sample
+from randmask.results.zoo import list_zoo
+from randmask.views.catalog import (
     Catalog,
     ModelEntry,
     discover_models,
@@ -29,11 +33,7 @@ from randmask.catalog import (
     unique_names,
     untrained_names,
 )
-from randmask.checkpoint import WEIGHTS_FILE
-from randmask.data import CLASSES, load_test_sample
-from randmask.device import default_device, device_text
-from randmask.images import display_image, float_batch
-from randmask.zoo import list_zoo
+from randmask.views.images import display_image, float_batch
 
 PICK_KEY, DATASET_KEY = "picked_models", "picked_dataset"
 PICKS, DATASET = "picks", "dataset"  # plain copies of the picker's values: they survive runs without the sidebar
@@ -156,7 +156,7 @@ def _zoo_rows(stamp: tuple) -> list[dict]:
 
 
 def zoo_rows() -> list[dict]:
-    """randmask.zoo.list_zoo (every planned entry and its status: ~1 s of CPU time), kept while the zoo's files
+    """randmask.results.zoo.list_zoo (every planned entry and its status: ~1 s of CPU time), kept while the zoo's files
     stay the same."""
     return _zoo_rows(_zoo_stamp())
 
@@ -356,7 +356,7 @@ def fitted_table(frame, key: str | None, *, fold=(), budget: int = TABLE_WIDTH_P
                  what: str = "") -> None:
     """A dataframe that fits the page: the named columns holding one value (and columns with no value at all) said
     in a caption instead, the leading columns that fit shown, with `key` a toggle for every column (it scrolls)."""
-    from randmask import tables
+    from randmask.views import tables
 
     frame, same = tables.fold_columns(frame, fold)
     kw = tables.TIGHT if tight else {}

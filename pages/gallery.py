@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from pages import _ui
-from randmask import catalog, gallery
-from randmask.gallery import ATTACK_KINDS, attack_notation
+from randmask.views import catalog, gallery
+from randmask.views.gallery import ATTACK_KINDS, attack_notation
 
 _ui.ensure_app()
 st.title("Adversarial gallery")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages import _ui
-from randmask import catalog, mask_views
+from randmask.views import catalog, mask_views
 
 _ui.ensure_app()
 st.title("Random Mask, hands on")

@@ -7,8 +7,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _ui
-from randmask import catalog, mask_views, tables
-from randmask.notation import canonical
+from randmask.core.notation import canonical
+from randmask.views import catalog, mask_views, tables
 
 _ui.ensure_app()
 st.title("Mask patterns")

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _ui
-from randmask import catalog, protocol_views
+from randmask.views import catalog, protocol_views
 
 _ui.ensure_app()
 st.title("Noise curves")

@@ -6,9 +6,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _ui
-from randmask import catalog, comparison, robustness_view, settings, tables
 from randmask.attacks import canonical_attack
-from randmask.paper import (
+from randmask.core import settings
+from randmask.results import comparison
+from randmask.results.paper import (
     PAPER_TABLES,
     load_paper_tables,
     load_results,
@@ -17,6 +18,7 @@ from randmask.paper import (
     table_dataset,
     trained_model_keys,
 )
+from randmask.views import catalog, robustness_view, tables
 
 ERROR_BAR = {"color": "rgba(31, 119, 180, 0.45)", "thickness": 1.5, "width": 3}
 

@@ -6,8 +6,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _ui
-from randmask import catalog, paper, protocol_views, tables
-from randmask.plan import PRESETS
+from randmask.results import paper
+from randmask.results.plan import PRESETS
+from randmask.views import catalog, protocol_views, tables
 
 # the paper keeps images its nets know with confidence >= 0.99; the reproduction's quick preset says why ours can't
 PAPER_CONFIDENCE, OUR_CONFIDENCE = PRESETS["paper"]["shuffle_confidence"], PRESETS["quick"]["shuffle_confidence"]

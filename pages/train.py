@@ -7,9 +7,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _ui
-from randmask import jobs, settings, train_view
-from randmask.models import DATASETS
-from randmask.train import PRESETS
+from randmask.core import settings
+from randmask.core.models import DATASETS
+from randmask.experiments.train_config import PRESETS
+from randmask.views import job_progress, jobs, train_view
 
 _ui.ensure_app()
 st.title("Train a model")
@@ -53,7 +54,7 @@ STATE_ICON = {"starting": ":material/hourglass_top:", "running": ":material/dire
               "cancelled": ":material/stop_circle:", "failed": ":red[:material/error:]"}
 
 
-def show_job(status: jobs.JobStatus) -> None:
+def show_job(status: job_progress.JobStatus) -> None:
     with st.container(border=True):
         st.markdown(f"{STATE_ICON[status.state]} {train_view.job_title(status)}")
         if status.where:
@@ -97,12 +98,12 @@ def show_job(status: jobs.JobStatus) -> None:
 
 
 zoo_accuracy = train_view.zoo_accuracies(_ui.catalog().entries)
-any_running = train_view.any_running(jobs.list_jobs())
+any_running = train_view.any_running(job_progress.list_jobs())
 
 
 @st.fragment(run_every=2 if any_running else None)
 def job_list() -> None:
-    statuses = jobs.list_jobs()
+    statuses = job_progress.list_jobs()
     st.subheader("Jobs")
     if not statuses:
         st.info("No training jobs yet.")

@@ -1,5 +1,5 @@
 import sys
 
-from randmask.cli import main
+from randmask.cli.main import main
 
 sys.exit(main())

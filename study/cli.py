@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from randmask.safe_files import Output, existing_paths
+from randmask.core.safe_files import Output, existing_paths
 
 from .admin import overview, set_excluded
 from .check import database_problems

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from randmask.safe_files import Output
+from randmask.core.safe_files import Output
 
 APPLICATION_ID = 0x52_4D_53_54  # "RMST": marks files made by this package
 BUSY_TIMEOUT_MS = 30_000

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from randmask.safe_files import Output, read_regular_file
-from randmask.settings import data_root, zoo_root
+from randmask.core.safe_files import Output, read_regular_file
+from randmask.core.settings import data_root, zoo_root
 
 from .db import open_db_readonly
 from .design import DesignError, Study, StudyConfig, check_numbers

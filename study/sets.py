@@ -1,7 +1,7 @@
 """Adversarial sets on disk: read and validate them, and build clean / simply perturbed ones.
 
-Layout and columns are defined in randmask.set_schema, which the attack code that writes sets uses too. It
-and randmask.safe_files are all the study imports from randmask: both are standard-library only (no torch).
+Layout and columns are defined in randmask.core.set_schema, which the attack code that writes sets uses too. It
+and randmask.core.safe_files are all the study imports from randmask: both are standard-library only (no torch).
 The study's images are lossless uint8 32x32 RGB PNGs; `attack == "clean"` marks unperturbed test images.
 
 `read_set` trusts nothing in the folder: meta.csv is a regular file under a size cap; indices are ASCII
@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from randmask.data_arrays import validate_arrays
-from randmask.errors import DataError
-from randmask.safe_files import read_regular_file
-from randmask.set_schema import CLEAN, META_FILE, PRED_PREFIX, REQUIRED_COLUMNS, image_file
+from randmask.core.data_arrays import validate_arrays
+from randmask.core.errors import DataError
+from randmask.core.safe_files import read_regular_file
+from randmask.core.set_schema import CLEAN, META_FILE, PRED_PREFIX, REQUIRED_COLUMNS, image_file
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_TEST_SIZE = 10_000

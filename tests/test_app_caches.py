@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pages import _ui
-from randmask.catalog import Catalog
+from randmask.views.catalog import Catalog
 
 
 @pytest.fixture()

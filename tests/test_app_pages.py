@@ -12,8 +12,8 @@ import pytest
 import test_app_support as support
 from streamlit.testing.v1 import AppTest
 
-from randmask import jobs
-from randmask.models import build_model
+from randmask.core.models import build_model
+from randmask.views import job_progress, jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 tiny_zoo, app_env = support.tiny_zoo, support.app_env  # fixtures
@@ -296,19 +296,19 @@ def test_train_page_starts_lists_and_cancels_a_job(app_env):
         at.button[0].click().run()
         folder = runs / "0.7-Shallow"
         assert not at.exception and "Started 0.7-Shallow" in texts(at)
-        settings = json.loads((folder / jobs.JOB_FILE).read_text())["settings"]
+        settings = json.loads((folder / job_progress.JOB_FILE).read_text())["settings"]
         assert (settings["width"], settings["train_n"], settings["epochs"], settings["eval_n"]) == (4, 256, 1, 100)
         assert "**0.7-Shallow** · quick preset · cifar10" in texts(at)  # the notation once, not twice
         at.button(key="cancel_0.7-Shallow").click().run()
         assert not at.exception
-        assert jobs.wait_job(folder, 60).state == "cancelled"
+        assert job_progress.wait_job(folder, 60).state == "cancelled"
         at.run()
         assert "cancelled" in texts(at) and at.button(key="resume_0.7-Shallow")
     finally:
-        for status in jobs.list_jobs(runs):  # never leave a trainer running
+        for status in job_progress.list_jobs(runs):  # never leave a trainer running
             if not status.finished:
                 jobs.cancel_job(status.folder, force=True)
-                jobs.wait_job(status.folder, 30)
+                job_progress.wait_job(status.folder, 30)
 
 
 def test_train_page_ray_field_refuses_what_it_cannot_run_and_shows_where_a_job_runs(app_env, monkeypatch):
@@ -335,8 +335,8 @@ def test_train_page_ray_field_refuses_what_it_cannot_run_and_shows_where_a_job_r
     folder = runs / "0.7-Shallow"
     folder.mkdir(parents=True)
     settings = jobs.JobSettings("0.7-Shallow", epochs=2, width=4, ray="10.0.0.1:6379")
-    (folder / jobs.JOB_FILE).write_text(json.dumps({"settings": settings.__dict__, "created": 1.0, "launched": 1.0}))
-    (folder / jobs.CLUSTER_FILE).write_text(json.dumps({"address": "10.0.0.1:6379",
+    (folder / job_progress.JOB_FILE).write_text(json.dumps({"settings": settings.__dict__, "created": 1.0, "launched": 1.0}))
+    (folder / job_progress.CLUSTER_FILE).write_text(json.dumps({"address": "10.0.0.1:6379",
                                                          "dashboard": "http://10.0.0.1:8265"}))
     at.run()
     assert "Ray cluster at 10.0.0.1:6379 · dashboard http://10.0.0.1:8265" in texts(at)

@@ -14,10 +14,10 @@ import test_app_support as support
 import test_study_support as study_support
 from streamlit.testing.v1 import AppTest
 
-from randmask import jobs
-from randmask.checkpoint import save_checkpoint
-from randmask.models import build_model
-from randmask.train import LOG_FILE
+from randmask.core.models import build_model
+from randmask.experiments.checkpoint import save_checkpoint
+from randmask.experiments.train import LOG_FILE
+from randmask.views import job_progress, jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 180
@@ -146,9 +146,9 @@ def test_a_running_job_shows_its_steps_inside_the_epoch(app_env):
     try:
         now = time.time()
         settings = jobs.JobSettings("0.7-Shallow", epochs=2, width=4, train_n=1000)
-        (folder / jobs.JOB_FILE).write_text(json.dumps({
+        (folder / job_progress.JOB_FILE).write_text(json.dumps({
             "settings": settings.__dict__, "created": now - 30, "launched": now - 30, "pid": trainer.pid,
-            "pid_start": jobs._proc_start_ticks(trainer.pid)}))
+            "pid_start": job_progress.proc_start_ticks(trainer.pid)}))
         events = [{"event": "start", "time": now - 25, "config": {"epochs": 2}, "steps_per_epoch": 8},
                   {"event": "step", "time": now - 1, "epoch": 1, "epochs": 2, "step": 3, "steps": 8, "loss": 2.2,
                    "lr": 0.01, "images": 384, "elapsed_s": 24.0}]

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from randmask.checkpoint import save_checkpoint
-from randmask.data import load_test_sample
-from randmask.models import build_model
-from randmask.notation import DEFAULT_WIDTH
+from randmask.core.models import build_model
+from randmask.core.notation import DEFAULT_WIDTH
+from randmask.experiments.checkpoint import save_checkpoint
+from randmask.experiments.data import load_test_sample
 
 CONFIDENT_CLASS = 3  # cat: test image 0 is a cat
 TINY_WIDTH = DEFAULT_WIDTH  # 16: the app would call a width-4 model '0.9-Shallow@w4'
@@ -37,8 +37,8 @@ def planned_recipe(notation: str, **changes) -> dict:
     """The zoo plan's training recipe for a CIFAR-10 model, as a checkpoint records it."""
     from dataclasses import replace
 
-    from randmask.train import asdict_json
-    from randmask.zoo import ZOO, planned_config
+    from randmask.experiments.train_config import asdict_json
+    from randmask.results.zoo import ZOO, planned_config
 
     entry = next(e for e in ZOO if e.notation == notation and e.dataset == "cifar10" and e.seed == e.mask_seed == 0)
     return asdict_json(replace(planned_config(entry), **changes))

@@ -10,11 +10,17 @@ import pytest
 import torch
 from test_app_support import CONFIDENT_CLASS, TINY_WIDTH, constant_model
 
-from randmask import (
+from randmask.core import device
+from randmask.core.errors import RandmaskError
+from randmask.core.masks import make_mask
+from randmask.core.models import build_model
+from randmask.experiments.corruptions import noise, patch_shuffle, shuffle
+from randmask.experiments.protocols import transfer
+from randmask.views import (
     catalog,
-    device,
     gallery,
     images,
+    job_progress,
     jobs,
     mask_views,
     protocol_views,
@@ -22,11 +28,7 @@ from randmask import (
     tables,
     train_view,
 )
-from randmask.catalog import ModelEntry
-from randmask.errors import RandmaskError
-from randmask.masks import make_mask
-from randmask.models import build_model
-from randmask.protocols import noise, patch_shuffle, shuffle, transfer
+from randmask.views.catalog import ModelEntry
 
 
 def entry(key: str, notation: str, source: str = "zoo", **fields) -> ModelEntry:
@@ -505,8 +507,8 @@ def test_transfer_summary():
 
 
 # ------------------------------------------------------------------------------------------------ train
-def job(name: str, state: str, notation: str = "0.7-Shallow", message: str = "", **settings) -> jobs.JobStatus:
-    return jobs.JobStatus(folder=Path("/runs") / name, state=state, message=message,
+def job(name: str, state: str, notation: str = "0.7-Shallow", message: str = "", **settings) -> job_progress.JobStatus:
+    return job_progress.JobStatus(folder=Path("/runs") / name, state=state, message=message,
                           settings={"notation": notation, "preset": "quick", "dataset": "cifar10", **settings})
 
 
@@ -545,7 +547,7 @@ def test_job_title_history_and_resumable():
         "**0.7-Shallow** · quick preset · cifar10 · done · clean accuracy 91.0%")
     assert train_view.job_title(job("0.7-Shallow-2", "running")) == (
         "**0.7-Shallow (0.7-Shallow-2)** · quick preset · cifar10 · running")
-    assert [train_view.resumable(job("a", s)) for s in jobs.STATES] == [False, False, False, False, True, True]
+    assert [train_view.resumable(job("a", s)) for s in job_progress.STATES] == [False, False, False, False, True, True]
     history = [{"epoch": 1, "test_acc": 0.25, "train_acc": 0.3}, {"epoch": 2, "test_acc": 0.5, "train_acc": 0.625}]
     assert train_view.history_series(history) == {"epoch": [1, 2], "test": [25.0, 50.0], "train": [30.0, 62.5]}
 
@@ -553,8 +555,8 @@ def test_job_title_history_and_resumable():
 def test_output_text_is_the_processes_last_lines(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
-    (folder / jobs.OUTPUT_FILE).write_text("".join(f"line {i}\n" for i in range(30)) + "\n  \nerror: boom\n")
-    status = jobs.JobStatus(folder=folder, state="failed", settings={})
+    (folder / job_progress.OUTPUT_FILE).write_text("".join(f"line {i}\n" for i in range(30)) + "\n  \nerror: boom\n")
+    status = job_progress.JobStatus(folder=folder, state="failed", settings={})
     assert train_view.output_text(status, lines=3) == "line 28\nline 29\nerror: boom"  # blank lines skipped
     assert train_view.output_text(status).count("\n") == 19
 

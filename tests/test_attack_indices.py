@@ -7,11 +7,11 @@ import csv
 import pytest
 import torch
 
-from randmask.checkpoint import load_model
-from randmask.cli import main
-from randmask.data import load_tensors
-from randmask.evaluate import predict
-from randmask.settings import zoo_root
+from randmask.cli.main import main
+from randmask.core.settings import zoo_root
+from randmask.experiments.checkpoint import load_model
+from randmask.experiments.data import load_tensors
+from randmask.experiments.evaluate import predict
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 SMALL = ["--width", "4", "--pool", "24", "--batch-size", "16", "--quiet", "--untrained"]
@@ -40,7 +40,7 @@ def test_indices_are_attacked_in_their_order_with_their_own_labels(tmp_path, cap
     with open(out / "meta.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["true_label"]) for r in rows] == y[[7, 3, 11]].tolist()
-    from randmask.adversarial_sets import read_png
+    from randmask.experiments.adversarial_sets import read_png
     for row, index in zip(rows, [7, 3, 11], strict=True):
         assert torch.equal(read_png(out / row["clean_file"]), x[index])  # the image at that position, not the n-th
 

@@ -3,7 +3,7 @@
 import pytest
 
 from randmask.attacks import AttackNotationError, canonical_attack, parse_attack, pgd_default_steps
-from randmask.errors import NotationError
+from randmask.core.errors import NotationError
 
 
 @pytest.mark.parametrize("text, step, steps, eps", [

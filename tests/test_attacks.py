@@ -57,7 +57,7 @@ def test_pgd_without_random_start_matches_torchattacks_bim(step, steps, eps):
 
 def toy_resnet(seed: int = 0) -> nn.Module:
     """A width-8 Normal ResNet-18 with non-trivial BatchNorm statistics: the fast path folds all 20 of them."""
-    from randmask.models import build_model
+    from randmask.core.models import build_model
 
     model = build_model("Normal ResNet-18", width=8, seed=seed)
     gen = torch.Generator().manual_seed(seed)
@@ -141,8 +141,8 @@ def test_fast_view_refuses_a_fold_that_changes_the_outputs():
 
 
 def test_a_masked_model_predicts_then_attacks_through_one_cached_view():
-    from randmask.evaluate import predict
-    from randmask.models import build_model
+    from randmask.core.models import build_model
+    from randmask.experiments.evaluate import predict
 
     model = build_model("0.7-Shallow", width=8).eval()
     x, y = toy_images(6)
@@ -169,7 +169,7 @@ def test_a_model_that_cannot_be_copied_is_attacked_as_it_is():
 
 
 def test_exact_and_fast_crafted_sets_never_share_a_cache_entry():
-    from randmask.evaluate import crafted_fingerprint
+    from randmask.experiments.evaluate import crafted_fingerprint
 
     model, (x, y) = toy_cnn(), toy_images(4)
     fast = crafted_fingerprint(model, make_attack("FGSM8", model), x, y, True, 4)

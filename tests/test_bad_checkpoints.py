@@ -12,11 +12,11 @@ import torch
 from badinput import assert_one_line_error, assert_unchanged, run_main, tree_state
 from safetensors.torch import load_file, save_file
 
-from randmask.catalog import discover_models, load_entry
-from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model, save_checkpoint
-from randmask.cli import main
-from randmask.errors import CheckpointError
-from randmask.models import build_model
+from randmask.cli.main import main
+from randmask.core.errors import CheckpointError
+from randmask.core.models import build_model
+from randmask.experiments.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model, save_checkpoint
+from randmask.views.catalog import discover_models, load_entry
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,13 @@ from badinput import assert_one_line_error, assert_one_line_exception, assert_un
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from randmask.architectures import list_models
 from randmask.attacks.notation import _DECIMAL, _SHAPE, AttackNotationError, format_attack, parse_attack
-from randmask.checkpoint import load_model, save_checkpoint
-from randmask.cli import main
-from randmask.errors import NotationError, RandmaskError
-from randmask.masks import n_dropped
-from randmask.models import build_model, check_buildable
-from randmask.notation import (
+from randmask.cli.main import main
+from randmask.core.architectures import list_models
+from randmask.core.errors import NotationError, RandmaskError
+from randmask.core.masks import n_dropped
+from randmask.core.models import build_model, check_buildable
+from randmask.core.notation import (
     _ARCH,
     _TERM,
     MAX_ENSEMBLE,
@@ -38,6 +37,7 @@ from randmask.notation import (
     parse_model,
     parse_ref,
 )
+from randmask.experiments.checkpoint import load_model, save_checkpoint
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PARSE_SECONDS = 0.1  # a 200-character notation parses in well under a millisecond
@@ -333,7 +333,7 @@ def test_a_reference_names_the_width_and_reads_back_the_same(text, name, slug_te
 
 
 def test_the_width_of_a_reference_builds_the_model_at_that_width(capsys):
-    from randmask.cli_attacks import split_ref
+    from randmask.cli.attack_io import split_ref
 
     notation, ref = split_ref("0.7-Shallow@w8")
     assert notation == "0.7-Shallow" and ref.width == 8

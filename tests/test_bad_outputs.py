@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from badinput import assert_one_line_error, assert_unchanged, run_main, tree_state
 
-import randmask.safe_files as safe_files
-from randmask.cli import main as randmask_main
-from randmask.safe_files import Output, OutputError
+import randmask.core.safe_files as safe_files
+from randmask.cli.main import main as randmask_main
+from randmask.core.safe_files import Output, OutputError
 from study.cli import main as study_main
 
 pytestmark = pytest.mark.usefixtures("data_dir")
@@ -105,8 +105,8 @@ def test_an_input_its_inside_or_a_folder_around_it_is_refused_even_with_overwrit
 @pytest.fixture
 def models(tmp_path) -> Path:
     """Two tiny trained-looking checkpoints (consecutive seeds, so they also make a valid EN)."""
-    from randmask.checkpoint import save_checkpoint
-    from randmask.models import build_model
+    from randmask.core.models import build_model
+    from randmask.experiments.checkpoint import save_checkpoint
 
     for seed in (0, 1):
         save_checkpoint(build_model("Normal ResNet-18", width=4, seed=seed), tmp_path / f"M{seed}")
@@ -217,12 +217,12 @@ def test_refused_training_leaves_no_folder(tmp_path, capsys, argv, out):
 
 
 def test_training_that_fails_in_its_first_epoch_leaves_only_what_was_there(tmp_path, capsys, monkeypatch):
-    import randmask.train
+    import randmask.experiments.train
 
     def boom(*args, **kwargs):
         raise ValueError("boom")
 
-    monkeypatch.setattr(randmask.train, "train_step", boom)
+    monkeypatch.setattr(randmask.experiments.train, "train_step", boom)
     (tmp_path / "job").mkdir()
     (tmp_path / "job" / "job.json").write_text("{}")
     for out in ("job", "new/run"):

@@ -14,9 +14,11 @@ from badinput import assert_one_line_error, assert_unchanged, run_main, tree_sta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from randmask.cli import main
-from randmask.errors import RandmaskError
-from randmask.train import make_config, read_resume, train
+from randmask.cli.main import main
+from randmask.core.errors import RandmaskError
+from randmask.experiments.resume import read_resume
+from randmask.experiments.train import train
+from randmask.experiments.train_config import make_config
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 ARGS = ["0.7-Shallow", "--width", "4", "--epochs", "2", "--train-n", "64", "--eval-n", "32", "--batch-size", "32",

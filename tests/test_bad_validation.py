@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from randmask.attacks.notation import AttackNotationError, parse_attack
-from randmask.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
-from randmask.cli import main as randmask_main
-from randmask.errors import RandmaskError
-from randmask.masks import RandomMask
-from randmask.models import build_model, check_buildable
-from randmask.notation import format_number, parse_model
+from randmask.cli.main import main as randmask_main
+from randmask.core.errors import RandmaskError
+from randmask.core.masks import RandomMask
+from randmask.core.models import build_model, check_buildable
+from randmask.core.notation import format_number, parse_model
+from randmask.experiments.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_checkpoint
 
 SMALL = ["--width", "4", "--pool", "12", "--batch-size", "12", "--quiet"]
 
@@ -283,7 +283,7 @@ def test_a_good_small_data_file_still_evaluates(models, cifar8, tmp_path, monkey
 ], ids=["label-255", "28x28", "float", "lengths", "empty", "float-labels", "labels-2d", "label-negative"])
 def test_study_clean_set_refuses_bad_cifar_data_and_writes_nothing(tmp_path, capsys, monkeypatch, change, fragment):
     """The study reads CIFAR-10 itself (it never imports torch) but checks it with the models' loaders' own
-    check (randmask.data_arrays), so no label 255 or 28x28 image reaches participants, in the same words."""
+    check (randmask.core.data_arrays), so no label 255 or 28x28 image reaches participants, in the same words."""
     from study.cli import main as study_main
     from study.sets import load_cifar10_test
 
@@ -308,9 +308,9 @@ def test_any_data_arrays_are_accepted_sound_or_refused_in_one_line(x_dtype, x_sh
                                                                    near_valid):
     """The one data-file check (models' loaders and the study's alike): whatever the arrays, either one
     DataError line naming the source, or uint8 images of the data set's shape with a label 0-9 for each."""
-    from randmask.data import check_arrays
-    from randmask.datasets import DATASETS
-    from randmask.errors import DataError
+    from randmask.core.datasets import DATASETS
+    from randmask.core.errors import DataError
+    from randmask.experiments.data import check_arrays
 
     if near_valid:  # the data set's own image shape, so the label rules are reached too
         c, h, w = DATASETS[dataset]

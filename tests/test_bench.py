@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from randmask.device import cpu_model
+from randmask.core.device import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,11 +16,13 @@ import pandas as pd
 import pytest
 from test_reproduce import TINY, _fake_zoo
 
-from randmask import cluster, jobs, zoo
-from randmask.checkpoint import WEIGHTS_FILE
-from randmask.errors import RandmaskError
-from randmask.reproduce import reproduce
-from randmask.train import RESUME_FILE
+from randmask.core import cluster
+from randmask.core.errors import RandmaskError
+from randmask.experiments.checkpoint import WEIGHTS_FILE
+from randmask.experiments.resume import RESUME_FILE
+from randmask.results import zoo, zoo_train
+from randmask.results.reproduce import reproduce
+from randmask.views import job_progress, jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 # two tiny models; the second trains longer, so it is still running when the first is done
@@ -58,7 +60,7 @@ def test_zoo_progress_counts_running_and_queued_and_estimates_from_measured_epoc
     old = tmp_path / "b"  # logged by an earlier run: queued in this one, not running
     old.mkdir()
     (old / "progress.jsonl").write_text(json.dumps({"event": "start", "time": since - 100}) + "\n")
-    line = zoo.zoo_progress(tmp_path, {"a": 4, "b": 4}, 1, {"a", "b"}, since)
+    line = zoo_train.zoo_progress(tmp_path, {"a": 4, "b": 4}, 1, {"a", "b"}, since)
     # 30 s an epoch: a's 2 left and b's 4, on the one model running
     assert line == "models: 1 done, 1 running, 1 queued; ETA 3 min"
 
@@ -67,9 +69,9 @@ def test_the_cells_of_a_ray_run_run_here_give_the_single_process_rows_and_sets(t
     """What Ray's workers run for a reproduce plan, run here one after the other (no Ray): a transfer table is one
     crafting cell per attack and one evaluation cell per target (and one for the source's clean accuracy), and
     the table the driver assembles from them is the one a run in one process writes, with the same crafted sets."""
-    from randmask.evaluate import write_csv
-    from randmask.plan import PRESETS, transfer_attacks
-    from randmask.reproduce import RayPlan
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.plan import PRESETS, transfer_attacks
+    from randmask.results.reproduce import RayPlan
 
     _fake_zoo(tmp_path / "zoo", REPRO_MODELS)
     settings = {**PRESETS["quick"], **TINY}
@@ -147,7 +149,7 @@ def ray_cluster():
 def reference_zoo(tmp_path_factory, data_dir):
     """The tiny plan trained in this process, one model after the other."""
     root = tmp_path_factory.mktemp("single")
-    zoo.train_zoo(root / "runs", root / "zoo", plan=PLAN, configure=tiny_config, say=lambda line: None)
+    zoo_train.train_zoo(root / "runs", root / "zoo", plan=PLAN, configure=tiny_config, say=lambda line: None)
     return root
 
 
@@ -159,7 +161,7 @@ def _weights(root: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 def test_zoo_trained_on_two_ray_nodes_equals_the_single_process_zoo(ray_cluster, reference_zoo, tmp_path):
     said = []
-    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", plan=PLAN, configure=tiny_config, ray=ray_cluster.address,
+    zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", plan=PLAN, configure=tiny_config, ray=ray_cluster.address,
                   say=said.append)
     assert _weights(tmp_path) == _weights(reference_zoo)  # fp32 run and fp16 export, bit for bit
     assert any(line.startswith("Ray cluster at ") and "2 node(s), 2 CPU(s)" in line for line in said), said
@@ -185,7 +187,7 @@ def test_a_worker_killed_mid_training_is_retried_and_resumes_to_the_same_weights
 
     def drive():
         try:
-            zoo.train_zoo(runs, shipped, plan=PLAN, configure=tiny_config, ray=ray_cluster.address,
+            zoo_train.train_zoo(runs, shipped, plan=PLAN, configure=tiny_config, ray=ray_cluster.address,
                           say=lambda line: None)
         except Exception as exc:  # reported below
             failure.append(exc)
@@ -208,10 +210,10 @@ def test_a_worker_killed_mid_training_is_retried_and_resumes_to_the_same_weights
 DRIVER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from randmask import zoo
+    from randmask.results import zoo_train
     from test_cluster import PLAN, tiny_config
     root = Path(sys.argv[2])
-    zoo.train_zoo(root / "runs", root / "zoo", plan=PLAN, configure=tiny_config, ray=sys.argv[1],
+    zoo_train.train_zoo(root / "runs", root / "zoo", plan=PLAN, configure=tiny_config, ray=sys.argv[1],
                   say=lambda line: print(line, flush=True))
 """)
 
@@ -336,10 +338,10 @@ APP_JOB = jobs.JobSettings("0.7-Shallow", epochs=2, width=4, train_n=256, eval_n
 
 
 def _stop_jobs(root: Path) -> None:
-    for status in jobs.list_jobs(root):  # never leave a driver or trainer behind
+    for status in job_progress.list_jobs(root):  # never leave a driver or trainer behind
         if not status.finished:
             jobs.cancel_job(status.folder, force=True)
-            jobs.wait_job(status.folder, 60)
+            job_progress.wait_job(status.folder, 60)
 
 
 @pytest.mark.slow
@@ -347,22 +349,22 @@ def test_a_train_page_job_sent_to_the_cluster_trains_the_weights_of_a_local_job(
     try:
         here = jobs.start_job(APP_JOB, root=tmp_path / "here")
         there = jobs.start_job(dataclasses.replace(APP_JOB, ray=ray_cluster.address), root=tmp_path / "there")
-        where = _wait_for(lambda: ", on " in jobs.job_status(there).where and jobs.job_status(there).where, 600,
+        where = _wait_for(lambda: ", on " in job_progress.job_status(there).where and job_progress.job_status(there).where, 600,
                           "the cluster job's worker")  # where it runs, while it runs
         assert where.startswith(f"Ray cluster at {ray_cluster.address}, on ") and "(pid " in where
-        ours, theirs = jobs.wait_job(here, 900), jobs.wait_job(there, 900)
+        ours, theirs = job_progress.wait_job(here, 900), job_progress.wait_job(there, 900)
         assert ours.state == "done" and theirs.state == "done", (ours.message, theirs.message,
-                                                                 jobs.job_output(there))
+                                                                 job_progress.job_output(there))
         assert (there / WEIGHTS_FILE).read_bytes() == (here / WEIGHTS_FILE).read_bytes()
 
-        def epochs(status: jobs.JobStatus) -> list[dict]:
+        def epochs(status: job_progress.JobStatus) -> list[dict]:
             return [{k: v for k, v in h.items() if k not in ("time", "train_time_s")} for h in status.history]
 
         # the same epochs, read from the progress.jsonl the worker wrote
         assert [h["epoch"] for h in theirs.history] == [1, 2] and epochs(theirs) == epochs(ours)
-        worker = json.loads((there / jobs.WORKER_FILE).read_text())
-        assert worker["pid"] != json.loads((there / jobs.JOB_FILE).read_text())["pid"]  # trained by a Ray worker
-        assert any(line.startswith("Ray cluster at ") for line in jobs.job_output(there))
+        worker = json.loads((there / job_progress.WORKER_FILE).read_text())
+        assert worker["pid"] != json.loads((there / job_progress.JOB_FILE).read_text())["pid"]  # trained by a Ray worker
+        assert any(line.startswith("Ray cluster at ") for line in job_progress.job_output(there))
     finally:
         _stop_jobs(tmp_path / "here")
         _stop_jobs(tmp_path / "there")
@@ -375,12 +377,12 @@ def test_cancelling_a_cluster_job_ends_its_remote_worker(ray_cluster, tmp_path):
     long = dataclasses.replace(APP_JOB, epochs=40, train_n=2560, ray=ray_cluster.address)
     try:
         folder = jobs.start_job(long, root=tmp_path)
-        _wait_for(lambda: jobs.job_status(folder).current_epoch, 600, "the remote trainer's first steps")
-        pid = json.loads((folder / jobs.WORKER_FILE).read_text())["pid"]
+        _wait_for(lambda: job_progress.job_status(folder).current_epoch, 600, "the remote trainer's first steps")
+        pid = json.loads((folder / job_progress.WORKER_FILE).read_text())["pid"]
         assert psutil.pid_exists(pid) and "ray::" in " ".join(psutil.Process(pid).cmdline())  # a Ray worker
         assert jobs.cancel_job(folder)
-        status = jobs.wait_job(folder, 120)
-        assert status.state == "cancelled", (status.message, jobs.job_output(folder))
+        status = job_progress.wait_job(folder, 120)
+        assert status.state == "cancelled", (status.message, job_progress.job_output(folder))
         _wait_for(lambda: not psutil.pid_exists(pid), 60, "the Ray worker to end")
         size = (folder / "progress.jsonl").stat().st_size
         time.sleep(5)

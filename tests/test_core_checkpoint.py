@@ -4,10 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from randmask.checkpoint import load_any, load_model, save_checkpoint
-from randmask.errors import CheckpointError
-from randmask.masks import RandomMask
-from randmask.models import build_model
+from randmask.core.errors import CheckpointError
+from randmask.core.masks import RandomMask
+from randmask.core.models import build_model
+from randmask.experiments.checkpoint import load_any, load_model, save_checkpoint
 
 
 def _perturbed(notation="0.7-Shallow", **kw):

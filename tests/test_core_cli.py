@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from randmask.cli import main
+from randmask.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,10 +70,10 @@ def test_train_then_evaluate_from_the_cli(tmp_path, data_dir):
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["n"] == 50 and 0 <= last["ci_low"] <= last["accuracy"] <= last["ci_high"] <= 1
     assert last["model"] == "0.5-ShallowDC"
-    from randmask.checkpoint import load_model
-    from randmask.data import load_tensors
-    from randmask.evaluate import predict, top2_logit_gaps
-    from randmask.train import accuracy
+    from randmask.experiments.checkpoint import load_model
+    from randmask.experiments.data import load_tensors
+    from randmask.experiments.evaluate import predict, top2_logit_gaps
+    from randmask.experiments.train import accuracy
 
     model, _ = load_model(out)
     x, y = load_tensors("cifar10", "test", n=50)
@@ -86,14 +86,14 @@ def test_train_then_evaluate_from_the_cli(tmp_path, data_dir):
 
 @pytest.mark.parametrize("flags, expected", [([], "default"), (["--no-cache"], False), (["--cache", "sets"], "sets")])
 def test_reproduce_cli_passes_the_crafted_set_cache_choice(monkeypatch, flags, expected):
-    import randmask.reproduce
-    from randmask.settings import crafted_cache_root
+    import randmask.results.reproduce
+    from randmask.core.settings import crafted_cache_root
 
     if expected == "default":  # the folder the CLI counts crafted sets in is the one reproduce uses
         expected = str(crafted_cache_root())
 
     seen = {}
-    monkeypatch.setattr(randmask.reproduce, "reproduce", lambda preset, **kw: seen.update(kw, preset=preset) or {})
+    monkeypatch.setattr(randmask.results.reproduce, "reproduce", lambda preset, **kw: seen.update(kw, preset=preset) or {})
     assert main(["reproduce", "--only", "table3_shuffle", "--no-bar", *flags]) == 0
     assert seen["preset"] == "quick" and seen["only"] == ["table3_shuffle"]
     assert seen["cache"] == (Path(expected) if isinstance(expected, str) else expected)
@@ -101,7 +101,7 @@ def test_reproduce_cli_passes_the_crafted_set_cache_choice(monkeypatch, flags, e
 
 
 def test_reproduce_says_whether_its_run_was_cold_or_warm(monkeypatch, capsys, tmp_path):
-    import randmask.reproduce
+    import randmask.results.reproduce
 
     def crafts(names):
         def fake(preset, **kw):
@@ -112,7 +112,7 @@ def test_reproduce_says_whether_its_run_was_cold_or_warm(monkeypatch, capsys, tm
 
     for names, kind in [([], "no attacks: 0 crafted set(s) in"), (["a", "b"], "cold: 0 crafted set(s) in"),
                         ([], "warm: 2 crafted set(s) in"), (["c"], "partly cached: 2 crafted set(s) in")]:
-        monkeypatch.setattr(randmask.reproduce, "reproduce", crafts(names))
+        monkeypatch.setattr(randmask.results.reproduce, "reproduce", crafts(names))
         assert main(["reproduce", "--no-bar", "--cache", str(tmp_path)]) == 0
         line = capsys.readouterr().err.strip().splitlines()[-1]
         assert line.startswith("reproduce --preset quick: total wall time ") and kind in line
@@ -122,10 +122,10 @@ def test_reproduce_says_whether_its_run_was_cold_or_warm(monkeypatch, capsys, tm
 
 
 def test_reproduce_jobs_flag_reaches_the_pipeline_and_a_bad_count_is_one_line(monkeypatch, capsys):
-    import randmask.reproduce
+    import randmask.results.reproduce
 
     seen = {}
-    monkeypatch.setattr(randmask.reproduce, "reproduce", lambda preset, **kw: seen.update(kw) or {})
+    monkeypatch.setattr(randmask.results.reproduce, "reproduce", lambda preset, **kw: seen.update(kw) or {})
     assert main(["reproduce", "--no-bar", "--jobs", "2"]) == 0 and seen["jobs"] == 2
     monkeypatch.undo()
     capsys.readouterr()
@@ -135,7 +135,7 @@ def test_reproduce_jobs_flag_reaches_the_pipeline_and_a_bad_count_is_one_line(mo
 
 def test_exact_flag_sets_the_attack_mode_for_one_command_only(monkeypatch):
     from randmask.attacks import exact_default
-    from randmask.cli import attack_mode, build_parser
+    from randmask.cli.main import attack_mode, build_parser
 
     args = build_parser().parse_args(["transfer", "--source", "a", "--targets", "b", "--out", "x.csv", "--exact"])
     assert args.exact

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from randmask.data import CLASSES, load_arrays, load_image_folder, load_tensors
-from randmask.errors import DataError
-from randmask.stats import wilson_interval
+from randmask.core.errors import DataError
+from randmask.core.stats import wilson_interval
+from randmask.experiments.data import CLASSES, load_arrays, load_image_folder, load_tensors
 
 
 def test_cifar10_test_split_in_official_order(data_dir):
@@ -96,7 +96,7 @@ def test_wilson_interval_agrees_with_the_closed_form():
 
 
 def test_shipped_sample_equals_the_first_test_images(tmp_path, monkeypatch, data_dir):
-    from randmask import data
+    from randmask.experiments import data
 
     real_x, real_y = data.load_test_sample("cifar10", n=1000)
     monkeypatch.setenv("RANDMASK_DATA", str(tmp_path))  # no data folder: the app falls back to assets/

@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from randmask import fused
-from randmask.errors import RandmaskError
-from randmask.masks import RandomMask, ResampledMask
-from randmask.models import build_model
-from randmask.notation import parse_model
+from randmask.core import fused
+from randmask.core.errors import RandmaskError
+from randmask.core.masks import RandomMask, ResampledMask
+from randmask.core.models import build_model
+from randmask.core.notation import parse_model
 
 pytestmark = [pytest.mark.skipif(fused.library() is None, reason="no C++ compiler: the eager path is all there is"),
               pytest.mark.agreement]

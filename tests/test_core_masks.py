@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from randmask.architectures import BasicBlock
-from randmask.masks import RandomMask, make_mask, n_dropped
-from randmask.models import build_model, masked_layers
+from randmask.core.architectures import BasicBlock
+from randmask.core.masks import RandomMask, make_mask, n_dropped
+from randmask.core.models import build_model, masked_layers
 
 
 @pytest.mark.parametrize("shape,ratio", [((16, 32, 32), 0.7), ((32, 16, 16), 0.3), ((8, 4, 4), 0.9),
@@ -163,7 +163,7 @@ def test_a_compiled_masked_net_traces_once_and_matches_eager():
 
 # --------------------------------------------------------------------- the resampled control (0.7-ShallowDropout)
 def test_resampled_mask_redraws_every_training_step_with_exact_counts_and_dropout_scaling():
-    from randmask.masks import ResampledMask
+    from randmask.core.masks import ResampledMask
 
     shape, ratio = (16, 32, 32), 0.7
     layer = ResampledMask(shape, ratio, block=0).train()
@@ -183,7 +183,7 @@ def test_resampled_mask_redraws_every_training_step_with_exact_counts_and_dropou
 
 
 def test_resampled_mask_is_off_at_test_time_and_stores_nothing():
-    from randmask.masks import ResampledMask
+    from randmask.core.masks import ResampledMask
 
     model = build_model("0.7-ShallowDropout", width=4).eval()
     layers = [m for m in model.modules() if isinstance(m, ResampledMask)]
@@ -198,7 +198,7 @@ def test_resampled_mask_is_off_at_test_time_and_stores_nothing():
 
 
 def test_resampled_control_checkpoint_round_trip(tmp_path):
-    from randmask.checkpoint import load_model, save_checkpoint
+    from randmask.experiments.checkpoint import load_model, save_checkpoint
 
     model = build_model("0.7-ShallowDropout", width=4)
     save_checkpoint(model, tmp_path / "m")

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from randmask.errors import RandmaskError
-from randmask.masks import RandomMask
-from randmask.models import DATASETS, Ensemble, build_model, count_params, list_models
+from randmask.core.errors import RandmaskError
+from randmask.core.masks import RandomMask
+from randmask.core.models import DATASETS, Ensemble, build_model, count_params, list_models
 
 
 @pytest.mark.parametrize("dataset", list(DATASETS))

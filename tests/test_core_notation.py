@@ -3,8 +3,17 @@ from pathlib import Path
 
 import pytest
 
-from randmask.errors import NotationError
-from randmask.notation import DEEP, SHALLOW, MaskTerm, ModelSpec, canonical, format_model, parse_model, slug
+from randmask.core.errors import NotationError
+from randmask.core.notation import (
+    DEEP,
+    SHALLOW,
+    MaskTerm,
+    ModelSpec,
+    canonical,
+    format_model,
+    parse_model,
+    slug,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_LABELS = [

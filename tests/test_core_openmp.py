@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from randmask import jobs
-from randmask.settings import OPENMP_BOUNDED_SPIN, OPENMP_WAIT_VARIABLES, openmp_wait_policy
+from randmask.core.settings import OPENMP_BOUNDED_SPIN, OPENMP_WAIT_VARIABLES, openmp_wait_policy
+from randmask.views import job_progress, jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_a_training_job_gets_the_bounded_spin_or_the_users_policy(tmp_path, monk
             started.update(env)
 
     monkeypatch.setattr(jobs.subprocess, "Popen", Recorded)
-    monkeypatch.setattr(jobs, "_CHILDREN", {})  # the stand-in process must not outlive this test in the registry
+    monkeypatch.setattr(job_progress, "_CHILDREN", {})  # the stand-in process must not outlive this test in the registry
     settings = jobs.JobSettings(notation="0.7-Shallow", preset="quick", dataset="cifar10", epochs=1)
     folder = tmp_path / "job"
     folder.mkdir()

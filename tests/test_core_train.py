@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from randmask.checkpoint import load_model
-from randmask.errors import RandmaskError
-from randmask.train import PRESETS, assemble_ensemble, lr_at, make_config, random_crop_flip, train
+from randmask.core.errors import RandmaskError
+from randmask.experiments.checkpoint import load_model
+from randmask.experiments.train import assemble_ensemble, lr_at, random_crop_flip, train
+from randmask.experiments.train_config import PRESETS, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(width=4, train_n=256, eval_n=128, batch_size=64, log_every=1)
@@ -164,7 +165,7 @@ def test_torchrun_ddp_with_two_cpu_processes(tmp_path, data_dir):
 @pytest.mark.agreement
 def test_crop_flip_on_uint8_gives_the_float_pipelines_batches():
     # epoch_batches crops and flips the uint8 images, then scales: the same batches as scaling first
-    from randmask.train import epoch_batches
+    from randmask.experiments.train import epoch_batches
 
     gen = torch.Generator().manual_seed(5)
     x, y = torch.randint(0, 256, (300, 3, 8, 8), generator=gen, dtype=torch.uint8), torch.arange(300)
@@ -182,12 +183,12 @@ def test_crop_flip_on_uint8_gives_the_float_pipelines_batches():
 
 
 def test_training_batches_stay_where_they_are_on_a_cpu():
-    from randmask.train import where_batches_are_drawn
+    from randmask.experiments.train import where_batches_are_drawn
 
     x, y = torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.arange(4)
     got_x, got_y = where_batches_are_drawn(x, y, torch.device("cpu"))
     assert got_x is x and got_y is y
-    from randmask.train import _UNIT, to_unit_floats
+    from randmask.experiments.train import _UNIT, to_unit_floats
 
     every = torch.arange(256, dtype=torch.uint8)  # the table a GPU reads gives the CPU's division
     assert torch.equal(to_unit_floats(every), _UNIT[every.long()]) and _UNIT[255] == 1.0
@@ -195,7 +196,7 @@ def test_training_batches_stay_where_they_are_on_a_cpu():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_batches_drawn_on_the_gpu_are_the_cpus_bit_for_bit():
-    from randmask.train import epoch_batches, where_batches_are_drawn
+    from randmask.experiments.train import epoch_batches, where_batches_are_drawn
 
     gen = torch.Generator().manual_seed(6)
     x, y = torch.randint(0, 256, (300, 3, 8, 8), generator=gen, dtype=torch.uint8), torch.arange(300)
@@ -223,7 +224,7 @@ class FakeClock:
 
 @pytest.mark.parametrize("fp32, bf16, pays", [(1.0, 0.6, True), (1.0, 0.9, False), (0.2, 5.0, False)])
 def test_bf16_is_chosen_only_where_it_measures_clearly_faster(monkeypatch, fp32, bf16, pays):
-    import randmask.device as device
+    import randmask.core.device as device
 
     clock = FakeClock({None: fp32, torch.bfloat16: bf16})
     monkeypatch.setattr(device.time, "process_time", clock)
@@ -244,7 +245,7 @@ def test_bf16_is_chosen_only_where_it_measures_clearly_faster(monkeypatch, fp32,
 def test_a_load_spike_during_the_probe_does_not_decide_the_precision(monkeypatch):
     """Other processes stretch the wall time of whichever step they overlap (here every fp32 step looks 2.5x
     faster than bf16 by the wall clock); the probe times CPU time, which they do not stretch, and keeps bf16."""
-    import randmask.device as device
+    import randmask.core.device as device
 
     cpu = FakeClock({None: 1.0, torch.bfloat16: 0.6})
     wall = {"now": 0.0}
@@ -261,7 +262,7 @@ def test_a_load_spike_during_the_probe_does_not_decide_the_precision(monkeypatch
 
 
 def test_amx_decides_bf16_without_a_probe(monkeypatch, tmp_path):
-    import randmask.device as device
+    import randmask.core.device as device
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Intel Xeon\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
@@ -276,13 +277,13 @@ def test_amx_decides_bf16_without_a_probe(monkeypatch, tmp_path):
 
 
 def test_the_precision_probe_leaves_the_random_streams_alone(monkeypatch):
-    import randmask.device as device
-    import randmask.train as training
+    import randmask.core.device as device
+    import randmask.experiments.train_config as train_config
 
-    monkeypatch.setattr(training, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(train_config, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(device, "cpu_has_amx_bf16", lambda: False)  # an AMX CPU decides without a probe
-    monkeypatch.setattr(training, "_PRECISION_PROBES", {})
+    monkeypatch.setattr(train_config, "_PRECISION_PROBES", {})
     seen = []
 
     def fp32_wins(step, rounds=3):  # runs the real step (draws from the RNG: the Dropout control resamples)
@@ -295,19 +296,19 @@ def test_the_precision_probe_leaves_the_random_streams_alone(monkeypatch):
     cfg = make_config("0.7-ShallowDropout", "quick", width=8, batch_size=8)
     torch.manual_seed(3)
     state = torch.get_rng_state()
-    assert training.training_precision(cfg, torch.device("cpu")).dtype is None
+    assert train_config.training_precision(cfg, torch.device("cpu")).dtype is None
     assert torch.equal(torch.get_rng_state(), state) and seen == [1]
-    training.training_precision(cfg, torch.device("cpu"))  # remembered per process and shape: no second probe
+    train_config.training_precision(cfg, torch.device("cpu"))  # remembered per process and shape: no second probe
     assert seen == [1]
 
 
 def test_a_later_run_reuses_the_probe_measured_on_this_cpu_and_torch(monkeypatch, tmp_path):
     """The probe cost ~7 s of CPU before every run's first step (issue 33): a later process on the same CPU and
     torch reuses its answer, and says so; another torch version probes again."""
-    import randmask.device as device
-    import randmask.train as training
+    import randmask.core.device as device
+    import randmask.experiments.train_config as train_config
 
-    monkeypatch.setattr(training, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(train_config, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
     monkeypatch.setattr(device, "cpu_has_amx_bf16", lambda: False)
     monkeypatch.setenv("RANDMASK_PRECISION_CACHE", str(tmp_path / "cache" / "probes.json"))
@@ -319,22 +320,22 @@ def test_a_later_run_reuses_the_probe_measured_on_this_cpu_and_torch(monkeypatch
 
     monkeypatch.setattr(device, "bf16_probe", bf16_wins)
     cfg = make_config("0.7-Shallow", "quick", width=8, batch_size=8)
-    monkeypatch.setattr(training, "_PRECISION_PROBES", {})
-    first = training.training_precision(cfg, torch.device("cpu"))
+    monkeypatch.setattr(train_config, "_PRECISION_PROBES", {})
+    first = train_config.training_precision(cfg, torch.device("cpu"))
     assert first.dtype == torch.bfloat16 and probes == [1]
-    monkeypatch.setattr(training, "_PRECISION_PROBES", {})  # as a new process
-    again = training.training_precision(cfg, torch.device("cpu"))
+    monkeypatch.setattr(train_config, "_PRECISION_PROBES", {})  # as a new process
+    again = train_config.training_precision(cfg, torch.device("cpu"))
     assert again.dtype == torch.bfloat16 and probes == [1]
     assert again.reason.startswith(first.reason) and "earlier run on this CPU" in again.reason
-    monkeypatch.setattr(training, "_PRECISION_PROBES", {})
+    monkeypatch.setattr(train_config, "_PRECISION_PROBES", {})
     monkeypatch.setattr(torch, "__version__", "0.0-other")
-    training.training_precision(cfg, torch.device("cpu"))
+    train_config.training_precision(cfg, torch.device("cpu"))
     assert probes == [1, 1]
 
 
 def test_the_pixel_mean_is_the_float64_mean_exactly(data_dir):
     """pixel_mean sums the uint8 set as integers instead of copying it to float64 (1-2 s of CPU before each run)."""
-    from randmask.data import load_uint8, pixel_mean
+    from randmask.experiments.data import load_uint8, pixel_mean
 
     x, _ = load_uint8("cifar10", "train")
     assert torch.equal(pixel_mean("cifar10"), x.double().mean(0).div(255).float())
@@ -375,7 +376,7 @@ def test_a_short_epoch_still_logs_its_steps(tmp_path, data_dir):
 
 def test_the_epoch_check_runs_in_the_training_precision_and_the_stated_accuracy_in_fp32(tmp_path, data_dir,
                                                                                         monkeypatch):
-    import randmask.train as training
+    import randmask.experiments.train as training
 
     calls = []
     real_accuracy = training.accuracy

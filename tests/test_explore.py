@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 from test_app_support import CONFIDENT_CLASS, TINY_WIDTH, constant_model, make_results, make_zoo
 
-from randmask import catalog, comparison, datasets, images, mask_views, models, settings, tables
-from randmask.checkpoint import save_checkpoint
-from randmask.errors import RandmaskError
-from randmask.gallery import Gallery, attack_notation, build_gallery, gallery_png
-from randmask.models import build_model, masked_layers
-from randmask.notation import ModelRef
-from randmask.paper import (
+from randmask.core import datasets, models, settings
+from randmask.core.errors import RandmaskError
+from randmask.core.models import build_model, masked_layers
+from randmask.core.notation import ModelRef
+from randmask.experiments.checkpoint import save_checkpoint
+from randmask.results import comparison
+from randmask.results.paper import (
     PAPER_TABLES,
     attack_key,
     load_paper_tables,
@@ -32,6 +32,8 @@ from randmask.paper import (
     trained_model_keys,
     twin_key,
 )
+from randmask.views import catalog, images, mask_views, tables
+from randmask.views.gallery import Gallery, attack_notation, build_gallery, gallery_png
 
 
 # ----------------------------------------------------------------------------------------------- images
@@ -658,7 +660,7 @@ def test_fold_columns_says_repeated_and_empty_columns_once():
 
 
 def test_close_figure7_points_label_on_opposite_sides():
-    from randmask.robustness_view import label_positions
+    from randmask.views.robustness_view import label_positions
 
     # the paper's Table 7 FGSM16 points: 0.75 (91.5, 59.2) sits next to 0.8 (91.2, 63.0)
     x = [95.3, 94.0, 93.4, 91.8, 91.5, 91.2, 90.2, 87.7, 84.5]

@@ -169,8 +169,8 @@ def test_too_few_images_the_nets_classify_correctly_is_one_line_after_the_first_
     wrong unambiguous: 5 images cannot be found. The first randmask run says so and nothing is kept."""
     import torch
 
-    from randmask.checkpoint import load_model
-    from randmask.evaluate import predict
+    from randmask.experiments.checkpoint import load_model
+    from randmask.experiments.evaluate import predict
 
     (x, y), counts = cifar10h
     images = torch.from_numpy(x[:400]).permute(0, 3, 1, 2).float().div(255)
@@ -256,8 +256,8 @@ def test_the_images_are_the_first_unambiguous_candidates_every_net_classifies_co
     that Normal ResNet-18 and 0.9-Shallow both classify correctly."""
     import torch
 
-    from randmask.checkpoint import load_model
-    from randmask.evaluate import predict
+    from randmask.experiments.checkpoint import load_model
+    from randmask.experiments.evaluate import predict
 
     (x, y), counts = cifar10h
     pool = candidates(y, counts, DEFAULT_UNAMBIGUOUS, seed=0)[:60]

@@ -6,9 +6,9 @@ import pytest
 import torch
 from test_attack_support import TinyCNN, held_out, trained_cnn
 
-from randmask.adversarial_sets import read_png, save_adversarial_set
 from randmask.attacks import margin
-from randmask.errors import RandmaskError
+from randmask.core.errors import RandmaskError
+from randmask.experiments.adversarial_sets import read_png, save_adversarial_set
 
 ISSUE_COLUMNS = ["index", "true_label", "source", "attack", "source_pred", "linf", "l2"]
 

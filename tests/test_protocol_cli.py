@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from randmask.cli import main
-from randmask.protocols import COLUMNS
+from randmask.cli.main import main
+from randmask.experiments.protocols import COLUMNS
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 SMALL = ["--width", "4", "--pool", "24", "--batch-size", "16", "--quiet", "--untrained"]
@@ -59,8 +59,8 @@ def test_an_attack_that_changes_nothing_says_so_and_why(tmp_path, capsys):
 
 
 def test_transfer_from_a_checkpoint_folder(tmp_path, capsys):
-    from randmask.checkpoint import save_checkpoint
-    from randmask.models import build_model
+    from randmask.core.models import build_model
+    from randmask.experiments.checkpoint import save_checkpoint
 
     folder = save_checkpoint(build_model("VGG-19", width=4), tmp_path / "vgg")
     out = tmp_path / "t.csv"

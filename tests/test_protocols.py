@@ -9,8 +9,9 @@ from test_attack_support import TinyCNN, held_out, trained_cnn
 from torch import nn
 
 from randmask.attacks import make_attack
-from randmask.errors import RandmaskError
-from randmask.evaluate import (
+from randmask.core.errors import RandmaskError
+from randmask.experiments.corruptions import gaussian_noise, noise, patch_shuffle, shuffle
+from randmask.experiments.evaluate import (
     accuracy_fields,
     craft,
     perturbation_norms,
@@ -19,17 +20,13 @@ from randmask.evaluate import (
     select_correct,
     write_csv,
 )
-from randmask.protocols import (
+from randmask.experiments.protocols import (
     COLUMNS,
     MNIST_ATTACK,
-    gaussian_noise,
     graybox,
     madry,
-    noise,
     paper_transfer_attacks,
-    patch_shuffle,
     relation,
-    shuffle,
     transfer,
     whitebox,
 )
@@ -164,7 +161,7 @@ def test_transfer_uses_fewer_images_for_cw_and_can_skip_rounding(net, other):
 def test_an_ensemble_of_sources_is_attacked_as_one(net, other):
     x, y = held_out(100)
     rows = transfer([net, other], {"net": net}, ["FGSM8"], x, y, source_name="net + other", n=20, clean=False)
-    from randmask.models import Ensemble
+    from randmask.core.models import Ensemble
 
     ensemble = Ensemble([net, other])
     chosen = select_correct([ensemble], x, y, n=20)
@@ -196,7 +193,7 @@ def test_mnist_preset_runs_on_grey_images():
     x = torch.randint(0, 256, (30, 1, 28, 28), generator=gen).float() / 255
     with torch.no_grad():
         y = source(x).argmax(1)  # the source is right on every image
-    from randmask.protocols import mnist
+    from randmask.experiments.protocols import mnist
 
     rows = mnist(source, {"t": source}, x, y, source_name="s", n=6, clean=False)
     assert rows[0]["attack"] == MNIST_ATTACK == "PGD2.55,40,76.5" and rows[0]["dataset"] == "mnist"
@@ -286,8 +283,8 @@ def test_shuffle_protocol_uses_confident_images_of_every_model(net):
 
 
 def test_paper_names_match_however_the_attack_is_spelt():
-    from randmask.models import build_model
-    from randmask.protocols import transfer
+    from randmask.core.models import build_model
+    from randmask.experiments.protocols import transfer
 
     torch.manual_seed(0)
     net = build_model("Normal ResNet-18", width=4).eval()
@@ -309,7 +306,7 @@ def _fields(crafted) -> list[torch.Tensor]:
 
 
 def test_craft_cache_reuses_only_an_identical_set(tmp_path, monkeypatch):
-    import randmask.evaluate as evaluate
+    import randmask.experiments.evaluate as evaluate
 
     model, (x, y) = _untrained(), held_out(24)
     first = craft(model, "PGD2,8", x, y, cache=tmp_path)
@@ -332,7 +329,7 @@ def test_cache_entries_keep_the_key_names_of_earlier_versions(tmp_path, monkeypa
     # attack_success: both directions must keep those names, field by field
     from safetensors.torch import load_file, save_file
 
-    import randmask.evaluate as evaluate
+    import randmask.experiments.evaluate as evaluate
 
     model, (x, y) = _untrained(), held_out(8)
     first = craft(model, "FGSM8", x, y, cache=tmp_path)
@@ -357,7 +354,7 @@ def test_a_second_crafter_of_one_entry_waits_for_the_first_and_reads_its_set(tmp
 
     from filelock import FileLock
 
-    import randmask.evaluate as evaluate
+    import randmask.experiments.evaluate as evaluate
 
     model, (x, y) = _untrained(), held_out(16)
     reference = craft(model, "FGSM8", x, y)  # no cache: what the first crafter would store
@@ -387,7 +384,7 @@ def test_a_corrupt_cache_entry_is_recomputed_and_replaced(tmp_path):
 
 
 def test_transfer_with_a_cache_gives_the_same_rows_and_a_new_target_costs_no_crafting(tmp_path, monkeypatch):
-    import randmask.evaluate as evaluate
+    import randmask.experiments.evaluate as evaluate
 
     source, (x, y) = _untrained(), held_out(40)
     targets = {"a": _untrained(1)}
@@ -400,7 +397,7 @@ def test_transfer_with_a_cache_gives_the_same_rows_and_a_new_target_costs_no_cra
 
 
 def test_a_rerun_with_a_cache_evaluates_only_new_or_changed_targets(tmp_path, monkeypatch):
-    import randmask.evaluate as evaluate
+    import randmask.experiments.evaluate as evaluate
 
     source, (x, y) = _untrained(), held_out(120)
     a, b = _untrained(1), _untrained(2)
@@ -427,7 +424,7 @@ def test_a_rerun_with_a_cache_evaluates_only_new_or_changed_targets(tmp_path, mo
 
 
 def test_a_corrupt_prediction_entry_is_recomputed_and_replaced(tmp_path):
-    from randmask.evaluate import predicted_labels
+    from randmask.experiments.evaluate import predicted_labels
 
     model, (x, _) = _untrained(), held_out(16)
     first = predicted_labels(model, x, cache=tmp_path)
@@ -438,8 +435,9 @@ def test_a_corrupt_prediction_entry_is_recomputed_and_replaced(tmp_path):
 
 
 def test_noise_graybox_and_whitebox_reruns_reuse_every_prediction(tmp_path, monkeypatch):
-    import randmask.evaluate as evaluate
-    from randmask.protocols import graybox, noise, whitebox
+    import randmask.experiments.evaluate as evaluate
+    from randmask.experiments.corruptions import noise
+    from randmask.experiments.protocols import graybox, whitebox
 
     (x, y), a, b = held_out(40), _untrained(1), _untrained(2)
     first = [noise({"a": a, "b": b}, x, y, sigmas=(0.05, 0.1), cache=tmp_path),

@@ -6,18 +6,18 @@ import pandas as pd
 import pytest
 import torch
 
-from randmask.checkpoint import save_checkpoint
-from randmask.models import build_model
-from randmask.plan import ACCURACY_CONTROLS, MATCHED, PRESETS, experiments, recorded_runs
-from randmask.reproduce import reproduce
-from randmask.verdicts import compare
+from randmask.core.models import build_model
+from randmask.experiments.checkpoint import save_checkpoint
+from randmask.results.plan import ACCURACY_CONTROLS, MATCHED, PRESETS, experiments, recorded_runs
+from randmask.results.reproduce import reproduce
+from randmask.results.verdict_rule import compare
 
 TINY = dict(n_pool=200, n=12, n_cw=3, n_whitebox=12, n_noise=24, n_shuffle=12, n_beyond=6, cw="CW40(search=2, steps=5)",
             square="Square{eps}(queries=10)", apgd="APGD{eps}(steps=3)", beyond_eps=(8, 16))
 
 
 def _fake_zoo(root, names):
-    from randmask.zoo import DEFAULT_WIDTH, ENSEMBLES, ZOO
+    from randmask.results.zoo import DEFAULT_WIDTH, ENSEMBLES, ZOO
 
     planned = {e.name: e for e in ZOO}
     for name in names:
@@ -138,7 +138,7 @@ def _rate(low, high, n=500):
 
 
 def test_the_verdict_rule_gives_each_word():
-    from randmask.verdicts import Comparison, judge
+    from randmask.results.verdict_rule import Comparison, judge
 
     high, low, mid = _rate(0.6, 0.7), _rate(0.3, 0.4), _rate(0.35, 0.65)
     up, flat, down = Comparison("up", high, low), Comparison("flat", mid, low), Comparison("down", low, high)
@@ -157,7 +157,7 @@ def test_the_verdict_rule_gives_each_word():
 
 
 def test_the_verdict_rule_leaves_rows_below_the_minimum_n_out():
-    from randmask.verdicts import MIN_N, Comparison, judge, outcome
+    from randmask.results.verdict_rule import MIN_N, Comparison, judge, outcome
 
     tiny_reversed = Comparison("CW40 from VGG-19", _rate(0.0, 0.2, n=3), _rate(0.5, 1.0, n=3))
     assert outcome(tiny_reversed) == "not counted" and judge([tiny_reversed]) == "untested"
@@ -171,7 +171,7 @@ def test_the_verdict_rule_leaves_rows_below_the_minimum_n_out():
 
 
 def test_intervals_that_touch_do_not_separate():
-    from randmask.verdicts import Comparison, judge, outcome
+    from randmask.results.verdict_rule import Comparison, judge, outcome
 
     touching = Comparison("edge", _rate(0.4, 0.5), _rate(0.3, 0.4))  # 0.4 == 0.4: not wholly above
     assert outcome(touching) == "no separation" and judge([touching]) == "not supported"
@@ -181,7 +181,7 @@ def test_intervals_that_touch_do_not_separate():
 
 
 def test_the_rise_with_the_ratio_stops_where_no_higher_ratio_is_clearly_above():
-    from randmask.verdicts import rises_up_to
+    from randmask.results.verdicts import rises_up_to
 
     low, mid, high = (_rate(c - 0.04, c + 0.04) for c in (0.3, 0.5, 0.7))
     near_high, above_mid_only = _rate(0.68, 0.74), _rate(0.55, 0.68)
@@ -194,7 +194,7 @@ def test_the_rise_with_the_ratio_stops_where_no_higher_ratio_is_clearly_above():
 
 
 def test_clean_correct_rate_divides_by_the_images_correct_without_attack():
-    from randmask.verdicts import clean_correct_rate
+    from randmask.results.verdicts import clean_correct_rate
 
     attacked = {"n": 200, "correct": 29, "accuracy": 0.145, "ci_low": 0.1, "ci_high": 0.2}
     rate = clean_correct_rate(attacked, {"n": 200, "correct": 152})
@@ -205,7 +205,7 @@ def test_clean_correct_rate_divides_by_the_images_correct_without_attack():
 
 
 def test_shallow_ratio_reads_the_notation():
-    from randmask.paper import shallow_ratio
+    from randmask.results.paper import shallow_ratio
 
     assert shallow_ratio("Normal ResNet-18") == 0.0 and shallow_ratio("0.85-Shallow") == 0.85
     assert shallow_ratio(".5-Shallow") == 0.5
@@ -214,7 +214,7 @@ def test_shallow_ratio_reads_the_notation():
 
 
 def _transfer_row(target, attack, metric, correct, n, source="VGG-19", paper_attack=None):
-    from randmask.stats import wilson_interval
+    from randmask.core.stats import wilson_interval
 
     low, high = wilson_interval(correct, n)
     return {"protocol": "transfer", "dataset": "cifar10", "source": source if metric != "clean_accuracy" else "",
@@ -223,9 +223,9 @@ def _transfer_row(target, attack, metric, correct, n, source="VGG-19", paper_att
 
 
 def test_figure7_pairs_each_ratio_with_its_clean_accuracy_and_the_papers_numbers(tmp_path):
-    from randmask.evaluate import write_csv
-    from randmask.figures import figure7
-    from randmask.paper import load_paper_tables
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.figures import figure7
+    from randmask.results.paper import load_paper_tables
 
     rows = [_transfer_row("Normal ResNet-18", "PGD16", "defense_rate", 10, 100),
             _transfer_row("0.7-Shallow", "PGD16", "defense_rate", 60, 100),
@@ -254,10 +254,10 @@ def test_figure7_draws_one_curve_per_width(tmp_path):
     the one it always was, and a second seed stays off the figure."""
     import pandas as pd
 
-    from randmask.evaluate import write_csv
-    from randmask.figures import figure7
-    from randmask.paper import load_paper_tables
-    from randmask.plots import ratio_figure
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.figures import figure7
+    from randmask.results.paper import load_paper_tables
+    from randmask.results.plots import ratio_figure
 
     rows = []
     for target, defended, clean in (("Normal ResNet-18", 10, 900), ("0.7-Shallow", 60, 800),
@@ -279,8 +279,8 @@ def test_figure7_draws_one_curve_per_width(tmp_path):
 
 
 def test_beyond_verdict_compares_the_masked_net_with_normal_under_each_attack(tmp_path):
-    from randmask.evaluate import write_csv
-    from randmask.verdicts import verdicts
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.verdicts import verdicts
 
     def row(target, attack, correct):
         return {**_transfer_row(target, attack, "accuracy", correct, 200, source=target), "protocol": "beyond"}
@@ -297,8 +297,8 @@ def test_beyond_verdict_compares_the_masked_net_with_normal_under_each_attack(tm
 
 
 def test_the_ensemble_verdicts_judge_clean_accuracy_and_robustness_apart(tmp_path):
-    from randmask.evaluate import write_csv
-    from randmask.verdicts import EN_CLEAN_CLAIM, EN_ROBUST_CLAIM, verdicts
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.verdicts import EN_CLEAN_CLAIM, EN_ROBUST_CLAIM, verdicts
 
     def rows(target, attacked_correct, clean_correct):
         return [_transfer_row(target, "PGD16", "defense_rate", attacked_correct, 200),
@@ -323,8 +323,8 @@ def test_the_ensemble_verdicts_judge_clean_accuracy_and_robustness_apart(tmp_pat
 
 
 def test_an_attack_that_fooled_nothing_is_explained(tmp_path):
-    from randmask.evaluate import write_csv
-    from randmask.report import _unfooled_note
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.report import _unfooled_note
 
     dead = {**_transfer_row("0.9-Shallow", "CW40", "defense_rate", 0, 1), "n": 0, "accuracy": None,
             "ci_low": None, "ci_high": None, "n_attacked": 100, "source_logit_gap": 4.3512}
@@ -338,7 +338,7 @@ def test_an_attack_that_fooled_nothing_is_explained(tmp_path):
 
 
 def test_median_logit_gap_is_the_gap_between_the_two_largest_logits():
-    from randmask.protocols import median_logit_gap
+    from randmask.experiments.protocols import median_logit_gap
 
     class Fixed(torch.nn.Module):  # returns the image's first row as logits
         def forward(self, x):
@@ -369,9 +369,9 @@ def test_an_experiment_mixing_training_budgets_says_so(tmp_path, data_dir):
 
 
 def test_graybox_columns_name_target_models_as_the_paper_does(tmp_path, data_dir):
-    from randmask.evaluate import write_csv
-    from randmask.paper import load_paper_tables
-    from randmask.report import _side_by_side
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.paper import load_paper_tables
+    from randmask.results.report import _side_by_side
 
     _fake_zoo(tmp_path / "zoo", ["cifar10/Normal_ResNet-18", "cifar10/0.7-Shallow", "cifar10/Normal_ResNet-18-s1m0",
                                  "cifar10/VGG-19"])
@@ -393,7 +393,7 @@ def test_graybox_columns_name_target_models_as_the_paper_does(tmp_path, data_dir
 
 
 def test_side_by_side_figure_names_the_source_only_when_a_table_has_several():
-    from randmask.plots import side_by_side_figure
+    from randmask.results.plots import side_by_side_figure
 
     def row(source, target):
         return {"source": source, "target": target, "attack": "FGSM16", "metric": "defense_rate", "paper": 20.0,
@@ -413,8 +413,8 @@ def test_side_by_side_figure_names_the_source_only_when_a_table_has_several():
 
 @pytest.mark.parametrize("dif_correct,expected", [(60, "supported"), (150, "contradicted"), (None, "untested")])
 def test_graybox_verdict_reads_table5_as_the_paper_does(tmp_path, dif_correct, expected):
-    from randmask.evaluate import write_csv
-    from randmask.verdicts import GRAYBOX_CLAIM, GRAYBOX_DIF_CLAIM, verdicts
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.verdicts import GRAYBOX_CLAIM, GRAYBOX_DIF_CLAIM, verdicts
 
     def row(source, target, relation, correct):
         return {**_transfer_row(target, "FGSM16", "defense_rate", correct, 200, source=source),
@@ -436,10 +436,10 @@ def test_graybox_verdict_reads_table5_as_the_paper_does(tmp_path, dif_correct, e
 def test_report_names_the_paper_models_not_trained_here_with_their_commands(tmp_path, monkeypatch):
     """REPRODUCTION.md says which of a table's models have only the paper's numbers, and how to train them;
     a second table with the same missing models refers back instead of repeating the list (issue 18)."""
-    from randmask.evaluate import write_csv
-    from randmask.paper import load_paper_tables
-    from randmask.report import _side_by_side, zoo_trained_keys
-    from randmask.zoo import Zoo
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.paper import load_paper_tables
+    from randmask.results.report import _side_by_side, zoo_trained_keys
+    from randmask.results.zoo import Zoo
 
     monkeypatch.delenv("RANDMASK_RUNS", raising=False)
     _fake_zoo(tmp_path / "zoo", ["cifar10/Normal_ResNet-18", "cifar10/0.7-Shallow", "cifar10/0.7-Shallow-s1m0"])
@@ -460,10 +460,10 @@ def test_report_names_the_paper_models_not_trained_here_with_their_commands(tmp_
 
 
 def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):
-    from randmask.evaluate import write_csv
-    from randmask.plan import ACCURACY_CONTROLS, MATCHED
-    from randmask.report import render_report
-    from randmask.verdicts import (
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.plan import ACCURACY_CONTROLS, MATCHED
+    from randmask.results.report import render_report
+    from randmask.results.verdicts import (
         ACCURACY_CLAIM,
         ACCURACY_LONG_CLAIM,
         RESAMPLED_CLAIM,
@@ -529,9 +529,9 @@ def test_control_verdicts_compare_each_masked_net_with_its_controls(tmp_path):
 
 
 def test_the_resampled_control_is_also_judged_under_attacks_aimed_at_each_net(tmp_path):
-    from randmask.evaluate import write_csv
-    from randmask.report import render_report
-    from randmask.verdicts import RESAMPLED_ATTACKED_CLAIM, verdicts
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.report import render_report
+    from randmask.results.verdicts import RESAMPLED_ATTACKED_CLAIM, verdicts
 
     def attacked(model, attack, correct, n):  # accuracy of a net under an attack aimed at itself
         return {**_transfer_row(model, attack, "accuracy", correct, n, source=model), "protocol": "whitebox"}
@@ -556,8 +556,8 @@ def test_the_resampled_control_is_also_judged_under_attacks_aimed_at_each_net(tm
 
 
 def test_control_verdicts_are_untested_without_the_controls(tmp_path):
-    from randmask.evaluate import write_csv
-    from randmask.verdicts import ACCURACY_CLAIM, RESAMPLED_ATTACKED_CLAIM, RESAMPLED_CLAIM, verdicts
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.verdicts import ACCURACY_CLAIM, RESAMPLED_ATTACKED_CLAIM, RESAMPLED_CLAIM, verdicts
 
     (tmp_path / "results").mkdir()
     write_csv([_transfer_row("0.7-Shallow", "PGD16", "defense_rate", 100, 200, source="DenseNet-121")],
@@ -578,8 +578,8 @@ class _EmptyZoo:
 
 
 def test_the_report_says_which_attack_path_made_each_table(tmp_path, monkeypatch):
-    from randmask.plan import record_run, recorded_runs
-    from randmask.report import _attack_path_line
+    from randmask.results.plan import record_run, recorded_runs
+    from randmask.results.report import _attack_path_line
 
     results = tmp_path / "results"
     results.mkdir()
@@ -597,9 +597,10 @@ def test_the_report_says_which_attack_path_made_each_table(tmp_path, monkeypatch
 
 
 def test_each_width_with_results_gets_its_own_verdict_column(tmp_path):
-    from randmask.evaluate import write_csv
-    from randmask.report import render_report
-    from randmask.verdicts import RAISE_CLAIM, result_widths, verdicts
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.report import render_report
+    from randmask.results.verdict_rule import result_widths
+    from randmask.results.verdicts import RAISE_CLAIM, verdicts
 
     (tmp_path / "results").mkdir()
     write_csv([_transfer_row("Normal ResNet-18", "PGD16", "defense_rate", 2, 200, source="DenseNet-121"),
@@ -618,8 +619,8 @@ def test_each_width_with_results_gets_its_own_verdict_column(tmp_path):
 
 
 def test_the_beyond_section_gives_both_denominators(tmp_path):
-    from randmask.evaluate import write_csv
-    from randmask.report import _ours_only
+    from randmask.experiments.evaluate import write_csv
+    from randmask.results.report import _ours_only
 
     def row(target, attack, metric, correct):
         return {**_transfer_row(target, attack, metric, correct, 200, source=target), "protocol": "beyond"}
@@ -633,7 +634,7 @@ def test_the_beyond_section_gives_both_denominators(tmp_path):
 
 
 def test_only_nothing_refuses_experiment_keys_beside_it(tmp_path):
-    from randmask.errors import RandmaskError
+    from randmask.core.errors import RandmaskError
 
     with pytest.raises(RandmaskError, match="'nothing' re-renders the report"):
         reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path, only=["nothing", "table3_shuffle"])
@@ -646,7 +647,7 @@ def test_only_nothing_rerenders_the_committed_report_byte_for_byte(tmp_path):
     REPRODUCTION.md again, byte for byte, and a second run changes nothing (figures included)."""
     import shutil
 
-    from randmask.settings import PROJECT_ROOT
+    from randmask.core.settings import PROJECT_ROOT
 
     shutil.copytree(PROJECT_ROOT / "results", tmp_path / "results")
     committed = (PROJECT_ROOT / "REPRODUCTION.md").read_bytes()

@@ -18,14 +18,14 @@ import torch
 from PIL import Image
 from test_attack_support import TinyCNN
 
-from randmask import set_schema
-from randmask.adversarial_sets import save_adversarial_set
+from randmask.core import set_schema
+from randmask.experiments.adversarial_sets import save_adversarial_set
 from study.sets import build_noise_set, read_set
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_MODULES = ("randmask.set_schema", "randmask.safe_files", "randmask.settings",  # standard library only
-                  "randmask.errors", "randmask.datasets")
-ARRAY_MODULES = ("randmask.data_arrays",)  # the one data-file check, shared with the models' loaders: numpy too
+SCHEMA_MODULES = ("randmask.core.set_schema", "randmask.core.safe_files",  # standard library only
+                  "randmask.core.settings", "randmask.core.errors", "randmask.core.datasets")
+ARRAY_MODULES = ("randmask.core.data_arrays",)  # the one data-file check, shared with the models' loaders: numpy too
 
 
 def run_python(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -43,9 +43,10 @@ def imported_modules(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-            if node.module == "randmask":  # `from randmask import x` may name a submodule: count randmask.x
-                names |= {f"randmask.{alias.name}" for alias in node.names}
+            if (ROOT / node.module.replace(".", "/")).is_dir():  # `from randmask.core import x`: count its x
+                names |= {f"{node.module}.{alias.name}" for alias in node.names}
+            else:
+                names.add(node.module)
     return names
 
 
@@ -64,14 +65,17 @@ def test_the_study_runs_without_torch():
 
 
 def test_randmask_public_names_load_on_first_use():
-    run_python("-c", "import sys, randmask, randmask.set_schema\n"
+    run_python("-c", "import sys, randmask, randmask.core.set_schema\n"
                      "assert 'torch' not in sys.modules\n"
                      "from randmask import build_model, parse_model, __version__\n"
                      "assert 'torch' in sys.modules and callable(build_model) and __version__\n"
                      "assert parse_model('0.5-Shallow') == randmask.parse_model('0.5-Shallow')\n"
                      "assert all(hasattr(randmask, name) for name in randmask.__all__)\n"
                      "assert set(randmask.__all__) <= set(dir(randmask))\n"
-                     "from randmask import jobs  # a submodule still imports by name\n"
+                     "assert set(randmask.__all__) == {*randmask._LAZY, '__version__'}\n"
+                     "from randmask import load_model, make_attack, train, TrainConfig, make_config\n"
+                     "assert train.__module__ == 'randmask.experiments.train' and callable(make_attack)\n"
+                     "from randmask import views  # a subpackage still imports by name\n"
                      "try:\n    randmask.no_such_name\nexcept AttributeError:\n    pass\n"
                      "else:\n    raise SystemExit('no AttributeError')")
 

@@ -292,7 +292,7 @@ def test_report_cli_writes_a_png_per_figure_when_kaleido_is_there(simulated, tmp
 
 def test_report_cli_keeps_the_old_report_when_the_new_one_cannot_be_moved_in(simulated, tmp_path, capsys,
                                                                              monkeypatch):
-    import randmask.safe_files as safe_files
+    import randmask.core.safe_files as safe_files
     db, _ = simulated
     out = tmp_path / "report"
     out.mkdir()

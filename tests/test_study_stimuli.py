@@ -12,7 +12,7 @@ import pytest
 import test_study_support as support
 from badinput import assert_one_line_error, run_main
 
-from randmask.set_schema import image_file
+from randmask.core.set_schema import image_file
 from study import open_db
 from study.cli import main
 from study.sets import SetError, plain_png, png_bytes, png_chunks, read_set, sha256, write_set

@@ -5,11 +5,11 @@ import shutil
 import pytest
 import torch
 
-from randmask.checkpoint import load_model
-from randmask.data import load_test_sample
-from randmask.masks import RandomMask, layer_seed, make_mask
-from randmask.train import accuracy
-from randmask.zoo import BELOW_THEIR_NET, CHECK_N, ENSEMBLES, ZOO, ZOO_ROOT, list_zoo, zoo_name
+from randmask.core.masks import RandomMask, layer_seed, make_mask
+from randmask.experiments.checkpoint import load_model
+from randmask.experiments.data import load_test_sample
+from randmask.experiments.train import accuracy
+from randmask.results.zoo import BELOW_THEIR_NET, CHECK_N, ENSEMBLES, ZOO, ZOO_ROOT, list_zoo, zoo_name
 
 ZOO_LABELS = {e.name: e.label for e in ZOO}
 
@@ -28,7 +28,7 @@ def test_zoo_plan_names_are_unique_and_cover_the_issue():
 
 
 def test_each_en_has_five_members_with_consecutive_seeds_and_stays_out_of_the_transfer_targets():
-    from randmask.plan import TRANSFER_TARGETS
+    from randmask.results.plan import TRANSFER_TARGETS
 
     assert set(ENSEMBLES) == {"cifar10/0.85-ShallowEN", "cifar10/Normal_ResNet-18EN"}
     for name, (notation, members) in ENSEMBLES.items():
@@ -59,9 +59,9 @@ def test_zoo_plan_trains_in_the_issues_stage_order():
 
 
 def test_accuracy_matched_controls_keep_the_recipe_but_its_length():
-    from randmask.plan import MATCHED as matched  # the early-stopped control of each masked net
-    from randmask.train import asdict_json
-    from randmask.zoo import planned_config
+    from randmask.experiments.train_config import asdict_json
+    from randmask.results.plan import MATCHED as matched  # the early-stopped control of each masked net
+    from randmask.results.zoo import planned_config
 
     assert set(matched) == {"0.7-Shallow", "0.9-Shallow"}
     base = asdict_json(planned_config(next(e for e in ZOO if e.notation == "Normal ResNet-18" and not e.matched_to)))
@@ -83,10 +83,10 @@ def test_controls_trained_as_long_differ_from_the_baseline_only_in_images_or_wid
     """Issue 34: beside each early-stopped control, Normals that train the masked nets' full schedule and reach
     their accuracy by fewer images or by a narrower width, each named and labelled by what sets it apart; a
     wider masked net's control differs from the Normal of that width the same way."""
-    from randmask.notation import parse_ref
-    from randmask.plan import ACCURACY_CONTROLS
-    from randmask.train import asdict_json
-    from randmask.zoo import planned_config
+    from randmask.core.notation import parse_ref
+    from randmask.experiments.train_config import asdict_json
+    from randmask.results.plan import ACCURACY_CONTROLS
+    from randmask.results.zoo import planned_config
 
     ways = set()
     for masked, controls in ACCURACY_CONTROLS.items():
@@ -149,10 +149,10 @@ def test_shipped_checkpoint_matches_its_config(folder):
 
 
 def test_zoo_table_lists_every_shipped_model_with_the_papers_gap(tmp_path):
-    from randmask.checkpoint import save_checkpoint
-    from randmask.models import build_model
-    from randmask.paper import load_paper_tables
-    from randmask.zoo import zoo_markdown
+    from randmask.core.models import build_model
+    from randmask.experiments.checkpoint import save_checkpoint
+    from randmask.results.paper import load_paper_tables
+    from randmask.results.zoo_table import zoo_markdown
 
     for notation, acc, label in (("Normal ResNet-18", 0.9, ""), ("0.7-Shallow", 0.75, ""),
                                  ("Normal ResNet-18", 0.76, "Normal ResNet-18 (4 epochs)")):  # a control, not the base
@@ -176,16 +176,16 @@ def test_zoo_table_lists_every_shipped_model_with_the_papers_gap(tmp_path):
 
 
 def test_readme_shows_the_shipped_zoo_as_it_is():
-    from randmask.paper import load_paper_tables
-    from randmask.settings import PROJECT_ROOT
-    from randmask.zoo import zoo_markdown
+    from randmask.core.settings import PROJECT_ROOT
+    from randmask.results.paper import load_paper_tables
+    from randmask.results.zoo_table import zoo_markdown
 
     table = "\n".join(zoo_markdown(paper=load_paper_tables())[2:]).strip()
     assert table in (PROJECT_ROOT / "README.md").read_text(), "run: python -m randmask zoo table --update-readme"
 
 
 def test_zoo_plan_gives_every_compared_cifar_model_one_recipe():
-    from randmask.zoo import planned_config
+    from randmask.results.zoo import planned_config
 
     compared = [e for e in ZOO if e.dataset == "cifar10" and not e.is_source and not e.matched_to]
     recipes = {json.dumps({k: v for k, v in vars(planned_config(e)).items()
@@ -202,10 +202,10 @@ def test_zoo_plan_gives_every_compared_cifar_model_one_recipe():
 def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_path, monkeypatch, data_dir):
     from dataclasses import replace
 
-    from randmask import zoo
-    from randmask.checkpoint import save_checkpoint
-    from randmask.models import build_model
-    from randmask.train import asdict_json
+    from randmask.core.models import build_model
+    from randmask.experiments.checkpoint import save_checkpoint
+    from randmask.experiments.train_config import asdict_json
+    from randmask.results import zoo, zoo_table, zoo_train
 
     entry = zoo.Entry("0.5-Shallow", role="test")
     monkeypatch.setattr(zoo, "ZOO", [entry])
@@ -217,7 +217,7 @@ def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_pa
         model = build_model(cfg.notation, dataset=cfg.dataset, width=4, mask_seed=cfg.mask_seed)
         save_checkpoint(model, out, extra={"recipe": asdict_json(cfg), "clean_accuracy": 0.1, "train_time_s": 1.0})
 
-    monkeypatch.setattr(zoo, "train", fake_train)
+    monkeypatch.setattr(zoo_train, "train", fake_train)
     old = replace(zoo.planned_config(entry), epochs=15)
     fake_train(old, tmp_path / "zoo" / entry.name)  # shipped under the old recipe
     fake_train(old, tmp_path / "runs" / entry.name)  # and its finished run, left from an earlier session
@@ -225,28 +225,28 @@ def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_pa
     assert not zoo.is_current(tmp_path / "zoo" / entry.name, entry)
     assert [(r["trained"], r["current"], r["epochs"]) for r in zoo.list_zoo(tmp_path / "zoo")] == [(True, False, 15)]
     old_config = json.loads((tmp_path / "zoo" / entry.name / "config.json").read_text())
-    assert zoo.recipe_status(entry.name, {**old_config, "autocast": "fp32"}) == "older: epochs=15 (fp32)"
+    assert zoo_table.recipe_status(entry.name, {**old_config, "autocast": "fp32"}) == "older: epochs=15 (fp32)"
 
     said = []
-    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)
+    zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)
     assert [c.epochs for c in trained] == [40]
     assert said[0] == f"{entry.name}: training; progress in {tmp_path / 'runs' / entry.name / 'progress.jsonl'}"
     assert said[1].startswith(f"{entry.name}: in the zoo, ") and said[1].endswith(f"% clean ({tmp_path / 'zoo' / entry.name})")
     assert zoo.is_current(tmp_path / "zoo" / entry.name, entry)
     assert [(r["trained"], r["current"], r["epochs"]) for r in zoo.list_zoo(tmp_path / "zoo")] == [(True, True, 40)]
     shipped = json.loads((tmp_path / "zoo" / entry.name / "config.json").read_text())
-    assert zoo.recipe_status(entry.name, shipped) == "as planned (?)"
+    assert zoo_table.recipe_status(entry.name, shipped) == "as planned (?)"
     assert shipped["weights_dtype"] == "float16" and shipped["role"] == "test" and shipped["clean_accuracy_n"] == 10000
     kept = list((tmp_path / "runs" / "cifar10").glob("0.5-Shallow.old-recipe-*"))
     assert len(kept) == 1 and json.loads((kept[0] / "config.json").read_text())["recipe"]["epochs"] == 15
 
     said.clear()
-    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)  # now current: nothing to do
+    zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)  # now current: nothing to do
     assert len(trained) == 1 and said == [f"{entry.name}: already in the zoo ({tmp_path / 'zoo' / entry.name})"]
-    with zoo.claim(tmp_path / "runs" / entry.name):  # a lane holds it while a retrain is due: said, and skipped
+    with zoo_train.claim(tmp_path / "runs" / entry.name):  # a lane holds it while a retrain is due: said, and skipped
         shutil.rmtree(tmp_path / "zoo" / entry.name)
         said.clear()
-        zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)
+        zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=said.append)
     assert len(trained) == 1 and said == [f"{entry.name}: another process is training it "
                                           f"({tmp_path / 'runs' / entry.name}.lock); skipped"]
 
@@ -254,10 +254,10 @@ def test_train_zoo_retrains_a_model_of_an_older_recipe_and_keeps_old_runs(tmp_pa
 def test_a_wider_net_is_shipped_under_a_label_that_names_its_width(tmp_path, monkeypatch, data_dir):
     """Reports name models by Zoo.label: a width-32 0.7-Shallow shipped without a label would be reported as
     '0.7-Shallow', the width-16 model's name (the old export passed a label for controls only)."""
-    from randmask import zoo
-    from randmask.checkpoint import save_checkpoint
-    from randmask.models import build_model
-    from randmask.train import asdict_json
+    from randmask.core.models import build_model
+    from randmask.experiments.checkpoint import save_checkpoint
+    from randmask.experiments.train_config import asdict_json
+    from randmask.results import zoo, zoo_train
 
     wide, base = zoo.Entry("0.7-Shallow", width=32, role="width ladder"), zoo.Entry("0.7-Shallow")
     monkeypatch.setattr(zoo, "ZOO", [wide, base])
@@ -267,8 +267,8 @@ def test_a_wider_net_is_shipped_under_a_label_that_names_its_width(tmp_path, mon
         model = build_model(cfg.notation, dataset=cfg.dataset, width=4, mask_seed=cfg.mask_seed)
         save_checkpoint(model, out, extra={"recipe": asdict_json(cfg), "clean_accuracy": 0.1, "train_time_s": 1.0})
 
-    monkeypatch.setattr(zoo, "train", fake_train)
-    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=lambda line: None)
+    monkeypatch.setattr(zoo_train, "train", fake_train)
+    zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", say=lambda line: None)
     shipped = zoo.Zoo(tmp_path / "zoo")
     assert (wide.name, base.name) == ("cifar10/0.7-Shallow-w32", "cifar10/0.7-Shallow")
     assert shipped.label(wide.name) == "0.7-Shallow@w32" and shipped.label(base.name) == "0.7-Shallow"
@@ -278,8 +278,8 @@ def test_a_wider_net_is_shipped_under_a_label_that_names_its_width(tmp_path, mon
 def test_the_zoo_table_measures_a_wider_nets_gap_against_normal_of_its_own_width(tmp_path):
     """Issue 34's clean gap: a width-32 net's gap is to Normal ResNet-18 at width 32, beside the paper's gap for the
     same model (the old table compared it with the width-16 Normal and found no paper row for its label)."""
-    from randmask.paper import load_paper_tables
-    from randmask.zoo import clean_gap_markdown, zoo_markdown
+    from randmask.results.paper import load_paper_tables
+    from randmask.results.zoo_table import clean_gap_markdown, zoo_markdown
 
     for name, acc, width in (("Normal_ResNet-18", None, 16), ("0.7-Shallow", None, 16),
                              ("Normal_ResNet-18-w32", 0.930, 32), ("0.7-Shallow-w32", 0.900, 32)):
@@ -308,16 +308,16 @@ def test_the_zoo_table_measures_a_wider_nets_gap_against_normal_of_its_own_width
 
 
 def test_train_zoo_trains_only_the_named_models_in_the_order_given(tmp_path, monkeypatch):
-    from randmask import zoo
-    from randmask.errors import RandmaskError
+    from randmask.core.errors import RandmaskError
+    from randmask.results import zoo_train
 
     order = []
-    monkeypatch.setattr(zoo, "train", lambda cfg, out, show_bar=None: order.append(cfg.notation) or 1 / 0)
+    monkeypatch.setattr(zoo_train, "train", lambda cfg, out, show_bar=None: order.append(cfg.notation) or 1 / 0)
     with pytest.raises(ZeroDivisionError):  # stops at the first model: only the order is under test
-        zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/0.5-Deep", "cifar10/Normal_ResNet-18"])
+        zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/0.5-Deep", "cifar10/Normal_ResNet-18"])
     assert order == ["0.5-Deep"]
     with pytest.raises(RandmaskError, match="not in the zoo plan: cifar10/0.4-Shallow"):
-        zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/0.4-Shallow"])
+        zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/0.4-Shallow"])
     assert order == ["0.5-Deep"]
 
 
@@ -326,7 +326,7 @@ def test_a_run_claimed_by_a_live_lane_is_skipped_and_a_dead_lanes_claim_is_taken
     import subprocess
     import sys
 
-    from randmask.zoo import claim
+    from randmask.results.zoo_train import claim
 
     run = tmp_path / "cifar10" / "0.5-Shallow"
     with claim(run) as first:
@@ -341,8 +341,8 @@ def test_a_run_claimed_by_a_live_lane_is_skipped_and_a_dead_lanes_claim_is_taken
 
 
 def test_a_recipe_is_the_same_when_only_logging_differs_or_a_later_setting_sits_at_its_default():
-    from randmask.train import asdict_json
-    from randmask.zoo import planned_config, same_recipe
+    from randmask.experiments.train_config import asdict_json
+    from randmask.results.zoo import planned_config, same_recipe
 
     planned = asdict_json(planned_config(ZOO[0]))
     older = {k: v for k, v in planned.items() if k != "channels_last"}  # as if recorded before that setting
@@ -354,10 +354,10 @@ def test_a_recipe_is_the_same_when_only_logging_differs_or_a_later_setting_sits_
 
 def test_zoo_train_only_an_en_trains_its_members_then_assembles_it(tmp_path, monkeypatch, data_dir):
     """An unmasked EN (Normal ResNet-18EN): members differ in seed only, all with mask seed 0."""
-    from randmask import zoo
-    from randmask.checkpoint import save_checkpoint
-    from randmask.models import build_model
-    from randmask.train import asdict_json
+    from randmask.core.models import build_model
+    from randmask.experiments.checkpoint import save_checkpoint
+    from randmask.experiments.train_config import asdict_json
+    from randmask.results import zoo, zoo_train
 
     members = [zoo.Entry("Normal ResNet-18", seed=i, role=f"EN member {i}") for i in range(5)]
     other = zoo.Entry("0.5-Shallow", role="not asked for")
@@ -370,21 +370,21 @@ def test_zoo_train_only_an_en_trains_its_members_then_assembles_it(tmp_path, mon
         model = build_model(cfg.notation, dataset=cfg.dataset, width=4, seed=cfg.seed)
         save_checkpoint(model, out, extra={"recipe": asdict_json(cfg), "clean_accuracy": 0.1, "train_time_s": 1.0})
 
-    monkeypatch.setattr(zoo, "train", fake_train)
-    zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/Normal_ResNet-18EN"])
+    monkeypatch.setattr(zoo_train, "train", fake_train)
+    zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/Normal_ResNet-18EN"])
     assert trained == [("Normal ResNet-18", i, 0) for i in range(5)]
     model, config = load_model(tmp_path / "zoo" / "cifar10" / "Normal_ResNet-18EN")
     assert config["notation"] == "Normal ResNet-18EN" and len(model.members) == 5
     assert config["role"] == "EN of the five Normal ResNet-18 members"
     with pytest.raises(Exception, match="not in the zoo plan: cifar10/Nope"):
-        zoo.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/Nope"])
+        zoo_train.train_zoo(tmp_path / "runs", tmp_path / "zoo", only=["cifar10/Nope"])
 
 
 def test_assembling_masked_members_still_needs_consecutive_mask_seeds(tmp_path):
-    from randmask.checkpoint import save_checkpoint
-    from randmask.errors import RandmaskError
-    from randmask.models import build_model
-    from randmask.train import assemble_ensemble
+    from randmask.core.errors import RandmaskError
+    from randmask.core.models import build_model
+    from randmask.experiments.checkpoint import save_checkpoint
+    from randmask.experiments.train import assemble_ensemble
 
     folders = []
     for i in range(2):

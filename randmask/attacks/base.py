@@ -31,8 +31,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from randmask.attacks.cuda_graphs import graphed_gradient
-from randmask.errors import RandmaskError
-from randmask.settings import exact_attacks
+from randmask.core.errors import RandmaskError
+from randmask.core.settings import exact_attacks
 
 if TYPE_CHECKING:
     from randmask.attacks.registry import AttackKind

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from randmask.attacks.registry import attack_aliases, attack_kind, find_attack, list_attacks
-from randmask.errors import NotationError
-from randmask.notation import check_ascii, format_number
+from randmask.core.errors import NotationError
+from randmask.core.notation import check_ascii, format_number
 
 if TYPE_CHECKING:
     from torch import nn
