@@ -5,7 +5,7 @@ in pages/study_*.py only lay these functions out.
 """
 from pathlib import Path
 
-from .db import SCHEMA_VERSION, StudyDBError, default_db_path, open_db
+from .db import StudyDBError, default_db_path, open_db
 from .design import (
     DesignError,
     Study,
@@ -31,6 +31,7 @@ from .participant import (
     resume,
     trial_window,
 )
+from .schema import SCHEMA_VERSION
 from .validate import InvalidLink, has_participant_link, key_matches, parse_link, participant_link
 
 FRONTEND_DIR = Path(__file__).parent / "frontend"

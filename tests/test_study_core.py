@@ -29,8 +29,9 @@ from study import (
 )
 from study.assign import Candidate, choose_items, participant_rng
 from study.auth import password_matches
-from study.db import APPLICATION_ID, MIGRATIONS, integrity_problems
+from study.db import integrity_problems
 from study.participant import progress
+from study.schema import APPLICATION_ID, MIGRATIONS
 from study.sets import SetError, build_clean_set, read_set, write_set
 from study.validate import InvalidLink, has_participant_link, parse_link
 
