@@ -5,6 +5,7 @@ in pages/study_*.py only lay these functions out.
 """
 from pathlib import Path
 
+from .allocation import StudyBusy, StudyClosed, StudyFull
 from .db import StudyDBError, default_db_path, open_db
 from .design import (
     DesignError,
@@ -18,9 +19,6 @@ from .design import (
 )
 from .participant import (
     AnswerRejected,
-    StudyBusy,
-    StudyClosed,
-    StudyFull,
     Trial,
     consent,
     enrol,
