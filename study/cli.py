@@ -481,7 +481,8 @@ def _is_report(folder: Path) -> bool:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .results import compute_results, figures, report_html, write_pngs
+    from .report import figures, report_html, write_pngs
+    from .results import compute_results
 
     path = Path(args.db or default_db_path())
     if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
