@@ -514,7 +514,7 @@ RESULTS_COMMANDS = {"report": _report, "plan": _plan}
 
 # ------------------------------------------------------------------------------------------------ paper-study
 def _add_paper_study(sub) -> None:
-    from .paper_study import (
+    from .paper_design import (
         CATCH_IMAGES,
         DEFAULT_EPS,
         DEFAULT_IMAGES,
@@ -566,7 +566,8 @@ def _paper_study(args: argparse.Namespace) -> int:
     anywhere leaves neither the sets nor the study."""
     import time
 
-    from .paper_study import PaperStudyOptions, build_paper_study, cpu_seconds
+    from .paper_design import PaperStudyOptions
+    from .paper_study import build_paper_study, cpu_seconds
 
     began, cpu = time.perf_counter(), cpu_seconds()
     check_base_url(args.base_url)  # before any work: the link is printed at the end
