@@ -26,10 +26,9 @@ from study.display import (
 from study.export import csv_bytes, export_frames, export_zip, participants_frame
 from study.guard import client_address
 from study.plan import PlanInput, make_plan, plan_text, power_figure
-from study.results import (
+from study.report import (
     IMAGES_HEADING,
     IMAGES_NOTE,
-    compute_results,
     enlarged,
     figures,
     headline,
@@ -37,6 +36,7 @@ from study.results import (
     report_html,
     sections,
 )
+from study.results import compute_results
 from study.serve import DEFAULT_BASE_URL
 from study.sets import SetError, load_cifar10h
 from study.validate import participant_link

@@ -35,10 +35,10 @@ from study import (
     record_answer,
     resume,
 )
-from study.db import shared_pool
 from study.display import stimulus_html
 from study.errors import REFUSALS, configure_logging
 from study.participant import get_participant, record_servings
+from study.pool import shared_pool
 from study.session import (
     answer_mode,
     apply_answers,

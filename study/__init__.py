@@ -5,7 +5,8 @@ in pages/study_*.py only lay these functions out.
 """
 from pathlib import Path
 
-from .db import SCHEMA_VERSION, StudyDBError, default_db_path, open_db
+from .allocation import StudyBusy, StudyClosed, StudyFull
+from .db import StudyDBError, default_db_path, open_db
 from .design import (
     DesignError,
     Study,
@@ -18,9 +19,6 @@ from .design import (
 )
 from .participant import (
     AnswerRejected,
-    StudyBusy,
-    StudyClosed,
-    StudyFull,
     Trial,
     consent,
     enrol,
@@ -31,6 +29,7 @@ from .participant import (
     resume,
     trial_window,
 )
+from .schema import SCHEMA_VERSION
 from .validate import InvalidLink, has_participant_link, key_matches, parse_link, participant_link
 
 FRONTEND_DIR = Path(__file__).parent / "frontend"

@@ -2,7 +2,7 @@
 
 At consent, each participant gets all their items at once: `trials_per_condition` from every
 condition plus `catch_per_participant` catch trials, all from different original test images. At their
-first answer, the part no page has been sent yet is chosen again (participant._settle_list).
+first answer, the part no page has been sent yet is chosen again (allocation.settle_list).
 Among the items that satisfy this, we take those with the fewest labels so far (answers plus the
 pending items of participants still active), solved exactly as an assignment problem
 (slots x original images), so every item reaches its k labels before any gets k+1. When some item

@@ -12,8 +12,8 @@ import sqlite3
 
 import sqlite_utils
 
-from .db import _schema_of, expected_schema
 from .design import _STUDY_COLUMNS, study_row_problems
+from .schema import expected_schema, schema_of
 from .sets import CIFAR10_TEST_SIZE, SetError, plain_png, png_chunks, sha256
 
 N_CLASSES = 10
@@ -53,7 +53,7 @@ def integrity_problems(conn: sqlite3.Connection) -> list[str]:
 
 
 def schema_problems(conn: sqlite3.Connection) -> list[str]:
-    want, have = expected_schema(), _schema_of(conn)
+    want, have = expected_schema(), schema_of(conn)
     problems = [f"schema: {kind} {name} is missing" for name, (kind, _) in sorted(want.items()) if name not in have]
     problems += [f"schema: unexpected {kind} {name}" for name, (kind, _) in sorted(have.items()) if name not in want]
     problems += [f"schema: {want[name][0]} {name} differs from the expected definition"

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import sqlite_utils
 
+from .allocation import surplus_response_ids
 from .db import read_snapshot
 from .design import Study, get_study, list_studies
 from .export_schema import MIN_PARTICIPANTS_FOR_INTERVAL, column, datapackage, readme
-from .participant import surplus_response_ids
 from .sets import CLEAN, FORMULA_STARTS, PRED_PREFIX
 from .stats import fleiss_kappa, krippendorff_alpha_nominal, majority, proportion_ci
 

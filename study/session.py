@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 import sqlite_utils
 
+from .allocation import StudyClosed
 from .design import Study
 from .errors import REFUSALS
-from .participant import AnswerRejected, StudyClosed, Trial, record_answer, record_servings, trial_window
+from .participant import AnswerRejected, Trial, record_answer, record_servings, trial_window
 
 WINDOW = 3  # trials the widget holds: the one on screen and two ahead
 MAX_ANSWERS_PER_MESSAGE = 50

@@ -15,9 +15,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .allocation import StudyFull
 from .db import open_db
 from .design import get_study
-from .participant import StudyFull, Trial, consent, join, next_trial, record_answer
+from .participant import Trial, consent, join, next_trial, record_answer
 
 
 def simulate_participant(db_path, slug: str, external_id: str, *, seed: int = 0, think_ms: float = 0.0,

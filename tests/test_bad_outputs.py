@@ -314,12 +314,12 @@ def test_a_refused_demo_leaves_no_sets_and_no_database(tmp_path, capsys, argv):
 @pytest.mark.parametrize("argv, fragment", [(["--name", "Bad Name!"], "study name 'Bad Name!'"),
                                              (["--db", "{d}/empty.db"], "is empty, not a study database")])
 def test_demo_refuses_a_bad_name_or_database_before_building_its_sets(tmp_path, capsys, monkeypatch, argv, fragment):
-    import study.cli
+    import study.cli_create
 
     def no_work(*args, **kwargs):  # the sets take minutes on a loaded machine: nothing may start before the checks
         raise AssertionError("demo loaded CIFAR-10 before refusing")
 
-    monkeypatch.setattr(study.cli, "load_cifar10_test", no_work)
+    monkeypatch.setattr(study.cli_create, "load_cifar10_test", no_work)
     (tmp_path / "empty.db").write_bytes(b"")
     _refused(capsys, study_main, ["demo", "--db", str(tmp_path / "s.db"), "--out", str(tmp_path / "sets"),
                                   *(a.format(d=tmp_path) for a in argv)], tmp_path, fragment)

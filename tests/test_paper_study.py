@@ -28,7 +28,7 @@ from streamlit_server import CHROMIUM, chromium_browser, participant_server
 
 from study import open_db
 from study.cli import main as study_main
-from study.paper_study import (
+from study.paper_design import (
     CATCH_IMAGES,
     DEFAULT_UNAMBIGUOUS,
     NORMAL,

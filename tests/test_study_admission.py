@@ -26,7 +26,7 @@ from hypothesis.stateful import (
 
 from study import StudyFull, enrol, get_study, join, next_trial, open_db, record_answer
 from study.admin import set_excluded
-from study.participant import places_needed, surplus_response_ids
+from study.allocation import places_needed, surplus_response_ids
 
 cifar, study_sets = support.cifar, support.study_sets
 

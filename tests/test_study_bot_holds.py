@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from study import enrol, get_study, next_trial, open_db, record_answer
+from study.allocation import FIRST_ANSWER_GRACE_S, places_needed, surplus_response_ids
 from study.assign import Candidate, choose_items
-from study.participant import FIRST_ANSWER_GRACE_S, places_needed, record_servings, surplus_response_ids
+from study.participant import record_servings
 
 cifar, study_sets = support.cifar, support.study_sets
 

@@ -29,8 +29,9 @@ from study import (
 )
 from study.assign import Candidate, choose_items, participant_rng
 from study.auth import password_matches
-from study.db import APPLICATION_ID, MIGRATIONS, integrity_problems
+from study.db import integrity_problems
 from study.participant import progress
+from study.schema import APPLICATION_ID, MIGRATIONS
 from study.sets import SetError, build_clean_set, read_set, write_set
 from study.validate import InvalidLink, has_participant_link, parse_link
 
@@ -275,7 +276,7 @@ def test_nothing_is_reserved_and_surplus_answers_do_not_count(tmp_path, study_se
     sat on all 6 items. Now both get in; the first k answers of included participants count, later ones are
     surplus; excluding someone moves the next answers up."""
     from study.admin import set_excluded
-    from study.participant import places_needed, surplus_response_ids
+    from study.allocation import places_needed, surplus_response_ids
     make_study(tmp_path / "s.db", study_sets, labels_per_item=1, items_per_condition=6, conditions=["clean"])
     db = open_db(tmp_path / "s.db")
     study = get_study(db, "s1")
@@ -484,7 +485,7 @@ def test_bots_that_never_answer_do_not_keep_a_participant_out(tmp_path, study_se
     inactivity window passed. Now 200 bots with fresh ids, consenting again and again, hold nothing: a real
     participant is admitted at once, and every one of their answers counts."""
     from study import enrol
-    from study.participant import places_needed, surplus_response_ids
+    from study.allocation import places_needed, surplus_response_ids
     make_study(tmp_path / "s.db", study_sets, labels_per_item=2, items_per_condition=12, items_per_participant=6)
     db = open_db(tmp_path / "s.db")
     study = get_study(db, "s1")
@@ -614,7 +615,7 @@ def test_idle_participants_answered_items_are_not_handed_out_again(tmp_path, stu
     answered images, which ended with 2 labels each. Now those answers of the fourth are surplus; the third comes back and finishes; no item has more than k
     counted labels and every item has its k."""
     from study import enrol
-    from study.participant import surplus_response_ids
+    from study.allocation import surplus_response_ids
     make_study(tmp_path / "s.db", study_sets, labels_per_item=1, items_per_condition=3, items_per_participant=3,
                catch_per_participant=0, practice=False)
     db = open_db(tmp_path / "s.db")

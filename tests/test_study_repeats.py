@@ -14,9 +14,9 @@ from streamlit_server import participant_server_process
 from study_ws import Tab, answer_for, first_trials
 
 from study import enrol, get_study, open_db, record_answer
-from study.db import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from study.export import export_study, responses_frame
 from study.participant import record_servings
+from study.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from study.session import widget_args
 
 cifar, study_sets = support.cifar, support.study_sets

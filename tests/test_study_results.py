@@ -11,15 +11,8 @@ import pytest
 import test_study_support as support
 
 from study import get_study, open_db
-from study.results import (
-    MIN_BOOT_PARTICIPANTS,
-    compute_results,
-    enlarged,
-    figures,
-    kappa_with_interval,
-    report_html,
-    wilson,
-)
+from study.report import enlarged, figures, report_html
+from study.results import MIN_BOOT_PARTICIPANTS, compute_results, kappa_with_interval, wilson
 from study.simulate import simulate_participant
 
 cifar, study_sets = support.cifar, support.study_sets
@@ -312,7 +305,7 @@ def test_report_cli_keeps_the_old_report_when_the_new_one_cannot_be_moved_in(sim
 
 
 def test_reaction_time_axis_names_round_seconds_around_every_answer(simulated):
-    from study.results import rt_figure
+    from study.report import rt_figure
     db, study = simulated
     results = compute_results(db, study, n_boot=10)
     axis = rt_figure(results).layout.yaxis

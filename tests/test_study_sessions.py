@@ -21,9 +21,9 @@ from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit_server import participant_server_process
 
 from study import get_study, open_db
-from study.db import ConnectionPool
 from study.errors import RefusalLog
 from study.guard import SessionGuard, client_address
+from study.pool import ConnectionPool
 
 cifar, study_sets = support.cifar, support.study_sets
 

@@ -24,7 +24,7 @@ from streamlit_server import free_ports, participant_server_process, participant
 from bench.study_bots import Participant, Session, invented_address, visit, visit_outcome, worker_port
 from study import get_study, open_db
 from study.auth import MAX_FAILURES, check_password, client_keys
-from study.db import ConnectionPool
+from study.pool import ConnectionPool
 from study.serve import max_workers
 from study.workers import SharedSessionGuard, Supervisor
 
