@@ -30,7 +30,7 @@ def build(root: Path, images: int, conditions: int) -> Path:
         rows = [{"index": i, "true_label": int(labels[i]), "source": f"model{c}", "attack": "PGD16",
                  "source_pred": int((labels[i] + 1) % 10), "linf": 0.06, "l2": 1.0} for i in range(images)]
         folders.append(write_set(root / f"c{c}", rows, list(pixels)))
-    catch_rows = [{"index": 100_000 + i, "true_label": 0, "source": "", "attack": "clean", "source_pred": "", "linf": 0,
+    catch_rows = [{"index": 9_980 + i, "true_label": 0, "source": "", "attack": "clean", "source_pred": "", "linf": 0,
                    "l2": 0} for i in range(20)]
     write_set(root / "catch", catch_rows, list(pixels[:20]))
     db_path = root / "bench.db"
@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--conditions", type=int, default=4)
     parser.add_argument("--participants", type=int, default=200)
     args = parser.parse_args()
+    if not 1 <= args.images <= 9_980:  # CIFAR-10 test indices; the last 20 are the catch set's
+        parser.error("--images must be between 1 and 9980")
     with tempfile.TemporaryDirectory() as tmp:
         db_path = build(Path(tmp), args.images, args.conditions)
         consent_times, answer_times = [], []

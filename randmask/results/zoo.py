@@ -151,8 +151,8 @@ ZOO: list[Entry] = [
     *[Entry(n, width=32, stage=8, role="width ladder") for n in (
         "Normal ResNet-18", "0.7-Shallow", "0.9-Shallow", "0.5-Shallow", "0.7-Deep", "0.5-ShallowDC",
         "0.7-ShallowDropout", "0.9-Shallow×2")],
-    # 0.7-Shallow@w32's control trained as long: Normal@w32 reaches 92.9% on all 50,000 images; 20,000 is the
-    # estimate from width 16's accuracy against training images (10,000 82.8%, 50,000 91.0%), for 88.1% +- 1.5
+    # 0.7-Shallow@w32's control trained as long: Normal@w32 reaches 92.9% on all 50,000 images; 20,000 images, from
+    # width 16's accuracy against training images (10,000 82.8%, 50,000 91.0%), gave 89.2% against 88.1%
     Entry("Normal ResNet-18", epochs=40, train_n=20_000, width=32, matched_to="0.7-Shallow@w32", stage=8,
           role="control: accuracy-matched to 0.7-Shallow@w32, trained as long (40 epochs on 20,000 images)"),
     *[Entry(n, width=64, stage=8, role="width ladder") for n in ("Normal ResNet-18", "0.7-Shallow")],
