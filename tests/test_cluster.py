@@ -207,8 +207,12 @@ def test_a_worker_killed_mid_training_is_retried_and_resumes_to_the_same_weights
     assert _weights(tmp_path) == _weights(reference_zoo)
 
 
+# Ctrl-C at a terminal: a shell without job control starts background commands with SIGINT ignored, and Python
+# then installs no KeyboardInterrupt handler (the clean-clone CI run, started so, hung here for 300 s)
 DRIVER = textwrap.dedent("""
+    import signal
     import sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from pathlib import Path
     from randmask.results import zoo_train
     from test_cluster import PLAN, tiny_config
