@@ -4,6 +4,7 @@ when a worker is killed mid-training or mid-crafting, or the driver is interrupt
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 from test_reproduce import TINY, _fake_zoo
 
-from randmask.core import cluster
+from randmask.core import cluster, settings
 from randmask.core.errors import RandmaskError
 from randmask.experiments.checkpoint import WEIGHTS_FILE
 from randmask.experiments.resume import RESUME_FILE
@@ -44,6 +45,21 @@ def test_ray_without_the_extra_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
     with pytest.raises(RandmaskError, match=r"--ray needs Ray: pip install -e '\.\[ray\]'"):
         cluster.connect("auto")
+
+
+def test_every_setting_of_the_project_reaches_the_workers_but_the_app_password(monkeypatch):
+    # a setting a job reads but the workers lack makes a cluster's numbers differ from one process's
+    used = {name for path in (ROOT / "randmask").rglob("*.py")
+            for name in re.findall(r"RANDMASK_[A-Z_]*[A-Z]", path.read_text())}
+    used |= set(re.findall(r"RANDMASK_[A-Z_]*[A-Z]", settings.__doc__))
+    assert "RANDMASK_FUSED" in used and "RANDMASK_APP_PASSWORD" in used
+    assert used <= set(cluster.FORWARDED_ENV) | set(cluster.NEVER_FORWARDED), \
+        used - set(cluster.FORWARDED_ENV) - set(cluster.NEVER_FORWARDED)
+    for name in used:
+        monkeypatch.setenv(name, f"value of {name}")
+    sent = cluster.forwarded_env()
+    assert "RANDMASK_APP_PASSWORD" not in sent
+    assert sent["RANDMASK_FUSED"] == "value of RANDMASK_FUSED" and len(sent) == len(used) - 1
 
 
 def test_reproduce_refuses_ray_and_jobs_together(tmp_path):

@@ -20,8 +20,12 @@ from randmask.core.errors import RandmaskError
 from randmask.core.settings import OPENMP_WAIT_VARIABLES
 
 LOCAL = ""  # `--ray` with no address: start a local cluster on this machine
-# the settings a job's numbers depend on travel to the workers (a joined cluster's raylets have their own env)
-FORWARDED_ENV = ("RANDMASK_DATA", "RANDMASK_EXACT", "RANDMASK_CRAFTED", "RANDMASK_ZOO", *OPENMP_WAIT_VARIABLES)
+# every setting of the project travels to the workers (a joined cluster's raylets have their own env): where a job's
+# inputs are, and what its numbers depend on (the attack path, the training kernels, the remembered bf16/fp32 choice)
+FORWARDED_ENV = ("RANDMASK_HOME", "RANDMASK_DATA", "RANDMASK_DATA_CACHE", "RANDMASK_PRECISION_CACHE",
+                 "RANDMASK_CRAFTED", "RANDMASK_ZOO", "RANDMASK_RUNS", "RANDMASK_RESULTS", "RANDMASK_PAPER_TABLES",
+                 "RANDMASK_EXACT", "RANDMASK_FUSED", "RANDMASK_FUSED_MARCH", *OPENMP_WAIT_VARIABLES)
+NEVER_FORWARDED = ("RANDMASK_APP_PASSWORD",)  # a secret: the runtime env shows in Ray's dashboard and logs
 _dashboard: str | None = None  # set by connect: the dashboard of the cluster joined
 CANCEL_WAIT_S = 60.0  # how long an interrupted driver waits for its cancelled tasks to end
 RETRIES = 3  # attempts after the first when a worker or its node dies (not on a Python error in the job)
@@ -59,6 +63,11 @@ def check_address(address: str) -> str:
     return address
 
 
+def forwarded_env() -> dict[str, str]:
+    """The settings set here that the workers get (FORWARDED_ENV; never a secret)."""
+    return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+
+
 def _ray():
     try:
         import ray
@@ -74,7 +83,7 @@ def connect(address: str | None = LOCAL, num_cpus: int | None = None) -> str:
     ray = _ray()
     if ray.is_initialized():
         return describe()
-    env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+    env = forwarded_env()
     global _dashboard
     try:
         context = ray.init(address="local" if address in (LOCAL, None) else address,
