@@ -43,7 +43,7 @@ def tiny_config(entry: zoo.Entry):
 
 def test_ray_without_the_extra_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
-    with pytest.raises(RandmaskError, match=r"--ray needs Ray: pip install -e '\.\[ray\]'"):
+    with pytest.raises(RandmaskError, match=r"--ray \(and reproduce --jobs\) needs Ray: pip install -e '\.\[ray\]'"):
         cluster.connect("auto")
 
 
@@ -60,6 +60,14 @@ def test_every_setting_of_the_project_reaches_the_workers_but_the_app_password(m
     sent = cluster.forwarded_env()
     assert "RANDMASK_APP_PASSWORD" not in sent
     assert sent["RANDMASK_FUSED"] == "value of RANDMASK_FUSED" and len(sent) == len(used) - 1
+
+
+def test_reproduce_jobs_without_the_extra_is_one_clear_error_and_writes_nothing(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setattr(cluster, "available", lambda: False)
+    with pytest.raises(RandmaskError, match=r"needs Ray: pip install -e '\.\[ray\]'"):
+        reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", jobs=2)
+    assert not (tmp_path / "out").exists()
 
 
 def test_reproduce_refuses_ray_and_jobs_together(tmp_path):

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from randmask.core import cluster
 from randmask.core.models import build_model
 from randmask.experiments.checkpoint import save_checkpoint
 from randmask.results.plan import ACCURACY_CONTROLS, MATCHED, PRESETS, experiments, recorded_runs
@@ -115,14 +116,16 @@ def test_reproduce_writes_every_table_and_a_regenerable_report(tmp_path, data_di
     assert all((results / "plots" / name).read_bytes()[:4] == b"\x89PNG" for name in pngs)
     first, first_png = report, (results / "plots" / "figure7_ratio.png").read_bytes()
     first_csvs = {p.name: p.read_bytes() for p in results.glob("*.csv")}
+    # --jobs 2: the cells as tasks on a local Ray cluster of 2 CPUs, started for the run and gone after it
     again = reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", overrides=TINY, cache=False, jobs=2)
     assert list(again) == list(status)  # plan order, whichever worker finished first
-    # seeded: neither the cache nor two worker processes change a number
+    assert not cluster.connected()
+    # seeded: neither the cache nor the cluster's worker processes change a number
     assert {p.name: p.read_bytes() for p in results.glob("*.csv")} == first_csvs
     assert (tmp_path / "out" / "REPRODUCTION.md").read_text() == first
     assert (results / "plots" / "figure7_ratio.png").read_bytes() == first_png
     assert recorded_runs(tmp_path / "out")["table2_transfer"] | {"seconds": 0} == {
-        "attacks": "fast", "preset": "quick", "seconds": 0, "threads": 1, "jobs": 2}
+        "attacks": "fast", "preset": "quick", "seconds": 0, "threads": 1, "jobs": 2, "ray": True}
 
 
 def test_compare_uses_interval_overlap():

@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: $RANDMASK_CRAFTED or runs/crafted)")
     p.add_argument("--no-cache", action="store_true", help="craft every adversarial set afresh")
     p.add_argument("--jobs", type=int, default=1,
-                   help="experiments run at once in worker processes, sharing the torch threads (default 1)")
+                   help="N > 1: the experiments' cells as tasks on a local Ray cluster of N CPUs, as --ray with "
+                        "no address but N CPUs (needs pip install -e '.[ray]'; default 1: one process)")
     p.add_argument("--exact", action="store_true",
                    help="attacks and evaluations bit-identical to torchattacks (default: the fast path)")
     _ray_option(p, "run the experiments' cells as tasks on a Ray cluster (a transfer table: a task per attack, "

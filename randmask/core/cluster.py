@@ -52,6 +52,12 @@ def available() -> bool:
         return False
 
 
+def require() -> None:
+    """One clear error when the Ray extra is missing (cheap: Ray is not imported)."""
+    if not available():
+        _ray()
+
+
 _ADDRESS = re.compile(r"(ray://)?[A-Za-z0-9_.-]+:[0-9]{1,5}")
 
 
@@ -72,7 +78,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise RandmaskError("--ray needs Ray: pip install -e '.[ray]'") from None
+        raise RandmaskError("--ray (and reproduce --jobs) needs Ray: pip install -e '.[ray]'") from None
     return ray
 
 
@@ -117,6 +123,11 @@ def where() -> dict[str, str | None]:
 def cluster_gpus() -> float:
     """GPUs in the connected cluster (0 on a CPU cluster)."""
     return float(_ray().cluster_resources().get("GPU", 0))
+
+
+def connected() -> bool:
+    """Whether this process has joined (or started) a cluster."""
+    return _ray().is_initialized()
 
 
 def shutdown() -> None:

@@ -9,10 +9,8 @@ n and a Wilson 95% interval.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +45,12 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
 
     Crafted adversarial sets are kept in `cache` (True: $RANDMASK_CRAFTED or runs/crafted; False/None: none) and
     reused while source, attack and images are unchanged, so a rerun after a new zoo model only evaluates it.
-    `jobs` > 1 runs that many experiments at once in worker processes, sharing this process's torch threads
-    (at least one each), longest first by the times results/runs.json recorded; every experiment seeds itself,
-    so the results do not depend on `jobs`.
-
-    With `ray` (an address, 'auto', or cluster.LOCAL) the experiments run as Ray tasks instead (RayPlan): a
-    transfer table as one crafting task per attack and one evaluation task per target, every other experiment
-    as one task; `say` hears the cluster's address and the cells done of total. The results are those of a run
-    in one process.
+    With `ray` (an address, 'auto', or cluster.LOCAL) the experiments run as Ray tasks (RayPlan): a transfer
+    table as one crafting task per attack and one evaluation task per target, every other experiment as one
+    task; `say` hears the cluster's address and the cells done of total. `jobs` > 1 runs the same tasks on a
+    local Ray cluster of that many CPUs, started for this run (bench/bench_ray.py: the process pool it replaced
+    ran whole experiments, and lost to one process). Every experiment and cell seeds itself, so the results are
+    those of a run in one process.
     """
     if preset not in PRESETS:
         raise RandmaskError(f"unknown reproduce preset {preset!r}; known: {', '.join(PRESETS)}")
@@ -62,6 +58,8 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
         raise RandmaskError(f"jobs must be at least 1, not {jobs}")
     if ray is not None and jobs > 1:
         raise RandmaskError("give --ray or --jobs, not both: on Ray the cluster's CPUs set how many run at once")
+    if ray is not None or jobs > 1:
+        cluster.require()  # without the extra: its one-line error, before anything is written
     settings = {**PRESETS[preset], **(overrides or {})}
     zoo_root = Path(zoo_root or ZOO_ROOT)
     zoo = Zoo(zoo_root)
@@ -86,14 +84,12 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
             status[exp.key] = {"ran": False, "missing": missing}
         else:
             ready[exp.key] = exp
-    if ray is not None and ready:
+    on_ray = ray is not None or jobs > 1
+    if on_ray and ready:
         threads = 1
-        done = _run_on_ray(list(ready), dict(settings), zoo_root, cache or None, ray, recorded_runs(out),
-                           say or (lambda line: None))
-    elif jobs > 1 and len(ready) > 1:
-        threads = max(1, torch.get_num_threads() // jobs)
-        done = _run_in_workers(list(ready), dict(settings), zoo_root, cache or None, jobs, threads,
-                               recorded_runs(out), progress)
+        done = _run_on_ray(list(ready), dict(settings), zoo_root, cache or None,
+                           cluster.LOCAL if ray is None else ray, recorded_runs(out), say or (lambda line: None),
+                           num_cpus=jobs if ray is None else None)
     else:
         x, y = load_tensors("cifar10", "test", n=settings.get("n_pool"))
         threads = torch.get_num_threads()
@@ -105,7 +101,7 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
                        "absent": [n for n in ready[key].wants if not zoo.has(n)]}
         record_run(out, key, {"attacks": "exact" if exact_attacks() else "fast", "preset": preset,
                               "seconds": seconds, "threads": threads, **({"jobs": jobs} if jobs > 1 else {}),
-                              **({"ray": True} if ray is not None else {})})
+                              **({"ray": True} if on_ray else {})})
     status = {exp.key: status[exp.key] for exp in plan}  # plan order, whichever worker finished first
     report = render_report(out, settings, preset, status, zoo)
     (out / "REPRODUCTION.md").write_text(report)
@@ -122,30 +118,11 @@ def _run_experiment(exp: Experiment, zoo: Zoo, x: torch.Tensor, y: torch.Tensor,
 
 def _worker_run(key: str, settings: dict, zoo_root: Path, cache: Path | None,
                 threads: int) -> tuple[str, list[dict], float]:
-    """One experiment in a worker process (spawned: it inherits the environment, RANDMASK_EXACT included)."""
+    """One whole experiment as a Ray task (one that is not a transfer table)."""
     torch.set_num_threads(threads)
     x, y = load_tensors("cifar10", "test", n=settings.get("n_pool"))
     exp = next(e for e in experiments(settings, cache) if e.key == key)
     return _run_experiment(exp, Zoo(zoo_root), x, y, None)
-
-
-def _run_in_workers(keys: list[str], settings: dict, zoo_root: Path, cache: Path | None, jobs: int, threads: int,
-                    runs: dict[str, dict], progress: StageProgress | None) -> Iterator[tuple[str, list[dict], float]]:
-    # longest first (by the last recorded time; unknown ones first) keeps the workers busy to the end
-    keys = sorted(keys, key=lambda k: -(runs.get(k, {}).get("seconds") or math.inf))
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        pending = [pool.submit(_worker_run, key, settings, zoo_root, cache, threads) for key in keys]
-        for key in keys:
-            if progress:
-                progress(key, 0, 1)
-        for future in as_completed(pending):
-            key, rows, seconds = future.result()
-            if progress:
-                progress(key, 1, 1)
-            yield key, rows, seconds
-    finally:  # on an error (or Ctrl-C) the experiments not started yet are dropped, not waited for
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _cells_of(key: str, settings: dict, cache: Path | None) -> TransferCells:
@@ -199,7 +176,7 @@ class RayPlan:
         self.jobs: list[cluster.Job] = []
         self.cells: dict[str, list[str]] = {}  # experiment: its jobs' keys
         self.evaluations: dict[str, list[str]] = {}  # transfer experiment: its evaluation jobs, in target order
-        # longest first (by the last recorded time; unknown ones first), as --jobs orders them
+        # longest first (by the last recorded time; unknown ones first): the workers stay busy to the end
         for key in sorted(keys, key=lambda k: -(runs.get(k, {}).get("seconds") or math.inf)):
             cells = by_key[key].transfer
             if cells is None:
@@ -246,8 +223,19 @@ class RayPlan:
 
 
 def _run_on_ray(keys: list[str], settings: dict, zoo_root: Path, cache: Path | None, address: str,
-                runs: dict[str, dict], say: Callable[[str], None]) -> Iterator[tuple[str, list[dict], float]]:
-    say(cluster.connect(address))
+                runs: dict[str, dict], say: Callable[[str], None],
+                num_cpus: int | None = None) -> Iterator[tuple[str, list[dict], float]]:
+    started = not cluster.connected()
+    say(cluster.connect(address, num_cpus=num_cpus))
+    try:
+        yield from _ray_cells(keys, settings, zoo_root, cache, runs, say)
+    finally:
+        if started:  # a cluster this run started (or joined) ends with it
+            cluster.shutdown()
+
+
+def _ray_cells(keys: list[str], settings: dict, zoo_root: Path, cache: Path | None, runs: dict[str, dict],
+               say: Callable[[str], None]) -> Iterator[tuple[str, list[dict], float]]:
     plan = RayPlan(keys, settings, zoo_root, cache, runs)
     began, finished, experiments_done = time.time(), 0, 0
 
