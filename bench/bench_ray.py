@@ -14,7 +14,8 @@ same (n and count correct on every row): the bench says so, or stops.
 
 The process pool `--jobs 2` used to be (whole experiments in two one-thread workers) is gone: on an Intel Xeon
 (AMX, 2 cores, quiet) with these defaults it took 703.1 s against one process's 481.3 s and Ray's 360.4 s,
-since Table 11 is nearly all of the work and the pool could not split it (at 6229537).
+since Table 11 is nearly all of the work and the pool could not split it (at 6229537; README "Run on a
+cluster" has a second run).
 """
 
 from __future__ import annotations
