@@ -64,8 +64,7 @@ def test_every_setting_of_the_project_reaches_the_workers_but_the_app_password(m
 
 
 def test_reproduce_jobs_without_the_extra_is_one_clear_error_and_writes_nothing(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "ray", None)
-    monkeypatch.setattr(cluster, "available", lambda: False)
+    monkeypatch.setitem(sys.modules, "ray", None)  # find_spec then finds nothing, as without the extra
     with pytest.raises(RandmaskError, match=r"needs Ray: pip install -e '\.\[ray\]'"):
         reproduce("quick", zoo_root=tmp_path / "zoo", out=tmp_path / "out", jobs=2)
     assert not (tmp_path / "out").exists()

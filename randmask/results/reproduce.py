@@ -58,7 +58,8 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
         raise RandmaskError(f"jobs must be at least 1, not {jobs}")
     if ray is not None and jobs > 1:
         raise RandmaskError("give --ray or --jobs, not both: on Ray the cluster's CPUs set how many run at once")
-    if ray is not None or jobs > 1:
+    on_ray = ray is not None or jobs > 1
+    if on_ray:
         cluster.require()  # without the extra: its one-line error, before anything is written
     settings = {**PRESETS[preset], **(overrides or {})}
     zoo_root = Path(zoo_root or ZOO_ROOT)
@@ -84,7 +85,6 @@ def reproduce(preset: str = "quick", zoo_root: Path | None = None, out: Path | N
             status[exp.key] = {"ran": False, "missing": missing}
         else:
             ready[exp.key] = exp
-    on_ray = ray is not None or jobs > 1
     if on_ray and ready:
         threads = 1
         done = _run_on_ray(list(ready), dict(settings), zoo_root, cache or None,
